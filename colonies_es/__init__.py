@@ -1,0 +1,1 @@
+"""colonies-es: ColonyOS-style workflows, event-sourced on NATS JetStream."""

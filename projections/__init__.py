@@ -1,0 +1,1 @@
+"""Read models, projector, time travel and audit."""
