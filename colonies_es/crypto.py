@@ -1,0 +1,407 @@
+"""Identities, signatures and the signed command envelope.
+
+Keys and ids are ColonyOS-compatible:
+
+* a private key is a secp256k1 scalar written as 64 lowercase hex characters;
+* a public key is written uncompressed, ``"04" + X + Y`` in lowercase hex (130 characters);
+* an id is ``sha3_256(public_key_hex.encode("ascii")).hexdigest()`` (NIST SHA3-256 of the
+  *text* of the public key, not of its bytes), 64 lowercase hex characters.
+
+A signature is ECDSA over SHA-256 of the exact signed bytes, written as ``r || s``
+(two 32-byte big-endian integers, 128 lowercase hex characters). It cannot be verified
+alone: the signer's public key travels with it, and the verifier checks both the
+signature and that the public key hashes to the id it acts for.
+
+Commands travel as a :class:`SignedCommand` envelope (msgspec JSON) around a payload
+(msgspec JSON of ``{"op", "nonce", "ts", "body"}``). :func:`seal` builds one,
+:func:`open_command` checks one (shape, signature, freshness) and names the caller,
+and :class:`ReplayGuard` refuses a command seen before. Envelopes are self-contained,
+so an audit can re-check a stored one offline with :func:`authenticate`.
+"""
+
+import functools
+import hashlib
+import heapq
+import math
+import re
+import secrets
+import time
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SKEW",
+    "CommandPayload",
+    "CommandRejected",
+    "Crypto",
+    "ReplayGuard",
+    "SignedCommand",
+    "VerifiedCommand",
+    "authenticate",
+    "id_from_private_key",
+    "id_from_public_key",
+    "new_private_key",
+    "open_command",
+    "public_key",
+    "seal",
+    "sign",
+    "sign_command",
+    "verify",
+]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_SKEW = 60.0
+"""Seconds a command's timestamp may differ from the verifier's clock (either way)."""
+
+_CURVE = ec.SECP256K1()
+_ECDSA = ec.ECDSA(hashes.SHA256())
+_KEY_CACHE_SIZE = 4096
+
+_PRIVATE_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
+_PUBLIC_KEY_RE = re.compile(r"04[0-9a-f]{128}")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{128}")
+
+PublicKeyHex = Annotated[str, msgspec.Meta(pattern="^04[0-9a-f]{128}$")]
+SignatureHex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{128}$")]
+NonceHex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
+OpName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+# --------------------------------------------------------------------------- keys and ids
+
+
+def new_private_key() -> str:
+    """Return a fresh random private key: 64 lowercase hex characters."""
+    key = ec.generate_private_key(_CURVE)
+    return f"{key.private_numbers().private_value:064x}"
+
+
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _load_private_key(prvkey: str) -> ec.EllipticCurvePrivateKey:
+    if not _PRIVATE_KEY_RE.fullmatch(prvkey):
+        raise ValueError("a private key is 64 hex characters")
+    try:
+        return ec.derive_private_key(int(prvkey, 16), _CURVE)
+    except ValueError:
+        raise ValueError("private key out of range for secp256k1") from None
+
+
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
+def _load_public_key(public_key_hex: str) -> ec.EllipticCurvePublicKey:
+    # Callers have checked the text form; this raises ValueError for a point off the curve.
+    return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, bytes.fromhex(public_key_hex))
+
+
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
+def public_key(prvkey: str) -> str:
+    """Return the uncompressed public key (``"04" + X + Y``, 130 lowercase hex) of ``prvkey``.
+
+    Raises ``ValueError`` if ``prvkey`` is not a valid secp256k1 private key.
+    """
+    numbers = _load_private_key(prvkey).public_key().public_numbers()
+    return f"04{numbers.x:064x}{numbers.y:064x}"
+
+
+def id_from_public_key(public_key_hex: str) -> str:
+    """Return the id (64 lowercase hex) owned by an uncompressed public key.
+
+    The id is the SHA3-256 of the ASCII text of the key, as in ColonyOS. Raises
+    ``ValueError`` unless ``public_key_hex`` is ``"04"`` followed by 128 lowercase hex
+    characters (the canonical text form, so one key has exactly one id).
+    """
+    if not _PUBLIC_KEY_RE.fullmatch(public_key_hex):
+        raise ValueError("a public key is '04' followed by 128 lowercase hex characters")
+    return hashlib.sha3_256(public_key_hex.encode("ascii")).hexdigest()
+
+
+def id_from_private_key(prvkey: str) -> str:
+    """Return the id of the identity holding ``prvkey`` (raises ``ValueError`` if invalid)."""
+    return id_from_public_key(public_key(prvkey))
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def sign(data: bytes | str, prvkey: str) -> str:
+    """Sign ``data`` (``str`` is signed as its UTF-8 bytes) with ``prvkey``.
+
+    Returns ECDSA-secp256k1-SHA256 as ``r || s``: 128 lowercase hex characters. Signing
+    is randomised, so two signatures of the same data differ; both verify.
+    Raises ``ValueError`` if ``prvkey`` is invalid.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    r, s = decode_dss_signature(_load_private_key(prvkey).sign(data, _ECDSA))
+    return f"{r:064x}{s:064x}"
+
+
+def verify(data: bytes, signature: str, public_key: str) -> bool:
+    """Return whether ``signature`` (``r || s`` hex) is ``public_key``'s signature of ``data``.
+
+    Never raises: a malformed signature or key, or a point off the curve, is ``False``.
+    It does not say who the signer is: compare :func:`id_from_public_key` with the
+    claimed id for that.
+    """
+    if not _SIGNATURE_RE.fullmatch(signature) or not _PUBLIC_KEY_RE.fullmatch(public_key):
+        return False
+    try:
+        key = _load_public_key(public_key)
+        der = encode_dss_signature(int(signature[:64], 16), int(signature[64:], 16))
+        key.verify(der, data, _ECDSA)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Crypto:
+    """The pycolonies ``Crypto`` surface: keys, ids and signatures as hex strings.
+
+    A thin facade over this module's functions, kept for client compatibility.
+    Signatures are ``r || s`` and need the signer's public key to verify (there is no
+    ``recoverid``): see :func:`verify`.
+    """
+
+    def prvkey(self) -> str:
+        """Return a fresh random private key (64 lowercase hex)."""
+        return new_private_key()
+
+    def id(self, prvkey: str) -> str:
+        """Return the ColonyOS id of ``prvkey`` (64 lowercase hex)."""
+        return id_from_private_key(prvkey)
+
+    def public_key(self, prvkey: str) -> str:
+        """Return the uncompressed public key of ``prvkey`` (130 lowercase hex)."""
+        return public_key(prvkey)
+
+    def sign(self, data: bytes | str, prvkey: str) -> str:
+        """Return the ``r || s`` hex signature of ``data`` by ``prvkey``."""
+        return sign(data, prvkey)
+
+    def verify(self, data: bytes | str, signature: str, public_key: str) -> bool:
+        """Return whether ``signature`` is ``public_key``'s signature of ``data``."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return verify(data, signature, public_key)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class CommandRejected(Exception):
+    """A command refused before it reached the domain: 400 malformed, 403 not authentic."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class SignedCommand(msgspec.Struct, frozen=True):
+    """What travels (and what the audit trail stores): exact bytes, their signature, signer.
+
+    ``payload`` is the JSON of a :class:`CommandPayload`, kept as bytes so the signed
+    bytes are never re-encoded (base64 in the JSON envelope).
+    """
+
+    payload: bytes
+    signature: SignatureHex
+    public_key: PublicKeyHex
+
+
+class CommandPayload(msgspec.Struct, frozen=True):
+    """The signed content of a command.
+
+    ``nonce`` is 16 random bytes in hex, ``ts`` the signer's unix time in seconds, and
+    ``body`` the JSON of the operation's arguments, kept raw so each operation decodes it
+    with its own type (:meth:`VerifiedCommand.decode_body`).
+    """
+
+    op: OpName
+    nonce: NonceHex
+    ts: float
+    body: msgspec.Raw
+
+
+class VerifiedCommand(msgspec.Struct, frozen=True):
+    """A command whose signature checked out; ``caller_id`` is the id of its signer.
+
+    ``payload_digest`` is the SHA3-256 hex of the signed payload bytes: a stable name for
+    the command (audit, idempotency). ``command`` is the envelope as received, to be
+    stored with the events it causes so they can be re-verified offline.
+    """
+
+    caller_id: str
+    op: str
+    body: msgspec.Raw
+    nonce: str
+    ts: float
+    payload_digest: str
+    command: SignedCommand
+
+    @property
+    def replay_key(self) -> str:
+        """The key to give :meth:`ReplayGuard.check_and_remember`: signer id and nonce.
+
+        Keying by signer means nobody can spend another identity's nonce (by copying its
+        payload under their own key) to get that identity's command refused.
+        """
+        return f"{self.caller_id}:{self.nonce}"
+
+    def decode_body(self, type_: type[T]) -> T:
+        """Decode ``body`` as ``type_``; raises ``CommandRejected(400)`` if it does not fit."""
+        try:
+            return msgspec.json.decode(self.body, type=type_)
+        except msgspec.DecodeError as exc:
+            raise CommandRejected(400, f"bad body for {self.op!r}: {exc}") from None
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_envelope = msgspec.json.Decoder(SignedCommand).decode
+_decode_payload = msgspec.json.Decoder(CommandPayload).decode
+
+
+def sign_command(payload: bytes, prvkey: str) -> SignedCommand:
+    """Sign the exact ``payload`` bytes with ``prvkey`` into an envelope (not encoded)."""
+    return SignedCommand(
+        payload=payload, signature=sign(payload, prvkey), public_key=public_key(prvkey)
+    )
+
+
+def seal(op: str, body: Any, prvkey: str, now: float | None = None) -> bytes:
+    """Build, sign and encode the command ``op`` with arguments ``body``.
+
+    ``body`` is anything msgspec encodes (dicts, lists, Structs, ...). The payload gets a
+    fresh random nonce and ``ts = now`` (default: ``time.time()``). Returns the JSON
+    bytes of a :class:`SignedCommand`, ready to send. Raises ``ValueError`` for an
+    invalid ``prvkey`` and ``TypeError`` for a body msgspec cannot encode.
+    """
+    payload = _encode(
+        CommandPayload(
+            op=op,
+            nonce=secrets.token_hex(16),
+            ts=time.time() if now is None else now,
+            body=msgspec.Raw(_encode(body)),
+        )
+    )
+    return _encode(sign_command(payload, prvkey))
+
+
+def authenticate(command: SignedCommand) -> VerifiedCommand:
+    """Check ``command``'s signature and name its signer; freshness is *not* checked.
+
+    This is the offline check (audit of stored envelopes); servers use
+    :func:`open_command`. Raises ``CommandRejected(403)`` for a signature that does not
+    verify against the enclosed public key, ``CommandRejected(400)`` for a payload that
+    is not a :class:`CommandPayload`.
+    """
+    if not verify(command.payload, command.signature, command.public_key):
+        raise CommandRejected(403, "bad signature")
+    try:
+        payload = _decode_payload(command.payload)
+    except msgspec.DecodeError as exc:
+        raise CommandRejected(400, f"malformed command payload: {exc}") from None
+    return VerifiedCommand(
+        caller_id=id_from_public_key(command.public_key),
+        op=payload.op,
+        body=payload.body,
+        nonce=payload.nonce,
+        ts=payload.ts,
+        payload_digest=hashlib.sha3_256(command.payload).hexdigest(),
+        command=command,
+    )
+
+
+def open_command(data: bytes, now: float, max_skew: float = DEFAULT_MAX_SKEW) -> VerifiedCommand:
+    """Decode, authenticate and freshness-check an encoded :class:`SignedCommand`.
+
+    Promises that the returned command was signed by the key whose id is ``caller_id``
+    and that ``|now - ts| <= max_skew``. Raises ``CommandRejected(400)`` for bytes that
+    are not a well-formed envelope or payload, ``CommandRejected(403)`` for a bad
+    signature or a stale or future timestamp. Replays are not detected here: pass the
+    result to a :class:`ReplayGuard`.
+    """
+    try:
+        envelope = _decode_envelope(data)
+    except msgspec.DecodeError as exc:
+        raise CommandRejected(400, f"malformed command envelope: {exc}") from None
+    command = authenticate(envelope)
+    if not abs(now - command.ts) <= max_skew:  # also refuses NaN
+        raise CommandRejected(403, "stale or future command timestamp")
+    return command
+
+
+class ReplayGuard:
+    """Refuses a command key seen before, remembering each key only as long as it matters.
+
+    Guarantee: a key is accepted at most once by one guard. A key is remembered until
+    its ``ts`` falls out of the window (``ts < newest now - window``); from then on the
+    guard refuses that ``ts`` as stale anyway, even if a later ``now`` goes backwards,
+    so forgetting it cannot let it through again. Memory is bounded by the number of
+    commands accepted in ``2 * window`` seconds (a timestamp may be up to ``window`` in
+    the future).
+
+    Scope: the guard is in memory and sees only the commands given to it. An engine
+    that restarts must call :meth:`remember` for the commands its log recorded in the
+    last window (every event stores its signed command) before serving; several engines
+    sharing a queue group each need the same protection from the log (e.g. JetStream
+    message de-duplication keyed by the command's replay key), since one engine's guard
+    does not see what another accepted. Check authorization before remembering, so
+    refused commands do not occupy memory.
+    """
+
+    def __init__(self, window: float = DEFAULT_MAX_SKEW) -> None:
+        """``window`` is the freshness window (seconds); use the same as ``max_skew``."""
+        if not window > 0 or math.isinf(window):
+            raise ValueError("window must be a positive finite number of seconds")
+        self.window = window
+        self._seen: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._horizon = -math.inf
+
+    def __len__(self) -> int:
+        """The number of keys currently remembered."""
+        return len(self._seen)
+
+    def check_and_remember(self, nonce: str, ts: float, now: float) -> None:
+        """Accept ``nonce`` (a replay key) once, or raise ``CommandRejected(403)``.
+
+        Refuses with ``"replayed command"`` a key already remembered, and with a
+        staleness message a ``ts`` outside the window (or older than keys already
+        forgotten). Otherwise remembers the key and returns.
+        """
+        self._advance(now)
+        if not (self._horizon <= ts <= now + self.window):  # also refuses NaN
+            raise CommandRejected(403, "stale or future command timestamp")
+        if nonce in self._seen:
+            raise CommandRejected(403, "replayed command")
+        self._store(nonce, ts)
+
+    def remember(self, nonce: str, ts: float, now: float) -> None:
+        """Record ``nonce`` as seen without checking it (reloading from the log).
+
+        Keys already out of the window are ignored; a repeat is harmless.
+        """
+        self._advance(now)
+        if ts >= self._horizon and nonce not in self._seen:
+            self._store(nonce, ts)
+
+    def _store(self, nonce: str, ts: float) -> None:
+        self._seen[nonce] = ts
+        heapq.heappush(self._expiry, (ts, nonce))
+
+    def _advance(self, now: float) -> None:
+        """Move the horizon to ``now - window`` (never back) and forget keys behind it."""
+        self._horizon = max(self._horizon, now - self.window)
+        expiry = self._expiry
+        while expiry and expiry[0][0] < self._horizon:
+            _, nonce = heapq.heappop(expiry)
+            del self._seen[nonce]
