@@ -1,0 +1,66 @@
+"""One asyncio event loop in a background thread, for synchronous callers of asyncio code.
+
+eventsourcing is synchronous and nats-py is asyncio. The store (and the synchronous client)
+own one :class:`LoopThread` each and submit coroutines to it, rather than starting a loop
+per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """Runs an asyncio loop in a daemon thread until :meth:`close` is called."""
+
+    def __init__(self, name: str = "colonies-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Runs ``coro`` on the loop and returns its result.
+
+        Raises ``TimeoutError`` (and cancels the coroutine) when it takes longer than
+        ``timeout`` seconds; exceptions of the coroutine propagate unchanged.
+        """
+        if threading.current_thread() is self._thread:
+            coro.close()
+            msg = "LoopThread.run() called from its own loop: it would deadlock"
+            raise RuntimeError(msg)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"operation did not complete within {timeout} s") from None
+
+    def close(self) -> None:
+        """Cancels what still runs on the loop, stops it and joins the thread."""
+        if self.loop.is_closed():
+            return
+
+        async def _cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+                asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()

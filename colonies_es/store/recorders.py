@@ -1,0 +1,456 @@
+"""eventsourcing recorders on JetStream, and the infrastructure factory that builds them.
+
+Select with ``PERSISTENCE_MODULE=colonies_es.store``. Environment (eventsourcing's
+``Environment``: each name may also be prefixed with the application name):
+
+- ``NATS_URL`` (default ``nats://127.0.0.1:4222``): comma-separated server URLs.
+- ``JETSTREAM_STREAM`` (default ``COLONIES``): the event-log stream.
+- ``JETSTREAM_SUBJECT_PREFIX`` (default ``colonies``): events go to ``<prefix>.ev.<id>``,
+  tracking records to ``<prefix>.trk.<application>``, snapshots to ``<prefix>.snap.<id>`` on
+  the stream ``<stream>_SNAPSHOTS``.
+- ``JETSTREAM_REPLICAS`` (default 1; 3 in a cluster), ``JETSTREAM_TIMEOUT`` (seconds,
+  default 5), ``CREATE_TABLE`` (default yes: create missing streams).
+
+Aggregate ids become subject tokens: a UUID is written as its hex; a string id may contain
+dots (``colony.graph.<hex>`` gives one subject per graph) but no spaces, ``*`` or ``>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import nats
+import nats.errors
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    DataError,
+    InfrastructureFactory,
+    Notification,
+    OperationalError,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+    Transcoder,
+)
+from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
+
+from colonies_es.store.codec import (
+    MsgspecTranscoder,
+    decode_envelope,
+    encode_envelope,
+    to_notification,
+    to_stored_event,
+)
+from colonies_es.store.jetstream import Entry, JetStreamLog, StoredMessage, StreamSpec
+from colonies_es.store.loop import LoopThread
+
+_TOKEN = re.compile(r"^[^\s*>]+$")
+
+
+def _version_of(payload: bytes) -> int:
+    return decode_envelope(payload).originator_version
+
+
+class _Connection:
+    """The NATS connection and loop thread shared by every recorder of one factory."""
+
+    def __init__(self, servers: list[str], timeout: float) -> None:
+        self.timeout = timeout
+        self._logs: dict[str, JetStreamLog] = {}
+        self._lock = threading.Lock()
+        self.loop = LoopThread("colonies-store")
+        try:
+            self.nc = self.loop.run(self._connect(servers), timeout + 1)
+        except BaseException:
+            self.loop.close()
+            raise
+
+    async def _connect(self, servers: list[str]) -> nats.NATS:
+        try:
+            return await nats.connect(
+                servers=servers,
+                connect_timeout=self.timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                pending_size=0,  # while reconnecting, writes fail at once instead of queueing
+                name="colonies-es store",
+            )
+        except (nats.errors.Error, OSError) as error:
+            msg = f"cannot connect to NATS at {', '.join(servers)}: {error!r}"
+            raise OperationalError(msg) from error
+
+    def log_for(self, spec: StreamSpec, create: bool) -> JetStreamLog:
+        """The one log object per stream (so recorders share its cache of subject heads)."""
+        with self._lock:
+            log = self._logs.get(spec.name)
+            if log is None:
+                log = JetStreamLog(self.nc, spec.name, _version_of, self.timeout)
+                self.run(log.ensure_stream(spec, create))
+                self._logs[spec.name] = log
+            return log
+
+    def run(self, coro: Any) -> Any:
+        """Runs a coroutine of the log on the loop; a bounded wait, never a hang."""
+        try:
+            return self.loop.run(coro, self.timeout * 3)
+        except TimeoutError as error:
+            raise OperationalError(f"NATS operation timed out: {error}") from error
+
+    def close(self) -> None:
+        if not self.nc.is_closed:
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                self.loop.run(self.nc.close(), self.timeout)
+        self.loop.close()
+
+
+class JetStreamAggregateRecorder(AggregateRecorder):
+    """Stores each aggregate's events on its own subject of one JetStream stream."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        spec: StreamSpec,
+        subject_prefix: str,
+        create: bool = True,
+    ) -> None:
+        self.connection = connection
+        self.spec = spec
+        self.subject_prefix = subject_prefix
+        self.log = connection.log_for(spec, create)
+
+    def subject_for(self, originator_id: UUID | str) -> str:
+        """The subject of an aggregate's events; ``DataError`` if the id cannot be one."""
+        token = originator_id.hex if isinstance(originator_id, UUID) else originator_id
+        if (
+            not token
+            or not _TOKEN.match(token)
+            or ".." in token
+            or token[0] == "."
+            or token[-1] == "."
+        ):
+            msg = f"aggregate id {originator_id!r} cannot be used as a NATS subject token"
+            raise DataError(msg)
+        return f"{self.subject_prefix}.{token}"
+
+    def _entries(self, stored_events: Sequence[StoredEvent]) -> list[Entry]:
+        return [
+            Entry(
+                subject=self.subject_for(event.originator_id),
+                version=event.originator_version,
+                payload=encode_envelope(event),
+            )
+            for event in stored_events
+        ]
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        self._insert(self._entries(stored_events))
+        return None
+
+    def _insert(self, entries: list[Entry]) -> list[int]:
+        sequences: list[int] = self.connection.run(self.log.append(entries))
+        return sequences
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        subject = self.subject_for(originator_id)
+        if desc and limit == 1 and gt is None and lte is None:
+            last = self.connection.run(self.log.last_message(subject))
+            return [] if last is None else [to_stored_event(decode_envelope(last.payload))]
+        messages: list[StoredMessage] = self.connection.run(self.log.read_subject(subject))
+        events = []
+        for message in messages:
+            envelope = decode_envelope(message.payload)
+            version = envelope.originator_version
+            if (gt is None or version > gt) and (lte is None or version <= lte):
+                events.append(to_stored_event(envelope))
+        if desc:
+            events.reverse()
+        return events if limit is None else events[:limit]
+
+
+class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecorder):
+    """Aggregate recorder whose stream sequence numbers are the notification ids."""
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        return self._insert(self._entries(stored_events))
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        first = 1 if start is None else (start if inclusive_of_start else start + 1)
+        wanted = set(topics)
+        notifications: list[Notification] = []
+        while len(notifications) < limit:
+            chunk = limit - len(notifications) if not wanted else max(limit, 500)
+            messages: list[StoredMessage] = self.connection.run(
+                self.log.read_range(self.events_filter, first, chunk, stop)
+            )
+            for message in messages:
+                envelope = decode_envelope(message.payload)
+                if not wanted or envelope.topic in wanted:
+                    notifications.append(to_notification(envelope, message.sequence))
+                    if len(notifications) == limit:
+                        break
+            if len(messages) < chunk:
+                break
+            first = messages[-1].sequence + 1
+        return notifications
+
+    @property
+    def events_filter(self) -> str:
+        return f"{self.subject_prefix}.>"
+
+    def max_notification_id(self) -> int | None:
+        last = self.connection.run(self.log.last_message(self.events_filter))
+        return None if last is None else last.sequence
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return JetStreamSubscription(self, gt=gt, topics=topics)
+
+
+class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
+    """Live notifications after ``gt``: a consumer on the loop feeds a queue we iterate."""
+
+    _STOP = object()
+
+    def __init__(
+        self,
+        recorder: JetStreamApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wanted = set(topics)
+        self._buffer: list[Notification] = []
+        self._index = 0
+        self._stop_lock = threading.Lock()
+        self._task = asyncio.run_coroutine_threadsafe(
+            self._follow(recorder, gt or 0), recorder.connection.loop.loop
+        )
+
+    async def _follow(self, recorder: JetStreamApplicationRecorder, after: int) -> None:
+        try:
+            async for batch in recorder.log.follow(recorder.events_filter, after):
+                notifications = []
+                for message in batch:
+                    envelope = decode_envelope(message.payload)
+                    if not self._wanted or envelope.topic in self._wanted:
+                        notifications.append(to_notification(envelope, message.sequence))
+                if notifications:
+                    self._queue.put(notifications)
+        except BaseException as error:  # delivered to the iterating thread
+            self._queue.put(error)
+            raise
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._has_been_stopped:
+                return
+            super().stop()
+            self._task.cancel()
+            self._queue.put(self._STOP)
+
+    def __next__(self) -> Notification:
+        while self._index >= len(self._buffer):
+            if self._has_been_stopped:
+                raise StopIteration
+            item = self._queue.get()
+            if item is self._STOP:
+                raise StopIteration
+            if isinstance(item, BaseException):
+                self.stop()
+                if isinstance(item, Exception) and not isinstance(item, StopAsyncIteration):
+                    raise item
+                raise StopIteration
+            self._buffer, self._index = item, 0
+        if self._has_been_stopped:
+            raise StopIteration
+        notification = self._buffer[self._index]
+        self._index += 1
+        return notification
+
+
+class JetStreamTrackingRecorder(TrackingRecorder):
+    """Tracking records on subjects ``<prefix>.trk.<application>``; ids only ever rise.
+
+    A tracking record is stored like an event of an aggregate named after the upstream
+    application whose version is the notification id, so the log's optimistic concurrency
+    refuses an id at or below the last one recorded.
+    """
+
+    def __init__(
+        self,
+        connection: _Connection,
+        spec: StreamSpec,
+        tracking_prefix: str,
+        create: bool = True,
+    ) -> None:
+        self.connection = connection
+        self.tracking_prefix = tracking_prefix
+        self.log = connection.log_for(spec, create)
+
+    def tracking_entry(self, tracking: Tracking) -> Entry:
+        name = tracking.application_name
+        if not name or not _TOKEN.match(name) or "." in name:
+            msg = f"application name {name!r} cannot be a NATS subject token"
+            raise DataError(msg)
+        record = StoredEvent(name, tracking.notification_id, "tracking", b"")
+        return Entry(
+            subject=f"{self.tracking_prefix}.{name}",
+            version=tracking.notification_id,
+            payload=encode_envelope(record),
+        )
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        self.connection.run(self.log.append([self.tracking_entry(tracking)]))
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        last = self.connection.run(
+            self.log.last_message(f"{self.tracking_prefix}.{application_name}")
+        )
+        return None if last is None else _version_of(last.payload)
+
+
+class JetStreamProcessRecorder(
+    JetStreamTrackingRecorder, JetStreamApplicationRecorder, ProcessRecorder
+):
+    """Events and the tracking record of what caused them, in one atomic batch."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        spec: StreamSpec,
+        subject_prefix: str,
+        tracking_prefix: str,
+        create: bool = True,
+    ) -> None:
+        JetStreamApplicationRecorder.__init__(self, connection, spec, subject_prefix, create)
+        self.tracking_prefix = tracking_prefix
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        entries = self._entries(stored_events)
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is None:
+            return self._insert(entries)
+        sequences = self._insert([*entries, self.tracking_entry(tracking)])
+        return sequences[:-1]
+
+
+class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
+    """Builds JetStream recorders sharing one NATS connection (see the module docstring)."""
+
+    NATS_URL = "NATS_URL"
+    JETSTREAM_STREAM = "JETSTREAM_STREAM"
+    JETSTREAM_SUBJECT_PREFIX = "JETSTREAM_SUBJECT_PREFIX"
+    JETSTREAM_REPLICAS = "JETSTREAM_REPLICAS"
+    JETSTREAM_TIMEOUT = "JETSTREAM_TIMEOUT"
+    CREATE_TABLE = "CREATE_TABLE"
+
+    aggregate_recorder_class = JetStreamAggregateRecorder
+    application_recorder_class = JetStreamApplicationRecorder
+    tracking_recorder_class = JetStreamTrackingRecorder
+    process_recorder_class = JetStreamProcessRecorder
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        servers = self.env.get(self.NATS_URL) or "nats://127.0.0.1:4222"
+        timeout = float(self.env.get(self.JETSTREAM_TIMEOUT) or 5)
+        self.stream = self.env.get(self.JETSTREAM_STREAM) or "COLONIES"
+        self.prefix = self.env.get(self.JETSTREAM_SUBJECT_PREFIX) or "colonies"
+        self.replicas = int(self.env.get(self.JETSTREAM_REPLICAS) or 1)
+        self._connection = _Connection([s.strip() for s in servers.split(",")], timeout)
+
+    def transcoder(self) -> Transcoder:
+        """msgspec (msgpack) unless ``TRANSCODER_TOPIC`` names another transcoder."""
+        if self.env.get(self.TRANSCODER_TOPIC):
+            return super().transcoder()
+        return MsgspecTranscoder()
+
+    def _create(self) -> bool:
+        return strtobool(self.env.get(self.CREATE_TABLE) or "yes")
+
+    def events_spec(self) -> StreamSpec:
+        return StreamSpec(
+            self.stream, (f"{self.prefix}.ev.>", f"{self.prefix}.trk.>"), self.replicas
+        )
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        if purpose == "events":
+            return self.aggregate_recorder_class(
+                self._connection, self.events_spec(), f"{self.prefix}.ev", self._create()
+            )
+        spec = StreamSpec(
+            f"{self.stream}_{purpose.upper()}", (f"{self.prefix}.{purpose}.>",), self.replicas
+        )
+        return self.aggregate_recorder_class(
+            self._connection, spec, f"{self.prefix}.{purpose}", self._create()
+        )
+
+    def application_recorder(self) -> ApplicationRecorder:
+        topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
+        cls = resolve_topic(topic) if topic else self.application_recorder_class
+        recorder: ApplicationRecorder = cls(
+            self._connection, self.events_spec(), f"{self.prefix}.ev", self._create()
+        )
+        return recorder
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[JetStreamTrackingRecorder] | None = None
+    ) -> JetStreamTrackingRecorder:
+        if tracking_recorder_class is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            tracking_recorder_class = (
+                resolve_topic(topic) if topic else self.tracking_recorder_class
+            )
+        assert tracking_recorder_class is not None
+        return tracking_recorder_class(
+            self._connection, self.events_spec(), f"{self.prefix}.trk", self._create()
+        )
+
+    def process_recorder(self) -> ProcessRecorder:
+        topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
+        cls = resolve_topic(topic) if topic else self.process_recorder_class
+        recorder: ProcessRecorder = cls(
+            self._connection,
+            self.events_spec(),
+            f"{self.prefix}.ev",
+            f"{self.prefix}.trk",
+            self._create(),
+        )
+        return recorder
+
+    def close(self) -> None:
+        self._connection.close()
