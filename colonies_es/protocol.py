@@ -1,0 +1,203 @@
+"""The wire protocol between clients, executors and the engine: subjects, ops and bodies.
+
+Commands
+    A client seals a command with :func:`colonies_es.crypto.seal` (op name, body, nonce,
+    time stamp, signature) and sends it as a NATS request to ``colonies.api.<op>``. The
+    engine serves these subjects as a ``nats.micro`` service in the queue group
+    ``colonies-engine``. The reply to a success is the JSON of the result (a model, a list
+    of models, or ``{}``); the reply to a refusal carries the micro error headers
+    ``Nats-Service-Error-Code`` (the status: 400, 403, 404, 409, 500) and
+    ``Nats-Service-Error`` (one readable line), and an empty body.
+
+Work
+    Ready processes are published to the JetStream stream ``COLONIES_WORK`` on
+    ``colonies.work.<colony>.<executortype>`` as a :class:`WorkItem`. Executors of a type
+    share the durable pull consumer :func:`work_consumer` and claim a process with the
+    signed ``claim`` command; the engine records the assignment only if the process is
+    still unassigned for that attempt, so a stale or duplicate delivery never assigns twice.
+
+Notifications
+    When a process ends (SUCCESS, FAILED, CANCELLED) the engine publishes its id on
+    ``colonies.ended.<colony>.<processid>`` (core NATS, no persistence): ``wait`` listens
+    there, then reads the process.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from colonies_es.models import Colony, Executor, FuncSpec, Workflow
+
+API_PREFIX = "colonies.api"
+ENGINE_QUEUE_GROUP = "colonies-engine"
+WORK_STREAM = "COLONIES_WORK"
+WORK_PREFIX = "colonies.work"
+ENDED_PREFIX = "colonies.ended"
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""Colony names and executor types: they become NATS subject tokens and consumer names."""
+
+
+def api_subject(op: str) -> str:
+    return f"{API_PREFIX}.{op}"
+
+
+def work_subject(colonyname: str, executortype: str) -> str:
+    return f"{WORK_PREFIX}.{colonyname}.{executortype}"
+
+
+def work_consumer(colonyname: str, executortype: str) -> str:
+    """The durable consumer shared by the executors of one type in one colony."""
+    return f"work_{colonyname}_{executortype}"
+
+
+def ended_subject(colonyname: str, processid: str) -> str:
+    return f"{ENDED_PREFIX}.{colonyname}.{processid}"
+
+
+class WorkItem(msgspec.Struct, frozen=True):
+    """A ready process offered to the executors of its type."""
+
+    processid: str
+    processgraphid: str
+    attempt: int
+    priority: int = 0
+    executornames: list[str] = msgspec.field(default_factory=list)
+
+
+# ------------------------------------------------------------------ command bodies
+# One Struct per op; the op name is the key of OPS. Field names follow pycolonies.
+
+
+class AddColony(msgspec.Struct, kw_only=True):
+    colony: Colony
+
+
+class ColonyRef(msgspec.Struct, kw_only=True):
+    colonyname: str
+
+
+class AddExecutor(msgspec.Struct, kw_only=True):
+    executor: Executor
+
+
+class ExecutorRef(msgspec.Struct, kw_only=True):
+    colonyname: str
+    executorname: str
+
+
+class SubmitFuncSpec(msgspec.Struct, kw_only=True):
+    spec: FuncSpec
+
+
+class SubmitWorkflow(msgspec.Struct, kw_only=True):
+    workflow: Workflow
+
+
+class Claim(msgspec.Struct, kw_only=True):
+    colonyname: str
+    processid: str
+    attempt: int
+
+
+class CloseProcess(msgspec.Struct, kw_only=True):
+    processid: str
+    out: list[object] = msgspec.field(default_factory=list)
+
+
+class FailProcess(msgspec.Struct, kw_only=True):
+    processid: str
+    errors: list[str] = msgspec.field(default_factory=list)
+
+
+class SetOutput(msgspec.Struct, kw_only=True):
+    processid: str
+    out: list[object] = msgspec.field(default_factory=list)
+
+
+class ProcessRef(msgspec.Struct, kw_only=True):
+    processid: str
+
+
+class ListQuery(msgspec.Struct, kw_only=True):
+    colonyname: str
+    count: int = 100
+    state: int | None = None
+
+
+class RemoveAll(msgspec.Struct, kw_only=True):
+    colonyname: str
+    state: int | None = None
+
+
+class AddLog(msgspec.Struct, kw_only=True):
+    processid: str
+    message: str
+
+
+class GetLogs(msgspec.Struct, kw_only=True):
+    colonyname: str
+    processid: str
+    count: int = 100
+    since: int = 0
+
+
+class AddAttribute(msgspec.Struct, kw_only=True):
+    processid: str
+    key: str
+    value: str
+
+
+class GraphRef(msgspec.Struct, kw_only=True):
+    processgraphid: str
+
+
+class AddChild(msgspec.Struct, kw_only=True):
+    processgraphid: str
+    parentprocessid: str
+    childprocessid: str = ""
+    spec: FuncSpec
+    nodename: str
+    insert: bool = False
+
+
+class Empty(msgspec.Struct):
+    pass
+
+
+OPS: dict[str, type[msgspec.Struct]] = {
+    "add_colony": AddColony,
+    "del_colony": ColonyRef,
+    "list_colonies": Empty,
+    "get_colony": ColonyRef,
+    "stats": ColonyRef,
+    "add_executor": AddExecutor,
+    "approve_executor": ExecutorRef,
+    "reject_executor": ExecutorRef,
+    "remove_executor": ExecutorRef,
+    "list_executors": ColonyRef,
+    "get_executor": ExecutorRef,
+    "whoami": ColonyRef,
+    "submit_func_spec": SubmitFuncSpec,
+    "submit_workflow": SubmitWorkflow,
+    "claim": Claim,
+    "close": CloseProcess,
+    "fail": FailProcess,
+    "set_output": SetOutput,
+    "get_process": ProcessRef,
+    "list_processes": ListQuery,
+    "remove_process": ProcessRef,
+    "remove_all_processes": RemoveAll,
+    "add_log": AddLog,
+    "get_process_log": GetLogs,
+    "add_attribute": AddAttribute,
+    "get_processgraph": GraphRef,
+    "get_processgraphs": ListQuery,
+    "remove_processgraph": GraphRef,
+    "remove_all_processgraphs": RemoveAll,
+    "cancel_processgraph": GraphRef,
+    "add_child": AddChild,
+}
+"""Every op the engine serves, with the type of its body."""
