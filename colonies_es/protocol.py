@@ -10,11 +10,17 @@ Commands
     ``Nats-Service-Error`` (one readable line), and an empty body.
 
 Work
-    Ready processes are published to the JetStream stream ``COLONIES_WORK`` on
-    ``colonies.work.<colony>.<executortype>`` as a :class:`WorkItem`. Executors of a type
-    share the durable pull consumer :func:`work_consumer` and claim a process with the
-    signed ``claim`` command; the engine records the assignment only if the process is
-    still unassigned for that attempt, so a stale or duplicate delivery never assigns twice.
+    For every process that becomes ready the engine publishes a :class:`WorkTicket` to the
+    JetStream stream ``COLONIES_WORK`` on ``colonies.work.<colony>.<executortype>``.
+    Executors of a type share the durable pull consumer :func:`work_consumer`; a ticket
+    says "there is work for your type", not which process. Holding a ticket, an executor
+    sends the signed ``claim`` command and the engine assigns, at that moment, the best
+    ready process the executor may take (highest priority, then earliest readiness, and
+    ``executornames`` respected), recording the assignment with optimistic concurrency: a
+    duplicate or stale ticket can never assign a process twice, and high-priority work
+    that became ready later still overtakes work that was queued first. A claim that finds
+    nothing for the claimer answers 404 (the executor acks the ticket and pulls again);
+    the engine re-issues tickets so that ready work always has one.
 
 Notifications
     When a process ends (SUCCESS, FAILED, CANCELLED) the engine publishes its id on
@@ -57,14 +63,11 @@ def ended_subject(colonyname: str, processid: str) -> str:
     return f"{ENDED_PREFIX}.{colonyname}.{processid}"
 
 
-class WorkItem(msgspec.Struct, frozen=True):
-    """A ready process offered to the executors of its type."""
+class WorkTicket(msgspec.Struct, frozen=True):
+    """There is ready work for executors of this type in this colony: come and claim it."""
 
-    processid: str
-    processgraphid: str
-    attempt: int
-    priority: int = 0
-    executornames: list[str] = msgspec.field(default_factory=list)
+    colonyname: str
+    executortype: str
 
 
 # ------------------------------------------------------------------ command bodies
@@ -97,9 +100,9 @@ class SubmitWorkflow(msgspec.Struct, kw_only=True):
 
 
 class Claim(msgspec.Struct, kw_only=True):
+    """Assign me the best ready process of my type (I hold a work ticket)."""
+
     colonyname: str
-    processid: str
-    attempt: int
 
 
 class CloseProcess(msgspec.Struct, kw_only=True):
