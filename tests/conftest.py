@@ -1,0 +1,58 @@
+"""Shared pytest fixtures: real nats-servers with JetStream, started by the tests themselves.
+
+Nothing needs to run before pytest: the servers come from ``colonies_es.embedded``, on free
+ports, with temporary store directories, and are stopped at teardown.
+
+* ``nats_url`` / ``nats_server`` (session): one server shared by the whole run. Use it for
+  anything that does not stop or kill the server; give your streams unique names.
+* ``nats_server_factory`` (per test): ``factory(store_dir=None, port=None, **kwargs)``
+  starts and returns a new :class:`~colonies_es.embedded.NatsServer` (extra keyword
+  arguments go to its constructor: ``config``, ``http_port``, ...). ``store_dir=None`` means
+  a fresh temporary directory. To test a crash, ``server.kill()`` it, then start
+  ``factory(store_dir=server.store_dir, port=server.port)`` (or ``server.start()`` again).
+  Every server it started is stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colonies_es.embedded import NatsServer
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A started nats-server shared by the test session (do not stop or kill it)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats-session")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    """The client URL of the session's nats-server, e.g. ``nats://127.0.0.1:PORT``."""
+    return nats_server.url
+
+
+@pytest.fixture
+def nats_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., NatsServer]]:
+    """A callable starting new nats-servers, all stopped when the test ends."""
+    started: list[NatsServer] = []
+
+    def start_server(
+        store_dir: Path | None = None, port: int | None = None, **kwargs: Any
+    ) -> NatsServer:
+        directory = store_dir if store_dir is not None else tmp_path_factory.mktemp("nats")
+        server = NatsServer(directory, port=port, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start_server
+    for server in reversed(started):
+        server.stop()
