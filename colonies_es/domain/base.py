@@ -1,0 +1,187 @@
+"""Building blocks the aggregates share: string ids, audited events, names and ids checks.
+
+eventsourcing's ready-made ``Aggregate`` and ``AggregateEvent`` use UUID ids. Ours are
+strings because they double as NATS subject tokens (``<colony>.colony``,
+``<colony>.graph.<processgraphid>``), so this module builds the same pieces on the
+library's generic bases with ``str`` as the id type:
+
+- :class:`AuditedEvent` (``CanMutateAggregate[str]``, a frozen dataclass like every
+  eventsourcing event) adds the audit fields every event of this system carries:
+  ``actor``, the id of whoever caused the event (the signer of the command, or the
+  engine's own id for what the engine decides itself, such as a timeout), and
+  ``command``, the exact bytes of the signed command envelope it came from (``b""`` when
+  there is none, e.g. in unit tests). An event's ``timestamp`` is the ``now`` the command
+  was given: the domain never reads the clock.
+- :class:`AuditedCreationEvent` (``CanInitAggregate[str]``) is the first event of an
+  aggregate; replaying it builds the aggregate.
+- :class:`AuditedAggregate` (``BaseAggregate[str]``) gives commands a typed way to
+  trigger events: build the event with :meth:`~AuditedAggregate._next_header`, hand it
+  to :meth:`~AuditedAggregate._trigger`.
+
+Events are constructed with keyword arguments and are checked by the type checker (their
+metaclass is declared a dataclass maker). Their fields hold only what eventsourcing's
+transcoder can store: str, int, float, bool, None, bytes, datetime, and lists and dicts
+of these. Stored tuples come back as lists, so events use lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from datetime import datetime
+from typing import Self, TypedDict, dataclass_transform
+
+from eventsourcing.domain import (
+    BaseAggregate,
+    CanInitAggregate,
+    CanMutateAggregate,
+    MetaDomainEvent,
+)
+from eventsourcing.utils import get_topic
+
+from colonies_es.domain.errors import BadRequest
+
+__all__ = [
+    "AuditedAggregate",
+    "AuditedCreationEvent",
+    "AuditedEvent",
+    "EventHeader",
+    "check_id",
+    "check_name",
+    "colony_aggregate_id",
+    "graph_aggregate_id",
+    "new_id",
+]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def new_id() -> str:
+    """A fresh id for a process or a graph: 64 lowercase hex characters (SHA3-256 of
+    32 random bytes, as ColonyOS makes them)."""
+    return hashlib.sha3_256(os.urandom(32)).hexdigest()
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it may be used as a NATS subject token (a colony name, an
+    executor type): 1 to 64 letters, digits, ``_`` or ``-``. Otherwise raise BadRequest
+    naming ``what`` was wrong."""
+    if not _NAME_RE.fullmatch(value):
+        raise BadRequest(f"{what} {value!r} is not valid: use 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
+def check_id(value: str, what: str) -> str:
+    """Return ``value`` if it is an id (64 lowercase hex characters), else raise
+    BadRequest naming ``what`` was wrong."""
+    if not _ID_RE.fullmatch(value):
+        raise BadRequest(f"{what} {value!r} is not an id (64 lowercase hex characters)")
+    return value
+
+
+def colony_aggregate_id(colonyname: str) -> str:
+    """The id of a colony's aggregate, ``"<colonyname>.colony"``."""
+    return f"{colonyname}.colony"
+
+
+def graph_aggregate_id(colonyname: str, processgraphid: str) -> str:
+    """The id of a process graph's aggregate, ``"<colonyname>.graph.<processgraphid>"``."""
+    return f"{colonyname}.graph.{processgraphid}"
+
+
+@dataclass_transform(frozen_default=True)
+class _EventMeta(MetaDomainEvent):
+    """eventsourcing's event metaclass (it makes every event class a frozen dataclass),
+    declared as such so that type checkers check the events' constructors."""
+
+
+class AuditedEvent(CanMutateAggregate[str], metaclass=_EventMeta):
+    """Something that happened to an aggregate with a string id, and who caused it.
+
+    Subclasses declare their own fields and an ``apply(aggregate)`` that makes the
+    change; ``mutate`` (from eventsourcing) checks the id and version, then calls it.
+    """
+
+    originator_id: str
+    """The id of the aggregate the event belongs to."""
+    originator_version: int
+    """The aggregate's version after this event: 1 for the creation event, then +1."""
+    timestamp: datetime
+    """When it happened: the ``now`` given to the command (timezone-aware)."""
+    actor: str
+    """The id of the identity that caused it: the command's signer, or the engine."""
+    command: bytes
+    """The signed command envelope it came from, byte for byte (``b""`` if none)."""
+
+
+class AuditedCreationEvent(CanInitAggregate[str], AuditedEvent):
+    """The first event of an aggregate: replaying it constructs the aggregate."""
+
+    originator_topic: str
+    """The aggregate's class, as an eventsourcing topic."""
+
+
+class EventHeader(TypedDict):
+    """The fields every :class:`AuditedEvent` starts with, to unpack into a constructor."""
+
+    originator_id: str
+    originator_version: int
+    timestamp: datetime
+    actor: str
+    command: bytes
+
+
+def _header(
+    aggregate_id: str, version: int, now: datetime, actor: str, command: bytes
+) -> EventHeader:
+    if now.tzinfo is None:
+        raise ValueError(f"now must be a timezone-aware datetime, got {now!r}")
+    return EventHeader(
+        originator_id=aggregate_id,
+        originator_version=version,
+        timestamp=now,
+        actor=actor,
+        command=command,
+    )
+
+
+class AuditedAggregate(BaseAggregate[str]):
+    """An aggregate with a string id whose events are :class:`AuditedEvent` objects.
+
+    Subclasses define ``__init__(self)`` with no parameters, setting empty values of
+    their attributes; their creation event's ``apply`` fills them in. Aggregates are
+    created by their own class methods (``Colony.create``, ``ProcessGraph.submit``),
+    never by calling the class.
+    """
+
+    @classmethod
+    def _creation_header(
+        cls, aggregate_id: str, *, now: datetime, actor: str, command: bytes
+    ) -> EventHeader:
+        """The header of the creation event of a new aggregate with ``aggregate_id``."""
+        return _header(aggregate_id, cls.INITIAL_VERSION, now, actor, command)
+
+    @classmethod
+    def _topic(cls) -> str:
+        """The ``originator_topic`` of this class's creation event."""
+        return get_topic(cls)
+
+    @classmethod
+    def _create_from(cls, event: AuditedCreationEvent) -> Self:
+        """The aggregate ``event`` creates, with ``event`` pending (to be saved)."""
+        aggregate = event.mutate(None)
+        if not isinstance(aggregate, cls):
+            raise TypeError(f"{type(event).__name__} does not create a {cls.__name__}")
+        aggregate.pending_events.append(event)
+        return aggregate
+
+    def _next_header(self, *, now: datetime, actor: str, command: bytes) -> EventHeader:
+        """The header of the next event of this aggregate."""
+        return _header(self.id, self.version + 1, now, actor, command)
+
+    def _trigger(self, event: AuditedEvent) -> None:
+        """Apply ``event`` to this aggregate and keep it pending (to be saved)."""
+        event.mutate(self)
+        self.pending_events.append(event)

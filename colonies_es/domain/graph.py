@@ -1,0 +1,622 @@
+"""The process graph aggregate: a submitted workflow and everything that happens to it.
+
+A graph (aggregate id ``"<colonyname>.graph.<processgraphid>"``) holds its processes
+(:class:`~.process.ProcessNode`), so every rule that spans processes (readiness, data
+flow from parents to children, failure cancelling the rest, the graph's state) is
+decided in one place, with one event per command. A single submitted function is a graph
+of one process.
+
+Commands check SEMANTICS.md's rules first and raise a
+:class:`~colonies_es.domain.errors.DomainError` (triggering nothing) when one is broken;
+otherwise they trigger exactly one event from :mod:`.graph_events`, which lists every
+consequence. Each command takes keyword arguments ``now`` (the event's time: the domain
+never reads the clock), ``actor`` and ``command`` (the audit fields). Who may call a
+command (a member of the colony, the server...) is the engine's check, except what
+depends on the graph itself: only the executor holding a process may close it, fail it
+or set its output, and only an eligible executor may take it.
+
+Once removed, a graph refuses every command with 404, but its queries still answer
+(history is kept for audit).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from colonies_es.domain.base import AuditedAggregate, check_id, graph_aggregate_id, new_id
+from colonies_es.domain.errors import BadRequest, Conflict, Forbidden, NotFound
+from colonies_es.domain.graph_events import (
+    AttemptFailed,
+    ExecutionTimedOut,
+    GraphCancelled,
+    GraphRemoved,
+    GraphSubmitted,
+    OutputSet,
+    ProcessAssigned,
+    ProcessClosed,
+    ProcessFailed,
+    SubmittedProcess,
+    WaitTimedOut,
+)
+from colonies_es.domain.process import Deadline, Outcome, ProcessNode, ReadyProcess, readiness
+from colonies_es.domain.submission import plan_workflow
+from colonies_es.models import Executor, FuncSpec, Process, Workflow, from_dict
+from colonies_es.models import ProcessGraph as ProcessGraphModel
+from colonies_es.states import ExecutorState, ProcessState
+
+__all__ = ["EXEC_TIMEOUT_ERROR", "WAIT_TIMEOUT_ERROR", "ProcessGraph", "graph_state"]
+
+EXEC_TIMEOUT_ERROR = "maximum execution time exceeded"
+WAIT_TIMEOUT_ERROR = "maximum waiting time exceeded"
+
+_WAITING = int(ProcessState.WAITING)
+_RUNNING = int(ProcessState.RUNNING)
+_SUCCESS = int(ProcessState.SUCCESS)
+_FAILED = int(ProcessState.FAILED)
+_CANCELLED = int(ProcessState.CANCELLED)
+_DAY_NS = 24 * 60 * 60 * 10**9
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def graph_state(states: Iterable[int]) -> int:
+    """The state of a graph whose processes are in ``states`` (SEMANTICS.md, "Graph
+    state"): any FAILED → FAILED; else any CANCELLED → CANCELLED; else all SUCCESS →
+    SUCCESS; else any RUNNING or SUCCESS → RUNNING; else WAITING."""
+    present = set(states)
+    if _FAILED in present:
+        return _FAILED
+    if _CANCELLED in present:
+        return _CANCELLED
+    if present == {_SUCCESS}:
+        return _SUCCESS
+    if _RUNNING in present or _SUCCESS in present:
+        return _RUNNING
+    return _WAITING
+
+
+class ProcessGraph(AuditedAggregate):
+    """A submitted workflow: its processes, their states and data, and its own state."""
+
+    def __init__(self) -> None:
+        self.colonyname = ""
+        self.processgraphid = ""
+        self.initiatorid = ""
+        self.initiatorname = ""
+        self.rootprocessids: list[str] = []
+        self.nodes: dict[str, ProcessNode] = {}
+        """Processes by id, in the workflow's order."""
+        self.state = _WAITING
+        self.starttime: datetime | None = None
+        """When an executor first took one of its processes."""
+        self.endtime: datetime | None = None
+        """When it reached SUCCESS, FAILED or CANCELLED."""
+        self.removed = False
+
+    # --- submission ----------------------------------------------------------------------
+
+    @classmethod
+    def submit(
+        cls,
+        colonyname: str,
+        workflow: Workflow,
+        *,
+        initiatorid: str,
+        initiatorname: str,
+        now: datetime,
+        actor: str,
+        command: bytes,
+        ids: Iterator[str] | None = None,
+    ) -> ProcessGraph:
+        """A new graph of ``workflow`` in colony ``colonyname`` (GraphSubmitted).
+
+        Every process is recorded at once, WAITING; those without dependencies are
+        ready with ``in=[]``. ``ids`` supplies fresh ids, the graph's first then one per
+        spec in order (default: random ids). Raises BadRequest, triggering nothing, for
+        a workflow SEMANTICS.md refuses (see :func:`.submission.plan_workflow`); the
+        engine checks that the colony exists and the initiator is a member.
+        """
+        planned = plan_workflow(colonyname, workflow)
+        fresh = _checked_ids(ids if ids is not None else _random_ids(), 1 + len(planned))
+        processgraphid = fresh[0]
+        processids = {node.nodename: pid for node, pid in zip(planned, fresh[1:], strict=True)}
+        processes = [
+            SubmittedProcess(
+                processid=processids[node.nodename],
+                spec=node.spec,
+                parents=[processids[parent] for parent in node.parents],
+                children=[processids[child] for child in node.children],
+            )
+            for node in planned
+        ]
+        roots = [process for process in processes if not process["parents"]]
+        return cls._create_from(
+            GraphSubmitted(
+                **cls._creation_header(
+                    graph_aggregate_id(colonyname, processgraphid),
+                    now=now,
+                    actor=actor,
+                    command=command,
+                ),
+                originator_topic=cls._topic(),
+                ready=[
+                    readiness(root["processid"], from_dict(root["spec"], FuncSpec), 1, [], now)
+                    for root in roots
+                ],
+                graphstate=_WAITING,
+                colonyname=colonyname,
+                processgraphid=processgraphid,
+                initiatorid=initiatorid,
+                initiatorname=initiatorname,
+                processes=processes,
+                rootprocessids=[root["processid"] for root in roots],
+            )
+        )
+
+    # --- executors' commands -------------------------------------------------------------
+
+    def assign(
+        self,
+        processid: str,
+        executor: Executor,
+        attempt: int,
+        *,
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> None:
+        """``executor`` takes attempt ``attempt`` of a ready process (ProcessAssigned).
+
+        The process becomes RUNNING, started ``now``, with an execution deadline when
+        its spec has a ``maxexectime``; the graph becomes RUNNING.
+        Raises NotFound for an unknown process (or a removed graph); Forbidden when the
+        executor may not run it (not APPROVED, another colony, another executor type,
+        not among ``executornames``); Conflict when the process is not ready or is at
+        another attempt: a duplicate or stale claim.
+        """
+        node = self._process(processid)
+        if (
+            executor.colonyname != self.colonyname
+            or executor.state != ExecutorState.APPROVED
+            or not node.may_run_on(executor.executortype, executor.executorname)
+        ):
+            raise Forbidden(
+                f"executor {executor.executorname!r} may not run {_describe(node)}: it needs "
+                f"an APPROVED executor of type {node.spec.conditions.executortype!r}"
+                + _names_clause(node)
+                + f" in colony {self.colonyname!r}"
+            )
+        if not node.is_ready:
+            state = "not ready" if node.state == _WAITING else _state_name(node.state)
+            raise Conflict(f"{_describe(node)} cannot be taken: it is {state}")
+        if attempt != node.attempt:
+            raise Conflict(
+                f"the claim for attempt {attempt} of {_describe(node)} is stale: "
+                f"the process is at attempt {node.attempt}"
+            )
+        self._trigger(
+            ProcessAssigned(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self._state_after({processid: _RUNNING}),
+                processid=processid,
+                executorid=executor.executorid,
+                attempt=attempt,
+                execdeadline=node.exec_deadline(now),
+            )
+        )
+
+    def set_output(
+        self,
+        processid: str,
+        executorid: str,
+        output: list[Any],
+        *,
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> None:
+        """Set the output of a running process (OutputSet).
+
+        Raises NotFound for an unknown process; Forbidden unless ``executorid`` holds it.
+        """
+        self._held_process(processid, executorid)
+        self._trigger(
+            OutputSet(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self.state,
+                processid=processid,
+                executorid=executorid,
+                output=copy.deepcopy(output),
+            )
+        )
+
+    def close(
+        self,
+        processid: str,
+        executorid: str,
+        output: list[Any],
+        *,
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> None:
+        """A running process succeeded (ProcessClosed).
+
+        A non-empty ``output`` becomes its output; an empty one keeps what
+        :meth:`set_output` stored (as ColonyOS). Each child whose parents have all
+        succeeded becomes ready, its input the concatenation of its parents' outputs in
+        parents order, unless the graph already FAILED or was CANCELLED.
+        Raises NotFound for an unknown process; Forbidden unless ``executorid`` holds it
+        (a process released by a timeout, cancelled or failed is no longer held).
+        """
+        node = self._held_process(processid, executorid)
+        final_output = copy.deepcopy(output) if output else copy.deepcopy(node.output)
+        graphstate = self._state_after({processid: _SUCCESS})
+        ready = []
+        if graphstate not in (_FAILED, _CANCELLED):
+            ready = self._children_ready(node, final_output, now)
+        self._trigger(
+            ProcessClosed(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=ready,
+                graphstate=graphstate,
+                processid=processid,
+                executorid=executorid,
+                attempt=node.attempt,
+                output=final_output,
+            )
+        )
+
+    def fail(
+        self,
+        processid: str,
+        executorid: str,
+        errors: list[str],
+        *,
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> None:
+        """A running process failed with ``errors`` (ProcessFailed).
+
+        With retries left (``maxretries > 0`` not used up) and the graph neither FAILED
+        nor CANCELLED, the process is ready again for its next attempt, with the same
+        input. Otherwise it FAILS, the graph FAILS, and every process still WAITING is
+        CANCELLED with a reason naming the failed node; succeeded processes keep their
+        output and running ones keep running. Raises NotFound for an unknown process;
+        Forbidden unless ``executorid`` holds it.
+        """
+        node = self._held_process(processid, executorid)
+        self._trigger(
+            self._attempt_failed(ProcessFailed, node, "failed", errors, now, actor, command)
+        )
+
+    # --- the engine's commands -----------------------------------------------------------
+
+    def expire_exec(
+        self, processid: str, attempt: int, *, now: datetime, actor: str, command: bytes
+    ) -> None:
+        """Attempt ``attempt`` of a process ran out of execution time (ExecutionTimedOut).
+
+        The executor loses the process; the retry rule of :meth:`fail` applies, with
+        the error "maximum execution time exceeded". Raises NotFound for an unknown
+        process; Conflict when that attempt is no longer running or its deadline has not
+        come (a stale timer).
+        """
+        node = self._process(processid)
+        if not node.is_running or node.attempt != attempt:
+            raise Conflict(f"attempt {attempt} of {_describe(node)} is not running")
+        if node.execdeadline is None or now < node.execdeadline:
+            raise Conflict(f"attempt {attempt} of {_describe(node)} has time left")
+        self._trigger(
+            self._attempt_failed(
+                ExecutionTimedOut, node, "timed out", [EXEC_TIMEOUT_ERROR], now, actor, command
+            )
+        )
+
+    def expire_wait(self, processid: str, *, now: datetime, actor: str, command: bytes) -> None:
+        """A ready process waited past its deadline without being taken (WaitTimedOut).
+
+        It FAILS with "maximum waiting time exceeded", the graph FAILS and every process
+        still WAITING is CANCELLED. Raises NotFound for an unknown process; Conflict when
+        it is not waiting to be taken or its deadline has not come (a stale timer).
+        """
+        node = self._process(processid)
+        if not node.is_ready:
+            raise Conflict(f"{_describe(node)} is not waiting for an executor")
+        if node.waitdeadline is None or now < node.waitdeadline:
+            raise Conflict(f"{_describe(node)} has time left to be taken")
+        self._trigger(
+            WaitTimedOut(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=_FAILED,
+                processid=processid,
+                attempt=node.attempt,
+                errors=[WAIT_TIMEOUT_ERROR],
+                cancelled=self._waiting_except(processid),
+                cancelreason=_failure_reason(node),
+            )
+        )
+
+    # --- the whole graph -----------------------------------------------------------------
+
+    def cancel(self, *, now: datetime, actor: str, command: bytes) -> None:
+        """Cancel the graph (GraphCancelled): its WAITING and RUNNING processes are
+        CANCELLED, and so is the graph. Raises NotFound if it was removed, Conflict if it
+        already ended (SUCCESS, FAILED or CANCELLED)."""
+        self._check_not_removed()
+        if self.state in (_SUCCESS, _FAILED, _CANCELLED):
+            raise Conflict(
+                f"process graph {self.processgraphid} already ended: it is "
+                f"{_state_name(self.state)}"
+            )
+        cancelled = [pid for pid, node in self.nodes.items() if node.state in (_WAITING, _RUNNING)]
+        self._trigger(
+            GraphCancelled(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=_CANCELLED,
+                cancelled=cancelled,
+                cancelreason="cancelled: the process graph was cancelled",
+            )
+        )
+
+    def remove(self, *, now: datetime, actor: str, command: bytes) -> None:
+        """Record that the graph is removed (GraphRemoved); the log keeps its history.
+        Raises NotFound if it was already removed, Conflict while it is RUNNING."""
+        self._check_not_removed()
+        if self.state == _RUNNING:
+            raise Conflict(f"process graph {self.processgraphid} is RUNNING: cancel it first")
+        self._trigger(
+            GraphRemoved(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self.state,
+            )
+        )
+
+    # --- queries -------------------------------------------------------------------------
+
+    @property
+    def submissiontime(self) -> datetime:
+        """When the workflow was submitted."""
+        return self.created_on
+
+    @property
+    def processids(self) -> list[str]:
+        """Ids of its processes, in the workflow's order."""
+        return list(self.nodes)
+
+    def process(self, processid: str) -> ProcessNode:
+        """The process with this id (the aggregate's own object: read it, never change
+        it). Raises NotFound if the graph has no such process."""
+        try:
+            return self.nodes[processid]
+        except KeyError:
+            raise NotFound(
+                f"process {processid} is not in process graph {self.processgraphid}"
+            ) from None
+
+    def find_by_nodename(self, nodename: str) -> ProcessNode | None:
+        """The process named ``nodename``, or None (read it, never change it)."""
+        for node in self.nodes.values():
+            if node.nodename == nodename:
+                return node
+        return None
+
+    def ready_processes(self) -> list[ReadyProcess]:
+        """The processes ready to be taken, in the order to offer them: higher priority
+        first, then earlier readiness. Empty once the graph is removed."""
+        if self.removed:
+            return []
+        ready = [node.current_readiness() for node in self.nodes.values() if node.is_ready]
+        return sorted(ready, key=lambda work: (-work["priority"], work["readytime"]))
+
+    def deadlines(self) -> list[Deadline]:
+        """The timers to arm now: wait deadlines of ready processes, execution deadlines
+        of running ones. Empty once the graph is removed."""
+        if self.removed:
+            return []
+        timers: list[Deadline] = []
+        for node in self.nodes.values():
+            if node.is_ready and node.waitdeadline is not None:
+                timers.append(
+                    Deadline(
+                        processid=node.processid,
+                        attempt=node.attempt,
+                        kind="wait",
+                        at=node.waitdeadline,
+                    )
+                )
+            elif node.is_running and node.execdeadline is not None:
+                timers.append(
+                    Deadline(
+                        processid=node.processid,
+                        attempt=node.attempt,
+                        kind="exec",
+                        at=node.execdeadline,
+                    )
+                )
+        return timers
+
+    def process_model(self, processid: str) -> Process:
+        """The process as clients see it (CLIENT_API.md). Raises NotFound if unknown."""
+        node = self.process(processid)
+        return Process(
+            processid=node.processid,
+            initiatorid=self.initiatorid,
+            initiatorname=self.initiatorname,
+            assignedexecutorid=node.assignedexecutorid,
+            isassigned=bool(node.assignedexecutorid),
+            state=node.state,
+            prioritytime=_prioritytime(node),
+            submissiontime=node.submissiontime,
+            starttime=node.starttime,
+            endtime=node.endtime,
+            waitdeadline=node.waitdeadline,
+            execdeadline=node.execdeadline,
+            retries=node.retries,
+            spec=copy.deepcopy(node.spec),
+            waitforparents=bool(node.parents) and node.readytime is None,
+            parents=list(node.parents),
+            children=list(node.children),
+            processgraphid=self.processgraphid,
+            input=copy.deepcopy(node.input),
+            output=copy.deepcopy(node.output),
+            errors=list(node.errors),
+        )
+
+    def to_model(self) -> ProcessGraphModel:
+        """The graph as clients see it (CLIENT_API.md)."""
+        return ProcessGraphModel(
+            processgraphid=self.processgraphid,
+            initiatorid=self.initiatorid,
+            initiatorname=self.initiatorname,
+            colonyname=self.colonyname,
+            rootprocessids=list(self.rootprocessids),
+            state=self.state,
+            submissiontime=self.submissiontime,
+            starttime=self.starttime,
+            endtime=self.endtime,
+            processids=self.processids,
+        )
+
+    # --- used by the events' apply -------------------------------------------------------
+
+    def cancel_processes(self, processids: Iterable[str], reason: str, now: datetime) -> None:
+        """CANCEL these processes at ``now`` because of ``reason``."""
+        for processid in processids:
+            self.nodes[processid].cancel(reason, now)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _check_not_removed(self) -> None:
+        if self.removed:
+            raise NotFound(f"process graph {self.processgraphid} was removed")
+
+    def _process(self, processid: str) -> ProcessNode:
+        """The process, for a command: NotFound if unknown or the graph was removed."""
+        self._check_not_removed()
+        return self.process(processid)
+
+    def _held_process(self, processid: str, executorid: str) -> ProcessNode:
+        """The process, if ``executorid`` holds it (it is RUNNING, assigned to it)."""
+        node = self._process(processid)
+        if not node.is_running:
+            raise Forbidden(
+                f"{_describe(node)} is {_state_name(node.state)}: "
+                f"executor {executorid} does not hold it"
+            )
+        if node.assignedexecutorid != executorid:
+            raise Forbidden(f"{_describe(node)} is held by another executor, not {executorid}")
+        return node
+
+    def _state_after(self, changes: Mapping[str, int]) -> int:
+        """The graph's state once the processes in ``changes`` are in their new state."""
+        return graph_state(changes.get(pid, node.state) for pid, node in self.nodes.items())
+
+    def _waiting_except(self, processid: str) -> list[str]:
+        return [
+            pid for pid, node in self.nodes.items() if node.state == _WAITING and pid != processid
+        ]
+
+    def _children_ready(
+        self, node: ProcessNode, output: list[Any], now: datetime
+    ) -> list[ReadyProcess]:
+        """The children of ``node`` that become ready when it succeeds with ``output``."""
+        outputs = {node.processid: output}
+        ready = []
+        for child in (self.nodes[pid] for pid in node.children):
+            if child.state != _WAITING or child.readytime is not None:
+                continue
+            parents = [self.nodes[pid] for pid in child.parents]
+            if all(p.state == _SUCCESS or p is node for p in parents):
+                input = [value for p in parents for value in outputs.get(p.processid, p.output)]
+                ready.append(child.readiness(child.attempt, input, now))
+        return ready
+
+    def _attempt_failed(
+        self,
+        event_class: type[AttemptFailed],
+        node: ProcessNode,
+        outcome: Outcome,
+        errors: list[str],
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> AttemptFailed:
+        """The event for a failed attempt of ``node``: a retry when allowed, else the
+        process's and the graph's failure."""
+        retried = node.retries_left() and self.state not in (_FAILED, _CANCELLED)
+        if retried:
+            ready = [node.readiness(node.attempt + 1, node.input, now)]
+            cancelled: list[str] = []
+            graphstate = self._state_after({node.processid: _WAITING})
+        else:
+            ready = []
+            cancelled = self._waiting_except(node.processid)
+            graphstate = _FAILED
+        return event_class(
+            **self._next_header(now=now, actor=actor, command=command),
+            ready=ready,
+            graphstate=graphstate,
+            processid=node.processid,
+            executorid=node.assignedexecutorid,
+            attempt=node.attempt,
+            errors=list(errors),
+            retried=retried,
+            cancelled=cancelled,
+            cancelreason=_failure_reason(node) if cancelled else "",
+        )
+
+
+def _checked_ids(ids: Iterator[str], count: int) -> list[str]:
+    """``count`` distinct ids taken from ``ids``. Raises ValueError (a programming error:
+    ids come from the engine) for too few, malformed or repeated ids."""
+    taken = []
+    for _ in range(count):
+        value = next(ids, None)
+        if value is None:
+            raise ValueError(f"ids ran out: {count} are needed")
+        try:
+            check_id(value, "id")
+        except BadRequest as err:
+            raise ValueError(str(err)) from None
+        taken.append(value)
+    if len(set(taken)) != count:
+        raise ValueError("ids repeat")
+    return taken
+
+
+def _random_ids() -> Iterator[str]:
+    while True:
+        yield new_id()
+
+
+def _describe(node: ProcessNode) -> str:
+    return f"process {node.processid} ({node.nodename})"
+
+
+def _state_name(state: int) -> str:
+    return ProcessState(state).name
+
+
+def _names_clause(node: ProcessNode) -> str:
+    names = node.spec.conditions.executornames
+    return f" named one of {names}" if names else ""
+
+
+def _failure_reason(node: ProcessNode) -> str:
+    return f"cancelled: process {node.nodename!r} ({node.processid}) failed"
+
+
+def _prioritytime(node: ProcessNode) -> int:
+    """ColonyOS' ordering key (unix ns, smaller first): the time the process became
+    ready (or was submitted, until then) minus one day per priority point."""
+    since = node.readytime if node.readytime is not None else node.submissiontime
+    return (since - _EPOCH) // timedelta(microseconds=1) * 1000 - node.spec.priority * _DAY_NS

@@ -1,0 +1,217 @@
+"""The events of a process graph: what the log says happened to a workflow.
+
+One command on a graph triggers exactly one of these events, and the event states
+everything the command changed, so a reader of the log (projector, history, audit,
+engine) never re-runs a domain rule to know what happened:
+
+- ``ready`` (every graph event): the processes this event made ready, each with its
+  fixed input, attempt, priority and deadline (:class:`~.process.ReadyProcess`); the
+  engine publishes them as work. Empty for most events.
+- ``graphstate`` (every graph event): the graph's state after the event.
+- ``cancelled`` (events that can end a graph): the processes this event cancelled, and
+  ``cancelreason`` why.
+
+The ``apply`` methods make these changes on the :class:`~.graph.ProcessGraph`; they
+decide nothing. Data from users (specs, inputs, outputs, errors) is copied in, so the
+aggregate never shares a list with an event. Specs travel as plain dicts
+(``models.to_dict(spec)``, wire names).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
+
+from colonies_es.domain.base import AuditedCreationEvent, AuditedEvent
+from colonies_es.domain.process import Outcome, ProcessNode, ReadyProcess
+from colonies_es.models import FuncSpec, from_dict
+from colonies_es.states import ProcessState
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from colonies_es.domain.graph import ProcessGraph
+
+__all__ = [
+    "AttemptFailed",
+    "ExecutionTimedOut",
+    "GraphCancelled",
+    "GraphEvent",
+    "GraphRemoved",
+    "GraphSubmitted",
+    "OutputSet",
+    "ProcessAssigned",
+    "ProcessClosed",
+    "ProcessFailed",
+    "SubmittedProcess",
+    "WaitTimedOut",
+]
+
+_ENDED = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
+
+
+class GraphEvent(AuditedEvent):
+    """What every graph event carries besides its audit fields."""
+
+    ready: list[ReadyProcess]
+    """Processes this event made ready, in the order they became so."""
+    graphstate: int
+    """The graph's state after this event (a ProcessState code)."""
+
+    def apply(self, aggregate: ProcessGraph) -> None:
+        self.change_processes(aggregate)
+        for ready in self.ready:
+            aggregate.nodes[ready["processid"]].make_ready(ready)
+        aggregate.state = self.graphstate
+        if aggregate.endtime is None and self.graphstate in _ENDED:
+            aggregate.endtime = self.timestamp
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        """The changes particular to this kind of event (before readiness and state)."""
+
+
+class SubmittedProcess(TypedDict):
+    """A process as submitted: ``spec`` is the FuncSpec as a plain dict."""
+
+    processid: str
+    spec: dict[str, Any]
+    parents: list[str]
+    children: list[str]
+
+
+class GraphSubmitted(AuditedCreationEvent, GraphEvent):
+    """A workflow was submitted: every process exists, WAITING; the roots are ready
+    (listed in ``ready``, with ``input=[]``). The submission time is the timestamp."""
+
+    colonyname: str
+    processgraphid: str
+    initiatorid: str
+    initiatorname: str
+    processes: list[SubmittedProcess]
+    """Every process, in the workflow's order."""
+    rootprocessids: list[str]
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.colonyname = self.colonyname
+        aggregate.processgraphid = self.processgraphid
+        aggregate.initiatorid = self.initiatorid
+        aggregate.initiatorname = self.initiatorname
+        aggregate.rootprocessids = list(self.rootprocessids)
+        for process in self.processes:
+            aggregate.nodes[process["processid"]] = ProcessNode(
+                processid=process["processid"],
+                spec=from_dict(process["spec"], FuncSpec),
+                parents=list(process["parents"]),
+                children=list(process["children"]),
+                submissiontime=self.timestamp,
+            )
+
+
+class ProcessAssigned(GraphEvent):
+    """An executor took attempt ``attempt`` of a ready process: it is RUNNING, started
+    at the timestamp, and runs out of time at ``execdeadline`` (None: no limit)."""
+
+    processid: str
+    executorid: str
+    attempt: int
+    execdeadline: datetime | None
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.nodes[self.processid].start(self.executorid, self.timestamp, self.execdeadline)
+        if aggregate.starttime is None:
+            aggregate.starttime = self.timestamp
+
+
+class OutputSet(GraphEvent):
+    """The executor running a process set its output (it keeps running)."""
+
+    processid: str
+    executorid: str
+    output: list[Any]
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.nodes[self.processid].set_output(self.output)
+
+
+class ProcessClosed(GraphEvent):
+    """A process succeeded with ``output`` (its final output). ``ready`` lists its
+    children that became ready, each with its input."""
+
+    processid: str
+    executorid: str
+    attempt: int
+    output: list[Any]
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.nodes[self.processid].succeed(self.output, self.timestamp)
+
+
+class AttemptFailed(GraphEvent):
+    """An attempt failed: either ``retried`` (the process is ready again, in ``ready``,
+    with the next attempt number) or the process FAILED, and then every process still
+    WAITING in the graph is ``cancelled`` because of ``cancelreason``."""
+
+    processid: str
+    executorid: str
+    attempt: int
+    errors: list[str]
+    """This attempt's errors."""
+    retried: bool
+    cancelled: list[str]
+    cancelreason: str
+
+    outcome: ClassVar[Outcome] = "failed"
+    """How the attempt ended, by kind of event (not a field)."""
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        node = aggregate.nodes[self.processid]
+        if self.retried:
+            node.release_for_retry(self.outcome, self.errors, self.timestamp)
+        else:
+            node.fail(self.outcome, self.errors, self.timestamp)
+        aggregate.cancel_processes(self.cancelled, self.cancelreason, self.timestamp)
+
+
+class ProcessFailed(AttemptFailed):
+    """The executor running a process reported its failure with ``errors``."""
+
+
+class ExecutionTimedOut(AttemptFailed):
+    """A running attempt ran out of time (``maxexectime``); the executor lost the
+    process. Caused by the engine: ``actor`` is the engine's id."""
+
+    outcome = "timed out"
+
+
+class WaitTimedOut(GraphEvent):
+    """A ready process waited longer than ``maxwaittime`` without being taken: it
+    FAILED with ``errors``, and the processes still WAITING are ``cancelled``. Caused by
+    the engine: ``actor`` is the engine's id."""
+
+    processid: str
+    attempt: int
+    errors: list[str]
+    cancelled: list[str]
+    cancelreason: str
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.nodes[self.processid].fail("failed", self.errors, self.timestamp)
+        aggregate.cancel_processes(self.cancelled, self.cancelreason, self.timestamp)
+
+
+class GraphCancelled(GraphEvent):
+    """The graph was cancelled: its WAITING and RUNNING processes, ``cancelled``, are
+    CANCELLED because of ``cancelreason``."""
+
+    cancelled: list[str]
+    cancelreason: str
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.cancel_processes(self.cancelled, self.cancelreason, self.timestamp)
+
+
+class GraphRemoved(GraphEvent):
+    """The graph was removed: it leaves listings and takes no more commands; its
+    history stays in the log."""
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.removed = True
