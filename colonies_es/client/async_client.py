@@ -1,0 +1,419 @@
+"""AsyncColonies: every operation of the pycolonies client, as a coroutine, over NATS.
+
+Names, argument order and results follow pycolonies (CLIENT_API.md): the signing key is
+the last required positional argument, and results are the models of
+:mod:`colonies_es.models`. Each operation is one signed command to the engine
+(:class:`~colonies_es.client.connection.Connection`); ``assign``, ``wait`` and
+``find_process`` combine commands with NATS subscriptions on the client side.
+
+Every operation may raise :class:`ColoniesError` (the engine refused: ``.status`` and
+message) or :class:`ColoniesConnectionError` (NATS unreachable, no engine, no reply in
+time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+from colonies_es import protocol as p
+from colonies_es.client.connection import Connection
+from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
+from colonies_es.client.work import WorkTickets
+from colonies_es.crypto import id_from_private_key
+from colonies_es.models import (
+    Attribute,
+    Colony,
+    Executor,
+    FuncSpec,
+    Log,
+    ModelValidationError,
+    Process,
+    ProcessGraph,
+    Statistics,
+    Workflow,
+    decode,
+    from_dict,
+)
+from colonies_es.states import ProcessState
+
+__all__ = ["ENDED_STATES", "AsyncColonies", "server_urls"]
+
+T = TypeVar("T")
+
+ENDED_STATES = frozenset({ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED})
+"""Process states ``wait`` returns on."""
+
+_WAIT_POLL = 1.0
+"""Seconds between reads of a waited-for process, in case its end notification is missed."""
+
+
+def server_urls(host: str, port: int, tls: bool, servers: Sequence[str] | None) -> list[str]:
+    """The NATS URLs to use: ``servers`` when given, else ``nats://host:port``
+    (``tls://`` when ``tls``)."""
+    if servers:
+        return list(servers)
+    return [f"{'tls' if tls else 'nats'}://{host}:{port}"]
+
+
+class AsyncColonies:
+    """The asyncio colonies client.
+
+    It connects on the first call (or on :meth:`connect`) and keeps one NATS connection,
+    which reconnects by itself if the server goes away. Use it as ``async with
+    AsyncColonies(...) as client:`` or call :meth:`disconnect` when done. One instance
+    serves any number of concurrent calls, within one event loop.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 4222,
+        tls: bool = False,
+        *,
+        servers: Sequence[str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Talk to the engine through NATS at ``host:port`` (or the URLs in ``servers``).
+
+        ``timeout`` (seconds) bounds connecting and every command's reply; ``assign``
+        and ``wait`` take their own waiting time on top.
+        """
+        self._connection = Connection(server_urls(host, port, tls, servers), timeout)
+        self._work: dict[tuple[str, str], WorkTickets] = {}
+        self._work_opening = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        """The NATS server address(es) this client talks to."""
+        return self._connection.url
+
+    async def connect(self) -> None:
+        """Connect now rather than on the first call; raises ColoniesConnectionError."""
+        await self._connection.nats()
+
+    async def disconnect(self) -> None:
+        """Stop pulling work and close the connection. A later call connects again."""
+        work, self._work = self._work, {}
+        for tickets in work.values():
+            await tickets.close()
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    async def _call(self, op: str, body: msgspec.Struct, prvkey: str, result: type[T]) -> T:
+        """Send the command and decode its reply as ``result``."""
+        data = await self._connection.command(op, body, prvkey)
+        try:
+            return decode(data, result)
+        except ModelValidationError as error:
+            raise ColoniesError(500, f"unreadable reply to {op!r}: {error}") from error
+
+    async def _send(self, op: str, body: msgspec.Struct, prvkey: str) -> None:
+        """Send the command; its reply carries nothing."""
+        await self._connection.command(op, body, prvkey)
+
+    # ------------------------------------------------------------------ colonies
+
+    async def add_colony(self, colony: Colony | Mapping[str, Any], prvkey: str) -> Colony:
+        """Create a colony (``{"colonyid": ..., "name": ...}``); server owner only."""
+        return await self._call(
+            "add_colony", p.AddColony(colony=_model(colony, Colony)), prvkey, Colony
+        )
+
+    async def del_colony(self, colonyname: str, prvkey: str) -> None:
+        """Delete a colony; server owner only."""
+        await self._send("del_colony", p.ColonyRef(colonyname=colonyname), prvkey)
+
+    async def list_colonies(self, prvkey: str) -> list[Colony]:
+        """Every colony; server owner only."""
+        return await self._call("list_colonies", p.Empty(), prvkey, list[Colony])
+
+    async def get_colony(self, colonyname: str, prvkey: str) -> Colony:
+        """The colony named ``colonyname``."""
+        return await self._call("get_colony", p.ColonyRef(colonyname=colonyname), prvkey, Colony)
+
+    async def stats(self, colonyname: str, prvkey: str) -> Statistics:
+        """Counts of the colony's processes and workflows per state."""
+        return await self._call("stats", p.ColonyRef(colonyname=colonyname), prvkey, Statistics)
+
+    # ------------------------------------------------------------------ executors
+
+    async def add_executor(self, executor: Executor | Mapping[str, Any], prvkey: str) -> Executor:
+        """Register an executor (``executorid``, ``executortype``, ``executorname``,
+        ``colonyname``) as PENDING; colony owner only."""
+        body = p.AddExecutor(executor=_model(executor, Executor))
+        return await self._call("add_executor", body, prvkey, Executor)
+
+    async def approve_executor(self, colonyname: str, executorname: str, prvkey: str) -> None:
+        """Let the executor take work; colony owner only."""
+        await self._send("approve_executor", _executor_ref(colonyname, executorname), prvkey)
+
+    async def reject_executor(self, colonyname: str, executorname: str, prvkey: str) -> None:
+        """Stop the executor from taking work; colony owner only."""
+        await self._send("reject_executor", _executor_ref(colonyname, executorname), prvkey)
+
+    async def remove_executor(self, colonyname: str, executorname: str, prvkey: str) -> None:
+        """Unregister the executor; colony owner only."""
+        await self._send("remove_executor", _executor_ref(colonyname, executorname), prvkey)
+
+    async def list_executors(self, colonyname: str, prvkey: str) -> list[Executor]:
+        """The colony's executors."""
+        body = p.ColonyRef(colonyname=colonyname)
+        return await self._call("list_executors", body, prvkey, list[Executor])
+
+    async def get_executor(self, colonyname: str, executorname: str, prvkey: str) -> Executor:
+        """The executor named ``executorname`` in the colony."""
+        body = _executor_ref(colonyname, executorname)
+        return await self._call("get_executor", body, prvkey, Executor)
+
+    async def whoami(self, colonyname: str, prvkey: str) -> Executor:
+        """The executor record of the key's owner in the colony (404 if it has none)."""
+        return await self._call("whoami", p.ColonyRef(colonyname=colonyname), prvkey, Executor)
+
+    # ------------------------------------------------------------------ processes
+
+    async def submit_func_spec(self, spec: FuncSpec, prvkey: str) -> Process:
+        """Submit one function call; it is ready at once. Returns the WAITING process."""
+        return await self._call("submit_func_spec", p.SubmitFuncSpec(spec=spec), prvkey, Process)
+
+    async def claim(self, colonyname: str, prvkey: str) -> Process:
+        """Take the best ready process the caller (an executor) may run, now.
+
+        Raises ColoniesError 404 when there is none. Executors normally call
+        :meth:`assign`, which waits for work and claims when a ticket arrives.
+        """
+        return await self._call("claim", p.Claim(colonyname=colonyname), prvkey, Process)
+
+    async def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:  # noqa: ASYNC109
+        """Wait up to ``timeout`` seconds for a process the caller may run; return it
+        RUNNING and assigned to the caller.
+
+        The caller must be an approved executor of the colony; work of its executor
+        type reaches it through the shared work consumer (:mod:`.work`). Raises
+        ColoniesError 404 ``"no process available within <timeout> s"`` when nothing
+        came in time, as ColonyOS does.
+        """
+        tickets = await self._tickets(colonyname, prvkey)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                ticket = await tickets.next(deadline)
+            except nats.errors.Error as error:
+                raise ColoniesConnectionError(
+                    f"cannot pull work from {self.url}: {error!r}"
+                ) from error
+            if ticket is None:
+                break
+            try:
+                process = await self.claim(colonyname, prvkey)
+            except ColoniesError as error:
+                if error.status in (404, 409):  # someone else took it, or not for us
+                    await ticket.ack()
+                    continue
+                await _give_back(ticket)
+                raise
+            except BaseException:  # lost connection, cancelled: let another executor claim
+                await _give_back(ticket)
+                raise
+            await ticket.ack()
+            return process
+        raise ColoniesError(404, f"no process available within {timeout} s")
+
+    async def _tickets(self, colonyname: str, prvkey: str) -> WorkTickets:
+        """The work tickets of the caller's executor type, opened on first use."""
+        key = (colonyname, id_from_private_key(prvkey))
+        async with self._work_opening:
+            tickets = self._work.get(key)
+            if tickets is None:
+                me = await self.whoami(colonyname, prvkey)
+                nc = await self._connection.nats()
+                tickets = WorkTickets(nc, colonyname, me.executortype)
+                self._work[key] = tickets
+            return tickets
+
+    async def close(self, processid: str, output: Sequence[Any], prvkey: str) -> None:
+        """Finish the process with ``output`` (SUCCESS); assigned executor only."""
+        await self._send("close", p.CloseProcess(processid=processid, out=list(output)), prvkey)
+
+    async def fail(self, processid: str, errors: Sequence[str], prvkey: str) -> None:
+        """Fail the process with ``errors`` (retried if it has retries left)."""
+        await self._send("fail", p.FailProcess(processid=processid, errors=list(errors)), prvkey)
+
+    async def set_output(self, processid: str, arr: Sequence[Any], prvkey: str) -> None:
+        """Record the output of a still RUNNING process; assigned executor only."""
+        await self._send("set_output", p.SetOutput(processid=processid, out=list(arr)), prvkey)
+
+    async def get_process(self, processid: str, prvkey: str) -> Process:
+        """The process as it is now."""
+        return await self._call("get_process", p.ProcessRef(processid=processid), prvkey, Process)
+
+    async def list_processes(
+        self, colonyname: str, count: int, state: int, prvkey: str
+    ) -> list[Process]:
+        """Up to ``count`` of the colony's processes in ``state``."""
+        body = p.ListQuery(colonyname=colonyname, count=count, state=state)
+        return await self._call("list_processes", body, prvkey, list[Process])
+
+    async def remove_process(self, processid: str, prvkey: str) -> None:
+        """Remove the process from listings and gets (its history stays)."""
+        await self._send("remove_process", p.ProcessRef(processid=processid), prvkey)
+
+    async def remove_all_processes(self, colonyname: str, prvkey: str, state: int = -1) -> None:
+        """Remove the colony's processes, only those in ``state`` unless it is -1."""
+        body = p.RemoveAll(colonyname=colonyname, state=None if state == -1 else state)
+        await self._send("remove_all_processes", body, prvkey)
+
+    async def wait(self, process: Process | str, timeout: float, prvkey: str) -> Process:  # noqa: ASYNC109
+        """Wait up to ``timeout`` seconds for the process (or process id) to end; return
+        it as it ended (SUCCESS, FAILED or CANCELLED).
+
+        Raises ColoniesError 408 when it is still running after ``timeout`` seconds.
+        """
+        if isinstance(process, str) or not process.spec.conditions.colonyname:
+            processid = process if isinstance(process, str) else process.processid
+            process = await self.get_process(processid, prvkey)
+        colonyname = process.spec.conditions.colonyname
+        nc = await self._connection.nats()
+        loop = asyncio.get_running_loop()
+        # Listen before reading, so an end between the read and the wait is not missed.
+        ended = await nc.subscribe(p.ended_subject(colonyname, process.processid))
+        try:
+            deadline = loop.time() + timeout
+            while True:
+                current = await self.get_process(process.processid, prvkey)
+                if current.state in ENDED_STATES:
+                    return current
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise ColoniesError(
+                        408, f"process {process.processid} did not end within {timeout} s"
+                    )
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    await ended.next_msg(timeout=min(_WAIT_POLL, remaining))
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await ended.unsubscribe()
+
+    async def add_log(self, processid: str, logmsg: str, prvkey: str) -> None:
+        """Append a log message to the process; assigned executor only."""
+        await self._send("add_log", p.AddLog(processid=processid, message=logmsg), prvkey)
+
+    async def get_process_log(
+        self, colonyname: str, processid: str, count: int, since: int, prvkey: str
+    ) -> list[Log]:
+        """Up to ``count`` log messages of the process written after ``since`` (unix ns)."""
+        body = p.GetLogs(colonyname=colonyname, processid=processid, count=count, since=since)
+        return await self._call("get_process_log", body, prvkey, list[Log])
+
+    async def add_attribute(self, processid: str, key: str, value: str, prvkey: str) -> Attribute:
+        """Attach ``key = value`` to the process; assigned executor only."""
+        body = p.AddAttribute(processid=processid, key=key, value=value)
+        return await self._call("add_attribute", body, prvkey, Attribute)
+
+    # ------------------------------------------------------------------ workflows
+
+    async def submit_workflow(self, workflow: Workflow, prvkey: str) -> ProcessGraph:
+        """Submit a DAG of function calls at once (all or nothing); returns the graph."""
+        body = p.SubmitWorkflow(workflow=workflow)
+        return await self._call("submit_workflow", body, prvkey, ProcessGraph)
+
+    async def get_processgraph(self, processgraphid: str, prvkey: str) -> ProcessGraph:
+        """The process graph as it is now."""
+        body = p.GraphRef(processgraphid=processgraphid)
+        return await self._call("get_processgraph", body, prvkey, ProcessGraph)
+
+    async def get_processgraphs(
+        self, colonyname: str, count: int, prvkey: str, state: int | None = None
+    ) -> list[ProcessGraph]:
+        """Up to ``count`` of the colony's graphs, only those in ``state`` if given."""
+        body = p.ListQuery(colonyname=colonyname, count=count, state=state)
+        return await self._call("get_processgraphs", body, prvkey, list[ProcessGraph])
+
+    async def remove_processgraph(self, processgraphid: str, prvkey: str) -> None:
+        """Remove the graph and its processes from listings (not RUNNING graphs)."""
+        body = p.GraphRef(processgraphid=processgraphid)
+        await self._send("remove_processgraph", body, prvkey)
+
+    async def remove_all_processgraphs(
+        self, colonyname: str, prvkey: str, state: int | None = None
+    ) -> None:
+        """Remove the colony's graphs, only those in ``state`` if given; colony owner."""
+        body = p.RemoveAll(colonyname=colonyname, state=state)
+        await self._send("remove_all_processgraphs", body, prvkey)
+
+    async def cancel_processgraph(self, processgraphid: str, prvkey: str) -> None:
+        """Cancel the graph: its WAITING and RUNNING processes become CANCELLED."""
+        body = p.GraphRef(processgraphid=processgraphid)
+        await self._send("cancel_processgraph", body, prvkey)
+
+    async def find_process(
+        self, nodename: str, processids: Sequence[str], prvkey: str
+    ) -> Process | None:
+        """The first of ``processids`` whose spec's nodename is ``nodename``, or None."""
+        for processid in processids:
+            process = await self.get_process(processid, prvkey)
+            if process.spec.nodename == nodename:
+                return process
+        return None
+
+    async def add_child(
+        self,
+        processgraphid: str,
+        parentprocessid: str,
+        childprocessid: str | None,
+        funcspec: FuncSpec,
+        nodename: str,
+        insert: bool,
+        prvkey: str,
+    ) -> Process:
+        """Add a process named ``nodename`` under the RUNNING parent (SEMANTICS.md,
+        "Dynamic graphs"): ``insert`` puts it between the parent and its children,
+        otherwise it becomes a new child that ``childprocessid`` (if any) also waits
+        for. Assigned executor of the parent only. Returns the new process."""
+        body = p.AddChild(
+            processgraphid=processgraphid,
+            parentprocessid=parentprocessid,
+            childprocessid=childprocessid or "",
+            spec=funcspec,
+            nodename=nodename,
+            insert=insert,
+        )
+        return await self._call("add_child", body, prvkey, Process)
+
+
+def _model(value: T | Mapping[str, Any], model: type[T]) -> T:
+    """``value`` itself if it is a ``model``, else the model built from the dict."""
+    if isinstance(value, model):
+        return value
+    assert isinstance(value, Mapping)
+    return from_dict(value, model)
+
+
+def _executor_ref(colonyname: str, executorname: str) -> p.ExecutorRef:
+    return p.ExecutorRef(colonyname=colonyname, executorname=executorname)
+
+
+async def _give_back(ticket: Msg) -> None:
+    """Nak a ticket so another executor gets it now; best effort (the ack wait is the
+    fallback)."""
+    with contextlib.suppress(Exception):
+        await ticket.nak()

@@ -1,0 +1,138 @@
+"""One NATS connection, opened on first use, and the signed command round trip over it.
+
+Every operation of the client is one :meth:`Connection.command`: the body is sealed with
+the caller's key (:func:`colonies_es.crypto.seal`), sent as a NATS request to
+``colonies.api.<op>``, and the reply is either the result's JSON or a refusal carried in
+the ``nats.micro`` error headers (protocol.py, "Commands").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+
+from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
+from colonies_es.crypto import seal
+from colonies_es.protocol import api_subject
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("colonies.client")
+
+RECONNECT_WAIT = 0.5
+"""Seconds between attempts to reach a NATS server, when connecting and after a loss."""
+
+
+class Connection:
+    """A lazily opened NATS connection to ``servers`` that sends signed commands.
+
+    Once open, the connection survives the loss of its server: nats-py reconnects without
+    limit (commands sent meanwhile time out with :class:`ColoniesConnectionError`).
+    """
+
+    def __init__(self, servers: list[str], timeout: float) -> None:
+        """``timeout`` bounds both the first connection and each command's reply, in seconds."""
+        self.servers = servers
+        self.timeout = timeout
+        self._nc: NATS | None = None
+        self._opening = asyncio.Lock()
+        self._last_error: Exception | None = None
+
+    @property
+    def url(self) -> str:
+        """The NATS server address(es), for messages."""
+        return ", ".join(self.servers)
+
+    async def nats(self) -> NATS:
+        """The connected NATS client, connecting first if there is none (or it was closed).
+
+        Raises :class:`ColoniesConnectionError` when no server of ``servers`` could be
+        reached within ``timeout`` seconds.
+        """
+        if self._nc is None or self._nc.is_closed:
+            async with self._opening:
+                if self._nc is None or self._nc.is_closed:
+                    self._nc = await self._open()
+        return self._nc
+
+    async def _open(self) -> NATS:
+        nc = NATS()
+        self._last_error = None
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    self.servers,
+                    name="colonies-es client",
+                    error_cb=self._remember_error,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
+                ),
+                self.timeout,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as error:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            reason = self._last_error or error
+            raise ColoniesConnectionError(
+                f"cannot connect to NATS at {self.url} within {self.timeout} s: {_describe(reason)}"
+            ) from error
+        return nc
+
+    async def _remember_error(self, error: Exception) -> None:
+        """nats-py's error callback: keep the latest error to explain a failure with."""
+        self._last_error = error
+        log.debug("NATS connection to %s: %r", self.url, error)
+
+    async def command(self, op: str, body: msgspec.Struct, prvkey: str) -> bytes:
+        """Send ``body`` as the command ``op`` signed by ``prvkey``; return the reply's body.
+
+        Raises :class:`ColoniesError` when the engine refuses the command (its status and
+        message), :class:`ColoniesConnectionError` when no engine answers or the reply
+        does not come within ``timeout`` seconds, and ``ValueError`` for an invalid
+        ``prvkey``.
+        """
+        data = seal(op, body, prvkey)
+        nc = await self.nats()
+        try:
+            reply = await nc.request(api_subject(op), data, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise ColoniesConnectionError(
+                f"no colonies engine is answering on {self.url}"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise ColoniesConnectionError(
+                f"the colonies engine on {self.url} did not answer {op!r} within {self.timeout} s"
+            ) from None
+        except nats.errors.Error as error:  # closed, draining, bad subject...
+            raise ColoniesConnectionError(
+                f"cannot send {op!r} to {self.url}: {_describe(error)}"
+            ) from error
+        headers = reply.headers or {}
+        code = headers.get(ERROR_CODE_HEADER)
+        if code is not None:
+            raise ColoniesError(_status(code), headers.get(ERROR_HEADER, ""))
+        return reply.data
+
+    async def close(self) -> None:
+        """Flush what is pending and close the connection; the next call opens a new one."""
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+
+
+def _status(code: str) -> int:
+    try:
+        return int(code)
+    except ValueError:
+        return 500
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return text if text else type(error).__name__

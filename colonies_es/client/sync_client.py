@@ -1,0 +1,158 @@
+"""Colonies: the synchronous client, driving :class:`AsyncColonies` on a private loop thread.
+
+There is one implementation of each operation, the coroutine of :class:`AsyncColonies`.
+Each method here is made by :func:`_blocking` from that coroutine (same name, signature
+and docstring, typed through ``ParamSpec``) and runs it to completion on an event loop
+that this client owns in a background thread (:class:`~colonies_es.store.loop.LoopThread`).
+So the client works the same from a plain script, from a thread of an executor, or from
+code that already runs an event loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+from colonies_es.client.async_client import AsyncColonies, server_urls
+from colonies_es.store.loop import LoopThread
+
+__all__ = ["Colonies"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+def _blocking(
+    operation: Callable[Concatenate[AsyncColonies, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Colonies, P], R]:
+    """The blocking method of :class:`Colonies` that runs ``operation`` and returns its
+    result (or raises its exception)."""
+
+    def method(self: Colonies, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._run(lambda client: operation(client, *args, **kwargs))
+
+    functools.update_wrapper(method, operation)
+    method.__qualname__ = f"Colonies.{operation.__name__}"
+    return method
+
+
+class Colonies:
+    """The synchronous colonies client: pycolonies' ``Colonies``, over NATS.
+
+    Every method blocks until the engine has answered and takes the same arguments as
+    its :class:`AsyncColonies` twin. The connection opens on the first call and stays
+    open until :meth:`disconnect` (or the end of a ``with`` block); a call after that
+    connects again. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 4222,
+        tls: bool = False,
+        *,
+        servers: Sequence[str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Talk to the engine through NATS at ``host:port`` (or the URLs in ``servers``);
+        ``timeout`` bounds connecting and each reply, in seconds."""
+        self._servers = server_urls(host, port, tls, servers)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._loop: LoopThread | None = None
+        self._client: AsyncColonies | None = None
+
+    def _run(self, call: Callable[[AsyncColonies], Coroutine[Any, Any, T]]) -> T:
+        """Run ``call(async_client)`` on the loop thread (started if needed), wait for it.
+
+        If the wait is interrupted (Ctrl-C), the operation is cancelled too: an
+        ``assign`` abandoned by its caller must not claim a process afterwards.
+        """
+        with self._lock:
+            if self._loop is None or self._client is None:
+                self._loop = LoopThread(name="colonies-client")
+                self._client = AsyncColonies(servers=self._servers, timeout=self._timeout)
+            loop, client = self._loop, self._client
+        future = asyncio.run_coroutine_threadsafe(call(client), loop.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The NATS server address(es) this client talks to."""
+        return ", ".join(self._servers)
+
+    def connect(self) -> None:
+        """Connect now rather than on the first call; raises ColoniesConnectionError."""
+        self._run(AsyncColonies.connect)
+
+    def disconnect(self) -> None:
+        """Close the connection and stop the loop thread. A later call starts both again."""
+        with self._lock:
+            loop, client = self._loop, self._client
+            self._loop = self._client = None
+        if loop is None or client is None:
+            return
+        try:
+            loop.run(client.disconnect())
+            loop.run(loop.loop.shutdown_default_executor())  # the thread resolving names
+        finally:
+            loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    # Colonies
+    add_colony = _blocking(AsyncColonies.add_colony)
+    del_colony = _blocking(AsyncColonies.del_colony)
+    list_colonies = _blocking(AsyncColonies.list_colonies)
+    get_colony = _blocking(AsyncColonies.get_colony)
+    stats = _blocking(AsyncColonies.stats)
+    # Executors
+    add_executor = _blocking(AsyncColonies.add_executor)
+    approve_executor = _blocking(AsyncColonies.approve_executor)
+    reject_executor = _blocking(AsyncColonies.reject_executor)
+    remove_executor = _blocking(AsyncColonies.remove_executor)
+    list_executors = _blocking(AsyncColonies.list_executors)
+    get_executor = _blocking(AsyncColonies.get_executor)
+    whoami = _blocking(AsyncColonies.whoami)
+    # Processes
+    submit_func_spec = _blocking(AsyncColonies.submit_func_spec)
+    claim = _blocking(AsyncColonies.claim)
+    assign = _blocking(AsyncColonies.assign)
+    close = _blocking(AsyncColonies.close)
+    fail = _blocking(AsyncColonies.fail)
+    set_output = _blocking(AsyncColonies.set_output)
+    get_process = _blocking(AsyncColonies.get_process)
+    list_processes = _blocking(AsyncColonies.list_processes)
+    remove_process = _blocking(AsyncColonies.remove_process)
+    remove_all_processes = _blocking(AsyncColonies.remove_all_processes)
+    wait = _blocking(AsyncColonies.wait)
+    add_log = _blocking(AsyncColonies.add_log)
+    get_process_log = _blocking(AsyncColonies.get_process_log)
+    add_attribute = _blocking(AsyncColonies.add_attribute)
+    # Workflows
+    submit_workflow = _blocking(AsyncColonies.submit_workflow)
+    get_processgraph = _blocking(AsyncColonies.get_processgraph)
+    get_processgraphs = _blocking(AsyncColonies.get_processgraphs)
+    remove_processgraph = _blocking(AsyncColonies.remove_processgraph)
+    remove_all_processgraphs = _blocking(AsyncColonies.remove_all_processgraphs)
+    cancel_processgraph = _blocking(AsyncColonies.cancel_processgraph)
+    find_process = _blocking(AsyncColonies.find_process)
+    add_child = _blocking(AsyncColonies.add_child)

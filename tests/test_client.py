@@ -1,0 +1,520 @@
+"""The client on a real nats-server: connection failures, the wire contract, assign, wait.
+
+Tests that need an answer from the engine use :class:`StubEngine`, which serves
+``colonies.api.*`` on the same NATS with canned replies and records what it received
+(checked with :func:`colonies_es.crypto.open_command`, as the engine checks it). This
+proves the client's half of protocol.py; the end-to-end tests with the real engine are in
+``test_client_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from colonies_es import (
+    AsyncColonies,
+    Colonies,
+    ColoniesConnectionError,
+    ColoniesError,
+    Crypto,
+    Workflow,
+    func_spec,
+)
+from colonies_es.client import colonies_client, work_consumer_config
+from colonies_es.crypto import id_from_private_key, open_command
+from colonies_es.embedded import NatsServer, free_port
+from colonies_es.models import Colony, Process, ProcessGraph, encode
+from colonies_es.protocol import (
+    ENGINE_QUEUE_GROUP,
+    OPS,
+    WORK_PREFIX,
+    WORK_STREAM,
+    WorkTicket,
+    ended_subject,
+    work_consumer,
+    work_subject,
+)
+from colonies_es.store.loop import LoopThread
+
+KEY = Crypto().prvkey()
+Reply = bytes | tuple[int, str]
+Handler = Callable[[dict[str, Any]], Reply]
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A nats-server of this module's own: the stub engine must be the only responder."""
+    with NatsServer(Path(tmp_path_factory.mktemp("client-nats"))) as nats_server:
+        yield nats_server.start()
+
+
+class StubEngine:
+    """Answers every op like the engine's transport would, from ``handlers`` (default ``{}``).
+
+    A handler gets the decoded body and returns the reply's JSON, or ``(status, message)``
+    for a refusal (sent in the nats.micro error headers). ``received`` lists
+    ``(op, caller_id, body)`` of every command, in order.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.handlers: dict[str, Handler] = {}
+        self.received: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def start(self) -> None:
+        await self.nc.subscribe("colonies.api.*", queue=ENGINE_QUEUE_GROUP, cb=self._answer)
+
+    async def _answer(self, msg: Msg) -> None:
+        command = open_command(msg.data, time.time())
+        body = msgspec.json.decode(command.body)
+        self.received.append((command.op, command.caller_id, body))
+        handler = self.handlers.get(command.op)
+        reply = b"{}" if handler is None else handler(body)
+        if isinstance(reply, tuple):
+            status, message = reply
+            headers = {"Nats-Service-Error-Code": str(status), "Nats-Service-Error": message}
+            await self.nc.publish(msg.reply, b"", headers=headers)
+        else:
+            await self.nc.publish(msg.reply, reply)
+
+    def ops(self) -> list[str]:
+        return [op for op, _, _ in self.received]
+
+    async def work_stream(self) -> None:
+        """The work stream, configured as the engine configures it."""
+        config = StreamConfig(
+            name=WORK_STREAM,
+            subjects=[f"{WORK_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.MEMORY,
+        )
+        await self.nc.jetstream().add_stream(config)
+
+    async def ticket(self, colonyname: str, executortype: str) -> None:
+        ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
+        await self.nc.jetstream().publish(work_subject(colonyname, executortype), encode(ticket))
+
+
+@pytest.fixture
+async def engine(server: NatsServer) -> AsyncIterator[StubEngine]:
+    nc = await nats.connect(server.url)
+    stub = StubEngine(nc)
+    await stub.start()
+    yield stub
+    await nc.close()
+
+
+@pytest.fixture
+async def client(server: NatsServer) -> AsyncIterator[AsyncColonies]:
+    async with AsyncColonies(servers=[server.url], timeout=2) as colonies:
+        yield colonies
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{time.monotonic_ns()}"
+
+
+# ---------------------------------------------------------------------------- connecting
+
+
+async def test_a_dead_port_fails_quickly_naming_the_url() -> None:
+    port = free_port()
+    colonies = AsyncColonies("127.0.0.1", port, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ColoniesConnectionError, match=f"nats://127.0.0.1:{port}"):
+        await colonies.list_colonies(KEY)
+    assert time.monotonic() - started < 3
+    await colonies.disconnect()
+
+
+def test_the_sync_client_reports_a_dead_port_too() -> None:
+    port = free_port()
+    with (
+        Colonies("127.0.0.1", port, timeout=1) as colonies,
+        pytest.raises(ColoniesConnectionError, match="cannot connect to NATS"),
+    ):
+        colonies.get_colony("any", KEY)
+
+
+async def test_nats_without_an_engine_says_no_engine_is_answering(server: NatsServer) -> None:
+    async with AsyncColonies(servers=[server.url]) as colonies:
+        with pytest.raises(ColoniesConnectionError) as caught:
+            await colonies.stats("any", KEY)
+    assert str(caught.value) == f"no colonies engine is answering on {server.url}"
+
+
+def test_tls_selects_the_tls_scheme() -> None:
+    assert Colonies("example.org", 4443, True).url == "tls://example.org:4443"
+    assert AsyncColonies().url == "nats://localhost:4222"
+
+
+# ---------------------------------------------------------------------------- the wire
+
+
+async def test_a_refusal_raises_colonies_error_with_status_and_message(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    engine.handlers["get_colony"] = lambda body: (404, f"colony {body['colonyname']} not found")
+    with pytest.raises(ColoniesError) as caught:
+        await client.get_colony("nowhere", KEY)
+    assert caught.value.status == 404
+    assert str(caught.value) == "colony nowhere not found"
+
+
+async def test_commands_are_signed_by_the_given_key(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    await client.del_colony("gone", KEY)
+    assert engine.received == [("del_colony", id_from_private_key(KEY), {"colonyname": "gone"})]
+
+
+async def test_results_decode_into_models(engine: StubEngine, client: AsyncColonies) -> None:
+    reply = Process(processid="p1", state=2, output=[3], input=[1, 2])
+    engine.handlers["get_process"] = lambda _: encode(reply)
+    engine.handlers["list_colonies"] = lambda _: b'[{"colonyid": "c", "name": "dev"}]'
+    assert await client.get_process("p1", KEY) == reply
+    assert await client.list_colonies(KEY) == [Colony(colonyid="c", name="dev")]
+
+
+async def test_an_unreadable_reply_is_an_internal_error(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    engine.handlers["get_processgraph"] = lambda _: b'{"processids": "not a list"}'
+    with pytest.raises(ColoniesError, match="processids") as caught:
+        await client.get_processgraph("g", KEY)
+    assert caught.value.status == 500
+
+
+async def test_pycolonies_arguments_become_the_protocol_bodies(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    spec = func_spec("gen", [], "dev", "python")
+    await client.add_colony({"colonyid": "c1", "name": "dev"}, KEY)
+    await client.remove_all_processes("dev", KEY)
+    await client.remove_all_processes("dev", KEY, state=3)
+    await client.add_child("g", "parent", None, spec, "gen_0", True, KEY)
+    await client.add_log("p", "hello", KEY)
+    await client.close("p", (1, 2), KEY)
+    bodies = [body for _, _, body in engine.received]
+    assert bodies[0] == {"colony": {"colonyid": "c1", "name": "dev"}}
+    assert bodies[1] == {"colonyname": "dev", "state": None}
+    assert bodies[2] == {"colonyname": "dev", "state": 3}
+    assert bodies[3]["childprocessid"] == ""
+    assert bodies[3]["nodename"] == "gen_0"
+    assert bodies[3]["insert"] is True
+    assert bodies[4] == {"processid": "p", "message": "hello"}
+    assert bodies[5] == {"processid": "p", "out": [1, 2]}
+
+
+async def test_find_process_returns_the_first_process_with_the_nodename(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    def get(body: dict[str, Any]) -> bytes:
+        pid = body["processid"]
+        return encode(Process(processid=pid, spec=func_spec(pid.split("-")[0], [], "c", "t")))
+
+    engine.handlers["get_process"] = get
+    found = await client.find_process("reduce", ["map-1", "reduce-2", "reduce-3"], KEY)
+    assert found is not None
+    assert found.processid == "reduce-2"
+    assert await client.find_process("other", ["map-1"], KEY) is None
+
+
+# ---------------------------------------------------------------------------- assign
+
+
+def executor_reply(executortype: str) -> Handler:
+    return lambda body: encode({"executorname": "e1", "executortype": executortype, **body})
+
+
+async def test_assign_claims_when_a_ticket_arrives(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    colony, kind = unique("assign"), "python"
+    await engine.work_stream()
+    engine.handlers["whoami"] = executor_reply(kind)
+    engine.handlers["claim"] = lambda _: encode(Process(processid="p1", state=1))
+
+    async def ticket_later() -> None:
+        await asyncio.sleep(0.3)
+        await engine.ticket(colony, kind)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(ticket_later())
+        process = await client.assign(colony, 5, KEY)
+    assert process.processid == "p1"
+    assert engine.ops() == ["whoami", "claim"]
+    assert engine.received[1][2] == {"colonyname": colony}
+    assert await consumer_settles(engine, colony, kind)
+
+
+async def consumer_settles(engine: StubEngine, colony: str, kind: str) -> bool:
+    """Whether the work consumer soon holds no ticket, waiting or unacked (acks are
+    asynchronous)."""
+    js = engine.nc.jetstream()
+    for _ in range(50):
+        info = await js.consumer_info(WORK_STREAM, work_consumer(colony, kind))
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_assign_acks_a_ticket_it_cannot_use_and_waits_for_the_next(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    colony, kind = unique("retry"), "python"
+    await engine.work_stream()
+    replies: list[Reply] = [(404, "nothing for you"), encode(Process(processid="p2"))]
+    engine.handlers["whoami"] = executor_reply(kind)
+    engine.handlers["claim"] = lambda _: replies.pop(0)
+    await engine.ticket(colony, kind)
+    await engine.ticket(colony, kind)
+    assert (await client.assign(colony, 5, KEY)).processid == "p2"
+    assert engine.ops() == ["whoami", "claim", "claim"]
+    assert await consumer_settles(engine, colony, kind)
+
+
+async def test_assign_without_work_raises_404_after_the_timeout(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    await engine.work_stream()
+    engine.handlers["whoami"] = executor_reply("idle")
+    started = time.monotonic()
+    with pytest.raises(ColoniesError, match=r"no process available within 0\.5 s") as caught:
+        await client.assign(unique("idle"), 0.5, KEY)
+    assert caught.value.status == 404
+    assert 0.5 <= time.monotonic() - started < 2
+
+
+async def test_assign_gives_the_ticket_back_when_the_claim_is_refused(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    colony, kind = unique("refused"), "python"
+    await engine.work_stream()
+    engine.handlers["whoami"] = executor_reply(kind)
+    engine.handlers["claim"] = lambda _: (403, "executor is not approved")
+    await engine.ticket(colony, kind)
+    with pytest.raises(ColoniesError, match="not approved"):
+        await client.assign(colony, 5, KEY)
+    consumer = await engine.nc.jetstream().pull_subscribe_bind(
+        work_consumer(colony, kind), WORK_STREAM
+    )
+    [ticket] = await consumer.fetch(1, timeout=2)  # naked: back at once, not after 30 s
+    assert ticket.metadata.num_delivered == 2
+
+
+async def test_assign_waits_for_the_work_stream_and_creates_the_consumer(
+    nats_server_factory: Callable[..., NatsServer],
+) -> None:
+    fresh = nats_server_factory()
+    nc = await nats.connect(fresh.url)
+    stub = StubEngine(nc)
+    await stub.start()
+    stub.handlers["whoami"] = executor_reply("python")
+    stub.handlers["claim"] = lambda _: encode(Process(processid="p3"))
+
+    async def engine_starts_late() -> None:
+        await asyncio.sleep(0.5)
+        await stub.work_stream()
+        await stub.ticket("late", "python")
+
+    async with AsyncColonies(servers=[fresh.url]) as colonies, asyncio.TaskGroup() as tasks:
+        tasks.create_task(engine_starts_late())
+        assert (await colonies.assign("late", 5, KEY)).processid == "p3"
+    await nc.close()
+
+
+async def test_a_cancelled_assign_leaves_the_client_able_to_assign(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    colony, kind = unique("cancel"), "python"
+    await engine.work_stream()
+    engine.handlers["whoami"] = executor_reply(kind)
+    engine.handlers["claim"] = lambda _: encode(Process(processid="p4"))
+    waiting = asyncio.create_task(client.assign(colony, 5, KEY))
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await engine.ticket(colony, kind)
+    assert (await client.assign(colony, 5, KEY)).processid == "p4"
+
+
+async def test_the_engine_and_the_client_create_the_same_work_consumer(
+    engine: StubEngine,
+) -> None:
+    await engine.work_stream()
+    js = engine.nc.jetstream()
+    config = work_consumer_config("c", "t")
+    first = await js.add_consumer(WORK_STREAM, config)
+    second = await js.add_consumer(WORK_STREAM, work_consumer_config("c", "t"))
+    assert first.config == second.config
+    assert config.filter_subject == work_subject("c", "t")
+    assert config.ack_wait == 30
+
+
+# ---------------------------------------------------------------------------- wait
+
+
+async def test_wait_returns_as_soon_as_the_end_is_announced(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    colony, state = unique("wait"), {"now": 1}
+    spec = func_spec("f", [], colony, "python")
+    engine.handlers["get_process"] = lambda _: encode(
+        Process(processid="p", spec=spec, state=state["now"])
+    )
+    waiting = Process(processid="p", spec=spec, state=1)
+
+    async def end_soon() -> None:
+        await asyncio.sleep(0.2)
+        state["now"] = 2
+        await engine.nc.publish(ended_subject(colony, "p"), b"p")
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(end_soon())
+        started = time.monotonic()
+        ended = await client.wait(waiting, 10, KEY)
+    assert ended.state == 2
+    assert time.monotonic() - started < 0.8  # the notification, not the 1 s poll
+
+
+async def test_wait_raises_408_when_the_process_does_not_end_in_time(
+    engine: StubEngine, client: AsyncColonies
+) -> None:
+    running = Process(processid="p", state=1, spec=func_spec("f", [], "c", "t"))
+    engine.handlers["get_process"] = lambda _: encode(running)
+    with pytest.raises(ColoniesError, match=r"did not end within 0\.3 s") as caught:
+        await client.wait("p", 0.3, KEY)
+    assert caught.value.status == 408
+
+
+# ---------------------------------------------------------------------------- sync client
+
+
+def test_the_sync_client_has_every_op_with_the_async_signature() -> None:
+    ops = set(OPS) | {"assign", "wait", "find_process"}
+    for op in ops:
+        sync, coroutine = getattr(Colonies, op), getattr(AsyncColonies, op)
+        assert inspect.signature(sync) == inspect.signature(coroutine), op
+        assert sync.__doc__ == coroutine.__doc__
+        assert inspect.iscoroutinefunction(coroutine)
+        assert not inspect.iscoroutinefunction(sync)
+
+
+@pytest.fixture
+def threaded_engine(server: NatsServer) -> Iterator[StubEngine]:
+    """A stub engine on a loop of its own, for tests whose thread blocks in sync calls."""
+    loop = LoopThread(name="stub-engine")
+
+    async def start() -> StubEngine:
+        stub = StubEngine(await nats.connect(server.url))
+        await stub.start()
+        return stub
+
+    stub = loop.run(start())
+    yield stub
+    loop.run(stub.nc.close())
+    loop.close()
+
+
+def test_the_sync_client_works_from_threads_and_inside_an_event_loop(
+    threaded_engine: StubEngine, server: NatsServer
+) -> None:
+    threaded_engine.handlers["submit_workflow"] = lambda _: encode(ProcessGraph(processgraphid="g"))
+    results: list[str] = []
+    with Colonies(servers=[server.url]) as colonies:
+
+        def submit() -> None:
+            graph = colonies.submit_workflow(Workflow(colonyname="dev"), KEY)
+            results.append(graph.processgraphid)
+
+        async def submit_from_a_coroutine() -> None:
+            submit()
+
+        threads = [threading.Thread(target=submit) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        asyncio.run(submit_from_a_coroutine())
+    assert results == ["g"] * 5
+
+
+def test_the_sync_client_connects_again_after_disconnect(
+    threaded_engine: StubEngine, server: NatsServer
+) -> None:
+    colonies = Colonies(servers=[server.url])
+    colonies.del_colony("a", KEY)
+    colonies.disconnect()
+    colonies.del_colony("b", KEY)
+    colonies.disconnect()
+    assert threaded_engine.ops() == ["del_colony", "del_colony"]
+
+
+# ---------------------------------------------------------------------------- environment
+
+DEV_ENV = {
+    "COLONIES_SERVER_HOST": "nats.example",
+    "COLONIES_SERVER_PORT": "4333",
+    "COLONIES_SERVER_TLS": "true",
+    "COLONIES_COLONY_NAME": "dev",
+    "COLONIES_COLONY_PRVKEY": "colony-key",
+    "COLONIES_EXECUTOR_NAME": "exec-1",
+    "COLONIES_PRVKEY": "my-key",
+}
+
+
+def test_colonies_client_reads_the_dev_env_variables() -> None:
+    client, colonyname, colony_prvkey, executorname, prvkey = colonies_client(DEV_ENV)
+    assert client.url == "tls://nats.example:4333"
+    assert (colonyname, colony_prvkey, executorname, prvkey) == (
+        "dev",
+        "colony-key",
+        "exec-1",
+        "my-key",
+    )
+
+
+def test_colonies_client_defaults_to_local_nats_and_no_optional_identity() -> None:
+    env = {"COLONIES_COLONY_NAME": "dev", "COLONIES_PRVKEY": "k"}
+    client, _, colony_prvkey, executorname, _ = colonies_client(env)
+    assert client.url == "nats://localhost:4222"
+    assert colony_prvkey is None
+    assert executorname is None
+
+
+def test_colonies_client_names_the_missing_variables() -> None:
+    with pytest.raises(ValueError, match="COLONIES_COLONY_NAME, COLONIES_PRVKEY"):
+        colonies_client({"COLONIES_SERVER_HOST": "localhost"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("COLONIES_SERVER_PORT", "http"), ("COLONIES_SERVER_TLS", "maybe")]
+)
+def test_colonies_client_refuses_unreadable_settings(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        colonies_client({**DEV_ENV, name: value})
+
+
+def test_colonies_client_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in DEV_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert colonies_client()[1:] == ("dev", "colony-key", "exec-1", "my-key")
