@@ -133,6 +133,8 @@ def _config_path(config: Path | None) -> Iterator[Path]:
     if local.is_file():
         yield local.resolve()
         return
+    # colonies_es/nats.conf is a byte-for-byte copy of the repository's nats.conf (a test
+    # keeps them identical): an installed package does not include the repository root.
     # as_file also works when the package is not a plain directory (e.g. a zip).
     with resources.as_file(resources.files("colonies_es") / CONFIG_FILE_NAME) as packaged:
         yield packaged
@@ -183,7 +185,8 @@ def _run(port: int, host: str, data_dir: Path, config: Path | None) -> int:
 
 def dev(
     port: Annotated[
-        int, typer.Option(help="Port for NATS clients (engine, executors, CLI).")
+        int,
+        typer.Option(help="Port for NATS clients (engine, executors, CLI); 0 picks a free one."),
     ] = 4222,
     data_dir: Annotated[
         Path,
