@@ -217,6 +217,28 @@ def test_submit_makes_random_ids_by_default() -> None:
     assert len(set(ids)) == 3
 
 
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["1" * 64], "ids ran out"),
+        (["1" * 64, "P1"], "'P1' is not an id"),
+        (["1" * 64, "1" * 64], "ids repeat"),
+    ],
+)
+def test_given_ids_must_be_enough_distinct_ids(ids: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ProcessGraph.submit(
+            COLONY,
+            workflow(spec("a")),
+            initiatorid=USER_ID,
+            initiatorname="alice",
+            now=T0,
+            actor=USER_ID,
+            command=b"",
+            ids=iter(ids),
+        )
+
+
 def test_nodename_defaults_to_funcname() -> None:
     unnamed = FuncSpec(funcname="f", conditions=spec("x").conditions)
     unnamed.nodename = ""

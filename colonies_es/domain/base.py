@@ -51,6 +51,7 @@ __all__ = [
     "check_name",
     "colony_aggregate_id",
     "graph_aggregate_id",
+    "is_id",
     "new_id",
 ]
 
@@ -73,10 +74,15 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def is_id(value: str) -> bool:
+    """True if ``value`` is an id: 64 lowercase hex characters."""
+    return _ID_RE.fullmatch(value) is not None
+
+
 def check_id(value: str, what: str) -> str:
     """Return ``value`` if it is an id (64 lowercase hex characters), else raise
     BadRequest naming ``what`` was wrong."""
-    if not _ID_RE.fullmatch(value):
+    if not is_id(value):
         raise BadRequest(f"{what} {value!r} is not an id (64 lowercase hex characters)")
     return value
 

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from colonies_es.domain.base import AuditedAggregate, check_id, graph_aggregate_id, new_id
-from colonies_es.domain.errors import BadRequest, Conflict, Forbidden, NotFound
+from colonies_es.domain.base import AuditedAggregate, graph_aggregate_id, is_id, new_id
+from colonies_es.domain.errors import Conflict, Forbidden, NotFound
 from colonies_es.domain.graph_events import (
     AttemptFailed,
     ExecutionTimedOut,
@@ -41,7 +41,7 @@ from colonies_es.domain.graph_events import (
     SubmittedProcess,
     WaitTimedOut,
 )
-from colonies_es.domain.process import Deadline, Outcome, ProcessNode, ReadyProcess, readiness
+from colonies_es.domain.process import Deadline, ProcessNode, ReadyProcess, readiness
 from colonies_es.domain.submission import plan_workflow
 from colonies_es.models import Executor, FuncSpec, Process, Workflow, from_dict
 from colonies_es.models import ProcessGraph as ProcessGraphModel
@@ -292,7 +292,7 @@ class ProcessGraph(AuditedAggregate):
         """
         node = self._held_process(processid, executorid)
         self._trigger(
-            self._attempt_failed(ProcessFailed, node, "failed", errors, now, actor, command)
+            self._attempt_failed(ProcessFailed, node, errors, now=now, actor=actor, command=command)
         )
 
     # --- the engine's commands -----------------------------------------------------------
@@ -314,7 +314,12 @@ class ProcessGraph(AuditedAggregate):
             raise Conflict(f"attempt {attempt} of {_describe(node)} has time left")
         self._trigger(
             self._attempt_failed(
-                ExecutionTimedOut, node, "timed out", [EXEC_TIMEOUT_ERROR], now, actor, command
+                ExecutionTimedOut,
+                node,
+                [EXEC_TIMEOUT_ERROR],
+                now=now,
+                actor=actor,
+                command=command,
             )
         )
 
@@ -544,8 +549,8 @@ class ProcessGraph(AuditedAggregate):
         self,
         event_class: type[AttemptFailed],
         node: ProcessNode,
-        outcome: Outcome,
         errors: list[str],
+        *,
         now: datetime,
         actor: str,
         command: bytes,
@@ -583,10 +588,8 @@ def _checked_ids(ids: Iterator[str], count: int) -> list[str]:
         value = next(ids, None)
         if value is None:
             raise ValueError(f"ids ran out: {count} are needed")
-        try:
-            check_id(value, "id")
-        except BadRequest as err:
-            raise ValueError(str(err)) from None
+        if not is_id(value):
+            raise ValueError(f"{value!r} is not an id (64 lowercase hex characters)")
         taken.append(value)
     if len(set(taken)) != count:
         raise ValueError("ids repeat")

@@ -130,17 +130,9 @@ class ProcessNode(msgspec.Struct, kw_only=True):
     def current_readiness(self) -> ReadyProcess:
         """Its readiness as recorded. Only meaningful when :attr:`is_ready`."""
         assert self.readytime is not None
-        return ReadyProcess(
-            processid=self.processid,
-            nodename=self.nodename,
-            executortype=self.spec.conditions.executortype,
-            executornames=list(self.spec.conditions.executornames),
-            priority=self.spec.priority,
-            attempt=self.attempt,
-            readytime=self.readytime,
-            waitdeadline=self.waitdeadline,
-            input=copy.deepcopy(self.input),
-        )
+        ready = readiness(self.processid, self.spec, self.attempt, self.input, self.readytime)
+        ready["waitdeadline"] = self.waitdeadline
+        return ready
 
     def exec_deadline(self, starttime: datetime) -> datetime | None:
         """When an attempt started at ``starttime`` runs out of time (None: no limit)."""
