@@ -359,9 +359,13 @@ def test_a_long_chain_is_checked_without_recursion() -> None:
 
 def test_submit_copies_the_workflow() -> None:
     original = spec("a")
+    original.args.append({"nested": [1]})
     graph = submit(original)
-    original.args.append("changed")
-    assert graph.process(pid(graph, "a")).spec.args == []
+    original.args[0]["nested"].append(2)
+    event = graph.pending_events[0]
+    assert isinstance(event, GraphSubmitted)
+    event.processes[0]["spec"]["args"][0]["nested"].append(3)
+    assert graph.process(pid(graph, "a")).spec.args == [{"nested": [1]}]
 
 
 # --- readiness and data flow ---------------------------------------------------------------

@@ -19,6 +19,7 @@ aggregate never shares a list with an event. Specs travel as plain dicts
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from colonies_es.domain.base import AuditedCreationEvent, AuditedEvent
@@ -99,7 +100,7 @@ class GraphSubmitted(AuditedCreationEvent, GraphEvent):
         for process in self.processes:
             aggregate.nodes[process["processid"]] = ProcessNode(
                 processid=process["processid"],
-                spec=from_dict(process["spec"], FuncSpec),
+                spec=from_dict(copy.deepcopy(process["spec"]), FuncSpec),
                 parents=list(process["parents"]),
                 children=list(process["children"]),
                 submissiontime=self.timestamp,
