@@ -323,7 +323,9 @@ class NatsServer:
     def kill(self) -> None:
         """Kill the server with SIGKILL, as a crash would, and reap it.
 
-        JetStream gets no chance to flush: use it to test recovery. Idempotent.
+        The server gets no chance to shut down cleanly (what it already handed to the
+        operating system survives, as after a real process crash): use it to test
+        recovery. Idempotent.
         """
         self._kill_and_reap()
 
