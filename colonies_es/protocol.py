@@ -91,6 +91,12 @@ class ExecutorRef(msgspec.Struct, kw_only=True):
     executorname: str
 
 
+class AddUser(msgspec.Struct, kw_only=True):
+    colonyname: str
+    userid: str
+    username: str
+
+
 class SubmitFuncSpec(msgspec.Struct, kw_only=True):
     spec: FuncSpec
 
@@ -183,6 +189,7 @@ OPS: dict[str, type[msgspec.Struct]] = {
     "list_executors": ColonyRef,
     "get_executor": ExecutorRef,
     "whoami": ColonyRef,
+    "add_user": AddUser,
     "submit_func_spec": SubmitFuncSpec,
     "submit_workflow": SubmitWorkflow,
     "claim": Claim,

@@ -1,0 +1,66 @@
+"""`colonies server`: run the engine against a NATS server until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from colonies_es import crypto
+
+
+def server(
+    nats: Annotated[
+        str,
+        typer.Option(
+            "--nats", envvar="COLONIES_NATS_URL", help="NATS server URL(s), comma separated."
+        ),
+    ] = "nats://127.0.0.1:4222",
+    server_id: Annotated[
+        str,
+        typer.Option(
+            "--server-id",
+            envvar="COLONIES_SERVER_ID",
+            help="Id of the server owner (the only identity that may add colonies).",
+        ),
+    ] = "",
+    engine_prvkey: Annotated[
+        str,
+        typer.Option(
+            "--engine-prvkey",
+            envvar="COLONIES_ENGINE_PRVKEY",
+            help="Private key the engine signs its own events with (timeouts). "
+            "A fresh one is made when empty.",
+        ),
+    ] = "",
+) -> None:
+    """Run the engine: serve signed commands on colonies.api.*, publish ready work,
+    fire timeouts. State is rebuilt from the JetStream event log on start."""
+    from colonies_es.engine import run_engine
+
+    if not server_id:
+        typer.echo(
+            "error: the server owner id is required (--server-id or COLONIES_SERVER_ID)", err=True
+        )
+        raise typer.Exit(2)
+    key = engine_prvkey or crypto.new_private_key()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def started() -> None:
+        print(f"colonies engine ready on {nats} (pid {os.getpid()})", flush=True)
+
+    try:
+        run_engine(nats, server_id, key, started)
+    except KeyboardInterrupt:
+        pass
+    except Exception as error:  # one readable line, not a traceback
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(1)

@@ -1,0 +1,106 @@
+"""Ready processes waiting for an executor, best first, per (colony, executor type).
+
+The engine asks :meth:`ReadyIndex.best_for` when an executor claims work: the answer is
+the ready process of the executor's type with the highest priority, then the earliest
+readiness (FIFO), that the executor may take (``executornames`` empty or naming it).
+This index is derived state: the engine rebuilds it from the log on start.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+Key = tuple[str, str]
+"""(colony name, executor type)"""
+
+
+@dataclass(order=True)
+class ReadyProcess:
+    """A process that may be assigned now. Ordered best first."""
+
+    sort_key: tuple[int, float, int]
+    processid: str = field(compare=False)
+    graph_id: str = field(compare=False)
+    attempt: int = field(compare=False)
+    executornames: tuple[str, ...] = field(compare=False, default=())
+
+    def allows(self, executorname: str) -> bool:
+        return not self.executornames or executorname in self.executornames
+
+
+class ReadyIndex:
+    """Thread-safe priority queues of ready processes (lazy deletion)."""
+
+    def __init__(self) -> None:
+        self._heaps: dict[Key, list[ReadyProcess]] = {}
+        self._live: dict[str, tuple[Key, ReadyProcess]] = {}
+        self._counts: dict[Key, int] = {}
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        key: Key,
+        processid: str,
+        graph_id: str,
+        attempt: int,
+        priority: int,
+        readytime: float,
+        executornames: tuple[str, ...] = (),
+    ) -> None:
+        """Adds (or replaces) a ready process."""
+        entry = ReadyProcess(
+            (-priority, readytime, next(self._counter)), processid, graph_id, attempt, executornames
+        )
+        with self._lock:
+            self._forget(processid)
+            self._live[processid] = (key, entry)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            heapq.heappush(self._heaps.setdefault(key, []), entry)
+
+    def discard(self, processid: str) -> None:
+        """Forgets a process (assigned, cancelled, removed); unknown ids are ignored."""
+        with self._lock:
+            self._forget(processid)
+
+    def _forget(self, processid: str) -> None:
+        known = self._live.pop(processid, None)
+        if known is not None:
+            self._counts[known[0]] -= 1
+
+    def best_for(self, key: Key, executorname: str) -> ReadyProcess | None:
+        """The best ready process this executor may take, left in the index."""
+        with self._lock:
+            heap = self._heaps.get(key)
+            if not heap:
+                return None
+            skipped: list[ReadyProcess] = []
+            found = None
+            while heap:
+                entry = heap[0]
+                if self._live.get(entry.processid, (None, None))[1] is not entry:
+                    heapq.heappop(heap)  # stale: discarded or replaced
+                    continue
+                if entry.allows(executorname):
+                    found = entry
+                    break
+                skipped.append(heapq.heappop(heap))
+            for entry in skipped:
+                heapq.heappush(heap, entry)
+            return found
+
+    def count(self, key: Key) -> int:
+        """How many ready processes of this key wait."""
+        with self._lock:
+            return self._counts.get(key, 0)
+
+    def counts(self) -> dict[Key, int]:
+        """Ready processes per key (for re-issuing work tickets)."""
+        with self._lock:
+            return {key: n for key, n in self._counts.items() if n > 0}
+
+    def __contains__(self, processid: str) -> bool:
+        return processid in self._live

@@ -1,0 +1,226 @@
+"""The engine process (``colonies server``): NATS in, commands to the application, work out.
+
+One asyncio task owns everything here (structured with an anyio task group):
+
+- a ``nats.micro`` service answers every op of :data:`colonies_es.protocol.OPS` on
+  ``colonies.api.<op>`` (queue group ``colonies-engine``). Each request is handled in its
+  own task of the group; the decision itself runs in a worker thread
+  (:meth:`ColoniesApp.handle` is synchronous, like eventsourcing), so slow commands do
+  not hold up the others.
+- after a command, its effects go out: a work ticket per process that became ready, an
+  end notification per process that ended, a work consumer per new executor type.
+- a reconciler re-issues work tickets every few seconds where ready processes have fewer
+  tickets waiting than processes (a lost message, a restart), and the timer loop fires
+  the deadlines the log implies (execution and waiting time limits).
+
+On start the application rebuilds its state from the log; the work stream, which is
+derived data, is purged and refilled from that state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+import nats.micro
+from anyio.abc import TaskGroup
+from nats.aio.client import Client as NATS
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConfig
+
+from colonies_es.client.work import work_consumer_config
+from colonies_es.engine.app import ColoniesApp, Effects, Outcome
+from colonies_es.protocol import (
+    API_PREFIX,
+    ENGINE_QUEUE_GROUP,
+    OPS,
+    WORK_PREFIX,
+    WORK_STREAM,
+    WorkTicket,
+    ended_subject,
+    work_consumer,
+    work_subject,
+)
+
+log = logging.getLogger("colonies.engine")
+
+RECONCILE_INTERVAL = 3.0
+"""Seconds between checks that every ready process has a work ticket waiting."""
+
+_ticket_encoder = msgspec.json.Encoder()
+
+
+class Engine:
+    """Runs the command service and the work dispatch until cancelled."""
+
+    def __init__(self, nats_url: str, app_factory: Callable[[], ColoniesApp]) -> None:
+        self.nats_url = nats_url
+        self._app_factory = app_factory
+        self.app: ColoniesApp | None = None
+        self.nc: NATS | None = None
+        self._limiter = anyio.CapacityLimiter(8)
+        self._consumers: set[tuple[str, str]] = set()
+
+    async def run(self, started: Callable[[], Any] | None = None) -> None:
+        """Serves until the calling task is cancelled; ``started()`` once ready."""
+        self.nc = await nats.connect(
+            self.nats_url,
+            name="colonies-es engine",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        try:
+            self.app = await anyio.to_thread.run_sync(self._app_factory)
+            try:
+                await self._reset_work()
+                async with anyio.create_task_group() as tasks:
+                    service = await self._start_service(tasks)
+                    tasks.start_soon(self._reconcile_forever)
+                    tasks.start_soon(self._timers_forever)
+                    log.info("engine ready on %s", self.nats_url)
+                    if started is not None:
+                        started()
+                    try:
+                        await anyio.sleep_forever()
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await service.stop()
+            finally:
+                await anyio.to_thread.run_sync(self.app.close)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    # ----------------------------------------------------------------- commands
+
+    async def _start_service(self, tasks: TaskGroup) -> Service:
+        assert self.nc is not None
+        service = await nats.micro.add_service(
+            self.nc,
+            ServiceConfig(
+                name="colonies",
+                version="0.1.0",
+                description="colonies-es engine: signed workflow commands",
+                queue_group=ENGINE_QUEUE_GROUP,
+            ),
+        )
+        group = service.add_group(GroupConfig(name=API_PREFIX, queue_group=ENGINE_QUEUE_GROUP))
+        for op in OPS:
+            await group.add_endpoint(EndpointConfig(name=op, handler=self._handler(tasks, op)))
+        return service
+
+    def _handler(self, tasks: TaskGroup, op: str) -> Callable[[Request], Awaitable[None]]:
+        async def receive(request: Request) -> None:
+            # Return at once so the endpoint takes the next request; the task group owns
+            # the work and waits for it (or cancels it) when the engine stops.
+            tasks.start_soon(self._serve, op, request)
+
+        return receive
+
+    async def _serve(self, op: str, request: Request) -> None:
+        assert self.app is not None
+        handle = functools.partial(self.app.handle, op, request.data, time.time())
+        outcome: Outcome = await anyio.to_thread.run_sync(handle, limiter=self._limiter)
+        try:
+            if outcome.status == 200:
+                await request.respond(outcome.body)
+            else:
+                await request.respond_error(str(outcome.status), outcome.message)
+        except nats.errors.Error as error:  # the caller is gone; the decision stands
+            log.warning("could not answer %s: %r", op, error)
+        await self._apply(outcome.effects)
+
+    async def _apply(self, effects: Effects) -> None:
+        """Publishes what a decision implies: tickets, end notifications, consumers."""
+        assert self.nc is not None
+        try:
+            for key in effects.new_types:
+                await self._ensure_consumer(key)
+            for colonyname, executortype in effects.ready:
+                await self._ensure_consumer((colonyname, executortype))
+                await self._publish_ticket(colonyname, executortype)
+            for colonyname, processid in effects.ended:
+                await self.nc.publish(ended_subject(colonyname, processid), processid.encode())
+        except nats.errors.Error as error:
+            # Tickets are derived data: the reconciler re-issues what was not published.
+            log.warning("could not publish effects: %r", error)
+
+    # ----------------------------------------------------------------- work
+
+    async def _reset_work(self) -> None:
+        """Recreates the (derived) work stream and issues a ticket per ready process."""
+        assert self.nc is not None
+        assert self.app is not None
+        js = self.nc.jetstream()
+        config = StreamConfig(
+            name=WORK_STREAM,
+            subjects=[f"{WORK_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.MEMORY,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+        await js.purge_stream(WORK_STREAM)
+        for key in self.app.executor_types():
+            await self._ensure_consumer(key)
+        for (colonyname, executortype), count in self.app.ready.counts().items():
+            await self._ensure_consumer((colonyname, executortype))
+            for _ in range(count):
+                await self._publish_ticket(colonyname, executortype)
+
+    async def _ensure_consumer(self, key: tuple[str, str]) -> None:
+        if key in self._consumers:
+            return
+        assert self.nc is not None
+        await self.nc.jetstream().add_consumer(WORK_STREAM, work_consumer_config(*key))
+        self._consumers.add(key)
+
+    async def _publish_ticket(self, colonyname: str, executortype: str) -> None:
+        assert self.nc is not None
+        ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
+        await self.nc.jetstream().publish(
+            work_subject(colonyname, executortype), _ticket_encoder.encode(ticket)
+        )
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await anyio.sleep(RECONCILE_INTERVAL)
+            try:
+                await self._reconcile()
+            except (nats.errors.Error, OSError) as error:
+                log.warning("ticket reconciliation failed: %r", error)
+
+    async def _reconcile(self) -> None:
+        """Issues tickets where fewer wait (unclaimed or unacked) than ready processes."""
+        assert self.nc is not None
+        assert self.app is not None
+        js = self.nc.jetstream()
+        for (colonyname, executortype), ready in self.app.ready.counts().items():
+            await self._ensure_consumer((colonyname, executortype))
+            info = await js.consumer_info(WORK_STREAM, work_consumer(colonyname, executortype))
+            waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
+            for _ in range(ready - waiting):
+                await self._publish_ticket(colonyname, executortype)
+
+    # ----------------------------------------------------------------- timers
+
+    async def _timers_forever(self) -> None:
+        """Fires due deadlines (execution / waiting time limits) as engine commands."""
+        assert self.app is not None
+        while True:
+            delay = self.app.next_deadline_in(time.time())
+            await anyio.sleep(min(max(delay, 0.05), 1.0))
+            fire = functools.partial(self.app.fire_deadlines, time.time())
+            effects: Effects = await anyio.to_thread.run_sync(fire, limiter=self._limiter)
+            await self._apply(effects)
