@@ -1,0 +1,12 @@
+"""Benchmarks of colonies-es: ``python -m benchmarks [GROUP ...] [--quick] [--json PATH]``.
+
+A *group* is a module of this package with a ``run(options: Options) -> Report`` function
+(see :mod:`benchmarks.harness`), listed in :data:`GROUPS`. To add one (the engine end to
+end, the projector), write the module and add a line here.
+"""
+
+GROUPS: dict[str, str] = {
+    "store": "The event store (recorder) against raw nats-py JetStream",
+    "crypto": "Signing and checking commands (no server)",
+}
+"""Group name (also its module under ``benchmarks``) and what it measures."""

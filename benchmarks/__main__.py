@@ -1,0 +1,51 @@
+"""``python -m benchmarks [GROUP ...] [--quick] [--runs N] [--json PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from benchmarks import GROUPS
+from benchmarks.harness import Options, Report, print_report, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run benchmark groups; print a table and keep the numbers as JSON.",
+        epilog="groups: " + "; ".join(f"{name}: {what}" for name, what in GROUPS.items()),
+    )
+    parser.add_argument("groups", nargs="*", metavar="GROUP", help="default: all groups")
+    parser.add_argument("--quick", action="store_true", help="less work per measurement")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per measurement; the median is reported"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="write the results here (default: benchmarks/results/<groups>-<timestamp>.json)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.groups if name not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    options = Options(quick=args.quick, runs=args.runs)
+
+    reports: list[Report] = []
+    for name in args.groups or list(GROUPS):
+        print(f"== {name}: {GROUPS[name]}", flush=True)
+        group = importlib.import_module(f"benchmarks.{name}")
+        reports.append(group.run(options))
+    for report in reports:
+        print_report(report)
+    path = write_json(reports, args.json)
+    print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""What every benchmark group shares: a fresh nats-server, timing, and the report.
+
+A group measures *rates* (things per second), each several times, and reports the median.
+It may declare *targets*: a rate divided by a baseline rate must reach a minimum (the store's
+recorder against raw nats-py, say). :func:`print_report` prints the table,
+:func:`write_json` keeps the numbers with the environment they were measured in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import colonies_es
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a group should run: ``quick`` shrinks the work, ``runs`` repeats each rate."""
+
+    quick: bool = False
+    runs: int = 3
+
+
+@dataclass(frozen=True)
+class Sample:
+    """``count`` things done in ``seconds``."""
+
+    count: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+class Stopwatch:
+    """``with Stopwatch() as watch: ...`` then ``watch.seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def time_calls(fn: Callable[[int], object], seconds: float, warmup: int = 50) -> Sample:
+    """Calls ``fn(0), fn(1), ...`` for about ``seconds`` after ``warmup`` untimed calls."""
+    for i in range(warmup):
+        fn(i)
+    calls = 0
+    with Stopwatch() as watch:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(100):
+                fn(calls)
+                calls += 1
+    return Sample(calls, watch.seconds)
+
+
+@dataclass
+class Rate:
+    """One measured throughput: a sample per run."""
+
+    label: str
+    unit: str
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(sample.rate for sample in self.samples)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "median": self.median,
+            "runs": [
+                {"rate": s.rate, "count": s.count, "seconds": s.seconds} for s in self.samples
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """``rate / baseline`` (of the medians) should be at least ``minimum``; without a
+    minimum the ratio is only reported (to explain another one)."""
+
+    rate: str
+    baseline: str
+    minimum: float | None = None
+
+
+@dataclass
+class Report:
+    """What one group measured. Rates are keyed by short names; targets refer to them."""
+
+    group: str
+    runs: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    rates: dict[str, Rate] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+
+    def add(self, key: str, label: str, unit: str, sample: Sample) -> None:
+        """Records one run of the rate ``key`` (declared on first use)."""
+        self.rates.setdefault(key, Rate(label, unit)).samples.append(sample)
+
+    def ratio(self, target: Target) -> float:
+        return self.rates[target.rate].median / self.rates[target.baseline].median
+
+    def result(self, target: Target) -> str:
+        """PASS or MISS, or "-" for a ratio without a minimum."""
+        if target.minimum is None:
+            return "-"
+        return "PASS" if self.ratio(target) >= target.minimum else "MISS"
+
+    def measured(self, target: Target) -> bool:
+        return target.rate in self.rates and target.baseline in self.rates
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "runs": self.runs,
+            "parameters": self.parameters,
+            "environment": self.environment,
+            "rates": {key: rate.to_json() for key, rate in self.rates.items()},
+            "targets": [
+                {
+                    "rate": t.rate,
+                    "baseline": t.baseline,
+                    "ratio": self.ratio(t),
+                    "minimum": t.minimum,
+                    "result": self.result(t),
+                }
+                for t in self.targets
+                if self.measured(t)
+            ],
+        }
+
+
+# ------------------------------------------------------------------------- nats-server
+
+
+NATS_CONFIG = Path(colonies_es.__file__).parent / "nats.conf"
+"""The server configuration the project ships (``colonies dev`` runs with it)."""
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[str]:
+    """A fresh embedded nats-server (configured by :data:`NATS_CONFIG`) with its
+    JetStream store in a temporary directory.
+
+    Yields its URL; the server and its files are gone afterwards.
+    """
+    from colonies_es.embedded import NatsServer  # only the groups that need a server load it
+
+    with (
+        tempfile.TemporaryDirectory(prefix="colonies-bench-") as tmp,
+        NatsServer(Path(tmp) / "jetstream", config=NATS_CONFIG) as server,
+    ):
+        yield server.url
+
+
+def server_version(url: str) -> str:
+    """The version the server at ``url`` announces."""
+    import asyncio
+
+    import nats
+
+    async def ask() -> str:
+        nc = await nats.connect(url)
+        try:
+            version = nc.connected_server_version
+            release = f"{version.major}.{version.minor}.{version.patch}"
+            return f"{release}-{version.prerelease}" if version.prerelease else release
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+# ------------------------------------------------------------------------- environment
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers come from: interpreter, libraries, machine, load, commit."""
+    return {
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "packages": {name: _version(name) for name in ("nats-py", "msgspec", "eventsourcing")},
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_commit": _git_commit(),
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or None
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return done.stdout.strip()
+    return None
+
+
+# ------------------------------------------------------------------------- output
+
+
+def print_report(report: Report) -> None:
+    """The rates (median, spread over the runs), then the ratios and their targets."""
+    env = report.environment
+    packages = env.get("packages", {})
+    print()
+    versions = [f"Python {env.get('python')}", f"nats-py {packages.get('nats-py')}"]
+    if "nats_server" in env:
+        versions.append(f"nats-server {env['nats_server']}")
+    cores = f"{env.get('usable_cores')} cores ({env.get('cpu_model')})"
+    print(f"{report.group}: median of {report.runs} run(s); {', '.join(versions)}; {cores}")
+    width = max(len(key) for key in report.rates)
+    header = f"{'':<{width}}  {'measurement':<48} {'median':>10} {'unit':<8} {'runs min..max':>15}"
+    print(header)
+    print("-" * len(header))
+    for key, rate in report.rates.items():
+        rates = [s.rate for s in rate.samples]
+        spread = f"{_short(min(rates))}..{_short(max(rates))}"
+        print(f"{key:<{width}}  {rate.label:<48} {rate.median:>10,.0f} {rate.unit:<8} {spread:>15}")
+    targets = [t for t in report.targets if report.measured(t)]
+    if not targets:
+        return
+    print()
+    header = f"{'ratio of medians':<32} {'value':>6}  {'target':>7}  result"
+    print(header)
+    print("-" * len(header))
+    for target in targets:
+        minimum = "" if target.minimum is None else f">= {target.minimum:.2f}"
+        name = f"{target.rate} / {target.baseline}"
+        print(f"{name:<32} {report.ratio(target):>6.2f}  {minimum:>7}  {report.result(target)}")
+
+
+def _short(value: float) -> str:
+    return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
+
+
+def write_json(reports: list[Report], path: Path | None = None) -> Path:
+    """Writes the reports to ``path`` (default ``results/<groups>-<timestamp>.json``)."""
+    created = dt.datetime.now(dt.UTC)
+    if path is None:
+        name = "-".join(report.group for report in reports)
+        path = RESULTS_DIR / f"{name}-{created.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "created": created.isoformat(),
+        "groups": {report.group: report.to_json() for report in reports},
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
