@@ -5,6 +5,10 @@ ports, with temporary store directories, and are stopped at teardown.
 
 * ``nats_url`` / ``nats_server`` (session): one server shared by the whole run. Use it for
   anything that does not stop or kill the server; give your streams unique names.
+* ``stack`` (per module) / ``fresh_stack`` (per test): a nats-server of its own, a real
+  engine process and a connected client (``tests/stack.py``). Share ``stack`` within a
+  module by making a new colony per test (``stack.new_colony()``); take ``fresh_stack``
+  to kill or restart the engine or the server.
 * ``nats_server_factory`` (per test): ``factory(store_dir=None, port=None, **kwargs)``
   starts and returns a new :class:`~colonies_es.embedded.NatsServer` (extra keyword
   arguments go to its constructor: ``config``, ``http_port``, ...). ``store_dir=None`` means
@@ -21,7 +25,10 @@ from typing import Any
 
 import pytest
 
+from colonies_es import crypto
+from colonies_es.client import Colonies
 from colonies_es.embedded import NatsServer
+from tests.stack import EngineProcess, Stack
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +63,37 @@ def nats_server_factory(
     yield start_server
     for server in reversed(started):
         server.stop()
+
+
+def _start_stack(directory: Path) -> Stack:
+    server = NatsServer(directory / "nats").start()
+    server_prvkey = crypto.new_private_key()
+    engine = EngineProcess(server.url, crypto.id_from_private_key(server_prvkey), directory)
+    try:
+        engine.start()
+    except BaseException:
+        server.stop()
+        raise
+    return Stack(server, engine, Colonies("127.0.0.1", server.port), server_prvkey)
+
+
+def _stop_stack(stack: Stack) -> None:
+    stack.client.disconnect()
+    stack.engine.stop()
+    stack.nats.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A nats-server, an engine process and a client, shared by one test module."""
+    running = _start_stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    _stop_stack(running)
+
+
+@pytest.fixture
+def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of the test's own, free to kill and restart."""
+    running = _start_stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    _stop_stack(running)

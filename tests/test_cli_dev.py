@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from processes import pids_with_argument
+from tests.processes import pids_with_argument
 
 from colonies_es.embedded import free_port
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from processes import pid_alive, wait_until
+from tests.processes import pid_alive, wait_until
 
 from colonies_es.embedded import (
     BINARY_ENV_VAR,

@@ -1,0 +1,134 @@
+"""A real colonies-es stack for tests: nats-server, engine process, keys and colonies.
+
+The engine runs as its own process (``python -m colonies_es.cli server``), exactly as in
+production, so tests can SIGKILL and restart it. Its output goes to a log file; readiness
+is its "engine ready" line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from colonies_es import crypto
+from colonies_es.client import Colonies
+from colonies_es.embedded import NatsServer
+
+
+class EngineProcess:
+    """``colonies server`` as a child process."""
+
+    def __init__(self, nats_url: str, server_id: str, log_dir: Path) -> None:
+        self.nats_url = nats_url
+        self.server_id = server_id
+        self.engine_prvkey = crypto.new_private_key()
+        self.log_dir = log_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"engine-{self.starts}.log"
+
+    def start(self, timeout: float = 30.0) -> EngineProcess:
+        """Starts the engine and waits for its ready line."""
+        self.starts += 1
+        log = self.log_file.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "colonies_es.cli", "server", "--nats", self.nats_url],
+            env={
+                **os.environ,
+                "COLONIES_SERVER_ID": self.server_id,
+                "COLONIES_ENGINE_PRVKEY": self.engine_prvkey,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while b"colonies engine ready" not in self.log_file.read_bytes():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"engine exited: {self.log_file.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"engine not ready: {self.log_file.read_text()[-3000:]}")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed, nothing said goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return "\n".join(
+            (self.log_dir / f"engine-{n}.log").read_text(errors="replace")
+            for n in range(1, self.starts + 1)
+        )
+
+
+@dataclass
+class ColonyHandle:
+    """A colony made for one test, with its owner's key."""
+
+    name: str
+    owner_prvkey: str
+    executors: dict[str, str] = field(default_factory=dict)
+    """executor name -> private key"""
+
+
+@dataclass
+class Stack:
+    """A nats-server, an engine, a connected client and the server owner's key."""
+
+    nats: NatsServer
+    engine: EngineProcess
+    client: Colonies
+    server_prvkey: str
+
+    def new_colony(self) -> ColonyHandle:
+        """A fresh colony (unique name) owned by a fresh key."""
+        name = f"c{uuid.uuid4().hex[:10]}"
+        owner = crypto.new_private_key()
+        self.client.add_colony(
+            {"colonyid": crypto.id_from_private_key(owner), "name": name}, self.server_prvkey
+        )
+        return ColonyHandle(name, owner)
+
+    def new_executor(
+        self,
+        colony: ColonyHandle,
+        executortype: str = "python-executor",
+        name: str | None = None,
+        approve: bool = True,
+    ) -> str:
+        """Registers (and approves) an executor; returns its private key."""
+        key = crypto.new_private_key()
+        executorname = name or f"ex-{uuid.uuid4().hex[:8]}"
+        self.client.add_executor(
+            {
+                "executorid": crypto.id_from_private_key(key),
+                "executortype": executortype,
+                "executorname": executorname,
+                "colonyname": colony.name,
+            },
+            colony.owner_prvkey,
+        )
+        if approve:
+            self.client.approve_executor(colony.name, executorname, colony.owner_prvkey)
+        colony.executors[executorname] = key
+        return key
