@@ -154,7 +154,7 @@ class AsyncColonies:
         """Counts of the colony's processes and workflows per state."""
         return await self._call("stats", p.ColonyRef(colonyname=colonyname), prvkey, Statistics)
 
-    # ------------------------------------------------------------------ executors
+    # ------------------------------------------------------------------ executors and users
 
     async def add_executor(self, executor: Executor | Mapping[str, Any], prvkey: str) -> Executor:
         """Register an executor (``executorid``, ``executortype``, ``executorname``,
@@ -187,6 +187,12 @@ class AsyncColonies:
     async def whoami(self, colonyname: str, prvkey: str) -> Executor:
         """The executor record of the key's owner in the colony (404 if it has none)."""
         return await self._call("whoami", p.ColonyRef(colonyname=colonyname), prvkey, Executor)
+
+    async def add_user(self, colonyname: str, userid: str, username: str, prvkey: str) -> None:
+        """Make the identity ``userid`` a member of the colony (it may submit, read and
+        list) under ``username``; colony owner only."""
+        body = p.AddUser(colonyname=colonyname, userid=userid, username=username)
+        await self._send("add_user", body, prvkey)
 
     # ------------------------------------------------------------------ processes
 

@@ -124,7 +124,7 @@ class Colonies:
     list_colonies = _blocking(AsyncColonies.list_colonies)
     get_colony = _blocking(AsyncColonies.get_colony)
     stats = _blocking(AsyncColonies.stats)
-    # Executors
+    # Executors and users
     add_executor = _blocking(AsyncColonies.add_executor)
     approve_executor = _blocking(AsyncColonies.approve_executor)
     reject_executor = _blocking(AsyncColonies.reject_executor)
@@ -132,6 +132,7 @@ class Colonies:
     list_executors = _blocking(AsyncColonies.list_executors)
     get_executor = _blocking(AsyncColonies.get_executor)
     whoami = _blocking(AsyncColonies.whoami)
+    add_user = _blocking(AsyncColonies.add_user)
     # Processes
     submit_func_spec = _blocking(AsyncColonies.submit_func_spec)
     claim = _blocking(AsyncColonies.claim)
