@@ -169,14 +169,6 @@ def test_a_registered_transcoding_round_trips_nested_inside_the_state(
     assert round_trip(transcoder, state) == state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG codec: MsgspecTranscoder._enc_hook encodes a transcoding's output with the plain "
-        "msgspec encoder, without _tag(): UUIDs and Decimals inside it come back as str "
-        "(eventsourcing's JSONTranscoder handles them recursively)"
-    ),
-)
 def test_typed_values_inside_a_transcoding_output_round_trip(
     transcoder: MsgspecTranscoder,
 ) -> None:
@@ -199,14 +191,6 @@ def test_an_unregistered_custom_type_is_refused_with_a_clear_error(
         transcoder.encode({"thing": Unregistered()})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG codec: msgspec encodes dataclasses, enums, time and timedelta natively, so "
-        "MsgspecTranscoder never calls its enc_hook for them: unregistered, they are stored "
-        "silently and come back as dict / value / str (JSONTranscoder refuses them)"
-    ),
-)
 @pytest.mark.parametrize(
     "value",
     [Coordinates(1.0, 2.0), Colour.RED, dt.time(12, 30), dt.timedelta(days=3)],

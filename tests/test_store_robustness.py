@@ -300,15 +300,6 @@ UNNOTICED_WEAKENINGS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG store: StreamSpec.differences() only compares the keys of its own config(); "
-        "an existing stream with no_ack (acks never come: every append times out with "
-        "OperationalError although it was stored), max_msg_size or max_consumers is "
-        "accepted silently"
-    ),
-)
 @pytest.mark.parametrize(("weaker", "named"), UNNOTICED_WEAKENINGS)
 def test_a_stream_with_a_limit_the_store_does_not_check_is_refused(
     env: dict[str, str],
@@ -336,10 +327,6 @@ def test_without_create_table_a_missing_stream_is_a_clear_error_and_not_created(
     assert stream_config(nats_url, env["JETSTREAM_STREAM"]) is None
 
 
-def unclear_error(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 UNUSABLE_SETTINGS = [
     pytest.param({"JETSTREAM_STREAM": "HAS*STAR"}, id="stream-with-wildcard"),
     pytest.param({"JETSTREAM_SUBJECT_PREFIX": "has space"}, id="prefix-with-space"),
@@ -347,28 +334,14 @@ UNUSABLE_SETTINGS = [
     pytest.param(
         {"JETSTREAM_STREAM": "has.dot"},
         id="stream-with-dot",
-        marks=unclear_error(
-            "BUG store: a stream name with a dot is sent as $JS.API.STREAM.INFO.has.dot, "
-            "which JetStream never answers: OperationalError 'NATS did not answer in time' "
-            "after the timeout instead of a configuration error"
-        ),
     ),
     pytest.param(
         {"JETSTREAM_STREAM": "has space"},
         id="stream-with-space",
-        marks=unclear_error(
-            "BUG store: a stream name with a space fails as OperationalError "
-            "'NATS connection problem: BadSubjectError()' instead of a configuration error"
-        ),
     ),
     pytest.param(
         {"JETSTREAM_SUBJECT_PREFIX": "has.*"},
         id="prefix-with-wildcard",
-        marks=unclear_error(
-            "BUG store: a subject prefix with a '*' token is accepted: the stream is created "
-            "on 'has.*.ev.>' (capturing every other prefix's events) and events are published "
-            "to literal '*' subjects"
-        ),
     ),
 ]
 
@@ -565,16 +538,6 @@ def payload_of_size(size: int) -> bytes:
     return b"x" * (size - overhead)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG store: JetStreamLog.append compares only the payload with max_payload, but the "
-        "server counts headers too (Nats-Expected-Last-Subject-Sequence, batch headers); "
-        "it answers -ERR 'Maximum Payload Violation', which makes nats-py close the "
-        "connection for good: OperationalError after the timeout, and every later call of "
-        "this factory fails with ConnectionClosedError"
-    ),
-)
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
 def test_an_event_whose_headers_push_it_over_max_payload_leaves_the_recorder_working(
     recorder: JetStreamApplicationRecorder, nats_url: str, batched: bool
@@ -632,15 +595,6 @@ def test_an_aggregate_id_that_cannot_be_a_subject_is_a_data_error_and_writes_not
     assert_nothing_written(recorder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG store: subject_for() puts no bound on an id's length; a subject over the "
-        "server's max_control_line (4 KiB) makes the server close the connection with "
-        "-ERR 'Maximum Control Line Exceeded', which nats-py treats as fatal: "
-        "OperationalError after the timeout, and the factory's connection is closed for good"
-    ),
-)
 def test_an_aggregate_id_too_long_for_a_subject_is_a_data_error_and_the_recorder_keeps_working(
     recorder: JetStreamApplicationRecorder,
 ) -> None:
@@ -697,15 +651,6 @@ def factory_without_server() -> JetStreamFactory:
     return JetStreamFactory(fresh_env(f"nats://127.0.0.1:{free_port()}", JETSTREAM_TIMEOUT="0.5"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG store: _Connection.__init__ calls loop.run() directly (not self.run()), and "
-        "nats.connect(max_reconnect_attempts=-1) retries an initial connect forever: after "
-        "timeout + 1 s the factory raises the builtin TimeoutError, not OperationalError "
-        "(nats-py also logs a traceback per attempt through its default error_cb)"
-    ),
-)
 def test_a_factory_without_a_server_fails_with_an_operational_error() -> None:
     with pytest.raises(OperationalError):
         factory_without_server()
@@ -766,15 +711,6 @@ def store_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "colonies-store"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG store: a select_events() that fails in an outage leaves SUB/UNSUB commands "
-        "queued in nats-py; _Connection.close() then gets ConnectionResetError (an OSError) "
-        "from the dead transport's drain, suppresses only TimeoutError and nats.errors.Error, "
-        "so close() raises and never reaches loop.close(): the loop thread leaks"
-    ),
-)
 def test_closing_a_factory_after_reads_failed_in_an_outage_returns_and_stops_its_thread(
     crashable: NatsServer,
 ) -> None:

@@ -12,6 +12,7 @@ transcoder: faster, and it round-trips ``UUID``, ``datetime`` and ``Decimal`` ex
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -19,9 +20,9 @@ from uuid import UUID
 import msgspec
 from eventsourcing.persistence import (
     DataError,
+    JSONTranscoder,
     Notification,
     StoredEvent,
-    Transcoder,
     Transcoding,
     TranscodingNotRegisteredError,
 )
@@ -106,13 +107,16 @@ _EXT_DATE = 4
 _EXT_CUSTOM = 5
 
 
-class MsgspecTranscoder(Transcoder):
+class MsgspecTranscoder(JSONTranscoder):
     """Encodes domain-event state as msgpack with msgspec.
 
-    ``UUID``, ``datetime``, ``date`` and ``Decimal`` values round-trip exactly (msgpack
-    extension types; msgspec alone would turn UUIDs and Decimals into strings). Other types are supported by registering an eventsourcing
-    ``Transcoding`` (as with ``JSONTranscoder``); the transcoding's output must itself be
-    encodable. Tuples come back as lists (msgpack has one array type).
+    ``UUID``, ``datetime``, ``date`` and ``Decimal`` values round-trip exactly as msgpack
+    extension types (msgspec alone would turn UUIDs and Decimals into strings). Other
+    types need a registered eventsourcing ``Transcoding``, as with ``JSONTranscoder``;
+    an unregistered one is refused. Tuples come back as lists (msgpack has one array type).
+
+    It subclasses ``JSONTranscoder`` only for its registration interface: eventsourcing
+    applications register their transcodings on JSON transcoders alone.
     """
 
     def __init__(self) -> None:
@@ -127,22 +131,49 @@ class MsgspecTranscoder(Transcoder):
         self._by_name[transcoding.name] = transcoding
 
     def encode(self, obj: Any) -> bytes:
-        return self._encoder.encode(_tag(obj))
+        return self._encoder.encode(self._tag(obj))
 
     def decode(self, data: bytes) -> Any:
         return self._decoder.decode(data)
 
     def _enc_hook(self, obj: Any) -> msgspec.msgpack.Ext:
-        transcoding = self._by_type.get(type(obj))
-        if transcoding is None:
-            msg = (
-                f"Object of type {type(obj).__name__} is not serializable: "
-                "register a Transcoding for it"
-            )
-            raise TranscodingNotRegisteredError(msg)
-        return msgspec.msgpack.Ext(
-            _EXT_CUSTOM, self._encoder.encode((transcoding.name, transcoding.encode(obj)))
-        )
+        # Only reached for objects _tag let through, which it never does: kept as a guard.
+        raise _not_registered(obj)
+
+    def _tag(self, obj: Any) -> Any:
+        """Replaces values msgspec would encode lossily by typed msgpack extensions.
+
+        Builtin scalars pass as they are; UUID, datetime, date and Decimal become
+        extensions; registered types become their transcoding's (tagged) output. Anything
+        else is refused, also types msgspec could encode itself (dataclasses, enums,
+        ``time``, ``timedelta``) but that would not come back as what they were.
+        """
+        kind = type(obj)
+        if kind in _PLAIN:
+            return obj
+        if kind is dict:
+            return {key: self._tag(value) for key, value in obj.items()}
+        if kind is list or kind is tuple:
+            return [self._tag(value) for value in obj]
+        if isinstance(obj, UUID):
+            return msgspec.msgpack.Ext(_EXT_UUID, obj.bytes)
+        if isinstance(obj, dt.datetime):
+            return msgspec.msgpack.Ext(_EXT_DATETIME, obj.isoformat().encode())
+        if isinstance(obj, dt.date):
+            return msgspec.msgpack.Ext(_EXT_DATE, obj.isoformat().encode())
+        if isinstance(obj, Decimal):
+            return msgspec.msgpack.Ext(_EXT_DECIMAL, str(obj).encode())
+        transcoding = self._by_type.get(kind)
+        if transcoding is not None:
+            data = self._encoder.encode((transcoding.name, self._tag(transcoding.encode(obj))))
+            return msgspec.msgpack.Ext(_EXT_CUSTOM, data)
+        if isinstance(obj, dict):
+            return {key: self._tag(value) for key, value in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self._tag(value) for value in obj]
+        if isinstance(obj, str | int | float | bytes) and not isinstance(obj, enum.Enum):
+            return obj
+        raise _not_registered(obj)
 
     def _ext_hook(self, code: int, data: memoryview) -> Any:
         raw = bytes(data)
@@ -165,18 +196,10 @@ class MsgspecTranscoder(Transcoder):
         raise DataError(msg)
 
 
-def _tag(obj: Any) -> Any:
-    """Replaces the values msgspec would encode as strings by typed msgpack extensions."""
-    if isinstance(obj, dict):
-        return {key: _tag(value) for key, value in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_tag(value) for value in obj]
-    if isinstance(obj, UUID):
-        return msgspec.msgpack.Ext(_EXT_UUID, obj.bytes)
-    if isinstance(obj, dt.datetime):
-        return msgspec.msgpack.Ext(_EXT_DATETIME, obj.isoformat().encode())
-    if isinstance(obj, dt.date):
-        return msgspec.msgpack.Ext(_EXT_DATE, obj.isoformat().encode())
-    if isinstance(obj, Decimal):
-        return msgspec.msgpack.Ext(_EXT_DECIMAL, str(obj).encode())
-    return obj
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _not_registered(obj: Any) -> TranscodingNotRegisteredError:
+    return TranscodingNotRegisteredError(
+        f"Object of type {type(obj).__name__} is not serializable: register a Transcoding for it"
+    )

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -97,13 +99,38 @@ _consumer_created = msgspec.json.Decoder(_ConsumerCreated)
 _json = msgspec.json.Encoder()
 
 
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_SUBJECT_TOKEN = re.compile(r"^[^\s.*>]+$")
+
+MAX_SUBJECT_LENGTH = 1024
+"""Longest subject we publish to: the server refuses control lines over 4 KiB (and then
+closes the connection), so ids are bounded well below that."""
+
+
 @dataclass(frozen=True)
 class StreamSpec:
-    """What an event-log stream must be. ``subjects`` are the stream's subject filters."""
+    """What an event-log stream must be. ``subjects`` are the stream's subject filters:
+    literal tokens ending in ``>``."""
 
     name: str
     subjects: tuple[str, ...]
     replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if not _STREAM_NAME.match(self.name):
+            msg = (
+                f"stream name {self.name!r} is not usable: use letters, digits, '_' or '-' "
+                "(no dots, spaces or wildcards)"
+            )
+            raise StreamConfigurationError(msg)
+        for subject in self.subjects:
+            tokens = subject.split(".")
+            if tokens[-1] != ">" or not all(_SUBJECT_TOKEN.match(t) for t in tokens[:-1]):
+                msg = (
+                    f"subject filter {subject!r} of stream {self.name!r} is not usable: "
+                    "the prefix must be literal tokens (no spaces, '*' or '>')"
+                )
+                raise StreamConfigurationError(msg)
 
     def config(self) -> dict[str, object]:
         """The JetStream stream configuration (JSON fields of the stream create API)."""
@@ -125,13 +152,20 @@ class StreamSpec:
             "allow_atomic": True,
         }
 
-    def differences(self, actual: dict[str, object]) -> list[str]:
+    def differences(self, actual: dict[str, Any]) -> list[str]:
         """Each way an existing stream's configuration differs from what the log needs."""
         wanted = self.config()
         problems = []
+        for key in ("mirror", "sources", "subject_transform", "republish"):
+            if actual.get(key):
+                problems.append(f"{key} is set ({actual[key]!r}), needs none")
+        for key, value in _ALSO_REQUIRED.items():
+            have = actual.get(key, _DEFAULTS.get(key, value))
+            if have != value:
+                problems.append(f"{key} is {have!r}, needs {value!r}")
         for key, value in wanted.items():
             if key == "subjects":
-                missing = set(self.subjects) - set(actual.get("subjects") or [])  # type: ignore[call-overload]
+                missing = set(self.subjects) - set(actual.get("subjects") or [])
                 if missing:
                     problems.append(f"subjects {sorted(missing)} missing")
                 continue
@@ -141,8 +175,19 @@ class StreamSpec:
         return problems
 
 
+# Settings we do not send on creation but that an existing stream must not have changed:
+# no_ack (appends would never be acknowledged), a message size or consumer limit.
+_ALSO_REQUIRED: dict[str, object] = {
+    "no_ack": False,
+    "sealed": False,
+    "max_msg_size": -1,
+    "max_consumers": -1,
+}
+
 # Values the server leaves out of a stream's configuration when they are at their default.
 _DEFAULTS: dict[str, object] = {
+    "no_ack": False,
+    "sealed": False,
     "deny_delete": False,
     "deny_purge": False,
     "allow_rollup_hdrs": False,
@@ -221,13 +266,9 @@ class JetStreamLog:
             )
             raise DataError(msg)
         first_versions = _first_versions(entries)
-        max_payload = self.nc.max_payload
         for entry in entries:
-            if len(entry.payload) > max_payload:
-                msg = (
-                    f"event for {entry.subject} is {len(entry.payload)} bytes, over the "
-                    f"server's max_payload of {max_payload}"
-                )
+            if len(entry.subject) > MAX_SUBJECT_LENGTH:
+                msg = f"subject of {len(entry.subject)} characters: at most {MAX_SUBJECT_LENGTH}"
                 raise DataError(msg)
         for _attempt in range(10):
             for subject, version in first_versions.items():
@@ -235,7 +276,7 @@ class JetStreamLog:
                 if head is not None and head[0] >= version:
                     msg = f"{subject}: version {version} is not after recorded version {head[0]}"
                     raise IntegrityError(msg)
-            ack = await self._publish(entries, first_versions)
+            ack = await self._publish(entries)
             if ack.error is None:
                 last = ack.seq
                 sequences = list(range(last - len(entries) + 1, last + 1))
@@ -248,44 +289,53 @@ class JetStreamLog:
                 await self.refresh_head(subject)
         raise OperationalError("append kept conflicting with concurrent writers; gave up")
 
-    async def _publish(self, entries: Sequence[Entry], first_versions: dict[str, int]) -> _PubAck:
+    def _messages(self, entries: Sequence[Entry]) -> list[tuple[Entry, dict[str, str]]]:
+        """Each entry with its headers: the expectation on the first entry per subject,
+        and the batch headers when there are several entries.
+
+        Raises ``DataError`` when a message, headers included, exceeds the server's
+        ``max_payload`` (the server would close the connection on such a message).
+        """
+        messages = []
         expecting: set[str] = set()
-
-        def headers_for(entry: Entry) -> dict[str, str]:
-            if entry.subject in expecting:
-                return {}
-            expecting.add(entry.subject)
-            head = self._heads.get(entry.subject)
-            return {_EXPECTED_LAST_SUBJECT_SEQ: str(head[1] if head else 0)}
-
-        try:
-            if len(entries) == 1:
-                entry = entries[0]
-                reply = await self.nc.request(
-                    entry.subject, entry.payload, timeout=self.timeout, headers=headers_for(entry)
-                )
-                return _pub_ack.decode(reply.data)
-            batch_id = uuid.uuid4().hex
-            last = len(entries)
-            for number, entry in enumerate(entries, start=1):
-                headers = headers_for(entry)
+        batch_id = uuid.uuid4().hex
+        for number, entry in enumerate(entries, start=1):
+            headers: dict[str, str] = {}
+            if entry.subject not in expecting:
+                expecting.add(entry.subject)
+                head = self._heads.get(entry.subject)
+                headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(head[1] if head else 0)
+            if len(entries) > 1:
                 headers["Nats-Batch-Id"] = batch_id
                 headers["Nats-Batch-Sequence"] = str(number)
-                if number < last:
-                    await self.nc.publish(entry.subject, entry.payload, headers=headers)
-                else:
+                if number == len(entries):
                     headers["Nats-Batch-Commit"] = "1"
-                    reply = await self.nc.request(
-                        entry.subject, entry.payload, timeout=self.timeout, headers=headers
-                    )
-                    return _pub_ack.decode(reply.data)
+            size = len(entry.payload) + _header_size(headers)
+            if size > self.nc.max_payload:
+                msg = (
+                    f"event for {entry.subject} is {size} bytes with its headers, over the "
+                    f"server's max_payload of {self.nc.max_payload}"
+                )
+                raise DataError(msg)
+            messages.append((entry, headers))
+        return messages
+
+    async def _publish(self, entries: Sequence[Entry]) -> _PubAck:
+        messages = self._messages(entries)
+        try:
+            for entry, headers in messages[:-1]:
+                await self.nc.publish(entry.subject, entry.payload, headers=headers)
+            entry, headers = messages[-1]
+            reply = await self.nc.request(
+                entry.subject, entry.payload, timeout=self.timeout, headers=headers
+            )
+            return _pub_ack.decode(reply.data)
         except nats.errors.MaxPayloadError as error:
             raise DataError(f"event over the server's max_payload: {error}") from error
         except (nats.errors.Error, OSError) as error:
             raise _connection_error("append", error) from error
         except msgspec.DecodeError as error:
             raise OperationalError(f"unexpected reply to a publish: {error}") from error
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _remember_heads(self, entries: Sequence[Entry], sequences: Sequence[int]) -> None:
         if len(self._heads) > HEAD_CACHE_SIZE:
@@ -400,6 +450,8 @@ class JetStreamLog:
         """
         last = after
         while True:
+            if self.nc.is_closed:
+                raise OperationalError("following the log: the NATS connection is closed")
             try:
                 name, _ = await self._create_consumer(filter_subject, last + 1)
             except OperationalError:
@@ -518,10 +570,17 @@ class JetStreamLog:
         except (nats.errors.Error, OSError) as error:
             raise _connection_error(subject, error) from error
 
-    async def _api(self, endpoint: str, payload: bytes) -> dict[str, object]:
+    async def _api(self, endpoint: str, payload: bytes) -> dict[str, Any]:
         reply = await self._request(f"$JS.API.{endpoint}", payload)
-        decoded: dict[str, object] = msgspec.json.decode(reply.data)
+        decoded: dict[str, Any] = msgspec.json.decode(reply.data)
         return decoded
+
+
+def _header_size(headers: dict[str, str]) -> int:
+    """Bytes of a NATS header block (``NATS/1.0`` line, ``key: value`` lines, blank line)."""
+    if not headers:
+        return 0
+    return 12 + sum(len(key) + len(value) + 4 for key, value in headers.items())
 
 
 def _first_versions(entries: Sequence[Entry]) -> dict[str, int]:

@@ -18,7 +18,7 @@ dots (``colony.graph.<hex>`` gives one subject per graph) but no spaces, ``*`` o
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import queue
 import re
 import threading
@@ -43,6 +43,7 @@ from eventsourcing.persistence import (
     Transcoder,
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
+from nats.aio.client import Client as NATS
 
 from colonies_es.store.codec import (
     MsgspecTranscoder,
@@ -55,6 +56,14 @@ from colonies_es.store.jetstream import Entry, JetStreamLog, StoredMessage, Stre
 from colonies_es.store.loop import LoopThread
 
 _TOKEN = re.compile(r"^[^\s*>]+$")
+
+
+log = logging.getLogger("colonies.store")
+
+
+async def _log_nats_error(error: Exception) -> None:
+    """nats-py reports connection trouble here (instead of printing tracebacks)."""
+    log.warning("NATS: %r", error)
 
 
 def _version_of(payload: bytes) -> int:
@@ -70,25 +79,33 @@ class _Connection:
         self._lock = threading.Lock()
         self.loop = LoopThread("colonies-store")
         try:
-            self.nc = self.loop.run(self._connect(servers), timeout + 1)
+            self.nc: NATS = self.run(self._connect(servers))
         except BaseException:
             self.loop.close()
             raise
 
-    async def _connect(self, servers: list[str]) -> nats.NATS:
+    async def _connect(self, servers: list[str]) -> NATS:
+        where = ", ".join(servers)
         try:
-            return await nats.connect(
-                servers=servers,
-                connect_timeout=self.timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                pending_size=0,  # while reconnecting, writes fail at once instead of queueing
-                name="colonies-es store",
+            # nats-py retries a first connection as long as reconnects are allowed:
+            # bound it, so a missing server is an error, not a wait forever.
+            return await asyncio.wait_for(
+                nats.connect(
+                    servers=servers,
+                    connect_timeout=self.timeout,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    pending_size=0,  # while reconnecting, writes fail at once (no queueing)
+                    error_cb=_log_nats_error,
+                    name="colonies-es store",
+                ),
+                self.timeout,
             )
+        except TimeoutError as error:
+            raise OperationalError(f"cannot connect to NATS at {where}: no answer") from error
         except (nats.errors.Error, OSError) as error:
-            msg = f"cannot connect to NATS at {', '.join(servers)}: {error!r}"
-            raise OperationalError(msg) from error
+            raise OperationalError(f"cannot connect to NATS at {where}: {error!r}") from error
 
     def log_for(self, spec: StreamSpec, create: bool) -> JetStreamLog:
         """The one log object per stream (so recorders share its cache of subject heads)."""
@@ -108,10 +125,14 @@ class _Connection:
             raise OperationalError(f"NATS operation timed out: {error}") from error
 
     def close(self) -> None:
-        if not self.nc.is_closed:
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
+        """Closes the connection (best effort when NATS is gone) and stops the loop."""
+        try:
+            if not self.nc.is_closed:
                 self.loop.run(self.nc.close(), self.timeout)
-        self.loop.close()
+        except (TimeoutError, nats.errors.Error, OSError) as error:
+            log.debug("closing the NATS connection: %r", error)
+        finally:
+            self.loop.close()
 
 
 class JetStreamAggregateRecorder(AggregateRecorder):
@@ -336,9 +357,8 @@ class JetStreamTrackingRecorder(TrackingRecorder):
         self.connection.run(self.log.append([self.tracking_entry(tracking)]))
 
     def max_tracking_id(self, application_name: str) -> int | None:
-        last = self.connection.run(
-            self.log.last_message(f"{self.tracking_prefix}.{application_name}")
-        )
+        subject = self.tracking_entry(Tracking(application_name, 0)).subject
+        last = self.connection.run(self.log.last_message(subject))
         return None if last is None else _version_of(last.payload)
 
 
