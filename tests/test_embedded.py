@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from tests.processes import pid_alive, wait_until
 
 from colonies_es.embedded import (
     BINARY_ENV_VAR,
@@ -25,6 +24,7 @@ from colonies_es.embedded import (
     find_nats_server,
     free_port,
 )
+from tests.processes import pid_alive, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Factory = Callable[..., NatsServer]

@@ -21,7 +21,9 @@ def test_seed_workflow_gives_three(stack: Stack) -> None:
     workflow.functionspecs.append(
         func_spec(func=gen_nums, args=[], colonyname=colony.name, executortype="python-executor")
     )
-    second = func_spec(func=sum_nums, args=[], colonyname=colony.name, executortype="python-executor")
+    second = func_spec(
+        func=sum_nums, args=[], colonyname=colony.name, executortype="python-executor"
+    )
     second.conditions.dependencies.append("gen_nums")
     workflow.functionspecs.append(second)
     graph = stack.client.submit_workflow(workflow, colony.owner_prvkey)

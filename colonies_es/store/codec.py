@@ -29,13 +29,22 @@ from eventsourcing.persistence import (
 
 
 class Envelope(msgspec.Struct, array_like=True, frozen=True):
-    """The payload of one event message (msgpack array, compact and fast to decode)."""
+    """The payload of one event message (msgpack array, compact and fast to decode).
 
-    originator_id: str
-    originator_is_uuid: bool
+    The originator id is in ``uuid`` when it is a UUID (msgspec decodes it natively),
+    else in ``name``.
+    """
+
+    uuid: UUID | None
+    name: str | None
     originator_version: int
     topic: str
     state: bytes
+
+    @property
+    def originator_id(self) -> UUID | str:
+        """The originator id with the type it was recorded with."""
+        return self.uuid if self.uuid is not None else (self.name or "")
 
 
 _envelope_encoder = msgspec.msgpack.Encoder()
@@ -48,10 +57,8 @@ def encode_envelope(event: StoredEvent) -> bytes:
     try:
         return _envelope_encoder.encode(
             Envelope(
-                originator_id=originator_id.hex
-                if isinstance(originator_id, UUID)
-                else originator_id,
-                originator_is_uuid=isinstance(originator_id, UUID),
+                uuid=originator_id if isinstance(originator_id, UUID) else None,
+                name=None if isinstance(originator_id, UUID) else originator_id,
                 originator_version=event.originator_version,
                 topic=event.topic,
                 state=event.state,
@@ -73,16 +80,9 @@ def decode_envelope(payload: bytes) -> Envelope:
         raise DataError(msg) from error
 
 
-def originator_of(envelope: Envelope) -> UUID | str:
-    """The originator id with the type it was recorded with."""
-    if envelope.originator_is_uuid:
-        return UUID(hex=envelope.originator_id)
-    return envelope.originator_id
-
-
 def to_stored_event(envelope: Envelope) -> StoredEvent:
     return StoredEvent(
-        originator_id=originator_of(envelope),
+        originator_id=envelope.originator_id,
         originator_version=envelope.originator_version,
         topic=envelope.topic,
         state=envelope.state,
@@ -92,7 +92,7 @@ def to_stored_event(envelope: Envelope) -> StoredEvent:
 def to_notification(envelope: Envelope, sequence: int) -> Notification:
     return Notification(
         id=sequence,
-        originator_id=originator_of(envelope),
+        originator_id=envelope.originator_id,
         originator_version=envelope.originator_version,
         topic=envelope.topic,
         state=envelope.state,
