@@ -27,13 +27,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from colonies_es.domain.base import AuditedAggregate, graph_aggregate_id, is_id, new_id
-from colonies_es.domain.errors import Conflict, Forbidden, NotFound
+from colonies_es.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from colonies_es.domain.graph_events import (
     AttemptFailed,
+    AttributeAdded,
+    ChildAdded,
     ExecutionTimedOut,
     GraphCancelled,
     GraphRemoved,
     GraphSubmitted,
+    LogAdded,
     OutputSet,
     ProcessAssigned,
     ProcessClosed,
@@ -42,8 +45,16 @@ from colonies_es.domain.graph_events import (
     WaitTimedOut,
 )
 from colonies_es.domain.process import Deadline, ProcessNode, ReadyProcess, readiness
-from colonies_es.domain.submission import plan_workflow
-from colonies_es.models import Executor, FuncSpec, Process, Workflow, from_dict
+from colonies_es.domain.submission import check_spec, plan_workflow
+from colonies_es.models import (
+    Attribute,
+    Executor,
+    FuncSpec,
+    Process,
+    Workflow,
+    from_dict,
+    to_dict,
+)
 from colonies_es.models import ProcessGraph as ProcessGraphModel
 from colonies_es.states import ExecutorState, ProcessState
 
@@ -295,6 +306,132 @@ class ProcessGraph(AuditedAggregate):
             self._attempt_failed(ProcessFailed, node, errors, now=now, actor=actor, command=command)
         )
 
+    def add_child(
+        self,
+        parentprocessid: str,
+        executorid: str,
+        spec: FuncSpec,
+        nodename: str,
+        *,
+        insert: bool,
+        childprocessid: str = "",
+        now: datetime,
+        actor: str,
+        command: bytes,
+        processid: str | None = None,
+    ) -> str:
+        """The executor holding ``parentprocessid`` adds a process named ``nodename``
+        running ``spec`` as its child (ChildAdded); returns the new process's id.
+
+        ``insert=True``: the new process takes the parent's place among the parents of
+        each of the parent's children, and becomes the parent's only child
+        (``childprocessid`` is ignored). ``insert=False``: it is added to the parent's
+        children; a ``childprocessid`` also waits for it (keeping its other parents).
+        Raises NotFound for an unknown parent or child; Forbidden unless ``executorid``
+        holds the (RUNNING) parent; BadRequest for a bad spec; Conflict when the
+        nodename is taken in the graph or the child cannot wait any more (not WAITING
+        for its parents).
+        """
+        parent = self._held_process(parentprocessid, executorid)
+        named = _renamed(spec, nodename)
+        check_spec(self.colonyname, named, f"child {nodename!r}")
+        if self.find_by_nodename(named.nodename) is not None:
+            raise Conflict(f"nodename {named.nodename!r} is already used in this graph")
+        new = processid if processid is not None else new_id()
+        relinked: dict[str, list[str]] = {}
+        if insert:
+            children = list(parent.children)
+            for child in children:
+                relinked[child] = [
+                    new if p == parentprocessid else p for p in self.nodes[child].parents
+                ]
+            parentchildren = [new]
+        else:
+            children = []
+            parentchildren = [*parent.children, new]
+            if childprocessid:
+                waiting = self._process(childprocessid)
+                if waiting.state != _WAITING or waiting.readytime is not None:
+                    raise Conflict(
+                        f"{_describe(waiting)} cannot wait for a new process: it is "
+                        + ("ready" if waiting.state == _WAITING else _state_name(waiting.state))
+                    )
+                children = [childprocessid]
+                relinked[childprocessid] = [*waiting.parents, new]
+        self._trigger(
+            ChildAdded(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self.state,
+                parentprocessid=parentprocessid,
+                child=SubmittedProcess(
+                    processid=new,
+                    spec=to_dict(named),
+                    parents=[parentprocessid],
+                    children=children,
+                ),
+                parentchildren=parentchildren,
+                relinked=relinked,
+            )
+        )
+        return new
+
+    def add_attribute(
+        self,
+        processid: str,
+        executorid: str,
+        key: str,
+        value: str,
+        *,
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> str:
+        """The executor holding a process attaches ``key``=``value`` to it
+        (AttributeAdded); returns the attribute's id. Raises NotFound for an unknown
+        process, Forbidden unless ``executorid`` holds it, BadRequest for an empty key."""
+        self._held_process(processid, executorid)
+        if not key:
+            raise BadRequest("the attribute's key is empty")
+        attributeid = new_id()
+        self._trigger(
+            AttributeAdded(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self.state,
+                processid=processid,
+                attributeid=attributeid,
+                key=key,
+                value=value,
+            )
+        )
+        return attributeid
+
+    def add_log(
+        self,
+        processid: str,
+        executorid: str,
+        executorname: str,
+        message: str,
+        *,
+        now: datetime,
+        actor: str,
+        command: bytes,
+    ) -> None:
+        """The executor holding a process logs ``message`` (LogAdded). Raises NotFound
+        for an unknown process, Forbidden unless ``executorid`` holds it."""
+        self._held_process(processid, executorid)
+        self._trigger(
+            LogAdded(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self.state,
+                processid=processid,
+                executorname=executorname,
+                message=message,
+            )
+        )
+
     # --- the engine's commands -----------------------------------------------------------
 
     def expire_exec(
@@ -474,6 +611,18 @@ class ProcessGraph(AuditedAggregate):
             input=copy.deepcopy(node.input),
             output=copy.deepcopy(node.output),
             errors=list(node.errors),
+            attributes=[
+                Attribute(
+                    attributeid=attribute["attributeid"],
+                    targetid=node.processid,
+                    targetcolonyname=self.colonyname,
+                    targetprocessgraphid=self.processgraphid,
+                    attributetype=1,
+                    key=attribute["key"],
+                    value=attribute["value"],
+                )
+                for attribute in node.attributes
+            ],
         )
 
     def to_model(self) -> ProcessGraphModel:
@@ -578,6 +727,15 @@ class ProcessGraph(AuditedAggregate):
             cancelled=cancelled,
             cancelreason=_failure_reason(node) if cancelled else "",
         )
+
+
+def _renamed(spec: FuncSpec, nodename: str) -> FuncSpec:
+    """A copy of ``spec`` named ``nodename`` (BadRequest if the name is empty)."""
+    if not nodename:
+        raise BadRequest("the new process's nodename is empty")
+    copied = from_dict(to_dict(spec), FuncSpec)
+    copied.nodename = nodename
+    return copied
 
 
 def _checked_ids(ids: Iterator[str], count: int) -> list[str]:

@@ -34,11 +34,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttemptFailed",
+    "AttributeAdded",
+    "ChildAdded",
     "ExecutionTimedOut",
     "GraphCancelled",
     "GraphEvent",
     "GraphRemoved",
     "GraphSubmitted",
+    "LogAdded",
     "OutputSet",
     "ProcessAssigned",
     "ProcessClosed",
@@ -208,6 +211,58 @@ class GraphCancelled(GraphEvent):
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
         aggregate.cancel_processes(self.cancelled, self.cancelreason, self.timestamp)
+
+
+class ChildAdded(GraphEvent):
+    """The executor running ``parentprocessid`` added a process to the graph (dynamic
+    graphs, e.g. map-reduce). ``child`` is the new process, WAITING for its parent.
+
+    The links it changed are stated, not re-derived: the parent's children become
+    ``parentchildren``; each process in ``relinked`` gets the listed parents (with
+    ``insert`` the new process took the parent's place among its children's parents;
+    without, a ``childprocessid`` also waits for the new process).
+    """
+
+    parentprocessid: str
+    child: SubmittedProcess
+    parentchildren: list[str]
+    relinked: dict[str, list[str]]
+    """Process id -> its parents after the change."""
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.nodes[self.child["processid"]] = ProcessNode(
+            processid=self.child["processid"],
+            spec=from_dict(copy.deepcopy(self.child["spec"]), FuncSpec),
+            parents=list(self.child["parents"]),
+            children=list(self.child["children"]),
+            submissiontime=self.timestamp,
+        )
+        aggregate.nodes[self.parentprocessid].children = list(self.parentchildren)
+        for processid, parents in self.relinked.items():
+            aggregate.nodes[processid].parents = list(parents)
+
+
+class AttributeAdded(GraphEvent):
+    """The executor running a process attached a key/value attribute to it."""
+
+    processid: str
+    attributeid: str
+    key: str
+    value: str
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        aggregate.nodes[self.processid].attributes.append(
+            {"attributeid": self.attributeid, "key": self.key, "value": self.value}
+        )
+
+
+class LogAdded(GraphEvent):
+    """The executor running a process logged ``message``. Logs are kept in the log only:
+    the aggregate does not hold them (they are read back from the graph's events)."""
+
+    processid: str
+    executorname: str
+    message: str
 
 
 class GraphRemoved(GraphEvent):

@@ -97,6 +97,8 @@ class ProcessNode(msgspec.Struct, kw_only=True):
     execdeadline: datetime | None = None
     endtime: datetime | None = None
     attempts: list[Attempt] = []
+    attributes: list[dict[str, str]] = []
+    """Key/value notes added by the executor (``attributeid``, ``key``, ``value``)."""
 
     # --- reading -------------------------------------------------------------------------
 

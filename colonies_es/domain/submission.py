@@ -21,7 +21,7 @@ from colonies_es.domain.base import check_name
 from colonies_es.domain.errors import BadRequest
 from colonies_es.models import FuncSpec, Workflow, to_dict
 
-__all__ = ["PlannedNode", "plan_workflow"]
+__all__ = ["PlannedNode", "check_spec", "plan_workflow"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def plan_workflow(colonyname: str, workflow: Workflow) -> list[PlannedNode]:
         raise BadRequest("the workflow has no functionspecs")
 
     nodenames = [
-        _check_spec(colonyname, spec, f"functionspecs[{index}]")
+        check_spec(colonyname, spec, f"functionspecs[{index}]")
         for index, spec in enumerate(workflow.functionspecs)
     ]
     dependencies: dict[str, list[str]] = {}
@@ -84,7 +84,7 @@ def plan_workflow(colonyname: str, workflow: Workflow) -> list[PlannedNode]:
     return planned
 
 
-def _check_spec(colonyname: str, spec: FuncSpec, where: str) -> str:
+def check_spec(colonyname: str, spec: FuncSpec, where: str) -> str:
     """The spec's nodename (``funcname`` when empty), after checking the spec alone."""
     nodename = spec.nodename or spec.funcname
     if not nodename:

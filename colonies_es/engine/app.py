@@ -37,6 +37,7 @@ from colonies_es.domain import (
     Forbidden,
     GraphCancelled,
     GraphRemoved,
+    LogAdded,
     NotFound,
     ProcessGraph,
     colony_aggregate_id,
@@ -44,9 +45,9 @@ from colonies_es.domain import (
 )
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.models import (
-    Attribute,
     Executor,
     FuncSpec,
+    Log,
     ProcessState,
     Statistics,
     Workflow,
@@ -54,14 +55,18 @@ from colonies_es.models import (
 )
 from colonies_es.protocol import (
     OPS,
+    AddAttribute,
+    AddChild,
     AddColony,
     AddExecutor,
+    AddLog,
     AddUser,
     Claim,
     CloseProcess,
     ColonyRef,
     ExecutorRef,
     FailProcess,
+    GetLogs,
     GraphRef,
     ListQuery,
     ProcessRef,
@@ -541,22 +546,78 @@ class ColoniesApp(Application[str]):
     ) -> Any:
         return self._remove_all(cmd, body, now)
 
-    # --- not yet supported (later issues)
+    # --- dynamic graphs, attributes and logs
 
-    def _not_yet(self, what: str) -> Any:
-        raise DomainError(501, f"{what} is not supported yet")
+    def _op_add_child(self, cmd: crypto.VerifiedCommand, body: AddChild, now: datetime) -> Any:
+        graph_id = self._graph_id_by_graphid(body.processgraphid)
+        if self._graph_id_of(body.parentprocessid) != graph_id:
+            raise NotFound(
+                f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
+            )
+        added: list[str] = []
 
-    def _op_add_child(self, cmd: crypto.VerifiedCommand, body: Any, now: datetime) -> Any:
-        return self._not_yet("add_child")
+        def add(graph: ProcessGraph) -> None:
+            added.append(
+                graph.add_child(
+                    body.parentprocessid,
+                    cmd.caller_id,
+                    body.spec,
+                    body.nodename,
+                    insert=body.insert,
+                    childprocessid=body.childprocessid,
+                    **self._audit(cmd, now),
+                )
+            )
 
-    def _op_add_log(self, cmd: crypto.VerifiedCommand, body: Any, now: datetime) -> Any:
-        return self._not_yet("add_log")
+        graph, effects = self._change_graph(graph_id, add)
+        return encode(graph.process_model(added[0])), effects
 
-    def _op_get_process_log(self, cmd: crypto.VerifiedCommand, body: Any, now: datetime) -> Any:
-        return self._not_yet("get_process_log")
+    def _op_add_attribute(
+        self, cmd: crypto.VerifiedCommand, body: AddAttribute, now: datetime
+    ) -> Any:
+        added: list[str] = []
+        graph, effects = self._change_graph(
+            self._graph_id_of(body.processid),
+            lambda g: added.append(
+                g.add_attribute(
+                    body.processid, cmd.caller_id, body.key, body.value, **self._audit(cmd, now)
+                )
+            ),
+        )
+        model = graph.process_model(body.processid)
+        attribute = next(a for a in model.attributes if a.attributeid == added[0])
+        return encode(attribute), effects
 
-    def _op_add_attribute(self, cmd: crypto.VerifiedCommand, body: Any, now: datetime) -> Attribute:
-        return self._not_yet("add_attribute")  # type: ignore[no-any-return]
+    def _op_add_log(self, cmd: crypto.VerifiedCommand, body: AddLog, now: datetime) -> Any:
+        graph_id = self._graph_id_of(body.processid)
+        graph = self._aggregates[graph_id]
+        assert isinstance(graph, ProcessGraph)
+        executor = self._colony(graph.colonyname).executor_by_id(cmd.caller_id)
+        name = executor.executorname if executor is not None else ""
+        self._change_graph(
+            graph_id,
+            lambda g: g.add_log(
+                body.processid, cmd.caller_id, name, body.message, **self._audit(cmd, now)
+            ),
+        )
+        return _EMPTY
+
+    def _op_get_process_log(self, cmd: crypto.VerifiedCommand, body: GetLogs, now: datetime) -> Any:
+        graph_id = self._graph_id_of(body.processid)
+        graph = self._readable_graph(cmd, graph_id)
+        logs = [
+            Log(
+                processid=event.processid,
+                colonyname=graph.colonyname,
+                executorname=event.executorname,
+                message=event.message,
+                timestamp=_unix_ns(event.timestamp),
+            )
+            for event in self.repository.event_store.get(graph_id)
+            if isinstance(event, LogAdded) and event.processid == body.processid
+        ]
+        logs = [log for log in logs if log.timestamp > body.since]
+        return encode(logs[-body.count :] if body.count > 0 else logs)
 
     # ------------------------------------------------------------------ timers
 
@@ -722,15 +783,19 @@ class ColoniesApp(Application[str]):
                     graphs.append(graph.id)
                 for processid in graph.nodes:
                     self._graph_of_process[processid] = graph.id
-            touched: set[str] = set(graph.nodes) if events is None else set()
+            # Ordered (a dict): processes made ready together keep the event's order.
+            touched: dict[str, None] = dict.fromkeys(graph.nodes) if events is None else {}
             for event in events or ():
-                touched.update(r["processid"] for r in getattr(event, "ready", ()))
+                child = getattr(event, "child", None)
+                if child is not None:
+                    self._graph_of_process[child["processid"]] = graph.id
+                touched.update(dict.fromkeys(r["processid"] for r in getattr(event, "ready", ())))
                 event_process: str | None = getattr(event, "processid", None)
                 if event_process:
-                    touched.add(event_process)
-                touched.update(getattr(event, "cancelled", ()))
+                    touched[event_process] = None
+                touched.update(dict.fromkeys(getattr(event, "cancelled", ())))
                 if isinstance(event, GraphRemoved | GraphCancelled):
-                    touched.update(graph.nodes)
+                    touched.update(dict.fromkeys(graph.nodes))
             for processid in touched:
                 node = graph.nodes[processid]
                 key = (graph.colonyname, node.spec.conditions.executortype)
@@ -765,6 +830,10 @@ class ColoniesApp(Application[str]):
                         ),
                     )
         return effects
+
+
+def _unix_ns(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000) * 1000
 
 
 def _timer_rest(timer: _Timer) -> tuple[str, str, int, str]:
