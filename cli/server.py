@@ -37,6 +37,15 @@ def server(
             "A fresh one is made when empty.",
         ),
     ] = "",
+    seal_key: Annotated[
+        str,
+        typer.Option(
+            "--seal-key",
+            envvar="COLONIES_EVENT_SEAL_KEY",
+            help="Hex key (>= 16 bytes) sealing every event; give the same to projectors. "
+            "Messages the key did not seal are ignored.",
+        ),
+    ] = "",
 ) -> None:
     """Run the engine: serve signed commands on colonies.api.*, publish ready work,
     fire timeouts. State is rebuilt from the JetStream event log on start."""
@@ -58,7 +67,7 @@ def server(
         print(f"colonies engine ready on {nats} (pid {os.getpid()})", flush=True)
 
     try:
-        run_engine(nats, server_id, key, started)
+        run_engine(nats, server_id, key, started, seal_key)
     except KeyboardInterrupt:
         pass
     except Exception as error:  # one readable line, not a traceback

@@ -28,6 +28,7 @@ class EngineProcess:
         self.nats_url = nats_url
         self.server_id = server_id
         self.engine_prvkey = crypto.new_private_key()
+        self.seal_key = os.urandom(32).hex()
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -46,6 +47,7 @@ class EngineProcess:
                 **os.environ,
                 "COLONIES_SERVER_ID": self.server_id,
                 "COLONIES_ENGINE_PRVKEY": self.engine_prvkey,
+                "COLONIES_EVENT_SEAL_KEY": self.seal_key,
             },
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -13,14 +13,23 @@ from colonies_es.engine.app import ColoniesApp
 from colonies_es.engine.service import Engine
 
 
-def app_env(nats_url: str, stream: str = "COLONIES", prefix: str = "colonies") -> dict[str, str]:
-    """The eventsourcing environment of the engine's application on ``nats_url``."""
-    return {
+def app_env(
+    nats_url: str,
+    seal_key: str = "",
+    stream: str = "COLONIES",
+    prefix: str = "colonies",
+) -> dict[str, str]:
+    """The eventsourcing environment of an application reading or writing the log on
+    ``nats_url`` (the engine, a projector); ``seal_key`` is the log's seal key (hex)."""
+    env = {
         "PERSISTENCE_MODULE": "colonies_es.store",
         "NATS_URL": nats_url,
         "JETSTREAM_STREAM": stream,
         "JETSTREAM_SUBJECT_PREFIX": prefix,
     }
+    if seal_key:
+        env["EVENT_SEAL_KEY"] = seal_key
+    return env
 
 
 def run_engine(
@@ -28,12 +37,24 @@ def run_engine(
     server_id: str,
     engine_prvkey: str,
     started: Callable[[], Any] | None = None,
+    seal_key: str = "",
 ) -> None:
-    """Runs the engine in this thread until interrupted (KeyboardInterrupt, SIGTERM)."""
+    """Runs the engine in this thread until interrupted (KeyboardInterrupt, SIGTERM).
+
+    With ``seal_key`` (hex) every event is sealed and unsealed messages in the log are
+    ignored; without, anyone able to publish to the stream could inject events.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not seal_key:
+        logging.getLogger("colonies.engine").warning(
+            "no event seal key (COLONIES_EVENT_SEAL_KEY): events appended to the stream by "
+            "others cannot be told from the engine's"
+        )
 
     def make_app() -> ColoniesApp:
-        return ColoniesApp(app_env(nats_url), server_id=server_id, engine_prvkey=engine_prvkey)
+        return ColoniesApp(
+            app_env(nats_url, seal_key), server_id=server_id, engine_prvkey=engine_prvkey
+        )
 
     engine = Engine(nats_url, make_app)
     anyio.run(engine.run, started)

@@ -203,7 +203,7 @@ class JetStreamLog:
         self,
         nc: NATS,
         stream: str,
-        version_of: Callable[[bytes], int],
+        version_of: Callable[[StoredMessage], int | None],
         timeout: float = 5.0,
     ) -> None:
         self.nc = nc
@@ -343,12 +343,18 @@ class JetStreamLog:
             self._heads[entry.subject] = (entry.version, sequence)
 
     async def refresh_head(self, subject: str) -> tuple[int, int] | None:
-        """Reads the last message on ``subject`` and remembers its (version, sequence)."""
+        """Reads the last message on ``subject`` and remembers (version, sequence): the
+        version of the last message we trust, the sequence of the last message there is
+        (the expectation the server checks)."""
         last = await self.last_message(subject)
         if last is None:
             self._heads.pop(subject, None)
             return None
-        head = (self._version_of(last.payload), last.sequence)
+        version = self._version_of(last)
+        if version is None:  # not ours: find the last trusted version on the subject
+            trusted = [v for m in await self.read_subject(subject) if (v := self._version_of(m))]
+            version = trusted[-1] if trusted else 0
+        head = (version, last.sequence)
         self._heads[subject] = head
         return head
 
@@ -377,8 +383,8 @@ class JetStreamLog:
                 break
             start = got[-1].sequence + 1
         if messages and "*" not in subject and ">" not in subject:
-            last = messages[-1]
-            self._heads[subject] = (self._version_of(last.payload), last.sequence)
+            versions = [v for m in messages if (v := self._version_of(m)) is not None]
+            self._heads[subject] = (versions[-1] if versions else 0, messages[-1].sequence)
         return messages
 
     async def _direct_batch(self, subject: str, start: int, batch: int) -> list[StoredMessage]:

@@ -10,6 +10,10 @@ Select with ``PERSISTENCE_MODULE=colonies_es.store``. Environment (eventsourcing
   the stream ``<stream>_SNAPSHOTS``.
 - ``JETSTREAM_REPLICAS`` (default 1; 3 in a cluster), ``JETSTREAM_TIMEOUT`` (seconds,
   default 5), ``CREATE_TABLE`` (default yes: create missing streams).
+- ``EVENT_SEAL_KEY`` (hex, >= 16 bytes; optional): writers seal every event with it
+  (HMAC, :class:`~colonies_es.store.codec.Sealer`) and readers ignore messages it did not
+  seal, so events appended to the stream by anyone but the log's trusted writers are
+  never read back (they stay in the stream for ``audit verify`` to report).
 
 Aggregate ids become subject tokens: a UUID is written as its hex; a string id may contain
 dots (``colony.graph.<hex>`` gives one subject per graph) but no spaces, ``*`` or ``>``.
@@ -46,7 +50,9 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
 from colonies_es.store.codec import (
+    Envelope,
     MsgspecTranscoder,
+    Sealer,
     decode_envelope,
     encode_envelope,
     to_notification,
@@ -66,15 +72,12 @@ async def _log_nats_error(error: Exception) -> None:
     log.warning("NATS: %r", error)
 
 
-def _version_of(payload: bytes) -> int:
-    return decode_envelope(payload).originator_version
-
-
 class _Connection:
     """The NATS connection and loop thread shared by every recorder of one factory."""
 
-    def __init__(self, servers: list[str], timeout: float) -> None:
+    def __init__(self, servers: list[str], timeout: float, sealer: Sealer | None = None) -> None:
         self.timeout = timeout
+        self.sealer = sealer
         self._logs: dict[str, JetStreamLog] = {}
         self._lock = threading.Lock()
         self.loop = LoopThread("colonies-store")
@@ -112,10 +115,29 @@ class _Connection:
         with self._lock:
             log = self._logs.get(spec.name)
             if log is None:
-                log = JetStreamLog(self.nc, spec.name, _version_of, self.timeout)
+                log = JetStreamLog(self.nc, spec.name, self.version_of, self.timeout)
                 self.run(log.ensure_stream(spec, create))
                 self._logs[spec.name] = log
             return log
+
+    def trusted(self, message: StoredMessage) -> Envelope | None:
+        """The message's envelope, or None when it cannot be trusted: undecodable, or
+        (with a seal key) not sealed by a writer holding the key."""
+        try:
+            envelope = decode_envelope(message.payload)
+        except DataError:
+            log.warning(
+                "ignoring message %d on %s: not an event", message.sequence, message.subject
+            )
+            return None
+        if self.sealer is not None and not self.sealer.is_sealed(message.subject, envelope):
+            log.warning("ignoring message %d on %s: not sealed", message.sequence, message.subject)
+            return None
+        return envelope
+
+    def version_of(self, message: StoredMessage) -> int | None:
+        envelope = self.trusted(message)
+        return None if envelope is None else envelope.originator_version
 
     def run(self, coro: Any) -> Any:
         """Runs a coroutine of the log on the loop; a bounded wait, never a hang."""
@@ -165,14 +187,12 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         return f"{self.subject_prefix}.{token}"
 
     def _entries(self, stored_events: Sequence[StoredEvent]) -> list[Entry]:
-        return [
-            Entry(
-                subject=self.subject_for(event.originator_id),
-                version=event.originator_version,
-                payload=encode_envelope(event),
-            )
-            for event in stored_events
-        ]
+        entries = []
+        for event in stored_events:
+            subject = self.subject_for(event.originator_id)
+            payload = encode_envelope(event, subject, self.connection.sealer)
+            entries.append(Entry(subject, event.originator_version, payload))
+        return entries
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -196,11 +216,15 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         subject = self.subject_for(originator_id)
         if desc and limit == 1 and gt is None and lte is None:
             last = self.connection.run(self.log.last_message(subject))
-            return [] if last is None else [to_stored_event(decode_envelope(last.payload))]
+            trusted = None if last is None else self.connection.trusted(last)
+            if last is None or trusted is not None:
+                return [] if trusted is None else [to_stored_event(trusted)]
         messages: list[StoredMessage] = self.connection.run(self.log.read_subject(subject))
         events = []
         for message in messages:
-            envelope = decode_envelope(message.payload)
+            envelope = self.connection.trusted(message)
+            if envelope is None:
+                continue
             version = envelope.originator_version
             if (gt is None or version > gt) and (lte is None or version <= lte):
                 events.append(to_stored_event(envelope))
@@ -235,8 +259,8 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                 self.log.read_range(self.events_filter, first, chunk, stop)
             )
             for message in messages:
-                envelope = decode_envelope(message.payload)
-                if not wanted or envelope.topic in wanted:
+                envelope = self.connection.trusted(message)
+                if envelope is not None and (not wanted or envelope.topic in wanted):
                     notifications.append(to_notification(envelope, message.sequence))
                     if len(notifications) == limit:
                         break
@@ -285,7 +309,9 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             async for batch in recorder.log.follow(recorder.events_filter, after):
                 notifications = []
                 for message in batch:
-                    envelope = decode_envelope(message.payload)
+                    envelope = recorder.connection.trusted(message)
+                    if envelope is None:
+                        continue
                     if not self._wanted or envelope.topic in self._wanted:
                         notifications.append(to_notification(envelope, message.sequence))
                 if notifications:
@@ -347,11 +373,9 @@ class JetStreamTrackingRecorder(TrackingRecorder):
             msg = f"application name {name!r} cannot be a NATS subject token"
             raise DataError(msg)
         record = StoredEvent(name, tracking.notification_id, "tracking", b"")
-        return Entry(
-            subject=f"{self.tracking_prefix}.{name}",
-            version=tracking.notification_id,
-            payload=encode_envelope(record),
-        )
+        subject = f"{self.tracking_prefix}.{name}"
+        payload = encode_envelope(record, subject, self.connection.sealer)
+        return Entry(subject=subject, version=tracking.notification_id, payload=payload)
 
     def insert_tracking(self, tracking: Tracking) -> None:
         self.connection.run(self.log.append([self.tracking_entry(tracking)]))
@@ -359,7 +383,14 @@ class JetStreamTrackingRecorder(TrackingRecorder):
     def max_tracking_id(self, application_name: str) -> int | None:
         subject = self.tracking_entry(Tracking(application_name, 0)).subject
         last = self.connection.run(self.log.last_message(subject))
-        return None if last is None else _version_of(last.payload)
+        if last is None:
+            return None
+        version = self.connection.version_of(last)
+        if version is None:  # the last record is not ours: find the last trusted one
+            messages = self.connection.run(self.log.read_subject(subject))
+            versions = [v for m in messages if (v := self.connection.version_of(m)) is not None]
+            return versions[-1] if versions else None
+        return version
 
 
 class JetStreamProcessRecorder(
@@ -398,6 +429,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     JETSTREAM_REPLICAS = "JETSTREAM_REPLICAS"
     JETSTREAM_TIMEOUT = "JETSTREAM_TIMEOUT"
     CREATE_TABLE = "CREATE_TABLE"
+    EVENT_SEAL_KEY = "EVENT_SEAL_KEY"
 
     aggregate_recorder_class = JetStreamAggregateRecorder
     application_recorder_class = JetStreamApplicationRecorder
@@ -411,7 +443,9 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         self.stream = self.env.get(self.JETSTREAM_STREAM) or "COLONIES"
         self.prefix = self.env.get(self.JETSTREAM_SUBJECT_PREFIX) or "colonies"
         self.replicas = int(self.env.get(self.JETSTREAM_REPLICAS) or 1)
-        self._connection = _Connection([s.strip() for s in servers.split(",")], timeout)
+        seal_key = self.env.get(self.EVENT_SEAL_KEY)
+        sealer = Sealer(bytes.fromhex(seal_key)) if seal_key else None
+        self._connection = _Connection([s.strip() for s in servers.split(",")], timeout, sealer)
 
     def transcoder(self) -> Transcoder:
         """msgspec (msgpack) unless ``TRANSCODER_TOPIC`` names another transcoder."""
