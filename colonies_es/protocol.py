@@ -208,6 +208,7 @@ OPS: dict[str, type[msgspec.Struct]] = {
     "remove_processgraph": GraphRef,
     "remove_all_processgraphs": RemoveAll,
     "cancel_processgraph": GraphRef,
+    "rerun_processgraph": GraphRef,
     "add_child": AddChild,
 }
 """Every op the engine serves, with the type of its body."""

@@ -35,6 +35,7 @@ from colonies_es.domain.graph_events import (
     ExecutionTimedOut,
     GraphCancelled,
     GraphRemoved,
+    GraphRerun,
     GraphSubmitted,
     LogAdded,
     OutputSet,
@@ -105,6 +106,8 @@ class ProcessGraph(AuditedAggregate):
         self.endtime: datetime | None = None
         """When it reached SUCCESS, FAILED or CANCELLED."""
         self.removed = False
+        self.origin = ""
+        """The graph this one re-runs (``rerun_from_failed``), or empty."""
 
     # --- submission ----------------------------------------------------------------------
 
@@ -163,6 +166,73 @@ class ProcessGraph(AuditedAggregate):
                 initiatorname=initiatorname,
                 processes=processes,
                 rootprocessids=[root["processid"] for root in roots],
+            )
+        )
+
+    @classmethod
+    def rerun_from_failed(
+        cls,
+        failed: ProcessGraph,
+        *,
+        initiatorid: str,
+        initiatorname: str,
+        now: datetime,
+        actor: str,
+        command: bytes,
+        ids: Iterator[str] | None = None,
+    ) -> ProcessGraph:
+        """A new graph re-running ``failed`` from its failure (GraphRerun): its processes
+        and links (dynamically added ones included) under new ids; the ones that
+        succeeded keep their recorded output and are not run again; the failed node and
+        everything depending on it run. Raises Conflict unless ``failed`` FAILED."""
+        if failed.state != _FAILED:
+            raise Conflict(
+                f"process graph {failed.processgraphid} is {_state_name(failed.state)}: "
+                "only a FAILED graph can be re-run from its failure"
+            )
+        old_ids = list(failed.nodes)
+        fresh = _checked_ids(ids if ids is not None else _random_ids(), 1 + len(old_ids))
+        renamed = dict(zip(old_ids, fresh[1:], strict=True))
+        processes = []
+        completed: dict[str, list[Any]] = {}
+        for old_id, node in failed.nodes.items():
+            processes.append(
+                SubmittedProcess(
+                    processid=renamed[old_id],
+                    spec=to_dict(node.spec),
+                    parents=[renamed[p] for p in node.parents],
+                    children=[renamed[c] for c in node.children],
+                )
+            )
+            if node.state == _SUCCESS:
+                completed[renamed[old_id]] = copy.deepcopy(node.output)
+        ready = []
+        for old_id, node in failed.nodes.items():
+            new_id_ = renamed[old_id]
+            if new_id_ in completed:
+                continue
+            if all(renamed[p] in completed for p in node.parents):
+                input = [v for p in node.parents for v in failed.nodes[p].output]
+                ready.append(readiness(new_id_, node.spec, 1, input, now))
+        return cls._create_from(
+            GraphRerun(
+                **cls._creation_header(
+                    graph_aggregate_id(failed.colonyname, fresh[0]),
+                    now=now,
+                    actor=actor,
+                    command=command,
+                ),
+                originator_topic=cls._topic(),
+                ready=ready,
+                graphstate=_RUNNING if completed else _WAITING,
+                colonyname=failed.colonyname,
+                processgraphid=fresh[0],
+                initiatorid=initiatorid,
+                initiatorname=initiatorname,
+                processes=processes,
+                rootprocessids=[renamed[r] for r in failed.rootprocessids],
+                origin=failed.processgraphid,
+                completed=completed,
             )
         )
 

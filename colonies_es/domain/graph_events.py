@@ -40,6 +40,7 @@ __all__ = [
     "GraphCancelled",
     "GraphEvent",
     "GraphRemoved",
+    "GraphRerun",
     "GraphSubmitted",
     "LogAdded",
     "OutputSet",
@@ -108,6 +109,23 @@ class GraphSubmitted(AuditedCreationEvent, GraphEvent):
                 children=list(process["children"]),
                 submissiontime=self.timestamp,
             )
+
+
+class GraphRerun(GraphSubmitted):
+    """A new graph re-running a failed one (``origin``): the same processes and links
+    under new ids; those that succeeded there are SUCCESS here from the start, with their
+    recorded output (``completed``: new process id -> output), and the processes whose
+    parents all completed are ready (in ``ready``)."""
+
+    origin: str
+    """The process graph id it re-runs."""
+    completed: dict[str, list[Any]]
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        super().change_processes(aggregate)
+        aggregate.origin = self.origin
+        for processid, output in self.completed.items():
+            aggregate.nodes[processid].succeed(copy.deepcopy(output), self.timestamp)
 
 
 class ProcessAssigned(GraphEvent):

@@ -487,6 +487,21 @@ class ColoniesApp(Application[str]):
                     break
         return encode(found)
 
+    def _op_rerun_processgraph(
+        self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
+    ) -> Any:
+        failed = self._readable_graph(cmd, self._graph_id_by_graphid(body.processgraphid))
+        colony = self._colony(failed.colonyname)
+        graph = ProcessGraph.rerun_from_failed(
+            failed,
+            initiatorid=cmd.caller_id,
+            initiatorname=self._name_of(colony, cmd.caller_id),
+            **self._audit(cmd, now),
+        )
+        events: list[AuditedEvent] = list(graph.pending_events)  # type: ignore[arg-type]
+        self._save_new(graph)
+        return encode(graph.to_model()), self._index_graph(graph, events)
+
     # --- cancel and remove
 
     def _op_cancel_processgraph(
