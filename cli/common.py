@@ -1,0 +1,372 @@
+"""What the read-side commands share: connection options, keys, errors and rendering.
+
+- Options: every command takes ``--host``, ``--port`` and ``--tls`` (where NATS is),
+  and, as it needs them, ``--colony`` and a key; each falls back to its ``COLONIES_*``
+  variable (the ones ``colonies dev`` writes to ``dev.env``), and a flag wins over the
+  variable. :func:`require` turns a missing value into a one-line error.
+- :func:`connected`: a client for one command, with the engine's refusals and connection
+  problems turned into one line on stderr and exit status 1 (:func:`fail`).
+- Rendering: rounded rich tables for people (:func:`table`, :func:`details`), indented
+  JSON with the wire names for machines (:func:`print_json`); states by name, times in UTC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+import typer
+from rich import box
+from rich.console import Console, RenderableType
+from rich.style import StyleType
+from rich.table import Table
+from rich.text import Text
+
+from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
+from colonies_es.crypto import id_from_private_key
+from colonies_es.models import encode
+from colonies_es.states import ProcessState
+
+__all__ = [
+    "COLONY_OWNER",
+    "CONNECTION_PANEL",
+    "MEMBER",
+    "SERVER_OWNER",
+    "ColonyOption",
+    "ColonyOwnerKeyOption",
+    "CountOption",
+    "HostOption",
+    "JsonOption",
+    "KeyRole",
+    "PortOption",
+    "PrvkeyOption",
+    "Server",
+    "ServerOwnerKeyOption",
+    "TlsOption",
+    "compact",
+    "connected",
+    "details",
+    "executor_label",
+    "executor_names",
+    "fail",
+    "one_id",
+    "print_json",
+    "render",
+    "require",
+    "require_colony",
+    "require_key",
+    "short",
+    "state_name",
+    "state_text",
+    "table",
+    "when",
+]
+
+CONNECTION_PANEL = "Connection (flags override COLONIES_* variables)"
+PROBE_TIMEOUT = 3.0
+"""Seconds to wait for the TCP handshake with NATS before saying it cannot be reached."""
+UNLIMITED_WIDTH = 250
+"""Output width when stdout is not a terminal: whole ids and lines, for grep and files."""
+
+
+# --------------------------------------------------------------------------- options
+
+HostOption = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        envvar="COLONIES_SERVER_HOST",
+        help="Host of the NATS server the engine listens on.",
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+PortOption = Annotated[
+    int,
+    typer.Option(
+        "--port",
+        envvar="COLONIES_SERVER_PORT",
+        min=1,
+        max=65535,
+        help="Port of the NATS server.",
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+TlsOption = Annotated[
+    bool,
+    typer.Option(
+        "--tls/--no-tls",
+        envvar="COLONIES_SERVER_TLS",
+        help="Connect with TLS (tls://).",
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+ColonyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--colony",
+        envvar="COLONIES_COLONY_NAME",
+        help="Name of the colony.",
+        show_default=False,
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+PrvkeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--prvkey",
+        envvar="COLONIES_PRVKEY",
+        help="Your private key: a member of the colony (approved executor or user).",
+        show_default=False,
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+ColonyOwnerKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--colony-prvkey",
+        envvar="COLONIES_COLONY_PRVKEY",
+        help="The colony owner's private key.",
+        show_default=False,
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+ServerOwnerKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server-prvkey",
+        envvar="COLONIES_SERVER_PRVKEY",
+        help="The server owner's private key (its id is the engine's server id).",
+        show_default=False,
+        rich_help_panel=CONNECTION_PANEL,
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print JSON (ColonyOS field names) instead of tables, for scripts."
+    ),
+]
+CountOption = Annotated[int, typer.Option("--count", min=1, help="List at most this many.")]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where the NATS server the engine listens on is."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class KeyRole:
+    """A key a command may need: what it is, and where it comes from."""
+
+    what: str
+    envvar: str
+    flag: str
+
+
+MEMBER = KeyRole("private key", "COLONIES_PRVKEY", "--prvkey")
+COLONY_OWNER = KeyRole("colony owner key", "COLONIES_COLONY_PRVKEY", "--colony-prvkey")
+SERVER_OWNER = KeyRole("server owner key", "COLONIES_SERVER_PRVKEY", "--server-prvkey")
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+    """Print ``error: <message>`` on stderr and exit with ``status``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(status)
+
+
+def require(value: str | None, what: str, envvar: str, flag: str) -> str:
+    """``value``, or exit with status 2 saying how to give it."""
+    if not value:
+        fail(f"no {what}: set {envvar} or pass {flag}", status=2)
+    return value
+
+
+def require_colony(value: str | None) -> str:
+    """The colony name, or exit with status 2 saying how to give it."""
+    return require(value, "colony", "COLONIES_COLONY_NAME", "--colony")
+
+
+def require_key(value: str | None, role: KeyRole) -> str:
+    """The key for ``role``, checked to be a private key; or exit with status 2."""
+    key = require(value, role.what, role.envvar, role.flag)
+    try:
+        id_from_private_key(key)
+    except ValueError as error:
+        fail(f"the {role.what} ({role.envvar} or {role.flag}) is not valid: {error}", status=2)
+    return key
+
+
+def one_id(positional: str | None, option: str | None, flag: str) -> str:
+    """The id given either as the positional argument or as ``flag``; exit 2 otherwise."""
+    if positional and option and positional != option:
+        fail(f"two different ids given: {positional} and {flag} {option}", status=2)
+    given = positional or option
+    if not given:
+        fail(f"no id given: pass it as an argument or with {flag}", status=2)
+    return given
+
+
+# --------------------------------------------------------------------------- the client
+
+
+@contextlib.contextmanager
+def connected(server: Server) -> Iterator[Colonies]:
+    """A client of the engine behind ``server`` for the body of the ``with``.
+
+    Exits with status 1 and one line on stderr when NATS cannot be reached, no engine
+    answers, or the engine refuses a command (``error: <status> <message>``). The
+    connection is closed at the end, whatever happens.
+    """
+    _probe(server)
+    client = Colonies(server.host, server.port, server.tls)
+    try:
+        yield client
+    except ColoniesError as error:
+        fail(f"{error.status} {error.message}")
+    except ColoniesConnectionError as error:
+        fail(f"{error} — is `colonies dev` running?")
+    finally:
+        client.disconnect()
+
+
+def _probe(server: Server) -> None:
+    """Fail at once, with the reason, when nothing accepts connections at ``server``
+    (the client would retry until its timeout)."""
+    try:
+        with socket.create_connection((server.host, server.port), timeout=PROBE_TIMEOUT):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within {PROBE_TIMEOUT:g} s"
+        fail(f"cannot reach NATS at {server.url}: {reason.lower()} — is `colonies dev` running?")
+
+
+def executor_names(client: Colonies, colonyname: str, prvkey: str) -> dict[str, str]:
+    """Executor id -> name, for the colony's registered executors."""
+    return {e.executorid: e.executorname for e in client.list_executors(colonyname, prvkey)}
+
+
+def executor_label(executorid: str, names: dict[str, str]) -> str:
+    """The executor's name when known, else the start of its id; ``"-"`` for none."""
+    if not executorid:
+        return "-"
+    return names.get(executorid) or short(executorid, 13)
+
+
+# --------------------------------------------------------------------------- rendering
+
+_STATE_STYLES = {
+    ProcessState.WAITING: "yellow",
+    ProcessState.RUNNING: "cyan",
+    ProcessState.SUCCESS: "green",
+    ProcessState.FAILED: "bold red",
+    ProcessState.CANCELLED: "dim",
+}
+
+
+def _console() -> Console:
+    terminal = sys.stdout.isatty()
+    return Console(highlight=False, width=None if terminal else UNLIMITED_WIDTH)
+
+
+def render(*renderables: RenderableType) -> None:
+    """Print tables and text for people (plain, and wide enough, when not a terminal)."""
+    console = _console()
+    for renderable in renderables:
+        console.print(renderable)
+
+
+def print_json(obj: object) -> None:
+    """Print a model, a list of models or plain data as indented JSON (wire names)."""
+    typer.echo(msgspec.json.format(encode(obj), indent=2).decode())
+
+
+class _PlainTable(Table):
+    """A table whose text cells are shown as they are (no rich markup in data)."""
+
+    def add_row(
+        self,
+        *renderables: RenderableType | None,
+        style: StyleType | None = None,
+        end_section: bool = False,
+    ) -> None:
+        cells = [Text(cell) if isinstance(cell, str) else cell for cell in renderables]
+        super().add_row(*cells, style=style, end_section=end_section)
+
+
+def table(*headers: str, ids: Iterable[str] = ()) -> Table:
+    """A rounded table with ``headers``; the columns named in ``ids`` never wrap, so
+    ids stay whole and can be copied."""
+    keep_whole = set(ids)
+    result = _PlainTable(box=box.ROUNDED)
+    for header in headers:
+        if header in keep_whole:
+            result.add_column(header, no_wrap=True, min_width=64)
+        else:
+            result.add_column(header, overflow="fold")
+    return result
+
+
+def details(rows: Iterable[tuple[str, RenderableType]]) -> Table:
+    """A rounded two-column table of names and values (one object's attributes)."""
+    result = _PlainTable(box=box.ROUNDED, show_header=False)
+    result.add_column(style="bold", no_wrap=True)
+    result.add_column(overflow="fold")
+    for name, value in rows:
+        result.add_row(name, value)
+    return result
+
+
+def state_name(code: int) -> str:
+    """``"SUCCESS"`` for 2: a process or graph state by name."""
+    try:
+        return ProcessState(code).name
+    except ValueError:
+        return str(code)
+
+
+def state_text(code: int) -> Text:
+    """The state's name, coloured on terminals."""
+    try:
+        style = _STATE_STYLES[ProcessState(code)]
+    except ValueError:
+        style = ""
+    return Text(state_name(code), style=style)
+
+
+def when(moment: datetime | None) -> str:
+    """``"2024-01-15 10:30:00"`` in UTC, or ``"-"`` for a moment not come."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def compact(value: Any) -> str:
+    """``value`` as compact one-line JSON; a string as it is, its lines joined."""
+    if isinstance(value, str):
+        return " ".join(value.split())
+    return msgspec.json.encode(value).decode()
+
+
+def short(value: Any, width: int = 40) -> str:
+    """:func:`compact` ``value``, cut to ``width`` characters with an ellipsis."""
+    text = compact(value)
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,381 @@
+"""`colonies workflow ...`: submit workflows, list them by state, show, cancel and remove them.
+
+Every command talks to the engine through the client (:mod:`colonies_es.client`).
+Others add their own commands to :data:`workflow_app` from ``cli/app.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.text import Text
+
+from colonies_es.cli.common import (
+    COLONY_OWNER,
+    MEMBER,
+    ColonyOption,
+    ColonyOwnerKeyOption,
+    CountOption,
+    HostOption,
+    JsonOption,
+    PortOption,
+    PrvkeyOption,
+    Server,
+    TlsOption,
+    connected,
+    details,
+    executor_label,
+    executor_names,
+    fail,
+    one_id,
+    print_json,
+    render,
+    require_colony,
+    require_key,
+    short,
+    state_name,
+    state_text,
+    table,
+    when,
+)
+from colonies_es.client import Colonies
+from colonies_es.client.async_client import ENDED_STATES
+from colonies_es.models import ModelValidationError, Process, ProcessGraph, Workflow, from_dict
+from colonies_es.states import ProcessState
+
+__all__ = ["GraphDetails", "load_workflow", "workflow_app"]
+
+workflow_app = typer.Typer(
+    help="Workflows (process graphs): submit them, list them by state, show, cancel and "
+    "remove them.",
+    no_args_is_help=True,
+)
+
+WAIT_POLL = 0.3
+"""Seconds between two reads of a workflow that --wait waits for."""
+
+GraphIdArgument = Annotated[
+    str | None,
+    typer.Argument(help="The process graph id (or pass --processgraphid).", show_default=False),
+]
+GraphIdOption = Annotated[
+    str | None,
+    typer.Option("--processgraphid", help="The process graph id.", show_default=False),
+]
+
+
+class GraphDetails(msgspec.Struct, kw_only=True):
+    """A process graph with its processes, in the graph's order: what ``workflow get``
+    and ``workflow submit`` print with --json."""
+
+    processgraph: ProcessGraph
+    processes: list[Process]
+
+
+# --------------------------------------------------------------------------- submit
+
+
+@workflow_app.command()
+def submit(
+    spec: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help='The workflow as JSON: {"colonyname": ..., "functionspecs": ...}, or only '
+            "the list of function specs.",
+            show_default=False,
+        ),
+    ],
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until the workflow ends, then show it; exit status 1 unless it succeeded.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="With --wait, give up after this many seconds.", show_default=False
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """Submit a workflow from a JSON file and show its process graph.
+
+    The colony is the file's colonyname, else --colony (COLONIES_COLONY_NAME).
+
+    Function specs whose conditions name no colony get the workflow's.
+    """
+    workflow = load_workflow(spec, colony)
+    key = require_key(prvkey, MEMBER)
+    with connected(Server(host, port, tls)) as client:
+        graph = client.submit_workflow(workflow, key)
+        if not json_output:
+            render(Text(f"Workflow {graph.processgraphid} submitted"))
+        if wait:
+            _wait_for_end(client, graph.processgraphid, key, timeout)
+        shown = fetch_details(client, graph.processgraphid, key)
+        names = executor_names(client, graph.colonyname, key)
+    _show(shown, names, json_output)
+    final = shown.processgraph.state
+    if wait and final != ProcessState.SUCCESS:
+        fail(f"workflow {graph.processgraphid} ended {state_name(final)}")
+
+
+def load_workflow(path: Path, default_colony: str | None) -> Workflow:
+    """The workflow in the JSON file ``path`` (a Workflow, or a list of function specs),
+    its colony defaulting to ``default_colony``. Exits with a one-line error if unreadable."""
+    try:
+        data: Any = msgspec.json.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError) as error:
+        fail(f"cannot read {path}: {error}")
+    if isinstance(data, list):
+        data = {"functionspecs": data}
+    if not isinstance(data, dict):
+        fail(f"{path}: expected a workflow object or a list of function specs")
+    try:
+        workflow = from_dict(data, Workflow)
+    except ModelValidationError as error:
+        fail(f"{path}: {error}")
+    workflow.colonyname = workflow.colonyname or require_colony(default_colony)
+    for funcspec in workflow.functionspecs:
+        funcspec.conditions.colonyname = funcspec.conditions.colonyname or workflow.colonyname
+    return workflow
+
+
+def _wait_for_end(
+    client: Colonies, processgraphid: str, prvkey: str, timeout: float | None
+) -> None:
+    """Return once the graph has ended (SUCCESS, FAILED or CANCELLED)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        graph = client.get_processgraph(processgraphid, prvkey)
+        if graph.state in ENDED_STATES:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            fail(
+                f"workflow {processgraphid} has not ended within {timeout:g} s "
+                f"(it is {state_name(graph.state)})"
+            )
+        time.sleep(WAIT_POLL)
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def _graph_listing(state: ProcessState, adjective: str) -> Callable[..., None]:
+    """The command listing the colony's graphs in ``state``, newest first."""
+
+    def listing(
+        count: CountOption = 20,
+        json_output: JsonOption = False,
+        host: HostOption = "localhost",
+        port: PortOption = 4222,
+        tls: TlsOption = False,
+        colony: ColonyOption = None,
+        prvkey: PrvkeyOption = None,
+    ) -> None:
+        colonyname = require_colony(colony)
+        key = require_key(prvkey, MEMBER)
+        with connected(Server(host, port, tls)) as client:
+            graphs = client.get_processgraphs(colonyname, count, key, state=int(state))
+        if json_output:
+            print_json(graphs)
+        elif not graphs:
+            render(Text(f"No {adjective} workflows in colony {colonyname}"))
+        else:
+            rows = table(
+                "PROCESSGRAPH ID",
+                "SUBMISSION TIME",
+                "INITIATOR",
+                "STATE",
+                ids=["PROCESSGRAPH ID"],
+            )
+            for graph in graphs:
+                rows.add_row(
+                    graph.processgraphid,
+                    when(graph.submissiontime),
+                    graph.initiatorname or short(graph.initiatorid, 13),
+                    state_text(graph.state),
+                )
+            render(rows)
+
+    listing.__doc__ = f"List the colony's {adjective} workflows, newest first (times in UTC)."
+    return listing
+
+
+workflow_app.command("ps")(_graph_listing(ProcessState.RUNNING, "running"))
+workflow_app.command("psw")(_graph_listing(ProcessState.WAITING, "waiting"))
+workflow_app.command("pss")(_graph_listing(ProcessState.SUCCESS, "successful"))
+workflow_app.command("psf")(_graph_listing(ProcessState.FAILED, "failed"))
+
+
+# --------------------------------------------------------------------------- one graph
+
+
+@workflow_app.command()
+def get(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    json_output: JsonOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """Show a workflow: its state, times and initiator, then each of its processes.
+
+    The process table cuts input, output and errors short; --json shows them whole.
+    Times are in UTC.
+    """
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    key = require_key(prvkey, MEMBER)
+    with connected(Server(host, port, tls)) as client:
+        shown = fetch_details(client, graphid, key)
+        names = executor_names(client, shown.processgraph.colonyname, key)
+    _show(shown, names, json_output)
+
+
+def fetch_details(client: Colonies, processgraphid: str, prvkey: str) -> GraphDetails:
+    """The graph and each of its processes, as the engine has them now."""
+    graph = client.get_processgraph(processgraphid, prvkey)
+    processes = [client.get_process(pid, prvkey) for pid in graph.processids]
+    return GraphDetails(processgraph=graph, processes=processes)
+
+
+def _show(shown: GraphDetails, names: dict[str, str], json_output: bool) -> None:
+    if json_output:
+        print_json(shown)
+        return
+    graph = shown.processgraph
+    summary = details(
+        [
+            ("ProcessGraph ID", graph.processgraphid),
+            ("Colony", graph.colonyname),
+            ("State", state_text(graph.state)),
+            ("Initiator", f"{graph.initiatorname or '-'} ({graph.initiatorid})"),
+            ("Submission time", when(graph.submissiontime)),
+            ("Start time", when(graph.starttime)),
+            ("End time", when(graph.endtime)),
+            ("Processes", str(len(graph.processids))),
+        ]
+    )
+    rows = table("NODENAME", "STATE", "EXECUTOR", "RETRIES", "INPUT", "OUTPUT", "ERRORS")
+    for process in shown.processes:
+        rows.add_row(
+            process.spec.nodename,
+            state_text(process.state),
+            executor_label(process.assignedexecutorid, names),
+            str(process.retries),
+            short(process.input),
+            short(process.output),
+            _errors_summary(process.errors),
+        )
+    render(summary, rows)
+
+
+def _errors_summary(errors: list[str]) -> str:
+    """The first error's first line, cut short, and how many more there are."""
+    if not errors:
+        return ""
+    lines = errors[0].strip().splitlines()
+    first = lines[0] if lines else ""
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{short(first, 60)}{more}"
+
+
+# --------------------------------------------------------------------------- changes
+
+
+@workflow_app.command()
+def cancel(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """Cancel a workflow: its waiting and running processes become CANCELLED."""
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    key = require_key(prvkey, MEMBER)
+    with connected(Server(host, port, tls)) as client:
+        client.cancel_processgraph(graphid, key)
+    render(Text(f"Workflow {graphid} cancelled"))
+
+
+@workflow_app.command()
+def remove(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """Remove a workflow from listings and gets; its history stays in the log.
+
+    A running workflow cannot be removed: cancel it first.
+    """
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    key = require_key(prvkey, MEMBER)
+    with connected(Server(host, port, tls)) as client:
+        client.remove_processgraph(graphid, key)
+    render(Text(f"Workflow {graphid} removed"))
+
+
+class RemovableState(StrEnum):
+    """The states ``removeall --state`` takes, by name."""
+
+    waiting = "waiting"
+    running = "running"
+    successful = "successful"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+_STATE_CODES = {
+    RemovableState.waiting: ProcessState.WAITING,
+    RemovableState.running: ProcessState.RUNNING,
+    RemovableState.successful: ProcessState.SUCCESS,
+    RemovableState.failed: ProcessState.FAILED,
+    RemovableState.cancelled: ProcessState.CANCELLED,
+}
+
+
+@workflow_app.command()
+def removeall(
+    state: Annotated[
+        RemovableState | None,
+        typer.Option(help="Remove only the workflows in this state.", show_default=False),
+    ] = None,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    colony_prvkey: ColonyOwnerKeyOption = None,
+) -> None:
+    """Remove the colony's workflows (all, or those in one state); running ones stay.
+
+    Needs the colony owner's key.
+    """
+    colonyname = require_colony(colony)
+    key = require_key(colony_prvkey, COLONY_OWNER)
+    with connected(Server(host, port, tls)) as client:
+        code = None if state is None else int(_STATE_CODES[state])
+        client.remove_all_processgraphs(colonyname, key, code)
+    which = "" if state is None else f"{state.value} "
+    render(Text(f"Removed the {which}workflows of colony {colonyname} (running ones stay)"))
