@@ -1,0 +1,96 @@
+"""`colonies projector`: follow the event log into a SQLite read model and answer queries
+on colonies.q.* until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import typer
+
+
+def projector(
+    nats: Annotated[
+        str,
+        typer.Option(
+            "--nats", envvar="COLONIES_NATS_URL", help="NATS server URL(s), comma separated."
+        ),
+    ] = "nats://127.0.0.1:4222",
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            envvar="COLONIES_PROJECTOR_DB",
+            help="The SQLite file of the read model (created if missing; delete it to "
+            "rebuild the view from the log).",
+        ),
+    ] = "colonies-view.sqlite",
+    seal_key: Annotated[
+        str,
+        typer.Option(
+            "--seal-key",
+            envvar="COLONIES_EVENT_SEAL_KEY",
+            help="The event log's seal key (hex), as given to the engine: messages it did "
+            "not seal are ignored.",
+        ),
+    ] = "",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Events per commit, at most.")
+    ] = 1000,
+) -> None:
+    """Run a projector: keep the read model (graphs, processes, logs, stats) up to date
+    from the event log and serve the queries on colonies.q.*. It resumes where it stopped."""
+    import anyio
+
+    from colonies_es.projections.runner import run_projector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not seal_key:
+        logging.getLogger("colonies.projector").warning(
+            "no event seal key (COLONIES_EVENT_SEAL_KEY): events appended to the stream by "
+            "others are projected too"
+        )
+
+    def started(position: int) -> None:
+        print(
+            f"colonies projector ready on {nats} (view {db} at position {position}, "
+            f"pid {os.getpid()})",
+            flush=True,
+        )
+
+    run = functools.partial(
+        run_projector, nats, db, started, seal_key=seal_key, batch_size=batch_size
+    )
+    try:
+        anyio.run(_until_signalled, run)
+    except Exception as error:  # one readable line, not a traceback
+        typer.echo(f"error: {_reason(error)}", err=True)
+        sys.exit(1)
+
+
+async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``run()`` until SIGINT or SIGTERM, then cancels it (a clean stop)."""
+    import anyio
+
+    async with anyio.create_task_group() as tasks:
+
+        async def cancel_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tasks.cancel_scope.cancel()
+
+        tasks.start_soon(cancel_on_signal)
+        await run()
+        tasks.cancel_scope.cancel()
+
+
+def _reason(error: BaseException) -> str:
+    """The first error inside task-group exception groups, as one line."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return str(error) or type(error).__name__

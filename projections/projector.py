@@ -1,0 +1,538 @@
+"""The projector: the log's events, applied to the domain's aggregates, become view rows.
+
+No domain rule is re-implemented here. As the engine does, the projector keeps the
+aggregates (:class:`~colonies_es.domain.Colony`, :class:`~colonies_es.domain.ProcessGraph`)
+in memory and applies each event with ``event.mutate``; then it writes the rows of what
+the event touched, read from the aggregate (``graph.to_model()``,
+``graph.process_model(pid)``, the colony's executors and users).
+
+:class:`Projector` applies one notification at a time and gathers the changes;
+:meth:`Projector.commit` writes them with the new position in one SQLite transaction
+(:meth:`ReadModel.write`). :class:`Follower` feeds it from the store's live
+subscription (``recorder.subscribe(gt=position)``) and commits every ``batch_size``
+events or ``batch_interval`` seconds after the first uncommitted one, whichever comes
+first: a rebuild writes big batches, a live view lags by about ``batch_interval``.
+
+What the projector promises:
+
+- *Exactly once.* The position moves only with the rows (same transaction); on start it
+  resumes after the stored position, so no event is missed or applied twice.
+- *Replay gives the same view.* Every row is a function of the aggregates' states (and
+  of the position of the events that created graphs and processes), never of when
+  batches were cut; the executor name stored with an assignment is the one the colony
+  had at the assignment's position in the log.
+- *Aggregates are a cache.* Graphs are kept in memory up to ``cache_size`` (least
+  recently used first out, only right after a commit). An aggregate not in memory
+  (evicted, or after a restart) is rebuilt from its own events up to the version the
+  view's rows reflect (``select_events(aggregate_id, lte=version)``).
+- *Bad events are skipped.* Events of a foreign topic (not ``colonies_es.domain.``),
+  that cannot be decoded, or that do not apply to their aggregate (wrong version, no
+  such aggregate, an ``apply`` that fails) are logged as warnings and skipped; an
+  ``apply`` failing halfway leaves no trace (the aggregate is rebuilt from the log).
+  The store itself already drops messages that are not events or not sealed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    Mapper,
+    Notification,
+    StoredEvent,
+    Subscription,
+)
+
+from colonies_es.domain import (
+    AttemptFailed,
+    AttributeAdded,
+    AuditedAggregate,
+    AuditedCreationEvent,
+    AuditedEvent,
+    ChildAdded,
+    Colony,
+    LogAdded,
+    OutputSet,
+    ProcessAssigned,
+    ProcessClosed,
+    ProcessGraph,
+    WaitTimedOut,
+    colony_aggregate_id,
+)
+from colonies_es.models import encode
+from colonies_es.projections.view import (
+    ColonyRow,
+    ExecutorRow,
+    GraphRow,
+    LogRow,
+    ProcessRow,
+    ReadModel,
+    UserRow,
+    ViewChanges,
+)
+
+__all__ = ["DOMAIN_TOPIC_PREFIX", "Follower", "Projector"]
+
+log = logging.getLogger("colonies.projector")
+
+DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
+"""Only events whose topic starts with this are ever decoded (as in the engine)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Events that name every process they change, in ``processid``, ``ready``, ``cancelled``,
+# ``parentprocessid``, ``relinked`` or ``child``. For any other event (submission,
+# cancel, remove, and kinds added later) every process of the graph is rewritten.
+_NAMING_THEIR_PROCESSES = (
+    ProcessAssigned,
+    OutputSet,
+    ProcessClosed,
+    AttemptFailed,
+    WaitTimedOut,
+    ChildAdded,
+    AttributeAdded,
+    LogAdded,
+)
+
+
+class _Spoiled(Exception):
+    """An event's ``apply`` failed after it may have changed the aggregate."""
+
+
+class Projector:
+    """Applies notifications to in-memory aggregates and commits their rows in batches.
+
+    Not thread-safe: one thread calls :meth:`process` and :meth:`commit`.
+    """
+
+    def __init__(
+        self,
+        view: ReadModel,
+        recorder: AggregateRecorder,
+        mapper: Mapper[str],
+        cache_size: int = 10_000,
+    ) -> None:
+        """``recorder`` is the event log's (its ``select_events`` rebuilds aggregates),
+        ``mapper`` turns its stored events into domain events."""
+        self.view = view
+        self.recorder = recorder
+        self.mapper = mapper
+        self.cache_size = cache_size
+        self._position: int = view.position()
+        self._pending = 0
+        self._colonies: dict[str, Colony] = {}
+        self._graphs: OrderedDict[str, ProcessGraph] = OrderedDict()
+        self._dirty_colonies: set[str] = set()
+        self._dirty_graphs: dict[str, set[str] | None] = {}
+        """Graph id -> the processes to rewrite (None: all of them)."""
+        self._created: dict[str, tuple[int, int]] = {}
+        """Process or graph id -> (sequence of its creation, index in its graph)."""
+        self._assignees: dict[str, tuple[str, str]] = {}
+        """Process id -> (executor id, executor name) of its latest assignment."""
+        self._logs: list[LogRow] = []
+
+    @property
+    def position(self) -> int:
+        """The sequence of the last notification processed (committed or not)."""
+        return self._position
+
+    @property
+    def pending(self) -> int:
+        """Notifications processed since the last commit."""
+        return self._pending
+
+    # ------------------------------------------------------------------ applying
+
+    def process(self, notification: Notification) -> None:
+        """Applies one notification of the log (in order, each exactly once)."""
+        if notification.id <= self._position:
+            raise ValueError(
+                f"notification {notification.id} is not after position {self._position}"
+            )
+        self._position = notification.id
+        self._pending += 1
+        event = self._decode(notification)
+        if event is None:
+            return
+        current = self._aggregate(event.originator_id)
+        known = len(current.nodes) if isinstance(current, ProcessGraph) else 0
+        try:
+            aggregate = _next_state(current, event)
+        except _Spoiled:  # rebuild it as it was before the event
+            assert current is not None
+            self._graphs.pop(current.id, None)
+            self._colonies.pop(current.id, None)
+            self._keep(self._rebuild(current.id, current.version))
+            return
+        if aggregate is None:
+            return
+        self._keep(aggregate)
+        if isinstance(aggregate, Colony):
+            self._dirty_colonies.add(aggregate.id)
+        elif isinstance(aggregate, ProcessGraph):
+            self._graph_changed(aggregate, event, notification.id, known)
+
+    def _decode(self, stored: StoredEvent) -> AuditedEvent | None:
+        """The domain event, or None (with a warning) for a foreign or unreadable one."""
+        where = f"{stored.originator_id} v{stored.originator_version}"
+        if not stored.topic.startswith(DOMAIN_TOPIC_PREFIX):
+            log.warning("skipping event %s of foreign topic %r", where, stored.topic)
+            return None
+        try:
+            event = self.mapper.to_domain_event(stored)
+        except Exception as error:
+            log.warning("skipping event %s: cannot decode it: %r", where, error)
+            return None
+        if not isinstance(event, AuditedEvent):
+            log.warning("skipping event %s: %r is not a domain event", where, stored.topic)
+            return None
+        return event
+
+    def _graph_changed(
+        self, graph: ProcessGraph, event: AuditedEvent, sequence: int, known: int
+    ) -> None:
+        if isinstance(event, AuditedCreationEvent):
+            self._created[graph.processgraphid] = (sequence, 0)
+        new = list(itertools.islice(graph.nodes, known, None))
+        for index, processid in enumerate(new, start=known):
+            self._created[processid] = (sequence, index)
+        touched = _named_processes(event)
+        dirty = self._dirty_graphs.get(graph.id, set())
+        if touched is None or dirty is None:
+            self._dirty_graphs[graph.id] = None
+        else:
+            dirty.update(touched, new)
+            self._dirty_graphs[graph.id] = dirty
+        if isinstance(event, ProcessAssigned):
+            colony = self._aggregate(colony_aggregate_id(graph.colonyname))
+            executor = None
+            if isinstance(colony, Colony):
+                executor = colony.executor_by_id(event.executorid)
+            name = executor.executorname if executor is not None else ""
+            self._assignees[event.processid] = (event.executorid, name)
+        elif isinstance(event, LogAdded):
+            self._logs.append(
+                LogRow(
+                    seq=sequence,
+                    processid=event.processid,
+                    processgraphid=graph.processgraphid,
+                    colonyname=graph.colonyname,
+                    executorname=event.executorname,
+                    message=event.message,
+                    timestamp=_unix_ns(event.timestamp),
+                )
+            )
+
+    # ------------------------------------------------------------------ aggregates
+
+    def _aggregate(self, aggregate_id: str) -> AuditedAggregate | None:
+        """The aggregate as of the position, from memory or rebuilt; None if the view
+        has never seen it."""
+        colony = self._colonies.get(aggregate_id)
+        if colony is not None:
+            return colony
+        graph = self._graphs.get(aggregate_id)
+        if graph is not None:
+            self._graphs.move_to_end(aggregate_id)
+            return graph
+        version = self.view.version_of(aggregate_id)
+        if version is None:
+            return None
+        aggregate = self._rebuild(aggregate_id, version)
+        self._keep(aggregate)
+        return aggregate
+
+    def _keep(self, aggregate: AuditedAggregate | None) -> None:
+        if isinstance(aggregate, Colony):
+            self._colonies[aggregate.id] = aggregate
+        elif isinstance(aggregate, ProcessGraph):
+            self._graphs[aggregate.id] = aggregate
+            self._graphs.move_to_end(aggregate.id)
+
+    def _rebuild(self, aggregate_id: str, version: int) -> AuditedAggregate | None:
+        """The aggregate from its own events up to ``version``, skipping (as when they
+        came live) those that do not apply."""
+        events = [
+            event
+            for stored in self.recorder.select_events(aggregate_id, lte=version)
+            if (event := self._decode(stored)) is not None
+        ]
+        aggregate: AuditedAggregate | None = None
+        applied: list[AuditedEvent] = []
+        for event in events:
+            try:
+                after = _next_state(aggregate, event)
+            except _Spoiled:
+                after = None
+                aggregate = _replay(applied)
+            if after is not None:
+                aggregate = after
+                applied.append(event)
+        if aggregate is None or aggregate.version != version:
+            log.error(
+                "rebuilt %s at version %s, the view has version %d",
+                aggregate_id,
+                None if aggregate is None else aggregate.version,
+                version,
+            )
+        return aggregate
+
+    # ------------------------------------------------------------------ committing
+
+    def commit(self) -> int:
+        """Writes the rows changed since the last commit with the position, in one
+        transaction, and returns the position. Does nothing if nothing was processed."""
+        if self._pending == 0:
+            return self._position
+        changes = ViewChanges(logs=self._logs)
+        for colony_id in self._dirty_colonies:
+            self._colony_rows(self._colonies[colony_id], changes)
+        for graph_id, touched in self._dirty_graphs.items():
+            self._graph_rows(self._graphs[graph_id], touched, changes)
+        self.view.write(changes, self._position)
+        self._pending = 0
+        self._dirty_colonies.clear()
+        self._dirty_graphs.clear()
+        self._created.clear()
+        self._assignees.clear()
+        self._logs = []
+        while len(self._graphs) > self.cache_size:
+            self._graphs.popitem(last=False)
+        return self._position
+
+    def _colony_rows(self, colony: Colony, changes: ViewChanges) -> None:
+        changes.colonies.append(ColonyRow(colony.name, colony.ownerid, colony.removed))
+        changes.members[colony.name] = (
+            [
+                ExecutorRow(colony.name, e.executorid, e.executorname, e.executortype, e.state)
+                for e in colony.executors.values()
+            ],
+            [UserRow(colony.name, userid, name) for userid, name in colony.users.items()],
+        )
+        changes.versions.append((colony.id, colony.version))
+
+    def _graph_rows(
+        self, graph: ProcessGraph, touched: Iterable[str] | None, changes: ViewChanges
+    ) -> None:
+        gid = graph.processgraphid
+        changes.graphs.append(
+            GraphRow(
+                processgraphid=gid,
+                colonyname=graph.colonyname,
+                seq=self._created.get(gid, (0, 0))[0],
+                state=graph.state,
+                initiatorid=graph.initiatorid,
+                initiatorname=graph.initiatorname,
+                submissiontime=_iso(graph.submissiontime),
+                starttime=_iso(graph.starttime),
+                endtime=_iso(graph.endtime),
+                removed=graph.removed,
+                model=encode(graph.to_model()),
+            )
+        )
+        for processid in graph.nodes if touched is None else touched:
+            node = graph.nodes[processid]
+            seq, position = self._created.get(processid, (0, 0))
+            spec = node.spec
+            changes.processes.append(
+                ProcessRow(
+                    processid=processid,
+                    processgraphid=gid,
+                    colonyname=graph.colonyname,
+                    seq=seq,
+                    position=position,
+                    nodename=spec.nodename,
+                    funcname=spec.funcname,
+                    executortype=spec.conditions.executortype,
+                    state=node.state,
+                    priority=spec.priority,
+                    attempt=node.attempt,
+                    retries=node.retries,
+                    assignedexecutorid=node.assignedexecutorid,
+                    submissiontime=_iso(node.submissiontime),
+                    starttime=_iso(node.starttime),
+                    endtime=_iso(node.endtime),
+                    removed=graph.removed,
+                    model=encode(graph.process_model(processid)),
+                )
+            )
+            assignee = self._assignees.get(processid)
+            if assignee is not None and assignee[0] == node.assignedexecutorid:
+                changes.assignees.append((assignee[1], processid))
+        changes.versions.append((graph.id, graph.version))
+
+
+def _next_state(current: AuditedAggregate | None, event: AuditedEvent) -> AuditedAggregate | None:
+    """``current`` after ``event``; None (with a warning, ``current`` unchanged) when the
+    event does not apply to it. Raises ``_Spoiled`` when ``apply`` failed halfway."""
+    where = f"{event.originator_id} v{event.originator_version}"
+    if isinstance(event, AuditedCreationEvent):
+        if current is not None:
+            log.warning("skipping event %s: it creates an aggregate that exists", where)
+            return None
+        if not event.originator_topic.startswith(DOMAIN_TOPIC_PREFIX):
+            log.warning("skipping event %s: foreign aggregate %r", where, event.originator_topic)
+            return None
+    elif current is None:
+        log.warning("skipping event %s: no such aggregate", where)
+        return None
+    try:
+        aggregate = event.mutate(current)
+    except (OriginatorIDError, OriginatorVersionError) as error:
+        log.warning("skipping event %s: it does not follow the aggregate: %r", where, error)
+        return None
+    except Exception as error:
+        log.warning("skipping event %s: it does not apply: %r", where, error)
+        if current is None:
+            return None
+        raise _Spoiled from error
+    return aggregate if isinstance(aggregate, AuditedAggregate) else None
+
+
+def _replay(events: Iterable[AuditedEvent]) -> AuditedAggregate | None:
+    """The aggregate from events known to apply, in order."""
+    aggregate: AuditedAggregate | None = None
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
+def _named_processes(event: AuditedEvent) -> set[str] | None:
+    """The processes ``event`` changed, or None when it may have changed any."""
+    if not isinstance(event, _NAMING_THEIR_PROCESSES):
+        return None
+    named = {ready["processid"] for ready in event.ready}
+    for attribute in ("processid", "parentprocessid"):
+        value = getattr(event, attribute, "")
+        if value:
+            named.add(value)
+    named.update(getattr(event, "cancelled", ()))
+    named.update(getattr(event, "relinked", {}))
+    child = getattr(event, "child", None)
+    if child is not None:
+        named.add(child["processid"])
+    return named
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _unix_ns(moment: datetime) -> int:
+    """Unix nanoseconds of ``moment``, exactly (microsecond resolution)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+# ---------------------------------------------------------------------- following
+
+
+class _End:
+    """The subscription ended (it was stopped)."""
+
+
+class Follower:
+    """Feeds a :class:`Projector` from the log's live subscription, committing in batches.
+
+    :meth:`run` blocks (call it in a thread of its own) until :meth:`stop` is called
+    from any thread, or raises what went wrong (the store's errors, SQLite's). Either
+    way what was processed is committed first. ``on_commit(position)`` is called after
+    each commit, in the running thread.
+    """
+
+    def __init__(
+        self,
+        projector: Projector,
+        recorder: ApplicationRecorder,
+        *,
+        batch_size: int = 1000,
+        batch_interval: float = 0.1,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.projector = projector
+        self.recorder = recorder
+        self.batch_size = batch_size
+        self.batch_interval = batch_interval
+        self.on_commit = on_commit
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._subscription: Subscription[ApplicationRecorder] | None = None
+
+    def run(self) -> None:
+        """Follows the log from the projector's position until stopped."""
+        with self._lock:
+            if self._stopped:
+                return
+            subscription = self.recorder.subscribe(gt=self.projector.position or None)
+            self._subscription = subscription
+        inbox: queue.SimpleQueue[Notification | BaseException | type[_End]] = queue.SimpleQueue()
+        feeder = threading.Thread(
+            target=_feed, args=(subscription, inbox), name="projector-feed", daemon=True
+        )
+        feeder.start()
+        try:
+            self._project(inbox)
+        finally:
+            subscription.stop()
+            feeder.join()
+
+    def stop(self) -> None:
+        """Makes :meth:`run` commit and return (safe from any thread, at any time)."""
+        with self._lock:
+            self._stopped = True
+            if self._subscription is not None:
+                self._subscription.stop()
+
+    def _project(self, inbox: queue.SimpleQueue[Notification | BaseException | type[_End]]) -> None:
+        deadline: float | None = None  # when the first uncommitted event must be committed
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = inbox.get(timeout=timeout)
+            except queue.Empty:
+                self._commit()
+                deadline = None
+                continue
+            if isinstance(item, Notification):
+                self.projector.process(item)
+                if self.projector.pending >= self.batch_size:
+                    self._commit()
+                    deadline = None
+                elif deadline is None:
+                    deadline = time.monotonic() + self.batch_interval
+                continue
+            self._commit()
+            if isinstance(item, BaseException):
+                raise item
+            if not self._stopped:
+                raise RuntimeError("the subscription to the event log ended by itself")
+            return
+
+    def _commit(self) -> None:
+        had_pending = self.projector.pending > 0
+        position = self.projector.commit()
+        if had_pending and self.on_commit is not None:
+            self.on_commit(position)
+
+
+def _feed(
+    subscription: Subscription[ApplicationRecorder],
+    inbox: queue.SimpleQueue[Notification | BaseException | type[_End]],
+) -> None:
+    """Moves the subscription's notifications to ``inbox``, then its end or its error."""
+    try:
+        for notification in subscription:
+            inbox.put(notification)
+    except BaseException as error:
+        inbox.put(error)
+    else:
+        inbox.put(_End)

@@ -1,0 +1,150 @@
+"""Running a projector: follow the log into the SQLite view and serve queries, until
+cancelled (``colonies projector``).
+
+:func:`run_projector` owns everything it starts, structured with anyio task groups:
+
+- the view (:func:`~projections.view.open_view`) and the event log's recorders (the
+  JetStream store, with the log's seal key if it has one);
+- the :class:`~projections.projector.Follower`, in a worker thread of its own: it
+  resumes after the view's position and commits in batches. When the task is cancelled
+  the follower is stopped and commits what it processed; if it fails, the error ends
+  :func:`run_projector` (a supervisor restarts it, and it resumes from its position);
+- the query service (:class:`~projections.service.QueryService`) on its own NATS
+  connection, woken by each commit for queries waiting on a position.
+
+Projectors are independent: several may run (each with its own SQLite file), in the
+same queue group; every one of them answers from its own complete view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import nats
+from eventsourcing.persistence import Mapper
+from eventsourcing.utils import Environment
+
+from colonies_es.engine import app_env
+from colonies_es.projections.projector import Follower, Projector
+from colonies_es.projections.service import PositionWatch, QueryService
+from colonies_es.projections.view import UPSTREAM, ReadModel, open_view
+from colonies_es.store import JetStreamFactory
+
+__all__ = ["run_projector"]
+
+log = logging.getLogger("colonies.projector")
+
+STOP_TIMEOUT = 3.0
+"""Seconds given to stopping the query service and draining its connection."""
+
+
+async def run_projector(
+    nats_url: str,
+    db_path: str | Path,
+    started: Callable[[int], Any] | None = None,
+    *,
+    seal_key: str = "",
+    batch_size: int = 1000,
+    batch_interval: float = 0.1,
+    cache_size: int = 10_000,
+) -> None:
+    """Projects the event log on ``nats_url`` into the SQLite view at ``db_path`` and
+    answers queries on ``colonies.q.*``, until the calling task is cancelled.
+
+    ``started(position)`` is called once queries are served, with the position the view
+    resumed from (0 for a new view). ``seal_key`` is the log's seal key (hex), as given
+    to the engine: without it, events anyone appended to the stream are projected too.
+    ``batch_size`` / ``batch_interval`` bound a commit (events / seconds after the first
+    uncommitted event); ``cache_size`` is how many graphs stay in memory.
+
+    Raises what stops the projection: NATS unreachable at start, an unusable SQLite file,
+    a failing store.
+    """
+    view = await anyio.to_thread.run_sync(open_view, db_path)
+    try:
+        factory = await anyio.to_thread.run_sync(_log_factory, nats_url, seal_key)
+        try:
+            await _project_and_serve(
+                factory, view, nats_url, started, batch_size, batch_interval, cache_size
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(factory.close)
+    finally:
+        view.close()
+
+
+def _log_factory(nats_url: str, seal_key: str) -> JetStreamFactory:
+    """The store's factory for the engine's log (connects to NATS)."""
+    return JetStreamFactory(Environment(UPSTREAM, app_env(nats_url, seal_key)))
+
+
+async def _project_and_serve(
+    factory: JetStreamFactory,
+    view: ReadModel,
+    nats_url: str,
+    started: Callable[[int], Any] | None,
+    batch_size: int,
+    batch_interval: float,
+    cache_size: int,
+) -> None:
+    recorder = await anyio.to_thread.run_sync(factory.application_recorder)
+    mapper: Mapper[str] = factory.mapper(factory.transcoder())
+    projector = Projector(view, recorder, mapper, cache_size)
+    watch = PositionWatch(projector.position)
+
+    def committed(position: int) -> None:  # in the follower's thread
+        anyio.from_thread.run_sync(watch.advance, position)
+
+    follower = Follower(
+        projector,
+        recorder,
+        batch_size=batch_size,
+        batch_interval=batch_interval,
+        on_commit=committed,
+    )
+    nc = await nats.connect(
+        nats_url,
+        name="colonies-es projector",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    try:
+        async with anyio.create_task_group() as tasks:
+            service = await QueryService(nc, view, watch).start(tasks)
+            tasks.start_soon(_follow, follower)
+            log.info("projector ready on %s at position %d", nats_url, projector.position)
+            if started is not None:
+                started(projector.position)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_TIMEOUT):
+                    await service.stop()
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            with anyio.move_on_after(STOP_TIMEOUT):
+                await nc.drain()
+            await nc.close()
+
+
+async def _follow(follower: Follower) -> None:
+    """Runs the follower in a thread; stops it when this task is cancelled."""
+
+    async def stop_when_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            follower.stop()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(stop_when_cancelled)
+        await anyio.to_thread.run_sync(follower.run, limiter=anyio.CapacityLimiter(1))
+        tasks.cancel_scope.cancel()

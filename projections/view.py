@@ -1,0 +1,432 @@
+"""The read model: SQLite tables the queries read, and the projector's position with them.
+
+:class:`ReadModel` is an eventsourcing ``SQLiteTrackingRecorder`` (its ``tracking`` table
+holds the position: the stream sequence of the last event applied, under the name of the
+engine's application). :meth:`ReadModel.write` stores one batch of row changes *and* the
+new position in one SQLite transaction: after a crash the view is exactly as of some
+position, never in between, so the projector resumes from there and nothing is missed or
+applied twice.
+
+Tables (a row per thing; ``model`` columns hold the JSON of the client-facing model, as
+the engine would answer it, so queries return stored bytes without re-encoding):
+
+- ``colonies`` (name, ownerid, removed), ``executors`` (type, name, state), ``users``:
+  who may read what.
+- ``graphs``: a process graph per row (state, initiator, times, removed, ``seq`` = the
+  stream sequence of its submission, which orders listings newest first).
+- ``processes``: a process per row (graph, colony, nodename, funcname, executor type,
+  state, priority, attempt, retries, assigned executor id and name, times, removed,
+  ``seq``/``position`` = when and where in its graph it was created). Input, output,
+  errors, parents and children are in ``model``.
+- ``logs``: a ``LogAdded`` event per row, keyed by its stream sequence.
+- ``aggregates``: the version of each aggregate the rows reflect, so the projector can
+  rebuild an aggregate it no longer holds in memory from exactly those events.
+
+Per-colony statistics are counted from ``graphs`` and ``processes`` (indexed by colony,
+removed, state), so they can never disagree with the listings.
+
+:class:`Snapshot` answers the queries of :mod:`projections.protocol` inside one read
+transaction, with the membership checks: the caller must be the owner, an APPROVED
+executor or a user of the colony; removed graphs (and their processes and logs) are
+absent. Refusals raise :class:`~projections.protocol.QueryRefused`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+
+from colonies_es.models import Log, Statistics, encode
+from colonies_es.projections.protocol import QueryRefused
+from colonies_es.states import ExecutorState, ProcessState
+
+__all__ = [
+    "UPSTREAM",
+    "ColonyRow",
+    "ExecutorRow",
+    "GraphRow",
+    "LogRow",
+    "ProcessRow",
+    "ReadModel",
+    "Snapshot",
+    "UserRow",
+    "ViewChanges",
+    "open_view",
+]
+
+UPSTREAM = "colonies"
+"""The name the position is tracked under: the engine's application (``ColoniesApp.name``),
+whose log the view follows."""
+
+
+class ColonyRow(NamedTuple):
+    name: str
+    ownerid: str
+    removed: bool
+
+
+class ExecutorRow(NamedTuple):
+    colonyname: str
+    executorid: str
+    executorname: str
+    executortype: str
+    state: int
+
+
+class UserRow(NamedTuple):
+    colonyname: str
+    userid: str
+    username: str
+
+
+class GraphRow(NamedTuple):
+    processgraphid: str
+    colonyname: str
+    seq: int
+    """Stream sequence of its submission (ignored when the row exists)."""
+    state: int
+    initiatorid: str
+    initiatorname: str
+    submissiontime: str | None
+    starttime: str | None
+    endtime: str | None
+    removed: bool
+    model: bytes
+
+
+class ProcessRow(NamedTuple):
+    processid: str
+    processgraphid: str
+    colonyname: str
+    seq: int
+    """Stream sequence of the event that created it (ignored when the row exists)."""
+    position: int
+    """Its index in the graph's processes (ignored when the row exists)."""
+    nodename: str
+    funcname: str
+    executortype: str
+    state: int
+    priority: int
+    attempt: int
+    retries: int
+    assignedexecutorid: str
+    submissiontime: str | None
+    starttime: str | None
+    endtime: str | None
+    removed: bool
+    model: bytes
+
+
+class LogRow(NamedTuple):
+    seq: int
+    processid: str
+    processgraphid: str
+    colonyname: str
+    executorname: str
+    message: str
+    timestamp: int
+
+
+@dataclass
+class ViewChanges:
+    """The rows one batch of events changed."""
+
+    colonies: list[ColonyRow] = field(default_factory=list)
+    members: dict[str, tuple[list[ExecutorRow], list[UserRow]]] = field(default_factory=dict)
+    """Colony name -> all its executors and users now (they replace the stored ones)."""
+    graphs: list[GraphRow] = field(default_factory=list)
+    processes: list[ProcessRow] = field(default_factory=list)
+    assignees: list[tuple[str, str]] = field(default_factory=list)
+    """(executor name, process id) of processes assigned in this batch: the executor's
+    name when it took the process. (A process row keeps that name while it has an
+    assigned executor; the name is cleared with ``assignedexecutorid``.)"""
+    logs: list[LogRow] = field(default_factory=list)
+    versions: list[tuple[str, int]] = field(default_factory=list)
+    """(aggregate id, version) of every aggregate whose rows are written."""
+
+
+_TABLES = [
+    """CREATE TABLE IF NOT EXISTS colonies (
+        name TEXT PRIMARY KEY, ownerid TEXT NOT NULL, removed INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS executors (
+        colonyname TEXT NOT NULL, executorid TEXT NOT NULL, executorname TEXT NOT NULL,
+        executortype TEXT NOT NULL, state INTEGER NOT NULL,
+        PRIMARY KEY (colonyname, executorid)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS users (
+        colonyname TEXT NOT NULL, userid TEXT NOT NULL, username TEXT NOT NULL,
+        PRIMARY KEY (colonyname, userid)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS graphs (
+        processgraphid TEXT PRIMARY KEY, colonyname TEXT NOT NULL, seq INTEGER NOT NULL,
+        state INTEGER NOT NULL, initiatorid TEXT NOT NULL, initiatorname TEXT NOT NULL,
+        submissiontime TEXT, starttime TEXT, endtime TEXT, removed INTEGER NOT NULL,
+        model BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS graphs_listed ON graphs (colonyname, removed, seq)",
+    "CREATE INDEX IF NOT EXISTS graphs_by_state ON graphs (colonyname, removed, state, seq)",
+    """CREATE TABLE IF NOT EXISTS processes (
+        processid TEXT PRIMARY KEY, processgraphid TEXT NOT NULL, colonyname TEXT NOT NULL,
+        seq INTEGER NOT NULL, position INTEGER NOT NULL, nodename TEXT NOT NULL,
+        funcname TEXT NOT NULL, executortype TEXT NOT NULL, state INTEGER NOT NULL,
+        priority INTEGER NOT NULL, attempt INTEGER NOT NULL, retries INTEGER NOT NULL,
+        assignedexecutorid TEXT NOT NULL, assignedexecutorname TEXT NOT NULL,
+        submissiontime TEXT, starttime TEXT, endtime TEXT, removed INTEGER NOT NULL,
+        model BLOB NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS processes_listed
+        ON processes (colonyname, removed, seq, position)""",
+    """CREATE INDEX IF NOT EXISTS processes_by_state
+        ON processes (colonyname, removed, state, seq, position)""",
+    "CREATE INDEX IF NOT EXISTS processes_of_graph ON processes (processgraphid, position)",
+    """CREATE TABLE IF NOT EXISTS logs (
+        seq INTEGER PRIMARY KEY, processid TEXT NOT NULL, processgraphid TEXT NOT NULL,
+        colonyname TEXT NOT NULL, executorname TEXT NOT NULL, message TEXT NOT NULL,
+        timestamp INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS logs_of_process ON logs (processid, seq)",
+    """CREATE TABLE IF NOT EXISTS aggregates (
+        aggregate_id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID""",
+]
+
+_UPSERT_COLONY = """INSERT INTO colonies VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET ownerid = excluded.ownerid, removed = excluded.removed"""
+
+_UPSERT_GRAPH = """INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (processgraphid) DO UPDATE SET
+        state = excluded.state, starttime = excluded.starttime, endtime = excluded.endtime,
+        removed = excluded.removed, model = excluded.model"""
+
+_UPSERT_PROCESS = """INSERT INTO processes
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?)
+    ON CONFLICT (processid) DO UPDATE SET
+        state = excluded.state, attempt = excluded.attempt, retries = excluded.retries,
+        assignedexecutorid = excluded.assignedexecutorid,
+        assignedexecutorname = CASE WHEN excluded.assignedexecutorid = ''
+            THEN '' ELSE processes.assignedexecutorname END,
+        starttime = excluded.starttime, endtime = excluded.endtime,
+        removed = excluded.removed, model = excluded.model"""
+
+_UPSERT_VERSION = """INSERT INTO aggregates VALUES (?, ?)
+    ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
+
+
+def open_view(path: str | Path) -> ReadModel:
+    """The read model in the SQLite file ``path`` (created with its tables if missing)."""
+    view = ReadModel(SQLiteDatastore(str(path), originator_id_type="text"))
+    view.create_table()
+    return view
+
+
+class ReadModel(SQLiteTrackingRecorder):
+    """The view's tables and its position, written together."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *_TABLES]
+
+    def position(self) -> int:
+        """The stream sequence of the last event the view reflects (0: none yet)."""
+        return self.max_tracking_id(UPSTREAM) or 0
+
+    def write(self, changes: ViewChanges, position: int) -> None:
+        """Stores ``changes`` and moves the position to ``position``, atomically.
+
+        Raises eventsourcing's ``IntegrityError`` (and writes nothing) when ``position``
+        is not after the stored one: a batch is never applied twice.
+        """
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(_UPSERT_COLONY, changes.colonies)
+            for colonyname, (executors, users) in changes.members.items():
+                c.execute("DELETE FROM executors WHERE colonyname = ?", (colonyname,))
+                c.execute("DELETE FROM users WHERE colonyname = ?", (colonyname,))
+                c.executemany("INSERT INTO executors VALUES (?, ?, ?, ?, ?)", executors)
+                c.executemany("INSERT INTO users VALUES (?, ?, ?)", users)
+            c.executemany(_UPSERT_GRAPH, changes.graphs)
+            c.executemany(_UPSERT_PROCESS, changes.processes)
+            c.executemany(
+                "UPDATE processes SET assignedexecutorname = ? WHERE processid = ?",
+                changes.assignees,
+            )
+            c.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", changes.logs)
+            c.executemany(_UPSERT_VERSION, changes.versions)
+            self._insert_tracking(c, Tracking(UPSTREAM, position))
+
+    def version_of(self, aggregate_id: str) -> int | None:
+        """The version of the aggregate the rows reflect, or None if it has no rows."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT version FROM aggregates WHERE aggregate_id = ?", (aggregate_id,))
+            row = c.fetchone()
+        return None if row is None else int(row[0])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """A consistent view of the tables (one read transaction) to answer queries from."""
+        with self.datastore.transaction(commit=False) as c:
+            yield Snapshot(c)
+
+    def close(self) -> None:
+        """Closes the database connections."""
+        self.datastore.close()
+
+
+def _json_array(items: Iterable[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+def _state_filter(state: int | None) -> tuple[str, list[int]]:
+    """The SQL condition (and its parameters) of a listing's state: none for all."""
+    return ("", []) if state is None or state < 0 else ("AND state = ?", [state])
+
+
+_COUNTED = {
+    int(ProcessState.WAITING): "waiting",
+    int(ProcessState.RUNNING): "running",
+    int(ProcessState.SUCCESS): "successful",
+    int(ProcessState.FAILED): "failed",
+}
+
+
+class Snapshot:
+    """The queries, answered from one read transaction as one caller (an id).
+
+    Each method returns the reply's JSON bytes or raises ``QueryRefused``: 404 when the
+    colony does not exist (or was removed) or the graph or process does not exist (or
+    was removed), 403 when ``caller`` is not a member of the colony.
+    """
+
+    def __init__(self, cursor: SQLiteCursor) -> None:
+        self._c = cursor
+
+    def _one(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        self._c.execute(sql, params)
+        row: sqlite3.Row | None = self._c.fetchone()
+        return row
+
+    def _all(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        self._c.execute(sql, params)
+        rows: list[sqlite3.Row] = self._c.fetchall()
+        return rows
+
+    def check_member(self, colonyname: str, caller: str) -> None:
+        """Returns if ``caller`` is the owner, an APPROVED executor or a user of the
+        colony; raises 404 if the colony does not exist, 403 if it is not a member."""
+        colony = self._one("SELECT ownerid, removed FROM colonies WHERE name = ?", colonyname)
+        if colony is None or colony["removed"]:
+            raise QueryRefused(404, f"colony {colonyname!r} does not exist")
+        if caller == colony["ownerid"]:
+            return
+        member = self._one(
+            "SELECT 1 FROM users WHERE colonyname = ? AND userid = ? UNION ALL "
+            "SELECT 1 FROM executors WHERE colonyname = ? AND executorid = ? AND state = ?",
+            colonyname,
+            caller,
+            colonyname,
+            caller,
+            int(ExecutorState.APPROVED),
+        )
+        if member is None:
+            raise QueryRefused(403, f"the caller is not a member of colony {colonyname!r}")
+
+    def get_graph(self, processgraphid: str, caller: str) -> bytes:
+        """``{"graph": ProcessGraph, "processes": [Process, ...]}`` (graph order)."""
+        graph = self._one(
+            "SELECT colonyname, model FROM graphs WHERE processgraphid = ? AND removed = 0",
+            processgraphid,
+        )
+        if graph is None:
+            raise QueryRefused(404, f"process graph {processgraphid} does not exist")
+        self.check_member(graph["colonyname"], caller)
+        processes = self._all(
+            "SELECT model FROM processes WHERE processgraphid = ? ORDER BY position",
+            processgraphid,
+        )
+        model: bytes = graph["model"]
+        return b'{"graph":%b,"processes":%b}' % (model, _json_array(r[0] for r in processes))
+
+    def list_graphs(self, colonyname: str, state: int | None, count: int, caller: str) -> bytes:
+        """The colony's graphs (in ``state``, if given), newest first, at most ``count``."""
+        self.check_member(colonyname, caller)
+        by_state, params = _state_filter(state)
+        rows = self._all(
+            f"SELECT model FROM graphs WHERE colonyname = ? AND removed = 0 {by_state} "
+            "ORDER BY seq DESC LIMIT ?",
+            colonyname,
+            *params,
+            max(count, 0),
+        )
+        return _json_array(row[0] for row in rows)
+
+    def list_processes(self, colonyname: str, state: int | None, count: int, caller: str) -> bytes:
+        """The colony's processes (in ``state``, if given), newest first, at most
+        ``count``; processes created together come in reverse graph order."""
+        self.check_member(colonyname, caller)
+        by_state, params = _state_filter(state)
+        rows = self._all(
+            f"SELECT model FROM processes WHERE colonyname = ? AND removed = 0 {by_state} "
+            "ORDER BY seq DESC, position DESC LIMIT ?",
+            colonyname,
+            *params,
+            max(count, 0),
+        )
+        return _json_array(row[0] for row in rows)
+
+    def _process_colony(self, processid: str) -> sqlite3.Row:
+        row = self._one(
+            "SELECT colonyname, model FROM processes WHERE processid = ? AND removed = 0",
+            processid,
+        )
+        if row is None:
+            raise QueryRefused(404, f"process {processid} does not exist")
+        return row
+
+    def get_process(self, processid: str, caller: str) -> bytes:
+        """One ``Process``."""
+        row = self._process_colony(processid)
+        self.check_member(row["colonyname"], caller)
+        model: bytes = row["model"]
+        return model
+
+    def stats(self, colonyname: str, caller: str) -> bytes:
+        """``Statistics`` of the colony: its executors, and its graphs and processes not
+        removed, per state (CANCELLED ones are not counted, as in the engine)."""
+        self.check_member(colonyname, caller)
+        stats = Statistics(colonies=1)
+        executors = self._one("SELECT COUNT(*) FROM executors WHERE colonyname = ?", colonyname)
+        stats.executors = int(executors[0]) if executors is not None else 0
+        for table, suffix in (("graphs", "workflows"), ("processes", "processes")):
+            counts = self._all(
+                f"SELECT state, COUNT(*) FROM {table} "
+                "WHERE colonyname = ? AND removed = 0 GROUP BY state",
+                colonyname,
+            )
+            for state, number in counts:
+                kind = _COUNTED.get(state)
+                if kind is not None:
+                    setattr(stats, f"{kind}{suffix}", number)
+        return encode(stats)
+
+    def logs(self, processid: str, count: int, since: int, caller: str) -> bytes:
+        """``[Log, ...]`` of the process with a timestamp after ``since``, oldest first:
+        the last ``count`` of them, or all when ``count`` <= 0."""
+        self.check_member(self._process_colony(processid)["colonyname"], caller)
+        rows = self._all(
+            "SELECT processid, colonyname, executorname, message, timestamp FROM logs "
+            "WHERE processid = ? AND timestamp > ? ORDER BY seq DESC LIMIT ?",
+            processid,
+            since,
+            count if count > 0 else -1,
+        )
+        return encode(
+            [
+                Log(
+                    processid=row[0],
+                    colonyname=row[1],
+                    executorname=row[2],
+                    message=row[3],
+                    timestamp=row[4],
+                )
+                for row in reversed(rows)
+            ]
+        )
