@@ -6,6 +6,7 @@ import typer
 
 from colonies_es.cli.colony import colony_app
 from colonies_es.cli.dev import dev
+from colonies_es.cli.executor import executor_app
 from colonies_es.cli.key import key_app
 from colonies_es.cli.process import process_app
 from colonies_es.cli.projector import projector
@@ -15,6 +16,7 @@ from colonies_es.cli.workflow import workflow_app
 app = typer.Typer(help="colonies-es: event-sourced ColonyOS workflows on NATS JetStream.")
 app.command(name="dev")(dev)
 app.command(name="server")(server)
+app.add_typer(executor_app, name="executor")
 app.command(name="projector")(projector)
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(process_app, name="process")

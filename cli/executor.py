@@ -1,0 +1,121 @@
+"""`colonies executor start`: run a python executor until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Annotated, NoReturn
+
+import typer
+
+from colonies_es.client import ColoniesConnectionError, ColoniesError, colonies_client
+from colonies_es.executor import PythonExecutor
+
+executor_app = typer.Typer(
+    help="Executors: programs that take the colony's work and run it.", no_args_is_help=True
+)
+
+
+_START_HELP = (
+    "Run a python executor: register it in the colony, then run the functions submitted "
+    "for its type (the source they carry) until Ctrl-C or SIGTERM.\n\n"
+    "The executor gets a fresh identity, registered and approved with the colony owner's "
+    "key. Configuration comes from the environment, as `colonies dev` writes it to dev.env: "
+    "COLONIES_SERVER_HOST, COLONIES_SERVER_PORT and COLONIES_SERVER_TLS (where NATS is), "
+    "COLONIES_COLONY_NAME, COLONIES_COLONY_PRVKEY (required here) and COLONIES_PRVKEY.\n\n"
+    "Prints one line once registered and one per process (function, process id prefix, "
+    "SUCCESS or FAILED, duration). On Ctrl-C or SIGTERM it takes no more work, lets running "
+    "functions finish (up to --grace seconds) and exits with status 0."
+)
+
+
+@executor_app.command(help=_START_HELP)
+def start(
+    executortype: Annotated[
+        str,
+        typer.Option(
+            "--type", help="The executor type to take work for (the specs' executortype)."
+        ),
+    ],
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="How many functions may run at once.")
+    ] = 1,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Executor name; by default a unique '<type>-<8 hex>'."),
+    ] = None,
+    poll_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds each wait for work lasts: about how long a stop takes."
+        ),
+    ] = 5.0,
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds running functions get to finish after Ctrl-C or SIGTERM; "
+            "a process still running then is failed.",
+        ),
+    ] = 30.0,
+) -> None:
+    """Run a python executor until Ctrl-C or SIGTERM (help: :data:`_START_HELP`)."""
+    try:
+        client, colonyname, colony_prvkey, _, _ = colonies_client()
+    except ValueError as error:
+        _fail(str(error), status=2)
+    if colony_prvkey is None:
+        _fail(
+            "missing environment variable: COLONIES_COLONY_PRVKEY "
+            "(the executor registers itself with the colony owner's key)",
+            status=2,
+        )
+    _log_to_stdout()
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    executor = PythonExecutor(
+        client,
+        colonyname,
+        colony_prvkey,
+        executortype=executortype,
+        name=name,
+        concurrency=concurrency,
+        poll_timeout=poll_timeout,
+        grace=grace,
+    )
+    with client:  # disconnects at the end, whatever happens
+        try:
+            executor.register()
+        except ColoniesConnectionError as error:
+            _fail(f"cannot register executor {executor.executorname}: {error}")
+        except ColoniesError as error:
+            _fail(
+                f"cannot register executor {executor.executorname} in colony {colonyname}: "
+                f"{error} (status {error.status})"
+            )
+        executor.run(stop)
+    print(f"executor {executor.executorname} stopped", flush=True)
+
+
+def _log_to_stdout() -> None:
+    """Show the executor's log lines (registration, one per process, problems) as they
+    come, without decoration."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("colonies.executor")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _fail(message: str, status: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(status)

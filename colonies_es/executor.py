@@ -1,0 +1,420 @@
+"""The python executor: takes work for its type, runs each function's source, reports.
+
+A process submitted with :func:`~colonies_es.models.func_spec` carries its function's
+source in ``spec.env["code"]``. :func:`execute_function` is the calling convention
+(SEMANTICS.md, "Readiness and data flow"): run the source in a fresh namespace, call
+``spec.funcname`` with the process's input, turn the return value into ``out``.
+
+:class:`PythonExecutor` is one executor identity in one colony: it registers itself with
+the colony owner's key, then worker threads loop ``assign`` → :meth:`~PythonExecutor.run_one`
+(close with the output, or fail with the errors) until told to stop. Lost connections
+and refusals are logged and retried; nothing a function does stops the executor.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import linecache
+import logging
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
+from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
+from colonies_es.models import Executor, Process, encode, func_spec
+
+__all__ = ["FunctionFailed", "PythonExecutor", "execute_function"]
+
+log = logging.getLogger("colonies.executor")
+
+BACKOFF_FIRST = 0.5
+"""Seconds to wait after the first failed attempt to take work; doubled after each
+failure in a row, up to :data:`BACKOFF_MAX`."""
+
+BACKOFF_MAX = 5.0
+
+REPORT_PATIENCE = 60.0
+"""Seconds to keep trying to deliver a result (close or fail) while no engine answers."""
+
+_REGISTER_ATTEMPTS = 5
+"""Tries of add_executor when the colony changed concurrently (409 with the name free)."""
+
+
+class FunctionFailed(Exception):
+    """The process cannot succeed; ``errors`` (never empty) is what ``fail`` reports.
+
+    ``errors[0]`` is one line ("ValueError: bad input", or what was wrong with the code);
+    when the function raised, ``errors[1]`` is its formatted traceback.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors[0])
+        self.errors = errors
+
+
+def execute_function(process: Process, ctx: dict[str, Any], globals_: dict[str, Any]) -> list[Any]:
+    """Run the function of ``process`` and return its output, ready for ``close``.
+
+    The source in ``spec.env["code"]`` runs as a fresh module whose globals are a copy of
+    ``globals_`` plus the builtins. Then ``spec.funcname`` is called as
+    ``f(*args, ctx=ctx, **spec.kwargs)``, where ``args`` is ``process.input`` when it is
+    non-empty, else ``spec.args``. The return value becomes the output: a tuple its
+    items, None nothing, anything else a list of itself.
+
+    Raises :class:`FunctionFailed` when there is no code, it does not compile, running
+    it raises, it defines no callable ``spec.funcname``, the function raises (type,
+    message and traceback, without the executor's own frames) or what it returns
+    cannot be encoded as JSON. Nothing else escapes, ``SystemExit`` included.
+    """
+    spec = process.spec
+    try:
+        source = spec.decoded_code()
+    except ValueError as error:
+        raise FunctionFailed([f"cannot read the code of {spec.funcname}: {error}"]) from None
+    if source is None:
+        raise FunctionFailed([f'no code for {spec.funcname}: spec.env["code"] is missing'])
+    filename = f"<colonies {spec.funcname} {process.processid[:12]}>"
+    with _source_lines(filename, source):
+        try:
+            code = compile(source, filename, "exec")
+        except (SyntaxError, ValueError) as error:  # ValueError: null bytes in the source
+            raise FunctionFailed(
+                [f"the code of {spec.funcname} does not compile: {error}", *_exception_only(error)]
+            ) from None
+        namespace: dict[str, Any] = {
+            **globals_,
+            "__name__": "colonies_function",
+            "__builtins__": builtins,
+        }
+        try:
+            exec(code, namespace)
+        except (Exception, SystemExit) as error:
+            raise FunctionFailed(_raised(error, f"the code of {spec.funcname} raised ")) from None
+        function = namespace.get(spec.funcname)
+        if not callable(function):
+            raise FunctionFailed(
+                [f"the code defines no function named {spec.funcname!r}"]
+                if function is None
+                else [
+                    f"{spec.funcname!r} in the code is a {type(function).__name__}, not a function"
+                ]
+            )
+        args = process.input if process.input else spec.args
+        try:
+            result = function(*args, ctx=ctx, **spec.kwargs)
+        except (Exception, SystemExit) as error:
+            raise FunctionFailed(_raised(error)) from None
+    return _output(result, spec.funcname)
+
+
+def _output(result: object, funcname: str) -> list[Any]:
+    """The process output for a function's return value, checked to encode as JSON."""
+    output = list(result) if isinstance(result, tuple) else [] if result is None else [result]
+    try:
+        encode(output)
+    except (TypeError, ValueError, msgspec.EncodeError) as error:
+        raise FunctionFailed(
+            [f"{funcname} returned a value that cannot be sent as JSON: {error}"]
+        ) from None
+    return output
+
+
+def _raised(error: BaseException, prefix: str = "") -> list[str]:
+    """``[one line, traceback]`` for an exception of the user's code, without the frames
+    of this module (the caller of the user's code)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    summary = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return [prefix + summary, "".join(traceback.format_exception(type(error), error, tb))]
+
+
+def _exception_only(error: BaseException) -> list[str]:
+    return ["".join(traceback.format_exception_only(type(error), error))]
+
+
+@contextlib.contextmanager
+def _source_lines(filename: str, source: str) -> Iterator[None]:
+    """Let tracebacks formatted meanwhile show the lines of ``source`` for ``filename``."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    try:
+        yield
+    finally:
+        linecache.cache.pop(filename, None)
+
+
+@dataclass(frozen=True)
+class _Running:
+    funcname: str
+    started: float  # time.monotonic()
+
+
+class PythonExecutor:
+    """An executor of ``executortype`` in ``colonyname`` that runs Python functions.
+
+    Its identity is ``prvkey`` (a fresh key unless given; ``executorid`` is its id) and
+    ``executorname`` (``"<type>-<8 hex>"`` unless ``name`` is given). ``client`` is used
+    for everything, by every worker thread, and is the ``colonies`` global the executed
+    code sees; it must reach the engine. ``colony_prvkey`` (the colony owner's key) is
+    only used by :meth:`register`.
+
+    :meth:`run` takes work with ``concurrency`` threads, each waiting up to
+    ``poll_timeout`` seconds per ``assign``; on stop, a function still running ``grace``
+    seconds later is abandoned (its process is failed).
+    """
+
+    def __init__(
+        self,
+        client: Colonies,
+        colonyname: str,
+        colony_prvkey: str,
+        *,
+        executortype: str = "python-executor",
+        name: str | None = None,
+        concurrency: int = 1,
+        prvkey: str | None = None,
+        poll_timeout: float = 5.0,
+        grace: float = 30.0,
+    ) -> None:
+        """Raises ValueError for a ``concurrency`` below 1, a ``poll_timeout`` that is not
+        positive, a negative ``grace`` or an invalid ``prvkey``."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if poll_timeout <= 0:
+            raise ValueError(f"poll_timeout must be positive, not {poll_timeout}")
+        if grace < 0:
+            raise ValueError(f"grace must not be negative, not {grace}")
+        self.client = client
+        self.colonyname = colonyname
+        self.executortype = executortype
+        self.concurrency = concurrency
+        self.poll_timeout = poll_timeout
+        self.grace = grace
+        self.prvkey = prvkey or new_private_key()
+        self.executorid = id_from_private_key(self.prvkey)
+        self.executorname = name or f"{executortype}-{secrets.token_hex(4)}"
+        self._colony_prvkey = colony_prvkey
+        self._globals: dict[str, Any] = {
+            "colonies": client,
+            "func_spec": func_spec,
+            "Crypto": Crypto,
+        }
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._trouble: str | None = None
+
+    # ------------------------------------------------------------------ registration
+
+    def register(self) -> None:
+        """Register this executor in the colony and approve it, with the colony key.
+
+        Registering the same id under the same name and type again (a restart) is fine.
+        Raises :class:`ColoniesError` when the engine refuses (409: the name belongs to
+        another executor) and :class:`ColoniesConnectionError` when it cannot be reached.
+        """
+        executor = Executor(
+            executorid=self.executorid,
+            executortype=self.executortype,
+            executorname=self.executorname,
+            colonyname=self.colonyname,
+        )
+        for attempt in range(1, _REGISTER_ATTEMPTS + 1):
+            try:
+                self.client.add_executor(executor, self._colony_prvkey)
+                break
+            except ColoniesError as error:
+                if error.status != 409:
+                    raise
+                existing = self._executor_named(self.executorname)
+                if existing == (self.executorid, self.executortype):
+                    break  # registered already: a restart
+                if existing is not None or attempt == _REGISTER_ATTEMPTS:
+                    raise
+        self.client.approve_executor(self.colonyname, self.executorname, self._colony_prvkey)
+        log.info(
+            "executor %s (%s) registered in colony %s, id %s",
+            self.executorname,
+            self.executortype,
+            self.colonyname,
+            self.executorid,
+        )
+
+    def _executor_named(self, name: str) -> tuple[str, str] | None:
+        """(id, type) of the colony's executor called ``name``, None if there is none."""
+        try:
+            found = self.client.get_executor(self.colonyname, name, self._colony_prvkey)
+        except ColoniesError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found.executorid, found.executortype
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, stop: threading.Event) -> None:
+        """Take and run work with ``concurrency`` worker threads until ``stop`` is set.
+
+        Each worker loops ``assign`` → :meth:`run_one`. A lost connection or a refused
+        ``assign`` is logged once and retried after a pause (0.5 s, doubling up to 5 s);
+        this method only returns after ``stop``. Once it is set no new work is taken;
+        it returns when every worker is done, within about ``poll_timeout`` seconds if
+        no function is running. A function still running ``grace`` seconds after that is
+        abandoned: its process is failed ("the executor stopped") and its daemon thread
+        left behind.
+        """
+        workers = [
+            threading.Thread(
+                target=self._work, args=(stop,), name=f"{self.executorname}-{n}", daemon=True
+            )
+            for n in range(1, self.concurrency + 1)
+        ]
+        for worker in workers:
+            worker.start()
+        stop.wait()
+        deadline = time.monotonic() + self.poll_timeout + self.grace
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._abandon_running()
+
+    def _work(self, stop: threading.Event) -> None:
+        """One worker: take a process and run it, until ``stop``; pause after a problem."""
+        pause = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                problem = self._take_and_run()
+            except Exception as error:  # a bug: say so loudly, keep the executor alive
+                log.exception("unexpected error in %s", threading.current_thread().name)
+                problem = (f"unexpected {type(error).__name__}", repr(error))
+            if problem is None:
+                pause = BACKOFF_FIRST
+                continue
+            self._trouble_seen(*problem, pause)
+            stop.wait(pause)
+            pause = min(pause * 2, BACKOFF_MAX)
+
+    def _take_and_run(self) -> tuple[str, str] | None:
+        """Take a process and run it; None when that went well or no work came, else
+        the problem as (kind, message)."""
+        started = time.monotonic()
+        try:
+            process = self.client.assign(self.colonyname, self.poll_timeout, self.prvkey)
+        except ColoniesError as error:
+            # "No work" is a 404 when the wait is over (give or take a timer's slack); an
+            # early 404 says something else, e.g. that this executor is not registered.
+            if error.status == 404 and time.monotonic() - started >= 0.9 * self.poll_timeout:
+                self._trouble_over()
+                return None
+            return f"refused {error.status}", f"cannot take work: {error} (status {error.status})"
+        except ColoniesConnectionError as error:
+            return "connection", f"lost the connection: {error}"
+        self._trouble_over()
+        self.run_one(process)
+        return None
+
+    def _trouble_seen(self, kind: str, message: str, pause: float) -> None:
+        """Log ``message`` as a warning unless a problem of this ``kind`` is already
+        reported (workers share it: one line per outage, not one per attempt or worker);
+        a repeat is logged at debug level."""
+        with self._lock:
+            repeat, self._trouble = kind == self._trouble, kind
+        if repeat:
+            log.debug("%s; next attempt in %.1f s", message, pause)
+        else:
+            log.warning("%s; retrying", message)
+
+    def _trouble_over(self) -> None:
+        with self._lock:
+            problem, self._trouble = self._trouble, None
+        if problem is not None:
+            log.info("taking work again")
+
+    def run_one(self, process: Process) -> None:
+        """Run the assigned ``process`` and report it: close with the output, or fail
+        with the errors (:func:`execute_function`). Logs one line with the outcome.
+
+        Never raises for what the function does or how the report goes: while no engine
+        answers the report is retried for up to :data:`REPORT_PATIENCE` seconds; a refused
+        close (other than for a process no longer ours, 403) becomes a fail with the
+        engine's reason.
+        """
+        funcname = process.spec.funcname
+        ctx: dict[str, Any] = {
+            "process": process,
+            "colonyname": self.colonyname,
+            "executorid": self.executorid,
+            "executor_prvkey": self.prvkey,
+        }
+        with self._lock:
+            self._running[process.processid] = _Running(funcname, time.monotonic())
+        started = time.perf_counter()
+        try:
+            output = execute_function(process, ctx, self._globals)
+            errors: list[str] = []
+        except FunctionFailed as failure:
+            output, errors = [], failure.errors
+        finally:
+            duration = time.perf_counter() - started
+            with self._lock:
+                self._running.pop(process.processid, None)
+        refusal = None
+        if not errors:
+            refusal = self._deliver(self.client.close, process.processid, output)
+            outcome = "SUCCESS"
+            if refusal is not None and refusal.status != 403:
+                errors = [f"the engine refused the output of {funcname}: {refusal}"]
+            elif refusal is not None:
+                outcome = f"SUCCESS, but the engine refused the close: {refusal}"
+        if errors:
+            refusal = self._deliver(self.client.fail, process.processid, errors)
+            outcome = f"FAILED: {errors[0]}"
+            if refusal is not None:
+                outcome = f"FAILED ({errors[0]}), but the engine refused the fail: {refusal}"
+        level = logging.INFO if refusal is None else logging.WARNING
+        log.log(level, "%s %s %s in %.3f s", funcname, process.processid[:8], outcome, duration)
+
+    def _deliver(
+        self, report: Callable[[str, list[Any], str], None], processid: str, data: list[Any]
+    ) -> ColoniesError | None:
+        """Call ``report(processid, data, prvkey)`` until the engine answers or
+        :data:`REPORT_PATIENCE` runs out; return its refusal, None when accepted."""
+        deadline = time.monotonic() + REPORT_PATIENCE
+        pause = BACKOFF_FIRST
+        while True:
+            try:
+                report(processid, data, self.prvkey)
+                return None
+            except ColoniesError as error:
+                return error
+            except ColoniesConnectionError as error:
+                if time.monotonic() + pause > deadline:
+                    log.error("giving up reporting %s: %s", processid[:8], error)
+                    return ColoniesError(503, str(error))
+                log.warning("cannot report %s yet: %s; retrying", processid[:8], error)
+            time.sleep(pause)
+            pause = min(pause * 2, BACKOFF_MAX)
+
+    def _abandon_running(self) -> None:
+        """Fail the processes whose function still runs after the grace period."""
+        with self._lock:
+            running = dict(self._running)
+        for processid, entry in running.items():
+            seconds = time.monotonic() - entry.started
+            log.warning(
+                "%s %s still running after %.0f s: failing it and stopping",
+                entry.funcname,
+                processid[:8],
+                seconds,
+            )
+            reason = (
+                f"the executor stopped while {entry.funcname} was still running ({seconds:.0f} s)"
+            )
+            with contextlib.suppress(ColoniesError, ColoniesConnectionError):
+                self.client.fail(processid, [reason], self.prvkey)
