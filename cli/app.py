@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from colonies_es.cli import executor_admin
 from colonies_es.cli.colony import colony_app
 from colonies_es.cli.dev import dev
 from colonies_es.cli.executor import executor_app
@@ -22,6 +23,9 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(process_app, name="process")
 app.add_typer(colony_app, name="colony")
 app.add_typer(key_app, name="key")
+executor_app.command(name="ls")(executor_admin.list_executors)
+executor_app.command(name="approve")(executor_admin.approve)
+executor_app.command(name="reject")(executor_admin.reject)
 
 
 @app.callback()

@@ -7,6 +7,8 @@ runs functions for a colony on a thread, through the client, as an executor woul
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -71,6 +73,13 @@ class Cli:
         return lines[0]
 
 
+def colonies_script() -> str:
+    """The `colonies` console script installed next to this python."""
+    script = Path(sys.executable).parent / "colonies"
+    assert script.exists(), f"{script} is missing: pip install -e ."
+    return str(script)
+
+
 def stack_env(stack: Stack, colony: ColonyHandle | None = None, prvkey: str = "") -> dict[str, str]:
     """The COLONIES_* variables for ``stack`` (and, when given, the colony and a member)."""
     env = {"COLONIES_SERVER_HOST": "127.0.0.1", "COLONIES_SERVER_PORT": str(stack.nats.port)}
@@ -128,10 +137,8 @@ class ThreadExecutor:
             self.done.append(process.processid)
 
     def _report(self, send: Callable[[str, Any, str], None], processid: str, data: Any) -> None:
-        try:
+        with contextlib.suppress(ColoniesError):  # refused once cancelled, as it should be
             send(processid, data, self.prvkey)
-        except ColoniesError:
-            pass  # released meanwhile (cancelled): the engine refuses, as it should
 
 
 # --------------------------------------------------------------------------- helpers' tests

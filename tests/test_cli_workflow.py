@@ -52,10 +52,10 @@ class Member:
         return path
 
     def submit(self, *specs: dict[str, Any]) -> str:
-        """Submit through the CLI; return the graph id it printed first."""
-        return self.cli.json("workflow", "submit", str(self.spec_file(*specs)))["processgraph"][
-            "processgraphid"
-        ]
+        """Submit through the CLI; return the id of the graph it shows."""
+        out = self.cli.ok("workflow", "submit", str(self.spec_file(*specs)), "--json")
+        graphid: str = decode(out, GraphDetails).processgraph.processgraphid
+        return graphid
 
     def executor(self, **functions: Callable[[list[Any]], list[Any]]) -> ThreadExecutor:
         return ThreadExecutor(self.stack, self.colony, functions)
@@ -121,8 +121,10 @@ def test_submit_wait_runs_the_seed_workflow_to_success(member: Member) -> None:
     assert "SUCCESS" in summary
     rows = {line.split("│")[1].strip(): line for line in nodes.splitlines() if "_nums" in line}
     assert set(rows) == {"gen_nums", "sum_nums"}
-    assert "[1,2]" in rows["gen_nums"] and "[3]" in rows["sum_nums"]
-    assert executor.name in rows["sum_nums"] and "SUCCESS" in rows["sum_nums"]
+    assert "[1,2]" in rows["gen_nums"]
+    assert "[3]" in rows["sum_nums"]
+    assert executor.name in rows["sum_nums"]
+    assert "SUCCESS" in rows["sum_nums"]
     assert graph_ids(member.cli.ok("workflow", "pss")) == [graphid]
     assert graphid not in member.cli.ok("workflow", "psw")
 
@@ -148,13 +150,15 @@ def test_submit_wait_reports_a_failed_workflow_with_status_1(member: Member) -> 
     failed = member.cli.json("process", "psf")
     assert [p["errors"] for p in failed] == [["ValueError('no luck')", TRACEBACK]]
     details = member.cli.ok("process", "get", failed[0]["processid"])
-    assert "ValueError('no luck')" in details and TRACEBACK in details
+    assert "ValueError('no luck')" in details
+    assert TRACEBACK in details
 
 
 def test_a_file_the_engine_refuses_gives_its_reason(member: Member) -> None:
     cycle = member.spec_file(node("a", "b"), node("b", "a"))
     line = member.cli.error("workflow", "submit", str(cycle))
-    assert line.startswith("error: 400 ") and "cycle" in line
+    assert line.startswith("error: 400 ")
+    assert "cycle" in line
     not_json = member.directory / "broken.json"
     not_json.write_text("{nope")
     assert member.cli.error("workflow", "submit", str(not_json)).startswith(
@@ -175,15 +179,14 @@ def test_listings_are_newest_first_and_count_limits_them(member: Member) -> None
         member.colony.name, 2, member.prvkey, state=ProcessState.WAITING
     )
     assert listed == msgspec.json.decode(encode(expected))
-    processes = decode(
-        member.cli.ok("process", "psw", "--count", "4", "--json"), list[Process]
-    )
+    processes = decode(member.cli.ok("process", "psw", "--count", "4", "--json"), list[Process])
     assert processes == member.client.list_processes(
         member.colony.name, 4, ProcessState.WAITING, member.prvkey
     )
     table = member.cli.ok("process", "psw", "--count", "4")
     assert graph_ids(table) == [p.processid for p in processes]
-    assert "sum_nums" in table and EXECUTOR_TYPE in table
+    assert "sum_nums" in table
+    assert EXECUTOR_TYPE in table
 
 
 def test_a_running_workflow_is_listed_by_ps_and_can_be_cancelled(member: Member) -> None:
@@ -197,9 +200,11 @@ def test_a_running_workflow_is_listed_by_ps_and_can_be_cancelled(member: Member)
         graphid = member.submit(node("block"), node("after", "block"))
         member.wait_for(graphid, ProcessState.RUNNING)
         listing = member.cli.ok("workflow", "ps")
-        assert graph_ids(listing) == [graphid] and "RUNNING" in listing
+        assert graph_ids(listing) == [graphid]
+        assert "RUNNING" in listing
         running = member.cli.ok("process", "ps")
-        assert "block" in running and executor.name in running
+        assert "block" in running
+        assert executor.name in running
         line = member.cli.error("workflow", "remove", graphid)
         assert line.startswith("error: 409 ")
         assert member.cli.ok("workflow", "cancel", "--processgraphid", graphid) == (
@@ -224,7 +229,9 @@ def test_get_shows_the_graph_and_json_matches_the_clients_view(member: Member) -
     shown = decode(member.cli.ok("workflow", "get", graphid, "--json"), GraphDetails)
     graph = member.client.get_processgraph(graphid, member.prvkey)
     assert shown.processgraph == graph
-    assert shown.processes == [member.client.get_process(p, member.prvkey) for p in graph.processids]
+    assert shown.processes == [
+        member.client.get_process(p, member.prvkey) for p in graph.processids
+    ]
 
 
 def test_process_get_shows_every_attribute(member: Member) -> None:
@@ -260,5 +267,7 @@ def test_remove_and_removeall_take_workflows_out_of_listings(member: Member) -> 
     assert len(graph_ids(member.cli.ok("workflow", "psw"))) == 2
     out = member.cli.ok("workflow", "removeall", "--state", "waiting")
     assert out.startswith("Removed the waiting workflows")
-    assert member.cli.ok("workflow", "psw") == f"No waiting workflows in colony {member.colony.name}\n"
+    assert (
+        member.cli.ok("workflow", "psw") == f"No waiting workflows in colony {member.colony.name}\n"
+    )
     assert member.cli.json("workflow", "psw") == []
