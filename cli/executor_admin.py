@@ -34,7 +34,9 @@ from colonies_es.states import ExecutorState
 
 __all__ = ["approve", "list_executors", "reject"]
 
-ExecutorNameArgument = Annotated[str, typer.Argument(help="The executor's name in the colony.")]
+ExecutorNameArgument = Annotated[
+    str, typer.Argument(metavar="NAME", help="The executor's name in the colony.")
+]
 
 
 def list_executors(

@@ -104,7 +104,9 @@ process_app.command("psf")(_process_listing(ProcessState.FAILED, "failed"))
 def get(
     process_id: Annotated[
         str | None,
-        typer.Argument(help="The process id (or pass --processid).", show_default=False),
+        typer.Argument(
+            metavar="ID", help="The process id (or pass --processid).", show_default=False
+        ),
     ] = None,
     processid: Annotated[
         str | None, typer.Option("--processid", help="The process id.", show_default=False)

@@ -62,7 +62,9 @@ WAIT_POLL = 0.3
 
 GraphIdArgument = Annotated[
     str | None,
-    typer.Argument(help="The process graph id (or pass --processgraphid).", show_default=False),
+    typer.Argument(
+        metavar="ID", help="The process graph id (or pass --processgraphid).", show_default=False
+    ),
 ]
 GraphIdOption = Annotated[
     str | None,
@@ -86,6 +88,7 @@ def submit(
     spec: Annotated[
         Path,
         typer.Argument(
+            metavar="SPEC.json",
             exists=True,
             dir_okay=False,
             help='The workflow as JSON: {"colonyname": ..., "functionspecs": ...}, or only '
