@@ -1,0 +1,588 @@
+"""Audit: every event must trace to a signed command that allowed it (DESIGN.md, point 7).
+
+Each event stores the signed command envelope it came from, byte for byte, and the id of
+whoever caused it (``actor``). :class:`Auditor` re-checks the events in log order,
+offline, with nothing but the log and two ids it must be told (:class:`Authorities`):
+
+1. the message is one of this system's events, on its aggregate's subject, with the next
+   version of that aggregate; with the seal key, sealed by the engine;
+2. its command's signature verifies (:func:`colonies_es.crypto.authenticate`), its signer
+   is the event's actor, its op can cause this kind of event (ProcessClosed ← close,
+   ExecutionTimedOut ← expire_exec, ...), it was signed within ``max_skew`` seconds of
+   the event, and no other event used it (except ``remove_all_*``, one command for many);
+3. the signer was allowed to cause it at that point of the log: the server owner creates
+   and removes colonies; the colony owner manages executors and users and removes all
+   graphs; a member submits, cancels and removes; an APPROVED executor of the right type
+   claims a ready process; only the executor holding a process closes, fails, sets output,
+   adds children, attributes and logs; only the engine times processes out;
+4. the event says what the command asked: the same process, output, errors, spec...
+
+The state needed for 3 (who is a member, who holds which process) is rebuilt from the
+events themselves. With the seal key, what the engine sealed is applied (it is what the
+engine saw); without it, only the events that verify.
+
+:func:`export_lines` writes a history as JSON lines, for archiving or other tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import DataError
+
+from colonies_es import crypto
+from colonies_es import protocol as p
+from colonies_es.domain import (
+    AttributeAdded,
+    AuditedAggregate,
+    AuditedEvent,
+    BadRequest,
+    ChildAdded,
+    Colony,
+    ColonyCreated,
+    ColonyRemoved,
+    ExecutionTimedOut,
+    ExecutorAdded,
+    ExecutorApproved,
+    ExecutorRejected,
+    ExecutorRemoved,
+    GraphCancelled,
+    GraphRemoved,
+    GraphRerun,
+    GraphSubmitted,
+    LogAdded,
+    OutputSet,
+    ProcessAssigned,
+    ProcessClosed,
+    ProcessFailed,
+    ProcessGraph,
+    UserAdded,
+    WaitTimedOut,
+    colony_aggregate_id,
+)
+from colonies_es.domain.submission import plan_workflow
+from colonies_es.models import Workflow, to_dict
+from colonies_es.projections.history import (
+    PREFIX,
+    EventSource,
+    HistoryEntry,
+    Untrusted,
+    colony_subject,
+    connect,
+    decode_event,
+    event_fields,
+    graph_subject,
+    open_log,
+    sealer_of,
+    topic_of,
+)
+from colonies_es.states import ExecutorState, ProcessState
+from colonies_es.store.codec import decode_envelope
+from colonies_es.store.jetstream import StoredMessage
+
+__all__ = [
+    "CAUSES",
+    "AuditReport",
+    "Auditor",
+    "Authorities",
+    "Finding",
+    "export_lines",
+    "verify",
+    "verify_graph",
+    "verify_log",
+]
+
+CAUSES: dict[type[AuditedEvent], frozenset[str]] = {
+    ColonyCreated: frozenset({"add_colony"}),
+    ColonyRemoved: frozenset({"del_colony"}),
+    ExecutorAdded: frozenset({"add_executor"}),
+    ExecutorApproved: frozenset({"approve_executor"}),
+    ExecutorRejected: frozenset({"reject_executor"}),
+    ExecutorRemoved: frozenset({"remove_executor"}),
+    UserAdded: frozenset({"add_user"}),
+    GraphSubmitted: frozenset({"submit_workflow", "submit_func_spec"}),
+    GraphRerun: frozenset({"rerun_processgraph"}),
+    ProcessAssigned: frozenset({"claim"}),
+    OutputSet: frozenset({"set_output"}),
+    ProcessClosed: frozenset({"close"}),
+    ProcessFailed: frozenset({"fail"}),
+    ExecutionTimedOut: frozenset({"expire_exec"}),
+    WaitTimedOut: frozenset({"expire_wait"}),
+    GraphCancelled: frozenset({"cancel_processgraph"}),
+    ChildAdded: frozenset({"add_child"}),
+    AttributeAdded: frozenset({"add_attribute"}),
+    LogAdded: frozenset({"add_log"}),
+    GraphRemoved: frozenset(
+        {
+            "remove_processgraph",
+            "remove_process",
+            "remove_all_processgraphs",
+            "remove_all_processes",
+        }
+    ),
+}
+"""The ops whose commands may cause each kind of event."""
+
+_ONE_COMMAND_MANY_EVENTS = frozenset({"remove_all_processgraphs", "remove_all_processes"})
+_READ_CHUNK = 10_000
+
+
+class _Expiry(msgspec.Struct):
+    """The body of the engine's own ``expire_exec`` / ``expire_wait`` commands."""
+
+    processid: str
+    attempt: int = 0
+    kind: str = ""
+
+
+_BODIES: dict[str, type[msgspec.Struct]] = {**p.OPS, "expire_exec": _Expiry, "expire_wait": _Expiry}
+
+
+@dataclass(frozen=True)
+class Authorities:
+    """The ids the log cannot tell by itself: the engine's (it signs timeouts) and the
+    server owner's (it creates colonies). Events that need one left empty fail."""
+
+    engine_id: str = ""
+    server_id: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A message that does not verify, and why."""
+
+    sequence: int
+    subject: str
+    kind: str
+    """The event's class name; empty when it is not an event."""
+    reasons: list[str]
+
+
+@dataclass
+class AuditReport:
+    """What an audit checked and found."""
+
+    checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every message checked verifies (and there was one)."""
+        return self.checked > 0 and not self.findings
+
+
+class Auditor:
+    """Checks messages of the event log, given in log order, and keeps the state
+    (colonies and graphs) they build; :attr:`report` says what was found."""
+
+    def __init__(
+        self,
+        authorities: Authorities,
+        seal_key: str | bytes | None = None,
+        max_skew: float = crypto.DEFAULT_MAX_SKEW,
+        prefix: str = PREFIX,
+    ) -> None:
+        self.authorities = authorities
+        self.sealer = sealer_of(seal_key)
+        self.max_skew = max_skew
+        self.events_prefix = f"{prefix}.ev."
+        self.aggregates: dict[str, AuditedAggregate] = {}
+        self.report = AuditReport()
+        self._commands: dict[str, int] = {}  # payload digest -> sequence of its first event
+
+    def check(self, message: StoredMessage) -> None:
+        """Checks one message (the next in log order) and applies it when trusted."""
+        self.report.checked += 1
+        reasons = self._seal_reasons(message)
+        try:
+            event = decode_event(message)
+        except Untrusted as untrusted:
+            self._found(message, "", [*reasons, untrusted.reason])
+            return
+        before = self.aggregates.get(event.originator_id)
+        expected = 1 if before is None else before.version + 1
+        fits = event.originator_version == expected
+        if message.subject != self.events_prefix + event.originator_id:
+            reasons.append(f"it belongs to {event.originator_id}, not to its subject")
+        if not fits:
+            reasons.append(f"it is version {event.originator_version}, expected {expected}")
+        command = self._command(message.sequence, event, reasons)
+        if command is not None and fits:
+            reasons.extend(self._allowed(event, command, before))
+        trusted = _UNSEALED not in reasons if self.sealer is not None else not reasons
+        if trusted and fits:
+            try:
+                self.aggregates[event.originator_id] = event.mutate(before)
+            except Exception as error:
+                reasons.append(f"it does not apply to its aggregate: {error}")
+        if reasons:
+            self._found(message, type(event).__name__, reasons)
+
+    def _found(self, message: StoredMessage, kind: str, reasons: list[str]) -> None:
+        self.report.findings.append(Finding(message.sequence, message.subject, kind, reasons))
+
+    def _seal_reasons(self, message: StoredMessage) -> list[str]:
+        if self.sealer is None:
+            return []
+        try:
+            envelope = decode_envelope(message.payload)
+        except DataError:
+            return []  # decode_event says what it is
+        return [] if self.sealer.is_sealed(message.subject, envelope) else [_UNSEALED]
+
+    # --- the command -------------------------------------------------------------------------
+
+    def _command(
+        self, sequence: int, event: AuditedEvent, reasons: list[str]
+    ) -> tuple[crypto.VerifiedCommand, msgspec.Struct] | None:
+        """The event's verified command and its body, or None (saying why in ``reasons``)."""
+        if not event.command:
+            reasons.append("it has no signed command")
+            return None
+        try:
+            command = crypto.authenticate(
+                msgspec.json.decode(event.command, type=crypto.SignedCommand)
+            )
+        except msgspec.DecodeError:
+            reasons.append("its command is not a signed command envelope")
+            return None
+        except crypto.CommandRejected as rejected:
+            reasons.append(f"its command does not verify: {rejected.message}")
+            return None
+        if command.caller_id != event.actor:
+            reasons.append(f"its command is signed by {command.caller_id}, not by its actor")
+        kind = type(event).__name__
+        if command.op not in CAUSES.get(type(event), frozenset()):
+            reasons.append(f"its command is {command.op!r}, which cannot cause {kind}")
+            return None
+        drift = abs(command.ts - event.timestamp.timestamp())
+        if drift > self.max_skew:
+            reasons.append(f"its command was signed {drift:.0f} s away from the event's time")
+        first = self._commands.setdefault(command.payload_digest, sequence)
+        if first != sequence and command.op not in _ONE_COMMAND_MANY_EVENTS:
+            reasons.append(f"its command was already used by the event at sequence {first}")
+        try:
+            body = command.decode_body(_BODIES[command.op])
+        except crypto.CommandRejected as rejected:
+            reasons.append(f"its command's body is malformed: {rejected.message}")
+            return None
+        return command, body
+
+    # --- who may cause what ------------------------------------------------------------------
+
+    def _allowed(
+        self,
+        event: AuditedEvent,
+        command: tuple[crypto.VerifiedCommand, msgspec.Struct],
+        before: AuditedAggregate | None,
+    ) -> list[str]:
+        signer, body = command[0].caller_id, command[1]
+        colonyname = event.originator_id.split(".")[0]
+        colony = self.aggregates.get(colony_aggregate_id(colonyname))
+        if not isinstance(colony, Colony):
+            colony = None
+        if isinstance(event, ColonyCreated | ColonyRemoved | ExecutorAdded | UserAdded):
+            return self._colony_rules(event, signer, body, colony)
+        if isinstance(event, ExecutorApproved | ExecutorRejected | ExecutorRemoved):
+            assert isinstance(body, p.ExecutorRef)
+            return [
+                *_owner(colony, signer),
+                *_same("colony", colonyname, body.colonyname),
+                *_same("executor name", event.executorname, body.executorname),
+            ]
+        if isinstance(event, GraphSubmitted):
+            return [*_member(colony, signer), *_submitted(event, signer, body)]
+        if not isinstance(before, ProcessGraph):
+            return [f"its process graph {event.originator_id} does not exist"]
+        return self._graph_rules(event, signer, body, before, colony)
+
+    def _colony_rules(
+        self, event: AuditedEvent, signer: str, body: msgspec.Struct, colony: Colony | None
+    ) -> list[str]:
+        if isinstance(event, ColonyCreated) and isinstance(body, p.AddColony):
+            return [
+                *self._authority(signer, self.authorities.server_id, "server owner", "--server-id"),
+                *_same("colony name", event.name, body.colony.name),
+                *_same("owner id", event.ownerid, body.colony.colonyid),
+            ]
+        if isinstance(event, ColonyRemoved) and isinstance(body, p.ColonyRef):
+            return [
+                *self._authority(signer, self.authorities.server_id, "server owner", "--server-id"),
+                *_same("colony", event.originator_id.split(".")[0], body.colonyname),
+            ]
+        if isinstance(event, ExecutorAdded) and isinstance(body, p.AddExecutor):
+            executor = body.executor
+            return [
+                *_owner(colony, signer),
+                *_same("colony", event.originator_id.split(".")[0], executor.colonyname),
+                *_same("executor id", event.executorid, executor.executorid),
+                *_same("executor name", event.executorname, executor.executorname),
+                *_same("executor type", event.executortype, executor.executortype),
+            ]
+        if isinstance(event, UserAdded) and isinstance(body, p.AddUser):
+            return [
+                *_owner(colony, signer),
+                *_same("user id", event.userid, body.userid),
+                *_same("user name", event.username, body.username),
+            ]
+        return ["its command does not fit the event"]
+
+    def _graph_rules(
+        self,
+        event: AuditedEvent,
+        signer: str,
+        body: msgspec.Struct,
+        graph: ProcessGraph,
+        colony: Colony | None,
+    ) -> list[str]:
+        if isinstance(event, ProcessAssigned) and isinstance(body, p.Claim):
+            return [
+                *_same("colony", graph.colonyname, body.colonyname),
+                *_claim(event, graph, colony),
+            ]
+        if isinstance(event, ExecutionTimedOut | WaitTimedOut) and isinstance(body, _Expiry):
+            engine = self._authority(signer, self.authorities.engine_id, "engine", "--engine-id")
+            return [
+                *engine,
+                *_same("process", event.processid, body.processid),
+                *_expired(event, graph, body),
+            ]
+        if isinstance(event, GraphCancelled) and isinstance(body, p.GraphRef):
+            return [
+                *_member(colony, signer),
+                *_same("graph", graph.processgraphid, body.processgraphid),
+            ]
+        if isinstance(event, GraphRemoved):
+            return _removed(graph, signer, body, colony)
+        if isinstance(event, ChildAdded) and isinstance(body, p.AddChild):
+            return [
+                *_holder(graph, event.parentprocessid, signer),
+                *_same("graph", graph.processgraphid, body.processgraphid),
+                *_same("parent", event.parentprocessid, body.parentprocessid),
+                *_same(
+                    "child spec",
+                    event.child["spec"],
+                    {**to_dict(body.spec), "nodename": body.nodename},
+                ),
+            ]
+        processid = getattr(event, "processid", "")
+        held = [
+            *_holder(graph, processid, signer),
+            *_same("process", processid, getattr(body, "processid", None)),
+        ]
+        if isinstance(event, OutputSet) and isinstance(body, p.SetOutput):
+            return [*held, *_same("output", event.output, list(body.out))]
+        if isinstance(event, ProcessClosed) and isinstance(body, p.CloseProcess):
+            kept = graph.nodes[processid].output if processid in graph.nodes else []
+            return [*held, *_same("output", event.output, list(body.out) or kept)]
+        if isinstance(event, ProcessFailed) and isinstance(body, p.FailProcess):
+            return [*held, *_same("errors", event.errors, list(body.errors))]
+        if isinstance(event, AttributeAdded) and isinstance(body, p.AddAttribute):
+            return [*held, *_same("attribute", [event.key, event.value], [body.key, body.value])]
+        if isinstance(event, LogAdded) and isinstance(body, p.AddLog):
+            return [*held, *_same("message", event.message, body.message)]
+        return ["its command does not fit the event"]
+
+    @staticmethod
+    def _authority(signer: str, expected: str, role: str, option: str) -> list[str]:
+        if not expected:
+            return [f"only the {role} may cause it, and its id is not given ({option})"]
+        return [] if signer == expected else [f"signed by {signer}, not by the {role}"]
+
+
+_UNSEALED = "not sealed by the engine (no valid seal): appended to the stream by someone else"
+
+
+def _same(what: str, recorded: Any, commanded: Any) -> list[str]:
+    if recorded == commanded:
+        return []
+    return [f"its {what} {_short(recorded)} is not the command's {_short(commanded)}"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _member(colony: Colony | None, signer: str) -> list[str]:
+    if colony is None:
+        return ["its colony does not exist"]
+    return [] if colony.is_member(signer) else [f"{signer} is not a member of colony {colony.name}"]
+
+
+def _owner(colony: Colony | None, signer: str) -> list[str]:
+    if colony is None:
+        return ["its colony does not exist"]
+    return (
+        [] if signer == colony.ownerid else [f"{signer} is not the owner of colony {colony.name}"]
+    )
+
+
+def _holder(graph: ProcessGraph, processid: str, signer: str) -> list[str]:
+    """Why ``signer`` did not hold the process (RUNNING, assigned to it), if it did not."""
+    node = graph.nodes.get(processid)
+    if node is None:
+        return [f"process {processid} is not in the graph"]
+    if node.is_running and node.assignedexecutorid == signer:
+        return []
+    state = ProcessState(node.state).name
+    holder = node.assignedexecutorid or "nobody"
+    return [f"{signer} did not hold {node.nodename} (it was {state}, assigned to {holder})"]
+
+
+def _claim(event: ProcessAssigned, graph: ProcessGraph, colony: Colony | None) -> list[str]:
+    executor = colony.executors.get(event.actor) if colony is not None else None
+    if executor is None or executor.state != ExecutorState.APPROVED:
+        return [f"{event.actor} is not an APPROVED executor of the colony"]
+    node = graph.nodes.get(event.processid)
+    if node is None:
+        return [f"process {event.processid} is not in the graph"]
+    reasons = _same("executor", event.executorid, event.actor)
+    if not node.may_run_on(executor.executortype, executor.executorname):
+        reasons.append(f"executor {executor.executorname} may not run {node.nodename}")
+    if not node.is_ready or node.attempt != event.attempt:
+        reasons.append(f"{node.nodename} was not ready for attempt {event.attempt}")
+    return reasons
+
+
+def _expired(
+    event: ExecutionTimedOut | WaitTimedOut, graph: ProcessGraph, body: _Expiry
+) -> list[str]:
+    node = graph.nodes.get(event.processid)
+    if node is None:
+        return [f"process {event.processid} is not in the graph"]
+    if isinstance(event, ExecutionTimedOut):
+        running = node.is_running and node.attempt == event.attempt == body.attempt
+        return [] if running else [f"attempt {event.attempt} of {node.nodename} was not running"]
+    return [] if node.is_ready else [f"{node.nodename} was not waiting for an executor"]
+
+
+def _removed(
+    graph: ProcessGraph, signer: str, body: msgspec.Struct, colony: Colony | None
+) -> list[str]:
+    if isinstance(body, p.GraphRef):
+        return [
+            *_member(colony, signer),
+            *_same("graph", graph.processgraphid, body.processgraphid),
+        ]
+    if isinstance(body, p.ProcessRef):
+        inside = body.processid in graph.nodes
+        return [
+            *_member(colony, signer),
+            *([] if inside else [f"process {body.processid} is not in the graph"]),
+        ]
+    if isinstance(body, p.RemoveAll):
+        return [*_owner(colony, signer), *_same("colony", graph.colonyname, body.colonyname)]
+    return ["its command does not fit the event"]
+
+
+def _submitted(event: GraphSubmitted, signer: str, body: msgspec.Struct) -> list[str]:
+    """Whether the graph recorded is the one the command submitted (or re-ran)."""
+    reasons = _same("initiator", event.initiatorid, signer)
+    if isinstance(event, GraphRerun) and isinstance(body, p.GraphRef):
+        return [*reasons, *_same("origin", event.origin, body.processgraphid)]
+    if isinstance(body, p.SubmitWorkflow):
+        workflow = body.workflow
+    elif isinstance(body, p.SubmitFuncSpec):
+        workflow = Workflow(colonyname=body.spec.conditions.colonyname, functionspecs=[body.spec])
+    else:
+        return [*reasons, "its command does not fit the event"]
+    try:
+        planned = plan_workflow(event.colonyname, workflow)
+    except BadRequest as refused:
+        return [*reasons, f"its command's workflow is not valid: {refused.message}"]
+    names = {process["processid"]: process["spec"].get("nodename") for process in event.processes}
+    recorded = [(pr["spec"], [names.get(pid) for pid in pr["parents"]]) for pr in event.processes]
+    commanded = [(node.spec, node.parents) for node in planned]
+    if recorded != commanded:
+        reasons.append("its processes are not the ones the command submitted")
+    return reasons
+
+
+# --- reading and verifying ---------------------------------------------------------------
+
+
+async def verify_graph(
+    source: EventSource,
+    processgraphid: str,
+    authorities: Authorities,
+    colonyname: str | None = None,
+    seal_key: str | bytes | None = None,
+) -> AuditReport:
+    """Audits a graph's events, and its colony's (they say who was allowed what)."""
+    reader = open_log(source)
+    messages = await reader.read_subject(graph_subject(colonyname, processgraphid))
+    if messages:
+        colony = colonyname or messages[0].subject.split(".")[-3]
+        messages += await reader.read_subject(colony_subject(colony))
+    auditor = Auditor(authorities, seal_key)
+    for message in sorted(messages, key=lambda m: m.sequence):
+        auditor.check(message)
+    return auditor.report
+
+
+async def verify_log(
+    source: EventSource, authorities: Authorities, seal_key: str | bytes | None = None
+) -> AuditReport:
+    """Audits every event of the log."""
+    reader = open_log(source)
+    auditor = Auditor(authorities, seal_key)
+    start = 1
+    while True:
+        messages = await reader.read_range(f"{PREFIX}.ev.>", start, _READ_CHUNK)
+        for message in messages:
+            auditor.check(message)
+        if len(messages) < _READ_CHUNK:
+            return auditor.report
+        start = messages[-1].sequence + 1
+
+
+def verify(
+    url: str,
+    authorities: Authorities,
+    processgraphid: str | None = None,
+    colonyname: str | None = None,
+    seal_key: str | bytes | None = None,
+) -> AuditReport:
+    """:func:`verify_graph` (or, without ``processgraphid``, :func:`verify_log`) for
+    plain code, on the log at the NATS ``url``."""
+
+    async def audit() -> AuditReport:
+        nc = await connect(url)
+        try:
+            if processgraphid is None:
+                return await verify_log(nc, authorities, seal_key)
+            return await verify_graph(nc, processgraphid, authorities, colonyname, seal_key)
+        finally:
+            await nc.close()
+
+    return asyncio.run(audit())
+
+
+def export_lines(entries: Sequence[HistoryEntry]) -> Iterator[str]:
+    """A history as JSON lines, one event each: sequence, time, subject, topic, kind,
+    version, actor, actorname, summary, the event's ``fields`` and its signed
+    ``command`` envelope (base64 of its exact bytes)."""
+    for entry in entries:
+        fields = event_fields(entry.event)
+        command = fields.pop("command")
+        yield json.dumps(
+            {
+                "sequence": entry.sequence,
+                "time": entry.time.isoformat(),
+                "subject": entry.subject,
+                "topic": topic_of(entry.event),
+                "kind": entry.kind,
+                "version": entry.version,
+                "actor": entry.actor,
+                "actorname": entry.actorname,
+                "summary": entry.summary,
+                "fields": fields,
+                "command": command,
+            }
+        )
