@@ -8,5 +8,6 @@ end, the projector), write the module and add a line here.
 GROUPS: dict[str, str] = {
     "store": "The event store (recorder) against raw nats-py JetStream",
     "crypto": "Signing and checking commands (no server)",
+    "engine": "The engine end to end: throughput and claim latency with 4 executor processes",
 }
 """Group name (also its module under ``benchmarks``) and what it measures."""
