@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -57,11 +55,6 @@ def server(
         )
         raise typer.Exit(2)
     key = engine_prvkey or crypto.new_private_key()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
 
     def started() -> None:
         print(f"colonies engine ready on {nats} (pid {os.getpid()})", flush=True)

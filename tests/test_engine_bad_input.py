@@ -380,15 +380,6 @@ def test_a_command_over_the_nats_payload_limit_fails_clearly_in_the_client(stack
     assert stack.client.list_processes(colony.name, 10, -1, colony.owner_prvkey) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a command under max_payload whose event is over it (the event holds the spec "
-        "and the signed command, ~2.3x the argument) is answered 503 'the event log is "
-        "unavailable': the store's DataError is a PersistenceError, which ColoniesApp.handle "
-        "maps to 503, though the log is fine and a retry can never succeed"
-    ),
-)
 def test_a_command_whose_event_would_be_too_large_is_a_client_error(stack: Stack) -> None:
     colony = stack.new_colony()
     big = simple_spec(colony, args=["x" * 600_000])

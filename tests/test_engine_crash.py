@@ -66,15 +66,6 @@ def assert_clean_history(log: EventLog, colony: ColonyHandle) -> None:
 # --- stopping ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: SIGTERM takes ~10 s: cli/server.py turns SIGTERM into KeyboardInterrupt raised "
-        "out of the event loop, so asyncio.run cancels every task, nats-py's reader and "
-        "flusher included; Engine.run's shielded service.stop() then drains and flushes on a "
-        "connection nobody serves, until nats-py's 10 s flush timeout (FlushTimeoutError)"
-    ),
-)
 def test_the_engine_stops_promptly_on_sigterm(fresh_stack: Stack) -> None:
     stack = fresh_stack
     stack.new_colony()  # the engine has served a command

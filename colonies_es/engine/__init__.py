@@ -4,6 +4,7 @@ service around them (:mod:`.service`) and how to run it (:func:`run_engine`)."""
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +58,18 @@ def run_engine(
         )
 
     engine = Engine(nats_url, make_app)
-    anyio.run(engine.run, started)
+
+    async def until_signalled() -> None:
+        # SIGINT/SIGTERM cancel the engine's task from inside the loop, so its shutdown
+        # (service stop, connection drain) runs while nats-py's own tasks still work.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(engine.run, started)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tasks.cancel_scope.cancel()
+                    return
+
+    anyio.run(until_signalled)
 
 
 __all__ = ["ColoniesApp", "Engine", "app_env", "run_engine"]

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Notification, PersistenceError
+from eventsourcing.persistence import DataError, IntegrityError, Notification, PersistenceError
 from eventsourcing.utils import EnvType
 
 from colonies_es import crypto
@@ -227,6 +227,8 @@ class ColoniesApp(Application[str]):
             return Outcome(error.status, message=error.message)
         except IntegrityError:
             return Outcome(409, message="a concurrent change won: try again")
+        except DataError as error:  # the event cannot be stored as it is: never retry
+            return Outcome(400, message=f"{op} refused: {error}")
         except PersistenceError as error:
             log.error("%s: the event log failed: %s", op, error)
             return Outcome(503, message=f"the event log is unavailable: {error}")

@@ -53,7 +53,7 @@ from colonies_es.protocol import (
 
 log = logging.getLogger("colonies.engine")
 
-RECONCILE_INTERVAL = 3.0
+RECONCILE_INTERVAL = 1.0
 """Seconds between checks that every ready process has a work ticket waiting."""
 
 _ticket_encoder = msgspec.json.Encoder()
@@ -95,7 +95,8 @@ class Engine:
                         with anyio.CancelScope(shield=True):
                             await service.stop()
             finally:
-                await anyio.to_thread.run_sync(self.app.close)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.app.close)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self.nc.drain()
