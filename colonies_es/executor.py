@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
@@ -341,9 +342,9 @@ class PythonExecutor:
         with the errors (:func:`execute_function`). Logs one line with the outcome.
 
         Never raises for what the function does or how the report goes: while no engine
-        answers the report is retried for up to :data:`REPORT_PATIENCE` seconds; a refused
-        close (other than for a process no longer ours, 403) becomes a fail with the
-        engine's reason.
+        answers, the report is retried for up to :data:`REPORT_PATIENCE` seconds; a close
+        that is refused (or too large to send) becomes a fail with the reason, unless the
+        process is no longer ours (403: timed out or cancelled meanwhile).
         """
         funcname = process.spec.funcname
         ctx: dict[str, Any] = {
@@ -364,27 +365,27 @@ class PythonExecutor:
             duration = time.perf_counter() - started
             with self._lock:
                 self._running.pop(process.processid, None)
-        refusal = None
+        outcome, problem = "SUCCESS", None
         if not errors:
-            refusal = self._deliver(self.client.close, process.processid, output)
-            outcome = "SUCCESS"
-            if refusal is not None and refusal.status != 403:
-                errors = [f"the engine refused the output of {funcname}: {refusal}"]
-            elif refusal is not None:
-                outcome = f"SUCCESS, but the engine refused the close: {refusal}"
+            problem = self._deliver(self.client.close, process.processid, output)
+            if isinstance(problem, ColoniesError) and problem.status != 403:
+                errors = [f"the output of {funcname} was refused: {problem}"]
         if errors:
-            refusal = self._deliver(self.client.fail, process.processid, errors)
             outcome = f"FAILED: {errors[0]}"
-            if refusal is not None:
-                outcome = f"FAILED ({errors[0]}), but the engine refused the fail: {refusal}"
-        level = logging.INFO if refusal is None else logging.WARNING
-        log.log(level, "%s %s %s in %.3f s", funcname, process.processid[:8], outcome, duration)
+            problem = self._deliver(self.client.fail, process.processid, errors)
+        line = f"{funcname} {process.processid[:8]} {outcome} in {duration:.3f} s"
+        if problem is None:
+            log.info("%s", line)
+        else:
+            log.warning("%s, but the engine did not take the report: %s", line, problem)
 
     def _deliver(
         self, report: Callable[[str, list[Any], str], None], processid: str, data: list[Any]
-    ) -> ColoniesError | None:
-        """Call ``report(processid, data, prvkey)`` until the engine answers or
-        :data:`REPORT_PATIENCE` runs out; return its refusal, None when accepted."""
+    ) -> ColoniesError | ColoniesConnectionError | None:
+        """Call ``report(processid, data, prvkey)``, again while no engine answers, for up
+        to :data:`REPORT_PATIENCE` seconds. None when the engine took it, else why not:
+        its refusal, the last connection error, or a 413 when the report is larger than
+        NATS carries."""
         deadline = time.monotonic() + REPORT_PATIENCE
         pause = BACKOFF_FIRST
         while True:
@@ -394,9 +395,10 @@ class PythonExecutor:
             except ColoniesError as error:
                 return error
             except ColoniesConnectionError as error:
+                if isinstance(error.__cause__, nats.errors.MaxPayloadError):
+                    return ColoniesError(413, f"too large for NATS: {error}")  # no use retrying
                 if time.monotonic() + pause > deadline:
-                    log.error("giving up reporting %s: %s", processid[:8], error)
-                    return ColoniesError(503, str(error))
+                    return error
                 log.warning("cannot report %s yet: %s; retrying", processid[:8], error)
             time.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)

@@ -131,6 +131,18 @@ def ended(stack: Stack, colony: ColonyHandle, process: Process | str) -> Process
     return stack.client.wait(process, WAIT, colony.owner_prvkey)
 
 
+def wait_running(stack: Stack, colony: ColonyHandle, process: Process) -> None:
+    """Return once an executor has taken ``process``."""
+    wait_until(
+        lambda: (
+            stack.client.get_process(process.processid, colony.owner_prvkey).state
+            == ProcessState.RUNNING
+        ),
+        WAIT,
+        f"{process.spec.funcname} runs",
+    )
+
+
 def node(stack: Stack, colony: ColonyHandle, graphid: str, nodename: str) -> Process:
     graph = stack.client.get_processgraph(graphid, colony.owner_prvkey)
     found = stack.client.find_process(nodename, graph.processids, colony.owner_prvkey)
@@ -313,6 +325,15 @@ def test_bad_code_fails_the_process_and_the_executor_goes_on(
     assert succeeded.output == ["ok"]
 
 
+def test_an_output_too_large_for_nats_fails_the_process(stack: Stack, colony: ColonyHandle) -> None:
+    code = "def big(ctx={}):\n    return 'x' * 2_000_000\n"  # NATS carries 1 MB
+    process = stack.client.submit_func_spec(spec(colony, "big", code), colony.owner_prvkey)
+    with running_executor(stack, colony):
+        done = ended(stack, colony, process)
+    assert done.state == ProcessState.FAILED
+    assert done.errors[0].startswith("the output of big was refused: too large for NATS")
+
+
 def test_a_process_without_code_fails_clearly(stack: Stack, colony: ColonyHandle) -> None:
     no_code = func_spec("remote_only", [], colony.name, "python-executor")
     process = stack.client.submit_func_spec(no_code, colony.owner_prvkey)
@@ -358,14 +379,7 @@ def test_stop_lets_a_running_function_finish(stack: Stack, colony: ColonyHandle)
     code = "import time\ndef nap(s, ctx={}):\n    time.sleep(s)\n    return 'rested'\n"
     process = stack.client.submit_func_spec(spec(colony, "nap", code, 1.5), colony.owner_prvkey)
     with running_executor(stack, colony):
-        wait_until(
-            lambda: (
-                stack.client.get_process(process.processid, colony.owner_prvkey).state
-                == ProcessState.RUNNING
-            ),
-            WAIT,
-            "the nap runs",
-        )
+        wait_running(stack, colony, process)
     # The block's end stopped the executor and waited for it: the nap was finished first.
     done = stack.client.get_process(process.processid, colony.owner_prvkey)
     assert done.state == ProcessState.SUCCESS
@@ -383,14 +397,7 @@ def test_a_function_running_past_the_grace_period_is_failed(
     stop = threading.Event()
     thread = threading.Thread(target=executor.run, args=(stop,))
     thread.start()
-    wait_until(
-        lambda: (
-            stack.client.get_process(process.processid, colony.owner_prvkey).state
-            == ProcessState.RUNNING
-        ),
-        WAIT,
-        "the function runs",
-    )
+    wait_running(stack, colony, process)
     stop.set()
     thread.join(0.5 + 0.2 + 2)
     assert not thread.is_alive(), "run() did not return after the grace period"
@@ -479,13 +486,15 @@ def executor_env(stack: Stack, colony: ColonyHandle) -> dict[str, str]:
 def start_command(
     env: dict[str, str], log: Path, *args: str
 ) -> tuple[subprocess.Popen[bytes], CommandOutput]:
+    """`colonies executor start ARGS` as a child process, its output going to ``log``."""
+    return start([sys.executable, "-m", "colonies_es.cli", "executor", "start", *args], env, log)
+
+
+def start(
+    argv: list[str], env: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], CommandOutput]:
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "colonies_es.cli", "executor", "start", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     return process, CommandOutput(log)
 
 
@@ -510,14 +519,7 @@ def test_executor_start_registers_runs_and_stops_on_sigterm(
         process = stack.client.submit_func_spec(
             func_spec("slow_add", [2, 3], colony.name, "cli-python", code=code), colony.owner_prvkey
         )
-        wait_until(
-            lambda: (
-                stack.client.get_process(process.processid, colony.owner_prvkey).state
-                == ProcessState.RUNNING
-            ),
-            WAIT,
-            "slow_add runs",
-        )
+        wait_running(stack, colony, process)
         command.send_signal(signal.SIGTERM)  # while slow_add runs: it may finish first
         assert command.wait(WAIT) == 0, output.text()
     finally:
@@ -529,6 +531,33 @@ def test_executor_start_registers_runs_and_stops_on_sigterm(
     text = output.text()
     assert f"slow_add {process.processid[:8]} SUCCESS in " in text
     assert "Traceback" not in text
+
+
+def test_the_example_executor_runs_work_and_stops_on_ctrl_c(
+    stack: Stack, colony: ColonyHandle, tmp_path: Path
+) -> None:
+    example = Path(__file__).parent.parent / "examples" / "python_executor.py"
+    command, output = start(
+        [sys.executable, str(example), "example-python"],
+        executor_env(stack, colony),
+        tmp_path / "example.log",
+    )
+    try:
+        output.wait_for("(example-python) registered in colony", command)
+        process = stack.client.submit_func_spec(
+            func_spec("twice", [21], colony.name, "example-python", code=TWICE),
+            colony.owner_prvkey,
+        )
+        assert ended(stack, colony, process).output == [42]
+        command.send_signal(signal.SIGINT)
+        assert command.wait(WAIT) == 0, output.text()
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert "Traceback" not in output.text()
+
+
+TWICE = "def twice(x, ctx={}):\n    return 2 * x\n"
 
 
 def test_executor_start_without_the_colony_key_says_so_in_one_line(
@@ -657,14 +686,7 @@ def test_a_result_finished_during_an_outage_is_delivered_afterwards(
         spec(colony, "held", code, str(release)), colony.owner_prvkey
     )
     with running_executor(stack, colony):
-        wait_until(
-            lambda: (
-                stack.client.get_process(process.processid, colony.owner_prvkey).state
-                == ProcessState.RUNNING
-            ),
-            WAIT,
-            "held runs",
-        )
+        wait_running(stack, colony, process)
         stack.engine.stop()  # no engine answers the close now
         release.touch()
         wait_until(lambda: logged(caplog, "cannot report") > 0, WAIT, "the close is retried")
