@@ -1,120 +1,74 @@
-"""`colonies dev`: run a local development stack until Ctrl-C.
+"""`colonies dev`: run the local development stack until Ctrl-C; `--demo` runs the seed's
+workflows on it and stops.
 
-For now the stack is one component, the embedded nats-server with JetStream. The engine, the
-projector and an executor will join it: each is started in order, added to a
-:class:`DevStack`, watched while the stack runs, and stopped in reverse order (so nothing
-loses its server while shutting down).
+The stack, started in this order and stopped in reverse (so nothing loses its server
+while shutting down): the embedded nats-server with JetStream, the engine (`colonies
+server`), the projector (`colonies projector`, the read model), then the python executors
+(`colonies executor start`). Between the engine and
+the executors, the development colony and its member user are made (first run) or found
+again (later runs; :mod:`.dev_colony`). Everything lives in the data directory: the
+JetStream store, ``keys.json``, ``dev.env`` and one log file per process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
+import fcntl
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Protocol
+from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
+from rich.console import Console
 
+from colonies_es.cli.dev_colony import (
+    DevKeys,
+    dev_environment,
+    ensure_colony,
+    executor_environment,
+    export_lines,
+    load_or_create_keys,
+    write_env_file,
+)
+from colonies_es.cli.dev_demo import run_demo
+from colonies_es.cli.dev_stack import (
+    ChildProcess,
+    DevError,
+    DevStack,
+    NatsComponent,
+    StopSignals,
+    wait_until,
+)
+from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.embedded import NatsServer, NatsServerError
+from colonies_es.states import ExecutorState
 
 CONFIG_FILE_NAME = "nats.conf"
+DEFAULT_PORT = 4222
+DEFAULT_DATA_DIR = Path(".colonies")
+EXECUTOR_TYPE = "python-executor"
+ENGINE_READY_LINE = "colonies engine ready"
+PROJECTOR_READY_LINE = "colonies projector ready"
+START_TIMEOUT = 30.0  # seconds each process may take to start (the engine replays the log)
+EXECUTOR_OPTIONS = ("--poll-timeout", "1", "--grace", "5")
+"""Stop within about a second when idle, give running functions 5 s to finish."""
 _CHECK_INTERVAL = 0.1  # seconds between two health checks while running
 
 
-class DevError(Exception):
-    """`colonies dev` cannot go on; the message is one line for the user."""
-
-
-class Component(Protocol):
-    """A running part of the development stack."""
-
-    name: str
-
-    def failure(self) -> str | None:
-        """Return None while the component works, else one line saying what went wrong."""
-        ...
-
-    def stop(self) -> None:
-        """Stop the component; must be bounded in time and safe to call twice."""
-        ...
-
-
-class NatsComponent:
-    """The embedded nats-server as a stack component."""
-
-    name = "nats-server"
-
-    def __init__(self, server: NatsServer) -> None:
-        self.server = server
-
-    def failure(self) -> str | None:
-        """Report the server's unexpected exit, pointing at its log."""
-        if self.server.running:
-            return None
-        return f"nats-server exited unexpectedly (see {self.server.log_file})"
-
-    def stop(self) -> None:
-        """Stop the server gracefully (SIGTERM, then SIGKILL after a timeout)."""
-        self.server.stop()
-
-
-class DevStack:
-    """Started components, stopped in reverse order of start."""
-
-    def __init__(self) -> None:
-        self.components: list[Component] = []
-
-    def add(self, component: Component) -> None:
-        """Record a component that has started (it will be watched and stopped)."""
-        self.components.append(component)
-
-    def failure(self) -> str | None:
-        """Return the first failure reported by a component, or None if all work."""
-        for component in self.components:
-            problem = component.failure()
-            if problem is not None:
-                return problem
-        return None
-
-    def stop(self) -> None:
-        """Stop every component, last started first; a failing stop does not stop the rest."""
-        while self.components:
-            component = self.components.pop()
-            try:
-                component.stop()
-            except Exception as error:
-                _error(f"stopping {component.name} failed: {error}")
-
-
-class _StopSignals:
-    """Turns SIGINT and SIGTERM into a flag instead of an exception, while active.
-
-    A flag (rather than KeyboardInterrupt) lets shutdown run in order, even if the signal
-    arrives in the middle of something, and repeats of the signal do not interrupt it.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopSignals]:
-        """Install the handlers for the duration of the block, then restore the old ones."""
-        previous = {
-            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+@dataclass(frozen=True)
+class DevOptions:
+    port: int
+    host: str
+    data_dir: Path
+    executors: int
+    demo: bool
 
 
 @contextlib.contextmanager
@@ -140,7 +94,22 @@ def _config_path(config: Path | None) -> Iterator[Path]:
         yield packaged
 
 
-def _echo(message: str) -> None:
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/dev.lock``: two stacks on one store would corrupt it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "dev.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DevError(
+                f"another `colonies dev` is running on {data_dir}; stop it or use another "
+                "--data-dir"
+            ) from None
+        yield
+
+
+def _echo(message: str = "") -> None:
     typer.echo(message)
     sys.stdout.flush()
 
@@ -149,52 +118,200 @@ def _error(message: str) -> None:
     typer.echo(f"colonies dev: error: {message}", err=True)
 
 
-def _run(port: int, host: str, data_dir: Path, config: Path | None) -> int:
-    """Start the stack, run until a stop signal or a failure, stop it; return the exit code."""
-    stack = DevStack()
-    problem: str | None = None
-    with _StopSignals().installed() as signals, _config_path(config) as config_file:
-        try:
-            data_dir = data_dir.resolve()
-            server = NatsServer(
-                data_dir / "jetstream",
-                port=port,
-                config=config_file,
-                host=host,
-                log_file=data_dir / "nats-server.log",
-            )
-            server.start()
-            stack.add(NatsComponent(server))
-            _echo(f"nats-server listening on {server.url}")
-            _echo(f"  data dir: {data_dir}")
-            _echo(f"  log file: {server.log_file}")
-            _echo(f"  config:   {config_file}")
-            _echo("colonies dev is running; press Ctrl-C to stop.")
+def _start_nats(stack: DevStack, options: DevOptions, config_file: Path) -> NatsServer:
+    server = NatsServer(
+        options.data_dir / "jetstream",
+        port=options.port,
+        config=config_file,
+        host=options.host,
+        log_file=options.data_dir / "nats-server.log",
+    )
+    server.start()
+    stack.add(NatsComponent(server))
+    _echo(f"nats-server listening on {server.url}")
+    _echo(f"  data dir: {options.data_dir}")
+    _echo(f"  log file: {server.log_file}")
+    _echo(f"  config:   {config_file}")
+    return server
 
-            while signals.received is None and problem is None:
-                time.sleep(_CHECK_INTERVAL)
+
+def _start_service(
+    stack: DevStack, service: ChildProcess, ready_line: str, stop: StopSignals
+) -> bool:
+    """Start `colonies server` or `colonies projector`; True once it logged
+    ``ready_line``, False if interrupted first."""
+    service.start()
+    stack.add(service)
+    ready: bool = wait_until(
+        lambda: ready_line in service.output(),
+        watch=[service],
+        timeout=START_TIMEOUT,
+        interrupted=stop,
+        what=f"the {service.name} was",
+        logs=str(service.log_file),
+    )
+    if ready:
+        _echo(f"{service.name} ready (log: {service.log_file})")
+    return ready
+
+
+def _engine(keys: DevKeys, environment: dict[str, str], data_dir: Path) -> ChildProcess:
+    """`colonies server`: it reads the server id and the seal key from the environment."""
+    return ChildProcess(
+        "engine",
+        ["server", "--nats", environment["COLONIES_NATS_URL"]],
+        {**environment, "COLONIES_ENGINE_PRVKEY": keys.engine_prvkey},
+        data_dir / "engine.log",
+    )
+
+
+def _projector(environment: dict[str, str], data_dir: Path) -> ChildProcess:
+    """`colonies projector`: the read model in ``<data_dir>/view.sqlite``; it reads the
+    seal key from the environment."""
+    return ChildProcess(
+        "projector",
+        ["projector", "--nats", environment["COLONIES_NATS_URL"]],
+        {**environment, "COLONIES_PROJECTOR_DB": str(data_dir / "view.sqlite")},
+        data_dir / "projector.log",
+    )
+
+
+def _approved_executors(client: Colonies, keys: DevKeys) -> set[str]:
+    """Ids of the colony's approved executors of the dev type."""
+    return {
+        executor.executorid
+        for executor in client.list_executors(keys.colonyname, keys.colony_prvkey)
+        if executor.executortype == EXECUTOR_TYPE and executor.state == ExecutorState.APPROVED
+    }
+
+
+def _start_executors(
+    stack: DevStack,
+    client: Colonies,
+    keys: DevKeys,
+    environment: dict[str, str],
+    options: DevOptions,
+    stop: StopSignals,
+) -> bool:
+    """Start the python executors; True once all of them registered, False if
+    interrupted. An executor is ready when the colony lists one more approved executor."""
+    if options.executors == 0:
+        return True
+    known = _approved_executors(client, keys)
+    started = []
+    for number in range(1, options.executors + 1):
+        suffix = "" if number == 1 else f"-{number}"
+        executor = ChildProcess(
+            f"executor{suffix}",
+            ["executor", "start", "--type", EXECUTOR_TYPE, *EXECUTOR_OPTIONS],
+            executor_environment(environment),
+            options.data_dir / f"executor{suffix}.log",
+        )
+        executor.start()
+        stack.add(executor)
+        started.append(executor)
+    logs = ", ".join(str(executor.log_file) for executor in started)
+    ready: bool = wait_until(
+        lambda: len(_approved_executors(client, keys) - known) >= len(started),
+        watch=started,
+        timeout=START_TIMEOUT,
+        interrupted=stop,
+        what="the executors were",
+        logs=logs,
+    )
+    if ready:
+        count = f"{len(started)} executors" if len(started) > 1 else "executor"
+        _echo(f"{count} ({EXECUTOR_TYPE}) ready (log: {logs})")
+    return ready
+
+
+def _serve(
+    stack: DevStack, environment: dict[str, str], env_file: Path, stop: StopSignals
+) -> str | None:
+    """Print how to use the stack and run until a stop signal (None) or a failure."""
+    _echo()
+    for line in export_lines(environment):
+        _echo(line)
+    _echo()
+    _echo(f"source {env_file}")
+    _echo("colonies dev is running; press Ctrl-C to stop.")
+    problem: str | None = None
+    while not stop() and problem is None:
+        time.sleep(_CHECK_INTERVAL)
+        problem = stack.failure()
+    return problem
+
+
+def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
+    """Start the stack, serve it (or run the demo), stop it; return the exit code.
+
+    Every child process gets the stack's ``COLONIES_*`` variables (executors without the
+    server side's secrets), so each can be told apart by its ``COLONIES_NATS_URL``.
+    """
+    stack = DevStack(_error)
+    problem: str | None = None
+    demo_right = True
+    try:
+        keys = load_or_create_keys(options.data_dir)
+        server = _start_nats(stack, options, config_file)
+        host = urlsplit(server.url).hostname or "127.0.0.1"
+        environment = dev_environment(keys, host, server.port, server.url)
+        engine = _engine(keys, environment, options.data_dir)
+        if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
+            return 0
+        projector = _projector(environment, options.data_dir)
+        if not _start_service(stack, projector, PROJECTOR_READY_LINE, stop):
+            return 0
+        with Colonies(host, server.port) as client:
+            state = "created" if ensure_colony(client, keys) else "found"
+            _echo(f"colony {keys.colonyname} {state} (keys: {options.data_dir / 'keys.json'})")
+            env_file = write_env_file(options.data_dir, environment)
+            if not _start_executors(stack, client, keys, environment, options, stop):
+                return 0
+            if options.demo:
+                _echo()
+                demo_right = run_demo(client, keys.colonyname, keys.user_prvkey, Console())
                 problem = stack.failure()
-        finally:
-            stack.stop()
+        if not options.demo:
+            problem = _serve(stack, environment, env_file, stop)
+    finally:
+        stack.stop()
     if problem is not None:
         _error(problem)
         return 1
     _echo("colonies dev stopped.")
+    if not demo_right:
+        _error("the demo gave a wrong result")
+        return 1
     return 0
 
 
 def dev(
     port: Annotated[
-        int,
-        typer.Option(help="Port for NATS clients (engine, executors, CLI); 0 picks a free one."),
-    ] = 4222,
-    data_dir: Annotated[
-        Path,
+        int | None,
         typer.Option(
-            help="Folder for all local state: JetStream data in <data-dir>/jetstream, "
-            "the server log in <data-dir>/nats-server.log.",
+            help="Port for NATS clients (engine, executors, CLI); 0 picks a free one. "
+            f"Default: {DEFAULT_PORT}, or a free one with --demo.",
+            show_default=False,
         ),
-    ] = Path(".colonies"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for all local state: JetStream data, keys.json, dev.env and the "
+            f"logs. Default: {DEFAULT_DATA_DIR}, or a temporary folder with --demo.",
+            show_default=False,
+        ),
+    ] = None,
+    executors: Annotated[int, typer.Option(min=0, help="Python executors to run (0: none).")] = 1,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Run the tutorial's workflows on a fresh stack, print their results and "
+            "tables, then stop (exit 1 if a result is wrong).",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -207,18 +324,38 @@ def dev(
         str, typer.Option(help="Address to listen on (0.0.0.0 for all interfaces).")
     ] = "127.0.0.1",
 ) -> None:
-    """Run a local development stack: an embedded nats-server with JetStream.
+    """Run a local development stack: nats-server with JetStream, the engine, the
+    projector and a python executor, with a colony `dev` and its keys (written to
+    <data-dir>/dev.env).
 
-    Prints where it listens, then runs until Ctrl-C or SIGTERM, stops and exits 0.
-    Startup errors (busy port, no nats-server binary, bad config) print one line, exit 1.
+    Runs until Ctrl-C or SIGTERM, stops everything in reverse order and exits 0. A later
+    run on the same data directory keeps the colony, the keys and the log. Startup errors
+    (busy port, engine failing, ...) print one line and exit 1.
     """
+    if demo and executors == 0:
+        _error("--demo needs an executor (--executors 1 or more)")
+        raise typer.Exit(2)
+    port = port if port is not None else 0 if demo else DEFAULT_PORT
+    temporary = demo and data_dir is None  # the demo's own folder, removed if all went well
+    if temporary:
+        directory = Path(tempfile.mkdtemp(prefix="colonies-demo-"))
+    else:
+        directory = (data_dir or DEFAULT_DATA_DIR).resolve()
+    code = 1
     try:
-        code = _run(port, host, data_dir, config)
-    except (DevError, NatsServerError) as error:
+        with (
+            StopSignals().installed() as stop,
+            _config_path(config) as config_file,
+            _exclusive(directory),
+        ):
+            code = _run(DevOptions(port, host, directory, executors, demo), stop, config_file)
+    except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:
         _error(error.summary if isinstance(error, NatsServerError) else str(error))
-        raise typer.Exit(1) from None
     except OSError as error:
         _error(str(error))
-        raise typer.Exit(1) from None
+    if temporary and code == 0:
+        shutil.rmtree(directory, ignore_errors=True)
+    elif temporary:
+        _error(f"its logs are kept in {directory}")
     if code != 0:
         raise typer.Exit(code)
