@@ -176,7 +176,8 @@ class Projector:
             return
         if aggregate is None:
             return
-        self._keep(aggregate)
+        if current is None:
+            self._keep(aggregate)
         if isinstance(aggregate, Colony):
             self._dirty_colonies.add(aggregate.id)
         elif isinstance(aggregate, ProcessGraph):
@@ -184,17 +185,16 @@ class Projector:
 
     def _decode(self, stored: StoredEvent) -> AuditedEvent | None:
         """The domain event, or None (with a warning) for a foreign or unreadable one."""
-        where = f"{stored.originator_id} v{stored.originator_version}"
         if not stored.topic.startswith(DOMAIN_TOPIC_PREFIX):
-            log.warning("skipping event %s of foreign topic %r", where, stored.topic)
+            _skip(stored, f"foreign topic {stored.topic!r}")
             return None
         try:
             event = self.mapper.to_domain_event(stored)
         except Exception as error:
-            log.warning("skipping event %s: cannot decode it: %r", where, error)
+            _skip(stored, f"cannot decode it: {error!r}")
             return None
         if not isinstance(event, AuditedEvent):
-            log.warning("skipping event %s: %r is not a domain event", where, stored.topic)
+            _skip(stored, f"{stored.topic!r} is not a domain event")
             return None
         return event
 
@@ -203,7 +203,7 @@ class Projector:
     ) -> None:
         if isinstance(event, AuditedCreationEvent):
             self._created[graph.processgraphid] = (sequence, 0)
-        new = list(itertools.islice(graph.nodes, known, None))
+        new = list(itertools.islice(graph.nodes, known, None)) if len(graph.nodes) > known else []
         for index, processid in enumerate(new, start=known):
             self._created[processid] = (sequence, index)
         touched = _named_processes(event)
@@ -375,28 +375,31 @@ class Projector:
 def _next_state(current: AuditedAggregate | None, event: AuditedEvent) -> AuditedAggregate | None:
     """``current`` after ``event``; None (with a warning, ``current`` unchanged) when the
     event does not apply to it. Raises ``_Spoiled`` when ``apply`` failed halfway."""
-    where = f"{event.originator_id} v{event.originator_version}"
     if isinstance(event, AuditedCreationEvent):
         if current is not None:
-            log.warning("skipping event %s: it creates an aggregate that exists", where)
+            _skip(event, "it creates an aggregate that exists")
             return None
         if not event.originator_topic.startswith(DOMAIN_TOPIC_PREFIX):
-            log.warning("skipping event %s: foreign aggregate %r", where, event.originator_topic)
+            _skip(event, f"foreign aggregate {event.originator_topic!r}")
             return None
     elif current is None:
-        log.warning("skipping event %s: no such aggregate", where)
+        _skip(event, "no such aggregate")
         return None
     try:
         aggregate = event.mutate(current)
     except (OriginatorIDError, OriginatorVersionError) as error:
-        log.warning("skipping event %s: it does not follow the aggregate: %r", where, error)
+        _skip(event, f"it does not follow the aggregate: {error!r}")
         return None
     except Exception as error:
-        log.warning("skipping event %s: it does not apply: %r", where, error)
+        _skip(event, f"it does not apply: {error!r}")
         if current is None:
             return None
         raise _Spoiled from error
     return aggregate if isinstance(aggregate, AuditedAggregate) else None
+
+
+def _skip(event: StoredEvent | AuditedEvent, reason: str) -> None:
+    log.warning("skipping event %s v%d: %s", event.originator_id, event.originator_version, reason)
 
 
 def _replay(events: Iterable[AuditedEvent]) -> AuditedAggregate | None:

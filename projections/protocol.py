@@ -68,8 +68,7 @@ class Query(msgspec.Struct, kw_only=True):
 
 
 class GetGraph(Query, kw_only=True):
-    """A process graph with its processes: ``{"graph": ProcessGraph, "processes":
-    [Process, ...]}``, processes in the graph's order (``processids``)."""
+    """A process graph with its processes: :class:`GraphView`."""
 
     processgraphid: str
 
@@ -119,10 +118,15 @@ class GetPosition(Query, kw_only=True):
 
 
 class GraphView(msgspec.Struct, kw_only=True):
-    """The reply to ``get_graph``: the graph and its processes, in the graph's order."""
+    """The reply to ``get_graph``: ``{"graph": ProcessGraph, "processes": [Process, ...],
+    "executornames": {processid: name}}``."""
 
     graph: ProcessGraph
     processes: list[Process]
+    """In the graph's order (``processids``)."""
+    executornames: dict[str, str] = msgspec.field(default_factory=dict)
+    """The name of each assigned executor (``Process`` has only its id), by process id,
+    as the executor was named when it took the process."""
 
 
 class Position(msgspec.Struct, kw_only=True):

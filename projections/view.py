@@ -221,7 +221,18 @@ def open_view(path: str | Path) -> ReadModel:
 
 
 class ReadModel(SQLiteTrackingRecorder):
-    """The view's tables and its position, written together."""
+    """The view's tables and its position, written together.
+
+    Queries read through the datastore's pool (:meth:`snapshot`, :meth:`position`, any
+    thread). The projector's :meth:`write` and :meth:`version_of` go through a
+    connection of their own, to be used from one thread at a time: in WAL mode with
+    ``synchronous=NORMAL`` (a commit is not flushed to disk at once; a power cut may
+    lose the last commits, rows and position together, and they are projected again).
+    """
+
+    def __init__(self, datastore: SQLiteDatastore) -> None:
+        super().__init__(datastore)
+        self._writer: sqlite3.Connection | None = None
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_TABLES]
@@ -230,34 +241,58 @@ class ReadModel(SQLiteTrackingRecorder):
         """The stream sequence of the last event the view reflects (0: none yet)."""
         return self.max_tracking_id(UPSTREAM) or 0
 
+    def _connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            writer = sqlite3.connect(
+                self.datastore.pool.db_name,
+                isolation_level=None,  # transactions are begun explicitly
+                check_same_thread=False,
+                timeout=30,
+            )
+            writer.execute("PRAGMA journal_mode=WAL")
+            writer.execute("PRAGMA synchronous=NORMAL")
+            self._writer = writer
+        return self._writer
+
     def write(self, changes: ViewChanges, position: int) -> None:
         """Stores ``changes`` and moves the position to ``position``, atomically.
 
         Raises eventsourcing's ``IntegrityError`` (and writes nothing) when ``position``
         is not after the stored one: a batch is never applied twice.
         """
-        with self.datastore.transaction(commit=True) as c:
-            c.executemany(_UPSERT_COLONY, changes.colonies)
-            for colonyname, (executors, users) in changes.members.items():
-                c.execute("DELETE FROM executors WHERE colonyname = ?", (colonyname,))
-                c.execute("DELETE FROM users WHERE colonyname = ?", (colonyname,))
-                c.executemany("INSERT INTO executors VALUES (?, ?, ?, ?, ?)", executors)
-                c.executemany("INSERT INTO users VALUES (?, ?, ?)", users)
-            c.executemany(_UPSERT_GRAPH, changes.graphs)
-            c.executemany(_UPSERT_PROCESS, changes.processes)
-            c.executemany(
-                "UPDATE processes SET assignedexecutorname = ? WHERE processid = ?",
-                changes.assignees,
-            )
-            c.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", changes.logs)
-            c.executemany(_UPSERT_VERSION, changes.versions)
-            self._insert_tracking(c, Tracking(UPSTREAM, position))
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._write(SQLiteCursor(connection.cursor()), changes, position)
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+    def _write(self, c: SQLiteCursor, changes: ViewChanges, position: int) -> None:
+        c.executemany(_UPSERT_COLONY, changes.colonies)
+        for colonyname, (executors, users) in changes.members.items():
+            c.execute("DELETE FROM executors WHERE colonyname = ?", (colonyname,))
+            c.execute("DELETE FROM users WHERE colonyname = ?", (colonyname,))
+            c.executemany("INSERT INTO executors VALUES (?, ?, ?, ?, ?)", executors)
+            c.executemany("INSERT INTO users VALUES (?, ?, ?)", users)
+        c.executemany(_UPSERT_GRAPH, changes.graphs)
+        c.executemany(_UPSERT_PROCESS, changes.processes)
+        c.executemany(
+            "UPDATE processes SET assignedexecutorname = ? WHERE processid = ?",
+            changes.assignees,
+        )
+        c.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", changes.logs)
+        c.executemany(_UPSERT_VERSION, changes.versions)
+        self._insert_tracking(c, Tracking(UPSTREAM, position))
 
     def version_of(self, aggregate_id: str) -> int | None:
         """The version of the aggregate the rows reflect, or None if it has no rows."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT version FROM aggregates WHERE aggregate_id = ?", (aggregate_id,))
-            row = c.fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT version FROM aggregates WHERE aggregate_id = ?", (aggregate_id,))
+            .fetchone()
+        )
         return None if row is None else int(row[0])
 
     @contextlib.contextmanager
@@ -268,6 +303,9 @@ class ReadModel(SQLiteTrackingRecorder):
 
     def close(self) -> None:
         """Closes the database connections."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.datastore.close()
 
 
@@ -330,7 +368,8 @@ class Snapshot:
             raise QueryRefused(403, f"the caller is not a member of colony {colonyname!r}")
 
     def get_graph(self, processgraphid: str, caller: str) -> bytes:
-        """``{"graph": ProcessGraph, "processes": [Process, ...]}`` (graph order)."""
+        """``GraphView``: the graph, its processes in graph order, the names of their
+        assigned executors."""
         graph = self._one(
             "SELECT colonyname, model FROM graphs WHERE processgraphid = ? AND removed = 0",
             processgraphid,
@@ -339,11 +378,16 @@ class Snapshot:
             raise QueryRefused(404, f"process graph {processgraphid} does not exist")
         self.check_member(graph["colonyname"], caller)
         processes = self._all(
-            "SELECT model FROM processes WHERE processgraphid = ? ORDER BY position",
+            "SELECT model, processid, assignedexecutorname FROM processes "
+            "WHERE processgraphid = ? ORDER BY position",
             processgraphid,
         )
-        model: bytes = graph["model"]
-        return b'{"graph":%b,"processes":%b}' % (model, _json_array(r[0] for r in processes))
+        names = {row[1]: row[2] for row in processes if row[2]}
+        return b'{"graph":%b,"processes":%b,"executornames":%b}' % (
+            graph["model"],
+            _json_array(row[0] for row in processes),
+            encode(names),
+        )
 
     def list_graphs(self, colonyname: str, state: int | None, count: int, caller: str) -> bytes:
         """The colony's graphs (in ``state``, if given), newest first, at most ``count``."""
