@@ -335,6 +335,6 @@ def test_deleting_the_view_and_replaying_the_log_gives_identical_answers(
         assert answers(clients) == before
         assert dump_view(projector.db) == rows_before
     finally:
-        for client in clients.values():
-            client.close()
+        for member in clients.values():
+            member.close()
     assert len(before[colony.name]["graphs"]) == 3

@@ -3,7 +3,9 @@ holds no tests).
 
 - :class:`ProjectorProcess`: ``colonies projector`` as a child process, as in production,
   so tests can SIGTERM or SIGKILL it; ready when it prints its ready line.
-- :func:`dump_view`: every row of a view's SQLite file, in key order, to compare views.
+- :func:`dump_view`: every row of a view's SQLite file, in key order, to compare views;
+  :func:`wait_for_view`: wait until one projector's file has committed a position (with
+  several projectors in the queue group, a query may be answered by any of them).
 - :func:`answers`: every query's answer for some colonies, to compare what clients see.
 - :func:`run_seed`: the seed workflow (gen_nums -> sum_nums), run by the test as the
   executor: assign, log, close.
@@ -24,6 +26,7 @@ from typing import Any
 from colonies_es import Workflow, func_spec
 from colonies_es.models import ProcessGraph
 from colonies_es.projections.queries import QueryClient
+from colonies_es.projections.view import UPSTREAM
 from colonies_es.states import ProcessState
 from tests.stack import ColonyHandle, Stack
 
@@ -119,6 +122,27 @@ def dump_view(db: Path, tables: Iterable[str] = VIEW_TABLES) -> dict[str, list[t
         }
     finally:
         connection.close()
+
+
+def view_position(db: Path) -> int:
+    """The position stored in a view's file (0 before its first commit)."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = connection.execute(
+            "SELECT notification_id FROM tracking WHERE application_name = ?", (UPSTREAM,)
+        ).fetchone()
+    finally:
+        connection.close()
+    return 0 if row is None else int(row[0])
+
+
+def wait_for_view(db: Path, position: int, timeout: float = 60.0) -> None:
+    """Waits until the view in ``db`` has committed ``position``."""
+    deadline = time.monotonic() + timeout
+    while view_position(db) < position:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{db.name} at {view_position(db)}, not {position}")
+        time.sleep(0.02)
 
 
 def delete_view(db: Path) -> None:
