@@ -375,6 +375,20 @@ def nap(seconds, ctx={}):
     assert max(starts) < min(ends), "the four naps did not all overlap"
 
 
+def test_eight_workers_share_one_client_and_run_each_process_once(
+    stack: Stack, colony: ColonyHandle
+) -> None:
+    code = "def square(x, ctx={}):\n    return x * x, ctx['process'].processid\n"
+    processes = [
+        stack.client.submit_func_spec(spec(colony, "square", code, n), colony.owner_prvkey)
+        for n in range(100)
+    ]
+    with running_executor(stack, colony, concurrency=8):
+        done = [ended(stack, colony, p) for p in processes]
+    assert [p.output for p in done] == [[n * n, p.processid] for n, p in enumerate(processes)]
+    assert all(p.retries == 0 for p in done)
+
+
 def test_stop_lets_a_running_function_finish(stack: Stack, colony: ColonyHandle) -> None:
     code = "import time\ndef nap(s, ctx={}):\n    time.sleep(s)\n    return 'rested'\n"
     process = stack.client.submit_func_spec(spec(colony, "nap", code, 1.5), colony.owner_prvkey)
