@@ -8,6 +8,7 @@ from colonies_es.cli import executor_admin
 from colonies_es.cli.colony import colony_app
 from colonies_es.cli.dev import dev
 from colonies_es.cli.executor import executor_app
+from colonies_es.cli.history import audit_app, debug, history_command, replay, rerun
 from colonies_es.cli.key import key_app
 from colonies_es.cli.process import process_app
 from colonies_es.cli.projector import projector
@@ -26,6 +27,11 @@ app.add_typer(key_app, name="key")
 executor_app.command(name="ls")(executor_admin.list_executors)
 executor_app.command(name="approve")(executor_admin.approve)
 executor_app.command(name="reject")(executor_admin.reject)
+workflow_app.command(name="history")(history_command)
+workflow_app.command(name="replay")(replay)
+workflow_app.command(name="debug")(debug)
+workflow_app.command(name="rerun")(rerun)
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()

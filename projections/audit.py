@@ -217,9 +217,12 @@ class Auditor:
         trusted = _UNSEALED not in reasons if self.sealer is not None else not reasons
         if trusted and fits:
             try:
-                self.aggregates[event.originator_id] = event.mutate(before)
+                after = event.mutate(before)
             except Exception as error:
                 reasons.append(f"it does not apply to its aggregate: {error}")
+            else:
+                if after is not None:
+                    self.aggregates[event.originator_id] = after
         if reasons:
             self._found(message, type(event).__name__, reasons)
 

@@ -6,24 +6,28 @@
   failure cancelled.
 - :func:`run_locally`: runs a process's recorded function here, with its recorded input,
   as the python executor does (:func:`~colonies_es.executor.execute_function`).
-
-Re-running the whole graph from its failure is the engine's (``rerun_processgraph``:
-``Colonies.rerun_processgraph``, ``colonies workflow rerun ID --from-failed``).
+- :func:`rerun_from_failed`: asks the engine for a new graph that re-runs the failed one
+  from its failure (op ``rerun_processgraph``; succeeded nodes keep their outputs).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from colonies_es.client import Colonies
+from colonies_es.client.connection import Connection
 from colonies_es.crypto import Crypto
 from colonies_es.domain import AttemptFailed, ProcessGraph, ProcessNode, WaitTimedOut
 from colonies_es.executor import FunctionFailed, execute_function
-from colonies_es.models import func_spec
+from colonies_es.models import ProcessGraph as ProcessGraphModel
+from colonies_es.models import decode, func_spec
 from colonies_es.projections.history import HistoryEntry
 from colonies_es.projections.timetravel import Nth, state_at
+from colonies_es.protocol import GraphRef
 from colonies_es.states import ProcessState
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "LocalRun",
     "ProcessReport",
     "debug_report",
+    "rerun_from_failed",
     "run_locally",
 ]
 
@@ -213,3 +218,27 @@ def run_locally(
         output=output,
         errors=errors,
     )
+
+
+def rerun_from_failed(client: Colonies, processgraphid: str, prvkey: str) -> ProcessGraphModel:
+    """A new graph re-running the FAILED graph ``processgraphid`` from its failure (the
+    engine's ``rerun_processgraph``; the new graph records the old one as ``origin``).
+
+    Uses the client's method when it has one, else sends the signed command itself.
+    Raises ColoniesError as the engine refuses (409 unless the graph FAILED) and
+    ColoniesConnectionError when no engine answers.
+    """
+    method = getattr(client, "rerun_processgraph", None)
+    if method is not None:
+        graph: ProcessGraphModel = method(processgraphid, prvkey)
+        return graph
+
+    async def send() -> bytes:
+        connection = Connection([url.strip() for url in client.url.split(",")], timeout=10.0)
+        try:
+            body = GraphRef(processgraphid=processgraphid)
+            return await connection.command("rerun_processgraph", body, prvkey)
+        finally:
+            await connection.close()
+
+    return decode(asyncio.run(send()), ProcessGraphModel)

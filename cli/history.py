@@ -1,0 +1,483 @@
+"""`colonies workflow history|replay|debug|rerun` and `colonies audit verify|export`.
+
+History, time travel, debugging and audit read the event log straight from JetStream
+(:mod:`colonies_es.projections.history`): whoever can read the ``COLONIES`` stream can
+read them, without a key and without the engine. ``--seal-key``
+(COLONIES_EVENT_SEAL_KEY, the engine's) makes them read only what the engine sealed.
+``workflow rerun`` is a command to the engine, signed with your key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import nats.errors
+import typer
+from eventsourcing.persistence import OperationalError
+from rich.console import RenderableType
+from rich.text import Text
+
+from colonies_es.cli.common import (
+    MEMBER,
+    ColonyOption,
+    HostOption,
+    JsonOption,
+    PortOption,
+    PrvkeyOption,
+    Server,
+    TlsOption,
+    connected,
+    details,
+    fail,
+    one_id,
+    print_json,
+    render,
+    require_key,
+    short,
+    state_text,
+    table,
+    when,
+)
+from colonies_es.cli.workflow import GraphDetails, GraphIdArgument, GraphIdOption, _show
+from colonies_es.projections.audit import AuditReport, Authorities, export_lines, verify
+from colonies_es.projections.debug import (
+    LocalRun,
+    ProcessReport,
+    debug_report,
+    rerun_from_failed,
+    run_locally,
+)
+from colonies_es.projections.history import HistoryEntry, history, sealer_of
+from colonies_es.projections.timetravel import (
+    GraphState,
+    Nth,
+    ReplayError,
+    graph_state,
+    parse_moment,
+    replay_steps,
+    upto,
+)
+
+__all__ = ["audit_app", "debug", "history_command", "replay", "rerun"]
+
+audit_app = typer.Typer(
+    help="Audit the event log: check every event against the signed command it came from.",
+    no_args_is_help=True,
+)
+
+SealKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--seal-key",
+        envvar="COLONIES_EVENT_SEAL_KEY",
+        help="The log's seal key (hex), as the engine has it: read only what the engine "
+        "sealed (anything else on the stream was not written by the engine).",
+        show_default=False,
+    ),
+]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def history_command(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    json_output: JsonOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    seal_key: SealKeyOption = None,
+) -> None:
+    """Show everything that happened to a workflow, one event per line.
+
+    Each line: the event's number in the workflow (#), its stream sequence, its time
+    (UTC), who caused it and what happened. --json adds each event's fields.
+
+    Reads the log straight from JetStream: anyone who can read the stream can read it.
+    """
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    if json_output:
+        print_json([entry.to_json() for entry in entries])
+        return
+    rows = table("#", "SEQ", "TIME (UTC)", "ACTOR", "WHAT")
+    for number, entry in enumerate(entries, start=1):
+        rows.add_row(str(number), str(entry.sequence), _time(entry), _actor(entry), entry.summary)
+    render(rows)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def replay(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="When: a stream sequence (1234), an ISO time (2026-01-31T12:00:00Z; UTC "
+            "without an offset) or #N, after the workflow's N-th event. Default: its last.",
+            show_default=False,
+        ),
+    ] = None,
+    step: Annotated[
+        bool,
+        typer.Option("--step", help="Show the state after each event, up to --at."),
+    ] = False,
+    json_output: JsonOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    seal_key: SealKeyOption = None,
+) -> None:
+    """Show a workflow as it was at a moment of its history (time travel).
+
+    The state is rebuilt from the workflow's own events up to --at, and shown as
+    `workflow get` shows it: the graph, then its processes.
+
+    With --step, every event up to that moment: its history line, then the state
+    after it. --json prints the state (a list of states with --step).
+    """
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    try:
+        moment = parse_moment(at) if at is not None else None
+    except ValueError as error:
+        fail(str(error), status=2)
+    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    names = {entry.actor: entry.actorname for entry in entries if entry.actorname}
+    try:
+        chosen = upto(entries, moment if moment is not None else Nth(len(entries)))
+        states = _states(chosen, every=step)
+    except ReplayError as error:
+        fail(str(error))
+    shown = []
+    for number, (entry, state) in enumerate(states, start=len(chosen) - len(states) + 1):
+        details_ = GraphDetails(processgraph=state.processgraph, processes=state.processes)
+        if json_output:
+            shown.append({**_position(number, entry), **msgspec.structs.asdict(details_)})
+            continue
+        line = f"#{number}  {entry.sequence}  {_time(entry)}  {_actor(entry)}: {entry.summary}"
+        render(Text(line, style="bold"))
+        _show(details_, names, json_output=False)
+    if json_output:
+        print_json(shown if step else shown[0])
+
+
+def _states(entries: list[HistoryEntry], every: bool) -> list[tuple[HistoryEntry, GraphState]]:
+    """The state after the last of ``entries`` (after each of them if ``every``)."""
+    if every:
+        return [(entry, graph_state(graph)) for entry, graph in replay_steps(entries)]
+    *_, (entry, graph) = replay_steps(entries)
+    return [(entry, graph_state(graph))]
+
+
+def _position(number: int, entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "event": number,
+        "sequence": entry.sequence,
+        "time": entry.time.isoformat(),
+        "summary": entry.summary,
+    }
+
+
+# --------------------------------------------------------------------------- debug
+
+
+def debug(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    rerun: Annotated[
+        str | None,
+        typer.Option(
+            "--rerun",
+            metavar="NODENAME",
+            help="Run this process's recorded function here, with its recorded input, and "
+            "show what it returns or raises (the code sees no colonies client).",
+            show_default=False,
+        ),
+    ] = None,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    seal_key: SealKeyOption = None,
+) -> None:
+    """Show what went wrong in a workflow, or run one of its functions again here.
+
+    For each failed process: every attempt (executor, times, errors and traceback),
+    its input, the paths from the roots to it and what its failure cancelled; then the
+    processes that needed retries.
+
+    With --rerun NODENAME, run that function locally instead; exit status 1 if it raises.
+    """
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    if rerun is not None:
+        try:
+            result = run_locally(entries, rerun)
+        except (LookupError, ValueError) as error:
+            fail(str(error))
+        _show_run(result)
+        if not result.succeeded:
+            raise typer.Exit(1)
+        return
+    report = debug_report(entries)
+    status = state_text(report.state)
+    if not report.failed and not report.retried:
+        render(Text.assemble(f"Nothing failed in workflow {report.processgraphid}: it is ", status))
+        return
+    render(
+        Text.assemble(
+            f"Workflow {report.processgraphid} is ",
+            status,
+            f": {len(report.failed)} failed, {len(report.retried)} retried",
+        )
+    )
+    for process in report.failed:
+        render(Text(f"\nFAILED: {process.nodename}", style="bold red"), *_process_report(process))
+    for process in report.retried:
+        render(Text(f"\nRetried: {process.nodename}", style="bold"), *_process_report(process))
+
+
+def _process_report(process: ProcessReport) -> list[RenderableType]:
+    rows: list[tuple[str, RenderableType]] = [
+        ("Process", process.processid),
+        ("Function", process.funcname),
+        ("State", state_text(process.state)),
+        ("Input", short(process.input, 200)),
+        *(("Path", " → ".join(path)) for path in process.paths),
+    ]
+    if process.failure is not None:
+        rows.append(("Failed at", f"#{process.failure.sequence}: {process.failure.summary}"))
+    if process.cancelled:
+        rows.append(("Cancelled", ", ".join(process.cancelled)))
+    attempts = table("ATTEMPT", "EXECUTOR", "STARTED", "ENDED", "OUTCOME", "ERROR")
+    tracebacks: list[RenderableType] = []
+    for attempt in process.attempts:
+        attempts.add_row(
+            str(attempt.attempt),
+            attempt.executorname or short(attempt.executorid, 13),
+            when(attempt.starttime),
+            when(attempt.endtime),
+            attempt.outcome,
+            short(attempt.errors[0], 80) if attempt.errors else "",
+        )
+        for more in attempt.errors[1:]:
+            tracebacks.append(Text(f"attempt {attempt.attempt}:\n{more.rstrip()}"))
+    if not process.attempts:  # failed before any executor took it
+        tracebacks.extend(Text(error) for error in process.errors)
+    return [details(rows), attempts, *tracebacks]
+
+
+def _show_run(result: LocalRun) -> None:
+    render(Text(f"{result.nodename} ran here with input {short(result.input, 200)}"))
+    if result.succeeded:
+        render(Text(f"returned: {short(result.output, 1000)}", style="green"))
+        return
+    render(Text(f"raised: {result.errors[0]}", style="bold red"))
+    for more in result.errors[1:]:
+        render(Text(more.rstrip()))
+
+
+# --------------------------------------------------------------------------- rerun
+
+
+def rerun(
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
+    from_failed: Annotated[
+        bool,
+        typer.Option(
+            "--from-failed",
+            help="Re-run from the failure: processes that succeeded keep their outputs and "
+            "do not run again; the failed one and everything after it run.",
+        ),
+    ] = False,
+    json_output: JsonOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """Re-run a FAILED workflow as a new one (it records the old one as its origin)."""
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    if not from_failed:
+        fail("say how to re-run: --from-failed (the only way so far)", status=2)
+    key = require_key(prvkey, MEMBER)
+    with connected(Server(host, port, tls)) as client:
+        graph = rerun_from_failed(client, graphid, key)
+    if json_output:
+        print_json(graph)
+    else:
+        render(Text(f"Workflow {graph.processgraphid} re-runs {graphid} from its failure"))
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@audit_app.command(name="verify")
+def audit_verify(
+    processgraphid: Annotated[
+        str | None,
+        typer.Option(
+            "--processgraphid",
+            help="Audit this workflow's events (and its colony's); default: the whole log.",
+            show_default=False,
+        ),
+    ] = None,
+    engine_id: Annotated[
+        str,
+        typer.Option(
+            "--engine-id",
+            envvar="COLONIES_ENGINE_ID",
+            help="The engine's id: the only identity that may time processes out.",
+        ),
+    ] = "",
+    server_id: Annotated[
+        str,
+        typer.Option(
+            "--server-id",
+            envvar="COLONIES_SERVER_ID",
+            help="The server owner's id: the only identity that may add and remove colonies.",
+        ),
+    ] = "",
+    json_output: JsonOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    seal_key: SealKeyOption = None,
+) -> None:
+    """Check that every event traces to a signed command that allowed it.
+
+    For each event: its command's signature verifies, the signer is the event's actor,
+    the command's op causes that kind of event, the signer was allowed to at that point
+    of the log, and the event says what the command asked. With --seal-key, also report
+    what the engine did not seal.
+
+    Lists every event that does not verify (sequence, subject, why); exit status 1 if
+    any does not, or there was nothing to check.
+    """
+    authorities = Authorities(engine_id=engine_id, server_id=server_id)
+    with _reading(Server(host, port, tls)):
+        report = verify(
+            Server(host, port, tls).url, authorities, processgraphid, colony, _key(seal_key)
+        )
+    if json_output:
+        print_json({"checked": report.checked, "ok": report.ok, "findings": report.findings})
+    else:
+        _show_audit(report, processgraphid)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _show_audit(report: AuditReport, processgraphid: str | None) -> None:
+    what = f"workflow {processgraphid}" if processgraphid else "the log"
+    if report.checked == 0:
+        render(Text(f"No events found for {what}", style="bold red"))
+        return
+    for finding in report.findings:
+        kind = finding.kind or "-"
+        render(Text(f"{finding.sequence}  {finding.subject}  {kind}: {'; '.join(finding.reasons)}"))
+    if report.findings:
+        render(
+            Text(
+                f"{len(report.findings)} of {report.checked} events of {what} do not verify",
+                style="bold red",
+            )
+        )
+    else:
+        render(Text(f"All {report.checked} events of {what} verify", style="green"))
+
+
+@audit_app.command(name="export")
+def audit_export(
+    processgraphid: Annotated[
+        str, typer.Option("--processgraphid", help="The workflow to export.", show_default=False)
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write here (default: standard output).",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    seal_key: SealKeyOption = None,
+) -> None:
+    """Write a workflow's history as JSON lines, one event per line.
+
+    Each line: sequence, time, subject, topic, kind, version, actor, actorname, summary,
+    the event's fields, and its signed command envelope (base64 of its exact bytes).
+    """
+    entries = _history(Server(host, port, tls), processgraphid, colony, seal_key)
+    lines = "".join(f"{line}\n" for line in export_lines(entries))
+    if output is None:
+        typer.echo(lines, nl=False)
+        return
+    try:
+        output.write_text(lines)
+    except OSError as error:
+        fail(f"cannot write {output}: {error}")
+    render(Text(f"{len(entries)} events written to {output}"))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _key(seal_key: str | None) -> str | None:
+    """The seal key, checked; exit 2 for one that is not hex of 16 bytes or more."""
+    try:
+        sealer_of(seal_key)
+    except ValueError as error:
+        fail(f"the seal key (--seal-key or COLONIES_EVENT_SEAL_KEY) is not valid: {error}", 2)
+    return seal_key or None
+
+
+@contextlib.contextmanager
+def _reading(server: Server) -> Iterator[None]:
+    """Exit with one line when the log cannot be read."""
+    try:
+        yield
+    except (OSError, TimeoutError, nats.errors.Error) as error:
+        fail(
+            f"cannot read the event log at {server.url}: {error or type(error).__name__}"
+            " — is `colonies dev` running?"
+        )
+    except OperationalError as error:
+        fail(f"cannot read the event log at {server.url}: {error}")
+
+
+def _history(
+    server: Server, processgraphid: str, colony: str | None, seal_key: str | None
+) -> list[HistoryEntry]:
+    """The workflow's history; exit 1 when it has none."""
+    key = _key(seal_key)
+    with _reading(server):
+        entries = history(server.url, processgraphid, colony, key)
+    if not entries:
+        where = f" in colony {colony}" if colony else ""
+        fail(f"process graph {processgraphid} has no events{where}")
+    return entries
+
+
+def _time(entry: HistoryEntry) -> str:
+    return f"{when(entry.time)}.{entry.time.microsecond // 1000:03d}"
+
+
+def _actor(entry: HistoryEntry) -> str:
+    return entry.actorname or short(entry.actor, 13)
