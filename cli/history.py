@@ -256,7 +256,10 @@ def _process_report(process: ProcessReport) -> list[RenderableType]:
         *(("Path", " → ".join(path)) for path in process.paths),
     ]
     if process.failure is not None:
-        rows.append(("Failed at", f"#{process.failure.sequence}: {process.failure.summary}"))
+        failure = process.failure
+        rows.append(
+            ("Failed at", f"#{failure.version} (sequence {failure.sequence}): {failure.summary}")
+        )
     if process.cancelled:
         rows.append(("Cancelled", ", ".join(process.cancelled)))
     attempts = table("ATTEMPT", "EXECUTOR", "STARTED", "ENDED", "OUTCOME", "ERROR")
@@ -476,7 +479,8 @@ def _history(
 
 
 def _time(entry: HistoryEntry) -> str:
-    return f"{when(entry.time)}.{entry.time.microsecond // 1000:03d}"
+    """Its time in UTC, to the microsecond: ``--at`` takes it back as it is."""
+    return entry.time.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _actor(entry: HistoryEntry) -> str:

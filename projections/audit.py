@@ -330,6 +330,7 @@ class Auditor:
         if isinstance(event, UserAdded) and isinstance(body, p.AddUser):
             return [
                 *_owner(colony, signer),
+                *_same("colony", event.originator_id.split(".")[0], body.colonyname),
                 *_same("user id", event.userid, body.userid),
                 *_same("user name", event.username, body.username),
             ]
@@ -346,7 +347,7 @@ class Auditor:
         if isinstance(event, ProcessAssigned) and isinstance(body, p.Claim):
             return [
                 *_same("colony", graph.colonyname, body.colonyname),
-                *_claim(event, graph, colony),
+                *_claim(event, signer, graph, colony),
             ]
         if isinstance(event, ExecutionTimedOut | WaitTimedOut) and isinstance(body, _Expiry):
             engine = self._authority(signer, self.authorities.engine_id, "engine", "--engine-id")
@@ -438,14 +439,16 @@ def _holder(graph: ProcessGraph, processid: str, signer: str) -> list[str]:
     return [f"{signer} did not hold {node.nodename} (it was {state}, assigned to {holder})"]
 
 
-def _claim(event: ProcessAssigned, graph: ProcessGraph, colony: Colony | None) -> list[str]:
-    executor = colony.executors.get(event.actor) if colony is not None else None
+def _claim(
+    event: ProcessAssigned, signer: str, graph: ProcessGraph, colony: Colony | None
+) -> list[str]:
+    executor = colony.executors.get(signer) if colony is not None else None
     if executor is None or executor.state != ExecutorState.APPROVED:
-        return [f"{event.actor} is not an APPROVED executor of the colony"]
+        return [f"{signer} is not an APPROVED executor of the colony"]
     node = graph.nodes.get(event.processid)
     if node is None:
         return [f"process {event.processid} is not in the graph"]
-    reasons = _same("executor", event.executorid, event.actor)
+    reasons = _same("executor", event.executorid, signer)
     if not node.may_run_on(executor.executortype, executor.executorname):
         reasons.append(f"executor {executor.executorname} may not run {node.nodename}")
     if not node.is_ready or node.attempt != event.attempt:

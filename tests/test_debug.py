@@ -62,7 +62,7 @@ def test_the_report_names_the_failed_node_its_attempts_path_and_what_it_cancelle
         "ValueError: no numbers for gen_nums_2",
         'raise ValueError("no numbers for gen_nums_2")',
         "reduce, gen_nums_3, gen_nums_4",
-        f"#{entries[-1].sequence}",
+        f"#{entries[-1].version} (sequence {entries[-1].sequence})",
     ):
         assert text in shown, text
 
