@@ -9,16 +9,21 @@ deletes the view and rebuilds it from the log: everything must read the same.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import nats
 import pytest
 
 from colonies_es import ColoniesError, crypto, func_spec
 from colonies_es.projections.protocol import query_subject
 from colonies_es.projections.queries import QueryClient
+from colonies_es.projections.runner import run_projector
 from colonies_es.states import ProcessState
 from tests.stack import ColonyHandle, Stack
 from tests.test_projector_support import (
@@ -30,6 +35,8 @@ from tests.test_projector_support import (
     dump_view,
     run_seed,
     seed_workflow,
+    view_position,
+    wait_for_view,
 )
 
 
@@ -305,6 +312,39 @@ def test_waiting_for_a_position_not_reached_times_out_with_408(colony: Members) 
 
     assert status_of(lambda: colony.query.wait_for_position(beyond, 0.3)) == 408
     colony.query.stats(colony.name)  # later queries do not wait for it
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+async def test_run_projector_serves_until_cancelled_then_stops_with_everything_committed(
+    stack: Stack, colony: Members, tmp_path: Path
+) -> None:
+    db = tmp_path / "in-process.sqlite"
+    threads_before = {t.name for t in threading.enumerate()}
+    graph = await anyio.to_thread.run_sync(run_seed, stack, colony.handle, colony.executor)
+    end = await anyio.to_thread.run_sync(colony.query.log_position)
+    ready = anyio.Event()
+    resumed_from: list[int] = []
+
+    def started(position: int) -> None:
+        resumed_from.append(position)
+        ready.set()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(
+                lambda: run_projector(stack.nats.url, db, started, seal_key=stack.engine.seal_key)
+            )
+            await ready.wait()
+            await anyio.to_thread.run_sync(wait_for_view, db, end)
+            tasks.cancel_scope.cancel()
+
+    assert resumed_from == [0]
+    assert view_position(db) == end
+    assert graph.processgraphid in str(dump_view(db, ["graphs"]))
+    ours = {"projector-feed", "colonies-store"}  # the follower's and the store's threads
+    assert {t.name for t in threading.enumerate()} & ours <= threads_before
 
 
 # ---------------------------------------------------------------------------- rebuild
