@@ -49,6 +49,7 @@ from eventsourcing.persistence import (
     ApplicationRecorder,
     Mapper,
     Notification,
+    OperationalError,
     StoredEvent,
     Subscription,
 )
@@ -112,7 +113,9 @@ class _Spoiled(Exception):
 class Projector:
     """Applies notifications to in-memory aggregates and commits their rows in batches.
 
-    Not thread-safe: one thread calls :meth:`process` and :meth:`commit`.
+    Not thread-safe: one thread calls :meth:`process` and :meth:`commit`. When
+    :meth:`process` raises (the store or SQLite failed, not a bad event), what it did is
+    unknown: :meth:`commit` then refuses until :meth:`restart`.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Projector:
         self.cache_size = cache_size
         self._position: int = view.position()
         self._pending = 0
+        self._failed = False
         self._colonies: dict[str, Colony] = {}
         self._graphs: OrderedDict[str, ProcessGraph] = OrderedDict()
         self._dirty_colonies: set[str] = set()
@@ -151,6 +155,16 @@ class Projector:
         """Notifications processed since the last commit."""
         return self._pending
 
+    def restart(self) -> None:
+        """Forgets all that is not committed: resumes from the view's position with no
+        aggregate in memory."""
+        self._position = self.view.position()
+        self._pending = 0
+        self._failed = False
+        self._colonies.clear()
+        self._graphs.clear()
+        self._forget_changes()
+
     # ------------------------------------------------------------------ applying
 
     def process(self, notification: Notification) -> None:
@@ -159,6 +173,11 @@ class Projector:
             raise ValueError(
                 f"notification {notification.id} is not after position {self._position}"
             )
+        self._failed = True  # until it is done
+        self._apply(notification)
+        self._failed = False
+
+    def _apply(self, notification: Notification) -> None:
         self._position = notification.id
         self._pending += 1
         event = self._decode(notification)
@@ -292,6 +311,8 @@ class Projector:
     def commit(self) -> int:
         """Writes the rows changed since the last commit with the position, in one
         transaction, and returns the position. Does nothing if nothing was processed."""
+        if self._failed:
+            raise RuntimeError("a notification failed halfway: restart() the projector")
         if self._pending == 0:
             return self._position
         changes = ViewChanges(logs=self._logs)
@@ -301,14 +322,17 @@ class Projector:
             self._graph_rows(self._graphs[graph_id], touched, changes)
         self.view.write(changes, self._position)
         self._pending = 0
+        self._forget_changes()
+        while len(self._graphs) > self.cache_size:
+            self._graphs.popitem(last=False)
+        return self._position
+
+    def _forget_changes(self) -> None:
         self._dirty_colonies.clear()
         self._dirty_graphs.clear()
         self._created.clear()
         self._assignees.clear()
         self._logs = []
-        while len(self._graphs) > self.cache_size:
-            self._graphs.popitem(last=False)
-        return self._position
 
     def _colony_rows(self, colony: Colony, changes: ViewChanges) -> None:
         changes.colonies.append(ColonyRow(colony.name, colony.ownerid, colony.removed))
@@ -447,9 +471,12 @@ class Follower:
     """Feeds a :class:`Projector` from the log's live subscription, committing in batches.
 
     :meth:`run` blocks (call it in a thread of its own) until :meth:`stop` is called
-    from any thread, or raises what went wrong (the store's errors, SQLite's). Either
-    way what was processed is committed first. ``on_commit(position)`` is called after
-    each commit, in the running thread.
+    from any thread, or raises what went wrong: SQLite's errors, the store's lasting
+    ones. When reading the log fails for a while (``OperationalError``: NATS lost while
+    an aggregate is read back), it restarts the projector from its committed position
+    after ``retry_interval`` seconds, as often as needed. What was processed in full is
+    committed before it returns or raises. ``on_commit(position)`` is called after each
+    commit, in the running thread.
     """
 
     def __init__(
@@ -460,20 +487,36 @@ class Follower:
         batch_size: int = 1000,
         batch_interval: float = 0.1,
         on_commit: Callable[[int], None] | None = None,
+        retry_interval: float = 1.0,
     ) -> None:
         self.projector = projector
         self.recorder = recorder
         self.batch_size = batch_size
         self.batch_interval = batch_interval
         self.on_commit = on_commit
+        self.retry_interval = retry_interval
         self._lock = threading.Lock()
-        self._stopped = False
+        self._stopped = threading.Event()
         self._subscription: Subscription[ApplicationRecorder] | None = None
 
     def run(self) -> None:
         """Follows the log from the projector's position until stopped."""
+        while not self._stopped.is_set():
+            try:
+                self._follow()
+            except OperationalError as error:
+                log.warning(
+                    "reading the event log failed (%s): resuming from the committed "
+                    "position in %g s",
+                    error,
+                    self.retry_interval,
+                )
+                self.projector.restart()
+                self._stopped.wait(self.retry_interval)
+
+    def _follow(self) -> None:
         with self._lock:
-            if self._stopped:
+            if self._stopped.is_set():
                 return
             subscription = self.recorder.subscribe(gt=self.projector.position or None)
             self._subscription = subscription
@@ -491,7 +534,7 @@ class Follower:
     def stop(self) -> None:
         """Makes :meth:`run` commit and return (safe from any thread, at any time)."""
         with self._lock:
-            self._stopped = True
+            self._stopped.set()
             if self._subscription is not None:
                 self._subscription.stop()
 
@@ -516,7 +559,7 @@ class Follower:
             self._commit()
             if isinstance(item, BaseException):
                 raise item
-            if not self._stopped:
+            if not self._stopped.is_set():
                 raise RuntimeError("the subscription to the event log ended by itself")
             return
 

@@ -6,8 +6,10 @@ row. Small batches (3 events per commit) make kills land between and inside comm
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
+from colonies_es.client import ColoniesConnectionError
 from colonies_es.projections.queries import QueryClient
 from tests.stack import Stack
 from tests.test_projector_support import (
@@ -58,3 +60,41 @@ def test_a_projector_killed_mid_stream_misses_no_event_and_applies_none_twice(
     assert dump_view(victim.db) == dump_view(fresh.db)
     logs = dump_view(victim.db, ["logs"])["logs"]
     assert len([row for row in logs if row[3] == colony.name]) == len(runs)  # one per run
+
+
+def test_a_projector_rides_out_a_restart_of_the_nats_server(
+    fresh_stack: Stack, tmp_path: Path
+) -> None:
+    stack = fresh_stack
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony, EXECUTOR_TYPE)
+    run_seed(stack, colony, executor)
+    seal_key = stack.engine.seal_key
+    survivor = ProjectorProcess(stack.nats.url, tmp_path / "survivor.sqlite", seal_key, tmp_path)
+    survivor.start()
+    with QueryClient(colony.owner_prvkey, servers=[stack.nats.url]) as query:
+        wait_for_view(survivor.db, query.log_position())
+
+        stack.nats.kill()
+        stack.nats.start()
+        stack.engine.stop()  # the engine needs a restart to find its work stream again
+        stack.engine.start()
+        deadline = time.monotonic() + 30
+        while True:  # until the client has reconnected
+            try:
+                run_seed(stack, colony, executor)
+                break
+            except ColoniesConnectionError:
+                assert time.monotonic() < deadline, "the client did not reconnect"
+                time.sleep(0.1)
+        run_seed(stack, colony, executor)
+        end = query.log_position()
+    wait_for_view(survivor.db, end)
+    fresh = ProjectorProcess(stack.nats.url, tmp_path / "fresh.sqlite", seal_key, tmp_path)
+    fresh.start()
+    wait_for_view(fresh.db, end)
+    survivor.stop()
+    fresh.stop()
+
+    assert survivor.starts == 1
+    assert dump_view(survivor.db) == dump_view(fresh.db)
