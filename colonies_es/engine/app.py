@@ -7,17 +7,24 @@ the resulting event (optimistic concurrency in the JetStream store) and answers 
 notifications). A refused command writes nothing.
 
 The application keeps every aggregate in memory (``_aggregates``), rebuilt from the log
-on start, plus derived indices: which graph holds a process, the ready processes per
-(colony, executor type) and the pending deadlines. Commands run in worker threads; each
-aggregate has a lock so its commands apply one at a time.
+on start (through eventsourcing's recorder), plus derived indices: which graph holds a
+process, the ready processes per (colony, executor type) and the pending deadlines.
+
+Commands run as coroutines on the engine's event loop: the decision is synchronous
+domain code, and the resulting events (eventsourcing's mapper, the store's sealed
+entries) are appended by the store's :class:`~colonies_es.store.jetstream.JetStreamLog`
+bound to the engine's own connection (:meth:`ColoniesApp.attach`), which spares two
+thread hand-offs per command. Each aggregate has a lock so its commands apply one at a
+time; other aggregates' commands go on meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -26,6 +33,7 @@ import msgspec
 from eventsourcing.application import Application
 from eventsourcing.persistence import DataError, IntegrityError, Notification, PersistenceError
 from eventsourcing.utils import EnvType
+from nats.aio.client import Client as NATS
 
 from colonies_es import crypto
 from colonies_es.domain import (
@@ -75,6 +83,9 @@ from colonies_es.protocol import (
     SubmitFuncSpec,
     SubmitWorkflow,
 )
+from colonies_es.store import JetStreamApplicationRecorder
+from colonies_es.store.codec import to_notification
+from colonies_es.store.jetstream import JetStreamLog
 
 log = logging.getLogger("colonies.engine")
 
@@ -147,11 +158,12 @@ class ColoniesApp(Application[str]):
         self._graph_of_process: dict[str, str] = {}
         self._graphs_of_colony: dict[str, list[str]] = {}
         self._timers: list[_Timer] = []
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._index_lock = threading.RLock()
-        self._handlers: dict[str, Callable[[crypto.VerifiedCommand, Any, datetime], Any]] = {
-            op: getattr(self, f"_op_{op}") for op in OPS
-        }
+        self._handlers: dict[
+            str, Callable[[crypto.VerifiedCommand, Any, datetime], Awaitable[Any]]
+        ] = {op: getattr(self, f"_op_{op}") for op in OPS}
+        self._log = self._recorder_log()
         self.rebuild()
 
     # ------------------------------------------------------------------ rebuild
@@ -172,12 +184,26 @@ class ColoniesApp(Application[str]):
                 continue
             assert aggregate is not None
             self._aggregates[event.originator_id] = aggregate
+            self._log.remember_head(
+                self._subject_of(event.originator_id), event.originator_version, notification.id
+            )
             self._remember_command(event, now)
             count += 1
         for aggregate in self._aggregates.values():
             if isinstance(aggregate, ProcessGraph):
                 self._index_graph(aggregate, None)
         log.info("rebuilt %d aggregates from %d events", len(self._aggregates), count)
+
+    def _recorder_log(self) -> JetStreamLog:
+        recorder = self.recorder
+        if not isinstance(recorder, JetStreamApplicationRecorder):
+            raise TypeError("the engine needs the JetStream store (PERSISTENCE_MODULE)")
+        return recorder.log
+
+    def _subject_of(self, aggregate_id: str) -> str:
+        recorder = self.recorder
+        assert isinstance(recorder, JetStreamApplicationRecorder)
+        return recorder.subject_for(aggregate_id)
 
     def _all_notifications(self) -> Iterator[Notification]:
         start = 0
@@ -212,7 +238,7 @@ class ColoniesApp(Application[str]):
 
     # ------------------------------------------------------------------ commands
 
-    def handle(self, op: str, data: bytes, now: float) -> Outcome:
+    async def handle(self, op: str, data: bytes, now: float) -> Outcome:
         """Decides one signed command; never raises (errors become an Outcome)."""
         try:
             command = crypto.open_command(data, now, self.max_skew)
@@ -220,7 +246,7 @@ class ColoniesApp(Application[str]):
                 raise crypto.CommandRejected(400, f"command for {command.op!r} sent to {op!r}")
             body = command.decode_body(OPS[op])
             self.guard.check_and_remember(command.replay_key, command.ts, now)
-            result = self._handlers[op](command, body, datetime.fromtimestamp(now, UTC))
+            result = await self._handlers[op](command, body, datetime.fromtimestamp(now, UTC))
         except crypto.CommandRejected as error:
             return Outcome(error.status, message=error.message)
         except DomainError as error:
@@ -240,25 +266,29 @@ class ColoniesApp(Application[str]):
 
     # --- colonies
 
-    def _op_add_colony(self, cmd: crypto.VerifiedCommand, body: AddColony, now: datetime) -> Any:
+    async def _op_add_colony(
+        self, cmd: crypto.VerifiedCommand, body: AddColony, now: datetime
+    ) -> Any:
         self._require_server_owner(cmd)
         name = body.colony.name
         if colony_aggregate_id(name) in self._aggregates:
             raise Conflict(f"colony {name!r} already exists")
         colony = Colony.create(name, body.colony.colonyid, **self._audit(cmd, now))
-        self._save_new(colony)
+        await self._save_new(colony)
         return encode(colony.to_model())
 
-    def _op_del_colony(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
+    async def _op_del_colony(
+        self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime
+    ) -> Any:
         self._require_server_owner(cmd)
-        self._change(
+        await self._change(
             colony_aggregate_id(body.colonyname),
             Colony,
             lambda c: c.remove(**self._audit(cmd, now)),
         )
         return _EMPTY
 
-    def _op_list_colonies(self, cmd: crypto.VerifiedCommand, body: Any, now: datetime) -> Any:
+    async def _op_list_colonies(self, cmd: crypto.VerifiedCommand, body: Any, now: datetime) -> Any:
         self._require_server_owner(cmd)
         colonies = [
             a.to_model()
@@ -267,11 +297,13 @@ class ColoniesApp(Application[str]):
         ]
         return encode(colonies)
 
-    def _op_get_colony(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
+    async def _op_get_colony(
+        self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime
+    ) -> Any:
         colony = self._member_colony(cmd, body.colonyname, allow_server_owner=True)
         return encode(colony.to_model())
 
-    def _op_stats(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
+    async def _op_stats(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
         colony = self._member_colony(cmd, body.colonyname, allow_server_owner=True)
         stats = Statistics(executors=len(colony.executors), colonies=1)
         for graph in self._graphs(colony.name):
@@ -292,11 +324,11 @@ class ColoniesApp(Application[str]):
 
     # --- executors and users
 
-    def _op_add_executor(
+    async def _op_add_executor(
         self, cmd: crypto.VerifiedCommand, body: AddExecutor, now: datetime
     ) -> Any:
         executor = body.executor
-        colony = self._change(
+        colony, _ = await self._change(
             colony_aggregate_id(executor.colonyname),
             Colony,
             lambda c: c.add_executor(
@@ -308,13 +340,13 @@ class ColoniesApp(Application[str]):
         )
         return encode(colony.executor_model(executor.executorname))
 
-    def _executor_change(
+    async def _executor_change(
         self, cmd: crypto.VerifiedCommand, body: ExecutorRef, now: datetime, verb: str
     ) -> Any:
         def act(colony: Colony) -> None:
             getattr(colony, f"{verb}_executor")(body.executorname, **self._audit(cmd, now))
 
-        colony = self._change(colony_aggregate_id(body.colonyname), Colony, act)
+        colony, _ = await self._change(colony_aggregate_id(body.colonyname), Colony, act)
         effects = Effects()
         if verb == "approve":
             executor = colony.executor_by_name(body.executorname)
@@ -322,28 +354,28 @@ class ColoniesApp(Application[str]):
                 effects.new_types.append((colony.name, executor.executortype))
         return _EMPTY, effects
 
-    def _op_approve_executor(
+    async def _op_approve_executor(
         self, cmd: crypto.VerifiedCommand, body: ExecutorRef, now: datetime
     ) -> Any:
-        return self._executor_change(cmd, body, now, "approve")
+        return await self._executor_change(cmd, body, now, "approve")
 
-    def _op_reject_executor(
+    async def _op_reject_executor(
         self, cmd: crypto.VerifiedCommand, body: ExecutorRef, now: datetime
     ) -> Any:
-        return self._executor_change(cmd, body, now, "reject")
+        return await self._executor_change(cmd, body, now, "reject")
 
-    def _op_remove_executor(
+    async def _op_remove_executor(
         self, cmd: crypto.VerifiedCommand, body: ExecutorRef, now: datetime
     ) -> Any:
-        return self._executor_change(cmd, body, now, "remove")
+        return await self._executor_change(cmd, body, now, "remove")
 
-    def _op_list_executors(
+    async def _op_list_executors(
         self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime
     ) -> Any:
         colony = self._member_colony(cmd, body.colonyname)
         return encode([colony.executor_model(e.executorname) for e in colony.executors.values()])
 
-    def _op_get_executor(
+    async def _op_get_executor(
         self, cmd: crypto.VerifiedCommand, body: ExecutorRef, now: datetime
     ) -> Any:
         colony = self._member_colony(cmd, body.colonyname)
@@ -352,15 +384,15 @@ class ColoniesApp(Application[str]):
             raise NotFound(f"no executor named {body.executorname!r} in colony {body.colonyname!r}")
         return encode(executor)
 
-    def _op_whoami(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
+    async def _op_whoami(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
         colony = self._colony(body.colonyname)
         executor = colony.executor_by_id(cmd.caller_id)
         if executor is None:
             raise NotFound(f"the caller is not an executor of colony {body.colonyname!r}")
         return encode(executor)
 
-    def _op_add_user(self, cmd: crypto.VerifiedCommand, body: AddUser, now: datetime) -> Any:
-        self._change(
+    async def _op_add_user(self, cmd: crypto.VerifiedCommand, body: AddUser, now: datetime) -> Any:
+        await self._change(
             colony_aggregate_id(body.colonyname),
             Colony,
             lambda c: c.add_user(body.userid, body.username, **self._audit(cmd, now)),
@@ -369,20 +401,20 @@ class ColoniesApp(Application[str]):
 
     # --- submission
 
-    def _op_submit_func_spec(
+    async def _op_submit_func_spec(
         self, cmd: crypto.VerifiedCommand, body: SubmitFuncSpec, now: datetime
     ) -> Any:
         workflow = Workflow(colonyname=body.spec.conditions.colonyname, functionspecs=[body.spec])
-        graph, effects = self._submit(cmd, workflow, now)
+        graph, effects = await self._submit(cmd, workflow, now)
         return encode(graph.process_model(graph.rootprocessids[0])), effects
 
-    def _op_submit_workflow(
+    async def _op_submit_workflow(
         self, cmd: crypto.VerifiedCommand, body: SubmitWorkflow, now: datetime
     ) -> Any:
-        graph, effects = self._submit(cmd, body.workflow, now)
+        graph, effects = await self._submit(cmd, body.workflow, now)
         return encode(graph.to_model()), effects
 
-    def _submit(
+    async def _submit(
         self, cmd: crypto.VerifiedCommand, workflow: Workflow, now: datetime
     ) -> tuple[ProcessGraph, Effects]:
         colony = self._member_colony(cmd, workflow.colonyname)
@@ -393,13 +425,12 @@ class ColoniesApp(Application[str]):
             initiatorname=self._name_of(colony, cmd.caller_id),
             **self._audit(cmd, now),
         )
-        events: list[AuditedEvent] = list(graph.pending_events)  # type: ignore[arg-type]
-        self._save_new(graph)
+        events = await self._save_new(graph)
         return graph, self._index_graph(graph, events)
 
     # --- executors' work
 
-    def _op_claim(self, cmd: crypto.VerifiedCommand, body: Claim, now: datetime) -> Any:
+    async def _op_claim(self, cmd: crypto.VerifiedCommand, body: Claim, now: datetime) -> Any:
         colony = self._colony(body.colonyname)
         executor = colony.executor_by_id(cmd.caller_id)
         if executor is None or executor.state != 1:
@@ -414,7 +445,7 @@ class ColoniesApp(Application[str]):
                     f"no process ready for {executor.executorname!r} ({executor.executortype})"
                 )
             try:
-                graph, effects = self._change_graph(
+                graph, effects = await self._change_graph(
                     best.graph_id,
                     lambda g, best=best: g.assign(  # type: ignore[misc]
                         best.processid, executor, best.attempt, **self._audit(cmd, now)
@@ -425,8 +456,10 @@ class ColoniesApp(Application[str]):
                 continue
             return encode(graph.process_model(best.processid)), effects
 
-    def _op_close(self, cmd: crypto.VerifiedCommand, body: CloseProcess, now: datetime) -> Any:
-        _graph, effects = self._change_graph(
+    async def _op_close(
+        self, cmd: crypto.VerifiedCommand, body: CloseProcess, now: datetime
+    ) -> Any:
+        _graph, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: g.close(
                 body.processid, cmd.caller_id, list(body.out), **self._audit(cmd, now)
@@ -434,8 +467,8 @@ class ColoniesApp(Application[str]):
         )
         return _EMPTY, effects
 
-    def _op_fail(self, cmd: crypto.VerifiedCommand, body: FailProcess, now: datetime) -> Any:
-        _graph, effects = self._change_graph(
+    async def _op_fail(self, cmd: crypto.VerifiedCommand, body: FailProcess, now: datetime) -> Any:
+        _graph, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: g.fail(
                 body.processid, cmd.caller_id, list(body.errors), **self._audit(cmd, now)
@@ -443,8 +476,10 @@ class ColoniesApp(Application[str]):
         )
         return _EMPTY, effects
 
-    def _op_set_output(self, cmd: crypto.VerifiedCommand, body: SetOutput, now: datetime) -> Any:
-        _, effects = self._change_graph(
+    async def _op_set_output(
+        self, cmd: crypto.VerifiedCommand, body: SetOutput, now: datetime
+    ) -> Any:
+        _, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: g.set_output(
                 body.processid, cmd.caller_id, list(body.out), **self._audit(cmd, now)
@@ -454,11 +489,13 @@ class ColoniesApp(Application[str]):
 
     # --- reading processes and graphs
 
-    def _op_get_process(self, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime) -> Any:
+    async def _op_get_process(
+        self, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
+    ) -> Any:
         graph = self._readable_graph(cmd, self._graph_id_of(body.processid))
         return encode(graph.process_model(body.processid))
 
-    def _op_list_processes(
+    async def _op_list_processes(
         self, cmd: crypto.VerifiedCommand, body: ListQuery, now: datetime
     ) -> Any:
         self._member_colony(cmd, body.colonyname)
@@ -471,13 +508,13 @@ class ColoniesApp(Application[str]):
                         return encode(found)
         return encode(found)
 
-    def _op_get_processgraph(
+    async def _op_get_processgraph(
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
         graph = self._readable_graph(cmd, self._graph_id_by_graphid(body.processgraphid))
         return encode(graph.to_model())
 
-    def _op_get_processgraphs(
+    async def _op_get_processgraphs(
         self, cmd: crypto.VerifiedCommand, body: ListQuery, now: datetime
     ) -> Any:
         self._member_colony(cmd, body.colonyname)
@@ -489,7 +526,7 @@ class ColoniesApp(Application[str]):
                     break
         return encode(found)
 
-    def _op_rerun_processgraph(
+    async def _op_rerun_processgraph(
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
         failed = self._readable_graph(cmd, self._graph_id_by_graphid(body.processgraphid))
@@ -500,29 +537,28 @@ class ColoniesApp(Application[str]):
             initiatorname=self._name_of(colony, cmd.caller_id),
             **self._audit(cmd, now),
         )
-        events: list[AuditedEvent] = list(graph.pending_events)  # type: ignore[arg-type]
-        self._save_new(graph)
+        events = await self._save_new(graph)
         return encode(graph.to_model()), self._index_graph(graph, events)
 
     # --- cancel and remove
 
-    def _op_cancel_processgraph(
+    async def _op_cancel_processgraph(
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
         graph_id = self._graph_id_by_graphid(body.processgraphid)
         self._readable_graph(cmd, graph_id)
-        _, effects = self._change_graph(graph_id, lambda g: g.cancel(**self._audit(cmd, now)))
+        _, effects = await self._change_graph(graph_id, lambda g: g.cancel(**self._audit(cmd, now)))
         return _EMPTY, effects
 
-    def _op_remove_processgraph(
+    async def _op_remove_processgraph(
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
         graph_id = self._graph_id_by_graphid(body.processgraphid)
         self._readable_graph(cmd, graph_id)
-        _, effects = self._change_graph(graph_id, lambda g: g.remove(**self._audit(cmd, now)))
+        _, effects = await self._change_graph(graph_id, lambda g: g.remove(**self._audit(cmd, now)))
         return _EMPTY, effects
 
-    def _op_remove_process(
+    async def _op_remove_process(
         self, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
     ) -> Any:
         graph_id = self._graph_id_of(body.processid)
@@ -532,10 +568,10 @@ class ColoniesApp(Application[str]):
                 f"process {body.processid} belongs to a workflow of {len(graph.nodes)} processes: "
                 "remove its process graph instead"
             )
-        _, effects = self._change_graph(graph_id, lambda g: g.remove(**self._audit(cmd, now)))
+        _, effects = await self._change_graph(graph_id, lambda g: g.remove(**self._audit(cmd, now)))
         return _EMPTY, effects
 
-    def _remove_all(self, cmd: crypto.VerifiedCommand, body: RemoveAll, now: datetime) -> Any:
+    async def _remove_all(self, cmd: crypto.VerifiedCommand, body: RemoveAll, now: datetime) -> Any:
         colony = self._colony(body.colonyname)
         if cmd.caller_id != colony.ownerid:
             raise Forbidden(f"only the owner of colony {colony.name!r} can remove all its graphs")
@@ -547,25 +583,29 @@ class ColoniesApp(Application[str]):
             if graph.state == ProcessState.RUNNING or (state is not None and graph.state != state):
                 continue
             try:
-                _, more = self._change_graph(graph.id, lambda g: g.remove(**self._audit(cmd, now)))
+                _, more = await self._change_graph(
+                    graph.id, lambda g: g.remove(**self._audit(cmd, now))
+                )
             except (Conflict, NotFound):
                 continue  # started running or was removed meanwhile
             effects.merge(more)
         return _EMPTY, effects
 
-    def _op_remove_all_processes(
+    async def _op_remove_all_processes(
         self, cmd: crypto.VerifiedCommand, body: RemoveAll, now: datetime
     ) -> Any:
-        return self._remove_all(cmd, body, now)
+        return await self._remove_all(cmd, body, now)
 
-    def _op_remove_all_processgraphs(
+    async def _op_remove_all_processgraphs(
         self, cmd: crypto.VerifiedCommand, body: RemoveAll, now: datetime
     ) -> Any:
-        return self._remove_all(cmd, body, now)
+        return await self._remove_all(cmd, body, now)
 
     # --- dynamic graphs, attributes and logs
 
-    def _op_add_child(self, cmd: crypto.VerifiedCommand, body: AddChild, now: datetime) -> Any:
+    async def _op_add_child(
+        self, cmd: crypto.VerifiedCommand, body: AddChild, now: datetime
+    ) -> Any:
         graph_id = self._graph_id_by_graphid(body.processgraphid)
         if self._graph_id_of(body.parentprocessid) != graph_id:
             raise NotFound(
@@ -586,14 +626,14 @@ class ColoniesApp(Application[str]):
                 )
             )
 
-        graph, effects = self._change_graph(graph_id, add)
+        graph, effects = await self._change_graph(graph_id, add)
         return encode(graph.process_model(added[0])), effects
 
-    def _op_add_attribute(
+    async def _op_add_attribute(
         self, cmd: crypto.VerifiedCommand, body: AddAttribute, now: datetime
     ) -> Any:
         added: list[str] = []
-        graph, effects = self._change_graph(
+        graph, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: added.append(
                 g.add_attribute(
@@ -605,13 +645,13 @@ class ColoniesApp(Application[str]):
         attribute = next(a for a in model.attributes if a.attributeid == added[0])
         return encode(attribute), effects
 
-    def _op_add_log(self, cmd: crypto.VerifiedCommand, body: AddLog, now: datetime) -> Any:
+    async def _op_add_log(self, cmd: crypto.VerifiedCommand, body: AddLog, now: datetime) -> Any:
         graph_id = self._graph_id_of(body.processid)
         graph = self._aggregates[graph_id]
         assert isinstance(graph, ProcessGraph)
         executor = self._colony(graph.colonyname).executor_by_id(cmd.caller_id)
         name = executor.executorname if executor is not None else ""
-        self._change_graph(
+        await self._change_graph(
             graph_id,
             lambda g: g.add_log(
                 body.processid, cmd.caller_id, name, body.message, **self._audit(cmd, now)
@@ -619,7 +659,9 @@ class ColoniesApp(Application[str]):
         )
         return _EMPTY
 
-    def _op_get_process_log(self, cmd: crypto.VerifiedCommand, body: GetLogs, now: datetime) -> Any:
+    async def _op_get_process_log(
+        self, cmd: crypto.VerifiedCommand, body: GetLogs, now: datetime
+    ) -> Any:
         graph_id = self._graph_id_of(body.processid)
         graph = self._readable_graph(cmd, graph_id)
         logs = [
@@ -630,7 +672,7 @@ class ColoniesApp(Application[str]):
                 message=event.message,
                 timestamp=_unix_ns(event.timestamp),
             )
-            for event in self.repository.event_store.get(graph_id)
+            for event in await self._events_of(graph_id)
             if isinstance(event, LogAdded) and event.processid == body.processid
         ]
         logs = [log for log in logs if log.timestamp > body.since]
@@ -643,7 +685,7 @@ class ColoniesApp(Application[str]):
         with self._index_lock:
             return self._timers[0].at - now if self._timers else 3600.0
 
-    def fire_deadlines(self, now: float) -> Effects:
+    async def fire_deadlines(self, now: float) -> Effects:
         """Expires every process whose execution or waiting deadline has come."""
         effects = Effects()
         when = datetime.fromtimestamp(now, UTC)
@@ -665,7 +707,7 @@ class ColoniesApp(Application[str]):
                     graph.expire_wait(timer.processid, **audit)
 
             try:
-                _, more = self._change_graph(timer.graph_id, expire)
+                _, more = await self._change_graph(timer.graph_id, expire)
             except (Conflict, NotFound):
                 continue  # stale timer: the process moved on
             except PersistenceError as error:
@@ -747,48 +789,84 @@ class ColoniesApp(Application[str]):
         self._member_colony(cmd, graph.colonyname)
         return graph
 
-    def _lock(self, aggregate_id: str) -> threading.Lock:
-        with self._index_lock:
-            return self._locks.setdefault(aggregate_id, threading.Lock())
+    def _lock(self, aggregate_id: str) -> asyncio.Lock:
+        lock = self._locks.get(aggregate_id)
+        if lock is None:
+            lock = self._locks[aggregate_id] = asyncio.Lock()
+        return lock
 
-    def _save_new(self, aggregate: AuditedAggregate) -> None:
-        with self._lock(aggregate.id):
-            self.save(aggregate)  # IntegrityError if it exists: nothing written
+    def attach(self, nc: NATS) -> None:
+        """Writes from now on go through ``nc`` on the caller's event loop (the engine's),
+        without crossing to the store's loop thread. Heads learnt at rebuild are kept."""
+        recorder = self.recorder
+        assert isinstance(recorder, JetStreamApplicationRecorder)
+        self._log = recorder.log.rebound(nc)
+
+    async def _save(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
+        """Appends the aggregate's pending events to the log (atomically)."""
+        pending: list[AuditedEvent] = list(aggregate.collect_events())  # type: ignore[arg-type]
+        recorder = self.recorder
+        assert isinstance(recorder, JetStreamApplicationRecorder)
+        stored = [self.mapper.to_stored_event(event) for event in pending]
+        await self._log.append(recorder.entries_for(stored))
+        return pending
+
+    async def _reload(self, aggregate_id: str) -> AuditedAggregate | None:
+        """The aggregate as the log has it (after a refused or failed write)."""
+        aggregate: AuditedAggregate | None = None
+        for event in await self._events_of(aggregate_id):
+            aggregate = event.mutate(aggregate)
+        return aggregate
+
+    async def _events_of(self, aggregate_id: str) -> list[AuditedEvent]:
+        recorder = self.recorder
+        assert isinstance(recorder, JetStreamApplicationRecorder)
+        messages = await self._log.read_subject(recorder.subject_for(aggregate_id))
+        events = []
+        for message in messages:
+            envelope = recorder.connection.trusted(message)
+            if envelope is None:
+                continue
+            event = self._decode(to_notification(envelope, message.sequence))
+            if event is not None:
+                events.append(event)
+        return events
+
+    async def _save_new(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
+        async with self._lock(aggregate.id):
+            events = await self._save(aggregate)  # IntegrityError if it exists
             self._aggregates[aggregate.id] = aggregate
+            return events
 
-    def _change(self, aggregate_id: str, kind: type[A], decide: Callable[[A], None]) -> A:
+    async def _change(
+        self, aggregate_id: str, kind: type[A], decide: Callable[[A], None]
+    ) -> tuple[A, list[AuditedEvent]]:
         """Runs ``decide`` on the aggregate under its lock and saves what it triggered.
 
         If saving fails the in-memory aggregate is reloaded from the log, so a refused
         write leaves no trace in memory either.
         """
-        with self._lock(aggregate_id):
+        async with self._lock(aggregate_id):
             aggregate = self._aggregates.get(aggregate_id)
             if not isinstance(aggregate, kind):
                 what = "colony" if kind is Colony else "process graph"
                 name = aggregate_id.split(".")[0 if kind is Colony else -1]
                 raise NotFound(f"{what} {name!r} does not exist")
+            decide(aggregate)  # a DomainError triggers nothing
             try:
-                decide(aggregate)
-                self.save(aggregate)
-            except DomainError:
-                raise  # decided against: nothing was triggered
+                events = await self._save(aggregate)
             except BaseException:
-                self._aggregates[aggregate_id] = self.repository.get(aggregate_id)
+                reloaded = await self._reload(aggregate_id)
+                if reloaded is not None:
+                    self._aggregates[aggregate_id] = reloaded
                 raise
-            return aggregate
+            return aggregate, events
 
-    def _change_graph(
+    async def _change_graph(
         self, graph_id: str, decide: Callable[[ProcessGraph], None]
     ) -> tuple[ProcessGraph, Effects]:
-        pending: list[AuditedEvent] = []
-
-        def decide_and_keep(graph: ProcessGraph) -> None:
-            decide(graph)
-            pending.extend(graph.pending_events)  # type: ignore[arg-type]
-
-        graph = self._change(graph_id, ProcessGraph, decide_and_keep)
-        return graph, self._index_graph(graph, pending)
+        graph, events = await self._change(graph_id, ProcessGraph, decide)
+        return graph, self._index_graph(graph, events)
 
     def _index_graph(self, graph: ProcessGraph, events: list[AuditedEvent] | None) -> Effects:
         """Updates the derived indices after ``events`` (None: index the whole graph)."""

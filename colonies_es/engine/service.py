@@ -4,12 +4,12 @@ One asyncio task owns everything here (structured with an anyio task group):
 
 - a ``nats.micro`` service answers every op of :data:`colonies_es.protocol.OPS` on
   ``colonies.api.<op>`` (queue group ``colonies-engine``). Each request is handled in its
-  own task of the group; the decision itself runs in a worker thread
-  (:meth:`ColoniesApp.handle` is synchronous, like eventsourcing), so slow commands do
-  not hold up the others.
+  own task of the group, on this loop: the decision is quick CPU work and the write is
+  awaited on the engine's own connection (no hop to another thread), so a command
+  waiting for the log does not hold up the others.
 - after a command, its effects go out: a work ticket per process that became ready, an
   end notification per process that ended, a work consumer per new executor type.
-- a reconciler re-issues work tickets every few seconds where ready processes have fewer
+- a reconciler re-issues work tickets every second where ready processes have fewer
   tickets waiting than processes (a lost message, a restart), and the timer loop fires
   the deadlines the log implies (execution and waiting time limits).
 
@@ -20,7 +20,6 @@ derived data, is purged and refilled from that state.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +37,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConfig
 
 from colonies_es.client.work import work_consumer_config
-from colonies_es.engine.app import ColoniesApp, Effects, Outcome
+from colonies_es.engine.app import ColoniesApp, Effects
 from colonies_es.protocol import (
     API_PREFIX,
     ENGINE_QUEUE_GROUP,
@@ -67,7 +66,6 @@ class Engine:
         self._app_factory = app_factory
         self.app: ColoniesApp | None = None
         self.nc: NATS | None = None
-        self._limiter = anyio.CapacityLimiter(8)
         self._consumers: set[tuple[str, str]] = set()
 
     async def run(self, started: Callable[[], Any] | None = None) -> None:
@@ -80,6 +78,7 @@ class Engine:
         )
         try:
             self.app = await anyio.to_thread.run_sync(self._app_factory)
+            self.app.attach(self.nc)
             try:
                 await self._reset_work()
                 async with anyio.create_task_group() as tasks:
@@ -129,8 +128,7 @@ class Engine:
 
     async def _serve(self, op: str, request: Request) -> None:
         assert self.app is not None
-        handle = functools.partial(self.app.handle, op, request.data, time.time())
-        outcome: Outcome = await anyio.to_thread.run_sync(handle, limiter=self._limiter)
+        outcome = await self.app.handle(op, request.data, time.time())
         try:
             if outcome.status == 200:
                 await request.respond(outcome.body)
@@ -188,9 +186,11 @@ class Engine:
         self._consumers.add(key)
 
     async def _publish_ticket(self, colonyname: str, executortype: str) -> None:
+        """Publishes a ticket without waiting for JetStream's ack: the stream takes it as
+        any message on its subjects; one lost on the way is re-issued by the reconciler."""
         assert self.nc is not None
         ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
-        await self.nc.jetstream().publish(
+        await self.nc.publish(
             work_subject(colonyname, executortype), _ticket_encoder.encode(ticket)
         )
 
@@ -222,6 +222,5 @@ class Engine:
         while True:
             delay = self.app.next_deadline_in(time.time())
             await anyio.sleep(min(max(delay, 0.05), 1.0))
-            fire = functools.partial(self.app.fire_deadlines, time.time())
-            effects: Effects = await anyio.to_thread.run_sync(fire, limiter=self._limiter)
+            effects = await self.app.fire_deadlines(time.time())
             await self._apply(effects)

@@ -212,6 +212,18 @@ class JetStreamLog:
         self._version_of = version_of
         self._heads: dict[str, tuple[int, int]] = {}  # subject -> (version, sequence)
 
+    def rebound(self, nc: NATS) -> JetStreamLog:
+        """This log on another connection (and so that connection's event loop), sharing
+        what it knows of the subjects' heads: for a writer living on its own loop."""
+        other = JetStreamLog(nc, self.stream, self._version_of, self.timeout)
+        other._heads = self._heads
+        return other
+
+    def remember_head(self, subject: str, version: int, sequence: int) -> None:
+        """Records that ``subject``'s last message is ``version`` at ``sequence`` (e.g.
+        learnt while replaying the log), saving a conflict round trip on the next write."""
+        self._heads[subject] = (version, sequence)
+
     # ----------------------------------------------------------------- stream
 
     async def ensure_stream(self, spec: StreamSpec, create: bool = True) -> None:

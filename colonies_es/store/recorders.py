@@ -186,6 +186,11 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             raise DataError(msg)
         return f"{self.subject_prefix}.{token}"
 
+    def entries_for(self, stored_events: Sequence[StoredEvent]) -> list[Entry]:
+        """The log entries (subject, version, sealed payload) of these stored events, for a
+        writer appending through :class:`JetStreamLog` directly."""
+        return self._entries(stored_events)
+
     def _entries(self, stored_events: Sequence[StoredEvent]) -> list[Entry]:
         entries = []
         for event in stored_events:
