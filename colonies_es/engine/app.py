@@ -912,18 +912,21 @@ class ColoniesApp(Application[str]):
                     self.ready.discard(processid)
                 if events is not None and node.state in _ENDED:
                     effects.ended.append((graph.colonyname, processid))
-            for deadline in graph.deadlines():
-                if deadline["processid"] in touched:
-                    heapq.heappush(
-                        self._timers,
-                        _Timer(
-                            deadline["at"].timestamp(),
-                            deadline["processid"],
-                            graph.id,
-                            deadline["attempt"],
-                            deadline["kind"],
-                        ),
+            if graph.removed:
+                return effects
+            for processid in touched:  # only what this event touched: no scan of the graph
+                node = graph.nodes[processid]
+                if node.is_ready and node.waitdeadline is not None:
+                    timer = _Timer(
+                        node.waitdeadline.timestamp(), processid, graph.id, node.attempt, "wait"
                     )
+                elif node.is_running and node.execdeadline is not None:
+                    timer = _Timer(
+                        node.execdeadline.timestamp(), processid, graph.id, node.attempt, "exec"
+                    )
+                else:
+                    continue
+                heapq.heappush(self._timers, timer)
         return effects
 
 
