@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -341,7 +344,7 @@ async def test_assign_waits_for_the_work_stream_and_creates_the_consumer(
     await nc.close()
 
 
-async def test_a_cancelled_assign_leaves_the_client_able_to_assign(
+async def test_a_cancelled_assign_does_not_hold_back_the_next_ticket(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
     colony, kind = unique("cancel"), "python"
@@ -355,6 +358,26 @@ async def test_a_cancelled_assign_leaves_the_client_able_to_assign(
         await waiting
     await engine.ticket(colony, kind)
     assert (await client.assign(colony, 5, KEY)).processid == "p4"
+
+
+async def test_tickets_reaching_an_abandoned_fetch_go_back_at_disconnect(
+    engine: StubEngine, server: NatsServer
+) -> None:
+    colony, kind = unique("abandoned"), "python"
+    await engine.work_stream()
+    engine.handlers["whoami"] = executor_reply(kind)
+    engine.handlers["claim"] = lambda _: encode(Process(processid="p6"))
+    leaving = AsyncColonies(servers=[server.url])
+    waiting = asyncio.create_task(leaving.assign(colony, 10, KEY))
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await engine.ticket(colony, kind)  # may well go to the abandoned fetch
+    await asyncio.sleep(0.1)
+    await leaving.disconnect()
+    async with AsyncColonies(servers=[server.url]) as staying:
+        assert (await staying.assign(colony, 5, KEY)).processid == "p6"  # not after 30 s
 
 
 async def test_the_engine_and_the_client_create_the_same_work_consumer(
@@ -419,9 +442,16 @@ def test_the_sync_client_has_every_op_with_the_async_signature() -> None:
         assert not inspect.iscoroutinefunction(sync)
 
 
-@pytest.fixture
-def threaded_engine(server: NatsServer) -> Iterator[StubEngine]:
+@dataclass
+class ThreadedStub:
     """A stub engine on a loop of its own, for tests whose thread blocks in sync calls."""
+
+    engine: StubEngine
+    loop: LoopThread
+
+
+@pytest.fixture
+def threaded(server: NatsServer) -> Iterator[ThreadedStub]:
     loop = LoopThread(name="stub-engine")
 
     async def start() -> StubEngine:
@@ -430,15 +460,15 @@ def threaded_engine(server: NatsServer) -> Iterator[StubEngine]:
         return stub
 
     stub = loop.run(start())
-    yield stub
+    yield ThreadedStub(stub, loop)
     loop.run(stub.nc.close())
     loop.close()
 
 
 def test_the_sync_client_works_from_threads_and_inside_an_event_loop(
-    threaded_engine: StubEngine, server: NatsServer
+    threaded: ThreadedStub, server: NatsServer
 ) -> None:
-    threaded_engine.handlers["submit_workflow"] = lambda _: encode(ProcessGraph(processgraphid="g"))
+    threaded.engine.handlers["submit_workflow"] = lambda _: encode(ProcessGraph(processgraphid="g"))
     results: list[str] = []
     with Colonies(servers=[server.url]) as colonies:
 
@@ -459,14 +489,32 @@ def test_the_sync_client_works_from_threads_and_inside_an_event_loop(
 
 
 def test_the_sync_client_connects_again_after_disconnect(
-    threaded_engine: StubEngine, server: NatsServer
+    threaded: ThreadedStub, server: NatsServer
 ) -> None:
     colonies = Colonies(servers=[server.url])
     colonies.del_colony("a", KEY)
     colonies.disconnect()
     colonies.del_colony("b", KEY)
     colonies.disconnect()
-    assert threaded_engine.ops() == ["del_colony", "del_colony"]
+    assert threaded.engine.ops() == ["del_colony", "del_colony"]
+
+
+def test_an_interrupted_sync_assign_stops_and_claims_nothing(
+    threaded: ThreadedStub, server: NatsServer
+) -> None:
+    colony, kind, stub = unique("interrupted"), "python", threaded.engine
+    threaded.loop.run(stub.work_stream())
+    stub.handlers["whoami"] = executor_reply(kind)
+    stub.handlers["claim"] = lambda _: encode(Process(processid="p5"))
+    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    with Colonies(servers=[server.url]) as colonies:
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            colonies.assign(colony, 10, KEY)
+        threaded.loop.run(stub.ticket(colony, kind))
+        time.sleep(0.3)
+        assert stub.ops() == ["whoami"]  # the abandoned assign did not claim it
+        assert colonies.assign(colony, 5, KEY).processid == "p5"
 
 
 # ---------------------------------------------------------------------------- environment

@@ -371,6 +371,13 @@ class AsyncColonies:
         body = p.GraphRef(processgraphid=processgraphid)
         await self._send("cancel_processgraph", body, prvkey)
 
+    async def rerun_processgraph(self, processgraphid: str, prvkey: str) -> ProcessGraph:
+        """Re-run a FAILED graph from its failure, as a new graph: processes that
+        succeeded keep their outputs and do not run again; the failed one and everything
+        after it run. Returns the new graph (409 unless the graph FAILED)."""
+        body = p.GraphRef(processgraphid=processgraphid)
+        return await self._call("rerun_processgraph", body, prvkey, ProcessGraph)
+
     async def find_process(
         self, nodename: str, processids: Sequence[str], prvkey: str
     ) -> Process | None:

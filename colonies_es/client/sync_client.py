@@ -22,6 +22,9 @@ from colonies_es.store.loop import LoopThread
 
 __all__ = ["Colonies"]
 
+CANCEL_GRACE = 2.0
+"""Seconds an interrupted call waits for its cancelled operation to clean up."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -70,19 +73,29 @@ class Colonies:
     def _run(self, call: Callable[[AsyncColonies], Coroutine[Any, Any, T]]) -> T:
         """Run ``call(async_client)`` on the loop thread (started if needed), wait for it.
 
-        If the wait is interrupted (Ctrl-C), the operation is cancelled too: an
-        ``assign`` abandoned by its caller must not claim a process afterwards.
+        If the wait is interrupted (Ctrl-C), the operation is cancelled too, and given up
+        to :data:`CANCEL_GRACE` seconds to clean up before the interruption propagates:
+        an ``assign`` abandoned by its caller must not claim a process afterwards.
         """
         with self._lock:
             if self._loop is None or self._client is None:
                 self._loop = LoopThread(name="colonies-client")
                 self._client = AsyncColonies(servers=self._servers, timeout=self._timeout)
             loop, client = self._loop, self._client
-        future = asyncio.run_coroutine_threadsafe(call(client), loop.loop)
+        finished = threading.Event()
+
+        async def operation() -> T:
+            try:
+                return await call(client)
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(operation(), loop.loop)
         try:
             return future.result()
         except BaseException:
-            future.cancel()
+            if future.cancel():
+                finished.wait(CANCEL_GRACE)
             raise
 
     @property
@@ -155,5 +168,6 @@ class Colonies:
     remove_processgraph = _blocking(AsyncColonies.remove_processgraph)
     remove_all_processgraphs = _blocking(AsyncColonies.remove_all_processgraphs)
     cancel_processgraph = _blocking(AsyncColonies.cancel_processgraph)
+    rerun_processgraph = _blocking(AsyncColonies.rerun_processgraph)
     find_process = _blocking(AsyncColonies.find_process)
     add_child = _blocking(AsyncColonies.add_child)

@@ -26,6 +26,12 @@ __all__ = ["TICKET_ACK_WAIT", "WorkTickets", "work_consumer_config"]
 TICKET_ACK_WAIT = 30.0
 """Seconds a fetched ticket stays with its executor before JetStream hands it to another."""
 
+_GIVE_BACK_WAIT = 0.05
+"""Seconds ``close`` listens for tickets still on their way to this client."""
+
+_GIVE_BACK_DELAY = 0.5
+"""Seconds before a ticket given back by ``close`` is offered again (to other executors)."""
+
 _RETRY_PAUSE = 1.0
 """Seconds to wait before looking for the consumer again when it (or its stream) is missing."""
 
@@ -65,30 +71,37 @@ class WorkTickets:
 
         The caller must ``ack()`` the ticket once it has claimed (or found nothing to
         claim), or ``nak()`` it to hand it to another executor at once. While the
-        consumer or the work stream does not exist yet, this waits for it.
+        consumer or the work stream does not exist yet, this waits for it. Cancelling
+        the wait loses nothing: a ticket delivered to the abandoned fetch is returned
+        by the next call, or given back by :meth:`close`.
         """
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline), self._fetching:
-                while True:
-                    subscription = await self._bind()
-                    if subscription is None:
-                        await asyncio.sleep(_RETRY_PAUSE)
-                        continue
-                    remaining = deadline - loop.time()
-                    if remaining <= 0.001:
-                        return None
-                    try:
-                        [ticket] = await subscription.fetch(1, timeout=remaining)
-                    except nats.errors.TimeoutError:
-                        return None
-                    except nats.js.errors.APIError:  # the consumer went away
-                        await self._unbind()
-                        await asyncio.sleep(_RETRY_PAUSE)
-                        continue
-                    return ticket
+            async with asyncio.timeout_at(deadline):
+                await self._fetching.acquire()
         except TimeoutError:
             return None
+        try:
+            return await self._fetch(deadline)
+        finally:
+            self._fetching.release()
+
+    async def _fetch(self, deadline: float) -> Msg | None:
+        loop = asyncio.get_running_loop()
+        while (remaining := deadline - loop.time()) > 0.001:
+            subscription = await self._bind()
+            if subscription is None:
+                await asyncio.sleep(min(_RETRY_PAUSE, remaining))
+                continue
+            try:
+                [ticket] = await subscription.fetch(1, timeout=remaining)
+            except nats.errors.TimeoutError:
+                return None
+            except nats.js.errors.APIError:  # the consumer went away
+                await self._unbind()
+                await asyncio.sleep(min(_RETRY_PAUSE, remaining))
+                continue
+            return ticket
+        return None
 
     async def _bind(self) -> JetStreamContext.PullSubscription | None:
         """The pull subscription, creating the consumer if needed; None if its stream is
@@ -113,5 +126,14 @@ class WorkTickets:
                 await subscription.unsubscribe()
 
     async def close(self) -> None:
-        """Stop pulling; tickets fetched but not acked go back after the ack wait."""
+        """Stop pulling, giving back (nak) the tickets that reached this client without
+        a caller: a fetch abandoned by a cancelled ``next`` leaves its pull request open
+        on the server, and what it delivers must not wait for the ack wait to recirculate.
+        """
+        subscription = self._subscription
+        if subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                while True:  # queued tickets first, then whatever comes in _GIVE_BACK_WAIT
+                    [ticket] = await subscription.fetch(1, timeout=_GIVE_BACK_WAIT)
+                    await ticket.nak(delay=_GIVE_BACK_DELAY)  # not straight back to us
         await self._unbind()
