@@ -194,21 +194,67 @@ def test_a_non_member_cannot_read_the_colony(colonies: Colonies, colony: Colony)
 def run_executor(
     stack: Stack, colony: Colony, functions: dict[str, Callable[..., Any]], count: int
 ) -> threading.Thread:
-    """An executor in a thread (its own sync client): runs ``count`` processes with
-    ``functions``, feeding each its input (or its args), and closes them."""
+    """An executor in a thread, with its own sync client, as the python executor runs
+    functions: ``count`` times, take a process, call ``f(*args, ctx=ctx)`` (``args`` its
+    input, or else its spec's args), close it with the result, or fail it with the error.
+    """
 
     def work() -> None:
         with Colonies(servers=[stack.nats.url]) as client:
             for _ in range(count):
                 process = client.assign(colony.name, 20, colony.executor_prvkey)
-                args = process.input or process.spec.args
-                result = functions[process.spec.funcname](*args)
-                output = list(result) if isinstance(result, tuple) else [result]
-                client.close(process.processid, output, colony.executor_prvkey)
+                ctx = {"process": process, "colonies": client, "key": colony.executor_prvkey}
+                try:
+                    result = functions[process.spec.funcname](
+                        *(process.input or process.spec.args), ctx=ctx
+                    )
+                except Exception as error:
+                    client.fail(process.processid, [repr(error)], colony.executor_prvkey)
+                    continue
+                client.close(process.processid, as_output(result), colony.executor_prvkey)
 
     thread = threading.Thread(target=work, name="executor")
     thread.start()
     return thread
+
+
+def as_output(result: Any) -> list[Any]:
+    """A function's return value as a process output (SEMANTICS.md)."""
+    if result is None:
+        return []
+    return list(result) if isinstance(result, tuple) else [result]
+
+
+def gen_nums(ctx: dict[str, Any]) -> tuple[int, int]:
+    return 1, 2
+
+
+def sum_nums(n1: int, n2: int, ctx: dict[str, Any]) -> int:
+    return n1 + n2
+
+
+def reduce(*nums: int, ctx: dict[str, Any]) -> int:
+    return sum(nums)
+
+
+def map(ctx: dict[str, Any]) -> None:  # the seed's name
+    """The seed's map: five gen_nums children between map and reduce."""
+    process: Process = ctx["process"]
+    client: Colonies = ctx["colonies"]
+    graph = client.get_processgraph(process.processgraphid, ctx["key"])
+    reducer = client.find_process("reduce", graph.processids, ctx["key"])
+    assert reducer is not None
+    for i in range(5):
+        child = func_spec("gen_nums", [], graph.colonyname, process.spec.conditions.executortype)
+        client.add_child(
+            graph.processgraphid,
+            process.processid,
+            reducer.processid,
+            child,
+            f"gen_nums_{i}",
+            i == 0,
+            ctx["key"],
+        )
 
 
 def test_the_tutorial_workflow_feeds_gen_nums_into_sum_nums(
@@ -222,9 +268,7 @@ def test_the_tutorial_workflow_feeds_gen_nums_into_sum_nums(
     graph = colonies.submit_workflow(wf, colony.user_prvkey)
     assert len(graph.processids) == 2
 
-    executor = run_executor(
-        stack, colony, {"gen_nums": lambda: (1, 2), "sum_nums": lambda a, b: a + b}, 2
-    )
+    executor = run_executor(stack, colony, {"gen_nums": gen_nums, "sum_nums": sum_nums}, 2)
     last = colonies.find_process("sum_nums", graph.processids, colony.user_prvkey)
     assert last is not None
     ended = colonies.wait(last, 20, colony.user_prvkey)
@@ -237,6 +281,66 @@ def test_the_tutorial_workflow_feeds_gen_nums_into_sum_nums(
         for g in colonies.get_processgraphs(colony.name, 10, colony.user_prvkey, state=2)
     ] == [graph.processgraphid]
     assert colonies.stats(colony.name, colony.user_prvkey).successfulworkflows == 1
+
+
+def test_map_adds_children_that_reduce_sums(
+    stack: Stack, colonies: Colonies, colony: Colony
+) -> None:
+    wf = Workflow(colonyname=colony.name, functionspecs=[spec(colony, "map")])
+    reducer = spec(colony, "reduce")
+    reducer.conditions.dependencies.append("map")
+    wf.functionspecs.append(reducer)
+    graph = colonies.submit_workflow(wf, colony.user_prvkey)
+    functions: dict[str, Callable[..., Any]] = {"map": map, "gen_nums": gen_nums, "reduce": reduce}
+    executor = run_executor(stack, colony, functions, 7)
+    last = colonies.find_process("reduce", graph.processids, colony.user_prvkey)
+    assert last is not None
+    ended = colonies.wait(last, 20, colony.user_prvkey)
+    executor.join(20)
+    assert ended.input == [1, 2] * 5
+    assert ended.output == [15]
+    done = colonies.get_processgraph(graph.processgraphid, colony.user_prvkey)
+    assert (done.state, len(done.processids)) == (2, 7)
+
+
+def test_logs_and_attributes_of_a_running_process(colonies: Colonies, colony: Colony) -> None:
+    colonies.submit_func_spec(spec(colony, "chatty"), colony.user_prvkey)
+    process = colonies.assign(colony.name, 10, colony.executor_prvkey)
+    colonies.add_log(process.processid, "starting", colony.executor_prvkey)
+    colonies.add_log(process.processid, "done", colony.executor_prvkey)
+    attribute = colonies.add_attribute(process.processid, "stage", "2", colony.executor_prvkey)
+    assert (attribute.key, attribute.value, attribute.targetid) == ("stage", "2", process.processid)
+    logs = colonies.get_process_log(colony.name, process.processid, 10, 0, colony.user_prvkey)
+    assert [log.message for log in logs] == ["starting", "done"]
+    assert all(log.executorname == colony.executorname for log in logs)
+    since = colonies.get_process_log(
+        colony.name, process.processid, 10, logs[0].timestamp, colony.user_prvkey
+    )
+    assert [log.message for log in since] == ["done"]
+    read = colonies.get_process(process.processid, colony.user_prvkey)
+    assert [(a.key, a.value) for a in read.attributes] == [("stage", "2")]
+
+
+def test_a_failed_graph_reruns_from_its_failure(
+    stack: Stack, colonies: Colonies, colony: Colony
+) -> None:
+    wf = Workflow(colonyname=colony.name, functionspecs=[spec(colony, "gen_nums")])
+    second = spec(colony, "sum_nums")
+    second.conditions.dependencies.append("gen_nums")
+    wf.functionspecs.append(second)
+    graph = colonies.submit_workflow(wf, colony.user_prvkey)
+
+    def broken(n1: int, n2: int, ctx: dict[str, Any]) -> int:
+        raise RuntimeError("disk full")
+
+    run_executor(stack, colony, {"gen_nums": gen_nums, "sum_nums": broken}, 2).join(20)
+    assert colonies.get_processgraph(graph.processgraphid, colony.user_prvkey).state == 3
+    rerun = colonies.rerun_processgraph(graph.processgraphid, colony.user_prvkey)
+    assert rerun.processgraphid != graph.processgraphid
+    run_executor(stack, colony, {"sum_nums": sum_nums}, 1).join(20)
+    last = colonies.find_process("sum_nums", rerun.processids, colony.user_prvkey)
+    assert last is not None
+    assert colonies.wait(last, 10, colony.user_prvkey).output == [3]
 
 
 def test_a_cancelled_graph_cancels_its_processes(colonies: Colonies, colony: Colony) -> None:
