@@ -1,4 +1,4 @@
-"""`colonies dev --demo`: the seed's workflows, run on the development stack.
+"""`colonies dev --demo`: the tutorial's workflows, run on the development stack.
 
 Each demo submits a workflow as a member of the colony, waits for its last process and
 checks what it returned: gen_nums -> sum_nums gives 3, fetch_a + fetch_b -> merge gives
@@ -16,6 +16,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from colonies_es import Colonies, ColoniesError, FuncSpec, Workflow, func_spec
@@ -85,11 +86,14 @@ def map_reduce_workflow(colonyname: str) -> Workflow:
 
 @dataclass(frozen=True)
 class Demo:
+    """A workflow of the tutorial and the result it must give."""
+
     title: str
     build: Callable[[str], Workflow]
     last: str
     """The node whose output is the result."""
     expected: int
+    needs_add_child: bool = False
 
 
 DEMOS = (
@@ -100,7 +104,13 @@ DEMOS = (
         "merge",
         30,
     ),
-    Demo("map-reduce: map -> 5 x gen_nums -> reduce", map_reduce_workflow, "reduce", 15),
+    Demo(
+        "map-reduce: map -> 5 x gen_nums -> reduce",
+        map_reduce_workflow,
+        "reduce",
+        15,
+        needs_add_child=True,
+    ),
 )
 
 
@@ -120,9 +130,8 @@ def add_child_supported(client: Colonies, colonyname: str, prvkey: str) -> bool:
 
 def run_demo(client: Colonies, colonyname: str, prvkey: str, console: Console) -> bool:
     """Run the demos and print their results and tables; True if every result is right."""
-    demos = list(DEMOS)
-    if not add_child_supported(client, colonyname, prvkey):
-        demos = [demo for demo in demos if demo.build is not map_reduce_workflow]
+    with_add_child = add_child_supported(client, colonyname, prvkey)
+    demos = [demo for demo in DEMOS if with_add_child or not demo.needs_add_child]
     graphs: list[tuple[Demo, ProcessGraph]] = []
     all_right = True
     for demo in demos:
@@ -132,11 +141,12 @@ def run_demo(client: Colonies, colonyname: str, prvkey: str, console: Console) -
         right = result == demo.expected
         all_right &= right
         mark = "[green]ok[/]" if right else f"[red]wrong, expected {demo.expected}[/]"
-        console.print(f"{demo.title} = [bold]{result}[/] ({mark})")
-    if len(demos) < len(DEMOS):
-        console.print(
-            "map-reduce: skipped, it needs add_child, which the engine does not support yet"
-        )
+        console.print(f"{demo.title} = [bold]{escape(str(result))}[/] ({mark})")
+    for demo in DEMOS:
+        if demo not in demos:
+            console.print(
+                f"{demo.title}: skipped, it needs add_child, which the engine does not support yet"
+            )
     console.print()
     console.print(_graphs_table(client, colonyname, prvkey))
     executors = {e.executorid: e.executorname for e in client.list_executors(colonyname, prvkey)}
@@ -155,7 +165,9 @@ def _result(client: Colonies, graph: ProcessGraph, nodename: str, prvkey: str) -
     except ColoniesError as error:
         return f"not done ({error}); is the executor running?"
     if ended.state != ProcessState.SUCCESS:
-        return f"{ProcessState(ended.state).name}: {'; '.join(ended.errors)}"
+        lines = (line.strip() for error in ended.errors for line in error.splitlines())
+        reason = next((line for line in lines if line), "no error given")
+        return f"{ProcessState(ended.state).name} ({reason})"
     return ended.output[0] if len(ended.output) == 1 else ended.output
 
 

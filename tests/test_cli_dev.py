@@ -365,7 +365,7 @@ def test_dev_demo_runs_the_seed_workflows(start_dev: StartDev, tmp_path: Path) -
     assert returncode == 0, err
     assert re.search(r"gen_nums -> sum_nums = 3 \(ok\)", out), out
     assert re.search(r"fetch_a, fetch_b -> merge = 30 \(ok\)", out), out
-    assert re.search(r"reduce = 15 \(ok\)|map-reduce: skipped, it needs add_child", out), out
+    assert re.search(r"reduce = 15 \(ok\)|reduce: skipped, it needs add_child", out), out
     for heading in ("PROCESSGRAPH ID", "SUBMISSION TIME", "INITIATOR", "NODENAME", "EXECUTOR"):
         assert heading in out
     assert out.endswith("colonies dev stopped.\n")
