@@ -37,6 +37,8 @@ def colonies_command() -> list[str]:
     return [sys.executable, "-c", "from colonies_es.cli.app import main; main()"]
 
 
+STARTUP = 60.0
+"""Seconds a stack may take to come up: deadlines, generous for a busy machine."""
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEV_ENV_VARIABLES = {
     "COLONIES_SERVER_HOST",
@@ -143,7 +145,7 @@ class DevProcess:
             if match:
                 return match
 
-    def finish(self, timeout: float = 15) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
         """Wait for the exit; return (exit code, all stdout, all stderr)."""
         returncode = self.process.wait(timeout=timeout)
         self._reader.join(timeout=5)
@@ -187,9 +189,9 @@ async def test_dev_runs_until_ctrl_c(start_dev: StartDev, tmp_path: Path) -> Non
         "--port", str(port), "--data-dir", str(data_dir), "--executors", "0", cwd=tmp_path
     )
 
-    url = dev.expect(r"listening on (nats://\S+)", timeout=20).group(1)
+    url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
     assert url == f"nats://127.0.0.1:{port}"
-    dev.expect(r"press Ctrl-C", timeout=30)
+    dev.expect(r"press Ctrl-C", timeout=STARTUP)
     assert "engine ready" in dev.stdout
     assert "executor" not in dev.stdout
     assert str(data_dir) in dev.stdout
@@ -216,8 +218,8 @@ async def test_dev_runs_until_ctrl_c(start_dev: StartDev, tmp_path: Path) -> Non
 def test_dev_stops_on_sigterm(start_dev: StartDev, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     dev = start_dev("--port", str(free_port()), "--data-dir", str(data_dir), cwd=tmp_path)
-    url = dev.expect(r"listening on (nats://\S+)", timeout=20).group(1)
-    dev.expect(r"press Ctrl-C", timeout=30)
+    url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
+    dev.expect(r"press Ctrl-C", timeout=STARTUP)
     dev.process.send_signal(signal.SIGTERM)
     returncode, _, err = dev.finish()
     assert returncode == 0, err
@@ -227,7 +229,7 @@ def test_dev_stops_on_sigterm(start_dev: StartDev, tmp_path: Path) -> None:
 def test_dev_exits_non_zero_when_the_server_dies(start_dev: StartDev, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     dev = start_dev("--port", str(free_port()), "--data-dir", str(data_dir), cwd=tmp_path)
-    dev.expect(r"press Ctrl-C", timeout=30)
+    dev.expect(r"press Ctrl-C", timeout=STARTUP)
     (server_pid,) = pids_with_argument(str(data_dir / "jetstream"))
     os.kill(server_pid, signal.SIGKILL)
     returncode, _, err = dev.finish()
@@ -266,8 +268,8 @@ async def test_dev_uses_nats_conf_from_the_working_directory(
 ) -> None:
     (tmp_path / "nats.conf").write_text("max_payload: 64KB\n")
     dev = start_dev("--port", str(free_port()), "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
-    url = dev.expect(r"listening on (nats://\S+)", timeout=20).group(1)
-    dev.expect(r"press Ctrl-C", timeout=5)
+    url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
+    dev.expect(r"press Ctrl-C", timeout=STARTUP)
     assert str(tmp_path / "nats.conf") in dev.stdout
     nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
     try:
@@ -281,12 +283,12 @@ async def test_dev_uses_nats_conf_from_the_working_directory(
 def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     dev = start_dev("--data-dir", str(data_dir), "--port", "0", cwd=tmp_path)
-    url = dev.expect(r"listening on (nats://\S+)", timeout=20).group(1)
-    dev.expect(r"engine ready", timeout=30)
-    dev.expect(r"projector ready", timeout=30)
-    dev.expect(r"colony dev created", timeout=15)
-    dev.expect(r"executor \(python-executor\) ready", timeout=30)
-    dev.expect(r"press Ctrl-C", timeout=5)
+    url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
+    dev.expect(r"engine ready", timeout=STARTUP)
+    dev.expect(r"projector ready", timeout=STARTUP)
+    dev.expect(r"colony dev created", timeout=STARTUP)
+    dev.expect(r"executor \(python-executor\) ready", timeout=STARTUP)
+    dev.expect(r"press Ctrl-C", timeout=STARTUP)
 
     env_file = data_dir / "dev.env"
     assert f"source {env_file}" in dev.stdout
@@ -330,7 +332,7 @@ def test_dev_continues_where_it_stopped(start_dev: StartDev, tmp_path: Path) -> 
     env_file = data_dir / "dev.env"
     example = [sys.executable, str(EXAMPLES / "workflow_example.py")]
     first = start_dev("--data-dir", str(data_dir), "--port", "0", cwd=tmp_path)
-    first.expect(r"press Ctrl-C", timeout=30)
+    first.expect(r"press Ctrl-C", timeout=STARTUP)
     keys = (data_dir / "keys.json").read_bytes()
     before = sourced(env_file)
     submitted = run_sourced(env_file, *example)
@@ -341,8 +343,8 @@ def test_dev_continues_where_it_stopped(start_dev: StartDev, tmp_path: Path) -> 
     assert first.finish()[0] == 0
 
     second = start_dev("--data-dir", str(data_dir), "--port", "0", cwd=tmp_path)
-    second.expect(r"colony dev found", timeout=30)
-    second.expect(r"press Ctrl-C", timeout=30)
+    second.expect(r"colony dev found", timeout=STARTUP)
+    second.expect(r"press Ctrl-C", timeout=STARTUP)
     assert (data_dir / "keys.json").read_bytes() == keys
     after = sourced(env_file)
     kept = ["COLONY_NAME", "COLONY_PRVKEY", "PRVKEY", "SERVER_ID", "EVENT_SEAL_KEY"]

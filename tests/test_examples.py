@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli_dev import EXAMPLES, DevProcess, run_sourced, stack_is_gone
+from tests.test_cli_dev import EXAMPLES, STARTUP, DevProcess, run_sourced, stack_is_gone
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data_dir = tmp_path_factory.mktemp("dev")
     dev = DevProcess("--data-dir", str(data_dir), "--port", "0", cwd=data_dir)
     try:
-        url = dev.expect(r"listening on (nats://\S+)", timeout=20).group(1)
-        dev.expect(r"press Ctrl-C", timeout=60)
+        url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
+        dev.expect(r"press Ctrl-C", timeout=STARTUP)
         yield data_dir / "dev.env"
         dev.process.send_signal(signal.SIGINT)
         returncode, _, err = dev.finish()
