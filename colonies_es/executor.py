@@ -53,7 +53,8 @@ class FunctionFailed(Exception):
     """The process cannot succeed; ``errors`` (never empty) is what ``fail`` reports.
 
     ``errors[0]`` is one line ("ValueError: bad input", or what was wrong with the code);
-    when the function raised, ``errors[1]`` is its formatted traceback.
+    ``errors[1]``, when there is one, shows where: the formatted traceback of what
+    raised, or the line that does not compile.
     """
 
     def __init__(self, errors: list[str]) -> None:
@@ -105,7 +106,7 @@ def execute_function(process: Process, ctx: dict[str, Any], globals_: dict[str, 
                 [f"the code defines no function named {spec.funcname!r}"]
                 if function is None
                 else [
-                    f"{spec.funcname!r} in the code is a {type(function).__name__}, not a function"
+                    f"{spec.funcname!r} in the code is not callable (a {type(function).__name__})"
                 ]
             )
         args = process.input if process.input else spec.args
