@@ -632,12 +632,6 @@ def logged(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INF
 ECHO = "def echo(x, ctx={}):\n    return x\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the work stream is in memory, so a NATS restart loses it, and the "
-    "engine neither recreates it nor its consumers (it caches them) until it restarts; "
-    "ready processes then never reach an executor",
-)
 def test_the_executor_goes_on_after_a_nats_restart(fresh_stack: Stack) -> None:
     stack = fresh_stack
     colony = stack.new_colony()
@@ -660,7 +654,7 @@ def test_the_executor_goes_on_after_a_nats_restart(fresh_stack: Stack) -> None:
 
 def test_the_executor_goes_on_after_a_nats_and_engine_restart(fresh_stack: Stack) -> None:
     """The executor's side of a NATS restart: its connection comes back and it finds the
-    work consumer again (recreated by the restarted engine, see the xfail above)."""
+    work consumer again (recreated by the restarted engine)."""
     stack = fresh_stack
     colony = stack.new_colony()
     with running_executor(stack, colony, concurrency=2):

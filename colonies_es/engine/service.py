@@ -164,7 +164,7 @@ class Engine:
             name=WORK_STREAM,
             subjects=[f"{WORK_PREFIX}.>"],
             retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.MEMORY,
+            storage=StorageType.FILE,
         )
         try:
             await js.add_stream(config)
@@ -203,13 +203,28 @@ class Engine:
                 log.warning("ticket reconciliation failed: %r", error)
 
     async def _reconcile(self) -> None:
-        """Issues tickets where fewer wait (unclaimed or unacked) than ready processes."""
+        """Issues tickets where fewer wait (unclaimed or unacked) than ready processes.
+
+        If the work stream or a consumer is gone (a nats-server restarted without it),
+        the work is set up again from the engine's state.
+        """
         assert self.nc is not None
         assert self.app is not None
         js = self.nc.jetstream()
+        try:
+            await js.stream_info(WORK_STREAM)
+        except nats.js.errors.NotFoundError:
+            log.warning("the work stream is gone: setting it up again from the engine's state")
+            self._consumers.clear()
+            await self._reset_work()
+            return
         for (colonyname, executortype), ready in self.app.ready.counts().items():
             await self._ensure_consumer((colonyname, executortype))
-            info = await js.consumer_info(WORK_STREAM, work_consumer(colonyname, executortype))
+            try:
+                info = await js.consumer_info(WORK_STREAM, work_consumer(colonyname, executortype))
+            except nats.js.errors.NotFoundError:
+                self._consumers.discard((colonyname, executortype))
+                continue
             waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
             for _ in range(ready - waiting):
                 await self._publish_ticket(colonyname, executortype)
