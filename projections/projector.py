@@ -30,6 +30,12 @@ What the projector promises:
   such aggregate, an ``apply`` that fails) are logged as warnings and skipped; an
   ``apply`` failing halfway leaves no trace (the aggregate is rebuilt from the log).
   The store itself already drops messages that are not events or not sealed.
+
+Cost: a rebuild is CPU-bound. Measured on a 2-core machine (20,000 events of seed-like
+workflows), it runs at about 12,000 events/s, a fifth of a raw ordered-consumer replay of
+the same stream: the store's subscription (decoding, seal checks) takes about as long as
+the projection itself, and the domain's deep copies (``apply`` of a submission,
+``process_model``) are 40% of the projection.
 """
 
 from __future__ import annotations

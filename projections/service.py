@@ -141,7 +141,7 @@ class QueryService:
             self._open, op, data, time.time(), limiter=self._limiter
         )
         if body.after > self.watch.position:
-            wait = min(max(body.wait, 0.0), MAX_WAIT)
+            wait = min(body.wait, MAX_WAIT) if body.wait > 0 else 0.0  # NaN: no wait
             with anyio.move_on_after(wait):
                 await self.watch.wait_for(body.after)
             if body.after > self.watch.position:
