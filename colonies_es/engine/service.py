@@ -56,6 +56,7 @@ RECONCILE_INTERVAL = 1.0
 """Seconds between checks that every ready process has a work ticket waiting."""
 
 _ticket_encoder = msgspec.json.Encoder()
+_REPLY_HEADROOM = 1024  # bytes kept for the reply's headers
 
 
 class Engine:
@@ -130,7 +131,13 @@ class Engine:
         assert self.app is not None
         outcome = await self.app.handle(op, request.data, time.time())
         try:
-            if outcome.status == 200:
+            if outcome.status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
+                await request.respond_error(
+                    "413",
+                    f"the answer ({len(outcome.body)} bytes) is over the NATS message limit "
+                    f"({self.nc.max_payload}): ask for fewer (count)",
+                )
+            elif outcome.status == 200:
                 await request.respond(outcome.body)
             else:
                 await request.respond_error(str(outcome.status), outcome.message)
