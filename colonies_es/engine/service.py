@@ -129,6 +129,7 @@ class Engine:
 
     async def _serve(self, op: str, request: Request) -> None:
         assert self.app is not None
+        assert self.nc is not None
         outcome = await self.app.handle(op, request.data, time.time())
         try:
             if outcome.status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
