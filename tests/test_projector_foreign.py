@@ -35,6 +35,7 @@ from tests.test_projector_support import (
 
 _state = MsgspecTranscoder().encode
 EVENTS = "colonies_es.domain.graph_events"
+NOT_AN_EVENT = "colonies_es.domain.graph:ProcessGraph"
 
 
 def forge(url: str, messages: list[tuple[str, bytes]]) -> None:
@@ -68,60 +69,61 @@ def test_events_appended_by_others_neither_break_nor_change_the_view(
     colony = stack.new_colony()
     executor = stack.new_executor(colony, EXECUTOR_TYPE)
     url = stack.nats.url
-    keyed = ProjectorProcess(url, tmp_path / "keyed.sqlite", stack.engine.seal_key, tmp_path)
-    keyless = ProjectorProcess(url, tmp_path / "keyless.sqlite", None, tmp_path)
-    keyed.start()
-    keyless.start()
-    graph = stack.client.submit_workflow(seed_workflow(colony.name), colony.owner_prvkey)
-    running = stack.client.assign(colony.name, 10, executor)
-    aggregate = graph_aggregate_id(colony.name, graph.processgraphid)
-    query = QueryClient(colony.owner_prvkey, servers=[url])
-    written = query.log_position()
-    wait_for_view(keyed.db, written)
-    wait_for_view(keyless.db, written)
-    version = int(
-        sqlite3.connect(keyed.db)
-        .execute("SELECT version FROM aggregates WHERE aggregate_id = ?", (aggregate,))
-        .fetchone()[0]
-    )
-    nowhere = graph_aggregate_id(colony.name, "e" * 64)
-    fails_halfway = {  # fails the running process, then cancels a process that is not there
-        **audit(),
-        "ready": [],
-        "graphstate": int(ProcessState.FAILED),
-        "processid": running.processid,
-        "executorid": crypto.id_from_private_key(executor),
-        "attempt": 1,
-        "errors": ["forged"],
-        "retried": False,
-        "cancelled": ["0" * 64],
-        "cancelreason": "forged",
-    }
-    foreign_aggregate = {"originator_topic": "os:system", **audit()}
-    forge(
-        url,
-        [
-            (f"colonies.ev.{aggregate}", b"not an event at all"),
-            envelope(aggregate, version + 1, "elsewhere.module:Thing", _state({})),
-            envelope(aggregate, version + 1, f"{EVENTS}:ProcessClosed", b"\xc1\xc1"),
-            envelope(aggregate, version + 1, "colonies_es.domain.graph:ProcessGraph", _state({})),
-            envelope(aggregate, version + 7, f"{EVENTS}:ProcessClosed", _state(audit())),
-            envelope(aggregate, 1, f"{EVENTS}:GraphSubmitted", _state(audit())),
-            envelope(nowhere, 2, f"{EVENTS}:ProcessClosed", _state(audit())),
-            envelope(nowhere, 1, f"{EVENTS}:GraphSubmitted", _state(foreign_aggregate)),
-            envelope(aggregate, version + 1, f"{EVENTS}:ProcessFailed", _state(fails_halfway)),
-        ],
-    )
-    stack.client.close(running.processid, [1, 2], executor)  # the engine goes on
-    last = stack.client.assign(colony.name, 10, executor)
-    stack.client.close(last.processid, [3], executor)
-    written = query.log_position()
-    wait_for_view(keyed.db, written)
-    wait_for_view(keyless.db, written)
-    view = query.get_graph(graph.processgraphid)
-    query.close()
-    keyed.stop()
-    keyless.stop()
+    with (
+        ProjectorProcess(url, tmp_path / "keyed.sqlite", stack.engine.seal_key, tmp_path) as keyed,
+        ProjectorProcess(url, tmp_path / "keyless.sqlite", None, tmp_path) as keyless,
+        QueryClient(colony.owner_prvkey, servers=[url]) as query,
+    ):
+        keyed.start()
+        keyless.start()
+        graph = stack.client.submit_workflow(seed_workflow(colony.name), colony.owner_prvkey)
+        running = stack.client.assign(colony.name, 10, executor)
+        aggregate = graph_aggregate_id(colony.name, graph.processgraphid)
+        written = query.log_position()
+        wait_for_view(keyed.db, written)
+        wait_for_view(keyless.db, written)
+        version = int(
+            sqlite3.connect(keyed.db)
+            .execute("SELECT version FROM aggregates WHERE aggregate_id = ?", (aggregate,))
+            .fetchone()[0]
+        )
+        nowhere = graph_aggregate_id(colony.name, "e" * 64)
+        fails_halfway = {  # fails the running process, then cancels a process that is not there
+            **audit(),
+            "ready": [],
+            "graphstate": int(ProcessState.FAILED),
+            "processid": running.processid,
+            "executorid": crypto.id_from_private_key(executor),
+            "attempt": 1,
+            "errors": ["forged"],
+            "retried": False,
+            "cancelled": ["0" * 64],
+            "cancelreason": "forged",
+        }
+        foreign_aggregate = {"originator_topic": "os:system", **audit()}
+        forge(
+            url,
+            [
+                (f"colonies.ev.{aggregate}", b"not an event at all"),
+                envelope(aggregate, version + 1, "elsewhere.module:Thing", _state({})),
+                envelope(aggregate, version + 1, f"{EVENTS}:ProcessClosed", b"\xc1\xc1"),
+                envelope(aggregate, version + 1, NOT_AN_EVENT, _state({})),
+                envelope(aggregate, version + 7, f"{EVENTS}:ProcessClosed", _state(audit())),
+                envelope(aggregate, 1, f"{EVENTS}:GraphSubmitted", _state(audit())),
+                envelope(nowhere, 2, f"{EVENTS}:ProcessClosed", _state(audit())),
+                envelope(nowhere, 1, f"{EVENTS}:GraphSubmitted", _state(foreign_aggregate)),
+                envelope(aggregate, version + 1, f"{EVENTS}:ProcessFailed", _state(fails_halfway)),
+            ],
+        )
+        stack.client.close(running.processid, [1, 2], executor)  # the engine goes on
+        last = stack.client.assign(colony.name, 10, executor)
+        stack.client.close(last.processid, [3], executor)
+        written = query.log_position()
+        wait_for_view(keyed.db, written)
+        wait_for_view(keyless.db, written)
+        view = query.get_graph(graph.processgraphid)
+        keyed.stop()
+        keyless.stop()
 
     assert dump_view(keyless.db) == dump_view(keyed.db)
     assert view.graph == stack.client.get_processgraph(graph.processgraphid, colony.owner_prvkey)

@@ -29,32 +29,35 @@ def test_a_projector_killed_mid_stream_misses_no_event_and_applies_none_twice(
     executor = stack.new_executor(colony, EXECUTOR_TYPE)
     runs = [run_seed(stack, colony, executor) for _ in range(15)]  # a backlog to catch up on
     seal_key = stack.engine.seal_key
-    victim = ProjectorProcess(stack.nats.url, tmp_path / "victim.sqlite", seal_key, tmp_path, 3)
-    victim.start()
-    stopping = threading.Event()
+    url = stack.nats.url
+    with (
+        ProjectorProcess(url, tmp_path / "victim.sqlite", seal_key, tmp_path, 3) as victim,
+        ProjectorProcess(url, tmp_path / "fresh.sqlite", seal_key, tmp_path) as fresh,
+    ):
+        victim.start()
+        stopping = threading.Event()
 
-    def load() -> None:  # the log keeps growing while the projector is killed
-        while not stopping.is_set() and len(runs) < 100:
-            runs.append(run_seed(stack, colony, executor))
+        def load() -> None:  # the log keeps growing while the projector is killed
+            while not stopping.is_set() and len(runs) < 100:
+                runs.append(run_seed(stack, colony, executor))
 
-    writer = threading.Thread(target=load)
-    writer.start()
-    try:
-        for _ in range(4):
-            wait_for_view(victim.db, view_position(victim.db) + 10)
-            victim.kill()
-            victim.start()
-    finally:
-        stopping.set()
-        writer.join(60)
-    with QueryClient(colony.owner_prvkey, servers=[stack.nats.url]) as query:
-        end = query.log_position()
-    fresh = ProjectorProcess(stack.nats.url, tmp_path / "fresh.sqlite", seal_key, tmp_path)
-    fresh.start()
-    wait_for_view(victim.db, end)
-    wait_for_view(fresh.db, end)
-    victim.stop()
-    fresh.stop()
+        writer = threading.Thread(target=load)
+        writer.start()
+        try:
+            for _ in range(4):
+                wait_for_view(victim.db, view_position(victim.db) + 10)
+                victim.kill()
+                victim.start()
+        finally:
+            stopping.set()
+            writer.join(60)
+        with QueryClient(colony.owner_prvkey, servers=[url]) as query:
+            end = query.log_position()
+        fresh.start()
+        wait_for_view(victim.db, end)
+        wait_for_view(fresh.db, end)
+        victim.stop()
+        fresh.stop()
 
     assert victim.starts == 5
     assert dump_view(victim.db) == dump_view(fresh.db)
@@ -70,9 +73,13 @@ def test_a_projector_rides_out_a_restart_of_the_nats_server(
     executor = stack.new_executor(colony, EXECUTOR_TYPE)
     run_seed(stack, colony, executor)
     seal_key = stack.engine.seal_key
-    survivor = ProjectorProcess(stack.nats.url, tmp_path / "survivor.sqlite", seal_key, tmp_path)
-    survivor.start()
-    with QueryClient(colony.owner_prvkey, servers=[stack.nats.url]) as query:
+    url = stack.nats.url
+    with (
+        ProjectorProcess(url, tmp_path / "survivor.sqlite", seal_key, tmp_path) as survivor,
+        ProjectorProcess(url, tmp_path / "fresh.sqlite", seal_key, tmp_path) as fresh,
+        QueryClient(colony.owner_prvkey, servers=[url]) as query,
+    ):
+        survivor.start()
         wait_for_view(survivor.db, query.log_position())
 
         stack.nats.kill()
@@ -87,12 +94,11 @@ def test_a_projector_rides_out_a_restart_of_the_nats_server(
                 time.sleep(0.1)
         run_seed(stack, colony, executor)
         end = query.log_position()
-    wait_for_view(survivor.db, end)
-    fresh = ProjectorProcess(stack.nats.url, tmp_path / "fresh.sqlite", seal_key, tmp_path)
-    fresh.start()
-    wait_for_view(fresh.db, end)
-    survivor.stop()
-    fresh.stop()
+        wait_for_view(survivor.db, end)
+        fresh.start()
+        wait_for_view(fresh.db, end)
+        survivor.stop()
+        fresh.stop()
 
     assert survivor.starts == 1
     assert dump_view(survivor.db) == dump_view(fresh.db)

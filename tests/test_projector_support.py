@@ -46,7 +46,8 @@ VIEW_TABLES = {
 
 
 class ProjectorProcess:
-    """``colonies projector`` as a child process writing its view to ``db``."""
+    """``colonies projector`` as a child process writing its view to ``db``. As a
+    context manager, it is killed (if still running) when the block ends."""
 
     def __init__(
         self,
@@ -88,6 +89,12 @@ class ProjectorProcess:
                 raise TimeoutError(f"projector not ready: {self.output()[-3000:]}")
             time.sleep(0.02)
         return self
+
+    def __enter__(self) -> ProjectorProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
 
     def output(self) -> str:
         return self.log_file.read_text(errors="replace")
