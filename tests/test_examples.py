@@ -36,6 +36,7 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     [
         ("workflow_example.py", "3", []),
         ("multi_dependency_example.py", "30", []),
+        ("mapreduce_example.py", "15", [f"  gen_nums_{i}: out=[1, 2]" for i in range(5)]),
         (
             "cross_platform_example.py",
             "stored dataset: 8 values, mean 3.875",
@@ -47,7 +48,7 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             ],
         ),
     ],
-    ids=["workflow", "multi_dependency", "cross_platform"],
+    ids=["workflow", "multi_dependency", "mapreduce", "cross_platform"],
 )
 def test_example_prints_its_result(
     dev_env: Path, example: str, result: str, also_printed: list[str]
