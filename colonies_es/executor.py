@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats.errors
 
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
@@ -394,10 +393,10 @@ class PythonExecutor:
                 report(processid, data, self.prvkey)
                 return None
             except ColoniesError as error:
+                if error.status == 413:  # the client found it over the NATS message limit
+                    return ColoniesError(413, f"too large for NATS: {error}")
                 return error
             except ColoniesConnectionError as error:
-                if isinstance(error.__cause__, nats.errors.MaxPayloadError):
-                    return ColoniesError(413, f"too large for NATS: {error}")  # no use retrying
                 if time.monotonic() + pause > deadline:
                     return error
                 log.warning("cannot report %s yet: %s; retrying", processid[:8], error)

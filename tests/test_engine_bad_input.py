@@ -21,7 +21,7 @@ import nats
 import pytest
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from colonies_es import ColoniesConnectionError, ColoniesError, Workflow, crypto, func_spec
+from colonies_es import ColoniesError, Workflow, crypto, func_spec
 from colonies_es.models import FuncSpec
 from colonies_es.protocol import api_subject
 from tests.eventlog import last_sequence, nothing_written
@@ -373,9 +373,10 @@ def test_a_body_of_the_wrong_shape_is_refused_with_400(stack: Stack, body: Any) 
 def test_a_command_over_the_nats_payload_limit_fails_clearly_in_the_client(stack: Stack) -> None:
     colony = stack.new_colony()
     huge = simple_spec(colony, args=["x" * 2_000_000])
-    with nothing_written(stack.nats.url), pytest.raises(ColoniesConnectionError) as failed:
+    with nothing_written(stack.nats.url), pytest.raises(ColoniesError) as failed:
         stack.client.submit_func_spec(huge, colony.owner_prvkey)
-    assert "maximum payload exceeded" in str(failed.value)
+    assert failed.value.status == 413
+    assert "over the NATS message limit" in str(failed.value)
     engine_still_answers(stack, colony)
     assert stack.client.list_processes(colony.name, 10, -1, colony.owner_prvkey) == []
 
