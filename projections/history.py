@@ -400,7 +400,7 @@ class _Narrator:
         if isinstance(event, ChildAdded):
             child = event.child
             what = f"{self.name(event.parentprocessid)} added {self.name(child['processid'])}"
-            if event.parentchildren == [child["processid"]] and child["children"]:
+            if event.insert and child["children"]:
                 what += " (insert)"
             if child["children"]:
                 what += " before " + ", ".join(self.name(pid) for pid in child["children"])

@@ -98,8 +98,9 @@ DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Events that name every process they change, in ``processid``, ``ready``, ``cancelled``,
-# ``parentprocessid``, ``relinked`` or ``child``. For any other event (submission,
-# cancel, remove, and kinds added later) every process of the graph is rewritten.
+# ``parentprocessid`` or ``child`` (with the processes it relinks, its children). For any
+# other event (submission, cancel, remove, kinds added later) every process of the graph
+# is rewritten.
 _NAMING_THEIR_PROCESSES = (
     ProcessAssigned,
     OutputSet,
@@ -450,10 +451,10 @@ def _named_processes(event: AuditedEvent) -> set[str] | None:
         if value:
             named.add(value)
     named.update(getattr(event, "cancelled", ()))
-    named.update(getattr(event, "relinked", {}))
     child = getattr(event, "child", None)
-    if child is not None:
+    if child is not None:  # the new process and those whose parents it changed
         named.add(child["processid"])
+        named.update(child["children"])
     return named
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from colonies_es import ColoniesError, Process, Workflow, func_spec
-from colonies_es.client import Colonies, ColoniesConnectionError
+from colonies_es.client import Colonies
 from colonies_es.executor import PythonExecutor
 from colonies_es.models import FuncSpec
 from colonies_es.states import ProcessState
@@ -230,14 +230,6 @@ def test_a_map_adding_a_thousand_children_feeds_reduce_every_number_in_order(
     assert (stats.successfulprocesses, stats.failedprocesses) == (CHILDREN + 2, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ColoniesConnectionError,
-    reason="BUG: a list_processes reply larger than NATS max_payload (1 MB) is never sent: "
-    "the engine logs 'could not answer list_processes: MaxPayloadError()' "
-    "(engine/service.py takes every nats error for a caller that is gone) and the client "
-    "times out ('did not answer') instead of getting the list or a status",
-)
 def test_listing_more_processes_than_one_message_holds_answers(
     stack: Stack, colony: ColonyHandle
 ) -> None:

@@ -408,26 +408,18 @@ class ProcessGraph(AuditedAggregate):
         if self.find_by_nodename(named.nodename) is not None:
             raise Conflict(f"nodename {named.nodename!r} is already used in this graph")
         new = processid if processid is not None else new_id()
-        relinked: dict[str, list[str]] = {}
         if insert:
             children = list(parent.children)
-            for child in children:
-                relinked[child] = [
-                    new if p == parentprocessid else p for p in self.nodes[child].parents
-                ]
-            parentchildren = [new]
+        elif childprocessid:
+            waiting = self._process(childprocessid)
+            if waiting.state != _WAITING or waiting.readytime is not None:
+                raise Conflict(
+                    f"{_describe(waiting)} cannot wait for a new process: it is "
+                    + ("ready" if waiting.state == _WAITING else _state_name(waiting.state))
+                )
+            children = [childprocessid]
         else:
             children = []
-            parentchildren = [*parent.children, new]
-            if childprocessid:
-                waiting = self._process(childprocessid)
-                if waiting.state != _WAITING or waiting.readytime is not None:
-                    raise Conflict(
-                        f"{_describe(waiting)} cannot wait for a new process: it is "
-                        + ("ready" if waiting.state == _WAITING else _state_name(waiting.state))
-                    )
-                children = [childprocessid]
-                relinked[childprocessid] = [*waiting.parents, new]
         self._trigger(
             ChildAdded(
                 **self._next_header(now=now, actor=actor, command=command),
@@ -440,8 +432,7 @@ class ProcessGraph(AuditedAggregate):
                     parents=[parentprocessid],
                     children=children,
                 ),
-                parentchildren=parentchildren,
-                relinked=relinked,
+                insert=insert,
             )
         )
         return new

@@ -232,32 +232,42 @@ class GraphCancelled(GraphEvent):
 
 
 class ChildAdded(GraphEvent):
-    """The executor running ``parentprocessid`` added a process to the graph (dynamic
-    graphs, e.g. map-reduce). ``child`` is the new process, WAITING for its parent.
+    """The executor running ``parentprocessid`` added ``child``, a new process WAITING
+    for it (dynamic graphs, e.g. map-reduce). ``child["children"]`` are the processes
+    whose parents change:
 
-    The links it changed are stated, not re-derived: the parent's children become
-    ``parentchildren``; each process in ``relinked`` gets the listed parents (with
-    ``insert`` the new process took the parent's place among its children's parents;
-    without, a ``childprocessid`` also waits for the new process).
+    - ``insert``: the parent's children; in their parents the new process takes the
+      parent's place, and it becomes the parent's only child;
+    - otherwise: ``[childprocessid]`` (or none), which also waits for the new process
+      (appended to its parents); the new process is appended to the parent's children.
+
+    Only the change is recorded, so the event's size does not grow with the graph.
     """
 
     parentprocessid: str
     child: SubmittedProcess
-    parentchildren: list[str]
-    relinked: dict[str, list[str]]
-    """Process id -> its parents after the change."""
+    insert: bool
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
-        aggregate.nodes[self.child["processid"]] = ProcessNode(
-            processid=self.child["processid"],
+        new = self.child["processid"]
+        aggregate.nodes[new] = ProcessNode(
+            processid=new,
             spec=from_dict(copy.deepcopy(self.child["spec"]), FuncSpec),
             parents=list(self.child["parents"]),
             children=list(self.child["children"]),
             submissiontime=self.timestamp,
         )
-        aggregate.nodes[self.parentprocessid].children = list(self.parentchildren)
-        for processid, parents in self.relinked.items():
-            aggregate.nodes[processid].parents = list(parents)
+        parent = aggregate.nodes[self.parentprocessid]
+        if self.insert:
+            parent.children = [new]
+            for processid in self.child["children"]:
+                node = aggregate.nodes[processid]
+                node.parents = [new if p == self.parentprocessid else p for p in node.parents]
+        else:
+            parent.children = [*parent.children, new]
+            for processid in self.child["children"]:
+                node = aggregate.nodes[processid]
+                node.parents = [*node.parents, new]
 
 
 class AttributeAdded(GraphEvent):
