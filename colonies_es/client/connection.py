@@ -2,9 +2,8 @@
 
 Every operation of the client is one :meth:`Connection.command`: the body is sealed with
 the caller's key (:func:`colonies_es.crypto.seal`, through a session key it certifies),
-sent as a NATS request to
-``colonies.api.<op>``, and the reply is either the result's JSON or a refusal carried in
-the ``nats.micro`` error headers (protocol.py, "Commands").
+sent as a NATS request to ``colonies.api.<op>``, and the reply is either the result's
+JSON or a refusal carried in the ``nats.micro`` error headers (protocol.py, "Commands").
 """
 
 from __future__ import annotations
