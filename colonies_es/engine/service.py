@@ -172,7 +172,7 @@ class Engine:
             name=WORK_STREAM,
             subjects=[f"{WORK_PREFIX}.>"],
             retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
+            storage=StorageType.MEMORY,  # derived data: rebuilt from state if lost
         )
         try:
             await js.add_stream(config)
