@@ -15,7 +15,6 @@ import time
 from collections import Counter, defaultdict
 
 import nats
-import pytest
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es import (
