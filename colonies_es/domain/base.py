@@ -30,8 +30,9 @@ import hashlib
 import os
 import re
 from datetime import datetime
-from typing import Self, TypedDict, dataclass_transform
+from typing import Any, Self, TypedDict, TypeVar, dataclass_transform
 
+import msgspec
 from eventsourcing.domain import (
     BaseAggregate,
     CanInitAggregate,
@@ -49,11 +50,33 @@ __all__ = [
     "EventHeader",
     "check_id",
     "check_name",
+    "clone",
+    "clone_as",
     "colony_aggregate_id",
     "graph_aggregate_id",
     "is_id",
     "new_id",
 ]
+
+T = TypeVar("T")
+
+_clone_encoder = msgspec.msgpack.Encoder()
+
+
+def clone(value: Any) -> Any:
+    """An independent copy of user data (JSON-like: lists, dicts, scalars, datetimes).
+
+    The domain copies inputs, outputs and specs so that no list is shared between an
+    event and an aggregate; a msgpack round trip does it several times faster than
+    ``copy.deepcopy``, which dominated the cost of replaying graphs.
+    """
+    return msgspec.msgpack.decode(_clone_encoder.encode(value))
+
+
+def clone_as(value: Any, kind: type[T]) -> T:
+    """An independent copy of ``value`` (a Struct, or plain data) as a ``kind``."""
+    return msgspec.msgpack.decode(_clone_encoder.encode(value), type=kind)
+
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ID_RE = re.compile(r"[0-9a-f]{64}")

@@ -21,12 +21,18 @@ Once removed, a graph refuses every command with 404, but its queries still answ
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from colonies_es.domain.base import AuditedAggregate, graph_aggregate_id, is_id, new_id
+from colonies_es.domain.base import (
+    AuditedAggregate,
+    clone,
+    clone_as,
+    graph_aggregate_id,
+    is_id,
+    new_id,
+)
 from colonies_es.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from colonies_es.domain.graph_events import (
     AttemptFailed,
@@ -205,7 +211,7 @@ class ProcessGraph(AuditedAggregate):
                 )
             )
             if node.state == _SUCCESS:
-                completed[renamed[old_id]] = copy.deepcopy(node.output)
+                completed[renamed[old_id]] = clone(node.output)
         ready = []
         for old_id, node in failed.nodes.items():
             new_id_ = renamed[old_id]
@@ -311,7 +317,7 @@ class ProcessGraph(AuditedAggregate):
                 graphstate=self.state,
                 processid=processid,
                 executorid=executorid,
-                output=copy.deepcopy(output),
+                output=clone(output),
             )
         )
 
@@ -335,7 +341,7 @@ class ProcessGraph(AuditedAggregate):
         (a process released by a timeout, cancelled or failed is no longer held).
         """
         node = self._held_process(processid, executorid)
-        final_output = copy.deepcopy(output) if output else copy.deepcopy(node.output)
+        final_output = clone(output) if output else clone(node.output)
         graphstate = self._state_after({processid: _SUCCESS})
         ready = []
         if graphstate not in (_FAILED, _CANCELLED):
@@ -664,13 +670,13 @@ class ProcessGraph(AuditedAggregate):
             waitdeadline=node.waitdeadline,
             execdeadline=node.execdeadline,
             retries=node.retries,
-            spec=copy.deepcopy(node.spec),
+            spec=clone_as(node.spec, FuncSpec),
             waitforparents=bool(node.parents) and node.readytime is None,
             parents=list(node.parents),
             children=list(node.children),
             processgraphid=self.processgraphid,
-            input=copy.deepcopy(node.input),
-            output=copy.deepcopy(node.output),
+            input=clone(node.input),
+            output=clone(node.output),
             errors=list(node.errors),
             attributes=[
                 Attribute(

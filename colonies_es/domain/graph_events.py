@@ -19,12 +19,11 @@ aggregate never shares a list with an event. Specs travel as plain dicts
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
-from colonies_es.domain.base import AuditedCreationEvent, AuditedEvent
+from colonies_es.domain.base import AuditedCreationEvent, AuditedEvent, clone, clone_as
 from colonies_es.domain.process import Outcome, ProcessNode, ReadyProcess
-from colonies_es.models import FuncSpec, from_dict
+from colonies_es.models import FuncSpec
 from colonies_es.states import ProcessState
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ class GraphSubmitted(AuditedCreationEvent, GraphEvent):
         for process in self.processes:
             aggregate.nodes[process["processid"]] = ProcessNode(
                 processid=process["processid"],
-                spec=from_dict(copy.deepcopy(process["spec"]), FuncSpec),
+                spec=clone_as(process["spec"], FuncSpec),
                 parents=list(process["parents"]),
                 children=list(process["children"]),
                 submissiontime=self.timestamp,
@@ -125,7 +124,7 @@ class GraphRerun(GraphSubmitted):
         super().change_processes(aggregate)
         aggregate.origin = self.origin
         for processid, output in self.completed.items():
-            aggregate.nodes[processid].succeed(copy.deepcopy(output), self.timestamp)
+            aggregate.nodes[processid].succeed(clone(output), self.timestamp)
 
 
 class ProcessAssigned(GraphEvent):
@@ -252,7 +251,7 @@ class ChildAdded(GraphEvent):
         new = self.child["processid"]
         aggregate.nodes[new] = ProcessNode(
             processid=new,
-            spec=from_dict(copy.deepcopy(self.child["spec"]), FuncSpec),
+            spec=clone_as(self.child["spec"], FuncSpec),
             parents=list(self.child["parents"]),
             children=list(self.child["children"]),
             submissiontime=self.timestamp,

@@ -16,12 +16,12 @@ duplicate claim can be told apart (SEMANTICS.md, "Assignment").
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 import msgspec
 
+from colonies_es.domain.base import clone
 from colonies_es.models import FuncSpec
 from colonies_es.states import ProcessState
 
@@ -152,7 +152,7 @@ class ProcessNode(msgspec.Struct, kw_only=True):
         self.attempt = ready["attempt"]
         self.readytime = ready["readytime"]
         self.waitdeadline = ready["waitdeadline"]
-        self.input = copy.deepcopy(ready["input"])
+        self.input = clone(ready["input"])
         self.assignedexecutorid = ""
         self.starttime = None
         self.execdeadline = None
@@ -167,7 +167,7 @@ class ProcessNode(msgspec.Struct, kw_only=True):
 
     def set_output(self, output: list[Any]) -> None:
         """Its output is now ``output``."""
-        self.output = copy.deepcopy(output)
+        self.output = clone(output)
 
     def succeed(self, output: list[Any], now: datetime) -> None:
         """SUCCESS at ``now`` with ``output``."""
@@ -220,7 +220,7 @@ def readiness(
         attempt=attempt,
         readytime=now,
         waitdeadline=_deadline(now, spec.maxwaittime),
-        input=copy.deepcopy(input),
+        input=clone(input),
     )
 
 
