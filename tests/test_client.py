@@ -82,6 +82,7 @@ class StubEngine:
 
     async def start(self) -> None:
         await self.nc.subscribe("colonies.api.*", queue=ENGINE_QUEUE_GROUP, cb=self._answer)
+        await self.nc.flush()  # the server knows the subscription before anyone asks
 
     async def _answer(self, msg: Msg) -> None:
         command = open_command(msg.data, time.time())
