@@ -49,7 +49,10 @@ class LoopThread:
             self.loop.call_soon_threadsafe(handoff.cancel)
             raise TimeoutError(f"operation did not complete within {timeout} s")
         assert handoff.task is not None
-        return handoff.task.result()
+        try:
+            return handoff.task.result()
+        except asyncio.CancelledError:  # only ever cancelled by close()
+            raise LoopClosedError("the event loop was closed while the operation ran") from None
 
     def close(self) -> None:
         """Cancels what still runs on the loop, stops it and joins the thread."""
@@ -69,6 +72,10 @@ class LoopThread:
             self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class LoopClosedError(RuntimeError):
+    """The loop thread was closed while a caller waited for its operation."""
 
 
 class _Handoff(Generic[T]):

@@ -59,7 +59,7 @@ from colonies_es.store.codec import (
     to_stored_event,
 )
 from colonies_es.store.jetstream import Entry, JetStreamLog, StoredMessage, StreamSpec
-from colonies_es.store.loop import LoopThread
+from colonies_es.store.loop import LoopClosedError, LoopThread
 
 _TOKEN = re.compile(r"^[^\s*>]+$")
 
@@ -145,6 +145,8 @@ class _Connection:
             return self.loop.run(coro, self.timeout * 3)
         except TimeoutError as error:
             raise OperationalError(f"NATS operation timed out: {error}") from error
+        except LoopClosedError as error:
+            raise OperationalError(f"the store was closed: {error}") from error
 
     def close(self) -> None:
         """Closes the connection (best effort when NATS is gone) and stops the loop."""
