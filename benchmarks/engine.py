@@ -419,7 +419,15 @@ def start_engine(
     """``colonies server`` as a child process, returned once it logged that it is ready."""
     with log_file.open("wb") as log:
         engine = subprocess.Popen(
-            [sys.executable, "-m", "colonies_es.cli", "server", "--nats", nats_url],
+            [
+                sys.executable,
+                "-m",
+                "colonies_es.cli",
+                "server",
+                "--no-projector",
+                "--nats",
+                nats_url,
+            ],
             env={
                 **os.environ,
                 "COLONIES_SERVER_ID": server_id,

@@ -159,7 +159,7 @@ def _engine(keys: DevKeys, environment: dict[str, str], data_dir: Path) -> Child
     """`colonies server`: it reads the server id and the seal key from the environment."""
     return ChildProcess(
         "engine",
-        ["server", "--nats", environment["COLONIES_NATS_URL"]],
+        ["server", "--no-projector", "--nats", environment["COLONIES_NATS_URL"]],
         {**environment, "COLONIES_ENGINE_PRVKEY": keys.engine_prvkey},
         data_dir / "engine.log",
     )

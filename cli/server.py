@@ -44,6 +44,22 @@ def server(
             "Messages the key did not seal are ignored.",
         ),
     ] = "",
+    projector: Annotated[
+        bool,
+        typer.Option(
+            "--projector/--no-projector",
+            help="Also run a projector (read model, listings, stats, logs on colonies.q.*) "
+            "in this process. Turn it off when projectors run on their own.",
+        ),
+    ] = True,
+    projector_db: Annotated[
+        str,
+        typer.Option(
+            "--projector-db",
+            envvar="COLONIES_PROJECTOR_DB",
+            help="SQLite file of the projector's view (rebuilt from the log if deleted).",
+        ),
+    ] = "colonies-view.sqlite",
 ) -> None:
     """Run the engine: serve signed commands on colonies.api.*, publish ready work,
     fire timeouts. State is rebuilt from the JetStream event log on start."""
@@ -60,7 +76,7 @@ def server(
         print(f"colonies engine ready on {nats} (pid {os.getpid()})", flush=True)
 
     try:
-        run_engine(nats, server_id, key, started, seal_key)
+        run_engine(nats, server_id, key, started, seal_key, projector_db if projector else "")
     except KeyboardInterrupt:
         pass
     except Exception as error:  # one readable line, not a traceback

@@ -42,7 +42,15 @@ class EngineProcess:
         self.starts += 1
         log = self.log_file.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "colonies_es.cli", "server", "--nats", self.nats_url],
+            [
+                sys.executable,
+                "-m",
+                "colonies_es.cli",
+                "server",
+                "--no-projector",
+                "--nats",
+                self.nats_url,
+            ],
             env={
                 **os.environ,
                 "COLONIES_SERVER_ID": self.server_id,

@@ -3,6 +3,7 @@ service around them (:mod:`.service`) and how to run it (:func:`run_engine`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -39,11 +40,14 @@ def run_engine(
     engine_prvkey: str,
     started: Callable[[], Any] | None = None,
     seal_key: str = "",
+    projector_db: str = "",
 ) -> None:
     """Runs the engine in this thread until interrupted (KeyboardInterrupt, SIGTERM).
 
     With ``seal_key`` (hex) every event is sealed and unsealed messages in the log are
-    ignored; without, anyone able to publish to the stream could inject events.
+    ignored; without, anyone able to publish to the stream could inject events. With
+    ``projector_db`` a projector (read model and queries) runs beside the engine, in the
+    same event loop, keeping its view in that SQLite file.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not seal_key:
@@ -64,6 +68,12 @@ def run_engine(
         # (service stop, connection drain) runs while nats-py's own tasks still work.
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(engine.run, started)
+            if projector_db:
+                from colonies_es.projections.runner import run_projector
+
+                tasks.start_soon(
+                    functools.partial(run_projector, nats_url, projector_db, seal_key=seal_key)
+                )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     tasks.cancel_scope.cancel()
