@@ -233,10 +233,10 @@ class Auditor:
         if self.sealer is None:
             return []
         try:
-            envelope = decode_envelope(message.payload)
+            decode_envelope(message.payload)
         except DataError:
             return []  # decode_event says what it is
-        return [] if self.sealer.is_sealed(message.subject, envelope) else [_UNSEALED]
+        return [] if self.sealer.is_sealed(message.subject, message.payload) else [_UNSEALED]
 
     # --- the command -------------------------------------------------------------------------
 

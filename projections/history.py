@@ -209,7 +209,7 @@ def decode_event(message: StoredMessage, sealer: Sealer | None = None) -> Audite
         envelope = decode_envelope(message.payload)
     except DataError:
         raise Untrusted("not an event envelope") from None
-    if sealer is not None and not sealer.is_sealed(message.subject, envelope):
+    if sealer is not None and not sealer.is_sealed(message.subject, message.payload):
         raise Untrusted("not sealed by the engine (no valid seal)")
     if not envelope.topic.startswith(_DOMAIN_TOPIC_PREFIX):
         raise Untrusted(f"not an event of this system (topic {envelope.topic!r})")

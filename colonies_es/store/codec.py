@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import hmac
 from decimal import Decimal
 from typing import Any
@@ -56,35 +57,46 @@ _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 
 
 class Sealer:
-    """Seals envelopes with an HMAC-SHA256 key shared by the log's trusted writers and
-    readers (engine, projectors), so that a message appended to the stream by anyone else
-    is recognised and ignored. It costs about 2 us per event.
+    """Seals envelopes with a key shared by the log's trusted writers and readers (engine,
+    projectors), so that a message appended to the stream by anyone else is recognised
+    and ignored.
+
+    The seal is a keyed BLAKE2b-256 MAC over the subject and the payload's bytes before
+    the seal (the seal is the envelope's last field, so those bytes are the payload
+    minus its last 32): checking it needs no re-encoding, a few microseconds an event.
 
     This protects the infrastructure's own view of the log; the offline audit does not
     need the key: every event carries the actor's signed command (DESIGN.md, point 7).
     """
 
+    SIZE = 32
+
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ValueError("a seal key needs at least 16 bytes")
+        if not 16 <= len(key) <= 64:
+            raise ValueError("a seal key has 16 to 64 bytes")
         self._key = key
 
-    def _mac(self, subject: str, unsealed: bytes) -> bytes:
-        return hmac.digest(self._key, subject.encode() + b"\0" + unsealed, "sha256")
+    def _mac(self, subject: str, body: bytes) -> bytes:
+        mac = hashlib.blake2b(subject.encode(), key=self._key, digest_size=self.SIZE)
+        mac.update(b"\0")
+        mac.update(body)
+        return mac.digest()
 
     def seal(self, subject: str, envelope: Envelope) -> bytes:
         """The payload of ``envelope`` on ``subject``, sealed."""
-        unsealed = _envelope_encoder.encode(envelope)
-        return _envelope_encoder.encode(
-            msgspec.structs.replace(envelope, seal=self._mac(subject, unsealed))
+        placeholder = _envelope_encoder.encode(
+            msgspec.structs.replace(envelope, seal=bytes(self.SIZE))
         )
+        body = placeholder[: -self.SIZE]
+        return body + self._mac(subject, body)
 
-    def is_sealed(self, subject: str, envelope: Envelope) -> bool:
-        """True if ``envelope`` was sealed with this key for ``subject``."""
-        if envelope.seal is None:
+    def is_sealed(self, subject: str, payload: bytes) -> bool:
+        """True if ``payload`` (an encoded envelope) was sealed with this key for
+        ``subject``."""
+        if len(payload) <= self.SIZE:
             return False
-        unsealed = _envelope_encoder.encode(msgspec.structs.replace(envelope, seal=None))
-        return hmac.compare_digest(envelope.seal, self._mac(subject, unsealed))
+        body, seal = payload[: -self.SIZE], payload[-self.SIZE :]
+        return hmac.compare_digest(seal, self._mac(subject, body))
 
 
 def to_envelope(event: StoredEvent) -> Envelope:

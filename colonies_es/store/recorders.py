@@ -130,7 +130,7 @@ class _Connection:
                 "ignoring message %d on %s: not an event", message.sequence, message.subject
             )
             return None
-        if self.sealer is not None and not self.sealer.is_sealed(message.subject, envelope):
+        if self.sealer is not None and not self.sealer.is_sealed(message.subject, message.payload):
             log.warning("ignoring message %d on %s: not sealed", message.sequence, message.subject)
             return None
         return envelope
