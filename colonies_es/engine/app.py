@@ -53,8 +53,6 @@ from colonies_es.domain import (
 )
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.models import (
-    Executor,
-    FuncSpec,
     Log,
     ProcessState,
     Statistics,
@@ -938,8 +936,4 @@ def _timer_rest(timer: _Timer) -> tuple[str, str, int, str]:
     return timer.processid, timer.graph_id, timer.attempt, timer.kind
 
 
-def spec_of(data: dict[str, Any]) -> FuncSpec:  # pragma: no cover - convenience for tools
-    return msgspec.convert(data, FuncSpec)
-
-
-__all__ = ["ColoniesApp", "Effects", "Executor", "Outcome"]
+__all__ = ["ColoniesApp", "Effects", "Outcome"]
