@@ -80,5 +80,12 @@ def server(
     except KeyboardInterrupt:
         pass
     except Exception as error:  # one readable line, not a traceback
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {_cause(error)}", err=True)
         sys.exit(1)
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The first real error inside (task) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error

@@ -53,6 +53,13 @@ from colonies_es.protocol import (
 log = logging.getLogger("colonies.engine")
 
 RECONCILE_INTERVAL = 1.0
+CONNECT_TIMEOUT = 5.0
+"""Seconds the engine tries to reach NATS at start before giving up."""
+
+
+async def _log_nats_error(error: Exception) -> None:
+    """nats-py reports connection trouble here (one line, instead of a traceback)."""
+    log.warning("NATS: %r", error)
 """Seconds between checks that every ready process has a work ticket waiting."""
 
 _ticket_encoder = msgspec.json.Encoder()
@@ -71,12 +78,7 @@ class Engine:
 
     async def run(self, started: Callable[[], Any] | None = None) -> None:
         """Serves until the calling task is cancelled; ``started()`` once ready."""
-        self.nc = await nats.connect(
-            self.nats_url,
-            name="colonies-es engine",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
+        self.nc = await self._connect()
         try:
             self.app = await anyio.to_thread.run_sync(self._app_factory)
             self.app.attach(self.nc)
@@ -100,6 +102,21 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self.nc.drain()
+
+    async def _connect(self) -> NATS:
+        """The engine's connection (reconnecting forever once made); a NATS server that
+        cannot be reached at start is one clear error within ``CONNECT_TIMEOUT``."""
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT):
+                return await nats.connect(
+                    self.nats_url,
+                    name="colonies-es engine",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=_log_nats_error,
+                )
+        except (TimeoutError, OSError, nats.errors.Error) as error:
+            raise ConnectionError(f"cannot connect to NATS at {self.nats_url}") from error
 
     # ----------------------------------------------------------------- commands
 
