@@ -386,3 +386,23 @@ async def test_racing_executors_each_get_distinct_processes(
         taken = await asyncio.gather(*(take_three(key) for key in keys))
     assigned = [p.processid for batch in taken for p in batch]
     assert sorted(assigned) == sorted(p.processid for p in submitted)
+
+
+def test_history_and_state_at_from_python(stack: Stack) -> None:
+    """The client reads a graph's history and its state at any of its events."""
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    process = stack.client.submit_func_spec(
+        func_spec("noop", [], colony.name, "python-executor"), colony.owner_prvkey
+    )
+    taken = stack.client.assign(colony.name, 10, executor)
+    stack.client.close(taken.processid, [7], executor)
+
+    entries = stack.client.history(
+        process.processgraphid, colony.owner_prvkey, stack.engine.seal_key
+    )
+    assert [e.kind for e in entries] == ["GraphSubmitted", "ProcessAssigned", "ProcessClosed"]
+    first = stack.client.state_at(process.processgraphid, "#1", colony.owner_prvkey)
+    assert first.processes[0].state == 0
+    last = stack.client.state_at(process.processgraphid, entries[-1].sequence, colony.owner_prvkey)
+    assert (last.processes[0].state, last.processes[0].output) == (2, [7])

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import msgspec
 import nats.errors
@@ -43,6 +43,10 @@ from colonies_es.models import (
     from_dict,
 )
 from colonies_es.states import ProcessState
+
+if TYPE_CHECKING:
+    from colonies_es.projections.history import HistoryEntry
+    from colonies_es.projections.timetravel import GraphState
 
 __all__ = ["ENDED_STATES", "AsyncColonies", "server_urls"]
 
@@ -377,6 +381,33 @@ class AsyncColonies:
         after it run. Returns the new graph (409 unless the graph FAILED)."""
         body = p.GraphRef(processgraphid=processgraphid)
         return await self._call("rerun_processgraph", body, prvkey, ProcessGraph)
+
+    async def history(
+        self, processgraphid: str, prvkey: str, seal_key: str | None = None
+    ) -> list[HistoryEntry]:
+        """Every event of the graph, in order: stream sequence, time, actor, what happened
+        (``colonies workflow history``). It is read straight from the JetStream log, from
+        that graph's own subject: whoever may read the stream may read it (``prvkey`` is
+        taken for symmetry with the other calls). With the log's ``seal_key`` events the
+        engine did not write are left out."""
+        from colonies_es.projections.history import graph_history
+
+        nc = await self._connection.nats()
+        entries: list[HistoryEntry] = await graph_history(nc, None, processgraphid, seal_key)
+        return entries
+
+    async def state_at(
+        self, processgraphid: str, at: int | str, prvkey: str, seal_key: str | None = None
+    ) -> GraphState:
+        """The graph and its processes as they were at ``at``: a stream sequence
+        (``1234``), an ISO time, or ``"#N"`` (after its N-th event); rebuilt from the
+        graph's own events (``colonies workflow replay``)."""
+        from colonies_es.projections.timetravel import graph_state, parse_moment, state_at
+
+        entries = await self.history(processgraphid, prvkey, seal_key)
+        moment = parse_moment(at) if isinstance(at, str) else at
+        state: GraphState = graph_state(state_at(entries, moment))
+        return state
 
     async def find_process(
         self, nodename: str, processids: Sequence[str], prvkey: str

@@ -170,4 +170,6 @@ class Colonies:
     cancel_processgraph = _blocking(AsyncColonies.cancel_processgraph)
     rerun_processgraph = _blocking(AsyncColonies.rerun_processgraph)
     find_process = _blocking(AsyncColonies.find_process)
+    history = _blocking(AsyncColonies.history)
+    state_at = _blocking(AsyncColonies.state_at)
     add_child = _blocking(AsyncColonies.add_child)
