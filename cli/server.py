@@ -62,7 +62,8 @@ def server(
     ] = "colonies-view.sqlite",
 ) -> None:
     """Run the engine: serve signed commands on colonies.api.*, publish ready work,
-    fire timeouts. State is rebuilt from the JetStream event log on start."""
+    fire timeouts; and a projector beside it (--no-projector to leave it out). State is
+    rebuilt from the JetStream event log on start."""
     from colonies_es.engine import run_engine
 
     if not server_id:
