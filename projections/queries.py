@@ -15,7 +15,7 @@ asks for a view at least that far (``after``), whichever projector answers.
 ``seq`` to wait for after a command returned.
 
 It runs its own event loop in a background thread (the store's
-:class:`~colonies_es.store.loop.LoopThread`) over the client package's lazily opened,
+:class:`~colonies_es.loop.LoopThread`) over the client package's lazily opened,
 self-reconnecting :class:`~colonies_es.client.connection.Connection`.
 """
 
@@ -33,6 +33,7 @@ from colonies_es.client.async_client import server_urls
 from colonies_es.client.connection import Connection
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import seal
+from colonies_es.loop import LoopThread
 from colonies_es.models import (
     Log,
     ModelValidationError,
@@ -56,7 +57,6 @@ from colonies_es.projections.protocol import (
     query_subject,
     signed_op,
 )
-from colonies_es.store.loop import LoopThread
 
 __all__ = ["QueryClient"]
 

@@ -39,6 +39,7 @@ from colonies_es import (
 from colonies_es.client import colonies_client, work_consumer_config
 from colonies_es.crypto import id_from_private_key, open_command
 from colonies_es.embedded import NatsServer, free_port
+from colonies_es.loop import LoopThread
 from colonies_es.models import Colony, Process, ProcessGraph, encode
 from colonies_es.protocol import (
     ENGINE_QUEUE_GROUP,
@@ -50,7 +51,6 @@ from colonies_es.protocol import (
     work_consumer,
     work_subject,
 )
-from colonies_es.store.loop import LoopThread
 
 KEY = Crypto().prvkey()
 Reply = bytes | tuple[int, str]

@@ -3,7 +3,7 @@
 There is one implementation of each operation, the coroutine of :class:`AsyncColonies`.
 Each method here is made by :func:`_blocking` from that coroutine (same name, signature
 and docstring, typed through ``ParamSpec``) and runs it to completion on an event loop
-that this client owns in a background thread (:class:`~colonies_es.store.loop.LoopThread`).
+that this client owns in a background thread (:class:`~colonies_es.loop.LoopThread`).
 So the client works the same from a plain script, from a thread of an executor, or from
 code that already runs an event loop of its own.
 """
@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from colonies_es.client.async_client import AsyncColonies, server_urls
-from colonies_es.store.loop import LoopThread
+from colonies_es.loop import LoopThread
 
 __all__ = ["Colonies"]
 

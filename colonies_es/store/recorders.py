@@ -49,6 +49,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
+from colonies_es.loop import LoopClosedError, LoopThread
 from colonies_es.store.codec import (
     Envelope,
     MsgspecTranscoder,
@@ -59,7 +60,6 @@ from colonies_es.store.codec import (
     to_stored_event,
 )
 from colonies_es.store.jetstream import Entry, JetStreamLog, StoredMessage, StreamSpec
-from colonies_es.store.loop import LoopClosedError, LoopThread
 
 _TOKEN = re.compile(r"^[^\s*>]+$")
 

@@ -1,8 +1,8 @@
 """One asyncio event loop in a background thread, for synchronous callers of asyncio code.
 
-eventsourcing is synchronous and nats-py is asyncio. The store (and the synchronous client)
-own one :class:`LoopThread` each and submit coroutines to it, rather than starting a loop
-per call.
+eventsourcing is synchronous and nats-py is asyncio. The store, the synchronous client and
+the query client own one :class:`LoopThread` each and submit coroutines to it, rather than
+starting a loop per call. It lives outside the store so that clients do not import it.
 """
 
 from __future__ import annotations
