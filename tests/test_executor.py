@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from colonies_es import Workflow, func_spec
+from colonies_es.cli.dev_seed import MAP_CODE  # the seed's map, sent as text
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.executor import FunctionFailed, PythonExecutor, execute_function
 from colonies_es.models import FuncSpec, Process
@@ -51,38 +52,6 @@ def fetch_b(ctx={}):  # type: ignore[no-untyped-def]  # noqa: B006
 def merge(a, b, ctx={}):  # type: ignore[no-untyped-def]  # noqa: B006
     return a["value"] + b["value"]
 
-
-# The seed's map uses the executor's globals `colonies` and `func_spec`: sent as text.
-MAP = '''
-def map(ctx={}):
-    code = """def gen_nums(ctx={}):
-    return 1, 2"""
-
-    processgraphid = ctx["process"].processgraphid
-    map_processid = ctx["process"].processid
-    executor_prvkey = ctx["executor_prvkey"]
-
-    processgraph = colonies.get_processgraph(processgraphid, executor_prvkey)
-    reduce_process = colonies.find_process("reduce", processgraph.processids, executor_prvkey)
-    reduce_processid = reduce_process.processid
-
-    insert = True
-    for i in range(5):
-        f = func_spec(
-            func="gen_nums",
-            args=[],
-            colonyname=ctx["colonyname"],
-            executortype="python-executor",
-            maxexectime=100,
-            maxwaittime=100,
-            code=code,
-        )
-        colonies.add_child(
-            processgraphid, map_processid, reduce_processid, f, f"gen_nums_{i}", insert,
-            executor_prvkey,
-        )
-        insert = False
-'''
 
 REDUCE = """
 def reduce(*nums, ctx={}):
@@ -213,7 +182,7 @@ def test_map_reduce_adds_children_from_inside_and_gives_fifteen(
     stack: Stack, colony: ColonyHandle
 ) -> None:
     workflow = Workflow(colonyname=colony.name)
-    workflow.functionspecs.append(spec(colony, "map", MAP))
+    workflow.functionspecs.append(spec(colony, "map", MAP_CODE))
     reduce_spec = spec(colony, "reduce", REDUCE)
     reduce_spec.conditions.dependencies.append("map")
     workflow.functionspecs.append(reduce_spec)
