@@ -53,17 +53,18 @@ from colonies_es.protocol import (
 log = logging.getLogger("colonies.engine")
 
 RECONCILE_INTERVAL = 1.0
+"""Seconds between checks that every ready process has a work ticket waiting."""
+
 CONNECT_TIMEOUT = 5.0
 """Seconds the engine tries to reach NATS at start before giving up."""
+
+_ticket_encoder = msgspec.json.Encoder()
+_REPLY_HEADROOM = 1024  # bytes kept for the reply's headers
 
 
 async def _log_nats_error(error: Exception) -> None:
     """nats-py reports connection trouble here (one line, instead of a traceback)."""
     log.warning("NATS: %r", error)
-"""Seconds between checks that every ready process has a work ticket waiting."""
-
-_ticket_encoder = msgspec.json.Encoder()
-_REPLY_HEADROOM = 1024  # bytes kept for the reply's headers
 
 
 class Engine:
