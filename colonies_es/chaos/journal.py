@@ -1,0 +1,147 @@
+"""What clients saw acknowledged: one JSON line per command the engine answered with OK.
+
+The checker holds the event log to these lines. A line is written *after* the reply
+arrived, and flushed to the operating system at once, so a journal survives the SIGKILL
+of the process writing it (the page cache belongs to the kernel). A process killed
+between the reply and the write leaves that command out: the journal may miss an
+acknowledged command, never invent one. A half-written last line is skipped on reading.
+
+Records (``op`` and its fields):
+
+- ``submit``: ``graph`` (process graph id), ``processes`` (its process ids);
+- ``claim``: ``process``, ``attempt``, ``executor`` (id);
+- ``close``: ``process``, ``attempt``, ``executor``, ``out``;
+- ``fail``: ``process``, ``attempt``, ``executor``;
+- ``add_child``: ``graph``, ``parent``, ``child`` (the new process id), ``executor``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from colonies_es.client import Colonies
+from colonies_es.crypto import id_from_private_key
+from colonies_es.models import FuncSpec, Process, Workflow
+from colonies_es.models import ProcessGraph as GraphModel
+
+__all__ = ["Journal", "JournalingColonies", "read_journals"]
+
+_encoder = msgspec.json.Encoder()
+
+
+class Journal:
+    """An append-only file of acknowledged commands, safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("ab", buffering=0)  # unbuffered: each write reaches the OS
+        self._lock = threading.Lock()
+
+    def record(self, op: str, **fields: Any) -> None:
+        """Appends one acknowledged command (``fields`` must encode as JSON)."""
+        line = _encoder.encode({"op": op, "t": time.time(), **fields}) + b"\n"
+        with self._lock:
+            self._file.write(line)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_journals(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], int]:
+    """Every record of the journals, and how many torn lines (a writer killed mid-line)
+    were skipped."""
+    records: list[dict[str, Any]] = []
+    torn = 0
+    for path in paths:
+        for line in _lines(path):
+            try:
+                records.append(msgspec.json.decode(line))
+            except msgspec.DecodeError:
+                torn += 1
+    return records, torn
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    if path.exists():
+        yield from (line for line in path.read_bytes().split(b"\n") if line.strip())
+
+
+class JournalingColonies(Colonies):
+    """The synchronous client, recording each acknowledged claim, close, fail, add_child
+    and submission in a :class:`Journal`. An executor given this client (and the code it
+    runs, which sees it as ``colonies``) leaves the trail the checker needs."""
+
+    def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.journal = journal
+        self._attempts: dict[str, int] = {}  # process id -> attempt this client holds
+        self._attempts_lock = threading.Lock()
+
+    def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:
+        process = super().assign(colonyname, timeout, prvkey)
+        attempt = process.retries + 1
+        with self._attempts_lock:
+            self._attempts[process.processid] = attempt
+        self.journal.record(
+            "claim",
+            process=process.processid,
+            attempt=attempt,
+            executor=id_from_private_key(prvkey),
+        )
+        return process
+
+    def close(self, processid: str, output: Sequence[Any], prvkey: str) -> None:
+        super().close(processid, output, prvkey)
+        self.journal.record(
+            "close",
+            process=processid,
+            attempt=self._attempt_of(processid),
+            executor=id_from_private_key(prvkey),
+            out=list(output),
+        )
+
+    def fail(self, processid: str, errors: Sequence[str], prvkey: str) -> None:
+        super().fail(processid, errors, prvkey)
+        self.journal.record(
+            "fail",
+            process=processid,
+            attempt=self._attempt_of(processid),
+            executor=id_from_private_key(prvkey),
+        )
+
+    def add_child(
+        self,
+        processgraphid: str,
+        parentprocessid: str,
+        childprocessid: str | None,
+        funcspec: FuncSpec,
+        nodename: str,
+        insert: bool,
+        prvkey: str,
+    ) -> Process:
+        child = super().add_child(
+            processgraphid, parentprocessid, childprocessid, funcspec, nodename, insert, prvkey
+        )
+        self.journal.record(
+            "add_child",
+            graph=processgraphid,
+            parent=parentprocessid,
+            child=child.processid,
+            executor=id_from_private_key(prvkey),
+        )
+        return child
+
+    def submit_workflow(self, workflow: Workflow, prvkey: str) -> GraphModel:
+        graph = super().submit_workflow(workflow, prvkey)
+        self.journal.record("submit", graph=graph.processgraphid, processes=list(graph.processids))
+        return graph
+
+    def _attempt_of(self, processid: str) -> int:
+        with self._attempts_lock:
+            return self._attempts.get(processid, 0)

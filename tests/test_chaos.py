@@ -1,0 +1,69 @@
+"""The fault-injection harness (colonies_es.chaos) on real processes.
+
+- A short run (every kind of fault, in turn) ends with zero anomalies: every command a
+  client saw acknowledged has exactly its event in the raw log, every workflow computes
+  its result, the projector's view equals a fresh rebuild, the audit passes.
+- The checker can fail: against an engine that acknowledges 20% of closes without
+  recording them (tests/broken_engine.py, a hook no shipped command can reach), it
+  reports exactly the lost closes.
+
+A long run is a slow test (``pytest -m slow tests/test_chaos.py``); the benchmark group
+``python -m benchmarks chaos`` reports its figures.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from colonies_es.chaos import FAULT_KINDS, run_chaos
+from colonies_es.chaos.run import fault_schedule
+from colonies_es.chaos.stack import ENGINE_COMMAND
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_short_run_with_every_kind_of_fault_has_no_anomaly(tmp_path: Path) -> None:
+    result = run_chaos(len(FAULT_KINDS), interval=(1.0, 2.5), directory=tmp_path)
+
+    print(result.summary())
+    assert sorted(fault.kind for fault in result.faults) == sorted(FAULT_KINDS)
+    check = result.check
+    assert check.anomalies == [], result.summary()
+    assert result.submitted > 0
+    assert check.graphs == check.graphs_succeeded >= result.submitted
+    assert check.acknowledged["close"] > 0
+    assert check.acknowledged["add_child"] > 0
+    assert check.acknowledged["fail"] > 0  # the retry shape failed its first attempts
+    assert check.audited == check.events > 0
+
+
+def test_the_checker_reports_every_close_a_broken_engine_acknowledged_and_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)  # `python -m tests.broken_engine` runs from the repository
+    broken = [sys.executable, "-m", "tests.broken_engine", *ENGINE_COMMAND[3:]]
+
+    result = run_chaos(0, duration=8.0, directory=tmp_path, engine_command=broken)
+
+    engine_output = "".join(p.read_text() for p in tmp_path.glob("engine-*.log"))
+    dropped = set(re.findall(r"DROPPED CLOSE ([0-9a-f]{64})", engine_output))
+    assert dropped, "the broken engine dropped no close: run too short to prove anything"
+    anomalies = result.check.anomalies
+    assert {a.kind for a in anomalies} == {"lost acknowledged close"}, result.summary()
+    assert {a.process for a in anomalies} == dropped
+    assert result.check.graphs == result.check.graphs_succeeded  # it recovers, silently
+
+
+def test_the_fault_schedule_hits_every_kind_each_turn_and_replays_from_its_seed() -> None:
+    import random
+
+    schedule = fault_schedule(random.Random(7), FAULT_KINDS, 3 * len(FAULT_KINDS))
+
+    for turn in range(3):
+        chunk = schedule[turn * len(FAULT_KINDS) : (turn + 1) * len(FAULT_KINDS)]
+        assert sorted(chunk) == sorted(FAULT_KINDS)
+    assert schedule == fault_schedule(random.Random(7), FAULT_KINDS, 3 * len(FAULT_KINDS))
