@@ -31,6 +31,7 @@ from rich.text import Text
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import id_from_private_key
 from colonies_es.models import encode
+from colonies_es.settings import Settings, SettingsError
 from colonies_es.states import ProcessState
 
 __all__ = [
@@ -235,7 +236,13 @@ def connected(server: Server) -> Iterator[Colonies]:
     connection is closed at the end, whatever happens.
     """
     _probe(server)
-    client = Colonies(server.host, server.port, server.tls)
+    try:
+        # The flags (or their variables) say where NATS is; the settings add the
+        # caller's NATS credential and TLS CA.
+        settings = Settings.load(nats_url=server.url)
+    except SettingsError as error:
+        fail(str(error), status=2)
+    client = Colonies.from_settings(settings)
     try:
         yield client
     except ColoniesError as error:

@@ -13,44 +13,58 @@ from typing import Annotated
 
 import typer
 
+from colonies_es.settings import Settings, SettingsError
+
 
 def projector(
     nats: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--nats", envvar="COLONIES_NATS_URL", help="NATS server URL(s), comma separated."
+            "--nats",
+            help="NATS server URL(s), comma separated. [env: COLONIES_NATS_URL; "
+            "default: nats://localhost:4222]",
+            show_default=False,
         ),
-    ] = "nats://127.0.0.1:4222",
+    ] = None,
     db: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--db",
-            envvar="COLONIES_PROJECTOR_DB",
             help="The SQLite file of the read model (created if missing; delete it to "
-            "rebuild the view from the log).",
+            "rebuild the view from the log). [env: COLONIES_PROJECTOR_DB; default: "
+            "colonies-view.sqlite]",
+            show_default=False,
         ),
-    ] = "colonies-view.sqlite",
+    ] = None,
     seal_key: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--seal-key",
-            envvar="COLONIES_EVENT_SEAL_KEY",
             help="The event log's seal key (hex), as given to the engine: messages it did "
-            "not seal are ignored.",
+            "not seal are ignored. [env: COLONIES_EVENT_SEAL_KEY]",
+            show_default=False,
         ),
-    ] = "",
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Events per commit, at most.")
     ] = 1000,
 ) -> None:
     """Run a projector: keep the read model (graphs, processes, logs, stats) up to date
-    from the event log and serve the queries on colonies.q.*. It resumes where it stopped."""
+    from the event log and serve the queries on colonies.q.*. It resumes where it stopped.
+
+    Every other setting (NATS credential, TLS CA, cipher key, stream replicas) comes from
+    its COLONIES_* variable (colonies_es/settings.py); flags win over them."""
     import anyio
 
     from colonies_es.projections.runner import run_projector
 
+    try:
+        settings = Settings.load(nats_url=nats, projector_db=db, event_seal_key=seal_key)
+    except SettingsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not seal_key:
+    if not settings.event_seal_key:
         logging.getLogger("colonies.projector").warning(
             "no event seal key (COLONIES_EVENT_SEAL_KEY): events appended to the stream by "
             "others are projected too"
@@ -58,14 +72,13 @@ def projector(
 
     def started(position: int) -> None:
         print(
-            f"colonies projector ready on {nats} (view {db} at position {position}, "
+            f"colonies projector ready on {settings.nats.url} (view {settings.projector_db} "
+            f"at position {position}, "
             f"pid {os.getpid()})",
             flush=True,
         )
 
-    run = functools.partial(
-        run_projector, nats, db, started, seal_key=seal_key, batch_size=batch_size
-    )
+    run = functools.partial(run_projector, settings, started, batch_size=batch_size)
     try:
         anyio.run(_until_signalled, run)
     except Exception as error:  # one readable line, not a traceback

@@ -9,41 +9,46 @@ from typing import Annotated
 import typer
 
 from colonies_es import crypto
+from colonies_es.settings import Settings, SettingsError
 
 
 def server(
     nats: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--nats", envvar="COLONIES_NATS_URL", help="NATS server URL(s), comma separated."
+            "--nats",
+            help="NATS server URL(s), comma separated. [env: COLONIES_NATS_URL; "
+            "default: nats://localhost:4222]",
+            show_default=False,
         ),
-    ] = "nats://127.0.0.1:4222",
+    ] = None,
     server_id: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--server-id",
-            envvar="COLONIES_SERVER_ID",
-            help="Id of the server owner (the only identity that may add colonies).",
+            help="Id of the server owner (the only identity that may add colonies). "
+            "[env: COLONIES_SERVER_ID]",
+            show_default=False,
         ),
-    ] = "",
+    ] = None,
     engine_prvkey: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--engine-prvkey",
-            envvar="COLONIES_ENGINE_PRVKEY",
             help="Private key the engine signs its own events with (timeouts). "
-            "A fresh one is made when empty.",
+            "A fresh one is made when empty. [env: COLONIES_ENGINE_PRVKEY]",
+            show_default=False,
         ),
-    ] = "",
+    ] = None,
     seal_key: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--seal-key",
-            envvar="COLONIES_EVENT_SEAL_KEY",
             help="Hex key (>= 16 bytes) sealing every event; give the same to projectors. "
-            "Messages the key did not seal are ignored.",
+            "Messages the key did not seal are ignored. [env: COLONIES_EVENT_SEAL_KEY]",
+            show_default=False,
         ),
-    ] = "",
+    ] = None,
     projector: Annotated[
         bool,
         typer.Option(
@@ -53,31 +58,47 @@ def server(
         ),
     ] = True,
     projector_db: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--projector-db",
-            envvar="COLONIES_PROJECTOR_DB",
-            help="SQLite file of the projector's view (rebuilt from the log if deleted).",
+            help="SQLite file of the projector's view (rebuilt from the log if deleted). "
+            "[env: COLONIES_PROJECTOR_DB; default: colonies-view.sqlite]",
+            show_default=False,
         ),
-    ] = "colonies-view.sqlite",
+    ] = None,
 ) -> None:
     """Run the engine: serve signed commands on colonies.api.*, publish ready work,
     fire timeouts; and a projector beside it (--no-projector to leave it out). State is
-    rebuilt from the JetStream event log on start."""
+    rebuilt from the JetStream event log on start.
+
+    Every other setting (NATS credential, TLS CA, cipher key, stream replicas, quotas)
+    comes from its COLONIES_* variable (colonies_es/settings.py); flags win over them."""
     from colonies_es.engine import run_engine
 
-    if not server_id:
+    try:
+        settings = Settings.load(
+            nats_url=nats,
+            server_id=server_id,
+            engine_prvkey=engine_prvkey,
+            event_seal_key=seal_key,
+            projector_db=projector_db,
+        )
+    except SettingsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if not settings.server_id:
         typer.echo(
             "error: the server owner id is required (--server-id or COLONIES_SERVER_ID)", err=True
         )
         raise typer.Exit(2)
-    key = engine_prvkey or crypto.new_private_key()
+    if not settings.engine_prvkey:
+        settings = settings.replace(engine_prvkey=crypto.new_private_key())
 
     def started() -> None:
-        print(f"colonies engine ready on {nats} (pid {os.getpid()})", flush=True)
+        print(f"colonies engine ready on {settings.nats.url} (pid {os.getpid()})", flush=True)
 
     try:
-        run_engine(nats, server_id, key, started, seal_key, projector_db if projector else "")
+        run_engine(settings, started, projector=projector)
     except KeyboardInterrupt:
         pass
     except Exception as error:  # one readable line, not a traceback

@@ -21,20 +21,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-import nats
 from eventsourcing.persistence import Mapper
 from eventsourcing.utils import Environment
 
-from colonies_es.engine import app_env
 from colonies_es.projections.projector import Follower, Projector
 from colonies_es.projections.service import PositionWatch, QueryService
 from colonies_es.projections.view import UPSTREAM, ReadModel, open_view
+from colonies_es.settings import NatsAccess, Settings
 from colonies_es.store import JetStreamFactory
 
 __all__ = ["run_projector"]
@@ -46,33 +44,32 @@ STOP_TIMEOUT = 3.0
 
 
 async def run_projector(
-    nats_url: str,
-    db_path: str | Path,
+    settings: Settings,
     started: Callable[[int], Any] | None = None,
     *,
-    seal_key: str = "",
     batch_size: int = 1000,
     batch_interval: float = 0.1,
     cache_size: int = 10_000,
 ) -> None:
-    """Projects the event log on ``nats_url`` into the SQLite view at ``db_path`` and
+    """Projects the event log into the SQLite view at ``settings.projector_db`` and
     answers queries on ``colonies.q.*``, until the calling task is cancelled.
 
     ``started(position)`` is called once queries are served, with the position the view
-    resumed from (0 for a new view). ``seal_key`` is the log's seal key (hex), as given
-    to the engine: without it, events anyone appended to the stream are projected too.
+    resumed from (0 for a new view). The NATS access, the log's seal key (as given to the
+    engine: without it, events anyone appended to the stream are projected too), cipher
+    and replicas come from ``settings``.
     ``batch_size`` / ``batch_interval`` bound a commit (events / seconds after the first
     uncommitted event); ``cache_size`` is how many graphs stay in memory.
 
     Raises what stops the projection: NATS unreachable at start, an unusable SQLite file,
     a failing store.
     """
-    view = await anyio.to_thread.run_sync(open_view, db_path)
+    view = await anyio.to_thread.run_sync(open_view, settings.projector_db)
     try:
-        factory = await anyio.to_thread.run_sync(_log_factory, nats_url, seal_key)
+        factory = await anyio.to_thread.run_sync(_log_factory, settings)
         try:
             await _project_and_serve(
-                factory, view, nats_url, started, batch_size, batch_interval, cache_size
+                factory, view, settings.nats, started, batch_size, batch_interval, cache_size
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -81,15 +78,15 @@ async def run_projector(
         view.close()
 
 
-def _log_factory(nats_url: str, seal_key: str) -> JetStreamFactory:
+def _log_factory(settings: Settings) -> JetStreamFactory:
     """The store's factory for the engine's log (connects to NATS)."""
-    return JetStreamFactory(Environment(UPSTREAM, app_env(nats_url, seal_key)))
+    return JetStreamFactory(Environment(UPSTREAM, settings.store_env()))
 
 
 async def _project_and_serve(
     factory: JetStreamFactory,
     view: ReadModel,
-    nats_url: str,
+    access: NatsAccess,
     started: Callable[[int], Any] | None,
     batch_size: int,
     batch_interval: float,
@@ -110,9 +107,8 @@ async def _project_and_serve(
         batch_interval=batch_interval,
         on_commit=committed,
     )
-    nc = await nats.connect(
-        nats_url,
-        name="colonies-es projector",
+    nc = await access.connect(
+        "colonies-es projector",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
     )
@@ -120,7 +116,7 @@ async def _project_and_serve(
         async with anyio.create_task_group() as tasks:
             service = await QueryService(nc, view, watch).start(tasks)
             tasks.start_soon(_follow, follower)
-            log.info("projector ready on %s at position %d", nats_url, projector.position)
+            log.info("projector ready on %s at position %d", access.url, projector.position)
             if started is not None:
                 started(projector.position)
             try:

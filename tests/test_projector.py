@@ -24,6 +24,7 @@ from colonies_es import ColoniesError, crypto, func_spec
 from colonies_es.projections.protocol import query_subject
 from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.runner import run_projector
+from colonies_es.settings import Settings
 from colonies_es.states import ProcessState
 from tests.stack import ColonyHandle, Stack
 from tests.test_projector_support import (
@@ -334,7 +335,14 @@ async def test_run_projector_serves_until_cancelled_then_stops_with_everything_c
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(
-                lambda: run_projector(stack.nats.url, db, started, seal_key=stack.engine.seal_key)
+                lambda: run_projector(
+                    Settings(
+                        nats_url=stack.nats.url,
+                        projector_db=str(db),
+                        event_seal_key=stack.engine.seal_key,
+                    ),
+                    started,
+                )
             )
             await ready.wait()
             await anyio.to_thread.run_sync(wait_for_view, db, end)

@@ -42,6 +42,7 @@ from colonies_es.models import (
     decode,
     from_dict,
 )
+from colonies_es.settings import NatsAccess
 from colonies_es.states import ProcessState
 
 if TYPE_CHECKING:
@@ -84,13 +85,19 @@ class AsyncColonies:
         *,
         servers: Sequence[str] | None = None,
         timeout: float = 10.0,
+        nkey_file: str = "",
+        tls_ca_file: str = "",
     ) -> None:
         """Talk to the engine through NATS at ``host:port`` (or the URLs in ``servers``).
 
         ``timeout`` (seconds) bounds connecting and every command's reply; ``assign``
-        and ``wait`` take their own waiting time on top.
+        and ``wait`` take their own waiting time on top. ``nkey_file`` is the caller's
+        NATS credential (a file with an nkey seed) where NATS authorization is on;
+        ``tls_ca_file`` the CA (PEM) the server's TLS certificate must chain to.
         """
-        self._connection = Connection(server_urls(host, port, tls, servers), timeout)
+        urls = server_urls(host, port, tls, servers)
+        access = NatsAccess(tuple(urls), nkey_file, tls_ca_file)
+        self._connection = Connection(urls, timeout, access)
         self._work: dict[tuple[str, str], WorkTickets] = {}
         self._work_opening = asyncio.Lock()
 

@@ -21,6 +21,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Session, seal
 from colonies_es.protocol import api_subject
+from colonies_es.settings import NatsAccess
 
 __all__ = ["Connection"]
 
@@ -37,9 +38,14 @@ class Connection:
     limit (commands sent meanwhile time out with :class:`ColoniesConnectionError`).
     """
 
-    def __init__(self, servers: list[str], timeout: float) -> None:
-        """``timeout`` bounds both the first connection and each command's reply, in seconds."""
-        self.servers = servers
+    def __init__(
+        self, servers: list[str], timeout: float, access: NatsAccess | None = None
+    ) -> None:
+        """``timeout`` bounds both the first connection and each command's reply, in seconds.
+        ``access`` adds the caller's NATS credential and TLS CA (its servers win over
+        ``servers``)."""
+        self.access = access or NatsAccess(tuple(servers))
+        self.servers = list(self.access.servers)
         self.timeout = timeout
         self._nc: NATS | None = None
         self._opening = asyncio.Lock()
@@ -67,9 +73,13 @@ class Connection:
         nc = NATS()
         self._last_error = None
         try:
+            options = self.access.connect_options()
+        except ValueError as error:
+            raise ColoniesConnectionError(str(error)) from None
+        try:
             await asyncio.wait_for(
                 nc.connect(
-                    self.servers,
+                    **options,
                     name="colonies-es client",
                     error_cb=self._remember_error,
                     max_reconnect_attempts=-1,

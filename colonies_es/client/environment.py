@@ -10,12 +10,11 @@ import os
 from collections.abc import Mapping
 
 from colonies_es.client.sync_client import Colonies
+from colonies_es.settings import Settings
 
 __all__ = ["colonies_client"]
 
 REQUIRED = ("COLONIES_COLONY_NAME", "COLONIES_PRVKEY")
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off", ""})
 
 
 def colonies_client(
@@ -23,10 +22,14 @@ def colonies_client(
 ) -> tuple[Colonies, str, str | None, str | None, str]:
     """Return ``(client, colonyname, colony_prvkey, executorname, prvkey)``.
 
-    Read from ``environ`` (default ``os.environ``):
+    Read through :class:`~colonies_es.settings.Settings` from ``environ`` (default
+    ``os.environ``):
 
     - ``COLONIES_SERVER_HOST`` (default ``localhost``), ``COLONIES_SERVER_PORT`` (default
       4222), ``COLONIES_SERVER_TLS`` (``true``/``false``, default false): where NATS is;
+      ``COLONIES_NATS_URL``, when set, wins over them;
+    - ``COLONIES_NATS_NKEY_FILE`` (the caller's NATS credential) and
+      ``COLONIES_TLS_CA_FILE`` (the CA of the server's TLS certificate): optional;
     - ``COLONIES_COLONY_NAME`` and ``COLONIES_PRVKEY`` (the caller's key): required;
     - ``COLONIES_COLONY_PRVKEY`` (the colony owner's key) and ``COLONIES_EXECUTOR_NAME``:
       None when unset.
@@ -41,30 +44,11 @@ def colonies_client(
             f"missing environment variable{'s' if len(missing) > 1 else ''}: "
             f"{', '.join(missing)} (e.g. source the dev.env written by `colonies dev`)"
         )
-    client = Colonies(
-        env.get("COLONIES_SERVER_HOST") or "localhost",
-        _port(env.get("COLONIES_SERVER_PORT") or "4222"),
-        _flag(env.get("COLONIES_SERVER_TLS", "")),
-    )
+    settings = Settings.load(env)
     return (
-        client,
-        env["COLONIES_COLONY_NAME"],
-        env.get("COLONIES_COLONY_PRVKEY") or None,
-        env.get("COLONIES_EXECUTOR_NAME") or None,
-        env["COLONIES_PRVKEY"],
+        Colonies.from_settings(settings),
+        settings.colony_name,
+        settings.colony_prvkey or None,
+        settings.executor_name or None,
+        settings.prvkey,
     )
-
-
-def _port(text: str) -> int:
-    if text.isdigit() and 0 < int(text) < 65536:
-        return int(text)
-    raise ValueError(f"COLONIES_SERVER_PORT must be a port number (1-65535), not {text!r}")
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"COLONIES_SERVER_TLS must be true or false, not {text!r}")

@@ -19,6 +19,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from colonies_es.client.async_client import AsyncColonies, server_urls
 from colonies_es.loop import LoopThread
+from colonies_es.settings import Settings
 
 __all__ = ["Colonies"]
 
@@ -61,14 +62,31 @@ class Colonies:
         *,
         servers: Sequence[str] | None = None,
         timeout: float = 10.0,
+        nkey_file: str = "",
+        tls_ca_file: str = "",
     ) -> None:
         """Talk to the engine through NATS at ``host:port`` (or the URLs in ``servers``);
-        ``timeout`` bounds connecting and each reply, in seconds."""
+        ``timeout`` bounds connecting and each reply, in seconds. ``nkey_file`` is the
+        caller's NATS credential (a file with an nkey seed) where NATS authorization is on;
+        ``tls_ca_file`` the CA (PEM) the server's TLS certificate must chain to."""
         self._servers = server_urls(host, port, tls, servers)
         self._timeout = timeout
+        self._nkey_file = nkey_file
+        self._tls_ca_file = tls_ca_file
         self._lock = threading.Lock()
         self._loop: LoopThread | None = None
         self._client: AsyncColonies | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout: float = 10.0) -> Colonies:
+        """A client reaching NATS as ``settings`` say (servers, credential, TLS)."""
+        access = settings.nats
+        return cls(
+            servers=access.servers,
+            timeout=timeout,
+            nkey_file=access.nkey_file,
+            tls_ca_file=access.tls_ca_file,
+        )
 
     def _run(self, call: Callable[[AsyncColonies], Coroutine[Any, Any, T]]) -> T:
         """Run ``call(async_client)`` on the loop thread (started if needed), wait for it.
@@ -80,7 +98,12 @@ class Colonies:
         with self._lock:
             if self._loop is None or self._client is None:
                 self._loop = LoopThread(name="colonies-client")
-                self._client = AsyncColonies(servers=self._servers, timeout=self._timeout)
+                self._client = AsyncColonies(
+                    servers=self._servers,
+                    timeout=self._timeout,
+                    nkey_file=self._nkey_file,
+                    tls_ca_file=self._tls_ca_file,
+                )
             loop, client = self._loop, self._client
         finished = threading.Event()
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import msgspec
 from eventsourcing.application import Application
 from eventsourcing.persistence import DataError, IntegrityError, Notification, PersistenceError
-from eventsourcing.utils import EnvType
+from eventsourcing.utils import Environment, EnvType
 from nats.aio.client import Client as NATS
 
 from colonies_es import crypto
@@ -136,6 +136,17 @@ class ColoniesApp(Application[str]):
     """Handles signed commands on colonies, executors and process graphs."""
 
     name = "colonies"
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """Exactly the environment given (:meth:`colonies_es.settings.Settings.store_env`),
+        never ``os.environ``: eventsourcing would look up ``COLONIES_NATS_URL`` and
+        ``COLONIES_EVENT_SEAL_KEY`` there first (the application is named ``colonies``)
+        and so override the settings the engine was started with."""
+        complete = dict(type(self).env)
+        if type(self).is_snapshotting_enabled or type(self).snapshotting_intervals:
+            complete["IS_SNAPSHOTTING_ENABLED"] = "y"
+        complete.update(env or {})
+        return Environment(name, complete)
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ from colonies_es.protocol import (
     work_consumer,
     work_subject,
 )
+from colonies_es.settings import NatsAccess
 
 log = logging.getLogger("colonies.engine")
 
@@ -70,8 +71,16 @@ async def _log_nats_error(error: Exception) -> None:
 class Engine:
     """Runs the command service and the work dispatch until cancelled."""
 
-    def __init__(self, nats_url: str, app_factory: Callable[[], ColoniesApp]) -> None:
-        self.nats_url = nats_url
+    def __init__(
+        self,
+        nats_url: str,
+        app_factory: Callable[[], ColoniesApp],
+        access: NatsAccess | None = None,
+    ) -> None:
+        """Serve through NATS at ``nats_url``; ``access`` (its servers, credential and
+        TLS CA) wins over ``nats_url`` when given."""
+        self.access = access or NatsAccess.from_store_env({"NATS_URL": nats_url})
+        self.nats_url = self.access.url
         self._app_factory = app_factory
         self.app: ColoniesApp | None = None
         self.nc: NATS | None = None
@@ -110,7 +119,7 @@ class Engine:
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
                 return await nats.connect(
-                    self.nats_url,
+                    **self.access.connect_options(),
                     name="colonies-es engine",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,

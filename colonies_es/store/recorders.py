@@ -3,7 +3,10 @@
 Select with ``PERSISTENCE_MODULE=colonies_es.store``. Environment (eventsourcing's
 ``Environment``: each name may also be prefixed with the application name):
 
-- ``NATS_URL`` (default ``nats://127.0.0.1:4222``): comma-separated server URLs.
+- ``NATS_URL`` (default ``nats://127.0.0.1:4222``): comma-separated server URLs;
+  ``NATS_NKEY_FILE`` (the writer's NATS credential, an nkey seed file) and
+  ``NATS_TLS_CA_FILE`` (the CA of the server's TLS certificate), both optional
+  (:class:`colonies_es.settings.NatsAccess`).
 - ``JETSTREAM_STREAM`` (default ``COLONIES``): the event-log stream.
 - ``JETSTREAM_SUBJECT_PREFIX`` (default ``colonies``): events go to ``<prefix>.ev.<id>``,
   tracking records to ``<prefix>.trk.<application>``, snapshots to ``<prefix>.snap.<id>`` on
@@ -50,6 +53,7 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
 from colonies_es.loop import LoopClosedError, LoopThread
+from colonies_es.settings import NatsAccess
 from colonies_es.store.codec import (
     Envelope,
     MsgspecTranscoder,
@@ -75,26 +79,30 @@ async def _log_nats_error(error: Exception) -> None:
 class _Connection:
     """The NATS connection and loop thread shared by every recorder of one factory."""
 
-    def __init__(self, servers: list[str], timeout: float, sealer: Sealer | None = None) -> None:
+    def __init__(self, access: NatsAccess, timeout: float, sealer: Sealer | None = None) -> None:
         self.timeout = timeout
         self.sealer = sealer
         self._logs: dict[str, JetStreamLog] = {}
         self._lock = threading.Lock()
         self.loop = LoopThread("colonies-store")
         try:
-            self.nc: NATS = self.run(self._connect(servers))
+            self.nc: NATS = self.run(self._connect(access))
         except BaseException:
             self.loop.close()
             raise
 
-    async def _connect(self, servers: list[str]) -> NATS:
-        where = ", ".join(servers)
+    async def _connect(self, access: NatsAccess) -> NATS:
+        where = ", ".join(access.servers)
+        try:
+            options = access.connect_options()
+        except ValueError as error:
+            raise OperationalError(str(error)) from None
         try:
             # nats-py retries a first connection as long as reconnects are allowed:
             # bound it, so a missing server is an error, not a wait forever.
             return await asyncio.wait_for(
                 nats.connect(
-                    servers=servers,
+                    **options,
                     connect_timeout=self.timeout,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
@@ -431,6 +439,8 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     """Builds JetStream recorders sharing one NATS connection (see the module docstring)."""
 
     NATS_URL = "NATS_URL"
+    NATS_NKEY_FILE = "NATS_NKEY_FILE"
+    NATS_TLS_CA_FILE = "NATS_TLS_CA_FILE"
     JETSTREAM_STREAM = "JETSTREAM_STREAM"
     JETSTREAM_SUBJECT_PREFIX = "JETSTREAM_SUBJECT_PREFIX"
     JETSTREAM_REPLICAS = "JETSTREAM_REPLICAS"
@@ -445,14 +455,19 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
-        servers = self.env.get(self.NATS_URL) or "nats://127.0.0.1:4222"
+        access = NatsAccess.from_store_env(
+            {
+                name: self.env.get(name)
+                for name in (self.NATS_URL, self.NATS_NKEY_FILE, self.NATS_TLS_CA_FILE)
+            }
+        )
         timeout = float(self.env.get(self.JETSTREAM_TIMEOUT) or 5)
         self.stream = self.env.get(self.JETSTREAM_STREAM) or "COLONIES"
         self.prefix = self.env.get(self.JETSTREAM_SUBJECT_PREFIX) or "colonies"
         self.replicas = int(self.env.get(self.JETSTREAM_REPLICAS) or 1)
         seal_key = self.env.get(self.EVENT_SEAL_KEY)
         sealer = Sealer(bytes.fromhex(seal_key)) if seal_key else None
-        self._connection = _Connection([s.strip() for s in servers.split(",")], timeout, sealer)
+        self._connection = _Connection(access, timeout, sealer)
 
     def transcoder(self) -> Transcoder:
         """msgspec (msgpack) unless ``TRANSCODER_TOPIC`` names another transcoder."""
