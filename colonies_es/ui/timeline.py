@@ -1,0 +1,192 @@
+"""A graph's timeline for the web UI: its nodes, its edges and every event's changes.
+
+The page draws a graph as it was at any event of its history (the scrubber). Rather than
+ask the server for the whole graph at each step, it gets the timeline once:
+
+- ``nodes``: every process the graph ever had, with the index of the event that made it
+  (``born``) and how (``submitted`` with the workflow, or ``child`` added at run time);
+- ``edges``: every parent → child link it ever had, with the event that made it and the
+  one that removed it (``died``; add_child with ``insert`` moves links), and its ``kind``
+  (``dependency`` from the workflow, ``add_child`` from a ChildAdded event);
+- ``events``: each event's sequence, time, actor, summary, the graph's state after it,
+  and ``changes``: ``[processid, state]`` for each process whose state it changed.
+
+A node's state at event ``i`` is its last change at or before ``i``, so a step of the
+scrubber is a handful of changes. The states come from the domain itself: each event is
+applied with its own ``mutate`` (as time travel does) and the changed processes are read
+from the aggregate, so the UI never re-implements the graph's rules. Only the processes
+an event can touch are compared (the ones it names); events of other kinds compare all.
+
+:class:`TimelineBuilder` is incremental: a running graph's new events extend it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from colonies_es.domain import (
+    AttemptFailed,
+    AttributeAdded,
+    ChildAdded,
+    GraphCancelled,
+    GraphEvent,
+    GraphSubmitted,
+    LogAdded,
+    OutputSet,
+    ProcessAssigned,
+    ProcessClosed,
+    ProcessGraph,
+    WaitTimedOut,
+)
+from colonies_es.projections.history import HistoryEntry
+from colonies_es.projections.timetravel import ReplayError
+
+__all__ = ["TimelineBuilder", "moment_index"]
+
+_NAMED_ONLY = (
+    ProcessAssigned,
+    OutputSet,
+    ProcessClosed,
+    AttemptFailed,
+    WaitTimedOut,
+    GraphCancelled,
+    ChildAdded,
+    AttributeAdded,
+    LogAdded,
+)
+"""Event kinds that change only the processes they name (see :func:`_touched`)."""
+
+
+class TimelineBuilder:
+    """Builds a graph's timeline from its history entries, in order (module docstring).
+
+    Feed it the whole history once (:meth:`extend`), then only the entries that follow
+    (a running graph); :meth:`to_json` is the timeline so far.
+    """
+
+    def __init__(self) -> None:
+        self.graph: ProcessGraph | None = None
+        """The aggregate after the last entry fed (the domain's own replay)."""
+        self.entries: list[HistoryEntry] = []
+        self.nodes: list[dict[str, Any]] = []
+        self.edges: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self._states: dict[str, int] = {}
+        self._parents: dict[str, list[str]] = {}
+        self._live_edges: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def last_sequence(self) -> int:
+        """The stream sequence of the last entry fed (0 before any)."""
+        return self.entries[-1].sequence if self.entries else 0
+
+    def extend(self, entries: Iterable[HistoryEntry]) -> int:
+        """Applies the entries after :attr:`last_sequence` (earlier ones are skipped, so
+        a re-read history can be passed whole); returns how many were new. Raises
+        :class:`ReplayError` for an event that does not apply."""
+        added = 0
+        for entry in entries:
+            if entry.sequence <= self.last_sequence:
+                continue
+            self._apply(entry)
+            added += 1
+        return added
+
+    def _apply(self, entry: HistoryEntry) -> None:
+        index = len(self.entries)
+        try:
+            graph = entry.event.mutate(self.graph)
+        except Exception as error:
+            raise ReplayError(
+                f"event {entry.sequence} ({entry.kind}) does not replay: {error}"
+            ) from error
+        if not isinstance(graph, ProcessGraph):
+            raise ReplayError(f"event {entry.sequence} ({entry.kind}) does not make a graph")
+        self.graph = graph
+        self.entries.append(entry)
+        changes: list[list[Any]] = []
+        for processid in _touched(entry.event, graph):
+            node = graph.nodes.get(processid)
+            if node is None:
+                continue
+            if processid not in self._states:
+                kind = "child" if isinstance(entry.event, ChildAdded) else "submitted"
+                self.nodes.append(
+                    {
+                        "id": processid,
+                        "name": node.nodename,
+                        "func": node.spec.funcname,
+                        "born": index,
+                        "kind": kind,
+                    }
+                )
+            if self._states.get(processid) != node.state:
+                self._states[processid] = node.state
+                changes.append([processid, node.state])
+            if self._parents.get(processid) != node.parents:
+                self._link(processid, node.parents, index, entry.event)
+        self.events.append(
+            {
+                "seq": entry.sequence,
+                "time": entry.time.isoformat(),
+                "kind": entry.kind,
+                "actor": entry.actor,
+                "actorname": entry.actorname,
+                "summary": entry.summary,
+                "graphstate": graph.state,
+                "changes": changes,
+            }
+        )
+
+    def _link(self, processid: str, parents: list[str], index: int, event: GraphEvent) -> None:
+        """Records the edges into ``processid`` that ``event`` made or removed."""
+        before = set(self._parents.get(processid, ()))
+        kind = "add_child" if isinstance(event, ChildAdded) else "dependency"
+        for parent in parents:
+            if parent not in before:
+                edge = {"from": parent, "to": processid, "born": index, "died": None, "kind": kind}
+                self.edges.append(edge)
+                self._live_edges[(parent, processid)] = edge
+        for parent in before - set(parents):
+            gone = self._live_edges.pop((parent, processid), None)
+            if gone is not None:
+                gone["died"] = index
+        self._parents[processid] = list(parents)
+
+    def to_json(self) -> dict[str, Any]:
+        """The timeline so far (module docstring), with the graph's identity and state
+        after its last event; empty lists before any entry."""
+        graph = self.graph
+        return {
+            "processgraphid": graph.processgraphid if graph else "",
+            "colonyname": graph.colonyname if graph else "",
+            "state": graph.state if graph else 0,
+            "origin": graph.origin if graph else "",
+            "nodes": self.nodes,
+            "edges": self.edges,
+            "events": self.events,
+        }
+
+
+def _touched(event: GraphEvent, graph: ProcessGraph) -> Iterable[str]:
+    """The processes whose state or parents ``event`` may have changed: the ones it
+    names for the kinds of :data:`_NAMED_ONLY`, every process for the others
+    (submission, re-run, removal, kinds added later)."""
+    if isinstance(event, GraphSubmitted) or not isinstance(event, _NAMED_ONLY):
+        return list(graph.nodes)
+    named: list[str] = [ready["processid"] for ready in event.ready]
+    for field in ("processid", "parentprocessid"):
+        value = getattr(event, field, None)
+        if isinstance(value, str):
+            named.append(value)
+    named.extend(getattr(event, "cancelled", ()))
+    if isinstance(event, ChildAdded):
+        named.append(event.child["processid"])
+        named.extend(event.child["children"])
+    return dict.fromkeys(named)
+
+
+def moment_index(entries: Sequence[HistoryEntry], sequence: int) -> int:
+    """The index of the last entry at or before stream ``sequence`` (-1: none)."""
+    return max((i for i, e in enumerate(entries) if e.sequence <= sequence), default=-1)
