@@ -13,6 +13,7 @@ from colonies_es.cli.key import key_app
 from colonies_es.cli.process import process_app
 from colonies_es.cli.projector import projector
 from colonies_es.cli.server import server
+from colonies_es.cli.ui import ui
 from colonies_es.cli.workflow import workflow_app
 
 app = typer.Typer(help="colonies-es: event-sourced ColonyOS workflows on NATS JetStream.")
@@ -20,6 +21,7 @@ app.command(name="dev")(dev)
 app.command(name="server")(server)
 app.add_typer(executor_app, name="executor")
 app.command(name="projector")(projector)
+app.command(name="ui")(ui)
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(process_app, name="process")
 app.add_typer(colony_app, name="colony")
