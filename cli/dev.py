@@ -4,7 +4,8 @@ workflows on it and stops.
 The stack, started in this order and stopped in reverse (so nothing loses its server
 while shutting down): the embedded nats-server with JetStream, the engine (`colonies
 server`), the projector (`colonies projector`, the read model), then the python executors
-(`colonies executor start`). Between the engine and
+(`colonies executor start`) and the web UI (`colonies ui`, reading as the colony's member
+user). Between the engine and
 the executors, the development colony and its member user are made (first run) or found
 again (later runs; :mod:`.dev_colony`). Everything lives in the data directory: the
 JetStream store, ``keys.json``, ``dev.env`` and one log file per process.
@@ -47,6 +48,7 @@ from colonies_es.cli.dev_stack import (
     wait_until,
 )
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
+from colonies_es.crypto import id_from_private_key
 from colonies_es.embedded import NatsServer, NatsServerError
 from colonies_es.states import ExecutorState
 
@@ -60,6 +62,9 @@ START_TIMEOUT = 30.0  # seconds each process may take to start (the engine repla
 EXECUTOR_OPTIONS = ("--poll-timeout", "1", "--grace", "5")
 """Stop within about a second when idle, give running functions 5 s to finish."""
 _CHECK_INTERVAL = 0.1  # seconds between two health checks while running
+UI_READY_LINE = "colonies ui ready at"
+DEFAULT_UI_PORT = 0
+"""A free port: the link changes with every run anyway (its access token does)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class DevOptions:
     data_dir: Path
     executors: int
     demo: bool
+    ui_port: int | None = DEFAULT_UI_PORT
+    """The web UI's port (0: a free one); None: no web UI."""
 
 
 @contextlib.contextmanager
@@ -225,8 +232,40 @@ def _start_executors(
     return ready
 
 
+def _start_ui(
+    stack: DevStack,
+    keys: DevKeys,
+    environment: dict[str, str],
+    options: DevOptions,
+    stop: StopSignals,
+) -> str | None:
+    """`colonies ui` on 127.0.0.1, reading as the colony's member user (with neither the
+    owners' keys nor the log's seal key); returns its link (None if interrupted, or with
+    no UI)."""
+    if options.ui_port is None:
+        return None
+    service = ChildProcess(
+        "web UI",
+        ["ui", "--ui-port", str(options.ui_port)],
+        {
+            **executor_environment(environment),  # a client: no server-side secrets
+            "COLONIES_COLONY_PRVKEY": "",
+            "COLONIES_ENGINE_ID": id_from_private_key(keys.engine_prvkey),
+        },
+        options.data_dir / "ui.log",
+    )
+    if not _start_service(stack, service, UI_READY_LINE, stop):
+        return None
+    line = next(line for line in service.output().splitlines() if UI_READY_LINE in line)
+    return str(line.split(UI_READY_LINE, 1)[1]).strip()
+
+
 def _serve(
-    stack: DevStack, environment: dict[str, str], env_file: Path, stop: StopSignals
+    stack: DevStack,
+    environment: dict[str, str],
+    env_file: Path,
+    stop: StopSignals,
+    ui_url: str | None = None,
 ) -> str | None:
     """Print how to use the stack and run until a stop signal (None) or a failure."""
     _echo()
@@ -234,6 +273,8 @@ def _serve(
         _echo(line)
     _echo()
     _echo(f"source {env_file}")
+    if ui_url is not None:
+        _echo(f"web UI: {ui_url}")
     _echo("colonies dev is running; press Ctrl-C to stop.")
     problem: str | None = None
     while not stop() and problem is None:
@@ -268,12 +309,15 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
             env_file = write_env_file(options.data_dir, environment)
             if not _start_executors(stack, client, keys, environment, options, stop):
                 return 0
+            ui_url = None if options.demo else _start_ui(stack, keys, environment, options, stop)
+            if ui_url is None and options.ui_port is not None and not options.demo:
+                return 0
             if options.demo:
                 _echo()
                 demo_right = run_demo(client, keys.colonyname, keys.user_prvkey, Console())
                 problem = stack.failure()
         if not options.demo:
-            problem = _serve(stack, environment, env_file, stop)
+            problem = _serve(stack, environment, env_file, stop, ui_url)
     finally:
         stack.stop()
     if problem is not None:
@@ -323,10 +367,22 @@ def dev(
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0 for all interfaces).")
     ] = "127.0.0.1",
+    ui_port: Annotated[
+        int,
+        typer.Option(
+            "--ui-port",
+            min=0,
+            max=65535,
+            help="Port of the web UI (`colonies ui`, on 127.0.0.1); 0 picks a free one.",
+        ),
+    ] = DEFAULT_UI_PORT,
+    no_ui: Annotated[
+        bool, typer.Option("--no-ui", help="Do not start the web UI (--demo never does).")
+    ] = False,
 ) -> None:
     """Run a local development stack: nats-server with JetStream, the engine, the
-    projector and a python executor, with a colony `dev` and its keys (written to
-    <data-dir>/dev.env).
+    projector, a python executor and the web UI (its link is printed), with a colony
+    `dev` and its keys (written to <data-dir>/dev.env).
 
     Runs until Ctrl-C or SIGTERM, stops everything in reverse order and exits 0. A later
     run on the same data directory keeps the colony, the keys and the log. Startup errors
@@ -348,7 +404,8 @@ def dev(
             _config_path(config) as config_file,
             _exclusive(directory),
         ):
-            code = _run(DevOptions(port, host, directory, executors, demo), stop, config_file)
+            options = DevOptions(port, host, directory, executors, demo, None if no_ui else ui_port)
+            code = _run(options, stop, config_file)
     except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:
         _error(error.summary if isinstance(error, NatsServerError) else str(error))
     except OSError as error:

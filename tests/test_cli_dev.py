@@ -288,6 +288,8 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     dev.expect(r"projector ready", timeout=STARTUP)
     dev.expect(r"colony dev created", timeout=STARTUP)
     dev.expect(r"executor \(python-executor\) ready", timeout=STARTUP)
+    dev.expect(r"web UI ready", timeout=STARTUP)
+    dev.expect(r"web UI: http://127\.0\.0\.1:\d+/\?token=\S+", timeout=STARTUP)
     dev.expect(r"press Ctrl-C", timeout=STARTUP)
 
     env_file = data_dir / "dev.env"
@@ -306,9 +308,9 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     for private in (env_file, data_dir / "keys.json"):
         assert private.stat().st_mode & 0o777 == 0o600
     stack = set(pids_with_environment(f"COLONIES_NATS_URL={url}"))
-    assert len(stack) == 3  # the engine, the projector and the executor
+    assert len(stack) == 4  # the engine, the projector, the executor and the web UI
     server_key = f"COLONIES_SERVER_PRVKEY={env['COLONIES_SERVER_PRVKEY']}"
-    assert len(stack - set(pids_with_environment(server_key))) == 1  # the executor lacks it
+    assert len(stack - set(pids_with_environment(server_key))) == 2  # executor and UI lack it
 
     example = run_sourced(env_file, sys.executable, str(EXAMPLES / "workflow_example.py"))
     assert example.returncode == 0, example.stderr
