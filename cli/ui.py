@@ -23,6 +23,7 @@ from colonies_es.cli.common import (
     HostOption,
     PortOption,
     PrvkeyOption,
+    Server,
     TlsOption,
     fail,
     require_colony,
@@ -30,6 +31,7 @@ from colonies_es.cli.common import (
 )
 from colonies_es.client import ColoniesConnectionError
 from colonies_es.crypto import id_from_private_key
+from colonies_es.settings import Settings, SettingsError
 from colonies_es.ui.reader import Identity, Reader
 from colonies_es.ui.server import UiBindError, build_app, check_bind
 
@@ -114,10 +116,14 @@ def ui(
         check_bind(ui_host, expose)
     except UiBindError as error:
         fail(str(error), status=2)
+    try:
+        # The flags (or their variables) say where NATS is; the settings add this
+        # client's NATS credential and TLS CA.
+        settings = Settings.load(nats_url=Server(host, port, tls).url)
+    except SettingsError as error:
+        fail(str(error), status=2)
     identity = Identity(
-        host=host,
-        port=port,
-        tls=tls,
+        nats=settings.nats,
         prvkey=require_key(prvkey, MEMBER),
         colonyname=require_colony(colony),
         seal_key=seal_key or None,

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
@@ -39,6 +38,7 @@ from colonies_es.projections.debug import debug_report
 from colonies_es.projections.history import HistoryEntry, graph_subject
 from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.timetravel import Nth, ReplayError, state_at
+from colonies_es.settings import NatsAccess, SettingsError
 from colonies_es.states import ProcessState
 from colonies_es.ui.timeline import TimelineBuilder, moment_index
 
@@ -65,12 +65,11 @@ STATE_FILTERS = {
 
 @dataclass(frozen=True)
 class Identity:
-    """Where NATS is and who reads: the key, the default colony, the log's seal key and
-    the two ids the audit needs (empty when unknown)."""
+    """How to reach NATS (servers, this client's NATS credential, TLS) and who reads:
+    the key, the default colony, the log's seal key and the two ids the audit needs
+    (empty when unknown)."""
 
-    host: str
-    port: int
-    tls: bool
+    nats: NatsAccess
     prvkey: str
     colonyname: str
     seal_key: str | None = None
@@ -86,8 +85,11 @@ class Reader:
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self.client = AsyncColonies(identity.host, identity.port, identity.tls)
-        self.queries = QueryClient(identity.prvkey, identity.host, identity.port, identity.tls)
+        access = identity.nats
+        self.client = AsyncColonies(
+            servers=access.servers, nkey_file=access.nkey_file, tls_ca_file=access.tls_ca_file
+        )
+        self.queries = QueryClient(identity.prvkey, servers=access.servers)
         self._nc: NATS | None = None
         self._timelines: OrderedDict[str, TimelineBuilder] = OrderedDict()
         self._refreshing: dict[str, asyncio.Lock] = {}
@@ -290,14 +292,18 @@ class Reader:
         return await asyncio.to_thread(method, *args)
 
     async def _nats(self) -> NATS:
-        if self._nc is None or self._nc.is_closed:
-            identity = self.identity
-            url = f"{'tls' if identity.tls else 'nats'}://{identity.host}:{identity.port}"
-            try:
-                self._nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1)
-            except (OSError, nats.errors.Error) as error:
-                raise ColoniesConnectionError(f"cannot reach NATS at {url}: {error}") from error
-        return self._nc
+        """The UI's own NATS connection (live updates, audit), opened on first use."""
+        if self._nc is not None and not self._nc.is_closed:
+            return self._nc
+        access = self.identity.nats
+        try:
+            nc: NATS = await access.connect(
+                "colonies-ui", connect_timeout=5, max_reconnect_attempts=-1
+            )
+        except (OSError, nats.errors.Error, SettingsError) as error:
+            raise ColoniesConnectionError(f"cannot reach NATS at {access.url}: {error}") from error
+        self._nc = nc
+        return nc
 
     async def close(self) -> None:
         """Closes the connections and the query client's thread."""
