@@ -30,6 +30,7 @@ from colonies_es.cli.dev_demo import (
     map_reduce_workflow,
     multiple_dependencies_workflow,
 )
+from colonies_es.cli.dev_seed import MAP_CODE, reduce
 from colonies_es.projections.queries import QueryClient
 from colonies_es.states import ProcessState
 from colonies_es.ui.server import check_bind, is_loopback
@@ -196,6 +197,40 @@ def test_map_reduce_graph_shows_map_its_children_and_reduce(
     expect(_node(page, "map")).to_have_attribute("data-state", "WAITING")
 
 
+def test_a_fan_out_of_many_alike_children_is_drawn_as_one_cluster(
+    page: Page, dev: DevStack, client: Colonies
+) -> None:
+    colonyname, key = dev.env["COLONIES_COLONY_NAME"], dev.env["COLONIES_PRVKEY"]
+    map15 = MAP_CODE.replace("range(5)", "range(15)")
+    assert map15 != MAP_CODE
+    reduce_spec = func_spec(
+        func=reduce, args=[], colonyname=colonyname, executortype="python-executor"
+    )
+    reduce_spec.conditions.dependencies.append("map")
+    workflow = Workflow(
+        colonyname=colonyname, functionspecs=[_step("map", map15, colonyname), reduce_spec]
+    )
+    graphid = client.submit_workflow(workflow, key).processgraphid
+    assert _ended(client, graphid, key) == ProcessState.SUCCESS
+    page.goto(f"{dev.base}/graphs/{graphid}")
+    cluster = page.locator("#graph g.node.cluster")
+    expect(cluster).to_have_count(1)
+    expect(cluster).to_have_attribute("data-counts", "0,0,15,0,0")
+    expect(page.locator("#graph g.node")).to_have_count(3)  # map, the cluster, reduce
+    expect(_node(page, "reduce")).to_have_attribute("data-state", "SUCCESS")
+    cluster.click()
+    expect(page.locator("#cluster-panel tr")).to_have_count(15)
+    page.locator("#cluster-panel a", has_text="gen_nums_14").click()
+    expect(page.locator("#node-output")).to_have_text("[1,2]")
+    # back in time: before map ran, no child exists; while it added them, some do
+    page.click("#step-first")
+    expect(cluster).to_be_hidden()
+    page.click("#step-next")
+    page.click("#step-next")
+    page.click("#step-next")
+    expect(cluster).to_have_attribute("data-counts", "2,0,0,0,0")
+
+
 def test_scrubber_on_a_failed_graph_shows_the_failure_arrive(
     page: Page, dev: DevStack, client: Colonies, failed_graph: str
 ) -> None:
@@ -220,9 +255,13 @@ def test_scrubber_on_a_failed_graph_shows_the_failure_arrive(
     expect(page.locator("#audit-verdict")).to_have_attribute("data-ok", "true")
     _node(page, "boom").click()
     expect(page.locator("#node-errors")).to_contain_text("boom: cannot use 1 and 2")
+    expect(page.locator("#attempts")).to_contain_text("failed")
     page.screenshot(path=str(SCREENSHOTS / "failed-scrubber.png"), full_page=True)
     page.click("#step-prev")
     expect(page.locator("#event-summary")).to_have_attribute("data-index", str(len(history) - 2))
+    # the open node's details follow the scrubber: before its failure, no errors yet
+    expect(page.locator("#process-panel .badge")).to_have_text("RUNNING")
+    expect(page.locator("#node-errors")).to_have_count(0)
 
 
 def test_rerun_from_failed_creates_the_linked_graph(
