@@ -149,6 +149,12 @@ class EventLog(Sequence[LoggedEvent]):
         aggregate = f"{colonyname}.graph.{processgraphid}"
         return [event for event in self._events if event.aggregate_id == aggregate]
 
+    def closed_outputs(self, processid: str) -> list[list[Any]]:
+        """The output of each ``ProcessClosed`` of a process (one, when all is well)."""
+        return [
+            e.state["output"] for e in self.of_kind("ProcessClosed") if e.processid == processid
+        ]
+
     def count_per_process(self, kind: str) -> Counter[str]:
         """How many events of ``kind`` each process has."""
         return Counter(e.processid for e in self.of_kind(kind) if e.processid is not None)

@@ -274,15 +274,22 @@ class StubbornExecutor(threading.Thread):
 
     A command lost in a crash is retried; a claim whose reply was lost leaves a process
     RUNNING with nobody working on it, which its ``maxexectime`` takes back.
+
+    It records what the engine acknowledged, as (process id, attempt): ``claimed`` and
+    ``closed``; and the closes it refused with 403 (``refused``). The test holds the log
+    to them: an acknowledged write that is not in the log was lost.
     """
 
     def __init__(self, stack: Stack, colony: ColonyHandle, stop: threading.Event) -> None:
         super().__init__()
         self.prvkey = stack.new_executor(colony)
+        self.executorid = crypto.id_from_private_key(self.prvkey)
         self.colony = colony
         self.port = stack.nats.port
         self.stop = stop
-        self.closed: list[str] = []
+        self.claimed: list[tuple[str, int]] = []
+        self.closed: list[tuple[str, int]] = []
+        self.refused: list[tuple[str, int]] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -298,11 +305,14 @@ class StubbornExecutor(threading.Thread):
                         if error.status == 404:
                             continue
                         raise
-                    self._close(client, process.processid)
+                    attempt = (process.processid, process.retries + 1)
+                    self.claimed.append(attempt)
+                    self._close(client, attempt)
         except BaseException as error:
             self.error = error
 
-    def _close(self, client: Colonies, processid: str) -> None:
+    def _close(self, client: Colonies, attempt: tuple[str, int]) -> None:
+        processid = attempt[0]
         while not self.stop.is_set():
             try:
                 client.close(processid, [processid[:8]], self.prvkey)
@@ -311,12 +321,42 @@ class StubbornExecutor(threading.Thread):
                 continue
             except ColoniesError as error:
                 # 403: an earlier try was recorded before its reply was lost, or the
-                # process was taken back by its execution deadline.
+                # process was taken back by its execution deadline; the test checks which.
                 if error.status != 403:
                     raise
+                self.refused.append(attempt)
                 return
-            self.closed.append(processid)
+            self.closed.append(attempt)
             return
+
+
+def assert_acknowledged_in_log(log: EventLog, executors: list[StubbornExecutor]) -> None:
+    """Every claim and close the engine acknowledged has exactly its event in the log,
+    and every refused close is explained by it: the executor's own earlier try (its reply
+    lost in a crash) or the attempt's execution timeout."""
+    assigned = Counter(
+        (e.processid, e.state["attempt"], e.state["executorid"])
+        for e in log.of_kind("ProcessAssigned")
+    )
+    closed = Counter(
+        (e.processid, e.state["attempt"], e.state["executorid"])
+        for e in log.of_kind("ProcessClosed")
+    )
+    timed_out = {(e.processid, e.state["attempt"]) for e in log.of_kind("ExecutionTimedOut")}
+    for executor in executors:
+        for processid, attempt in executor.claimed:
+            assert assigned[(processid, attempt, executor.executorid)] == 1, (
+                f"acknowledged claim of {processid} attempt {attempt} not in the log"
+            )
+        for processid, attempt in executor.closed:
+            assert closed[(processid, attempt, executor.executorid)] == 1, (
+                f"acknowledged close of {processid} attempt {attempt} not in the log"
+            )
+        for processid, attempt in executor.refused:
+            earlier_try = closed[(processid, attempt, executor.executorid)] == 1
+            assert earlier_try or (processid, attempt) in timed_out, (
+                f"close of {processid} attempt {attempt} refused with no reason in the log"
+            )
 
 
 def test_crashes_while_executors_work_lose_and_duplicate_nothing(fresh_stack: Stack) -> None:
@@ -356,6 +396,8 @@ def test_crashes_while_executors_work_lose_and_duplicate_nothing(fresh_stack: St
 
     log = read_events(stack.nats.url)
     assert_clean_history(log, colony)
+    assert_acknowledged_in_log(log, executors)
+    assert sum(len(e.closed) for e in executors) > 0
     closes = log.count_per_process("ProcessClosed")
     assert set(closes) == submitted
     for processid in submitted:

@@ -27,6 +27,7 @@ from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.executor import FunctionFailed, PythonExecutor, execute_function
 from colonies_es.models import FuncSpec, Process
 from colonies_es.states import ProcessState
+from tests.eventlog import read_events
 from tests.processes import wait_until
 from tests.stack import ColonyHandle, Stack
 
@@ -601,6 +602,16 @@ def logged(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INF
 ECHO = "def echo(x, ctx={}):\n    return x\n"
 
 
+def assert_closed_once_in_log(stack: Stack, outputs: dict[str, list[Any]]) -> None:
+    """Re-read from the raw log after a nats-server crash: a clean history, and each
+    process closed exactly once with its output (the close acknowledged before the
+    crash included)."""
+    log = read_events(stack.nats.url)
+    log.assert_versions_contiguous()
+    for processid, output in outputs.items():
+        assert log.closed_outputs(processid) == [output], processid
+
+
 def test_the_executor_goes_on_after_a_nats_restart(fresh_stack: Stack) -> None:
     stack = fresh_stack
     colony = stack.new_colony()
@@ -619,6 +630,7 @@ def test_the_executor_goes_on_after_a_nats_restart(fresh_stack: Stack) -> None:
         )
         done = retry(lambda: ended(stack, colony, after), "waiting after the restart")
     assert done.output == [2]
+    assert_closed_once_in_log(stack, {before.processid: [1], after.processid: [2]})
 
 
 def test_the_executor_goes_on_after_a_nats_and_engine_restart(fresh_stack: Stack) -> None:
@@ -643,6 +655,7 @@ def test_the_executor_goes_on_after_a_nats_and_engine_restart(fresh_stack: Stack
         )
         done = retry(lambda: ended(stack, colony, after), "waiting after the restart")
     assert done.output == [2]
+    assert_closed_once_in_log(stack, {before.processid: [1], after.processid: [2]})
 
 
 def test_a_result_finished_during_an_outage_is_delivered_afterwards(

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from colonies_es.client import ColoniesConnectionError
 from colonies_es.projections.queries import QueryClient
+from tests.eventlog import read_events
 from tests.stack import Stack
 from tests.test_projector_support import (
     EXECUTOR_TYPE,
@@ -71,7 +73,7 @@ def test_a_projector_rides_out_a_restart_of_the_nats_server(
     stack = fresh_stack
     colony = stack.new_colony()
     executor = stack.new_executor(colony, EXECUTOR_TYPE)
-    run_seed(stack, colony, executor)
+    acknowledged = [run_seed(stack, colony, executor)]
     seal_key = stack.engine.seal_key
     url = stack.nats.url
     with (
@@ -87,12 +89,12 @@ def test_a_projector_rides_out_a_restart_of_the_nats_server(
         deadline = time.monotonic() + 30
         while True:  # until the client has reconnected
             try:
-                run_seed(stack, colony, executor)
+                acknowledged.append(run_seed(stack, colony, executor))
                 break
             except ColoniesConnectionError:
                 assert time.monotonic() < deadline, "the client did not reconnect"
                 time.sleep(0.1)
-        run_seed(stack, colony, executor)
+        acknowledged.append(run_seed(stack, colony, executor))
         end = query.log_position()
         wait_for_view(survivor.db, end)
         fresh.start()
@@ -102,3 +104,13 @@ def test_a_projector_rides_out_a_restart_of_the_nats_server(
 
     assert survivor.starts == 1
     assert dump_view(survivor.db) == dump_view(fresh.db)
+    log = read_events(url)  # the raw log keeps every run acknowledged, the crash's too
+    log.assert_versions_contiguous()
+    for graph in acknowledged:
+        kinds = Counter(e.kind for e in log.for_graph(colony.name, graph.processgraphid))
+        assert kinds == {
+            "GraphSubmitted": 1,
+            "ProcessAssigned": 2,
+            "LogAdded": 1,
+            "ProcessClosed": 2,
+        }
