@@ -11,5 +11,6 @@ GROUPS: dict[str, str] = {
     "engine": "The engine end to end: throughput and claim latency with 4 executor processes",
     "timetravel": "Time travel: replaying one graph costs its own length, not the log's",
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
+    "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
 }
 """Group name (also its module under ``benchmarks``) and what it measures."""

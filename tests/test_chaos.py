@@ -7,21 +7,27 @@
   recording them (tests/broken_engine.py, a hook no shipped command can reach), it
   reports exactly the lost closes.
 
-A long run is a slow test (``pytest -m slow tests/test_chaos.py``); the benchmark group
-``python -m benchmarks chaos`` reports its figures.
+- With ``sync_interval: always`` (the variant the harness writes is checked on the
+  server's own /varz), nats-server killed twice loses nothing acknowledged.
+
+A long run is a slow soak test (``pytest -m slow tests/test_chaos.py``); the benchmark
+group ``python -m benchmarks chaos`` reports the figures of a 200-fault run.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from colonies_es.chaos import FAULT_KINDS, run_chaos
-from colonies_es.chaos.run import fault_schedule
+from colonies_es.chaos.run import fault_schedule, shipped_nats_config, sync_always_config
 from colonies_es.chaos.stack import ENGINE_COMMAND
+from colonies_es.embedded import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,6 +45,40 @@ def test_a_short_run_with_every_kind_of_fault_has_no_anomaly(tmp_path: Path) -> 
     assert check.acknowledged["add_child"] > 0
     assert check.acknowledged["fail"] > 0  # the retry shape failed its first attempts
     assert check.audited == check.events > 0
+
+
+def test_nats_server_killed_with_sync_always_loses_no_acknowledged_event(
+    tmp_path: Path,
+) -> None:
+    result = run_chaos(2, sync="always", kinds=["nats"], interval=(1.0, 2.0), directory=tmp_path)
+
+    assert [fault.kind for fault in result.faults] == ["nats", "nats"]
+    assert result.check.anomalies == [], result.summary()
+    assert result.check.acknowledged["close"] > 0
+
+
+def test_the_sync_always_variant_makes_the_server_fsync_every_write(tmp_path: Path) -> None:
+    config = sync_always_config(tmp_path)
+    port = free_port()
+    with (
+        NatsServer(tmp_path / "js", config=config, http_port=port),
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=10) as answer,
+    ):
+        varz = json.load(answer)
+    assert varz["jetstream"]["config"]["sync_always"] is True
+    shipped = shipped_nats_config().read_text()
+    assert config.read_text() == shipped.replace('sync_interval: "2m"', "sync_interval: always")
+
+
+@pytest.mark.slow
+def test_a_long_run_of_sixty_faults_has_no_anomaly(tmp_path: Path) -> None:
+    """Soak test (about 5 minutes): ``pytest -m slow tests/test_chaos.py``."""
+    result = run_chaos(60, directory=tmp_path)
+
+    print(result.summary())
+    assert len(result.faults) == 60
+    assert result.check.anomalies == [], result.summary()
+    assert result.check.graphs == result.check.graphs_succeeded > 0
 
 
 def test_the_checker_reports_every_close_a_broken_engine_acknowledged_and_lost(
