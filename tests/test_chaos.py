@@ -87,7 +87,7 @@ def test_the_checker_reports_every_close_a_broken_engine_acknowledged_and_lost(
     monkeypatch.chdir(REPO)  # `python -m tests.broken_engine` runs from the repository
     broken = [sys.executable, "-m", "tests.broken_engine", *ENGINE_COMMAND[3:]]
 
-    result = run_chaos(0, duration=8.0, directory=tmp_path, engine_command=broken)
+    result = run_chaos(0, duration=5.0, directory=tmp_path, engine_command=broken)
 
     engine_output = "".join(p.read_text() for p in tmp_path.glob("engine-*.log"))
     dropped = set(re.findall(r"DROPPED CLOSE ([0-9a-f]{64})", engine_output))
