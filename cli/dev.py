@@ -2,8 +2,10 @@
 workflows on it and stops.
 
 The stack, started in this order and stopped in reverse (so nothing loses its server
-while shutting down): the embedded nats-server with JetStream, the engine (`colonies
-server`), the projector (`colonies projector`, the read model), then the python executors
+while shutting down): the embedded nats-server with JetStream (with ``--cluster N``, N
+nats-servers joined into one JetStream cluster, the log's streams replicated on N nodes),
+the engine (`colonies server`; ``--engines N`` runs N of them in the queue group), the
+projector (`colonies projector`, the read model), then the python executors
 (`colonies executor start`) and the web UI (`colonies ui`, reading as the colony's member
 user). Between the engine and
 the executors, the development colony and its member user are made (first run) or found
@@ -41,6 +43,7 @@ from colonies_es.cli.dev_colony import (
 from colonies_es.cli.dev_demo import run_demo
 from colonies_es.cli.dev_stack import (
     ChildProcess,
+    ClusterComponent,
     DevError,
     DevStack,
     NatsComponent,
@@ -50,6 +53,7 @@ from colonies_es.cli.dev_stack import (
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import id_from_private_key
 from colonies_es.embedded import NatsServer, NatsServerError
+from colonies_es.embedded_cluster import NatsCluster
 from colonies_es.states import ExecutorState
 
 CONFIG_FILE_NAME = "nats.conf"
@@ -76,6 +80,14 @@ class DevOptions:
     demo: bool
     ui_port: int | None = DEFAULT_UI_PORT
     """The web UI's port (0: a free one); None: no web UI."""
+    cluster: int = 0
+    """Nodes of the embedded JetStream cluster; 0 runs one plain nats-server."""
+    engines: int = 1
+
+    @property
+    def replicas(self) -> int:
+        """Copies of the log's streams: one per cluster node (1 without a cluster)."""
+        return max(self.cluster, 1)
 
 
 @contextlib.contextmanager
@@ -142,6 +154,32 @@ def _start_nats(stack: DevStack, options: DevOptions, config_file: Path) -> Nats
     return server
 
 
+def _start_cluster(stack: DevStack, options: DevOptions, config_file: Path) -> NatsCluster:
+    """Start ``options.cluster`` nats-servers as one JetStream cluster: node i listens for
+    clients on ``--port`` + i (free ports with 0) and keeps its store in
+    ``<data-dir>/cluster/node-<i>``."""
+    size = options.cluster
+    ports = [options.port + index for index in range(size)] if options.port else None
+    cluster = NatsCluster(
+        options.data_dir / "cluster",
+        size,
+        ports=ports,
+        config=config_file,
+        host=options.host,
+        log_dir=options.data_dir,
+    )
+    cluster.start()
+    stack.add(ClusterComponent(cluster))
+    _echo(
+        f"nats cluster {cluster.name!r} of {size} nodes, streams with {options.replicas} replicas"
+    )
+    for node in cluster.nodes:
+        _echo(f"  nats-server listening on {node.url} (log: {node.log_file})")
+    _echo(f"  data dir: {options.data_dir}")
+    _echo(f"  config:   {config_file}")
+    return cluster
+
+
 def _start_service(
     stack: DevStack, service: ChildProcess, ready_line: str, stop: StopSignals
 ) -> bool:
@@ -162,13 +200,17 @@ def _start_service(
     return ready
 
 
-def _engine(keys: DevKeys, environment: dict[str, str], data_dir: Path) -> ChildProcess:
-    """`colonies server`: it reads the server id and the seal key from the environment."""
+def _engine(
+    keys: DevKeys, environment: dict[str, str], data_dir: Path, number: int = 1
+) -> ChildProcess:
+    """`colonies server` (the ``number``-th replica): it reads the server id, the seal key
+    and the stream replicas from the environment."""
+    suffix = "" if number == 1 else f"-{number}"
     return ChildProcess(
-        "engine",
+        f"engine{suffix}",
         ["server", "--no-projector", "--nats", environment["COLONIES_NATS_URL"]],
         {**environment, "COLONIES_ENGINE_PRVKEY": keys.engine_prvkey},
-        data_dir / "engine.log",
+        data_dir / f"engine{suffix}.log",
     )
 
 
@@ -294,18 +336,31 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
     demo_right = True
     try:
         keys = load_or_create_keys(options.data_dir)
-        server = _start_nats(stack, options, config_file)
-        host = urlsplit(server.url).hostname or "127.0.0.1"
-        environment = dev_environment(keys, host, server.port, server.url)
+        if options.cluster:
+            urls = _start_cluster(stack, options, config_file).urls
+        else:
+            urls = [_start_nats(stack, options, config_file).url]
+        first = urlsplit(urls[0])
+        host, port = first.hostname or "127.0.0.1", first.port or DEFAULT_PORT
+        environment = {
+            **dev_environment(keys, host, port, ",".join(urls)),
+            "COLONIES_STREAM_REPLICAS": str(options.replicas),
+        }
         engine = _engine(keys, environment, options.data_dir)
         if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
             return 0
         projector = _projector(environment, options.data_dir)
         if not _start_service(stack, projector, PROJECTOR_READY_LINE, stop):
             return 0
-        with Colonies(host, server.port) as client:
+        with Colonies(host, port, servers=urls) as client:
             state = "created" if ensure_colony(client, keys) else "found"
             _echo(f"colony {keys.colonyname} {state} (keys: {options.data_dir / 'keys.json'})")
+            # Replicas start once the colony is in the log: until engines follow the log
+            # (issue 8), a replica knows only what the log held when it started.
+            for number in range(2, options.engines + 1):
+                engine = _engine(keys, environment, options.data_dir, number)
+                if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
+                    return 0
             env_file = write_env_file(options.data_dir, environment)
             if not _start_executors(stack, client, keys, environment, options, stop):
                 return 0
@@ -379,6 +434,18 @@ def dev(
     no_ui: Annotated[
         bool, typer.Option("--no-ui", help="Do not start the web UI (--demo never does).")
     ] = False,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            help="Run N nats-servers as one JetStream cluster (3 or 5; the log's streams "
+            "get N replicas, so any one node may die). Node i listens on --port + i; every "
+            "component gets all the URLs. 0: one plain nats-server.",
+            show_default=False,
+        ),
+    ] = 0,
+    engines: Annotated[
+        int, typer.Option(min=1, help="Engine replicas (`colonies server`) to run.")
+    ] = 1,
 ) -> None:
     """Run a local development stack: nats-server with JetStream, the engine, the
     projector, a python executor and the web UI (its link is printed), with a colony
@@ -390,6 +457,9 @@ def dev(
     """
     if demo and executors == 0:
         _error("--demo needs an executor (--executors 1 or more)")
+        raise typer.Exit(2)
+    if cluster not in (0, 3, 5):
+        _error(f"--cluster takes 3 or 5 nodes (a majority must survive a loss), not {cluster}")
         raise typer.Exit(2)
     port = port if port is not None else 0 if demo else DEFAULT_PORT
     temporary = demo and data_dir is None  # the demo's own folder, removed if all went well
@@ -404,7 +474,16 @@ def dev(
             _config_path(config) as config_file,
             _exclusive(directory),
         ):
-            options = DevOptions(port, host, directory, executors, demo, None if no_ui else ui_port)
+            options = DevOptions(
+                port,
+                host,
+                directory,
+                executors,
+                demo,
+                None if no_ui else ui_port,
+                cluster,
+                engines,
+            )
             code = _run(options, stop, config_file)
     except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:
         _error(error.summary if isinstance(error, NatsServerError) else str(error))

@@ -1,7 +1,8 @@
 """The parts of `colonies dev`: components that run, are watched, and stop in reverse order.
 
 A :class:`DevStack` holds the started components. The embedded nats-server is a
-:class:`NatsComponent`; the engine and the executors are :class:`ChildProcess` es: a
+:class:`NatsComponent` (with ``--cluster N``, the N nodes are one
+:class:`ClusterComponent`); the engine and the executors are :class:`ChildProcess` es: a
 ``python -m colonies_es.cli ...`` command whose output is appended to a log file in the
 data directory. Every wait has a deadline and gives up early when the user asks to stop.
 """
@@ -20,6 +21,7 @@ from types import FrameType
 from typing import Protocol
 
 from colonies_es.embedded import NatsServer, _die_with_parent_preexec
+from colonies_es.embedded_cluster import NatsCluster
 
 POLL_INTERVAL = 0.05  # seconds between two looks at a starting or running component
 
@@ -59,6 +61,29 @@ class NatsComponent:
     def stop(self) -> None:
         """Stop the server gracefully (SIGTERM, then SIGKILL after a timeout)."""
         self.server.stop()
+
+
+class ClusterComponent:
+    """The nodes of an embedded JetStream cluster as one stack component."""
+
+    name = "nats cluster"
+
+    def __init__(self, cluster: NatsCluster) -> None:
+        self.cluster = cluster
+
+    def failure(self) -> str | None:
+        """Report the first node that exited unexpectedly, pointing at its log.
+
+        The cluster would survive one node's loss, but in development it is a fault
+        worth stopping for."""
+        for node in self.cluster.nodes:
+            if not node.running:
+                return f"a nats-server of the cluster exited unexpectedly (see {node.log_file})"
+        return None
+
+    def stop(self) -> None:
+        """Stop every node gracefully (SIGTERM, then SIGKILL after a timeout)."""
+        self.cluster.stop()
 
 
 class ChildProcess:

@@ -40,7 +40,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -215,7 +215,9 @@ class NatsServer:
     once the server is ready. ``port=None`` (or 0) picks a free port. With ``config``, the
     command-line port and host still win over the file's; the file must *not* set
     ``jetstream.store_dir`` (nats-server 2.15 refuses a store dir given both in the file
-    and by ``-sd``). ``http_port`` enables the HTTP monitoring endpoint (off by default).
+    and by ``-sd``). ``http_port`` enables the HTTP monitoring endpoint (off by default);
+    ``extra_args`` are further command-line flags (a cluster node's, see
+    :mod:`colonies_es.embedded_cluster`).
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. :attr:`url`,
     :attr:`port` and :attr:`pid` are final once :meth:`start` returned.
@@ -234,11 +236,13 @@ class NatsServer:
         *,
         http_port: int | None = None,
         log_file: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.config = Path(config) if config is not None else None
         self.http_port = http_port
+        self.extra_args = tuple(extra_args)
         self.log_file = (
             Path(log_file) if log_file is not None else (self.store_dir / "nats-server.log")
         )
@@ -357,7 +361,7 @@ class NatsServer:
         command += ["-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port)]
         if self.http_port is not None:
             command += ["-m", str(self.http_port)]
-        return command
+        return command + list(self.extra_args)
 
     def _spawn(self, binary: Path) -> None:
         """Start the process, appending its output to the log file."""

@@ -15,6 +15,12 @@ ports, with temporary store directories, and are stopped at teardown.
   a fresh temporary directory. To test a crash, ``server.kill()`` it, then start
   ``factory(store_dir=server.store_dir, port=server.port)`` (or ``server.start()`` again).
   Every server it started is stopped at the end of the test.
+* ``nats_cluster`` (per test): a 3-node JetStream cluster of the test's own
+  (:class:`~colonies_es.embedded_cluster.NatsCluster`), ready for R3 streams. Give
+  components ``nats_cluster.url`` (every node's URL, comma separated) and
+  ``replicas=3``; ``nats_cluster.stream_leader(stream)`` is the index of the node leading
+  a stream, ``kill(i)`` / ``restart(i)`` crash and bring back node ``i`` (same name,
+  ports and store). Stopped at the end of the test.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pytest
 from colonies_es import crypto
 from colonies_es.client import Colonies
 from colonies_es.embedded import NatsServer
+from colonies_es.embedded_cluster import NatsCluster
 from tests.stack import EngineProcess, Stack
 
 
@@ -63,6 +70,14 @@ def nats_server_factory(
     yield start_server
     for server in reversed(started):
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A started 3-node JetStream cluster of the test's own, free to kill nodes of."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"), 3).start()
+    yield cluster
+    cluster.stop()
 
 
 def _start_stack(directory: Path) -> Stack:

@@ -24,8 +24,11 @@ from colonies_es.embedded import NatsServer
 class EngineProcess:
     """``colonies server`` as a child process."""
 
-    def __init__(self, nats_url: str, server_id: str, log_dir: Path) -> None:
+    def __init__(self, nats_url: str, server_id: str, log_dir: Path, replicas: int = 1) -> None:
+        """``nats_url`` may list a cluster's nodes (comma separated); ``replicas`` is the
+        log's replica count (3 on the ``nats_cluster`` fixture)."""
         self.nats_url = nats_url
+        self.replicas = replicas
         self.server_id = server_id
         self.engine_prvkey = crypto.new_private_key()
         self.seal_key = os.urandom(32).hex()
@@ -56,6 +59,7 @@ class EngineProcess:
                 "COLONIES_SERVER_ID": self.server_id,
                 "COLONIES_ENGINE_PRVKEY": self.engine_prvkey,
                 "COLONIES_EVENT_SEAL_KEY": self.seal_key,
+                "COLONIES_STREAM_REPLICAS": str(self.replicas),
             },
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -44,7 +44,9 @@ def run_engine(
             engine_prvkey=settings.engine_prvkey,
         )
 
-    engine = Engine(settings.nats.url, make_app, settings.nats)
+    engine = Engine(
+        settings.nats.url, make_app, settings.nats, work_replicas=settings.stream_replicas
+    )
 
     async def until_signalled() -> None:
         # SIGINT/SIGTERM cancel the engine's task from inside the loop, so its shutdown

@@ -76,9 +76,12 @@ class Engine:
         nats_url: str,
         app_factory: Callable[[], ColoniesApp],
         access: NatsAccess | None = None,
+        work_replicas: int = 1,
     ) -> None:
         """Serve through NATS at ``nats_url``; ``access`` (its servers, credential and
-        TLS CA) wins over ``nats_url`` when given."""
+        TLS CA) wins over ``nats_url`` when given. ``work_replicas``: copies of the work
+        stream (the settings' ``stream_replicas``, as for the log)."""
+        self.work_replicas = work_replicas
         self.access = access or NatsAccess.from_store_env({"NATS_URL": nats_url})
         self.nats_url = self.access.url
         self._app_factory = app_factory
@@ -200,6 +203,7 @@ class Engine:
             subjects=[f"{WORK_PREFIX}.>"],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.MEMORY,  # derived data: rebuilt from state if lost
+            num_replicas=self.work_replicas,
         )
         try:
             await js.add_stream(config)
