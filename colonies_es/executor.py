@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,6 +281,14 @@ class PythonExecutor:
         for worker in workers:
             worker.start()
         stop.wait()
+        with self._lock:
+            running = len(self._running)
+        log.info(
+            "stopping: taking no more work%s",
+            f", waiting up to {self.grace:g} s for {running} running function(s)"
+            if running
+            else "",
+        )
         deadline = time.monotonic() + self.poll_timeout + self.grace
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -291,6 +300,10 @@ class PythonExecutor:
         while not stop.is_set():
             try:
                 problem = self._take_and_run()
+            except CancelledError:
+                if stop.is_set():
+                    return  # the client closed under a call still waiting: we are stopping
+                raise
             except Exception as error:  # a bug: say so loudly, keep the executor alive
                 log.exception("unexpected error in %s", threading.current_thread().name)
                 problem = (f"unexpected {type(error).__name__}", repr(error))

@@ -149,10 +149,17 @@ class Connection:
         return session
 
     async def close(self) -> None:
-        """Flush what is pending and close the connection; the next call opens a new one."""
+        """Flush what is pending and close the connection; the next call opens a new one.
+
+        Never raises for a connection that is already lost (the server went away): there
+        is nothing left to flush to, and the caller is only saying goodbye.
+        """
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
-            await nc.close()
+            try:
+                await nc.close()
+            except (OSError, TimeoutError, nats.errors.Error) as error:
+                log.debug("closing the NATS connection to %s: %r", self.url, error)
 
 
 def _status(code: str) -> int:
