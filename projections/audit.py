@@ -195,8 +195,20 @@ class Auditor:
         self.report = AuditReport()
         self._commands: dict[str, int] = {}  # payload digest -> sequence of its first event
 
-    def check(self, message: StoredMessage) -> None:
-        """Checks one message (the next in log order) and applies it when trusted."""
+    def check(self, message: StoredMessage, context: bool = False) -> None:
+        """Checks one message (the next in log order) and applies it when trusted.
+
+        A ``context`` message is read only for what it establishes (a colony's members,
+        for the audit of one of its graphs): it is applied when trusted, but neither
+        counted in :attr:`report` nor reported.
+        """
+        if context:
+            saved, self.report = self.report, AuditReport()
+            try:
+                self.check(message)
+            finally:
+                self.report = saved
+            return
         self.report.checked += 1
         reasons = self._seal_reasons(message)
         try:
@@ -520,15 +532,18 @@ async def verify_graph(
     colonyname: str | None = None,
     seal_key: str | bytes | None = None,
 ) -> AuditReport:
-    """Audits a graph's events, and its colony's (they say who was allowed what)."""
+    """Audits a graph's events. Its colony's events are read too, for who was allowed
+    what, but only the graph's are counted and reported."""
     reader = open_log(source)
     messages = await reader.read_subject(graph_subject(colonyname, processgraphid))
+    context: list[StoredMessage] = []
     if messages:
         colony = colonyname or messages[0].subject.split(".")[-3]
-        messages += await reader.read_subject(colony_subject(colony))
+        context = await reader.read_subject(colony_subject(colony))
     auditor = Auditor(authorities, seal_key)
-    for message in sorted(messages, key=lambda m: m.sequence):
-        auditor.check(message)
+    in_context = {message.sequence for message in context}
+    for message in sorted(messages + context, key=lambda m: m.sequence):
+        auditor.check(message, context=message.sequence in in_context)
     return auditor.report
 
 

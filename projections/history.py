@@ -311,9 +311,29 @@ async def graph_history(
 
 
 async def connect(url: str) -> NATS:
-    """A nats-py connection to ``url`` (comma-separated URLs allowed), for reading."""
+    """A nats-py connection to ``url`` (comma-separated URLs allowed), for reading.
+
+    Gives up after one attempt per server, within about :data:`CONNECT_TIMEOUT`
+    seconds per server, raising the last connection error (nats-py's ``NoServersError``
+    when every server refused). nats-py's default error callback, which logs a
+    traceback per failed attempt, is replaced by a debug line.
+    """
     servers = [u.strip() for u in url.split(",")]
-    return await nats.connect(servers, connect_timeout=CONNECT_TIMEOUT, max_reconnect_attempts=0)
+
+    async def quiet(error: Exception) -> None:
+        log.debug("NATS at %s: %r", url, error)
+
+    return await asyncio.wait_for(
+        nats.connect(
+            servers,
+            connect_timeout=CONNECT_TIMEOUT,
+            max_reconnect_attempts=1,  # 0 would mean "retry forever" at the first connect
+            reconnect_time_wait=0.1,  # type: ignore[arg-type]
+            allow_reconnect=False,
+            error_cb=quiet,
+        ),
+        CONNECT_TIMEOUT * (len(servers) + 1),
+    )
 
 
 def history(
