@@ -58,6 +58,8 @@ __all__ = [
     "fail",
     "one_id",
     "print_json",
+    "probe",
+    "refusal",
     "render",
     "require",
     "require_colony",
@@ -228,14 +230,15 @@ def one_id(positional: str | None, option: str | None, flag: str) -> str:
 
 
 @contextlib.contextmanager
-def connected(server: Server) -> Iterator[Colonies]:
+def connected(server: Server, role: KeyRole = MEMBER) -> Iterator[Colonies]:
     """A client of the engine behind ``server`` for the body of the ``with``.
 
     Exits with status 1 and one line on stderr when NATS cannot be reached, no engine
-    answers, or the engine refuses a command (``error: <status> <message>``). The
-    connection is closed at the end, whatever happens.
+    answers, or the engine refuses a command (:func:`refusal`: what went wrong and what
+    to do; a refused key is named by ``role``). The connection is closed at the end,
+    whatever happens.
     """
-    _probe(server)
+    probe(server)
     try:
         # The flags (or their variables) say where NATS is; the settings add the
         # caller's NATS credential and TLS CA.
@@ -246,16 +249,39 @@ def connected(server: Server) -> Iterator[Colonies]:
     try:
         yield client
     except ColoniesError as error:
-        fail(f"{error.status} {error.message}")
+        fail(refusal(error, role))
     except ColoniesConnectionError as error:
         fail(f"{error} — is `colonies dev` running?")
     finally:
         client.disconnect()
 
 
-def _probe(server: Server) -> None:
+def refusal(error: ColoniesError, role: KeyRole = MEMBER) -> str:
+    """The engine's refusal in words, without its status code: what went wrong and,
+    where it helps, what to do."""
+    message = error.message or "no reason given"
+    match error.status:
+        case 400:
+            return f"refused: {message}"
+        case 403:
+            return f"not allowed: {message} (the key comes from {role.envvar} or {role.flag})"
+        case 408:
+            return f"timed out: {message}"
+        case 409:
+            return f"cannot now: {message}"
+        case 413:
+            return f"too large: {message}"
+        case 404:
+            return message
+        case _ if error.status >= 500:
+            return f"the engine failed: {message} (its log says more)"
+        case _:
+            return message
+
+
+def probe(server: Server) -> None:
     """Fail at once, with the reason, when nothing accepts connections at ``server``
-    (the client would retry until its timeout)."""
+    (a NATS client would retry until its timeout)."""
     try:
         with socket.create_connection((server.host, server.port), timeout=PROBE_TIMEOUT):
             pass

@@ -8,9 +8,11 @@ import sys
 import threading
 from types import FrameType
 from typing import Annotated, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 
+from colonies_es.cli.common import COLONY_OWNER, Server, probe, refusal
 from colonies_es.client import ColoniesConnectionError, ColoniesError, colonies_client
 from colonies_es.executor import PythonExecutor
 
@@ -26,9 +28,10 @@ _START_HELP = (
     "key. Configuration comes from the environment, as `colonies dev` writes it to dev.env: "
     "COLONIES_SERVER_HOST, COLONIES_SERVER_PORT and COLONIES_SERVER_TLS (where NATS is), "
     "COLONIES_COLONY_NAME, COLONIES_COLONY_PRVKEY (required here) and COLONIES_PRVKEY.\n\n"
-    "Prints one line once registered and one per process (function, process id prefix, "
-    "SUCCESS or FAILED, duration). On Ctrl-C or SIGTERM it takes no more work, lets running "
-    "functions finish (up to --grace seconds) and exits with status 0."
+    "Prints where it connects, one line once registered and serving, and one per process "
+    "(function, process id prefix, SUCCESS or FAILED, duration). A NATS server that cannot "
+    "be reached is one error line at once. On Ctrl-C or SIGTERM it takes no more work, lets "
+    "running functions finish (up to --grace seconds) and exits with status 0."
 )
 
 
@@ -74,6 +77,8 @@ def start(
             status=2,
         )
     _log_to_stdout()
+    print(f"connecting to NATS at {client.url}", flush=True)
+    probe(_server(client.url))
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -99,10 +104,21 @@ def start(
         except ColoniesError as error:
             _fail(
                 f"cannot register executor {executor.executorname} in colony {colonyname}: "
-                f"{error} (status {error.status})"
+                + refusal(error, COLONY_OWNER)
             )
+        print(
+            f"serving: running {executortype} work of colony {colonyname}, "
+            f"{concurrency} at a time; Ctrl-C or SIGTERM stops",
+            flush=True,
+        )
         executor.run(stop)
     print(f"executor {executor.executorname} stopped", flush=True)
+
+
+def _server(url: str) -> Server:
+    """The :class:`Server` of a client's ``nats://host:port`` (or ``tls://``) URL."""
+    parts = urlsplit(url.split(",")[0].strip())
+    return Server(parts.hostname or "localhost", parts.port or 4222, parts.scheme == "tls")
 
 
 def _log_to_stdout() -> None:

@@ -6,12 +6,12 @@ Others add their own commands to :data:`workflow_app` from ``cli/app.py``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import msgspec
 import typer
 from rich.text import Text
@@ -44,8 +44,8 @@ from colonies_es.cli.common import (
     table,
     when,
 )
+from colonies_es.cli.progress import wait_for_end
 from colonies_es.client import Colonies
-from colonies_es.client.async_client import ENDED_STATES
 from colonies_es.models import ModelValidationError, Process, ProcessGraph, Workflow, from_dict
 from colonies_es.states import ProcessState
 
@@ -56,9 +56,6 @@ workflow_app = typer.Typer(
     "remove them.",
     no_args_is_help=True,
 )
-
-WAIT_POLL = 0.3
-"""Seconds between two reads of a workflow that --wait waits for."""
 
 GraphIdArgument = Annotated[
     str | None,
@@ -100,7 +97,8 @@ def submit(
         bool,
         typer.Option(
             "--wait",
-            help="Wait until the workflow ends, then show it; exit status 1 unless it succeeded.",
+            help="Wait until the workflow ends, showing its progress on stderr, then show "
+            "it; exit status 1 unless it succeeded.",
         ),
     ] = False,
     timeout: Annotated[
@@ -118,18 +116,20 @@ def submit(
 ) -> None:
     """Submit a workflow from a JSON file and show its process graph.
 
-    The colony is the file's colonyname, else --colony (COLONIES_COLONY_NAME).
+    The colony is --colony when given, else the file's colonyname, else
+    COLONIES_COLONY_NAME.
 
     Function specs whose conditions name no colony get the workflow's.
     """
-    workflow = load_workflow(spec, colony)
+    from_flag = _given_on_command_line("colony")
+    workflow = load_workflow(spec, colony, override_colony=colony if from_flag else None)
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
         graph = client.submit_workflow(workflow, key)
         if not json_output:
             render(Text(f"Workflow {graph.processgraphid} submitted"))
         if wait:
-            _wait_for_end(client, graph.processgraphid, key, timeout)
+            wait_for_end(client, graph.processgraphid, graph.colonyname, key, timeout)
         shown = fetch_details(client, graph.processgraphid, key)
         names = executor_names(client, graph.colonyname, key)
     _show(shown, names, json_output)
@@ -138,9 +138,22 @@ def submit(
         fail(f"workflow {graph.processgraphid} ended {state_name(final)}")
 
 
-def load_workflow(path: Path, default_colony: str | None) -> Workflow:
-    """The workflow in the JSON file ``path`` (a Workflow, or a list of function specs),
-    its colony defaulting to ``default_colony``. Exits with a one-line error if unreadable."""
+def _given_on_command_line(parameter: str) -> bool:
+    """Whether the running command's ``parameter`` came from a flag (not a variable)."""
+    source = click.get_current_context().get_parameter_source(parameter)
+    return source is click.core.ParameterSource.COMMANDLINE
+
+
+def load_workflow(
+    path: Path, default_colony: str | None, override_colony: str | None = None
+) -> Workflow:
+    """The workflow in the JSON file ``path`` (a Workflow, or a list of function specs).
+    Exits with a one-line error if unreadable.
+
+    Its colony is ``override_colony`` (a --colony flag) when given, else the file's
+    colonyname, else ``default_colony`` (COLONIES_COLONY_NAME). Function specs that name
+    no colony, or the file's colony when it is overridden, get the workflow's colony.
+    """
     try:
         data: Any = msgspec.json.decode(path.read_bytes())
     except (OSError, msgspec.DecodeError) as error:
@@ -153,27 +166,13 @@ def load_workflow(path: Path, default_colony: str | None) -> Workflow:
         workflow = from_dict(data, Workflow)
     except ModelValidationError as error:
         fail(f"{path}: {error}")
-    workflow.colonyname = workflow.colonyname or require_colony(default_colony)
+    in_file = workflow.colonyname
+    workflow.colonyname = override_colony or in_file or require_colony(default_colony)
     for funcspec in workflow.functionspecs:
-        funcspec.conditions.colonyname = funcspec.conditions.colonyname or workflow.colonyname
+        named = funcspec.conditions.colonyname
+        if not named or (override_colony and named == in_file):
+            funcspec.conditions.colonyname = workflow.colonyname
     return workflow
-
-
-def _wait_for_end(
-    client: Colonies, processgraphid: str, prvkey: str, timeout: float | None
-) -> None:
-    """Return once the graph has ended (SUCCESS, FAILED or CANCELLED)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        graph = client.get_processgraph(processgraphid, prvkey)
-        if graph.state in ENDED_STATES:
-            return
-        if deadline is not None and time.monotonic() >= deadline:
-            fail(
-                f"workflow {processgraphid} has not ended within {timeout:g} s "
-                f"(it is {state_name(graph.state)})"
-            )
-        time.sleep(WAIT_POLL)
 
 
 # --------------------------------------------------------------------------- listings
@@ -377,7 +376,7 @@ def removeall(
     """
     colonyname = require_colony(colony)
     key = require_key(colony_prvkey, COLONY_OWNER)
-    with connected(Server(host, port, tls)) as client:
+    with connected(Server(host, port, tls), COLONY_OWNER) as client:
         code = None if state is None else int(_STATE_CODES[state])
         client.remove_all_processgraphs(colonyname, key, code)
     which = "" if state is None else f"{state.value} "

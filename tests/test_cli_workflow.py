@@ -144,7 +144,7 @@ def test_submit_wait_reports_a_failed_workflow_with_status_1(member: Member) -> 
         result = member.cli("workflow", "submit", str(member.spec_file(node("boom"))), "--wait")
     assert result.exit_code == 1
     graphid = result.stdout.split()[1]
-    assert result.stderr == f"error: workflow {graphid} ended FAILED\n"
+    assert result.stderr.splitlines()[-1] == f"error: workflow {graphid} ended FAILED"
     assert "ValueError('no luck') (+1 more)" in result.stdout
     assert graph_ids(member.cli.ok("workflow", "psf")) == [graphid]
     failed = member.cli.json("process", "psf")
@@ -157,7 +157,7 @@ def test_submit_wait_reports_a_failed_workflow_with_status_1(member: Member) -> 
 def test_a_file_the_engine_refuses_gives_its_reason(member: Member) -> None:
     cycle = member.spec_file(node("a", "b"), node("b", "a"))
     line = member.cli.error("workflow", "submit", str(cycle))
-    assert line.startswith("error: 400 ")
+    assert line.startswith("error: refused: ")
     assert "cycle" in line
     not_json = member.directory / "broken.json"
     not_json.write_text("{nope")
@@ -206,7 +206,7 @@ def test_a_running_workflow_is_listed_by_ps_and_can_be_cancelled(member: Member)
         assert "block" in running
         assert executor.name in running
         line = member.cli.error("workflow", "remove", graphid)
-        assert line.startswith("error: 409 ")
+        assert line.startswith("error: cannot now: ")
         assert member.cli.ok("workflow", "cancel", "--processgraphid", graphid) == (
             f"Workflow {graphid} cancelled\n"
         )
@@ -258,10 +258,10 @@ def test_remove_and_removeall_take_workflows_out_of_listings(member: Member) -> 
     )
     assert graph_ids(member.cli.ok("workflow", "psw")) == [third, second]
     assert member.cli.error("workflow", "get", first) == (
-        f"error: 404 process graph {first} does not exist"
+        f"error: process graph {first} does not exist"
     )
     member_only = member.cli.error("workflow", "removeall", COLONIES_COLONY_PRVKEY=member.prvkey)
-    assert member_only.startswith("error: 403 ")
+    assert member_only.startswith("error: not allowed: ")
     assert len(graph_ids(member.cli.ok("workflow", "psw"))) == 2
     member.cli.ok("workflow", "removeall", "--state", "successful")
     assert len(graph_ids(member.cli.ok("workflow", "psw"))) == 2
