@@ -70,7 +70,7 @@ def add(
         colony = Colony(colonyid=id_from_private_key(owner_key), name=name)
     except ValueError as error:
         fail(f"--colony-prvkey is not a valid private key: {error}", status=2)
-    with connected(Server(host, port, tls)) as client:
+    with connected(Server(host, port, tls), SERVER_OWNER) as client:
         added = client.add_colony(colony, server_key)
     if json_output:
         print_json(AddedColony(colony=added, colonyprvkey=owner_key if generated else None))
@@ -93,7 +93,7 @@ def list_colonies(
 ) -> None:
     """List every colony."""
     server_key = require_key(server_prvkey, SERVER_OWNER)
-    with connected(Server(host, port, tls)) as client:
+    with connected(Server(host, port, tls), SERVER_OWNER) as client:
         colonies = client.list_colonies(server_key)
     if json_output:
         print_json(colonies)

@@ -80,7 +80,7 @@ def approve(
     """Approve an executor: it may take the colony's work. Needs the colony owner's key."""
     colonyname = require_colony(colony)
     key = require_key(colony_prvkey, COLONY_OWNER)
-    with connected(Server(host, port, tls)) as client:
+    with connected(Server(host, port, tls), COLONY_OWNER) as client:
         client.approve_executor(colonyname, name, key)
     render(Text(f"Executor {name} approved in colony {colonyname}"))
 
@@ -96,7 +96,7 @@ def reject(
     """Reject an executor: it may no longer take work. Needs the colony owner's key."""
     colonyname = require_colony(colony)
     key = require_key(colony_prvkey, COLONY_OWNER)
-    with connected(Server(host, port, tls)) as client:
+    with connected(Server(host, port, tls), COLONY_OWNER) as client:
         client.reject_executor(colonyname, name, key)
     render(Text(f"Executor {name} rejected in colony {colonyname}"))
 

@@ -10,6 +10,8 @@ read them, without a key and without the engine. ``--seal-key``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +37,7 @@ from colonies_es.cli.common import (
     fail,
     one_id,
     print_json,
+    probe,
     render,
     require_key,
     short,
@@ -45,6 +48,7 @@ from colonies_es.cli.common import (
 from colonies_es.cli.workflow import GraphDetails, GraphIdArgument, GraphIdOption, _show
 from colonies_es.projections.audit import AuditReport, Authorities, export_lines, verify
 from colonies_es.projections.debug import (
+    DebugReport,
     LocalRun,
     ProcessReport,
     debug_report,
@@ -68,6 +72,10 @@ audit_app = typer.Typer(
     help="Audit the event log: check every event against the signed command it came from.",
     no_args_is_help=True,
 )
+
+_UNSEALED_MARK = "not sealed by the engine"
+"""What the history reader and the audit say of a message the seal key does not verify."""
+_HISTORY_LOGGER = "colonies.history"
 
 SealKeyOption = Annotated[
     str | None,
@@ -204,6 +212,7 @@ def debug(
             show_default=False,
         ),
     ] = None,
+    json_output: JsonOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
@@ -225,11 +234,17 @@ def debug(
             result = run_locally(entries, rerun)
         except (LookupError, ValueError) as error:
             fail(str(error))
-        _show_run(result)
+        if json_output:
+            print_json(dataclasses.asdict(result))
+        else:
+            _show_run(result)
         if not result.succeeded:
             raise typer.Exit(1)
         return
     report = debug_report(entries)
+    if json_output:
+        print_json(_debug_json(report))
+        return
     status = state_text(report.state)
     if not report.failed and not report.retried:
         render(Text.assemble(f"Nothing failed in workflow {report.processgraphid}: it is ", status))
@@ -245,6 +260,33 @@ def debug(
         render(Text(f"\nFAILED: {process.nodename}", style="bold red"), *_process_report(process))
     for process in report.retried:
         render(Text(f"\nRetried: {process.nodename}", style="bold"), *_process_report(process))
+
+
+def _debug_json(report: DebugReport) -> dict[str, Any]:
+    """The debug report as plain data: the failure event by sequence, version and summary."""
+
+    def process(found: ProcessReport) -> dict[str, Any]:
+        failure = found.failure
+        return {
+            **{f.name: getattr(found, f.name) for f in dataclasses.fields(found)},
+            "attempts": [dataclasses.asdict(attempt) for attempt in found.attempts],
+            "failure": None
+            if failure is None
+            else {
+                "sequence": failure.sequence,
+                "version": failure.version,
+                "time": failure.time.isoformat(),
+                "summary": failure.summary,
+            },
+        }
+
+    return {
+        "processgraphid": report.processgraphid,
+        "colonyname": report.colonyname,
+        "state": report.state,
+        "failed": [process(found) for found in report.failed],
+        "retried": [process(found) for found in report.retried],
+    }
 
 
 def _process_report(process: ProcessReport) -> list[RenderableType]:
@@ -300,10 +342,11 @@ def rerun(
         bool,
         typer.Option(
             "--from-failed",
-            help="Re-run from the failure: processes that succeeded keep their outputs and "
-            "do not run again; the failed one and everything after it run.",
+            help="Re-run from the failure (the default, and so far the only way): processes "
+            "that succeeded keep their outputs and do not run again; the failed one and "
+            "everything after it run.",
         ),
-    ] = False,
+    ] = True,
     json_output: JsonOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
@@ -312,8 +355,6 @@ def rerun(
 ) -> None:
     """Re-run a FAILED workflow as a new one (it records the old one as its origin)."""
     graphid = one_id(graph_id, processgraphid, "--processgraphid")
-    if not from_failed:
-        fail("say how to re-run: --from-failed (the only way so far)", status=2)
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
         graph = rerun_from_failed(client, graphid, key)
@@ -328,14 +369,16 @@ def rerun(
 
 @audit_app.command(name="verify")
 def audit_verify(
-    processgraphid: Annotated[
+    graph_id: Annotated[
         str | None,
-        typer.Option(
-            "--processgraphid",
-            help="Audit this workflow's events (and its colony's); default: the whole log.",
+        typer.Argument(
+            metavar="[ID]",
+            help="Audit this workflow's events only (its colony's are read for who may do "
+            "what); default: the whole log.",
             show_default=False,
         ),
     ] = None,
+    processgraphid: GraphIdOption = None,
     engine_id: Annotated[
         str,
         typer.Option(
@@ -369,21 +412,38 @@ def audit_verify(
     Lists every event that does not verify (sequence, subject, why); exit status 1 if
     any does not, or there was nothing to check.
     """
+    graphid = graph_id or processgraphid
+    if graph_id and processgraphid:
+        graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    key = _key(seal_key)
     authorities = Authorities(engine_id=engine_id, server_id=server_id)
     with _reading(Server(host, port, tls)):
-        report = verify(
-            Server(host, port, tls).url, authorities, processgraphid, colony, _key(seal_key)
-        )
+        report = verify(Server(host, port, tls).url, authorities, graphid, colony, key)
+    what = f"workflow {graphid}" if graphid else "the log"
+    unsealed = sum(any(_UNSEALED_MARK in r for r in f.reasons) for f in report.findings)
+    wrong_key = key is not None and report.checked > 0 and unsealed == report.checked
     if json_output:
-        print_json({"checked": report.checked, "ok": report.ok, "findings": report.findings})
+        print_json(
+            {
+                "checked": report.checked,
+                "ok": report.ok and not wrong_key,
+                "sealschecked": key is not None,
+                "wrongsealkey": wrong_key,
+                "findings": report.findings,
+            }
+        )
+    elif wrong_key:
+        fail(
+            f"the seal key verifies none of the {report.checked} events of {what}: it is not "
+            "this log's seal key (check --seal-key or COLONIES_EVENT_SEAL_KEY)"
+        )
     else:
-        _show_audit(report, processgraphid)
-    if not report.ok:
+        _show_audit(report, what, seals_checked=key is not None)
+    if not report.ok or wrong_key:
         raise typer.Exit(1)
 
 
-def _show_audit(report: AuditReport, processgraphid: str | None) -> None:
-    what = f"workflow {processgraphid}" if processgraphid else "the log"
+def _show_audit(report: AuditReport, what: str, seals_checked: bool) -> None:
     if report.checked == 0:
         render(Text(f"No events found for {what}", style="bold red"))
         return
@@ -399,13 +459,20 @@ def _show_audit(report: AuditReport, processgraphid: str | None) -> None:
         )
     else:
         render(Text(f"All {report.checked} events of {what} verify", style="green"))
+    if not seals_checked:
+        render(
+            Text(
+                "Seals were not checked (no --seal-key or COLONIES_EVENT_SEAL_KEY): a message "
+                "appended to the stream by someone else would not be noticed",
+                style="yellow",
+            )
+        )
 
 
 @audit_app.command(name="export")
 def audit_export(
-    processgraphid: Annotated[
-        str, typer.Option("--processgraphid", help="The workflow to export.", show_default=False)
-    ],
+    graph_id: GraphIdArgument = None,
+    processgraphid: GraphIdOption = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -427,7 +494,8 @@ def audit_export(
     Each line: sequence, time, subject, topic, kind, version, actor, actorname, summary,
     the event's fields, and its signed command envelope (base64 of its exact bytes).
     """
-    entries = _history(Server(host, port, tls), processgraphid, colony, seal_key)
+    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
     lines = "".join(f"{line}\n" for line in export_lines(entries))
     if output is None:
         typer.echo(lines, nl=False)
@@ -453,7 +521,9 @@ def _key(seal_key: str | None) -> str | None:
 
 @contextlib.contextmanager
 def _reading(server: Server) -> Iterator[None]:
-    """Exit with one line when the log cannot be read."""
+    """Exit with one line when the log cannot be read: at once when nothing accepts
+    connections at ``server``, else when reading fails (a bounded connect)."""
+    probe(server)
     try:
         yield
     except (OSError, TimeoutError, nats.errors.Error) as error:
@@ -465,16 +535,56 @@ def _reading(server: Server) -> Iterator[None]:
         fail(f"cannot read the event log at {server.url}: {error}")
 
 
+class _IgnoredMessages(logging.Handler):
+    """Counts the messages the history reader ignores (it logs one warning each), so
+    that the command says it once, or says that the seal key is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.ignored = 0
+        self.unsealed = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.ignored += 1
+        self.unsealed += _UNSEALED_MARK in record.getMessage()
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[_IgnoredMessages]:
+        logger = logging.getLogger(_HISTORY_LOGGER)
+        propagate, logger.propagate = logger.propagate, False
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.propagate = propagate
+
+
 def _history(
     server: Server, processgraphid: str, colony: str | None, seal_key: str | None
 ) -> list[HistoryEntry]:
-    """The workflow's history; exit 1 when it has none."""
+    """The workflow's history; exit 1 when it has none, or when the seal key verifies
+    none of its messages (a wrong key, not tampering). Messages that were ignored are
+    one warning line on stderr, not one line each."""
     key = _key(seal_key)
-    with _reading(server):
+    with _reading(server), _IgnoredMessages().counting() as ignored:
         entries = history(server.url, processgraphid, colony, key)
+    if not entries and ignored.unsealed:
+        fail(
+            f"the seal key verifies none of the {ignored.unsealed} messages of workflow "
+            f"{processgraphid}: it is not this log's seal key (check --seal-key or "
+            "COLONIES_EVENT_SEAL_KEY)"
+        )
     if not entries:
         where = f" in colony {colony}" if colony else ""
         fail(f"process graph {processgraphid} has no events{where}")
+    if ignored.ignored:
+        typer.echo(
+            f"warning: {ignored.ignored} message(s) on workflow {processgraphid}'s subject "
+            "were ignored (not sealed by the engine, or not the next version): "
+            f"`colonies audit verify {processgraphid}` lists them",
+            err=True,
+        )
     return entries
 
 

@@ -110,7 +110,7 @@ def test_flags_override_the_variables(stack: Stack) -> None:
     )  # fmt: skip
     assert out == f"No running workflows in colony {env['COLONIES_COLONY_NAME']}\n"
     assert wrong.error("workflow", "ps", "--port", env["COLONIES_SERVER_PORT"]) == (
-        "error: 404 colony 'x' does not exist"
+        "error: colony 'x' does not exist"
     )
 
 
@@ -129,17 +129,18 @@ def test_a_non_member_is_refused_with_403(stack: Stack) -> None:
     cli = Cli({**env, "COLONIES_PRVKEY": crypto.prvkey()})
     for command in READ_COMMANDS:
         assert cli.error(*command) == (
-            f"error: 403 the caller is not a member of colony {env['COLONIES_COLONY_NAME']!r}"
+            f"error: not allowed: the caller is not a member of colony "
+            f"{env['COLONIES_COLONY_NAME']!r} (the key comes from COLONIES_PRVKEY or --prvkey)"
         )
 
 
 def test_unknown_ids_are_404(stack: Stack) -> None:
     cli = Cli(member_env(stack))
     unknown = "ab" * 32
-    expected = f"error: 404 process graph {unknown} does not exist"
+    expected = f"error: process graph {unknown} does not exist"
     for command in ("get", "remove", "cancel"):
         assert cli.error("workflow", command, unknown) == expected
-    assert cli.error("process", "get", unknown) == f"error: 404 process {unknown} does not exist"
+    assert cli.error("process", "get", unknown) == f"error: process {unknown} does not exist"
 
 
 def test_two_different_ids_or_none_are_refused() -> None:

@@ -152,13 +152,13 @@ def test_rerun_from_failed_runs_only_the_failure_and_what_depends_on_it(
     assert entries[0].actor == owner
 
 
-def test_rerun_needs_from_failed_and_a_failed_graph(stack: Stack, colony: ColonyHandle) -> None:
+def test_rerun_is_from_failed_by_default_and_needs_a_failed_graph(
+    stack: Stack, colony: ColonyHandle
+) -> None:
     graphid = seed(stack, colony)
     key = ["--prvkey", colony.owner_prvkey]
 
-    missing = cli(stack, "workflow", "rerun", graphid, *key)
-    assert missing.exit_code == 2
-    assert "--from-failed" in missing.stderr
-    refused = cli(stack, "workflow", "rerun", graphid, "--from-failed", *key)
-    assert refused.exit_code == 1
-    assert refused.stderr.startswith("error: 409 ")
+    for how in ([], ["--from-failed"]):
+        refused = cli(stack, "workflow", "rerun", graphid, *how, *key)
+        assert refused.exit_code == 1
+        assert refused.stderr.startswith("error: cannot now: ")
