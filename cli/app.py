@@ -8,6 +8,7 @@ from colonies_es.cli import executor_admin
 from colonies_es.cli.colony import colony_app
 from colonies_es.cli.dev import dev
 from colonies_es.cli.executor import executor_app
+from colonies_es.cli.helptext import reflow_help
 from colonies_es.cli.history import audit_app, debug, history_command, replay, rerun
 from colonies_es.cli.key import key_app
 from colonies_es.cli.process import process_app
@@ -43,3 +44,6 @@ def _root() -> None:
 
 def main() -> None:
     app()
+
+
+reflow_help(app)  # last: after every command is registered

@@ -328,7 +328,7 @@ async def connect(url: str) -> NATS:
             servers,
             connect_timeout=CONNECT_TIMEOUT,
             max_reconnect_attempts=1,  # 0 would mean "retry forever" at the first connect
-            reconnect_time_wait=0.1,  # type: ignore[arg-type]
+            reconnect_time_wait=0.1,
             allow_reconnect=False,
             error_cb=quiet,
         ),

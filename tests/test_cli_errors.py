@@ -9,6 +9,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -182,6 +183,34 @@ def test_every_command_explains_itself() -> None:
         assert f"Usage: root {' '.join(path)}" in out, path
         if len(path) == 2 and path[1] not in ("generate",):
             assert "COLONIES_SERVER_HOST" in out, path  # where the connection comes from
+
+
+def _all_commands() -> list[tuple[list[str], str]]:
+    """(path, help text) of every command and group of the app, the root's included."""
+    found: list[tuple[list[str], str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        found.append((path, command.help or ""))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_help_texts_wrap_to_the_terminal_without_breaking_sentences_or_bool_metavars() -> None:
+    """Each paragraph of a help text shows on one line of a wide terminal (the source's
+    line breaks are gone), and flags show no `<bool>` type."""
+    cli = Cli({})
+    for path, text in _all_commands():
+        out = cli(*path, "--help", COLUMNS="400").stdout
+        shown = [" ".join(line.strip(" │").split()) for line in out.splitlines()]
+        for paragraph in text.split("\n\n"):
+            for item in paragraph.splitlines():
+                words = " ".join(item.split())
+                if words and "[" not in words:  # rich markup is rendered differently
+                    assert words in shown, (path, words)
+        assert "<bool>" not in out, path
 
 
 # --------------------------------------------------------------------------- a real process
