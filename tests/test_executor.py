@@ -572,8 +572,9 @@ def test_executor_start_without_an_engine_says_so_in_one_line(
     command, output = start_command(env, tmp_path / "out.log", "--type", "t", "--name", "lonely")
     assert command.wait(WAIT) == 1
     lines = output.text().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: cannot register executor lonely: no colonies engine")
+    assert lines[0] == f"connecting to NATS at nats://127.0.0.1:{port}"
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("error: cannot register executor lonely: no colonies engine")
 
 
 # --- lost connections ----------------------------------------------------------------------
