@@ -45,8 +45,8 @@ def _states_at(builder: TimelineBuilder, index: int) -> dict[str, int]:
     """The states the page computes at event ``index``: each node's last change."""
     states: dict[str, int] = {}
     for event in builder.events[: index + 1]:
-        for processid, state in event["changes"]:
-            states[processid] = state
+        for node, state in event["changes"]:
+            states[builder.nodes[node]["id"]] = state
     return states
 
 
@@ -67,7 +67,7 @@ def test_edges_follow_add_child_insert_and_append() -> None:
     graph = _map_reduce_that_fails()
     builder = TimelineBuilder()
     builder.extend(_entries(graph))
-    names = {node["id"]: node["name"] for node in builder.nodes}
+    names = [node["name"] for node in builder.nodes]
     edges = {(names[e["from"]], names[e["to"]]): e for e in builder.edges}
     first_child = next(i for i, e in enumerate(builder.events) if e["kind"] == "ChildAdded")
     # map -> reduce came with the workflow; the inserted child took it over
@@ -120,7 +120,7 @@ def test_the_failure_cancels_waiting_processes_in_the_timeline() -> None:
     builder = TimelineBuilder()
     builder.extend(_entries(graph))
     last = builder.events[-1]
-    changed = dict(last["changes"])
+    changed = {builder.nodes[node]["id"]: state for node, state in last["changes"]}
     assert changed[pid(graph, "gen_nums_1")] == 3  # FAILED
     assert changed[pid(graph, "reduce")] == 4  # CANCELLED with it
     assert last["graphstate"] == 3
