@@ -157,6 +157,8 @@ def test_overview_shows_the_seed_workflows_with_their_states(
         expect(row).to_have_attribute("data-state", "SUCCESS")
     expect(page.locator("#executors tr")).to_have_count(3)  # header + two executors
     expect(page.locator("#executors")).to_contain_text("python-executor")
+    # the executors ran the seed's processes: their last activity is a time
+    expect(page.locator("#executors td.last-activity", has_text="UTC")).not_to_have_count(0)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
 

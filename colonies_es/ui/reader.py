@@ -16,26 +16,30 @@ Failures are :class:`ColoniesError` (``.status``: 403 not a member, 404 no such 
 
 Timelines (:mod:`colonies_es.ui.timeline`) are kept for the few graphs viewed last and
 extended with the events that followed, so opening a graph again, or following a running
-one, replays only what is new.
+one, replays only what is new; a direct get of the graph's last message tells whether
+there is anything new before its history is read again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
 import nats.errors
+from eventsourcing.persistence import OperationalError
 from nats.aio.client import Client as NATS
 
 from colonies_es.client import AsyncColonies, ColoniesConnectionError, ColoniesError
 from colonies_es.models import ProcessGraph, Statistics, to_dict
 from colonies_es.projections.audit import Authorities, verify_graph
 from colonies_es.projections.debug import debug_report
-from colonies_es.projections.history import HistoryEntry, graph_subject
+from colonies_es.projections.history import HistoryEntry, graph_subject, open_log
 from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.timetravel import Nth, ReplayError, state_at
 from colonies_es.settings import NatsAccess, SettingsError
@@ -43,6 +47,8 @@ from colonies_es.states import ProcessState
 from colonies_es.ui.timeline import TimelineBuilder, moment_index
 
 __all__ = ["PAGE_SIZE", "SCAN_LIMIT", "Identity", "Reader"]
+
+log = logging.getLogger("colonies.ui")
 
 PAGE_SIZE = 25
 """Graphs per page of the graph list."""
@@ -97,15 +103,32 @@ class Reader:
     # ------------------------------------------------------------------ colony pages
 
     async def overview(self, colonyname: str) -> dict[str, Any]:
-        """The colony's counts by state, its newest graphs and its executors."""
+        """The colony's counts by state, its newest graphs and its executors, each with
+        its last activity: the latest of when it was last heard from and when it last
+        started or ended one of the colony's newest :data:`SCAN_LIMIT` processes."""
         stats: Statistics = await self._query(self.queries.stats, colonyname)
         recent = await self._query(self.queries.list_graphs, colonyname, RECENT)
+        processes = await self._query(self.queries.list_processes, colonyname, SCAN_LIMIT)
         executors = await self.client.list_executors(colonyname, self.identity.prvkey)
+        active: dict[str, datetime] = {}
+        for process in processes:
+            moments = [m for m in (process.starttime, process.endtime) if m is not None]
+            if process.assignedexecutorid and moments:
+                latest = max([*moments, active.get(process.assignedexecutorid, max(moments))])
+                active[process.assignedexecutorid] = latest
+        rows = []
+        for executor in executors:
+            moments = [
+                m for m in (executor.lastheardfromtime, active.get(executor.executorid)) if m
+            ]
+            row = to_dict(executor)
+            row["lastactivity"] = max(moments).isoformat() if moments else None
+            rows.append(row)
         return {
             "colonyname": colonyname,
             "stats": to_dict(stats),
             "graphs": [_graph_row(graph) for graph in recent],
-            "executors": [to_dict(executor) for executor in executors],
+            "executors": rows,
         }
 
     async def graph_list(
@@ -156,11 +179,16 @@ class Reader:
 
     async def timeline(self, processgraphid: str) -> TimelineBuilder:
         """The graph's timeline, extended with every event recorded so far."""
-        await self.graph(processgraphid)
+        graph = await self.graph(processgraphid)
         lock = self._refreshing.setdefault(processgraphid, asyncio.Lock())
         async with lock:
             builder = self._timelines.pop(processgraphid, None) or TimelineBuilder()
-            entries = await self._history(processgraphid, builder.last_sequence)
+            unchanged = builder.graph is not None and (
+                await self._last_sequence(graph) == builder.last_sequence
+            )
+            entries = (
+                [] if unchanged else await self._history(processgraphid, builder.last_sequence)
+            )
             if not entries and builder.graph is None:
                 raise ColoniesError(404, f"process graph {processgraphid} has no events")
             builder.extend(entries)
@@ -286,6 +314,17 @@ class Reader:
             processgraphid, self.identity.prvkey, self.identity.seal_key
         )
         return [entry for entry in entries if entry.sequence > after]
+
+    async def _last_sequence(self, graph: ProcessGraph) -> int | None:
+        """The stream sequence of the graph's last message (one direct get), so that an
+        unchanged graph's history is not read again; None when it cannot be read."""
+        subject = graph_subject(graph.colonyname, graph.processgraphid)
+        try:
+            last = await open_log(await self._nats()).last_message(subject)
+        except (OperationalError, ColoniesConnectionError, nats.errors.Error) as error:
+            log.warning("cannot read the last event of %s: %s", subject, error)
+            return None
+        return last.sequence if last is not None else None
 
     async def _query(self, method: Any, *args: Any) -> Any:
         """A call of the (thread-safe, blocking) query client, off the event loop."""
