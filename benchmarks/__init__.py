@@ -12,5 +12,6 @@ GROUPS: dict[str, str] = {
     "timetravel": "Time travel: replaying one graph costs its own length, not the log's",
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
     "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
+    "ui": "The web UI in headless Chromium: a 1,000-child graph's first render, scrubber steps",
 }
 """Group name (also its module under ``benchmarks``) and what it measures."""

@@ -76,6 +76,7 @@ class DevStack:
 
     def __init__(self, directory: Path, executors: int = 2) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.log = directory / "dev.out"
         command = [sys.executable, "-m", "colonies_es.cli", "dev", "--data-dir", str(directory)]
         command += ["--port", "0", "--ui-port", "0", "--executors", str(executors)]
