@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.groups or list(GROUPS):
         print(f"== {name}: {GROUPS[name]}", flush=True)
         group = importlib.import_module(f"benchmarks.{name}")
-        reports.append(group.run(options))
+        report = group.run(options)
+        report.quick = options.quick
+        reports.append(report)
     for report in reports:
         print_report(report)
     path = write_json(reports, args.json)

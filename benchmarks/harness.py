@@ -111,9 +111,25 @@ class Target:
     minimum: float | None = None
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A fixed rate a measured one is compared with (a target, never a measurement): it
+    is printed and stored apart from the rates."""
+
+    label: str
+    unit: str
+    value: float
+
+
+QUICK_NOTE = "n/a (quick)"
+"""The result of a target in a ``--quick`` run: less work than the target is defined for."""
+
+
 @dataclass
 class Report:
-    """What one group measured. Rates are keyed by short names; targets refer to them."""
+    """What one group measured. Rates are keyed by short names; targets refer to them
+    (or to a :class:`Reference`, a fixed value). In a ``quick`` report no target
+    applies: results read :data:`QUICK_NOTE`."""
 
     group: str
     runs: int
@@ -121,22 +137,32 @@ class Report:
     environment: dict[str, Any] = field(default_factory=dict)
     rates: dict[str, Rate] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
+    references: dict[str, Reference] = field(default_factory=dict)
+    quick: bool = False
 
     def add(self, key: str, label: str, unit: str, sample: Sample) -> None:
         """Records one run of the rate ``key`` (declared on first use)."""
         self.rates.setdefault(key, Rate(label, unit)).samples.append(sample)
 
+    def value(self, key: str) -> float:
+        """The median of a measured rate, or a reference's fixed value."""
+        return self.rates[key].median if key in self.rates else self.references[key].value
+
     def ratio(self, target: Target) -> float:
-        return self.rates[target.rate].median / self.rates[target.baseline].median
+        return self.value(target.rate) / self.value(target.baseline)
 
     def result(self, target: Target) -> str:
-        """PASS or MISS, or "-" for a ratio without a minimum."""
+        """PASS or MISS, "-" for a ratio without a minimum, :data:`QUICK_NOTE` in a quick
+        run."""
         if target.minimum is None:
             return "-"
+        if self.quick:
+            return QUICK_NOTE
         return "PASS" if self.ratio(target) >= target.minimum else "MISS"
 
     def measured(self, target: Target) -> bool:
-        return target.rate in self.rates and target.baseline in self.rates
+        known = self.rates.keys() | self.references.keys()
+        return target.rate in known and target.baseline in known
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,7 +170,12 @@ class Report:
             "runs": self.runs,
             "parameters": self.parameters,
             "environment": self.environment,
+            "quick": self.quick,
             "rates": {key: rate.to_json() for key, rate in self.rates.items()},
+            "references": {
+                key: {"label": ref.label, "unit": ref.unit, "value": ref.value, "measured": False}
+                for key, ref in self.references.items()
+            },
             "targets": [
                 {
                     "rate": t.rate,
@@ -269,10 +300,15 @@ def print_report(report: Report) -> None:
         rates = [s.rate for s in rate.samples]
         spread = f"{_short(min(rates))}..{_short(max(rates))}"
         print(f"{key:<{width}}  {rate.label:<48} {rate.median:>10,.0f} {rate.unit:<8} {spread:>15}")
+    for key, reference in report.references.items():
+        value = f"{reference.value:>10,.0f} {reference.unit:<8}"
+        print(f"{key:<{width}}  {reference.label:<48} {value} {'(not measured)':>15}")
     targets = [t for t in report.targets if report.measured(t)]
     if not targets:
         return
     print()
+    if report.quick:
+        print("quick run: less work than the targets are defined for; they do not apply")
     header = f"{'ratio of medians':<32} {'value':>6}  {'target':>7}  result"
     print(header)
     print("-" * len(header))

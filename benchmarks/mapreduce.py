@@ -346,7 +346,14 @@ def run(options: Options) -> Report:
             client.disconnect()
     report.environment["load_average_after"] = environment()["load_average"]
     report.checks = [
-        Check(label, report.median("seconds"), TARGET_SECONDS, "s", at_least=False),
+        Check(
+            label,
+            report.median("seconds"),
+            TARGET_SECONDS,
+            "s",
+            at_least=False,
+            applies=not options.quick,
+        ),
     ]
     print_details(report)
     return report
@@ -376,7 +383,7 @@ def print_details(report: MapReduceReport) -> None:
     print(f"event stream written per run (median): {megabytes:.1f} MB")
     print()
     for check in report.checks:
-        result = "PASS" if check.passed else "MISS"
+        result = check.result
         print(f"{check.what}: {check.value:.2f} s (target <= {check.limit:g} s)  {result}")
     before, after = (
         ", ".join(f"{value:.2f}" for value in report.environment.get(key) or ())
