@@ -11,6 +11,7 @@ GROUPS: dict[str, str] = {
     "engine": "The engine end to end: throughput and claim latency with 4 executor processes",
     "timetravel": "Time travel: replaying one graph costs its own length, not the log's",
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
+    "projector": "The projector rebuilding its view from the log, against a raw replay",
     "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
     "ui": "The web UI in headless Chromium: a 1,000-child graph's first render, scrubber steps",
 }

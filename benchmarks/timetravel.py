@@ -133,7 +133,7 @@ def run(options: Options) -> Report:
 
 def _events(seal_key: bytes) -> Events:
     owner, executor_key = crypto.new_private_key(), crypto.new_private_key()
-    clock = _Clock()
+    clock = Clock()
     colony = Colony.create(
         COLONY,
         crypto.id_from_private_key(owner),
@@ -145,18 +145,18 @@ def _events(seal_key: bytes) -> Events:
     colony.approve_executor("ex-1", **clock.audit("approve_executor", {}, owner))
     executor = colony.executor_by_id(executorid)
     assert executor is not None
-    running = _graph(owner, executor, executor_key, clock)
-    spread = _graph(owner, executor, executor_key, clock)
+    running = chain_graph(owner, executor, executor_key, clock)
+    spread = chain_graph(owner, executor, executor_key, clock)
     return Events(
-        colony=_sealed(colony, seal_key),
-        running=_sealed(running, seal_key),
+        colony=sealed_payloads(colony, seal_key),
+        running=sealed_payloads(running, seal_key),
         running_id=running.processgraphid,
-        spread=_sealed(spread, seal_key),
+        spread=sealed_payloads(spread, seal_key),
         spread_id=spread.processgraphid,
     )
 
 
-def _graph(owner: str, executor: Executor, key: str, clock: _Clock) -> ProcessGraph:
+def chain_graph(owner: str, executor: Executor, key: str, clock: Clock) -> ProcessGraph:
     """A chain of processes, each run to SUCCESS with a few lines of log."""
     specs = []
     for i in range(PROCESSES):
@@ -185,7 +185,7 @@ def _graph(owner: str, executor: Executor, key: str, clock: _Clock) -> ProcessGr
     return graph
 
 
-class _Clock:
+class Clock:
     """Event times a millisecond apart, and the audit fields of each command."""
 
     def __init__(self) -> None:
@@ -197,7 +197,7 @@ class _Clock:
         return {"now": self.now, "actor": crypto.id_from_private_key(prvkey), "command": command}
 
 
-def _sealed(aggregate: Colony | ProcessGraph, seal_key: bytes) -> list[bytes]:
+def sealed_payloads(aggregate: Colony | ProcessGraph, seal_key: bytes) -> list[bytes]:
     mapper: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
     sealer = Sealer(seal_key)
     payloads = []

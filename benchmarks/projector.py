@@ -1,0 +1,162 @@
+"""The projector: rebuilding its view from the whole log, against a raw replay.
+
+A log of real events is written to a fresh server: a colony and ``graphs`` chains of 100
+processes, each assigned, logging 8 lines and closed (1,001 events per graph, signed
+commands and sealed envelopes, made by the domain as in :mod:`benchmarks.timetravel`).
+Then, each run:
+
+- ``raw_replay``: an ordered push consumer delivering every event message of the stream
+  to a counting callback (nats-py, no decoding): the most a reader of the log can do;
+- ``rebuild``: :func:`~colonies_es.projections.runner.run_projector` (what ``colonies
+  projector`` runs) on a new SQLite file, in this process, timed from the call until the
+  view's committed position is the log's last sequence. It decodes, checks each seal,
+  keeps graphs in memory and writes the view.
+
+Target: ``rebuild / raw_replay`` >= 0.30. Run ``python -m benchmarks projector [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from benchmarks.harness import (
+    Options,
+    Report,
+    Sample,
+    Stopwatch,
+    Target,
+    environment,
+    nats_server,
+    server_version,
+)
+from benchmarks.timetravel import COLONY, GRAPH_EVENTS, Clock, chain_graph, sealed_payloads
+from colonies_es import crypto
+from colonies_es.chaos.stack import view_position
+from colonies_es.domain import Colony
+from colonies_es.projections.runner import run_projector
+from colonies_es.settings import Settings
+from colonies_es.store.jetstream import JetStreamLog, StreamSpec
+
+FULL_GRAPHS = 100
+QUICK_GRAPHS = 10
+CATCH_UP_TIMEOUT = 600.0
+
+TARGETS = [Target("rebuild", "raw_replay", 0.30)]
+
+
+def run(options: Options) -> Report:
+    graphs = QUICK_GRAPHS if options.quick else FULL_GRAPHS
+    report = Report(
+        group="projector",
+        runs=options.runs,
+        parameters={"graphs": graphs, "events_per_graph": GRAPH_EVENTS},
+        environment=environment(),
+        targets=TARGETS,
+    )
+    seal_key = os.urandom(32)
+    print(f"  making {graphs} graphs of {GRAPH_EVENTS:,} events (signed, sealed)", flush=True)
+    payloads = _log_payloads(graphs, seal_key)
+    with nats_server() as url, tempfile.TemporaryDirectory(prefix="colonies-bench-") as tmp:
+        report.environment["nats_server"] = server_version(url)
+        events = asyncio.run(_write_log(url, payloads))
+        report.parameters["events"] = events
+        for number in range(1, options.runs + 1):  # interleaved
+            raw = asyncio.run(_raw_replay(url, events))
+            report.add("raw_replay", "raw: ordered consumer replay", "events/s", raw)
+            db = Path(tmp) / f"view-{number}.sqlite"
+            rebuilt = anyio.run(_rebuild, url, seal_key.hex(), db, events)
+            label = "projector rebuild (run_projector, new view)"
+            report.add("rebuild", label, "events/s", rebuilt)
+            print(
+                f"  run {number}/{options.runs}: raw {raw.rate:,.0f}/s, "
+                f"rebuild {rebuilt.rate:,.0f}/s",
+                flush=True,
+            )
+    return report
+
+
+def _log_payloads(graphs: int, seal_key: bytes) -> list[tuple[str, bytes]]:
+    """(subject, sealed payload) of a colony and ``graphs`` chains, in log order."""
+    owner, executor_key = crypto.new_private_key(), crypto.new_private_key()
+    clock = Clock()
+    colony = Colony.create(
+        COLONY,
+        crypto.id_from_private_key(owner),
+        **clock.audit("add_colony", {}, crypto.new_private_key()),
+    )
+    executorid = crypto.id_from_private_key(executor_key)
+    audit = clock.audit("add_executor", {}, owner)
+    colony.add_executor(executorid, "ex-1", "python-executor", **audit)
+    colony.approve_executor("ex-1", **clock.audit("approve_executor", {}, owner))
+    executor = colony.executor_by_id(executorid)
+    assert executor is not None
+    payloads = [(f"colonies.ev.{COLONY}.colony", p) for p in sealed_payloads(colony, seal_key)]
+    for _ in range(graphs):
+        graph = chain_graph(owner, executor, executor_key, clock)
+        subject = f"colonies.ev.{graph.id}"
+        payloads += [(subject, p) for p in sealed_payloads(graph, seal_key)]
+    return payloads
+
+
+async def _write_log(url: str, payloads: list[tuple[str, bytes]]) -> int:
+    nc = await nats.connect(url)
+    try:
+        spec = StreamSpec("COLONIES", ("colonies.ev.>", "colonies.trk.>"))
+        await JetStreamLog(nc, "COLONIES", lambda m: None).ensure_stream(spec)
+        js = nc.jetstream(publish_async_max_pending=1024)
+        acks = [await js.publish_async(subject, payload) for subject, payload in payloads]
+        await asyncio.gather(*acks)
+        return int((await js.stream_info("COLONIES")).state.last_seq)
+    finally:
+        await nc.close()
+
+
+async def _raw_replay(url: str, count: int) -> Sample:
+    nc = await nats.connect(url)
+    try:
+        done = asyncio.Event()
+        received = 0
+
+        async def on_message(msg: Msg) -> None:
+            nonlocal received
+            received += 1
+            if received == count:
+                done.set()
+
+        with Stopwatch() as watch:
+            sub = await nc.jetstream().subscribe(
+                "colonies.ev.>",
+                stream="COLONIES",
+                cb=on_message,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            await asyncio.wait_for(done.wait(), CATCH_UP_TIMEOUT)
+        await sub.unsubscribe()
+        return Sample(count, watch.seconds)
+    finally:
+        await nc.close()
+
+
+async def _rebuild(url: str, seal_key: str, db: Path, last: int) -> Sample:
+    """Runs the projector on a new view until it has committed ``last``."""
+    settings = Settings.load({}, nats_url=url, event_seal_key=seal_key, projector_db=str(db))
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run_projector, settings)
+        with anyio.fail_after(CATCH_UP_TIMEOUT):
+            # The view's file is the projector's only outside signal of progress: poll it.
+            while await anyio.to_thread.run_sync(view_position, db) < last:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        seconds = time.perf_counter() - started
+        tasks.cancel_scope.cancel()
+    return Sample(last, seconds)
