@@ -70,6 +70,15 @@ STATE_FILTERS = {
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """A graph's timeline at one moment: its JSON (:meth:`TimelineBuilder.to_json`) and
+    the history entries it was built from."""
+
+    data: dict[str, Any]
+    entries: list[HistoryEntry]
+
+
+@dataclass(frozen=True)
 class Identity:
     """How to reach NATS (servers, this client's NATS credential, TLS) and who reads:
     the key, the default colony, the log's seal key and the two ids the audit needs
@@ -177,7 +186,7 @@ class Reader:
         history passes here first."""
         return await self.client.get_processgraph(processgraphid, self.identity.prvkey)
 
-    async def timeline(self, processgraphid: str) -> TimelineBuilder:
+    async def timeline(self, processgraphid: str) -> Timeline:
         """The graph's timeline, extended with every event recorded so far."""
         graph = await self.graph(processgraphid)
         lock = self._refreshing.setdefault(processgraphid, asyncio.Lock())
@@ -191,19 +200,20 @@ class Reader:
             )
             if not entries and builder.graph is None:
                 raise ColoniesError(404, f"process graph {processgraphid} has no events")
-            builder.extend(entries)
+            await asyncio.to_thread(builder.extend, entries)  # CPU work: off the event loop
             self._timelines[processgraphid] = builder
             while len(self._timelines) > _TIMELINES_KEPT:
                 self._timelines.popitem(last=False)
-        return builder
+            # taken under the lock: a later refresh (in a worker thread) does not change it
+            return Timeline(builder.to_json(), list(builder.entries))
 
     async def timeline_json(self, processgraphid: str) -> dict[str, Any]:
         """:meth:`timeline` as JSON, with the failure's details when the graph FAILED."""
-        builder = await self.timeline(processgraphid)
-        data = builder.to_json()
+        timeline = await self.timeline(processgraphid)
+        data = timeline.data
         data["failed"] = []
-        if builder.graph is not None and builder.graph.state == ProcessState.FAILED:
-            report = debug_report(builder.entries)
+        if data["state"] == ProcessState.FAILED:
+            report = await asyncio.to_thread(debug_report, timeline.entries)
             data["failed"] = [
                 {
                     "processid": process.processid,
@@ -223,8 +233,7 @@ class Reader:
         (None: now): its spec, input, output, errors, attempts with executors and
         times, and its logs (as they are now). Raises ColoniesError(404) for a process
         the graph did not have then."""
-        builder = await self.timeline(processgraphid)
-        entries = builder.entries
+        entries = (await self.timeline(processgraphid)).entries
         index = len(entries) - 1 if sequence is None else moment_index(entries, sequence)
         if index < 0:
             raise ColoniesError(404, f"the graph did not exist yet at sequence {sequence}")
@@ -302,8 +311,8 @@ class Reader:
                     continue
                 await asyncio.sleep(_FOLLOW_SETTLE)
                 changed.clear()
-                builder = await self.timeline(processgraphid)
-                yield builder.last_sequence
+                timeline = await self.timeline(processgraphid)
+                yield timeline.entries[-1].sequence
         finally:
             await subscription.unsubscribe()
 

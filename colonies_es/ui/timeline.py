@@ -177,16 +177,17 @@ class TimelineBuilder:
 
     def to_json(self) -> dict[str, Any]:
         """The timeline so far (module docstring), with the graph's identity and state
-        after its last event; empty lists before any entry."""
+        after its last event; empty lists before any entry. Its lists are copies (an
+        edge's ``died`` may change later), so it does not change as the builder goes on."""
         graph = self.graph
         return {
             "processgraphid": graph.processgraphid if graph else "",
             "colonyname": graph.colonyname if graph else "",
             "state": graph.state if graph else 0,
             "origin": graph.origin if graph else "",
-            "nodes": self.nodes,
-            "edges": self.edges,
-            "events": self.events,
+            "nodes": list(self.nodes),
+            "edges": [dict(edge) for edge in self.edges],
+            "events": list(self.events),
         }
 
 
