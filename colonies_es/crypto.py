@@ -264,7 +264,9 @@ class VerifiedCommand(msgspec.Struct, frozen=True):
 
     ``payload_digest`` is the SHA3-256 hex of the signed payload bytes: a stable name for
     the command (audit, idempotency). ``command`` is the envelope as received, to be
-    stored with the events it causes so they can be re-verified offline.
+    stored with the events it causes so they can be re-verified offline: a
+    :class:`SignedCommand`, or a ColonyOS envelope (:mod:`colonies_es.colonyos`, whose
+    commands have ``nonce ""`` and ``ts 0``: that protocol carries neither).
     """
 
     caller_id: str
@@ -273,7 +275,7 @@ class VerifiedCommand(msgspec.Struct, frozen=True):
     nonce: str
     ts: float
     payload_digest: str
-    command: SignedCommand
+    command: msgspec.Struct
 
     @property
     def replay_key(self) -> str:

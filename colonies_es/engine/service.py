@@ -3,7 +3,8 @@
 One asyncio task owns everything here (structured with an anyio task group):
 
 - a ``nats.micro`` service answers every op of :data:`colonies_es.protocol.OPS` on
-  ``colonies.api.<op>`` (queue group ``colonies-engine``). Each request is handled in its
+  ``colonies.api.<op>``, and ColonyOS envelopes (:mod:`colonies_es.colonyos`) on
+  ``colonies.api.colonyos`` (queue group ``colonies-engine``). Each request is handled in its
   own task of the group, on this loop: the decision is quick CPU work and the write is
   awaited on the engine's own connection (no hop to another thread), so a command
   waiting for the log does not hold up the others.
@@ -37,6 +38,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConfig
 
 from colonies_es.client.work import work_consumer_config
+from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
 from colonies_es.protocol import (
     API_PREFIX,
@@ -145,7 +147,7 @@ class Engine:
             ),
         )
         group = service.add_group(GroupConfig(name=API_PREFIX, queue_group=ENGINE_QUEUE_GROUP))
-        for op in OPS:
+        for op in (*OPS, COLONYOS_OP):
             await group.add_endpoint(EndpointConfig(name=op, handler=self._handler(tasks, op)))
         return service
 
