@@ -8,6 +8,7 @@ from colonies_es.cli import executor_admin
 from colonies_es.cli.colony import colony_app
 from colonies_es.cli.dev import dev
 from colonies_es.cli.executor import executor_app
+from colonies_es.cli.gateway import gateway
 from colonies_es.cli.helptext import reflow_help
 from colonies_es.cli.history import audit_app, debug, history_command, replay, rerun
 from colonies_es.cli.key import key_app
@@ -20,6 +21,7 @@ from colonies_es.cli.workflow import workflow_app
 app = typer.Typer(help="colonies-es: event-sourced ColonyOS workflows on NATS JetStream.")
 app.command(name="dev")(dev)
 app.command(name="server")(server)
+app.command(name="gateway")(gateway)
 app.add_typer(executor_app, name="executor")
 app.command(name="projector")(projector)
 app.command(name="ui")(ui)
