@@ -4,6 +4,7 @@ workflows on it and stops.
 The stack, started in this order and stopped in reverse (so nothing loses its server
 while shutting down): the embedded nats-server with JetStream (with ``--cluster N``, N
 nats-servers joined into one JetStream cluster, the log's streams replicated on N nodes),
+the ColonyOS gateway (`colonies gateway`, HTTP for pycolonies and other ColonyOS clients),
 the engine (`colonies server`; ``--engines N`` runs N of them in the queue group), the
 projector (`colonies projector`, the read model), then the python executors
 (`colonies executor start`) and the web UI (`colonies ui`, reading as the colony's member
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -54,6 +57,7 @@ from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import id_from_private_key
 from colonies_es.embedded import NatsServer, NatsServerError
 from colonies_es.embedded_cluster import NatsCluster
+from colonies_es.gateway import DEFAULT_PORT as DEFAULT_GATEWAY_PORT
 from colonies_es.states import ExecutorState
 
 CONFIG_FILE_NAME = "nats.conf"
@@ -62,6 +66,7 @@ DEFAULT_DATA_DIR = Path(".colonies")
 EXECUTOR_TYPE = "python-executor"
 ENGINE_READY_LINE = "colonies engine ready"
 PROJECTOR_READY_LINE = "colonies projector ready"
+GATEWAY_READY = re.compile(r"colonies gateway ready on http://\S+:(\d+)")
 START_TIMEOUT = 30.0  # seconds each process may take to start (the engine replays the log)
 EXECUTOR_OPTIONS = ("--poll-timeout", "1", "--grace", "5")
 """Stop within about a second when idle, give running functions 5 s to finish."""
@@ -83,6 +88,8 @@ class DevOptions:
     cluster: int = 0
     """Nodes of the embedded JetStream cluster; 0 runs one plain nats-server."""
     engines: int = 1
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    """The ColonyOS gateway's HTTP port (0: a free one)."""
 
     @property
     def replicas(self) -> int:
@@ -198,6 +205,58 @@ def _start_service(
     if ready:
         _echo(f"{service.name} ready (log: {service.log_file})")
     return ready
+
+
+def _default_gateway_port(host: str) -> int:
+    """ColonyOS's port 50080, or 0 (a free one) when something already listens there."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, DEFAULT_GATEWAY_PORT))
+        except OSError:
+            return 0
+    return DEFAULT_GATEWAY_PORT
+
+
+def _start_gateway(
+    stack: DevStack, options: DevOptions, nats_url: str, stop: StopSignals
+) -> int | None:
+    """Start `colonies gateway`; its HTTP port once it listens, None if interrupted.
+
+    It needs nothing but NATS (no key, no secret): it forwards what ColonyOS clients
+    signed to the engine, which verifies it.
+    """
+    gateway = ChildProcess(
+        "gateway",
+        [
+            "gateway",
+            "--nats",
+            nats_url,
+            "--host",
+            options.host,
+            "--port",
+            str(options.gateway_port),
+        ],
+        {"COLONIES_NATS_URL": nats_url},
+        options.data_dir / "gateway.log",
+    )
+    gateway.start()
+    stack.add(gateway)
+    if not wait_until(
+        lambda: GATEWAY_READY.search(gateway.output()) is not None,
+        watch=[gateway],
+        timeout=START_TIMEOUT,
+        interrupted=stop,
+        what="the gateway was",
+        logs=str(gateway.log_file),
+    ):
+        return None
+    found = GATEWAY_READY.search(gateway.output())
+    assert found is not None
+    port = int(found.group(1))
+    _echo(
+        f"ColonyOS gateway (pycolonies) on http://{options.host}:{port} (log: {gateway.log_file})"
+    )
+    return port
 
 
 def _engine(
@@ -342,8 +401,13 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
             urls = [_start_nats(stack, options, config_file).url]
         first = urlsplit(urls[0])
         host, port = first.hostname or "127.0.0.1", first.port or DEFAULT_PORT
+        gateway_port = _start_gateway(stack, options, ",".join(urls), stop)
+        if gateway_port is None:
+            return 0
+        # COLONIES_SERVER_HOST/PORT name the gateway (pycolonies reads them); this
+        # system's own client and commands use COLONIES_NATS_URL.
         environment = {
-            **dev_environment(keys, host, port, ",".join(urls)),
+            **dev_environment(keys, host, gateway_port, ",".join(urls)),
             "COLONIES_STREAM_REPLICAS": str(options.replicas),
         }
         engine = _engine(keys, environment, options.data_dir)
@@ -402,6 +466,15 @@ def dev(
             show_default=False,
         ),
     ] = None,
+    gateway_port: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP port of the ColonyOS gateway (pycolonies); 0 picks a free one. "
+            f"Default: {DEFAULT_GATEWAY_PORT} (a free one if it is taken, or with --demo or "
+            "--port 0).",
+            show_default=False,
+        ),
+    ] = None,
     executors: Annotated[int, typer.Option(min=0, help="Python executors to run (0: none).")] = 1,
     demo: Annotated[
         bool,
@@ -447,9 +520,10 @@ def dev(
         int, typer.Option(min=1, help="Engine replicas (`colonies server`) to run.")
     ] = 1,
 ) -> None:
-    """Run a local development stack: nats-server with JetStream, the engine, the
-    projector, a python executor and the web UI (its link is printed), with a colony
-    `dev` and its keys (written to <data-dir>/dev.env).
+    """Run a local development stack: nats-server with JetStream, the ColonyOS gateway
+    (HTTP, for pycolonies), the engine, the projector, a python executor and the web UI
+    (its link is printed), with a colony `dev` and its keys (written to
+    <data-dir>/dev.env, read by both pycolonies and this system's client).
 
     Runs until Ctrl-C or SIGTERM, stops everything in reverse order and exits 0. A later
     run on the same data directory keeps the colony, the keys and the log. Startup errors
@@ -462,6 +536,8 @@ def dev(
         _error(f"--cluster takes 3 or 5 nodes (a majority must survive a loss), not {cluster}")
         raise typer.Exit(2)
     port = port if port is not None else 0 if demo else DEFAULT_PORT
+    if gateway_port is None:
+        gateway_port = 0 if demo or port == 0 else _default_gateway_port(host)
     temporary = demo and data_dir is None  # the demo's own folder, removed if all went well
     if temporary:
         directory = Path(tempfile.mkdtemp(prefix="colonies-demo-"))
@@ -483,6 +559,7 @@ def dev(
                 None if no_ui else ui_port,
                 cluster,
                 engines,
+                gateway_port=gateway_port,
             )
             code = _run(options, stop, config_file)
     except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:

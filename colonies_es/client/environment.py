@@ -27,7 +27,9 @@ def colonies_client(
 
     - ``COLONIES_SERVER_HOST`` (default ``localhost``), ``COLONIES_SERVER_PORT`` (default
       4222), ``COLONIES_SERVER_TLS`` (``true``/``false``, default false): where NATS is;
-      ``COLONIES_NATS_URL``, when set, wins over them;
+      ``COLONIES_NATS_URL``, when set, wins over them (``colonies dev`` sets both: there
+      ``COLONIES_SERVER_*`` name the ColonyOS gateway, which pycolonies reads, so one
+      ``dev.env`` serves both clients);
     - ``COLONIES_NATS_NKEY_FILE`` (the caller's NATS credential) and
       ``COLONIES_TLS_CA_FILE`` (the CA of the server's TLS certificate): optional;
     - ``COLONIES_COLONY_NAME`` and ``COLONIES_PRVKEY`` (the caller's key): required;
