@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -285,6 +286,7 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     data_dir = tmp_path / "data"
     dev = start_dev("--data-dir", str(data_dir), "--port", "0", cwd=tmp_path)
     url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
+    gateway = dev.expect(r"ColonyOS gateway \(pycolonies\) on (http://\S+)", timeout=STARTUP)
     dev.expect(r"engine ready", timeout=STARTUP)
     dev.expect(r"projector ready", timeout=STARTUP)
     dev.expect(r"colony dev created", timeout=STARTUP)
@@ -300,7 +302,10 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     for name, value in env.items():
         assert f"export {name}={shlex.quote(value)}" in dev.stdout
     assert env["COLONIES_NATS_URL"] == url
-    assert url == f"nats://{env['COLONIES_SERVER_HOST']}:{env['COLONIES_SERVER_PORT']}"
+    # COLONIES_SERVER_* name the ColonyOS gateway (pycolonies), COLONIES_NATS_URL NATS.
+    gateway_url = f"http://{env['COLONIES_SERVER_HOST']}:{env['COLONIES_SERVER_PORT']}"
+    assert gateway.group(1) == gateway_url
+    assert urllib.request.urlopen(f"{gateway_url}/health", timeout=10).status == 200
     assert env["COLONIES_SERVER_TLS"] == "false"
     assert env["COLONIES_COLONY_NAME"] == "dev"
     assert env["COLONIES_PRVKEY"] != env["COLONIES_COLONY_PRVKEY"]  # a member, not the owner
@@ -309,11 +314,15 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     for private in (env_file, data_dir / "keys.json"):
         assert private.stat().st_mode & 0o777 == 0o600
     stack = set(pids_with_environment(f"COLONIES_NATS_URL={url}"))
-    assert len(stack) == 4  # the engine, the projector, the executor and the web UI
+    assert len(stack) == 5  # the gateway, the engine, the projector, the executor, the UI
     server_key = f"COLONIES_SERVER_PRVKEY={env['COLONIES_SERVER_PRVKEY']}"
-    assert len(stack - set(pids_with_environment(server_key))) == 2  # executor and UI lack it
+    assert len(stack - set(pids_with_environment(server_key))) == 3  # gateway, executor, UI
 
     example = run_sourced(env_file, sys.executable, str(EXAMPLES / "workflow_example.py"))
+    assert example.returncode == 0, example.stderr
+    assert example.stdout.splitlines()[-1] == "Result: 3"
+    pycolonies = EXAMPLES / "pycolonies" / "workflow_example.py"  # same dev.env, over HTTP
+    example = run_sourced(env_file, sys.executable, str(pycolonies))
     assert example.returncode == 0, example.stderr
     assert example.stdout.splitlines()[-1] == "Result: 3"
 
@@ -353,7 +362,7 @@ def test_dev_continues_where_it_stopped(start_dev: StartDev, tmp_path: Path) -> 
     kept = ["COLONY_NAME", "COLONY_PRVKEY", "PRVKEY", "SERVER_ID", "EVENT_SEAL_KEY"]
     for name in kept:
         assert after[f"COLONIES_{name}"] == before[f"COLONIES_{name}"]
-    with Colonies(after["COLONIES_SERVER_HOST"], int(after["COLONIES_SERVER_PORT"])) as client:
+    with Colonies(servers=[after["COLONIES_NATS_URL"]]) as client:
         graph = client.get_processgraph(graph_id.group(1), after["COLONIES_PRVKEY"])
         assert graph.state == ProcessState.SUCCESS
     again = run_sourced(env_file, *example)
