@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import msgspec
 import typer
@@ -163,15 +165,35 @@ CountOption = Annotated[int, typer.Option("--count", min=1, help="List at most t
 
 @dataclass(frozen=True)
 class Server:
-    """Where the NATS server the engine listens on is."""
+    """Where the NATS server the engine listens on is.
+
+    ``COLONIES_NATS_URL``, when set, wins over ``COLONIES_SERVER_HOST/PORT/TLS`` (as in
+    :func:`colonies_es.colonies_client`): ``colonies dev`` sets both, and there
+    ``COLONIES_SERVER_*`` name the ColonyOS gateway, which pycolonies reads. ``--host``,
+    ``--port`` or ``--tls`` given on the command line win over both.
+    """
 
     host: str
     port: int
     tls: bool
 
+    def __post_init__(self) -> None:
+        nats_url = os.environ.get("COLONIES_NATS_URL", "").split(",")[0].strip()
+        if not nats_url or _on_command_line("--host", "--port", "--tls", "--no-tls"):
+            return
+        parts = urlsplit(nats_url if "://" in nats_url else f"nats://{nats_url}")
+        object.__setattr__(self, "host", parts.hostname or "localhost")
+        object.__setattr__(self, "port", parts.port or 4222)
+        object.__setattr__(self, "tls", parts.scheme == "tls")
+
     @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
+
+
+def _on_command_line(*flags: str) -> bool:
+    """True if one of ``flags`` (``--host``...) is on this process's command line."""
+    return any(arg.split("=", 1)[0] in flags for arg in sys.argv[1:])
 
 
 @dataclass(frozen=True)

@@ -9,39 +9,52 @@ from typing import Annotated
 import typer
 
 from colonies_es.gateway import DEFAULT_PORT
+from colonies_es.settings import Settings, SettingsError
 
 
 def gateway(
     nats: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--nats", envvar="COLONIES_NATS_URL", help="NATS server URL(s), comma separated."
+            "--nats",
+            help="NATS server URL(s), comma separated. [env: COLONIES_NATS_URL; "
+            "default: nats://localhost:4222]",
+            show_default=False,
         ),
-    ] = "nats://127.0.0.1:4222",
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0 for all interfaces).")
     ] = "127.0.0.1",
     port: Annotated[
         int,
-        typer.Option(
-            envvar="COLONIES_GATEWAY_PORT", help="HTTP port (ColonyOS's is 50080); 0 picks one."
-        ),
+        typer.Option(min=0, max=65535, help="HTTP port (ColonyOS uses 50080); 0 picks one."),
     ] = DEFAULT_PORT,
 ) -> None:
     """Serve the ColonyOS HTTP RPC (POST /api, GET /health, the /pubsub websocket) so that
-    unmodified ColonyOS clients such as pycolonies use this system. Point them at it with
-    COLONIES_SERVER_HOST / COLONIES_SERVER_PORT. The engine verifies every message's own
-    signature; the gateway holds no key. Plain HTTP: put TLS in front of it."""
+    unmodified ColonyOS clients such as pycolonies use this system: point them at it with
+    COLONIES_SERVER_HOST and COLONIES_SERVER_PORT. The engine verifies each message's own
+    signature and stores it with the event; the gateway holds no key. It speaks plain
+    HTTP: put a TLS proxy in front of it beyond one machine. NATS access (credential, CA)
+    comes from the COLONIES_* variables (colonies_es/settings.py)."""
     from colonies_es.gateway import run_gateway
+
+    try:
+        settings = Settings.load(nats_url=nats)
+        access = settings.nats
+        access.connect_options()  # a missing credential file is one line, now
+    except SettingsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
 
     def started(bound: int) -> None:
         print(
-            f"colonies gateway ready on http://{host}:{bound} (NATS {nats}, pid {os.getpid()})",
+            f"colonies gateway ready on http://{host}:{bound} "
+            f"(NATS {access.url}, pid {os.getpid()})",
             flush=True,
         )
 
     try:
-        run_gateway(nats, host, port, started)
+        run_gateway(access, host, port, started)
     except KeyboardInterrupt:
         pass
     except (ConnectionError, OSError) as error:  # one readable line, not a traceback

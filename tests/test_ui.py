@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
@@ -50,7 +51,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 @pytest.fixture(scope="module")
 def client(dev: DevStack) -> Iterator[Colonies]:
-    with Colonies("127.0.0.1", int(dev.env["COLONIES_SERVER_PORT"])) as colonies:
+    with Colonies(servers=[dev.env["COLONIES_NATS_URL"]]) as colonies:
         yield colonies
 
 
@@ -97,9 +98,9 @@ def _ended(client: Colonies, graphid: str, key: str) -> int:
 
 def _views_caught_up(dev: DevStack) -> None:
     """Waits until the read model has applied the whole log (listings read from it)."""
-    with QueryClient(
-        dev.env["COLONIES_PRVKEY"], "127.0.0.1", int(dev.env["COLONIES_SERVER_PORT"])
-    ) as q:
+    nats_port = urlsplit(dev.env["COLONIES_NATS_URL"]).port  # SERVER_PORT: the gateway
+    assert nats_port is not None
+    with QueryClient(dev.env["COLONIES_PRVKEY"], "127.0.0.1", nats_port) as q:
         q.wait_for_position(q.log_position(), timeout=WAIT)
 
 

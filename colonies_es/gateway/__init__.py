@@ -8,12 +8,13 @@ import signal
 from collections.abc import Callable
 
 from colonies_es.gateway.server import DEFAULT_PORT, Gateway
+from colonies_es.settings import NatsAccess
 
 __all__ = ["DEFAULT_PORT", "Gateway", "run_gateway"]
 
 
 def run_gateway(
-    nats_url: str, host: str, port: int, started: Callable[[int], None] | None = None
+    access: NatsAccess, host: str, port: int, started: Callable[[int], None] | None = None
 ) -> None:
     """Serve until SIGINT or SIGTERM; ``started(port)`` once listening.
 
@@ -21,7 +22,7 @@ def run_gateway(
     """
 
     async def serve() -> None:
-        gateway = Gateway(nats_url)
+        gateway = Gateway(access)
         bound = await gateway.start(host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -42,6 +42,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 from colonies_es import colonyos
 from colonies_es.gateway.replies import error_reply, reply, shape
 from colonies_es.protocol import NAME_PATTERN, WORK_PREFIX, api_subject, ended_subject
+from colonies_es.settings import NatsAccess
 
 __all__ = ["DEFAULT_PORT", "Gateway"]
 
@@ -120,10 +121,11 @@ class WorkSignals:
 class Gateway:
     """The aiohttp application in front of the engine, over one NATS connection."""
 
-    def __init__(self, nats_url: str, *, timeout: float = 10.0) -> None:
-        """``timeout`` (seconds) bounds each engine request and the wait for a
-        websocket's first message."""
-        self.nats_url = nats_url
+    def __init__(self, access: NatsAccess, *, timeout: float = 10.0) -> None:
+        """Reach NATS with ``access`` (a client's role: it only sends requests and reads
+        work-ticket subjects). ``timeout`` (seconds) bounds each engine request and the
+        wait for a websocket's first message."""
+        self.access = access
         self.timeout = timeout
         self.nc: NATS | None = None
         self._signals: WorkSignals | None = None
@@ -146,10 +148,9 @@ class Gateway:
         taken.
         """
         try:
-            self.nc = await asyncio.wait_for(
-                nats.connect(
-                    self.nats_url,
-                    name="colonies-es gateway",
+            nc: NATS = await asyncio.wait_for(
+                self.access.connect(
+                    "colonies-es gateway",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=_log_nats_error,
@@ -157,8 +158,9 @@ class Gateway:
                 self.timeout,
             )
         except (TimeoutError, OSError, nats.errors.Error) as error:
-            raise ConnectionError(f"cannot connect to NATS at {self.nats_url}") from error
-        self._signals = WorkSignals(self.nc)
+            raise ConnectionError(f"cannot connect to NATS at {self.access.url}") from error
+        self.nc = nc
+        self._signals = WorkSignals(nc)
         self._runner = web.AppRunner(self.application(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
