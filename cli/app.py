@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+from typing import Annotated
+
 import typer
 
 from colonies_es.cli import executor_admin
@@ -12,6 +15,7 @@ from colonies_es.cli.gateway import gateway
 from colonies_es.cli.helptext import reflow_help
 from colonies_es.cli.history import audit_app, debug, history_command, replay, rerun
 from colonies_es.cli.key import key_app
+from colonies_es.cli.members import log_app, stats, user_app
 from colonies_es.cli.process import process_app
 from colonies_es.cli.projector import projector
 from colonies_es.cli.server import server
@@ -32,15 +36,39 @@ app.add_typer(key_app, name="key")
 executor_app.command(name="ls")(executor_admin.list_executors)
 executor_app.command(name="approve")(executor_admin.approve)
 executor_app.command(name="reject")(executor_admin.reject)
+executor_app.command(name="remove")(executor_admin.remove)
 workflow_app.command(name="history")(history_command)
 workflow_app.command(name="replay")(replay)
 workflow_app.command(name="debug")(debug)
 workflow_app.command(name="rerun")(rerun)
 app.add_typer(audit_app, name="audit")
+app.add_typer(user_app, name="user")
+app.add_typer(log_app, name="log")
+app.command(name="stats")(stats)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"colonies-es {_version()}")
+        raise typer.Exit()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("colonies-es")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """colonies-es command line."""
 
 

@@ -1,4 +1,4 @@
-"""`colonies colony ...`: add a colony and list the colonies (server owner)."""
+"""`colonies colony ...`: add, list and remove colonies (server owner)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from colonies_es.models import Colony
 __all__ = ["AddedColony", "colony_app"]
 
 colony_app = typer.Typer(
-    help="Colonies: the groups of executors and users that share work. Adding and listing "
-    "them takes the server owner's key.",
+    help="Colonies: the groups of executors and users that share work. Adding, listing and "
+    "removing them takes the server owner's key.",
     no_args_is_help=True,
 )
 
@@ -104,3 +104,19 @@ def list_colonies(
         for colony in sorted(colonies, key=lambda c: c.name):
             rows.add_row(colony.name, colony.colonyid)
         render(rows)
+
+
+@colony_app.command("remove")
+def remove_colony(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The colony to remove.")],
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    server_prvkey: ServerOwnerKeyOption = None,
+) -> None:
+    """Remove a colony: its members and executors can no longer use it. Its history
+    stays in the log. Needs the server owner's key."""
+    server_key = require_key(server_prvkey, SERVER_OWNER)
+    with connected(Server(host, port, tls), SERVER_OWNER) as client:
+        client.del_colony(name, server_key)
+    render(Text(f"Colony {name} removed"))

@@ -16,7 +16,7 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
@@ -40,7 +40,9 @@ __all__ = [
     "COLONY_OWNER",
     "CONNECTION_PANEL",
     "MEMBER",
+    "PREFIX_SEARCH",
     "SERVER_OWNER",
+    "SHORT_ID",
     "ColonyOption",
     "ColonyOwnerKeyOption",
     "CountOption",
@@ -52,12 +54,18 @@ __all__ = [
     "Server",
     "ServerOwnerKeyOption",
     "TlsOption",
+    "WideOption",
+    "ago",
     "compact",
     "connected",
     "details",
     "executor_label",
     "executor_names",
     "fail",
+    "ident",
+    "listing",
+    "moment",
+    "more_note",
     "one_id",
     "print_json",
     "probe",
@@ -66,6 +74,9 @@ __all__ = [
     "require",
     "require_colony",
     "require_key",
+    "resolve_graph_id",
+    "resolve_id",
+    "resolve_process_id",
     "short",
     "state_name",
     "state_text",
@@ -157,7 +168,22 @@ JsonOption = Annotated[
         "--json", help="Print JSON (ColonyOS field names) instead of tables, for scripts."
     ),
 ]
-CountOption = Annotated[int, typer.Option("--count", min=1, help="List at most this many.")]
+CountOption = Annotated[
+    int, typer.Option("--count", min=1, help="List at most this many (the newest).")
+]
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        "-w",
+        help="Show whole ids and exact times (UTC) instead of id prefixes and ages.",
+    ),
+]
+
+SHORT_ID = 12
+"""Characters of an id shown in tables (any unique prefix is accepted back)."""
+PREFIX_SEARCH = 1000
+"""How many of a colony's newest workflows or processes a short id is looked for in."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -338,8 +364,10 @@ _STATE_STYLES = {
 
 
 def _console() -> Console:
-    terminal = sys.stdout.isatty()
-    return Console(highlight=False, width=None if terminal else UNLIMITED_WIDTH)
+    """A console as wide as the terminal (or as ``COLUMNS`` says); when stdout is not a
+    terminal and ``COLUMNS`` is unset, wide enough that lines never wrap."""
+    sized = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(highlight=False, width=None if sized else UNLIMITED_WIDTH)
 
 
 def render(*renderables: RenderableType) -> None:
@@ -355,7 +383,10 @@ def print_json(obj: object) -> None:
 
 
 class _PlainTable(Table):
-    """A table whose text cells are shown as they are (no rich markup in data)."""
+    """A table whose text cells are shown as they are (no rich markup in data), and
+    whose "whole" columns are always as wide as their widest cell (never cut)."""
+
+    whole: frozenset[int] = frozenset()
 
     def add_row(
         self,
@@ -364,20 +395,112 @@ class _PlainTable(Table):
         end_section: bool = False,
     ) -> None:
         cells = [Text(cell) if isinstance(cell, str) else cell for cell in renderables]
+        for index in self.whole:
+            cell = cells[index] if index < len(cells) else None
+            if isinstance(cell, Text):
+                column = self.columns[index]
+                column.min_width = max(column.min_width or 0, cell.cell_len)
         super().add_row(*cells, style=style, end_section=end_section)
 
 
-def table(*headers: str, ids: Iterable[str] = ()) -> Table:
-    """A rounded table with ``headers``; the columns named in ``ids`` never wrap, so
-    ids stay whole and can be copied."""
-    keep_whole = set(ids)
+def table(*headers: str, ids: Iterable[str] = (), cut: Iterable[str] = ()) -> Table:
+    """A rounded table with ``headers``. The columns named in ``ids`` never wrap nor
+    shrink, so ids (and states, times) stay whole and can be copied; those named in
+    ``cut`` stay on one line, cut with an ellipsis when the terminal is narrow; the
+    others wrap."""
+    keep_whole, one_line = set(ids), set(cut)
     result = _PlainTable(box=box.ROUNDED)
+    result.whole = frozenset(i for i, header in enumerate(headers) if header in keep_whole)
     for header in headers:
         if header in keep_whole:
-            result.add_column(header, no_wrap=True, min_width=64)
+            result.add_column(header, no_wrap=True, min_width=len(header))
+        elif header in one_line:
+            result.add_column(header, no_wrap=True, overflow="ellipsis")
         else:
             result.add_column(header, overflow="fold")
     return result
+
+
+def listing(*headers: str, whole: Iterable[str] = ()) -> Table:
+    """A table for a listing: every column stays on one line; those named in ``whole``
+    (ids, states, times) are never cut, the others are cut with an ellipsis when the
+    terminal is narrow."""
+    kept = set(whole)
+    return table(*headers, ids=kept, cut=[h for h in headers if h not in kept])
+
+
+def ident(value: str, wide: bool = False) -> str:
+    """An id as tables show it: its first :data:`SHORT_ID` characters, whole if ``wide``."""
+    return value if wide else value[:SHORT_ID]
+
+
+def more_note(shown: int, asked: int, what: str) -> None:
+    """Say on stderr that a listing was cut at ``asked`` rows and how to see more."""
+    if shown > asked:
+        typer.echo(f"(the newest {asked} {what} shown; more with --count {asked * 5})", err=True)
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """``"12s ago"``, ``"5m ago"``, ``"3h ago"``, ``"2d ago"``; ``"-"`` for no moment."""
+    if moment is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(UTC)) - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def moment(value: datetime | None, wide: bool) -> str:
+    """A time as a listing shows it: its age, or the exact time (UTC) when ``wide``."""
+    return when(value) if wide else ago(value)
+
+
+def resolve_id(given: str, kind: str, candidates: Callable[[], Iterable[str]]) -> str:
+    """The whole id that ``given`` (an id or a unique prefix of one) names.
+
+    A 64-character id is taken as it is; a shorter one is looked for among
+    ``candidates()`` (the ids the command can list). Exits with one line when no id, or
+    more than one, starts with it.
+    """
+    wanted = given.strip().lower()
+    if len(wanted) >= 64:
+        return wanted
+    if not wanted:
+        fail(f"no {kind} id given", status=2)
+    found = sorted({c for c in candidates() if c.startswith(wanted)})
+    if not found:
+        fail(f"no {kind} id starts with {given!r} (give more of it, or the whole id)")
+    if len(found) > 1:
+        listed = ", ".join(ident(f) for f in found[:5]) + (", ..." if len(found) > 5 else "")
+        fail(f"{given!r} starts {len(found)} {kind} ids ({listed}): give more characters")
+    return found[0]
+
+
+def resolve_graph_id(client: Colonies, given: str, colony: str | None, prvkey: str) -> str:
+    """:func:`resolve_id` for a workflow id, among the colony's newest workflows."""
+
+    def candidates() -> list[str]:
+        colonyname = require(
+            colony, "colony (to look up a short id)", "COLONIES_COLONY_NAME", "--colony"
+        )
+        graphs = client.get_processgraphs(colonyname, PREFIX_SEARCH, prvkey)
+        return [graph.processgraphid for graph in graphs]
+
+    return resolve_id(given, "workflow", candidates)
+
+
+def resolve_process_id(client: Colonies, given: str, colony: str | None, prvkey: str) -> str:
+    """:func:`resolve_id` for a process id, among the colony's newest processes."""
+
+    def candidates() -> list[str]:
+        colonyname = require(
+            colony, "colony (to look up a short id)", "COLONIES_COLONY_NAME", "--colony"
+        )
+        processes = client.list_processes(colonyname, PREFIX_SEARCH, -1, prvkey)
+        return [process.processid for process in processes]
+
+    return resolve_id(given, "process", candidates)
 
 
 def details(rows: Iterable[tuple[str, RenderableType]]) -> Table:

@@ -1,4 +1,4 @@
-"""`colonies executor ls|approve|reject`: the colony's executors and their approval.
+"""`colonies executor ls|approve|reject|remove`: the colony's executors and their approval.
 
 The ``executor`` sub-app lives in :mod:`colonies_es.cli.executor`; ``cli/app.py``
 registers these commands on it.
@@ -22,17 +22,19 @@ from colonies_es.cli.common import (
     PrvkeyOption,
     Server,
     TlsOption,
+    WideOption,
     connected,
+    ident,
+    listing,
+    moment,
     print_json,
     render,
     require_colony,
     require_key,
-    table,
-    when,
 )
 from colonies_es.states import ExecutorState
 
-__all__ = ["approve", "list_executors", "reject"]
+__all__ = ["approve", "list_executors", "reject", "remove"]
 
 ExecutorNameArgument = Annotated[
     str, typer.Argument(metavar="NAME", help="The executor's name in the colony.")
@@ -41,13 +43,15 @@ ExecutorNameArgument = Annotated[
 
 def list_executors(
     json_output: JsonOption = False,
+    wide: WideOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
     colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
-    """List the colony's executors: name, type, state (PENDING, APPROVED, REJECTED), id."""
+    """List the colony's executors: name, type, state (PENDING, APPROVED, REJECTED), id,
+    when it was registered and last heard from (an executor's claims and reports)."""
     colonyname = require_colony(colony)
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
@@ -57,14 +61,23 @@ def list_executors(
     elif not executors:
         render(Text(f"No executors in colony {colonyname}"))
     else:
-        rows = table("NAME", "TYPE", "STATE", "EXECUTOR ID", "COMMISSION TIME", ids=["EXECUTOR ID"])
+        rows = listing(
+            "NAME",
+            "TYPE",
+            "STATE",
+            "EXECUTOR ID",
+            "REGISTERED",
+            "LAST HEARD",
+            whole=["EXECUTOR ID", "STATE", "REGISTERED", "LAST HEARD"],
+        )
         for executor in executors:
             rows.add_row(
                 executor.executorname,
                 executor.executortype,
                 _state_name(executor.state),
-                executor.executorid,
-                when(executor.commissiontime),
+                ident(executor.executorid, wide),
+                moment(executor.commissiontime, wide),
+                moment(executor.lastheardfromtime, wide) if executor.lastheardfromtime else "never",
             )
         render(rows)
 
@@ -99,6 +112,23 @@ def reject(
     with connected(Server(host, port, tls), COLONY_OWNER) as client:
         client.reject_executor(colonyname, name, key)
     render(Text(f"Executor {name} rejected in colony {colonyname}"))
+
+
+def remove(
+    name: ExecutorNameArgument,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    colony_prvkey: ColonyOwnerKeyOption = None,
+) -> None:
+    """Remove an executor from the colony: it may no longer take work, and its name is
+    free again. Needs the colony owner's key."""
+    colonyname = require_colony(colony)
+    key = require_key(colony_prvkey, COLONY_OWNER)
+    with connected(Server(host, port, tls), COLONY_OWNER) as client:
+        client.remove_executor(colonyname, name, key)
+    render(Text(f"Executor {name} removed from colony {colonyname}"))
 
 
 def _state_name(code: int) -> str:

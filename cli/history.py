@@ -9,6 +9,7 @@ read them, without a key and without the engine. ``--seal-key``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -40,6 +41,8 @@ from colonies_es.cli.common import (
     probe,
     render,
     require_key,
+    resolve_graph_id,
+    resolve_id,
     short,
     state_text,
     table,
@@ -55,7 +58,14 @@ from colonies_es.projections.debug import (
     rerun_from_failed,
     run_locally,
 )
-from colonies_es.projections.history import HistoryEntry, history, sealer_of
+from colonies_es.projections.history import (
+    PREFIX,
+    STREAM,
+    HistoryEntry,
+    connect,
+    history,
+    sealer_of,
+)
 from colonies_es.projections.timetravel import (
     GraphState,
     Nth,
@@ -351,12 +361,14 @@ def rerun(
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
+    colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
     """Re-run a FAILED workflow as a new one (it records the old one as its origin)."""
-    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    given = one_id(graph_id, processgraphid, "--processgraphid")
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
+        graphid = resolve_graph_id(client, given, colony, key)
         graph = rerun_from_failed(client, graphid, key)
     if json_output:
         print_json(graph)
@@ -416,6 +428,8 @@ def audit_verify(
     if graph_id and processgraphid:
         graphid = one_id(graph_id, processgraphid, "--processgraphid")
     key = _key(seal_key)
+    if graphid:
+        graphid = _graph_id(Server(host, port, tls), graphid, colony)
     authorities = Authorities(engine_id=engine_id, server_id=server_id)
     with _reading(Server(host, port, tls)):
         report = verify(Server(host, port, tls).url, authorities, graphid, colony, key)
@@ -560,13 +574,35 @@ class _IgnoredMessages(logging.Handler):
             logger.propagate = propagate
 
 
+def _graph_id(server: Server, given: str, colony: str | None) -> str:
+    """The whole graph id ``given`` names (an id, or a unique prefix of one): a prefix is
+    looked up among the graph subjects of the stream (the colony's, or every colony's)."""
+
+    async def subjects() -> list[str]:
+        nc = await connect(server.url)
+        try:
+            pattern = f"{PREFIX}.ev.{colony or '*'}.graph.*"
+            info = await nc.jetstream().stream_info(STREAM, subjects_filter=pattern)
+            return list(info.state.subjects or {})
+        finally:
+            await nc.close()
+
+    def candidates() -> list[str]:
+        with _reading(server):
+            found = asyncio.run(subjects())
+        return [subject.rsplit(".", 1)[1] for subject in found]
+
+    return resolve_id(given, "workflow", candidates)
+
+
 def _history(
-    server: Server, processgraphid: str, colony: str | None, seal_key: str | None
+    server: Server, given_id: str, colony: str | None, seal_key: str | None
 ) -> list[HistoryEntry]:
     """The workflow's history; exit 1 when it has none, or when the seal key verifies
     none of its messages (a wrong key, not tampering). Messages that were ignored are
     one warning line on stderr, not one line each."""
     key = _key(seal_key)
+    processgraphid = _graph_id(server, given_id, colony)
     with _reading(server), _IgnoredMessages().counting() as ignored:
         entries = history(server.url, processgraphid, colony, key)
     if not entries and ignored.unsealed:

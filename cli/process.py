@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -19,79 +20,147 @@ from colonies_es.cli.common import (
     PrvkeyOption,
     Server,
     TlsOption,
+    WideOption,
     compact,
     connected,
     details,
     executor_label,
     executor_names,
+    ident,
+    listing,
+    moment,
+    more_note,
     one_id,
     print_json,
     render,
     require_colony,
     require_key,
+    resolve_process_id,
     short,
     state_text,
-    table,
     when,
 )
+from colonies_es.cli.workflow import LISTED_STATES, ListedState
 from colonies_es.models import Process
 from colonies_es.states import ProcessState
 
 __all__ = ["process_app"]
 
 process_app = typer.Typer(
-    help="Processes (single function calls, alone or in a workflow): list them by state "
-    "and show one.",
+    help="Processes (single function calls, alone or in a workflow): list them by state, "
+    "show and remove one.",
     no_args_is_help=True,
 )
+
+
+def list_processes(
+    state: ProcessState | None,
+    adjective: str,
+    count: int,
+    json_output: bool,
+    wide: bool,
+    server: Server,
+    colony: str | None,
+    prvkey: str | None,
+) -> None:
+    """List the colony's processes in ``state`` (every state for None), newest first:
+    ``count`` of them, and a note on stderr when there are more."""
+    colonyname = require_colony(colony)
+    key = require_key(prvkey, MEMBER)
+    code = -1 if state is None else int(state)
+    with connected(server) as client:
+        processes = client.list_processes(colonyname, count + 1, code, key)
+        names = executor_names(client, colonyname, key) if processes else {}
+    shown = processes[:count]
+    if json_output:
+        print_json(shown)
+    elif not shown:
+        render(Text(f"No {adjective}processes in colony {colonyname}"))
+    else:
+        rows = listing(
+            "PROCESS ID",
+            "FUNCTION",
+            "ARGS",
+            "SUBMITTED",
+            "TYPE",
+            "EXECUTOR",
+            "STATE",
+            whole=["PROCESS ID", "SUBMITTED", "STATE"],
+        )
+        for process in shown:
+            rows.add_row(
+                ident(process.processid, wide),
+                process.spec.funcname,
+                short(process.input or process.spec.args, 30),
+                moment(process.submissiontime, wide),
+                process.spec.conditions.executortype,
+                executor_label(process.assignedexecutorid, names),
+                state_text(process.state),
+            )
+        render(rows)
+    more_note(len(processes), count, f"{adjective}processes")
+
+
+@process_app.command("ls")
+def list_command(
+    state: Annotated[
+        ListedState, typer.Option("--state", help="List only the processes in this state.")
+    ] = ListedState.all,
+    count: CountOption = 20,
+    json_output: JsonOption = False,
+    wide: WideOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """List the colony's processes in every state (cancelled ones included), newest first.
+
+    Tables show id prefixes (any unique prefix is accepted back) and ages; --wide shows
+    whole ids and exact times (UTC), --json everything.
+    """
+    adjective = "" if state is ListedState.all else f"{state.value} "
+    list_processes(
+        LISTED_STATES[state],
+        adjective,
+        count,
+        json_output,
+        wide,
+        Server(host, port, tls),
+        colony,
+        prvkey,
+    )
 
 
 def _process_listing(state: ProcessState, adjective: str) -> Callable[..., None]:
     """The command listing the colony's processes in ``state``, newest first."""
 
-    def listing(
+    def command(
         count: CountOption = 20,
         json_output: JsonOption = False,
+        wide: WideOption = False,
         host: HostOption = "localhost",
         port: PortOption = 4222,
         tls: TlsOption = False,
         colony: ColonyOption = None,
         prvkey: PrvkeyOption = None,
     ) -> None:
-        colonyname = require_colony(colony)
-        key = require_key(prvkey, MEMBER)
-        with connected(Server(host, port, tls)) as client:
-            processes = client.list_processes(colonyname, count, int(state), key)
-            names = executor_names(client, colonyname, key)
-        if json_output:
-            print_json(processes)
-        elif not processes:
-            render(Text(f"No {adjective} processes in colony {colonyname}"))
-        else:
-            rows = table(
-                "PROCESS ID",
-                "FUNCNAME",
-                "ARGS",
-                "SUBMISSION TIME",
-                "EXECUTOR TYPE",
-                "EXECUTOR",
-                "STATE",
-                ids=["PROCESS ID"],
-            )
-            for process in processes:
-                rows.add_row(
-                    process.processid,
-                    process.spec.funcname,
-                    short(process.spec.args, 30),
-                    when(process.submissiontime),
-                    process.spec.conditions.executortype,
-                    executor_label(process.assignedexecutorid, names),
-                    state_text(process.state),
-                )
-            render(rows)
+        list_processes(
+            state,
+            f"{adjective} ",
+            count,
+            json_output,
+            wide,
+            Server(host, port, tls),
+            colony,
+            prvkey,
+        )
 
-    listing.__doc__ = f"List the colony's {adjective} processes, newest first (times in UTC)."
-    return listing
+    command.__doc__ = (
+        f"List the colony's {adjective} processes, newest first (`ls --state` for any state)."
+    )
+    return command
 
 
 process_app.command("ps")(_process_listing(ProcessState.RUNNING, "running"))
@@ -100,36 +169,64 @@ process_app.command("pss")(_process_listing(ProcessState.SUCCESS, "successful"))
 process_app.command("psf")(_process_listing(ProcessState.FAILED, "failed"))
 
 
+ProcessIdArgument = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="ID",
+        help="The process id, or a unique prefix of it (or pass --processid).",
+        show_default=False,
+    ),
+]
+ProcessIdOption = Annotated[
+    str | None, typer.Option("--processid", help="The process id.", show_default=False)
+]
+
+
 @process_app.command()
 def get(
-    process_id: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="ID", help="The process id (or pass --processid).", show_default=False
-        ),
-    ] = None,
-    processid: Annotated[
-        str | None, typer.Option("--processid", help="The process id.", show_default=False)
-    ] = None,
+    process_id: ProcessIdArgument = None,
+    processid: ProcessIdOption = None,
     json_output: JsonOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
+    colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
     """Show every attribute of a process: state, times, spec, data flow and errors.
 
     Times are in UTC.
     """
-    pid = one_id(process_id, processid, "--processid")
+    given = one_id(process_id, processid, "--processid")
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
+        pid = resolve_process_id(client, given, colony, key)
         process = client.get_process(pid, key)
         names = executor_names(client, process.spec.conditions.colonyname, key)
     if json_output:
         print_json(process)
     else:
         render(details(_attributes(process, names)))
+
+
+@process_app.command()
+def remove(
+    process_id: ProcessIdArgument = None,
+    processid: ProcessIdOption = None,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """Remove a process submitted on its own from listings and gets; its history stays in
+    the log. A process of a larger workflow goes with its workflow (workflow remove)."""
+    given = one_id(process_id, processid, "--processid")
+    key = require_key(prvkey, MEMBER)
+    with connected(Server(host, port, tls)) as client:
+        pid = resolve_process_id(client, given, colony, key)
+        client.remove_process(pid, key)
+    render(Text(f"Process {pid} removed"))
 
 
 def _attributes(process: Process, names: dict[str, str]) -> list[tuple[str, RenderableType]]:
@@ -156,7 +253,7 @@ def _attributes(process: Process, names: dict[str, str]) -> list[tuple[str, Rend
         ("End time", when(process.endtime)),
         ("Wait deadline", when(process.waitdeadline)),
         ("Exec deadline", when(process.execdeadline)),
-        ("Priority time", str(process.prioritytime)),
+        ("Priority time", _priority_time(process.prioritytime)),
         ("Retries", str(process.retries)),
         ("Priority", str(spec.priority)),
         ("Max wait time", str(spec.maxwaittime)),
@@ -178,6 +275,15 @@ def _attributes(process: Process, names: dict[str, str]) -> list[tuple[str, Rend
         ("Errors", "\n".join(process.errors) or "-"),
         ("Attributes", "\n".join(f"{a.key} = {a.value}" for a in process.attributes) or "-"),
     ]
+
+
+def _priority_time(nanoseconds: int) -> str:
+    """The priority time as a UTC time: when the process became ready (or was
+    submitted) minus one day per priority point; waiting work is served earliest first."""
+    if nanoseconds <= 0:
+        return "-"
+    moment_ = datetime.fromtimestamp(nanoseconds / 1e9, UTC)
+    return f"{when(moment_)} (served earliest first)"
 
 
 def _code(process: Process) -> str | None:

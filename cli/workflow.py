@@ -28,20 +28,25 @@ from colonies_es.cli.common import (
     PrvkeyOption,
     Server,
     TlsOption,
+    WideOption,
     connected,
     details,
     executor_label,
     executor_names,
     fail,
+    ident,
+    listing,
+    moment,
+    more_note,
     one_id,
     print_json,
     render,
     require_colony,
     require_key,
+    resolve_graph_id,
     short,
     state_name,
     state_text,
-    table,
     when,
 )
 from colonies_es.cli.progress import wait_for_end
@@ -60,7 +65,10 @@ workflow_app = typer.Typer(
 GraphIdArgument = Annotated[
     str | None,
     typer.Argument(
-        metavar="ID", help="The process graph id (or pass --processgraphid).", show_default=False
+        metavar="ID",
+        help="The workflow (process graph) id, or a unique prefix of it (or pass "
+        "--processgraphid).",
+        show_default=False,
     ),
 ]
 GraphIdOption = Annotated[
@@ -178,45 +186,131 @@ def load_workflow(
 # --------------------------------------------------------------------------- listings
 
 
+class ListedState(StrEnum):
+    """The states ``ls --state`` takes, by name; ``all`` lists every state."""
+
+    all = "all"
+    waiting = "waiting"
+    running = "running"
+    successful = "successful"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+LISTED_STATES: dict[ListedState, ProcessState | None] = {
+    ListedState.all: None,
+    ListedState.waiting: ProcessState.WAITING,
+    ListedState.running: ProcessState.RUNNING,
+    ListedState.successful: ProcessState.SUCCESS,
+    ListedState.failed: ProcessState.FAILED,
+    ListedState.cancelled: ProcessState.CANCELLED,
+}
+"""The state code each name lists (None: every state)."""
+
+
+def list_graphs(
+    state: ProcessState | None,
+    adjective: str,
+    count: int,
+    json_output: bool,
+    wide: bool,
+    server: Server,
+    colony: str | None,
+    prvkey: str | None,
+) -> None:
+    """List the colony's graphs in ``state`` (every state for None), newest first:
+    ``count`` of them, and a note on stderr when there are more."""
+    colonyname = require_colony(colony)
+    key = require_key(prvkey, MEMBER)
+    code = None if state is None else int(state)
+    with connected(server) as client:
+        graphs = client.get_processgraphs(colonyname, count + 1, key, state=code)
+    shown = graphs[:count]
+    if json_output:
+        print_json(shown)
+    elif not shown:
+        render(Text(f"No {adjective}workflows in colony {colonyname}"))
+    else:
+        rows = listing(
+            "WORKFLOW ID",
+            "SUBMITTED",
+            "INITIATOR",
+            "NODES",
+            "STATE",
+            whole=["WORKFLOW ID", "SUBMITTED", "NODES", "STATE"],
+        )
+        for graph in shown:
+            rows.add_row(
+                ident(graph.processgraphid, wide),
+                moment(graph.submissiontime, wide),
+                graph.initiatorname or short(graph.initiatorid, 13),
+                str(len(graph.processids)),
+                state_text(graph.state),
+            )
+        render(rows)
+    more_note(len(graphs), count, f"{adjective}workflows")
+
+
+@workflow_app.command("ls")
+def list_command(
+    state: Annotated[
+        ListedState, typer.Option("--state", help="List only the workflows in this state.")
+    ] = ListedState.all,
+    count: CountOption = 20,
+    json_output: JsonOption = False,
+    wide: WideOption = False,
+    host: HostOption = "localhost",
+    port: PortOption = 4222,
+    tls: TlsOption = False,
+    colony: ColonyOption = None,
+    prvkey: PrvkeyOption = None,
+) -> None:
+    """List the colony's workflows in every state (cancelled ones included), newest first.
+
+    Tables show id prefixes (any unique prefix is accepted back) and ages; --wide shows
+    whole ids and exact times (UTC), --json everything.
+    """
+    adjective = "" if state is ListedState.all else f"{state.value} "
+    list_graphs(
+        LISTED_STATES[state],
+        adjective,
+        count,
+        json_output,
+        wide,
+        Server(host, port, tls),
+        colony,
+        prvkey,
+    )
+
+
 def _graph_listing(state: ProcessState, adjective: str) -> Callable[..., None]:
     """The command listing the colony's graphs in ``state``, newest first."""
 
-    def listing(
+    def command(
         count: CountOption = 20,
         json_output: JsonOption = False,
+        wide: WideOption = False,
         host: HostOption = "localhost",
         port: PortOption = 4222,
         tls: TlsOption = False,
         colony: ColonyOption = None,
         prvkey: PrvkeyOption = None,
     ) -> None:
-        colonyname = require_colony(colony)
-        key = require_key(prvkey, MEMBER)
-        with connected(Server(host, port, tls)) as client:
-            graphs = client.get_processgraphs(colonyname, count, key, state=int(state))
-        if json_output:
-            print_json(graphs)
-        elif not graphs:
-            render(Text(f"No {adjective} workflows in colony {colonyname}"))
-        else:
-            rows = table(
-                "PROCESSGRAPH ID",
-                "SUBMISSION TIME",
-                "INITIATOR",
-                "STATE",
-                ids=["PROCESSGRAPH ID"],
-            )
-            for graph in graphs:
-                rows.add_row(
-                    graph.processgraphid,
-                    when(graph.submissiontime),
-                    graph.initiatorname or short(graph.initiatorid, 13),
-                    state_text(graph.state),
-                )
-            render(rows)
+        list_graphs(
+            state,
+            f"{adjective} ",
+            count,
+            json_output,
+            wide,
+            Server(host, port, tls),
+            colony,
+            prvkey,
+        )
 
-    listing.__doc__ = f"List the colony's {adjective} workflows, newest first (times in UTC)."
-    return listing
+    command.__doc__ = (
+        f"List the colony's {adjective} workflows, newest first (`ls --state` for any state)."
+    )
+    return command
 
 
 workflow_app.command("ps")(_graph_listing(ProcessState.RUNNING, "running"))
@@ -236,6 +330,7 @@ def get(
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
+    colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
     """Show a workflow: its state, times and initiator, then each of its processes.
@@ -243,9 +338,10 @@ def get(
     The process table cuts input, output and errors short; --json shows them whole.
     Times are in UTC.
     """
-    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    given = one_id(graph_id, processgraphid, "--processgraphid")
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
+        graphid = resolve_graph_id(client, given, colony, key)
         shown = fetch_details(client, graphid, key)
         names = executor_names(client, shown.processgraph.colonyname, key)
     _show(shown, names, json_output)
@@ -275,7 +371,16 @@ def _show(shown: GraphDetails, names: dict[str, str], json_output: bool) -> None
             ("Processes", str(len(graph.processids))),
         ]
     )
-    rows = table("NODENAME", "STATE", "EXECUTOR", "RETRIES", "INPUT", "OUTPUT", "ERRORS")
+    rows = listing(
+        "NODENAME",
+        "STATE",
+        "EXECUTOR",
+        "RETRIES",
+        "INPUT",
+        "OUTPUT",
+        "ERRORS",
+        whole=["STATE", "RETRIES"],
+    )
     for process in shown.processes:
         rows.add_row(
             process.spec.nodename,
@@ -284,19 +389,22 @@ def _show(shown: GraphDetails, names: dict[str, str], json_output: bool) -> None
             str(process.retries),
             short(process.input),
             short(process.output),
-            _errors_summary(process.errors),
+            _errors_summary(process),
         )
     render(summary, rows)
 
 
-def _errors_summary(errors: list[str]) -> str:
-    """The first error's first line, cut short, and how many more there are."""
+def _errors_summary(process: Process) -> str:
+    """The first error's first line, cut short, and where to read the rest (the
+    traceback, other attempts' errors) when there is more."""
+    errors = process.errors
     if not errors:
         return ""
     lines = errors[0].strip().splitlines()
     first = lines[0] if lines else ""
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{short(first, 60)}{more}"
+    more = len(errors) > 1 or len(lines) > 1
+    where = f" (all of it: colonies process get {ident(process.processid)})" if more else ""
+    return f"{short(first, 60)}{where}"
 
 
 # --------------------------------------------------------------------------- changes
@@ -309,12 +417,15 @@ def cancel(
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
+    colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
-    """Cancel a workflow: its waiting and running processes become CANCELLED."""
-    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    """Cancel a workflow: its waiting and running processes become CANCELLED, and the
+    executors running them stop their functions."""
+    given = one_id(graph_id, processgraphid, "--processgraphid")
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
+        graphid = resolve_graph_id(client, given, colony, key)
         client.cancel_processgraph(graphid, key)
     render(Text(f"Workflow {graphid} cancelled"))
 
@@ -326,15 +437,17 @@ def remove(
     host: HostOption = "localhost",
     port: PortOption = 4222,
     tls: TlsOption = False,
+    colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
     """Remove a workflow from listings and gets; its history stays in the log.
 
     A running workflow cannot be removed: cancel it first.
     """
-    graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    given = one_id(graph_id, processgraphid, "--processgraphid")
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
+        graphid = resolve_graph_id(client, given, colony, key)
         client.remove_processgraph(graphid, key)
     render(Text(f"Workflow {graphid} removed"))
 
