@@ -203,7 +203,7 @@ def test_help_texts_wrap_to_the_terminal_without_breaking_sentences_or_bool_meta
     line breaks are gone), and flags show no `<bool>` type."""
     cli = Cli({})
     for path, text in _all_commands():
-        out = cli(*path, "--help", COLUMNS="400").stdout
+        out = cli(*path, "--help", COLUMNS="2000").stdout
         shown = [" ".join(line.strip(" │").split()) for line in out.splitlines()]
         for paragraph in text.split("\n\n"):
             for item in paragraph.splitlines():
