@@ -124,3 +124,30 @@ def test_the_failure_cancels_waiting_processes_in_the_timeline() -> None:
     assert changed[pid(graph, "gen_nums_1")] == 3  # FAILED
     assert changed[pid(graph, "reduce")] == 4  # CANCELLED with it
     assert last["graphstate"] == 3
+
+
+def test_the_packed_document_unpacks_to_the_timeline() -> None:
+    builder = TimelineBuilder()
+    builder.extend(_entries(_map_reduce_that_fails()))
+    packed = builder.to_json()
+    kinds, actors = packed["kinds"], packed["actors"]
+    unpacked_events = [
+        {
+            "seq": seq,
+            "us": us,
+            "kind": kinds[kind],
+            "actor": actors[actor][0],
+            "actorname": actors[actor][1],
+            "summary": summary,
+            "graphstate": graphstate,
+            "changes": changes,
+        }
+        for seq, us, kind, actor, summary, graphstate, changes in packed["events"]
+    ]
+    assert unpacked_events == builder.events
+    unpacked_edges = [
+        {"from": a, "to": b, "born": born, "died": died, "kind": ("dependency", "add_child")[c]}
+        for a, b, born, died, c in packed["edges"]
+    ]
+    assert unpacked_edges == builder.edges
+    assert len(kinds) == len(set(kinds)) < len(packed["events"])

@@ -6,16 +6,18 @@ ask the server for the whole graph at each step, it gets the timeline once:
 - ``nodes``: every process the graph ever had (its id, node name and function), with the
   index of the event that made it (``born``) and how (``submitted`` with the workflow, or
   ``child`` added at run time);
-- ``edges``: every parent → child link it ever had (``from`` and ``to`` are indexes in
-  ``nodes``), with the event that made it and the one that removed it (``died``;
-  add_child with ``insert`` moves links), and its ``kind`` (``dependency`` from the
-  workflow, ``add_child`` from a ChildAdded event);
-- ``events``: each event's sequence, time (``us``: microseconds since the epoch), actor
-  (its name, and its id when it has no name), summary, the graph's state after it, and
-  ``changes``: ``[node index, state]`` for each process whose state it changed.
+- ``edges``: every parent → child link it ever had, with the event that made it and the
+  one that removed it (``died``; add_child with ``insert`` moves links), and its kind
+  (``dependency`` from the workflow, ``add_child`` from a ChildAdded event);
+- ``events``: each event's sequence, time, kind, actor, summary, the graph's state after
+  it, and ``changes``: ``[node, state]`` for each process whose state it changed.
 
-Nodes are named by index so that a 1,000-child graph's 3,000 events stay a compact
-document (ids are 64 characters).
+:meth:`TimelineBuilder.to_json` packs it so that a 1,000-child graph's 3,000 events stay
+a compact document (ids are 64 characters): nodes are named by their index in
+``nodes``; an edge is ``[from, to, born, died, add_child (0|1)]``; an event is ``[seq,
+us (microseconds since the epoch), kind (index in "kinds"), actor (index in "actors",
+each [id, name]), summary, graph state, changes]``. :attr:`TimelineBuilder.events` and
+:attr:`TimelineBuilder.edges` keep the unpacked dicts.
 
 A node's state at event ``i`` is its last change at or before ``i``, so a step of the
 scrubber is a handful of changes. The states come from the domain itself: each event is
@@ -135,18 +137,18 @@ class TimelineBuilder:
                 changes.append([self._index[processid], node.state])
             if self._parents.get(processid) != node.parents:
                 self._link(processid, node.parents, index, entry.event)
-        event: dict[str, Any] = {
-            "seq": entry.sequence,
-            "us": int(entry.time.timestamp() * 1_000_000),
-            "kind": entry.kind,
-            "actorname": entry.actorname,
-            "summary": entry.summary,
-            "graphstate": graph.state,
-            "changes": changes,
-        }
-        if not entry.actorname:
-            event["actor"] = entry.actor
-        self.events.append(event)
+        self.events.append(
+            {
+                "seq": entry.sequence,
+                "us": int(entry.time.timestamp() * 1_000_000),
+                "kind": entry.kind,
+                "actor": entry.actor,
+                "actorname": entry.actorname,
+                "summary": entry.summary,
+                "graphstate": graph.state,
+                "changes": changes,
+            }
+        )
 
     def _link(self, processid: str, parents: list[str], index: int, event: GraphEvent) -> None:
         """Records the edges into ``processid`` that ``event`` made or removed. Parents
@@ -180,14 +182,33 @@ class TimelineBuilder:
         after its last event; empty lists before any entry. Its lists are copies (an
         edge's ``died`` may change later), so it does not change as the builder goes on."""
         graph = self.graph
+        kinds: dict[str, int] = {}
+        actors: dict[tuple[str, str], int] = {}
+        events = [
+            [
+                event["seq"],
+                event["us"],
+                kinds.setdefault(event["kind"], len(kinds)),
+                actors.setdefault((event["actor"], event["actorname"]), len(actors)),
+                event["summary"],
+                event["graphstate"],
+                event["changes"],
+            ]
+            for event in self.events
+        ]
         return {
             "processgraphid": graph.processgraphid if graph else "",
             "colonyname": graph.colonyname if graph else "",
             "state": graph.state if graph else 0,
             "origin": graph.origin if graph else "",
             "nodes": list(self.nodes),
-            "edges": [dict(edge) for edge in self.edges],
-            "events": list(self.events),
+            "edges": [
+                [e["from"], e["to"], e["born"], e["died"], int(e["kind"] == "add_child")]
+                for e in self.edges
+            ],
+            "kinds": list(kinds),
+            "actors": [list(actor) for actor in actors],
+            "events": events,
         }
 
 

@@ -190,13 +190,15 @@ class GraphView {
   }
 
   load(timeline) {
-    // the server names nodes by their index in `nodes` (a compact document): use ids
+    // unpack the server's compact document (colonies_es/ui/timeline.py): nodes by index
     const ids = timeline.nodes.map((n) => n.id);
-    for (const e of timeline.edges) { e.from = ids[e.from]; e.to = ids[e.to]; }
-    for (const ev of timeline.events) {
-      for (const change of ev.changes) change[0] = ids[change[0]];
-      ev.time = new Date(ev.us / 1000).toISOString().replace("Z", "+00:00");
-    }
+    timeline.edges = timeline.edges.map(([from, to, born, died, addChild]) =>
+      ({ from: ids[from], to: ids[to], born, died, kind: addChild ? "add_child" : "dependency" }));
+    timeline.events = timeline.events.map(([seq, us, kind, actor, summary, graphstate, changes]) =>
+      ({ seq, kind: timeline.kinds[kind], actor: timeline.actors[actor][0],
+        actorname: timeline.actors[actor][1], summary, graphstate,
+        time: new Date(us / 1000).toISOString().replace("Z", "+00:00"),
+        changes: changes.map(([node, state]) => [ids[node], state]) }));
     this.timeline = timeline;
     this.events = timeline.events;
     this.nodes = new Map(timeline.nodes.map((n) => [n.id, n]));
