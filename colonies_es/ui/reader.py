@@ -108,6 +108,8 @@ class Reader:
         self._nc: NATS | None = None
         self._timelines: OrderedDict[str, TimelineBuilder] = OrderedDict()
         self._refreshing: dict[str, asyncio.Lock] = {}
+        self._warming: set[asyncio.Task[None]] = set()
+        """Timelines being built ahead of the page's request (:meth:`warm`)."""
 
     # ------------------------------------------------------------------ colony pages
 
@@ -139,6 +141,11 @@ class Reader:
             "graphs": [_graph_row(graph) for graph in recent],
             "executors": rows,
         }
+
+    async def check_member(self, colonyname: str) -> None:
+        """Raises ColoniesError(403) unless the caller is a member of the colony (one
+        query: its stats)."""
+        await self._query(self.queries.stats, colonyname)
 
     async def graph_list(
         self, colonyname: str, state: str = "", search: str = "", page: int = 0
@@ -206,6 +213,20 @@ class Reader:
                 self._timelines.popitem(last=False)
             # taken under the lock: a later refresh (in a worker thread) does not change it
             return Timeline(builder.to_json(), list(builder.entries))
+
+    def warm(self, processgraphid: str) -> None:
+        """Starts building the graph's timeline now, while the browser loads the page
+        that will ask for it (its request then waits for this one). The task is the
+        reader's: :meth:`close` cancels it; a failure is the page's request's to report."""
+        task = asyncio.get_running_loop().create_task(self._warm(processgraphid))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, processgraphid: str) -> None:
+        try:
+            await self.timeline(processgraphid)
+        except (ColoniesError, ColoniesConnectionError, ReplayError) as error:
+            log.info("timeline of %s not built ahead: %s", processgraphid, error)
 
     async def timeline_json(self, processgraphid: str) -> dict[str, Any]:
         """:meth:`timeline` as JSON, with the failure's details when the graph FAILED."""
@@ -354,7 +375,11 @@ class Reader:
         return nc
 
     async def close(self) -> None:
-        """Closes the connections and the query client's thread."""
+        """Stops the timelines being built ahead, closes the connections and the query
+        client's thread."""
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         await self.client.disconnect()
         if self._nc is not None:
             await self._nc.close()

@@ -209,12 +209,14 @@ async def _colony_page(request: web.Request) -> web.Response:
     reader = request.app[_READER]
     colonyname = request.match_info.get("colony") or request.query.get("colony", "")
     colonyname = colonyname or reader.identity.colonyname
-    await reader.overview(colonyname)  # 403 for a colony the user is not a member of
+    await reader.check_member(colonyname)  # a 403 page for another colony's
     return _shell(request, colonyname)
 
 
 async def _graph_page(request: web.Request) -> web.Response:
-    graph = await request.app[_READER].graph(request.match_info["graphid"])
+    reader = request.app[_READER]
+    graph = await reader.graph(request.match_info["graphid"])
+    reader.warm(graph.processgraphid)  # the page asks for the timeline next
     return _shell(request, graph.colonyname)
 
 
