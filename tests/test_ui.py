@@ -338,11 +338,40 @@ def test_a_member_of_another_colony_sees_403_pages(
 
 
 def test_pages_need_the_access_token(dev: DevStack, seed: dict[str, str]) -> None:
-    for path in ("/", f"/graphs/{seed['basic']}", f"/api/graphs/{seed['basic']}/timeline"):
+    for path in (
+        "/",
+        f"/graphs/{seed['basic']}",
+        f"/api/graphs/{seed['basic']}/timeline",
+        "/?token=not-the-token",
+    ):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(dev.base + path, timeout=WAIT)
         assert refused.value.code == 401
         assert "token" in refused.value.read().decode()
+
+
+def test_a_change_from_another_site_is_refused(dev: DevStack, failed_graph: str) -> None:
+    request = urllib.request.Request(
+        f"{dev.base}/api/graphs/{failed_graph}/rerun",
+        method="POST",
+        headers={"Cookie": f"colonies_ui_token={dev.token}", "Origin": "http://evil.example"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=WAIT)
+    assert refused.value.code == 403
+    assert "own pages" in refused.value.read().decode()
+
+
+def test_an_exposed_ui_says_what_it_exposes(dev: DevStack, tmp_path: Path) -> None:
+    ui = UiProcess(dev.env, tmp_path / "ui.log", "--ui-host", "0.0.0.0", "--expose")
+    try:
+        link = ui.wait_ready()
+        assert link.startswith("http://0.0.0.0:")
+        said = (tmp_path / "ui.log").read_text()
+        assert "warning: the UI listens on 0.0.0.0" in said
+        assert "re-run its failed graphs" in said
+    finally:
+        ui.stop()
 
 
 def test_the_server_refuses_a_non_local_bind_unless_told() -> None:
