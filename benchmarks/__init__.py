@@ -9,6 +9,7 @@ GROUPS: dict[str, str] = {
     "store": "The event store (recorder) against raw nats-py JetStream",
     "crypto": "Signing and checking commands (no server)",
     "engine": "The engine end to end: throughput and claim latency with 4 executor processes",
+    "gateway": "pycolonies via the ColonyOS gateway beside the native client: throughput, assign",
     "timetravel": "Time travel: replaying one graph costs its own length, not the log's",
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
     "projector": "The projector rebuilding its view from the log, against a raw replay",

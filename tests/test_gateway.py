@@ -61,7 +61,7 @@ def pyc(gateway: GatewayProcess) -> PyColonies:
 
 def register(pyc: PyColonies, colony: ColonyHandle, executortype: str, approve: bool = True) -> str:
     """A new executor registered (and approved) through pycolonies; its private key."""
-    key = PyCrypto().prvkey()
+    key: str = PyCrypto().prvkey()
     name = f"pyc-{uuid.uuid4().hex[:8]}"
     pyc.add_executor(
         {
