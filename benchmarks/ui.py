@@ -18,7 +18,9 @@ answer is included):
 - ``step``: one click of "next event" or "previous event", until the browser has
   painted the result (``requestAnimationFrame`` then a task), :data:`STEPS` of each
   direction; ``jump``: the slider moved to a random event, as many times.
-- for reference, the timeline's JSON: its size and the server's time to answer.
+- for reference, the timeline's JSON: its size and the server's time to answer (warm);
+  and where a cold open's time goes: when the page's script started, when the timeline
+  arrived (the rest is drawing).
 
 The harness's table shows each latency as a rate (one per latency, per second); the
 latencies themselves, in ms, are printed after the runs and kept in the JSON
@@ -209,6 +211,8 @@ def _measure(
         both = steps["next"] + steps["prev"]
         _latency(report, "first_render_cold", "first render, cold", cold["firstRender"])
         _latency(report, "interactive_cold", "interactive, cold", cold["interactive"])
+        _latency(report, "script_cold", "cold: page script running", cold["started"])
+        _latency(report, "arrived_cold", "cold: timeline arrived", cold["timelineArrived"])
         _latency(report, "first_render_warm", "first render, warm", warm["firstRender"])
         _latency(report, "interactive_warm", "interactive, warm", warm["interactive"])
         _latency(report, "timeline_answer", "timeline JSON answered (warm)", answer_ms)

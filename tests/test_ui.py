@@ -330,8 +330,10 @@ def test_a_member_of_another_colony_sees_403_pages(
             assert response is not None
             assert response.status == 403, path
             expect(tab.locator(".error-message")).to_contain_text("member")
-        api = tab.request.get(f"{base}/api/graphs/{seed['basic']}/timeline")
-        assert api.status == 403
+        for api in ("timeline", "live", "audit", f"processes/{'0' * 64}"):
+            answer = tab.request.get(f"{base}/api/graphs/{seed['basic']}/{api}")
+            assert answer.status == 403, api
+            assert "member" in answer.json()["error"]
         tab.close()
     finally:
         ui.stop()
@@ -348,6 +350,9 @@ def test_pages_need_the_access_token(dev: DevStack, seed: dict[str, str]) -> Non
             urllib.request.urlopen(dev.base + path, timeout=WAIT)
         assert refused.value.code == 401
         assert "token" in refused.value.read().decode()
+    # the page's own code and style are no secret (the 401 page uses them)
+    with urllib.request.urlopen(dev.base + "/static/app.css", timeout=WAIT) as style:
+        assert style.status == 200
 
 
 def test_a_change_from_another_site_is_refused(dev: DevStack, failed_graph: str) -> None:

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from colonies_es.client import ColoniesConnectionError, ColoniesError
 from colonies_es.models import to_dict
+from colonies_es.projections.timetravel import ReplayError
 from colonies_es.ui.reader import Reader
 
 __all__ = ["TOKEN_COOKIE", "UiBindError", "build_app", "check_bind", "is_loopback"]
@@ -123,6 +124,10 @@ def _static_dir() -> Path:
 
 @web.middleware
 async def _token_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests need the token (module docstring); the static files are the package's
+    own code and style, served to anyone (the 401 page is styled with them)."""
+    if request.path.startswith("/static/"):
+        return await handler(request)
     token = request.app[_TOKEN]
     offered = request.query.get("token")
     if offered is not None and secrets.compare_digest(offered, token):
@@ -132,14 +137,14 @@ async def _token_guard(request: web.Request, handler: Handler) -> web.StreamResp
         raise response
     cookie = request.cookies.get(TOKEN_COOKIE, "")
     if not secrets.compare_digest(cookie, token):
-        raise _failure(
+        return _failure(
             request,
             401,
             "this page needs the access token: open the link `colonies ui` printed "
             "(it ends with ?token=...)",
         )
     if request.method != "GET" and not _same_origin(request):
-        raise _failure(request, 403, "changes are accepted from the UI's own pages only")
+        return _failure(request, 403, "changes are accepted from the UI's own pages only")
     return await handler(request)
 
 
@@ -165,7 +170,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _failure(request, 500, "internal error (see the server's log)")
 
 
-def _failure(request: web.Request, status: int, message: str) -> web.HTTPException:
+def _failure(request: web.Request, status: int, message: str) -> web.Response:
     """An error as JSON for the API, as a page for everything else."""
     if request.path.startswith("/api/"):
         body = json.dumps({"status": status, "error": message})
@@ -173,13 +178,7 @@ def _failure(request: web.Request, status: int, message: str) -> web.HTTPExcepti
     else:
         body = _ERROR_PAGE.format(status=status, message=html.escape(message))
         content_type = "text/html"
-    return _http(status, body, content_type)
-
-
-def _http(status: int, body: str, content_type: str) -> web.HTTPException:
-    error = web.HTTPException(text=body, content_type=content_type)
-    error.set_status(status)
-    return error
+    return web.Response(status=status, text=body, content_type=content_type)
 
 
 _ERROR_PAGE = """<!doctype html>
@@ -263,13 +262,19 @@ async def _rerun(request: web.Request) -> web.Response:
 
 async def _live(request: web.Request) -> web.StreamResponse:
     """Server-sent events: ``data: {"sequence": N}`` each time the graph gets events
-    (the first at once), a comment line when idle."""
-    reader = request.app[_READER]
-    follower = reader.follow(request.match_info["graphid"], idle=_KEEPALIVE)
+    (the first at once), a comment line when idle. Membership is checked before the
+    stream opens (a refusal is an error response); the stream ends when the page goes
+    away or the graph can no longer be read."""
+    graphid = request.match_info["graphid"]
+    follower = request.app[_READER].follow(graphid, idle=_KEEPALIVE)
     try:
-        first = await anext(follower)  # membership checked before the stream opens
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        response.headers["Cache-Control"] = "no-cache"
+        first = await anext(follower)
+    except BaseException:
+        await follower.aclose()
+        raise
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    response.headers["Cache-Control"] = "no-cache"
+    try:
         await response.prepare(request)
         await _send(response, {"sequence": first})
         async for sequence in follower:
@@ -277,8 +282,8 @@ async def _live(request: web.Request) -> web.StreamResponse:
                 await response.write(b": idle\n\n")
             else:
                 await _send(response, {"sequence": sequence})
-    except (ConnectionResetError, ColoniesConnectionError) as error:
-        log.info("live stream of %s ended: %s", request.match_info["graphid"], error)
+    except (ConnectionResetError, ColoniesError, ColoniesConnectionError, ReplayError) as error:
+        log.info("live stream of %s ended: %s", graphid, error)
     finally:
         await follower.aclose()
     return response

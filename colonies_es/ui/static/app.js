@@ -165,6 +165,7 @@ async function listPage(params) {
 
 async function graphPage(graphid, at) {
   const timeline = await api(`/api/graphs/${graphid}/timeline`);
+  timings.timelineArrived = performance.now();
   const view = new GraphView(graphid, timeline);
   view.render();
   const start = at !== null ? view.indexOfSequence(Number(at)) : view.events.length - 1;
