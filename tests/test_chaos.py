@@ -8,7 +8,7 @@
   reports exactly the lost closes.
 
 - With ``sync_interval: always`` (the variant the harness writes is checked on the
-  server's own /varz), nats-server killed twice loses nothing acknowledged.
+  server's own /varz), a nats-server killed mid-run loses nothing acknowledged.
 
 A long run is a slow soak test (``pytest -m slow tests/test_chaos.py``); the benchmark
 group ``python -m benchmarks chaos`` reports the figures of a 200-fault run.
@@ -50,9 +50,9 @@ def test_a_short_run_with_every_kind_of_fault_has_no_anomaly(tmp_path: Path) -> 
 def test_nats_server_killed_with_sync_always_loses_no_acknowledged_event(
     tmp_path: Path,
 ) -> None:
-    result = run_chaos(2, sync="always", kinds=["nats"], interval=(1.0, 2.0), directory=tmp_path)
+    result = run_chaos(1, sync="always", kinds=["nats"], interval=(2.0, 3.0), directory=tmp_path)
 
-    assert [fault.kind for fault in result.faults] == ["nats", "nats"]
+    assert [fault.kind for fault in result.faults] == ["nats"]
     assert result.check.anomalies == [], result.summary()
     assert result.check.acknowledged["close"] > 0
 

@@ -38,6 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--executors", type=int, default=2, help="executor processes")
     parser.add_argument(
+        "--engines",
+        type=int,
+        default=1,
+        help="engine replicas in the queue group; engine faults kill each in turn",
+    )
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        metavar="NODES",
+        help="run NATS as a cluster of NODES servers with streams of NODES replicas "
+        "(nats faults kill a node); default 1, a single server",
+    )
+    parser.add_argument(
         "--interval",
         type=float,
         nargs=2,
@@ -50,8 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
-    if args.rounds < 0 or args.executors < 1 or not kinds or set(kinds) - set(FAULT_KINDS):
-        parser.error(f"--rounds >= 0, --executors >= 1, --kinds among {','.join(FAULT_KINDS)}")
+    if (
+        min(args.rounds + 1, args.executors, args.engines, args.cluster) < 1
+        or not kinds
+        or set(kinds) - set(FAULT_KINDS)
+    ):
+        parser.error(
+            "--rounds >= 0; --executors, --engines, --cluster >= 1; "
+            f"--kinds among {','.join(FAULT_KINDS)}"
+        )
     try:
         result = run_chaos(
             args.rounds,
@@ -60,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             executors=args.executors,
             interval=tuple(args.interval),
             kinds=kinds,
+            engines=args.engines,
+            nodes=args.cluster,
             directory=args.dir,
         )
     except (RuntimeError, TimeoutError) as error:

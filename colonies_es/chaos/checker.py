@@ -23,6 +23,7 @@ the journals of acknowledged commands (:mod:`.journal`), and reports an
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
+from eventsourcing.persistence import OperationalError
 
 from colonies_es.chaos.stack import dump_view
 from colonies_es.chaos.workload import expected_output, expected_result
@@ -48,9 +51,20 @@ from colonies_es.projections.history import Untrusted, decode_event, sealer_of
 from colonies_es.states import ProcessState
 from colonies_es.store.jetstream import JetStreamLog
 
-__all__ = ["Anomaly", "CheckReport", "LoggedEvent", "check_audit", "check_log", "check_views"]
+__all__ = [
+    "Anomaly",
+    "CheckReport",
+    "LoggedEvent",
+    "check_audit",
+    "check_log",
+    "check_views",
+    "read_and_check",
+    "unfinished_graphs",
+]
 
 STREAM = "COLONIES"
+READ_ATTEMPTS = 5
+"""Reads of the whole log tried before giving up (a server may not answer for a moment)."""
 _CHUNK = 1000
 
 
@@ -110,11 +124,11 @@ class LoggedEvent:
 # ------------------------------------------------------------------------------ the log
 
 
-async def read_log(url: str, seal_key: str, report: CheckReport) -> list[LoggedEvent]:
+async def read_log(servers: Sequence[str], seal_key: str, report: CheckReport) -> list[LoggedEvent]:
     """Every event of the log in stream order; a message that is not one of the engine's
     sealed events is an anomaly (nobody else writes in a harness run)."""
     sealer = sealer_of(seal_key)
-    nc = await nats.connect(url)
+    nc = await nats.connect(list(servers))
     try:
         reader = JetStreamLog(nc, STREAM, lambda message: None)
         events: list[LoggedEvent] = []
@@ -292,9 +306,16 @@ def _check_results(aggregates: dict[str, AuditedAggregate], report: CheckReport)
         report.graphs += 1
         graph = aggregate.processgraphid[:16]
         if aggregate.state != ProcessState.SUCCESS:
+            failed = [
+                f"{node.nodename} {ProcessState(node.state).name} after {node.attempt} "
+                f"attempt(s): {node.errors[-3:]}"
+                for node in aggregate.nodes.values()
+                if node.state != ProcessState.SUCCESS
+            ]
             report.add(
                 "unfinished",
-                f"the graph ended {ProcessState(aggregate.state).name}, not SUCCESS",
+                f"the graph ended {ProcessState(aggregate.state).name}, not SUCCESS; "
+                + "; ".join(failed),
                 graph,
             )
             continue
@@ -340,11 +361,13 @@ def check_views(victim: Path, fresh: Path, report: CheckReport) -> None:
             )
 
 
-def check_audit(url: str, authorities: Authorities, seal_key: str, report: CheckReport) -> None:
+def check_audit(
+    servers: Sequence[str], authorities: Authorities, seal_key: str, report: CheckReport
+) -> None:
     """``colonies audit verify`` over the whole log: every finding is an anomaly."""
 
     async def audit() -> None:
-        nc = await nats.connect(url)
+        nc = await nats.connect(list(servers))
         try:
             result = await verify_log(nc, authorities, seal_key)
         finally:
@@ -356,9 +379,31 @@ def check_audit(url: str, authorities: Authorities, seal_key: str, report: Check
     asyncio.run(audit())
 
 
-def read_and_check(url: str, seal_key: str, records: Sequence[dict[str, Any]]) -> CheckReport:
+def read_and_check(
+    servers: Sequence[str], seal_key: str, records: Sequence[dict[str, Any]]
+) -> CheckReport:
     """:func:`read_log` then :func:`check_log`, in a new report."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        report = CheckReport()
+        try:
+            events = asyncio.run(read_log(servers, seal_key, report))
+        except (OperationalError, nats.errors.Error, OSError):
+            if attempt == READ_ATTEMPTS:
+                raise
+            time.sleep(1.0)  # a cluster node coming back: read again
+            continue
+        check_log(events, records, report)
+        return report
+    raise AssertionError("unreachable")
+
+
+def unfinished_graphs(servers: Sequence[str], seal_key: str) -> list[str]:
+    """The ids of the graphs the log shows neither SUCCESS, FAILED nor CANCELLED."""
     report = CheckReport()
-    events = asyncio.run(read_log(url, seal_key, report))
-    check_log(events, records, report)
-    return report
+    aggregates = _replay(asyncio.run(read_log(servers, seal_key, report)), report)
+    ended = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
+    return [
+        graph.processgraphid
+        for graph in aggregates.values()
+        if isinstance(graph, ProcessGraph) and graph.state not in ended
+    ]

@@ -39,9 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
+from eventsourcing.persistence import OperationalError
 
 from colonies_es import crypto
-from colonies_es.chaos.checker import CheckReport, check_audit, check_views, read_and_check
+from colonies_es.chaos.checker import (
+    CheckReport,
+    check_audit,
+    check_views,
+    read_and_check,
+    unfinished_graphs,
+)
 from colonies_es.chaos.journal import Journal, JournalingColonies, read_journals
 from colonies_es.chaos.stack import ENGINE_COMMAND, ChaosStack, Keys, view_position
 from colonies_es.chaos.workload import SHAPES, make_workflow
@@ -60,7 +68,8 @@ __all__ = [
 
 FAULT_KINDS = ("engine", "executor", "projector", "nats")
 DRAIN_TIMEOUT = 180.0
-"""Seconds to wait, after the last fault, for every graph to end."""
+"""Seconds to wait, after the last fault, for every graph in the log to end (then the
+checker reports those still running)."""
 RECOVERY_TIMEOUT = 120.0
 
 
@@ -154,7 +163,7 @@ class _Submitter(threading.Thread):
     ) -> None:
         super().__init__(name="chaos-submitter", daemon=True)
         self.stack = stack
-        self.client = JournalingColonies(journal, servers=[stack.url], timeout=3.0)
+        self.client = JournalingColonies(journal, servers=stack.servers, timeout=3.0)
         self.shapes = [rng.choice(SHAPES) for _ in range(10_000)]
         self.in_flight = in_flight
         self.stop = threading.Event()
@@ -207,6 +216,8 @@ def run_chaos(
     downtime: tuple[float, float] = (0.0, 1.0),
     kinds: Sequence[str] = FAULT_KINDS,
     duration: float = 0.0,
+    engines: int = 1,
+    nodes: int = 1,
     directory: Path | None = None,
     engine_command: Sequence[str] = ENGINE_COMMAND,
     progress: Callable[[str], Any] = print,
@@ -216,7 +227,10 @@ def run_chaos(
     ``sync`` is ``"default"`` (the shipped nats.conf) or ``"always"`` (the same with
     ``sync_interval: always``). Faults come every ``interval`` seconds (a random time
     in that range) and keep their component down for ``downtime`` seconds; workflows
-    are submitted until the last fault, and for at least ``duration`` seconds. Files (logs,
+    are submitted until the last fault, and for at least ``duration`` seconds. ``engines``
+    engines serve the queue group (an engine fault kills each in turn); with ``nodes`` > 1
+    NATS is a cluster of that many nodes with streams of as many replicas (a nats fault
+    kills a node chosen at random). Files (logs,
     journals, the server's store) go to ``directory``, a temporary one if None.
     """
     if seed is None:
@@ -231,7 +245,14 @@ def run_chaos(
         config = shipped_nats_config() if sync == "default" else sync_always_config(base)
         rng = random.Random(seed)
         stack = ChaosStack(
-            base, config, f"chaos{seed}", executors, Keys(), engine_command=engine_command
+            base,
+            config,
+            f"chaos{seed}",
+            executors,
+            Keys(),
+            engine_command=engine_command,
+            engines=engines,
+            nodes=nodes,
         )
         result = ChaosResult(seed, sync)
         try:
@@ -256,10 +277,12 @@ def _run(
     progress: Callable[[str], Any],
 ) -> None:
     stack.start_nats()
-    stack.start_engine()
-    prober = Colonies(servers=[stack.url], timeout=2.0)
+    stack.start_engine(1)
+    prober = Colonies(servers=stack.servers, timeout=2.0)
     try:
         _add_colony(prober, stack)
+        for number in range(2, len(stack.engines) + 1):  # replicas, once the colony exists
+            stack.start_engine(number)
         stack.start_projector()
         stack.start_executors()
         journal = Journal(stack.journal_dir / "submitter.jsonl")
@@ -270,7 +293,9 @@ def _run(
             schedule = fault_schedule(rng, kinds, rounds)
             for number, kind in enumerate(schedule, 1):
                 time.sleep(rng.uniform(*interval))
-                fault = _inject(stack, prober, rng, kind, downtime, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                turn = schedule[:number].count(kind) - 1
+                fault = _inject(stack, prober, rng, kind, turn, downtime, elapsed)
                 result.faults.append(fault)
                 progress(
                     f"fault {number}/{rounds}: {fault.target} killed at {fault.at:.1f} s, down "
@@ -286,11 +311,11 @@ def _run(
         result.submitted = len(submitter.submitted)
         result.submit_failures = submitter.failures
         progress("faults done: waiting for every graph to end")
-        _drain(prober, stack)
+        _drain(stack)
         result.minutes = (time.monotonic() - started) / 60
-        for executor in stack.executors:
-            executor.stop()
-        result.check = _check(stack, prober, progress)
+        for component in [*stack.executors, *stack.engines]:  # the log is still from here
+            component.stop()
+        result.check = _check(stack, progress)
     finally:
         prober.disconnect()
 
@@ -316,6 +341,7 @@ def _inject(
     prober: Colonies,
     rng: random.Random,
     kind: str,
+    turn: int,
     downtime: tuple[float, float],
     at: float,
 ) -> Fault:
@@ -323,13 +349,13 @@ def _inject(
     random moment, restarts it and measures its recovery."""
     down = rng.uniform(*downtime)
     if kind == "engine":
-        assert stack.engine is not None
-        stack.engine.kill()
+        engine = stack.engines[turn % len(stack.engines)]  # every replica in turn
+        engine.kill()
         time.sleep(down)
         restarted = time.monotonic()
-        stack.engine.start()
+        engine.start()
         _until_engine_answers(prober, stack)
-        return Fault(kind, "engine", at, down, time.monotonic() - restarted)
+        return Fault(kind, engine.name, at, down, time.monotonic() - restarted)
     if kind == "executor":
         executor = rng.choice(stack.executors)
         executor.kill()
@@ -342,16 +368,18 @@ def _inject(
         stack.projector.kill()
         time.sleep(down)
         restarted = time.monotonic()
-        target = _last_sequence(stack.url)
+        target = _last_sequence(stack.servers)
         stack.projector.start()
         _until(lambda: view_position(stack.view) >= target, "the projector caught up")
         return Fault(kind, "projector", at, down, time.monotonic() - restarted)
-    stack.nats.kill()
+    node = rng.randrange(len(stack.nats))
+    stack.nats[node].kill()
     time.sleep(down)
     restarted = time.monotonic()
-    stack.start_nats()
+    stack.restart_nats(node)
     _until_engine_answers(prober, stack)
-    return Fault(kind, "nats-server", at, down, time.monotonic() - restarted)
+    name = "nats-server" if len(stack.nats) == 1 else f"nats-node-{node + 1}"
+    return Fault(kind, name, at, down, time.monotonic() - restarted)
 
 
 def _until(condition: Callable[[], bool], what: str, timeout: float = RECOVERY_TIMEOUT) -> None:
@@ -373,9 +401,9 @@ def _until_engine_answers(prober: Colonies, stack: ChaosStack) -> None:
     _until(answers, "the engine answers")
 
 
-def _last_sequence(url: str) -> int:
+def _last_sequence(servers: list[str]) -> int:
     async def ask() -> int:
-        nc = await nats.connect(url)
+        nc = await nats.connect(servers)
         try:
             return int((await nc.jetstream().stream_info("COLONIES")).state.last_seq)
         finally:
@@ -384,29 +412,32 @@ def _last_sequence(url: str) -> int:
     return asyncio.run(ask())
 
 
-def _drain(prober: Colonies, stack: ChaosStack) -> None:
-    """Waits until no graph of the colony is WAITING or RUNNING."""
-    owner = stack.keys.colony_owner
+def _drain(stack: ChaosStack) -> None:
+    """Waits until every graph in the log has ended, read from the log itself (an
+    engine's answer could lag behind it).
 
-    def all_ended() -> bool:
+    Gives up after :data:`DRAIN_TIMEOUT` seconds: the checker reports the graphs still
+    running as anomalies.
+    """
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while True:
         try:
-            return not any(
-                prober.get_processgraphs(stack.colonyname, 1, owner, state)
-                for state in (ProcessState.WAITING, ProcessState.RUNNING)
-            )
-        except (ColoniesConnectionError, ColoniesError):
-            return False
+            if not unfinished_graphs(stack.servers, stack.keys.seal_key):
+                return
+        except (OperationalError, nats.errors.Error, OSError):
+            pass  # the log could not be read just now (a node coming back): look again
+        if time.monotonic() > deadline:
+            return
+        time.sleep(1.0)
 
-    _until(all_ended, "every graph ended", DRAIN_TIMEOUT)
 
-
-def _check(stack: ChaosStack, prober: Colonies, progress: Callable[[str], Any]) -> CheckReport:
+def _check(stack: ChaosStack, progress: Callable[[str], Any]) -> CheckReport:
     """The checker, once the log is still: journals, results, views, audit."""
     records, torn = read_journals(stack.journals)
     progress(f"checking the log against {len(records)} acknowledged commands")
-    report = read_and_check(stack.url, stack.keys.seal_key, records)
+    report = read_and_check(stack.servers, stack.keys.seal_key, records)
     report.torn_journal_lines = torn
-    end = _last_sequence(stack.url)
+    end = _last_sequence(stack.servers)
     fresh = stack.projector_process(stack.directory / "fresh.sqlite", "fresh-projector")
     fresh.start()
     try:
@@ -422,5 +453,5 @@ def _check(stack: ChaosStack, prober: Colonies, progress: Callable[[str], Any]) 
         engine_id=crypto.id_from_private_key(stack.keys.engine),
         server_id=crypto.id_from_private_key(stack.keys.server),
     )
-    check_audit(stack.url, authorities, stack.keys.seal_key, report)
+    check_audit(stack.servers, authorities, stack.keys.seal_key, report)
     return report

@@ -1,5 +1,6 @@
-"""The stack the harness runs and breaks: a nats-server, the engine, a projector and
-executors, each its own OS process that can be SIGKILLed and started again.
+"""The stack the harness runs and breaks: a nats-server (or a cluster of them), the
+engines, a projector and executors, each its own OS process that can be SIGKILLed and
+started again.
 
 Every component is started as in production (``colonies server``, ``colonies projector``,
 the python executor) and is ready when it says so on its output (its "ready" line) or,
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from colonies_es import crypto
 from colonies_es.embedded import NatsServer
+from colonies_es.embedded_cluster import NatsCluster
 from colonies_es.projections.view import UPSTREAM
 
 __all__ = ["ChaosStack", "ChildProcess", "Keys", "dump_view", "view_position"]
@@ -113,8 +115,9 @@ class Keys:
 
 
 class ChaosStack:
-    """nats-server (with ``nats_config``), the engine, a projector and ``executors``
-    executors, with their files under ``directory``."""
+    """nats-server (with ``nats_config``; a cluster of ``nodes`` servers with streams of
+    as many replicas when ``nodes`` > 1), ``engines`` engines in the queue group, a
+    projector and ``executors`` executors, with their files under ``directory``."""
 
     def __init__(
         self,
@@ -124,48 +127,84 @@ class ChaosStack:
         executors: int,
         keys: Keys,
         engine_command: Sequence[str] = ENGINE_COMMAND,
+        *,
+        engines: int = 1,
+        nodes: int = 1,
     ) -> None:
         self.directory = directory
         self.keys = keys
         self.colonyname = colonyname
-        self.nats = NatsServer(directory / "jetstream", config=nats_config)
+        self.nats: list[NatsServer] = []
+        self.cluster: NatsCluster | None = None
+        if nodes > 1:
+            self.cluster = NatsCluster(directory / "cluster", nodes, config=nats_config)
+            self.nats = list(self.cluster.nodes)
+        else:
+            self.nats = [NatsServer(directory / "jetstream", config=nats_config)]
+        self.replicas = nodes
         self.engine_command = list(engine_command)
         self.journal_dir = directory / "journals"
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         self.view = directory / "view.sqlite"
-        self.engine: ChildProcess | None = None
+        self.engines = [self._engine_process(n, engines) for n in range(1, engines + 1)]
         self.projector: ChildProcess | None = None
         self.executors: list[ChildProcess] = []
         self._executor_keys = [crypto.new_private_key() for _ in range(executors)]
 
     @property
     def url(self) -> str:
-        return self.nats.url
+        """Every nats-server's client URL, comma separated."""
+        return ",".join(node.url for node in self.nats)
+
+    @property
+    def servers(self) -> list[str]:
+        return [node.url for node in self.nats]
 
     @property
     def journals(self) -> list[Path]:
         return sorted(self.journal_dir.glob("*.jsonl"))
 
     def start_nats(self) -> None:
-        """Starts nats-server (again after a kill: same port, same store)."""
-        self.nats.start(timeout=READY_TIMEOUT)
+        """Starts nats-server, or the cluster."""
+        if self.cluster is not None:
+            self.cluster.start(timeout=READY_TIMEOUT)
+        else:
+            self.nats[0].start(timeout=READY_TIMEOUT)
 
-    def start_engine(self) -> None:
+    def restart_nats(self, index: int) -> None:
+        """Starts node ``index`` again after a kill (same port, same store)."""
+        if self.cluster is not None:
+            self.cluster.restart(index, timeout=READY_TIMEOUT)
+        else:
+            self.nats[index].start(timeout=READY_TIMEOUT)
+
+    def _component_env(self) -> dict[str, str]:
+        return {
+            "COLONIES_EVENT_SEAL_KEY": self.keys.seal_key,
+            "COLONIES_STREAM_REPLICAS": str(self.replicas),
+        }
+
+    def _engine_process(self, number: int, engines: int) -> ChildProcess:
         env = {
+            **self._component_env(),
             "COLONIES_SERVER_ID": crypto.id_from_private_key(self.keys.server),
             "COLONIES_ENGINE_PRVKEY": self.keys.engine,
-            "COLONIES_EVENT_SEAL_KEY": self.keys.seal_key,
         }
         command = [*self.engine_command, "--nats", self.url]
-        self.engine = ChildProcess("engine", command, env, self.directory, "colonies engine ready")
-        self.engine.start()
+        name = "engine" if engines == 1 else f"engine{number}"
+        return ChildProcess(name, command, env, self.directory, "colonies engine ready")
+
+    def start_engine(self, number: int = 1) -> None:
+        """Starts engine ``number`` (1-based)."""
+        self.engines[number - 1].start()
 
     def projector_process(self, db: Path, name: str) -> ChildProcess:
         """A projector writing its view to ``db`` (not started)."""
         command = [sys.executable, "-m", "colonies_es.cli", "projector", "--nats", self.url]
         command += ["--db", str(db), "--batch-size", "20"]
-        env = {"COLONIES_EVENT_SEAL_KEY": self.keys.seal_key}
-        return ChildProcess(name, command, env, self.directory, "colonies projector ready")
+        return ChildProcess(
+            name, command, self._component_env(), self.directory, "colonies projector ready"
+        )
 
     def start_projector(self) -> None:
         self.projector = self.projector_process(self.view, "projector")
@@ -187,10 +226,11 @@ class ChaosStack:
 
     def stop(self) -> None:
         """Stops everything, executors first, nats-server last."""
-        for component in [*self.executors, self.projector, self.engine]:
+        for component in [*self.executors, self.projector, *self.engines]:
             if component is not None:
                 component.stop()
-        self.nats.stop()
+        for node in reversed(self.nats):
+            node.stop()
 
 
 def view_position(db: Path) -> int:

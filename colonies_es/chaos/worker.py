@@ -32,7 +32,7 @@ REGISTER_PATIENCE = 60.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m colonies_es.chaos.worker")
-    parser.add_argument("--nats", required=True, help="NATS URL")
+    parser.add_argument("--nats", required=True, help="NATS URL(s), comma separated")
     parser.add_argument("--colony", required=True, help="colony name")
     parser.add_argument("--name", required=True, help="executor name")
     parser.add_argument("--journal", required=True, type=Path, help="journal file (appended)")
@@ -41,7 +41,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     journal = Journal(args.journal)
-    client = JournalingColonies(journal, servers=[args.nats], timeout=3.0)
+    servers = [url.strip() for url in args.nats.split(",") if url.strip()]
+    client = JournalingColonies(journal, servers=servers, timeout=3.0)
     executor = PythonExecutor(
         client,
         args.colony,
