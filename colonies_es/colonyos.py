@@ -18,8 +18,10 @@ Replays. A ColonyOS message carries no nonce and no time stamp, and legitimate c
 byte-identical envelopes on purpose (an executor's ``assign`` loop; the deterministic
 signature of two identical submissions), so nothing here can tell a replay from a repeat.
 Such commands get what ColonyOS gives them: no replay protection beyond the transport
-(TLS to the gateway, NATS authorization behind it). Their VerifiedCommand has ``nonce ""``
-and ``ts 0``: the engine's replay guard skips them and the audit checks neither freshness
+(TLS to the gateway, NATS authorization behind it). Each opening of an envelope is a new
+command: its VerifiedCommand gets a fresh random ``nonce`` and ``ts`` = the time it was
+opened, so the engine never takes one for the retry of another (two identical
+submissions are two processes, as in ColonyOS), and the audit checks neither freshness
 nor uniqueness for them. Retrying is therefore only safe for reads; the gateway never
 retries a command on its own.
 """
@@ -30,6 +32,8 @@ import base64
 import binascii
 import hashlib
 import json
+import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -120,14 +124,15 @@ def is_colonyos_command(stored: bytes) -> bool:
 _decode_envelope = msgspec.json.Decoder(ColonyOSEnvelope).decode
 
 
-def open_envelope(data: bytes) -> VerifiedCommand:
+def open_envelope(data: bytes, now: float | None = None) -> VerifiedCommand:
     """Verify a ColonyOS envelope and translate it into one of the engine's commands.
 
     Returns a VerifiedCommand whose ``caller_id`` is the recovered signer, ``op`` and
-    ``body`` the engine op and its JSON body, ``nonce`` empty and ``ts`` 0 (see the
-    module's note on replays), ``payload_digest`` the SHA3-256 of the base64 payload and
-    ``command`` the envelope. Raises ``CommandRejected``: 400 for an envelope or message
-    that does not parse or does not fit its type, or a ``msgtype`` that differs from
+    ``body`` the engine op and its JSON body, ``nonce`` fresh and random and ``ts`` ``now``
+    (default: the clock; see the module's note on replays), ``payload_digest`` the
+    SHA3-256 of the base64 payload and ``command`` the envelope. Raises
+    ``CommandRejected``: 400 for an envelope or message that does not parse or does not
+    fit its type, or a ``msgtype`` that differs from
     ``payloadtype``; 403 for a bad signature or an unknown ``payloadtype`` (as ColonyOS);
     501 for a ColonyOS message this system does not implement.
     """
@@ -159,8 +164,8 @@ def open_envelope(data: bytes) -> VerifiedCommand:
         caller_id=caller_id,
         op=op,
         body=msgspec.Raw(msgspec.json.encode(body)),
-        nonce="",
-        ts=0.0,
+        nonce=secrets.token_hex(16),
+        ts=time.time() if now is None else now,
         payload_digest=hashlib.sha3_256(received.payload.encode("ascii")).hexdigest(),
         command=received,
     )

@@ -265,8 +265,8 @@ class VerifiedCommand(msgspec.Struct, frozen=True):
     ``payload_digest`` is the SHA3-256 hex of the signed payload bytes: a stable name for
     the command (audit, idempotency). ``command`` is the envelope as received, to be
     stored with the events it causes so they can be re-verified offline: a
-    :class:`SignedCommand`, or a ColonyOS envelope (:mod:`colonies_es.colonyos`, whose
-    commands have ``nonce ""`` and ``ts 0``: that protocol carries neither).
+    :class:`SignedCommand`, or a ColonyOS envelope (:mod:`colonies_es.colonyos`: that
+    protocol carries no nonce or time, so each opening gets a fresh nonce and its time).
     """
 
     caller_id: str

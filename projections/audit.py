@@ -261,8 +261,9 @@ class Auditor:
         if not event.command:
             reasons.append("it has no signed command")
             return None
+        foreign = colonyos.is_colonyos_command(event.command)
         try:
-            if colonyos.is_colonyos_command(event.command):
+            if foreign:
                 command = colonyos.open_envelope(event.command)
             else:
                 command = crypto.authenticate(
@@ -280,7 +281,7 @@ class Auditor:
         if command.op not in CAUSES.get(type(event), frozenset()):
             reasons.append(f"its command is {command.op!r}, which cannot cause {kind}")
             return None
-        if command.nonce:  # ColonyOS envelopes carry no time and no nonce: see colonyos
+        if not foreign:  # ColonyOS envelopes carry no time and no nonce: see colonyos
             drift = abs(command.ts - event.timestamp.timestamp())
             if drift > self.max_skew:
                 reasons.append(f"its command was signed {drift:.0f} s away from the event's time")

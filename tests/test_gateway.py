@@ -212,6 +212,19 @@ def test_wait_returns_on_success_and_raises_on_failure_and_timeout(
         assert 0.9 < time.monotonic() - started < 10
 
 
+def test_identical_messages_are_separate_commands(stack: Stack, pyc: PyColonies) -> None:
+    """pycolonies signs deterministically: the same message twice is the same bytes, and
+    must still be two commands (two submissions, two assignments), never one retried."""
+    colony = stack.new_colony()
+    executor = register(pyc, colony, "twice")
+    spec = one_spec(colony, "twice")
+    first = pyc.submit_func_spec(spec, colony.owner_prvkey)
+    second = pyc.submit_func_spec(spec, colony.owner_prvkey)
+    assert first.processid != second.processid
+    assigned = {pyc.assign(colony.name, 5, executor).processid for _ in range(2)}
+    assert assigned == {first.processid, second.processid}
+
+
 def test_assign_waits_for_work_and_answers_404_when_none_comes(
     stack: Stack, pyc: PyColonies
 ) -> None:

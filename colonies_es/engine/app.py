@@ -251,7 +251,7 @@ class ColoniesApp(Application[str]):
         """Decides one signed command; never raises (errors become an Outcome)."""
         try:
             if op == colonyos.ENGINE_OP:  # a ColonyOS client's envelope, via the gateway
-                command = colonyos.open_envelope(data)  # no nonce to guard: see colonyos
+                command = colonyos.open_envelope(data, now)  # nothing to guard: see colonyos
                 op = command.op
                 body = command.decode_body(OPS[op])
             else:
