@@ -30,7 +30,9 @@ import msgspec
 
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
+from colonies_es.function_runner import FunctionRunner
 from colonies_es.models import Executor, Process, encode, func_spec
+from colonies_es.states import ProcessState
 
 __all__ = ["FunctionFailed", "PythonExecutor", "execute_function"]
 
@@ -44,6 +46,12 @@ BACKOFF_MAX = 5.0
 
 REPORT_PATIENCE = 60.0
 """Seconds to keep trying to deliver a result (close or fail) while no engine answers."""
+
+WATCH_AFTER = 0.5
+"""Seconds a function runs before the executor starts watching for its process to end
+elsewhere (cancelled, timed out)."""
+WATCH_SLICE = 5.0
+"""Seconds of each wait for the end of a watched process."""
 
 _REGISTER_ATTEMPTS = 5
 """Tries of add_executor when the colony changed concurrently (409 with the name free)."""
@@ -153,6 +161,56 @@ def _source_lines(filename: str, source: str) -> Iterator[None]:
         linecache.cache.pop(filename, None)
 
 
+class _EndWatcher:
+    """Learns when a running process ends by someone else's doing (cancelled, timed
+    out) from the engine's end notification, so that its function can be stopped.
+
+    Functions that end within :data:`WATCH_AFTER` seconds are never watched (no cost for
+    short functions); after that a thread waits on the process's end.
+    """
+
+    def __init__(self, client: Colonies, processid: str, prvkey: str) -> None:
+        self._client = client
+        self._processid = processid
+        self._prvkey = prvkey
+        self._done = threading.Event()
+        self._ended = threading.Event()
+        self.ended_as = ""
+        """The state it ended in (``"CANCELLED"``...), once it did."""
+        self._thread = threading.Thread(
+            target=self._watch, name=f"watch-{processid[:8]}", daemon=True
+        )
+        self._thread.start()
+
+    def ended_elsewhere(self) -> bool:
+        return self._ended.is_set()
+
+    def stop(self) -> None:
+        """The function is over: stop watching (the thread ends within a wait)."""
+        self._done.set()
+
+    def _watch(self) -> None:
+        if self._done.wait(WATCH_AFTER):
+            return
+        while not self._done.is_set():
+            try:
+                ended = self._client.wait(self._processid, WATCH_SLICE, self._prvkey)
+            except ColoniesError as error:
+                if error.status == 408:
+                    continue  # still running: wait again
+                if error.status == 404 and not self._done.is_set():  # removed
+                    self.ended_as = "removed"
+                    self._ended.set()
+                return
+            except ColoniesConnectionError:
+                self._done.wait(BACKOFF_FIRST)
+                continue
+            if not self._done.is_set():
+                self.ended_as = ProcessState(ended.state).name
+                self._ended.set()
+            return
+
+
 @dataclass(frozen=True)
 class _Running:
     funcname: str
@@ -204,11 +262,9 @@ class PythonExecutor:
         self.executorid = id_from_private_key(self.prvkey)
         self.executorname = name or f"{executortype}-{secrets.token_hex(4)}"
         self._colony_prvkey = colony_prvkey
-        self._globals: dict[str, Any] = {
-            "colonies": client,
-            "func_spec": func_spec,
-            "Crypto": Crypto,
-        }
+        self._child_globals = {"func_spec": func_spec, "Crypto": Crypto}
+        self._local = threading.local()
+        self._runners: list[FunctionRunner] = []
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._trouble: str | None = None
@@ -293,6 +349,7 @@ class PythonExecutor:
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._abandon_running()
+        self.close_runners()
 
     def _work(self, stop: threading.Event) -> None:
         """One worker: take a process and run it, until ``stop``; pause after a problem."""
@@ -369,15 +426,26 @@ class PythonExecutor:
         with self._lock:
             self._running[process.processid] = _Running(funcname, time.monotonic())
         started = time.perf_counter()
+        watcher = _EndWatcher(self.client, process.processid, self.prvkey)
         try:
-            output = execute_function(process, ctx, self._globals)
-            errors: list[str] = []
-        except FunctionFailed as failure:
-            output, errors = [], failure.errors
+            result = self._runner().run(process, ctx, watcher.ended_elsewhere)
         finally:
+            watcher.stop()
             duration = time.perf_counter() - started
             with self._lock:
                 self._running.pop(process.processid, None)
+        if result.stopped:
+            log.info(
+                "%s %s %s elsewhere: its function was stopped after %.3f s",
+                funcname,
+                process.processid[:8],
+                watcher.ended_as,
+                duration,
+            )
+            return
+        output, errors = result.output, result.errors
+        if result.printed:
+            self._deliver_log(process.processid, result.printed)
         outcome, problem = "SUCCESS", None
         if not errors:
             problem = self._deliver(self.client.close, process.processid, output)
@@ -391,6 +459,29 @@ class PythonExecutor:
             log.info("%s", line)
         else:
             log.warning("%s, but the engine did not take the report: %s", line, problem)
+
+    def _runner(self) -> FunctionRunner:
+        """The calling worker thread's function runner (made on its first use)."""
+        runner: FunctionRunner | None = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = FunctionRunner(self.client, self._child_globals)
+            with self._lock:
+                self._runners.append(runner)
+        return runner
+
+    def close_runners(self) -> None:
+        """Stop the child processes running functions (a function still running ends)."""
+        with self._lock:
+            runners, self._runners = self._runners, []
+        for runner in runners:
+            runner.close()
+
+    def _deliver_log(self, processid: str, printed: str) -> None:
+        """Add what the function printed to the process's log (best effort)."""
+        try:
+            self.client.add_log(processid, printed, self.prvkey)
+        except (ColoniesError, ColoniesConnectionError) as error:
+            log.warning("cannot add the printed output of %s to its log: %s", processid[:8], error)
 
     def _deliver(
         self, report: Callable[[str, list[Any], str], None], processid: str, data: list[Any]

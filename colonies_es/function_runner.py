@@ -1,0 +1,158 @@
+"""Running an executor's functions in a child process that can be stopped at any moment.
+
+Why a process and not a thread: a cancelled function must stop within a second of the
+executor learning of it, whatever it is doing. Python cannot stop a thread from outside;
+at best an exception is raised in it once it runs Python code again, which never happens
+while it sleeps or waits in C. A child process can always be killed.
+
+Why one persistent child per worker rather than one per function: starting a Python
+process costs tens of milliseconds; a child that lives across functions costs only the
+pickling of the process and its result (well under a millisecond). Children are forked
+from multiprocessing's fork server, which has imported this module once, so a
+replacement for a killed child starts in a few milliseconds and inherits no thread of
+the executor.
+
+Each child runs :func:`~colonies_es.executor.execute_function` as the executor would,
+with its own ``colonies`` client (the executor's, unpickled: same NATS servers and
+credentials, its own connection), and sends back the output, the errors and what the
+function printed. Ctrl-C reaches the whole process group: the child ignores it and the
+executor decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import multiprocessing.connection
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from colonies_es.models import Process
+
+__all__ = ["POLL", "FunctionRunner", "RunResult"]
+
+POLL = 0.1
+"""Seconds between two checks, while a function runs, whether it must be stopped."""
+MAX_PRINTED = 64 * 1024
+"""Characters of a function's printed output kept for the process log (the end is cut)."""
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["colonies_es.executor", "colonies_es.function_runner"])
+
+
+@dataclass
+class RunResult:
+    """What became of one function run."""
+
+    output: list[Any] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    """Empty when it succeeded; else what ``fail`` reports (see FunctionFailed)."""
+    printed: str = ""
+    """What it wrote to stdout and stderr (at most :data:`MAX_PRINTED` characters)."""
+    stopped: bool = False
+    """True when it was stopped (``should_stop`` said so) before it ended."""
+
+
+class FunctionRunner:
+    """A child process that runs functions one at a time, for one worker thread.
+
+    ``globals_`` are the names the functions' code sees besides ``colonies`` (a copy of
+    ``client`` in the child). Not thread-safe: one runner per worker thread.
+    """
+
+    def __init__(self, client: Any, globals_: dict[str, Any]) -> None:
+        self._client = client
+        self._globals = globals_
+        self._child: BaseProcess | None = None
+        self._conn: multiprocessing.connection.Connection | None = None
+
+    def run(
+        self, process: Process, ctx: dict[str, Any], should_stop: Callable[[], bool]
+    ) -> RunResult:
+        """Run the function of ``process`` in the child (started if needed) and return
+        its result. Every :data:`POLL` seconds ``should_stop()`` is asked; when it says
+        yes the child is killed at once and the result says ``stopped``. A child that
+        dies on its own (a crash, ``os._exit``) fails the run with its exit code."""
+        conn = self._connection()
+        conn.send((process, ctx))
+        while not conn.poll(POLL):
+            if should_stop():
+                self.kill()
+                return RunResult(stopped=True)
+        try:
+            output, errors, printed = conn.recv()
+        except (EOFError, OSError):
+            code = self._reap()
+            return RunResult(
+                errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
+            )
+        return RunResult(output=output, errors=errors, printed=printed)
+
+    def kill(self) -> None:
+        """Stop the child at once (a function it runs ends there); the next run starts
+        a new one."""
+        if self._child is not None and self._child.is_alive():
+            self._child.kill()
+        self._reap()
+
+    def close(self) -> None:
+        """Stop the child, whatever it is doing."""
+        self.kill()
+
+    def _connection(self) -> multiprocessing.connection.Connection:
+        if self._child is None or self._conn is None or not self._child.is_alive():
+            self._reap()
+            parent, child = _CONTEXT.Pipe()
+            self._child = _CONTEXT.Process(
+                target=_serve,
+                args=(child, self._client, self._globals),
+                name="colonies-function",
+                daemon=True,
+            )
+            self._child.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def _reap(self) -> int | None:
+        """Forget the child (waiting for it to be gone); its exit code."""
+        child, conn = self._child, self._conn
+        self._child = self._conn = None
+        if conn is not None:
+            conn.close()
+        if child is None:
+            return None
+        child.join(5)
+        code = child.exitcode
+        with contextlib.suppress(ValueError):
+            child.close()
+        return code
+
+
+def _serve(
+    conn: multiprocessing.connection.Connection, client: Any, globals_: dict[str, Any]
+) -> None:
+    """The child's loop: run each (process, ctx) received, send back the result."""
+    from colonies_es.executor import FunctionFailed, execute_function
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    names = {**globals_, "colonies": client}
+    while True:
+        try:
+            process, ctx = conn.recv()
+        except (EOFError, OSError):
+            return
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            try:
+                output, errors = execute_function(process, ctx, names), []
+            except FunctionFailed as failure:
+                output, errors = [], failure.errors
+        text = printed.getvalue()
+        if len(text) > MAX_PRINTED:
+            text = text[: MAX_PRINTED - 40] + "\n... (cut: the function printed more)\n"
+        conn.send((output, errors, text))
