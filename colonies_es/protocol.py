@@ -9,6 +9,14 @@ Commands
     ``Nats-Service-Error-Code`` (the status: 400, 403, 404, 409, 500) and
     ``Nats-Service-Error`` (one readable line), and an empty body.
 
+Read-your-writes and retries
+    Several engines may serve the queue group; each follows the event log. Every reply
+    carries the header ``Colonies-Sequence``: the stream sequence it wrote, or up to
+    which the answering engine had applied the log. A client sends the highest sequence
+    it has seen in ``Colonies-After``; an engine that has not applied the log that far
+    waits (bounded, then 503) before deciding. A command retried with the same signed
+    bytes gets its original reply, whichever engine answers.
+
 Work
     For every process that becomes ready the engine publishes a :class:`WorkTicket` to the
     JetStream stream ``COLONIES_WORK`` on ``colonies.work.<colony>.<executortype>``.
@@ -20,7 +28,9 @@ Work
     duplicate or stale ticket can never assign a process twice, and high-priority work
     that became ready later still overtakes work that was queued first. A claim that finds
     nothing for the claimer answers 404 (the executor acks the ticket and pulls again);
-    the engine re-issues tickets so that ready work always has one.
+    the engine re-issues tickets so that ready work always has one. A ticket carries the
+    ``Colonies-Sequence`` of the event that made the work ready, which the claim sends
+    back, so the engine answering the claim knows the work.
 
 Notifications
     When a process ends (SUCCESS, FAILED, CANCELLED) the engine publishes its id on
@@ -41,6 +51,10 @@ ENGINE_QUEUE_GROUP = "colonies-engine"
 WORK_STREAM = "COLONIES_WORK"
 WORK_PREFIX = "colonies.work"
 ENDED_PREFIX = "colonies.ended"
+SEQUENCE_HEADER = "Colonies-Sequence"
+"""Reply (and work ticket) header: the stream sequence the reply reflects."""
+AFTER_HEADER = "Colonies-After"
+"""Command header: the highest stream sequence the client has seen."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """Colony names and executor types: they become NATS subject tokens and consumer names."""

@@ -146,3 +146,42 @@ class Stack:
             self.client.approve_executor(colony.name, executorname, colony.owner_prvkey)
         colony.executors[executorname] = key
         return key
+
+
+@dataclass
+class Replicas(Stack):
+    """A stack served by several engine replicas (one queue group, one log, one seal key).
+
+    ``engine`` is the first replica; ``engines`` all of them, in start order."""
+
+    engines: list[EngineProcess] = field(default_factory=list)
+
+
+def start_replicas(directory: Path, count: int) -> Replicas:
+    """A nats-server and ``count`` engine processes sharing its log (each its own key)."""
+    server = NatsServer(directory / "nats").start()
+    server_prvkey = crypto.new_private_key()
+    server_id = crypto.id_from_private_key(server_prvkey)
+    engines: list[EngineProcess] = []
+    try:
+        for number in range(count):
+            log_dir = directory / f"replica-{number}"
+            log_dir.mkdir()
+            engine = EngineProcess(server.url, server_id, log_dir)
+            if engines:
+                engine.seal_key = engines[0].seal_key
+            engines.append(engine.start())
+    except BaseException:
+        for engine in engines:
+            engine.kill()
+        server.stop()
+        raise
+    client = Colonies("127.0.0.1", server.port)
+    return Replicas(server, engines[0], client, server_prvkey, engines)
+
+
+def stop_replicas(replicas: Replicas) -> None:
+    replicas.client.disconnect()
+    for engine in replicas.engines:
+        engine.stop()
+    replicas.nats.stop()

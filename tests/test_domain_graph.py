@@ -1164,3 +1164,22 @@ def test_the_domain_imports_nothing_from_nats_or_the_store() -> None:
                 assert not name.startswith(("nats", "colonies_es.store", "colonies_es.client")), (
                     f"{module.name} imports {name}"
                 )
+
+
+def test_a_copy_decides_without_touching_the_original() -> None:
+    """The engine decides on a copy: the original keeps its state and version, and the
+    copy equals a deep copy of the original before the decision."""
+    graph = submit(spec("gen"), spec("sum", "gen"))
+    graph.collect_events()
+    before = graph.to_model()
+    draft = graph.copy()
+    assert draft.to_model() == before
+    assert draft.pending_events == []
+    draft.assign(pid(draft, "gen"), WORKER, 1, now=at(1), actor=WORKER.executorid, command=b"")
+    draft.close(pid(draft, "gen"), WORKER.executorid, [1, 2], now=at(2), actor="", command=b"")
+    assert graph.to_model() == before
+    assert graph.version == 1
+    assert draft.version == 3
+    assert draft.process(pid(draft, "sum")).input == [1, 2]
+    assert graph.process(pid(graph, "sum")).input == []
+    assert len(graph.pending_events) == 0

@@ -157,7 +157,9 @@ def test_a_stale_command_is_refused_with_403(stack: Stack) -> None:
     assert "stale" in reply.message
 
 
-def test_a_replayed_command_is_refused_with_403_the_second_time(stack: Stack) -> None:
+def test_a_replayed_command_gets_its_original_reply_and_writes_nothing(stack: Stack) -> None:
+    """Issue 8.4: a retried (or replayed) signed command is answered with the reply it
+    got the first time; it is never applied twice."""
     colony = stack.new_colony()
     sealed = crypto.seal("submit_func_spec", submit_body(colony), colony.owner_prvkey)
 
@@ -166,30 +168,34 @@ def test_a_replayed_command_is_refused_with_403_the_second_time(stack: Stack) ->
     with nothing_written(stack.nats.url):
         [again] = send_raw(stack, "submit_func_spec", sealed)
 
-    assert again.status == 403
-    assert "replayed" in again.message
+    assert again.status is None, again.message
+    assert again.body == first.body
     processes = stack.client.list_processes(colony.name, 100, -1, colony.owner_prvkey)
     assert len(processes) == 1
 
 
-async def _send_together(url: str, op: str, payload: bytes, copies: int) -> list[str | None]:
+async def _send_together(
+    url: str, op: str, payload: bytes, copies: int
+) -> list[tuple[str | None, bytes]]:
     nc = await nats.connect(url)
     try:
         replies = await asyncio.gather(
             *(nc.request(api_subject(op), payload, timeout=10) for _ in range(copies))
         )
-        return [(reply.headers or {}).get(ERROR_CODE_HEADER) for reply in replies]
+        return [((reply.headers or {}).get(ERROR_CODE_HEADER), reply.data) for reply in replies]
     finally:
         await nc.close()
 
 
-def test_copies_of_a_command_arriving_together_are_accepted_once(stack: Stack) -> None:
+def test_copies_of_a_command_arriving_together_are_applied_once(stack: Stack) -> None:
+    """Copies racing the original wait for its outcome and get the same reply."""
     colony = stack.new_colony()
     sealed = crypto.seal("submit_func_spec", submit_body(colony), colony.owner_prvkey)
 
-    codes = asyncio.run(_send_together(stack.nats.url, "submit_func_spec", sealed, 16))
+    replies = asyncio.run(_send_together(stack.nats.url, "submit_func_spec", sealed, 16))
 
-    assert Counter(codes) == {None: 1, "403": 15}
+    assert Counter(code for code, _ in replies) == {None: 16}
+    assert len({body for _, body in replies}) == 1
     assert len(stack.client.list_processes(colony.name, 100, -1, colony.owner_prvkey)) == 1
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 
+import msgspec
 import nats
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
@@ -229,7 +230,7 @@ def test_deadlines_passed_while_the_engine_was_down_fire_once_after_restart(
 
 async def _request_twice(
     url: str, op: str, sealed: bytes, stack: Stack
-) -> list[tuple[str | None, str]]:
+) -> list[tuple[str | None, str, bytes]]:
     nc = await nats.connect(url)
     try:
         answers = []
@@ -238,13 +239,17 @@ async def _request_twice(
                 await asyncio.to_thread(crash_and_restart, stack)
             reply = await nc.request(api_subject(op), sealed, timeout=10)
             headers = reply.headers or {}
-            answers.append((headers.get(ERROR_CODE_HEADER), headers.get(ERROR_HEADER, "")))
+            answers.append(
+                (headers.get(ERROR_CODE_HEADER), headers.get(ERROR_HEADER, ""), reply.data)
+            )
         return answers
     finally:
         await nc.close()
 
 
-def test_a_command_replayed_after_a_restart_is_still_refused(fresh_stack: Stack) -> None:
+def test_a_command_retried_after_a_restart_gets_its_original_reply(fresh_stack: Stack) -> None:
+    """The restarted engine knows the command from the log: the retry is answered with
+    the process the first try made, and nothing is applied twice (issue 8.4)."""
     stack = fresh_stack
     colony = stack.new_colony()
     body = {
@@ -257,10 +262,12 @@ def test_a_command_replayed_after_a_restart_is_still_refused(fresh_stack: Stack)
 
     first, replayed = asyncio.run(_request_twice(stack.nats.url, "submit_func_spec", sealed, stack))
 
-    assert first == (None, "")
-    assert replayed[0] == "403"
-    assert "replayed" in replayed[1]
-    assert len(stack.client.list_processes(colony.name, 10, -1, colony.owner_prvkey)) == 1
+    assert first[:2] == (None, "")
+    assert replayed[:2] == (None, ""), replayed
+    made = msgspec.json.decode(first[2])["processid"]
+    assert msgspec.json.decode(replayed[2])["processid"] == made
+    [process] = stack.client.list_processes(colony.name, 10, -1, colony.owner_prvkey)
+    assert process.processid == made
 
 
 # --- crashes while executors are busy ----------------------------------------------------------

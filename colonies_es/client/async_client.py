@@ -240,6 +240,8 @@ class AsyncColonies:
                 ) from error
             if ticket is None:
                 break
+            # The engine answering the claim must know the work the ticket announces.
+            self._connection.saw((ticket.headers or {}).get(p.SEQUENCE_HEADER))
             try:
                 process = await self.claim(colonyname, prvkey)
             except ColoniesError as error:

@@ -4,6 +4,12 @@ Every operation of the client is one :meth:`Connection.command`: the body is sea
 the caller's key (:func:`colonies_es.crypto.seal`, through a session key it certifies),
 sent as a NATS request to ``colonies.api.<op>``, and the reply is either the result's
 JSON or a refusal carried in the ``nats.micro`` error headers (protocol.py, "Commands").
+
+Several engines may answer (protocol.py, "Read-your-writes and retries"): the connection
+remembers the highest log sequence any reply (or work ticket) carried and sends it with
+every command, so whichever engine answers has seen what this client saw. A command whose
+reply does not come is sent again, the same signed bytes, once: an engine that already
+decided it answers with the original reply instead of deciding twice.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import time
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Session, seal
-from colonies_es.protocol import api_subject
+from colonies_es.protocol import AFTER_HEADER, SEQUENCE_HEADER, api_subject
 from colonies_es.settings import NatsAccess
 
 __all__ = ["Connection"]
@@ -29,6 +36,10 @@ log = logging.getLogger("colonies.client")
 
 RECONNECT_WAIT = 0.5
 """Seconds between attempts to reach a NATS server, when connecting and after a loss."""
+
+ATTEMPTS = 2
+"""Times a command is sent (the same signed bytes) before its timeout is reported; each
+attempt waits ``timeout / ATTEMPTS`` seconds for the reply."""
 
 
 class Connection:
@@ -51,6 +62,8 @@ class Connection:
         self._opening = asyncio.Lock()
         self._last_error: Exception | None = None
         self._sessions: dict[str, Session] = {}
+        self.sequence = 0
+        """The highest event-log sequence a reply or a work ticket has shown this client."""
 
     @property
     def url(self) -> str:
@@ -112,7 +125,7 @@ class Connection:
         data = seal(op, body, prvkey, session=self._session(prvkey))
         nc = await self.nats()
         try:
-            reply = await nc.request(api_subject(op), data, timeout=self.timeout)
+            reply = await self._request(nc, op, data)
         except nats.errors.MaxPayloadError:
             raise ColoniesError(
                 413,
@@ -132,10 +145,36 @@ class Connection:
                 f"cannot send {op!r} to {self.url}: {_describe(error)}"
             ) from error
         headers = reply.headers or {}
+        self.saw(headers.get(SEQUENCE_HEADER))
         code = headers.get(ERROR_CODE_HEADER)
         if code is not None:
             raise ColoniesError(_status(code), headers.get(ERROR_HEADER, ""))
         return reply.data
+
+    async def _request(self, nc: NATS, op: str, data: bytes) -> Msg:
+        """Sends the signed ``data`` up to :data:`ATTEMPTS` times until a reply comes;
+        raises the last attempt's ``nats.errors.TimeoutError`` if none does."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await nc.request(
+                    api_subject(op),
+                    data,
+                    timeout=self.timeout / ATTEMPTS,
+                    headers={AFTER_HEADER: str(self.sequence)},
+                )
+            except nats.errors.TimeoutError:
+                if attempt == ATTEMPTS:
+                    raise
+                log.info("no reply to %r in %.1f s: sending it again", op, self.timeout / ATTEMPTS)
+        raise AssertionError("unreachable")
+
+    def saw(self, sequence: str | int | None) -> None:
+        """Notes an event-log sequence shown by a reply or a ticket (header text or int)."""
+        try:
+            value = int(sequence or 0)
+        except ValueError:
+            return
+        self.sequence = max(self.sequence, value)
 
     def _session(self, prvkey: str) -> Session:
         """The session key signing this identity's commands (a new one every hour).

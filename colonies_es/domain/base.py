@@ -26,6 +26,7 @@ of these. Stored tuples come back as lists, so events use lists.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -205,6 +206,15 @@ class AuditedAggregate(BaseAggregate[str]):
             raise TypeError(f"{type(event).__name__} does not create a {cls.__name__}")
         aggregate.pending_events.append(event)
         return aggregate
+
+    def copy(self) -> Self:
+        """An independent copy with no pending events: the engine decides on a copy and
+        keeps it only once its events are in the log, so a refused or failed write
+        leaves the aggregate it started from untouched. Subclasses with large state
+        override this with something cheaper than ``copy.deepcopy``."""
+        duplicate = copy.deepcopy(self)
+        duplicate._pending_events = []
+        return duplicate
 
     def _next_header(self, *, now: datetime, actor: str, command: bytes) -> EventHeader:
         """The header of the next event of this aggregate."""

@@ -95,6 +95,33 @@ def graph_state(states: Iterable[int]) -> int:
     return _WAITING
 
 
+class _CopyOnWriteNodes(dict[str, ProcessNode]):
+    """The processes of a copied graph: shared with the original until taken by id.
+
+    ``nodes[processid]`` (how events and commands reach a process to change it) returns
+    a process of this copy's own, cloned on first access; iterating (``values()``,
+    ``items()``) reads the shared processes and must not change them.
+    """
+
+    __slots__ = ("_owned",)
+
+    def __init__(self, shared: dict[str, ProcessNode]) -> None:
+        super().__init__(shared)
+        self._owned: set[str] = set()
+
+    def __getitem__(self, processid: str) -> ProcessNode:
+        node = super().__getitem__(processid)
+        if processid not in self._owned:
+            node = clone_as(node, ProcessNode)
+            super().__setitem__(processid, node)
+            self._owned.add(processid)
+        return node
+
+    def __setitem__(self, processid: str, node: ProcessNode) -> None:
+        super().__setitem__(processid, node)
+        self._owned.add(processid)
+
+
 class ProcessGraph(AuditedAggregate):
     """A submitted workflow: its processes, their states and data, and its own state."""
 
@@ -114,6 +141,19 @@ class ProcessGraph(AuditedAggregate):
         self.removed = False
         self.origin = ""
         """The graph this one re-runs (``rerun_from_failed``), or empty."""
+
+    def copy(self) -> ProcessGraph:
+        """An independent copy (no pending events) in O(processes) pointer copies: the
+        scalars are shared, the lists copied, and each process is cloned the first time
+        the copy takes it by id (:class:`_CopyOnWriteNodes`), which is how every change
+        reaches a process. A decision on a graph of a thousand processes thus clones the
+        few processes it touches, not the thousand."""
+        duplicate = object.__new__(ProcessGraph)
+        duplicate.__dict__.update(self.__dict__)
+        duplicate._pending_events = []
+        duplicate.rootprocessids = list(self.rootprocessids)
+        duplicate.nodes = _CopyOnWriteNodes(self.nodes)
+        return duplicate
 
     # --- submission ----------------------------------------------------------------------
 

@@ -21,10 +21,9 @@ time; other aggregates' commands go on meanwhile.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -43,8 +42,6 @@ from colonies_es.domain import (
     Conflict,
     DomainError,
     Forbidden,
-    GraphCancelled,
-    GraphRemoved,
     LogAdded,
     NotFound,
     ProcessGraph,
@@ -52,6 +49,8 @@ from colonies_es.domain import (
     graph_aggregate_id,
 )
 from colonies_es.engine.ready import Key, ReadyIndex
+from colonies_es.engine.replies import Applied, Decided, Replies
+from colonies_es.engine.state import Effects, EngineState, NotNext, Timer
 from colonies_es.models import (
     Log,
     ProcessState,
@@ -82,8 +81,8 @@ from colonies_es.protocol import (
     SubmitWorkflow,
 )
 from colonies_es.store import JetStreamApplicationRecorder
-from colonies_es.store.codec import to_notification
-from colonies_es.store.jetstream import JetStreamLog
+from colonies_es.store.codec import Envelope, to_notification
+from colonies_es.store.jetstream import JetStreamLog, StoredMessage
 
 log = logging.getLogger("colonies.engine")
 
@@ -94,42 +93,36 @@ _DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 
 
 @dataclass
-class Effects:
-    """What the service publishes after a decision."""
-
-    ready: list[Key] = field(default_factory=list)
-    """One (colony, executor type) per process that became ready: a work ticket each."""
-    ended: list[tuple[str, str]] = field(default_factory=list)
-    """(colony, process id) of processes that ended: an end notification each."""
-    new_types: list[Key] = field(default_factory=list)
-    """Executor types that appeared: their work consumer must exist."""
-
-    def merge(self, other: Effects) -> None:
-        self.ready.extend(other.ready)
-        self.ended.extend(other.ended)
-        self.new_types.extend(other.new_types)
-
-
-@dataclass
 class Outcome:
-    """The reply to a command (status 200 with a JSON body, or an error) and its effects."""
+    """The reply to a command (status 200 with a JSON body, or an error), its effects,
+    and the stream sequence the reply reflects (what it wrote, or what was applied)."""
 
     status: int
     body: bytes = b""
     message: str = ""
     effects: Effects = field(default_factory=Effects)
-
-
-@dataclass(order=True)
-class _Timer:
-    at: float
-    processid: str = field(compare=False)
-    graph_id: str = field(compare=False)
-    attempt: int = field(compare=False)
-    kind: str = field(compare=False)
+    sequence: int = 0
 
 
 _EMPTY = b"{}"
+
+_READ_AGAIN = 0
+"""The status of a remembered reply meaning "a read: answer its retry by reading again"."""
+
+_written: ContextVar[int] = ContextVar("written", default=0)
+"""The last stream sequence the command being decided (this task's) has written."""
+
+CONFLICT_RETRIES = 5
+"""Times a decision is taken again after another replica changed the aggregate first."""
+
+CATCH_UP_WAIT = 5.0
+"""Seconds a command waits for this replica to apply the log up to the sequence its
+client has seen (read-your-writes) before the engine answers 503."""
+
+RETRY_AGE = 1.0
+"""A command signed more than this many seconds ago may be a retry (its first try's
+reply was lost): the replica first applies the log up to its end, so that it knows the
+command if another replica applied it."""
 
 
 class ColoniesApp(Application[str]):
@@ -162,46 +155,53 @@ class ColoniesApp(Application[str]):
         self.engine_id = crypto.id_from_private_key(engine_prvkey)
         self.max_skew = max_skew
         self.guard = crypto.ReplayGuard(max_skew)
-        self.ready = ReadyIndex()
-        self._aggregates: dict[str, AuditedAggregate] = {}
-        self._graph_of_process: dict[str, str] = {}
-        self._graphs_of_colony: dict[str, list[str]] = {}
-        self._timers: list[_Timer] = []
+        self.replies = Replies(max_skew)
+        self.state = EngineState()
+        self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._index_lock = threading.RLock()
         self._handlers: dict[
             str, Callable[[crypto.VerifiedCommand, Any, datetime], Awaitable[Any]]
         ] = {op: getattr(self, f"_op_{op}") for op in OPS}
         self._log = self._recorder_log()
         self.rebuild()
 
+    @property
+    def ready(self) -> ReadyIndex:
+        """The ready processes (part of :attr:`state`)."""
+        return self.state.ready
+
     # ------------------------------------------------------------------ rebuild
 
     def rebuild(self) -> None:
-        """Replays the whole log into memory: aggregates, indices, timers, seen nonces."""
+        """Replays the whole log into memory: aggregates, indices, timers, seen commands.
+
+        The follower (:meth:`follow`) goes on from the last sequence read here."""
         now = datetime.now(UTC)
         count = 0
+        last = 0
         for notification in self._all_notifications():
+            last = notification.id
             event = self._decode(notification)
             if event is None:
                 continue
-            aggregate = self._aggregates.get(event.originator_id)
             try:
-                aggregate = event.mutate(aggregate)
+                self.state.apply(event, notification.id, index=False)
             except Exception as error:  # an event that does not fit: not ours
                 log.warning("skipping event %s: %r", notification.id, error)
                 continue
-            assert aggregate is not None
-            self._aggregates[event.originator_id] = aggregate
             self._log.remember_head(
                 self._subject_of(event.originator_id), event.originator_version, notification.id
             )
-            self._remember_command(event, now)
+            self._remember_command(event, notification.id, now)
             count += 1
-        for aggregate in self._aggregates.values():
-            if isinstance(aggregate, ProcessGraph):
-                self._index_graph(aggregate, None)
-        log.info("rebuilt %d aggregates from %d events", len(self._aggregates), count)
+        self.state.index_all()
+        self.state.advance(last)
+        log.info(
+            "rebuilt %d aggregates from %d events (log at %d)",
+            len(self.state.aggregates),
+            count,
+            last,
+        )
 
     def _recorder_log(self) -> JetStreamLog:
         recorder = self.recorder
@@ -209,10 +209,14 @@ class ColoniesApp(Application[str]):
             raise TypeError("the engine needs the JetStream store (PERSISTENCE_MODULE)")
         return recorder.log
 
-    def _subject_of(self, aggregate_id: str) -> str:
+    @property
+    def _store(self) -> JetStreamApplicationRecorder:
         recorder = self.recorder
         assert isinstance(recorder, JetStreamApplicationRecorder)
-        return recorder.subject_for(aggregate_id)
+        return recorder
+
+    def _subject_of(self, aggregate_id: str) -> str:
+        return self._store.subject_for(aggregate_id)
 
     def _all_notifications(self) -> Iterator[Notification]:
         start = 0
@@ -233,40 +237,169 @@ class ColoniesApp(Application[str]):
         event = self.mapper.to_domain_event(notification)
         return event if isinstance(event, AuditedEvent) else None
 
-    def _remember_command(self, event: AuditedEvent, now: datetime) -> None:
-        """Feeds recent commands' nonces to the replay guard (it survives restarts)."""
+    def _remember_command(self, event: AuditedEvent, sequence: int, now: datetime) -> None:
+        """Feeds a recent command to the replay guard and the replies of retries (both
+        survive restarts and see what other replicas accepted)."""
         if not event.command or (now - event.timestamp).total_seconds() > 2 * self.max_skew:
             return
         try:
             signed = msgspec.json.decode(event.command, type=crypto.SignedCommand)
             payload = msgspec.json.decode(signed.payload, type=crypto.CommandPayload)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError:  # e.g. a ColonyOS envelope (no nonce)
+            return
+        if not payload.nonce:
             return
         caller = crypto.id_from_public_key(signed.public_key)
-        self.guard.remember(f"{caller}:{payload.nonce}", payload.ts, now.timestamp())
+        replay_key = f"{caller}:{payload.nonce}"
+        self.guard.remember(replay_key, payload.ts, now.timestamp())
+        subject = getattr(event, "processid", None) or ""
+        child = getattr(event, "child", None)
+        if child is not None:
+            subject = child["processid"]
+        attribute = getattr(event, "attributeid", None)
+        if attribute:
+            subject = f"{subject}:{attribute}"
+        self.replies.remember(
+            replay_key, Applied(payload.op, event.originator_id, subject, sequence)
+        )
+
+    # ------------------------------------------------------------------ following the log
+
+    async def follow(self) -> None:
+        """Applies every event appended after the rebuild, by any replica, forever.
+
+        Events this replica wrote itself are already in (their versions tell) and are
+        skipped without decoding; an event that does not follow the cached aggregate
+        (a gap) makes the aggregate reload from its own subject.
+        """
+        store = self._store
+        async for batch in self._log.follow(store.events_filter, self.state.applied):
+            now = datetime.now(UTC)
+            for message in batch:
+                envelope = store.connection.trusted(message)
+                if envelope is not None:
+                    await self._follow_one(message, envelope, now)
+            self.state.advance(batch[-1].sequence)
+
+    async def _follow_one(self, message: StoredMessage, envelope: Envelope, now: datetime) -> None:
+        aggregate_id = str(envelope.originator_id)
+        version = envelope.originator_version
+        self._log.remember_head(message.subject, version, message.sequence)
+        lock = self._locks.get(aggregate_id)
+        if lock is not None and lock.locked():
+            async with lock:  # a decision of this replica is being written: let it install
+                pass
+        cached = self.state.get(aggregate_id)
+        if cached is not None and cached.version >= version:
+            return  # already in: this replica's own write, or a catch-up got it
+        event = self._decode(to_notification(envelope, message.sequence))
+        if event is None:
+            return
+        try:
+            self.state.apply(event, message.sequence)
+        except NotNext:
+            await self._catch_up(aggregate_id)
+        except Exception as error:  # an event that does not fit: not ours
+            log.warning("skipping event %s: %r", message.sequence, error)
+            return
+        self._remember_command(event, message.sequence, now)
+
+    async def _catch_up(self, aggregate_id: str) -> None:
+        """Brings one aggregate up to its subject's last event (after a conflict or a
+        gap), through the same :meth:`EngineState.apply` as the follower."""
+        events = await self._events_of(aggregate_id)
+        cached = self.state.get(aggregate_id)
+        have = cached.version if cached is not None else 0
+        now = datetime.now(UTC)
+        for event, sequence in events:
+            if event.originator_version <= have:
+                continue
+            try:
+                self.state.apply(event, sequence)
+            except NotNext:
+                rebuilt: AuditedAggregate | None = None
+                for whole, _ in events:
+                    rebuilt = whole.mutate(rebuilt)
+                if rebuilt is not None:
+                    self.state.replace(rebuilt)
+                return
+            self._remember_command(event, sequence, now)
 
     # ------------------------------------------------------------------ commands
 
-    async def handle(self, op: str, data: bytes, now: float) -> Outcome:
-        """Decides one signed command; never raises (errors become an Outcome)."""
+    async def handle(self, op: str, data: bytes, now: float, after: int = 0) -> Outcome:
+        """Decides one signed command; never raises (errors become an Outcome).
+
+        ``after`` is the highest stream sequence the client has seen: the command waits
+        (at most :data:`CATCH_UP_WAIT` seconds, then 503) until this replica has applied
+        the log that far. A retry of a command already decided (here or, through the
+        log, on another replica) gets the original reply.
+        """
         try:
             if op == colonyos.ENGINE_OP:  # a ColonyOS client's envelope, via the gateway
                 command = colonyos.open_envelope(data, now)  # nothing to guard: see colonyos
                 op = command.op
-                body = command.decode_body(OPS[op])
             else:
                 command = crypto.open_command(data, now, self.max_skew)
                 if command.op != op:
                     raise crypto.CommandRejected(400, f"command for {command.op!r} sent to {op!r}")
-                body = command.decode_body(OPS[op])
+            body = command.decode_body(OPS[op])
+        except crypto.CommandRejected as error:
+            return Outcome(error.status, message=error.message, sequence=self.state.reached)
+        if not command.nonce:  # a ColonyOS envelope: no replay key to answer retries by
+            if not await self.state.wait_applied(after, CATCH_UP_WAIT):
+                return self._behind(after)
+            outcome = await self._decide(op, command, body, now, check_replay=False)
+            outcome.sequence = outcome.sequence or self.state.reached
+            return outcome
+        if now - command.ts > RETRY_AGE:
+            after = max(after, await self._log_end())
+        if not await self.state.wait_applied(after, CATCH_UP_WAIT):
+            return self._behind(after)
+        key = command.replay_key
+        running = self._in_flight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        known = self.replies.get(key)
+        if isinstance(known, Decided) and known.status == _READ_AGAIN:
+            outcome = await self._decide(op, command, body, now, check_replay=False)
+            outcome.sequence = outcome.sequence or self.state.reached
+            return outcome
+        if known is not None:
+            return self._replay(known, command, body)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            outcome = await self._decide(op, command, body, now, check_replay=True)
+            wrote = outcome.sequence > 0
+            if not wrote:
+                outcome.sequence = self.state.reached
+            if wrote or outcome.status != 200:
+                decided = Decided(outcome.status, outcome.body, outcome.message, outcome.sequence)
+                self.replies.remember(key, decided)
+            else:  # a read: its retry reads again
+                self.replies.remember(key, Decided(_READ_AGAIN, b"", "", 0))
+            future.set_result(outcome)
+            return outcome
+        finally:
+            del self._in_flight[key]
+            if not future.done():
+                future.cancel()
+
+    async def _decide(
+        self, op: str, command: crypto.VerifiedCommand, body: Any, now: float, check_replay: bool
+    ) -> Outcome:
+        _written.set(0)
+        try:
+            if check_replay:
                 self.guard.check_and_remember(command.replay_key, command.ts, now)
             result = await self._handlers[op](command, body, datetime.fromtimestamp(now, UTC))
         except crypto.CommandRejected as error:
             return Outcome(error.status, message=error.message)
         except DomainError as error:
-            return Outcome(error.status, message=error.message)
+            return Outcome(error.status, message=error.message, sequence=_written.get())
         except IntegrityError:
-            return Outcome(409, message="a concurrent change won: try again")
+            return Outcome(409, message="a concurrent change kept winning: try again")
         except DataError as error:  # the event cannot be stored as it is: never retry
             return Outcome(400, message=f"{op} refused: {error}")
         except PersistenceError as error:
@@ -276,7 +409,53 @@ class ColoniesApp(Application[str]):
             log.exception("%s failed", op)
             return Outcome(500, message=f"internal error while handling {op}")
         body_bytes, effects = result if isinstance(result, tuple) else (result, Effects())
-        return Outcome(200, body=body_bytes, effects=effects)
+        return Outcome(200, body=body_bytes, effects=effects, sequence=_written.get())
+
+    def _behind(self, after: int) -> Outcome:
+        return Outcome(
+            503,
+            message=f"this engine has not caught up with the log (at {self.state.applied}, "
+            f"the client has seen {after}): try again",
+        )
+
+    async def _log_end(self) -> int:
+        """The stream's last event sequence (one request to the server)."""
+        try:
+            last = await self._log.last_message(self._store.events_filter)
+        except PersistenceError:
+            return 0
+        return 0 if last is None else last.sequence
+
+    def _replay(self, known: Decided | Applied, cmd: crypto.VerifiedCommand, body: Any) -> Outcome:
+        """The reply to a retried command (see :mod:`.replies`)."""
+        if isinstance(known, Decided):
+            return Outcome(known.status, known.body, known.message, sequence=known.sequence)
+        try:
+            reply = self._reply_to_applied(known, body)
+        except DomainError as error:
+            return Outcome(error.status, message=error.message, sequence=known.sequence)
+        return Outcome(200, body=reply, sequence=max(known.sequence, self.state.reached))
+
+    def _reply_to_applied(self, known: Applied, body: Any) -> bytes:
+        """The reply of a command another replica applied, from the aggregate now."""
+        aggregate = self.state.get(known.aggregate_id)
+        if isinstance(aggregate, ProcessGraph):
+            if known.op == "submit_func_spec":
+                return encode(aggregate.process_model(aggregate.rootprocessids[0]))
+            if known.op in ("submit_workflow", "rerun_processgraph"):
+                return encode(aggregate.to_model())
+            if known.op in ("claim", "add_child"):
+                return encode(aggregate.process_model(known.subject))
+            if known.op == "add_attribute":
+                processid, _, attributeid = known.subject.partition(":")
+                model = aggregate.process_model(processid)
+                return encode(next(a for a in model.attributes if a.attributeid == attributeid))
+        if isinstance(aggregate, Colony):
+            if known.op == "add_colony":
+                return encode(aggregate.to_model())
+            if known.op == "add_executor":
+                return encode(aggregate.executor_model(body.executor.executorname))
+        return _EMPTY
 
     # --- colonies
 
@@ -285,7 +464,7 @@ class ColoniesApp(Application[str]):
     ) -> Any:
         self._require_server_owner(cmd)
         name = body.colony.name
-        if colony_aggregate_id(name) in self._aggregates:
+        if self.state.get(colony_aggregate_id(name)) is not None:
             raise Conflict(f"colony {name!r} already exists")
         colony = Colony.create(name, body.colony.colonyid, **self._audit(cmd, now))
         await self._save_new(colony)
@@ -306,7 +485,7 @@ class ColoniesApp(Application[str]):
         self._require_server_owner(cmd)
         colonies = [
             a.to_model()
-            for a in self._aggregates.values()
+            for a in list(self.state.aggregates.values())
             if isinstance(a, Colony) and not a.removed
         ]
         return encode(colonies)
@@ -439,8 +618,7 @@ class ColoniesApp(Application[str]):
             initiatorname=self._name_of(colony, cmd.caller_id),
             **self._audit(cmd, now),
         )
-        events = await self._save_new(graph)
-        return graph, self._index_graph(graph, events)
+        return graph, await self._save_new(graph)
 
     # --- executors' work
 
@@ -551,8 +729,7 @@ class ColoniesApp(Application[str]):
             initiatorname=self._name_of(colony, cmd.caller_id),
             **self._audit(cmd, now),
         )
-        events = await self._save_new(graph)
-        return encode(graph.to_model()), self._index_graph(graph, events)
+        return encode(graph.to_model()), await self._save_new(graph)
 
     # --- cancel and remove
 
@@ -661,8 +838,9 @@ class ColoniesApp(Application[str]):
 
     async def _op_add_log(self, cmd: crypto.VerifiedCommand, body: AddLog, now: datetime) -> Any:
         graph_id = self._graph_id_of(body.processid)
-        graph = self._aggregates[graph_id]
-        assert isinstance(graph, ProcessGraph)
+        graph = self.state.get(graph_id)
+        if not isinstance(graph, ProcessGraph):
+            raise NotFound(f"process {body.processid} does not exist")
         executor = self._colony(graph.colonyname).executor_by_id(cmd.caller_id)
         name = executor.executorname if executor is not None else ""
         await self._change_graph(
@@ -686,7 +864,7 @@ class ColoniesApp(Application[str]):
                 message=event.message,
                 timestamp=_unix_ns(event.timestamp),
             )
-            for event in await self._events_of(graph_id)
+            for event, _ in await self._events_of(graph_id)
             if isinstance(event, LogAdded) and event.processid == body.processid
         ]
         logs = [log for log in logs if log.timestamp > body.since]
@@ -696,24 +874,24 @@ class ColoniesApp(Application[str]):
 
     def next_deadline_in(self, now: float) -> float:
         """Seconds until the next deadline (a large number when there is none)."""
-        with self._index_lock:
-            return self._timers[0].at - now if self._timers else 3600.0
+        return self.state.next_deadline_in(now)
 
     async def fire_deadlines(self, now: float) -> Effects:
-        """Expires every process whose execution or waiting deadline has come."""
+        """Expires every process whose execution or waiting deadline has come.
+
+        Every replica holds the same timers; the first to record a timeout wins the
+        graph's optimistic concurrency, the others find the attempt already expired
+        (a ``Conflict`` once caught up) and drop the timer quietly.
+        """
         effects = Effects()
         when = datetime.fromtimestamp(now, UTC)
-        while True:
-            with self._index_lock:
-                if not self._timers or self._timers[0].at > now:
-                    return effects
-                timer = heapq.heappop(self._timers)
+        while (timer := self.state.pop_due(now)) is not None:
             body = {"processid": timer.processid, "attempt": timer.attempt, "kind": timer.kind}
             sealed = crypto.seal(f"expire_{timer.kind}", body, self.engine_prvkey, now)
             audit = {"now": when, "actor": self.engine_id, "command": sealed}
 
             def expire(
-                graph: ProcessGraph, timer: _Timer = timer, audit: dict[str, Any] = audit
+                graph: ProcessGraph, timer: Timer = timer, audit: dict[str, Any] = audit
             ) -> None:
                 if timer.kind == "exec":
                     graph.expire_exec(timer.processid, timer.attempt, **audit)
@@ -722,26 +900,22 @@ class ColoniesApp(Application[str]):
 
             try:
                 _, more = await self._change_graph(timer.graph_id, expire)
-            except (Conflict, NotFound):
-                continue  # stale timer: the process moved on
+            except (Conflict, NotFound, IntegrityError):
+                continue  # stale timer: the process moved on (here or on another replica)
             except PersistenceError as error:
                 log.error("could not record a timeout: %s", error)
-                with self._index_lock:
-                    heapq.heappush(self._timers, _Timer(now + 1.0, *_timer_rest(timer)))
+                self.state.push_timer(
+                    Timer(now + 1.0, timer.processid, timer.graph_id, timer.attempt, timer.kind)
+                )
                 continue
             effects.merge(more)
+        return effects
 
     # ------------------------------------------------------------------ helpers
 
     def executor_types(self) -> set[Key]:
         """(colony, executor type) of every APPROVED executor."""
-        return {
-            (a.name, e.executortype)
-            for a in list(self._aggregates.values())
-            if isinstance(a, Colony) and not a.removed
-            for e in a.executors.values()
-            if e.state == 1
-        }
+        return self.state.executor_types()
 
     def _audit(self, cmd: crypto.VerifiedCommand, now: datetime) -> dict[str, Any]:
         return {"now": now, "actor": cmd.caller_id, "command": msgspec.json.encode(cmd.command)}
@@ -751,7 +925,7 @@ class ColoniesApp(Application[str]):
             raise Forbidden("only the server owner can do this")
 
     def _colony(self, colonyname: str) -> Colony:
-        colony = self._aggregates.get(colony_aggregate_id(colonyname))
+        colony = self.state.get(colony_aggregate_id(colonyname))
         if not isinstance(colony, Colony) or colony.removed:
             raise NotFound(f"colony {colonyname!r} does not exist")
         return colony
@@ -777,27 +951,24 @@ class ColoniesApp(Application[str]):
 
     def _graphs(self, colonyname: str) -> list[ProcessGraph]:
         """The colony's graphs not removed, oldest first."""
-        with self._index_lock:
-            ids = list(self._graphs_of_colony.get(colonyname, ()))
-        graphs = [self._aggregates[graph_id] for graph_id in ids]
+        graphs = [self.state.get(graph_id) for graph_id in self.state.graph_ids(colonyname)]
         return [g for g in graphs if isinstance(g, ProcessGraph) and not g.removed]
 
     def _graph_id_of(self, processid: str) -> str:
-        with self._index_lock:
-            graph_id = self._graph_of_process.get(processid)
+        graph_id = self.state.graph_of(processid)
         if graph_id is None:
             raise NotFound(f"process {processid} does not exist")
         return graph_id
 
     def _graph_id_by_graphid(self, processgraphid: str) -> str:
-        for colonyname in list(self._graphs_of_colony):
+        for colonyname in self.state.colony_names():
             graph_id = graph_aggregate_id(colonyname, processgraphid)
-            if graph_id in self._aggregates:
+            if self.state.get(graph_id) is not None:
                 return graph_id
         raise NotFound(f"process graph {processgraphid} does not exist")
 
     def _readable_graph(self, cmd: crypto.VerifiedCommand, graph_id: str) -> ProcessGraph:
-        graph = self._aggregates.get(graph_id)
+        graph = self.state.get(graph_id)
         if not isinstance(graph, ProcessGraph) or graph.removed:
             raise NotFound(f"process graph {graph_id.rsplit('.', 1)[-1]} does not exist")
         self._member_colony(cmd, graph.colonyname)
@@ -812,144 +983,75 @@ class ColoniesApp(Application[str]):
     def attach(self, nc: NATS) -> None:
         """Writes from now on go through ``nc`` on the caller's event loop (the engine's),
         without crossing to the store's loop thread. Heads learnt at rebuild are kept."""
-        recorder = self.recorder
-        assert isinstance(recorder, JetStreamApplicationRecorder)
-        self._log = recorder.log.rebound(nc)
+        self._log = self._store.log.rebound(nc)
 
     async def _save(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
-        """Appends the aggregate's pending events to the log (atomically)."""
+        """Appends the aggregate's pending events to the log (atomically) and notes the
+        last sequence written for the reply (:data:`_written`)."""
         pending: list[AuditedEvent] = list(aggregate.collect_events())  # type: ignore[arg-type]
-        recorder = self.recorder
-        assert isinstance(recorder, JetStreamApplicationRecorder)
         stored = [self.mapper.to_stored_event(event) for event in pending]
-        await self._log.append(recorder.entries_for(stored))
+        sequences = await self._log.append(self._store.entries_for(stored))
+        _written.set(max(_written.get(), sequences[-1]))
         return pending
 
-    async def _reload(self, aggregate_id: str) -> AuditedAggregate | None:
-        """The aggregate as the log has it (after a refused or failed write)."""
-        aggregate: AuditedAggregate | None = None
-        for event in await self._events_of(aggregate_id):
-            aggregate = event.mutate(aggregate)
-        return aggregate
-
-    async def _events_of(self, aggregate_id: str) -> list[AuditedEvent]:
-        recorder = self.recorder
-        assert isinstance(recorder, JetStreamApplicationRecorder)
-        messages = await self._log.read_subject(recorder.subject_for(aggregate_id))
+    async def _events_of(self, aggregate_id: str) -> list[tuple[AuditedEvent, int]]:
+        """The aggregate's events from its own subject, with their stream sequences."""
+        store = self._store
+        messages = await self._log.read_subject(store.subject_for(aggregate_id))
         events = []
         for message in messages:
-            envelope = recorder.connection.trusted(message)
+            envelope = store.connection.trusted(message)
             if envelope is None:
                 continue
             event = self._decode(to_notification(envelope, message.sequence))
             if event is not None:
-                events.append(event)
+                events.append((event, message.sequence))
         return events
 
-    async def _save_new(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
+    async def _save_new(self, aggregate: AuditedAggregate) -> Effects:
+        """Saves a new aggregate (IntegrityError if its id exists) and installs it."""
         async with self._lock(aggregate.id):
-            events = await self._save(aggregate)  # IntegrityError if it exists
-            self._aggregates[aggregate.id] = aggregate
-            return events
+            events = await self._save(aggregate)
+            return self.state.install(aggregate, events, _written.get())
 
     async def _change(
         self, aggregate_id: str, kind: type[A], decide: Callable[[A], None]
-    ) -> tuple[A, list[AuditedEvent]]:
-        """Runs ``decide`` on the aggregate under its lock and saves what it triggered.
+    ) -> tuple[A, Effects]:
+        """Runs ``decide`` on a copy of the aggregate under its lock, saves what it
+        triggered, and installs the copy once the log has it.
 
-        If saving fails the in-memory aggregate is reloaded from the log, so a refused
-        write leaves no trace in memory either.
+        A refused or failed write leaves the cached aggregate as it was. When another
+        replica changed the aggregate first (``IntegrityError``), this one catches up
+        from the aggregate's subject and decides again, up to :data:`CONFLICT_RETRIES`
+        times.
         """
         async with self._lock(aggregate_id):
-            aggregate = self._aggregates.get(aggregate_id)
-            if not isinstance(aggregate, kind):
-                what = "colony" if kind is Colony else "process graph"
-                name = aggregate_id.split(".")[0 if kind is Colony else -1]
-                raise NotFound(f"{what} {name!r} does not exist")
-            decide(aggregate)  # a DomainError triggers nothing
-            try:
-                events = await self._save(aggregate)
-            except BaseException:
-                reloaded = await self._reload(aggregate_id)
-                if reloaded is not None:
-                    self._aggregates[aggregate_id] = reloaded
-                raise
-            return aggregate, events
+            for attempt in range(CONFLICT_RETRIES):
+                cached = self.state.get(aggregate_id)
+                if not isinstance(cached, kind):
+                    what = "colony" if kind is Colony else "process graph"
+                    name = aggregate_id.split(".")[0 if kind is Colony else -1]
+                    raise NotFound(f"{what} {name!r} does not exist")
+                draft = cached.copy()
+                decide(draft)  # a DomainError triggers nothing
+                try:
+                    events = await self._save(draft)
+                except IntegrityError:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    await self._catch_up(aggregate_id)
+                    continue
+                return draft, self.state.install(draft, events, _written.get())
+            raise AssertionError("unreachable")
 
     async def _change_graph(
         self, graph_id: str, decide: Callable[[ProcessGraph], None]
     ) -> tuple[ProcessGraph, Effects]:
-        graph, events = await self._change(graph_id, ProcessGraph, decide)
-        return graph, self._index_graph(graph, events)
-
-    def _index_graph(self, graph: ProcessGraph, events: list[AuditedEvent] | None) -> Effects:
-        """Updates the derived indices after ``events`` (None: index the whole graph)."""
-        effects = Effects()
-        with self._index_lock:
-            if events is None or any(e.originator_version == 1 for e in events):
-                graphs = self._graphs_of_colony.setdefault(graph.colonyname, [])
-                if graph.id not in graphs:
-                    graphs.append(graph.id)
-                for processid in graph.nodes:
-                    self._graph_of_process[processid] = graph.id
-            # Ordered (a dict): processes made ready together keep the event's order.
-            touched: dict[str, None] = dict.fromkeys(graph.nodes) if events is None else {}
-            for event in events or ():
-                child = getattr(event, "child", None)
-                if child is not None:
-                    self._graph_of_process[child["processid"]] = graph.id
-                touched.update(dict.fromkeys(r["processid"] for r in getattr(event, "ready", ())))
-                event_process: str | None = getattr(event, "processid", None)
-                if event_process:
-                    touched[event_process] = None
-                touched.update(dict.fromkeys(getattr(event, "cancelled", ())))
-                if isinstance(event, GraphRemoved | GraphCancelled):
-                    touched.update(dict.fromkeys(graph.nodes))
-            for processid in touched:
-                node = graph.nodes[processid]
-                key = (graph.colonyname, node.spec.conditions.executortype)
-                if node.is_ready and not graph.removed:
-                    assert node.readytime is not None
-                    newly = processid not in self.ready
-                    self.ready.add(
-                        key,
-                        processid,
-                        graph.id,
-                        node.attempt,
-                        node.spec.priority,
-                        node.readytime.timestamp(),
-                        tuple(node.spec.conditions.executornames),
-                    )
-                    if newly and events is not None:
-                        effects.ready.append(key)
-                else:
-                    self.ready.discard(processid)
-                if events is not None and node.state in _ENDED:
-                    effects.ended.append((graph.colonyname, processid))
-            if graph.removed:
-                return effects
-            for processid in touched:  # only what this event touched: no scan of the graph
-                node = graph.nodes[processid]
-                if node.is_ready and node.waitdeadline is not None:
-                    timer = _Timer(
-                        node.waitdeadline.timestamp(), processid, graph.id, node.attempt, "wait"
-                    )
-                elif node.is_running and node.execdeadline is not None:
-                    timer = _Timer(
-                        node.execdeadline.timestamp(), processid, graph.id, node.attempt, "exec"
-                    )
-                else:
-                    continue
-                heapq.heappush(self._timers, timer)
-        return effects
+        return await self._change(graph_id, ProcessGraph, decide)
 
 
 def _unix_ns(moment: datetime) -> int:
     return int(moment.timestamp() * 1_000_000) * 1000
-
-
-def _timer_rest(timer: _Timer) -> tuple[str, str, int, str]:
-    return timer.processid, timer.graph_id, timer.attempt, timer.kind
 
 
 __all__ = ["ColoniesApp", "Effects", "Outcome"]

@@ -10,12 +10,14 @@ One asyncio task owns everything here (structured with an anyio task group):
   waiting for the log does not hold up the others.
 - after a command, its effects go out: a work ticket per process that became ready, an
   end notification per process that ended, a work consumer per new executor type.
+- the follower applies every event any replica appends (:meth:`ColoniesApp.follow`).
 - a reconciler re-issues work tickets every second where ready processes have fewer
   tickets waiting than processes (a lost message, a restart), and the timer loop fires
   the deadlines the log implies (execution and waiting time limits).
 
 On start the application rebuilds its state from the log; the work stream, which is
-derived data, is purged and refilled from that state.
+derived data, is created if missing and topped up from that state. It is never purged:
+other replicas may be serving it.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
 from colonies_es.protocol import (
+    AFTER_HEADER,
     API_PREFIX,
     ENGINE_QUEUE_GROUP,
     OPS,
+    SEQUENCE_HEADER,
     WORK_PREFIX,
     WORK_STREAM,
     WorkTicket,
@@ -100,6 +104,7 @@ class Engine:
             try:
                 await self._reset_work()
                 async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self.app.follow)
                     service = await self._start_service(tasks)
                     tasks.start_soon(self._reconcile_forever)
                     tasks.start_soon(self._timers_forever)
@@ -162,31 +167,34 @@ class Engine:
     async def _serve(self, op: str, request: Request) -> None:
         assert self.app is not None
         assert self.nc is not None
-        outcome = await self.app.handle(op, request.data, time.time())
+        outcome = await self.app.handle(op, request.data, time.time(), _after(request))
+        headers = {SEQUENCE_HEADER: str(outcome.sequence)}
         try:
             if outcome.status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
                 await request.respond_error(
                     "413",
                     f"the answer ({len(outcome.body)} bytes) is over the NATS message limit "
                     f"({self.nc.max_payload}): ask for fewer (count)",
+                    headers=headers,
                 )
             elif outcome.status == 200:
-                await request.respond(outcome.body)
+                await request.respond(outcome.body, headers=headers)
             else:
-                await request.respond_error(str(outcome.status), outcome.message)
+                await request.respond_error(str(outcome.status), outcome.message, headers=headers)
         except nats.errors.Error as error:  # the caller is gone; the decision stands
             log.warning("could not answer %s: %r", op, error)
-        await self._apply(outcome.effects)
+        await self._apply(outcome.effects, outcome.sequence)
 
-    async def _apply(self, effects: Effects) -> None:
-        """Publishes what a decision implies: tickets, end notifications, consumers."""
+    async def _apply(self, effects: Effects, sequence: int) -> None:
+        """Publishes what a decision implies: tickets (carrying ``sequence``, the event
+        that made the work ready), end notifications, consumers."""
         assert self.nc is not None
         try:
             for key in effects.new_types:
                 await self._ensure_consumer(key)
             for colonyname, executortype in effects.ready:
                 await self._ensure_consumer((colonyname, executortype))
-                await self._publish_ticket(colonyname, executortype)
+                await self._publish_ticket(colonyname, executortype, sequence)
             for colonyname, processid in effects.ended:
                 await self.nc.publish(ended_subject(colonyname, processid), processid.encode())
         except nats.errors.Error as error:
@@ -196,7 +204,9 @@ class Engine:
     # ----------------------------------------------------------------- work
 
     async def _reset_work(self) -> None:
-        """Recreates the (derived) work stream and issues a ticket per ready process."""
+        """Creates the (derived) work stream if it is missing, and issues a ticket per
+        ready process that has none waiting. Never purges: other replicas may be using
+        it, and a ticket too many only costs a claim that finds nothing."""
         assert self.nc is not None
         assert self.app is not None
         js = self.nc.jetstream()
@@ -211,13 +221,9 @@ class Engine:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
             await js.update_stream(config)
-        await js.purge_stream(WORK_STREAM)
         for key in self.app.executor_types():
             await self._ensure_consumer(key)
-        for (colonyname, executortype), count in self.app.ready.counts().items():
-            await self._ensure_consumer((colonyname, executortype))
-            for _ in range(count):
-                await self._publish_ticket(colonyname, executortype)
+        await self._top_up_tickets()
 
     async def _ensure_consumer(self, key: tuple[str, str]) -> None:
         if key in self._consumers:
@@ -226,13 +232,16 @@ class Engine:
         await self.nc.jetstream().add_consumer(WORK_STREAM, work_consumer_config(*key))
         self._consumers.add(key)
 
-    async def _publish_ticket(self, colonyname: str, executortype: str) -> None:
+    async def _publish_ticket(self, colonyname: str, executortype: str, sequence: int) -> None:
         """Publishes a ticket without waiting for JetStream's ack: the stream takes it as
-        any message on its subjects; one lost on the way is re-issued by the reconciler."""
+        any message on its subjects; one lost on the way is re-issued by the reconciler.
+        ``sequence`` is a log position at which the work is known (the claim sends it)."""
         assert self.nc is not None
         ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
         await self.nc.publish(
-            work_subject(colonyname, executortype), _ticket_encoder.encode(ticket)
+            work_subject(colonyname, executortype),
+            _ticket_encoder.encode(ticket),
+            headers={SEQUENCE_HEADER: str(sequence)},
         )
 
     async def _reconcile_forever(self) -> None:
@@ -244,7 +253,7 @@ class Engine:
                 log.warning("ticket reconciliation failed: %r", error)
 
     async def _reconcile(self) -> None:
-        """Issues tickets where fewer wait (unclaimed or unacked) than ready processes.
+        """Tops up the work tickets (:meth:`_top_up_tickets`).
 
         If the work stream or a consumer is gone (a nats-server restarted without it),
         the work is set up again from the engine's state.
@@ -259,6 +268,14 @@ class Engine:
             self._consumers.clear()
             await self._reset_work()
             return
+        await self._top_up_tickets()
+
+    async def _top_up_tickets(self) -> None:
+        """Issues tickets where fewer wait (unclaimed or unacked) than ready processes."""
+        assert self.nc is not None
+        assert self.app is not None
+        js = self.nc.jetstream()
+        sequence = self.app.state.reached
         for (colonyname, executortype), ready in self.app.ready.counts().items():
             await self._ensure_consumer((colonyname, executortype))
             try:
@@ -268,7 +285,7 @@ class Engine:
                 continue
             waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
             for _ in range(ready - waiting):
-                await self._publish_ticket(colonyname, executortype)
+                await self._publish_ticket(colonyname, executortype, sequence)
 
     # ----------------------------------------------------------------- timers
 
@@ -279,4 +296,13 @@ class Engine:
             delay = self.app.next_deadline_in(time.time())
             await anyio.sleep(min(max(delay, 0.05), 1.0))
             effects = await self.app.fire_deadlines(time.time())
-            await self._apply(effects)
+            await self._apply(effects, self.app.state.reached)
+
+
+def _after(request: Request) -> int:
+    """The highest log sequence the client has seen (0 when it says none)."""
+    value = (request.headers or {}).get(AFTER_HEADER, "0")
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        return 0

@@ -1,0 +1,287 @@
+"""The state an engine derives from the log: aggregates, the indices over them, timers.
+
+Every engine replica keeps one :class:`EngineState`. It changes in exactly two ways,
+both consequences of events already in the log:
+
+- :meth:`EngineState.apply`: the next event of an aggregate, read from the log (the
+  rebuild at start, the follower that tails the stream, a writer catching up after a
+  conflict). Events from any replica arrive this way.
+- :meth:`EngineState.install`: a decision of this replica whose events the log has just
+  acknowledged (the aggregate was decided on a copy; the copy replaces the cached one).
+
+Both update the derived indices (which graph holds a process, the graphs of a colony, the
+ready processes, the deadlines) from the events themselves, so every replica converges on
+the same state whoever wrote. Versions keep the two from applying an event twice: an
+event at or below the cached aggregate's version is already in.
+
+``applied`` is the stream sequence up to which the follower has applied the log; a
+command that must see a write of sequence N waits in :meth:`EngineState.wait_applied`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+from colonies_es.domain import (
+    AuditedAggregate,
+    AuditedEvent,
+    Colony,
+    GraphCancelled,
+    GraphRemoved,
+    ProcessGraph,
+)
+from colonies_es.engine.ready import Key, ReadyIndex
+from colonies_es.models import ProcessState
+
+__all__ = ["Effects", "EngineState", "Timer"]
+
+_ENDED = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
+
+
+@dataclass
+class Effects:
+    """What the service publishes after a decision."""
+
+    ready: list[Key] = field(default_factory=list)
+    """One (colony, executor type) per process that became ready: a work ticket each."""
+    ended: list[tuple[str, str]] = field(default_factory=list)
+    """(colony, process id) of processes that ended: an end notification each."""
+    new_types: list[Key] = field(default_factory=list)
+    """Executor types that appeared: their work consumer must exist."""
+
+    def merge(self, other: Effects) -> None:
+        self.ready.extend(other.ready)
+        self.ended.extend(other.ended)
+        self.new_types.extend(other.new_types)
+
+
+@dataclass(order=True)
+class Timer:
+    """A deadline the log implies: at ``at``, expire ``attempt`` of a process."""
+
+    at: float
+    processid: str = field(compare=False)
+    graph_id: str = field(compare=False)
+    attempt: int = field(compare=False)
+    kind: Literal["exec", "wait"] = field(compare=False)
+
+
+class NotNext(Exception):
+    """An event that does not follow the cached aggregate (a gap): load the aggregate
+    from its own subject instead."""
+
+
+class EngineState:
+    """Aggregates and indices, changed only by events of the log (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[str, AuditedAggregate] = {}
+        self.ready = ReadyIndex()
+        self.applied = 0
+        """The stream sequence the follower has applied the log up to."""
+        self.written = 0
+        """The highest stream sequence this replica has written or installed."""
+        self._graph_of_process: dict[str, str] = {}
+        self._graphs_of_colony: dict[str, list[str]] = {}
+        self._timers: list[Timer] = []
+        self._lock = threading.RLock()  # the rebuild runs in a thread, the rest on the loop
+        self._progress: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, aggregate_id: str) -> AuditedAggregate | None:
+        return self.aggregates.get(aggregate_id)
+
+    @property
+    def reached(self) -> int:
+        """The sequence a reply of this replica may claim it reflects: a client that
+        sends it back makes another replica wait until it has applied that far."""
+        return max(self.applied, self.written)
+
+    def graph_of(self, processid: str) -> str | None:
+        with self._lock:
+            return self._graph_of_process.get(processid)
+
+    def graph_ids(self, colonyname: str) -> list[str]:
+        """The ids of the colony's graphs, oldest first."""
+        with self._lock:
+            return list(self._graphs_of_colony.get(colonyname, ()))
+
+    def colony_names(self) -> list[str]:
+        with self._lock:
+            return list(self._graphs_of_colony)
+
+    def executor_types(self) -> set[Key]:
+        """(colony, executor type) of every APPROVED executor."""
+        return {
+            (a.name, e.executortype)
+            for a in list(self.aggregates.values())
+            if isinstance(a, Colony) and not a.removed
+            for e in a.executors.values()
+            if e.state == 1
+        }
+
+    # ------------------------------------------------------------------ changing
+
+    def apply(self, event: AuditedEvent, sequence: int, index: bool = True) -> bool:
+        """Applies an event read from the log (at ``sequence``); False if it was already
+        in (its version is at or below the cached aggregate's). Raises :class:`NotNext`
+        when it does not follow the cached aggregate (a gap: the caller loads the whole
+        aggregate). ``index=False`` leaves the indices to :meth:`index_all` (rebuild)."""
+        cached = self.aggregates.get(event.originator_id)
+        have = cached.version if cached is not None else 0
+        if event.originator_version <= have:
+            return False
+        if event.originator_version != have + 1:
+            raise NotNext(f"{event.originator_id}: event {event.originator_version} after {have}")
+        aggregate = event.mutate(cached)
+        assert isinstance(aggregate, AuditedAggregate)
+        self.aggregates[event.originator_id] = aggregate
+        if index and isinstance(aggregate, ProcessGraph):
+            self._index_graph(aggregate, [event])
+        return True
+
+    def replace(self, aggregate: AuditedAggregate) -> None:
+        """Installs an aggregate rebuilt from its own subject (after a gap), if it is
+        newer than the cached one, and indexes it whole."""
+        cached = self.aggregates.get(aggregate.id)
+        if cached is not None and cached.version >= aggregate.version:
+            return
+        self.aggregates[aggregate.id] = aggregate
+        if isinstance(aggregate, ProcessGraph):
+            self._index_graph(aggregate, None)
+
+    def install(
+        self, aggregate: AuditedAggregate, events: list[AuditedEvent], sequence: int
+    ) -> Effects:
+        """Installs this replica's decision once the log acknowledged ``events`` (the
+        last at ``sequence``), and returns what to publish. The caller holds the
+        aggregate's lock, so nothing else advanced it meanwhile."""
+        cached = self.aggregates.get(aggregate.id)
+        if cached is not None and cached.version >= aggregate.version:
+            raise AssertionError(f"{aggregate.id} advanced under its lock")
+        self.aggregates[aggregate.id] = aggregate
+        self.written = max(self.written, sequence)
+        if isinstance(aggregate, ProcessGraph):
+            return self._index_graph(aggregate, events)
+        return Effects()
+
+    def index_all(self) -> None:
+        """Indexes every graph whole (after the rebuild)."""
+        for aggregate in list(self.aggregates.values()):
+            if isinstance(aggregate, ProcessGraph):
+                self._index_graph(aggregate, None)
+
+    # ------------------------------------------------------------------ the follower's position
+
+    def advance(self, sequence: int) -> None:
+        """The follower has applied the log up to ``sequence``: wake the waiters."""
+        if sequence <= self.applied:
+            return
+        self.applied = sequence
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
+    async def wait_applied(self, sequence: int, within: float) -> bool:
+        """Waits until the log is applied up to ``sequence``; False after ``within`` s."""
+        if self.applied >= sequence:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.applied < sequence:
+            if self._progress is None:
+                self._progress = asyncio.Event()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except TimeoutError:
+                return self.applied >= sequence
+        return True
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline_in(self, now: float) -> float:
+        """Seconds until the next deadline (a large number when there is none)."""
+        with self._lock:
+            return self._timers[0].at - now if self._timers else 3600.0
+
+    def pop_due(self, now: float) -> Timer | None:
+        """The next timer due at ``now``, removed; None when none is due."""
+        with self._lock:
+            if not self._timers or self._timers[0].at > now:
+                return None
+            return heapq.heappop(self._timers)
+
+    def push_timer(self, timer: Timer) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, timer)
+
+    # ------------------------------------------------------------------ indices
+
+    def _index_graph(self, graph: ProcessGraph, events: list[AuditedEvent] | None) -> Effects:
+        """Updates the derived indices after ``events`` (None: index the whole graph)."""
+        effects = Effects()
+        with self._lock:
+            if events is None or any(e.originator_version == 1 for e in events):
+                graphs = self._graphs_of_colony.setdefault(graph.colonyname, [])
+                if graph.id not in graphs:
+                    graphs.append(graph.id)
+                for processid in graph.nodes:
+                    self._graph_of_process[processid] = graph.id
+            # Ordered (a dict): processes made ready together keep the event's order.
+            touched: dict[str, None] = dict.fromkeys(graph.nodes) if events is None else {}
+            for event in events or ():
+                child = getattr(event, "child", None)
+                if child is not None:
+                    self._graph_of_process[child["processid"]] = graph.id
+                touched.update(dict.fromkeys(r["processid"] for r in getattr(event, "ready", ())))
+                event_process: str | None = getattr(event, "processid", None)
+                if event_process:
+                    touched[event_process] = None
+                touched.update(dict.fromkeys(getattr(event, "cancelled", ())))
+                if isinstance(event, GraphRemoved | GraphCancelled):
+                    touched.update(dict.fromkeys(graph.nodes))
+            for processid in touched:
+                node = graph.nodes[processid]
+                key = (graph.colonyname, node.spec.conditions.executortype)
+                if node.is_ready and not graph.removed:
+                    assert node.readytime is not None
+                    newly = processid not in self.ready
+                    self.ready.add(
+                        key,
+                        processid,
+                        graph.id,
+                        node.attempt,
+                        node.spec.priority,
+                        node.readytime.timestamp(),
+                        tuple(node.spec.conditions.executornames),
+                    )
+                    if newly and events is not None:
+                        effects.ready.append(key)
+                else:
+                    self.ready.discard(processid)
+                if events is not None and node.state in _ENDED:
+                    effects.ended.append((graph.colonyname, processid))
+            if graph.removed:
+                return effects
+            for processid in touched:  # only what these events touched: no scan of the graph
+                node = graph.nodes[processid]
+                if node.is_ready and node.waitdeadline is not None:
+                    timer = Timer(
+                        node.waitdeadline.timestamp(), processid, graph.id, node.attempt, "wait"
+                    )
+                elif node.is_running and node.execdeadline is not None:
+                    timer = Timer(
+                        node.execdeadline.timestamp(), processid, graph.id, node.attempt, "exec"
+                    )
+                else:
+                    continue
+                heapq.heappush(self._timers, timer)
+        return effects
