@@ -30,14 +30,16 @@ _handle = ColoniesApp.handle
 _rng = random.Random()
 
 
-async def _handle_dropping_closes(self: ColoniesApp, op: str, data: bytes, now: float) -> Outcome:
+async def _handle_dropping_closes(
+    self: ColoniesApp, op: str, data: bytes, now: float, after: int = 0
+) -> Outcome:
     if op == "close" and _rng.random() < DROP_RATE:
         signed = msgspec.json.decode(data, type=crypto.SignedCommand)
         payload = msgspec.json.decode(signed.payload, type=crypto.CommandPayload)
         close = msgspec.json.decode(payload.body, type=CloseProcess)
         print(f"DROPPED CLOSE {close.processid}", flush=True)
         return Outcome(200, body=b"{}")  # acknowledged, never written
-    return await _handle(self, op, data, now)
+    return await _handle(self, op, data, now, after)
 
 
 ColoniesApp.handle = _handle_dropping_closes  # type: ignore[method-assign]
