@@ -108,6 +108,7 @@ class Engine:
                     service = await self._start_service(tasks)
                     tasks.start_soon(self._reconcile_forever)
                     tasks.start_soon(self._timers_forever)
+                    await self.nc.flush()  # the endpoints are subscribed before "ready"
                     log.info("engine ready on %s", self.nats_url)
                     if started is not None:
                         started()
