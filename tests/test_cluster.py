@@ -16,8 +16,6 @@ import threading
 import uuid
 from pathlib import Path
 
-import pytest
-
 from colonies_es import Colonies, ColoniesConnectionError, ColoniesError, Workflow, crypto
 from colonies_es.embedded_cluster import NatsCluster
 from colonies_es.models import FuncSpec
@@ -215,13 +213,6 @@ def test_a_projector_takes_the_replica_count_from_the_one_setting(
         matching.wait(15)
 
 
-@pytest.mark.xfail(
-    reason="until the engine decides on a copy (issue 8.1, in progress): an append that "
-    "fails while the stream elects a leader leaves the undone decision in the engine's "
-    "memory (a claim marks the process RUNNING, no executor has it, no deadline is armed), "
-    "so some workflows never end. Passes with decide-on-a-copy (checked locally).",
-    strict=False,
-)
 def test_killing_the_stream_leader_mid_load_loses_no_acknowledged_event(
     nats_cluster: NatsCluster, tmp_path: Path
 ) -> None:
