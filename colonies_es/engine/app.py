@@ -346,12 +346,6 @@ class ColoniesApp(Application[str]):
             body = command.decode_body(OPS[op])
         except crypto.CommandRejected as error:
             return Outcome(error.status, message=error.message, sequence=self.state.reached)
-        if not command.nonce:  # a ColonyOS envelope: no replay key to answer retries by
-            if not await self.state.wait_applied(after, CATCH_UP_WAIT):
-                return self._behind(after)
-            outcome = await self._decide(op, command, body, now, check_replay=False)
-            outcome.sequence = outcome.sequence or self.state.reached
-            return outcome
         if now - command.ts > RETRY_AGE:
             after = max(after, await self._log_end())
         if not await self.state.wait_applied(after, CATCH_UP_WAIT):
