@@ -66,6 +66,18 @@ def server(
             show_default=False,
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port (/metrics; 0 picks a free one, "
+            "logged): commands by op and status, latency, ready processes and waiting "
+            "executors per type, follower lag. Off unless given.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the engine: serve signed commands on colonies.api.*, publish ready work,
     fire timeouts; and a projector beside it (--no-projector to leave it out). State is
@@ -98,7 +110,7 @@ def server(
         print(f"colonies engine ready on {settings.nats.url} (pid {os.getpid()})", flush=True)
 
     try:
-        run_engine(settings, started, projector=projector)
+        run_engine(settings, started, projector=projector, metrics_port=metrics_port)
     except KeyboardInterrupt:
         pass
     except Exception as error:  # one readable line, not a traceback

@@ -20,6 +20,7 @@ def run_engine(
     started: Callable[[], Any] | None = None,
     *,
     projector: bool = False,
+    metrics_port: int | None = None,
 ) -> None:
     """Runs the engine in this thread until interrupted (KeyboardInterrupt, SIGTERM).
 
@@ -28,7 +29,8 @@ def run_engine(
     sealed and unsealed messages in the log are ignored; without, anyone able to publish
     to the stream could inject events. With ``projector`` a projector (read model and
     queries) runs beside the engine, in the same event loop, keeping its view in
-    ``settings.projector_db``.
+    ``settings.projector_db``. With ``metrics_port`` Prometheus metrics are served on
+    that port (0: a free one; colonies_es.metrics); the port is logged.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.event_seal_key:
@@ -47,6 +49,12 @@ def run_engine(
     engine = Engine(
         settings.nats.url, make_app, settings.nats, work_replicas=settings.stream_replicas
     )
+    if metrics_port is not None:
+        from colonies_es.metrics import EngineMetrics
+
+        engine.metrics = EngineMetrics()
+        port = engine.metrics.serve(metrics_port)
+        logging.getLogger("colonies.engine").info("metrics on http://0.0.0.0:%d/metrics", port)
 
     async def until_signalled() -> None:
         # SIGINT/SIGTERM cancel the engine's task from inside the loop, so its shutdown

@@ -42,6 +42,7 @@ from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConf
 from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
+from colonies_es.metrics import EngineMetrics
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -77,6 +78,9 @@ async def _log_nats_error(error: Exception) -> None:
 class Engine:
     """Runs the command service and the work dispatch until cancelled."""
 
+    metrics: EngineMetrics | None = None
+    """Set before :meth:`run` to count commands and sample gauges (colonies_es.metrics)."""
+
     def __init__(
         self,
         nats_url: str,
@@ -108,6 +112,8 @@ class Engine:
                     service = await self._start_service(tasks)
                     tasks.start_soon(self._reconcile_forever)
                     tasks.start_soon(self._timers_forever)
+                    if self.metrics is not None:
+                        tasks.start_soon(self.metrics.sample_forever, self)
                     await self.nc.flush()  # the endpoints are subscribed before "ready"
                     log.info("engine ready on %s", self.nats_url)
                     if started is not None:
@@ -168,7 +174,10 @@ class Engine:
     async def _serve(self, op: str, request: Request) -> None:
         assert self.app is not None
         assert self.nc is not None
+        arrived = time.perf_counter()
         outcome = await self.app.handle(op, request.data, time.time(), _after(request))
+        if self.metrics is not None:
+            self.metrics.command(op, outcome.status, time.perf_counter() - arrived)
         headers = {SEQUENCE_HEADER: str(outcome.sequence)}
         try:
             if outcome.status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
