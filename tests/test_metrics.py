@@ -133,6 +133,7 @@ def test_commands_latency_ready_work_waiting_executors_and_log_position(
                 and (sample(now, "colonies_executors_waiting", colony=colony,
                             executortype="idle") or 0) >= 1
                 and (sample(now, "colonies_log_sequence") or 0) >= 4
+                and sample(now, "colonies_follower_lag_events") == 0
             )  # fmt: skip
 
         wait_until(sampled, 30, "the gauges are sampled")
