@@ -48,6 +48,7 @@ from colonies_es.cli.common import (
     table,
     when,
 )
+from colonies_es.cli.fixing import defined_functions, rerun_with_code, stepping_into
 from colonies_es.cli.workflow import GraphDetails, GraphIdArgument, GraphIdOption, _show
 from colonies_es.projections.audit import AuditReport, Authorities, export_lines, verify
 from colonies_es.projections.debug import (
@@ -86,6 +87,17 @@ audit_app = typer.Typer(
 _UNSEALED_MARK = "not sealed by the engine"
 """What the history reader and the audit say of a message the seal key does not verify."""
 _HISTORY_LOGGER = "colonies.history"
+
+CodeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--code",
+        metavar="FILE.py",
+        help="Python source defining new versions of the workflow's functions (by name).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
 
 SealKeyOption = Annotated[
     str | None,
@@ -222,6 +234,14 @@ def debug(
             show_default=False,
         ),
     ] = None,
+    code: CodeOption = None,
+    step: Annotated[
+        bool,
+        typer.Option(
+            "--pdb",
+            help="With --rerun: stop in pdb at the function's first line (n, s, p, c...).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
@@ -235,13 +255,20 @@ def debug(
     its input, the paths from the roots to it and what its failure cancelled; then the
     processes that needed retries.
 
-    With --rerun NODENAME, run that function locally instead; exit status 1 if it raises.
+    With --rerun NODENAME, run that function locally instead, with the recorded code or
+    the new code of --code FILE.py, in pdb with --pdb; exit status 1 if it raises.
     """
     graphid = one_id(graph_id, processgraphid, "--processgraphid")
+    if rerun is None and (code is not None or step):
+        fail("--code and --pdb go with --rerun NODENAME", status=2)
+    source = _read_code(code)
     entries = _history(Server(host, port, tls), graphid, colony, seal_key)
     if rerun is not None:
+        funcname = _funcname_of(entries, rerun)
+        debugging = stepping_into(funcname) if step else contextlib.nullcontext()
         try:
-            result = run_locally(entries, rerun)
+            with debugging:
+                result = run_locally(entries, rerun, code=source)
         except (LookupError, ValueError) as error:
             fail(str(error))
         if json_output:
@@ -357,6 +384,7 @@ def rerun(
             "everything after it run.",
         ),
     ] = True,
+    code: CodeOption = None,
     json_output: JsonOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
@@ -364,14 +392,37 @@ def rerun(
     colony: ColonyOption = None,
     prvkey: PrvkeyOption = None,
 ) -> None:
-    """Re-run a FAILED workflow as a new one (it records the old one as its origin)."""
+    """Re-run a FAILED workflow as a new one, from its failure.
+
+    Without --code the engine re-runs it (the new graph records the old one as its
+    origin; succeeded processes keep their outputs). With --code FILE.py, the functions
+    the file defines replace the recorded ones: succeeded processes replay their
+    recorded outputs, the failed one and everything after it run, with the new code
+    where the file defines their function.
+    """
     given = one_id(graph_id, processgraphid, "--processgraphid")
     key = require_key(prvkey, MEMBER)
+    source = _read_code(code)
+    changed: list[str] = []
     with connected(Server(host, port, tls)) as client:
         graphid = resolve_graph_id(client, given, colony, key)
-        graph = rerun_from_failed(client, graphid, key)
+        if source is None:
+            graph = rerun_from_failed(client, graphid, key)
+        else:
+            failed = client.get_processgraph(graphid, key)
+            try:
+                graph, changed = rerun_with_code(client, failed, source, key)
+            except ValueError as error:
+                fail(str(error))
     if json_output:
         print_json(graph)
+    elif changed:
+        render(
+            Text(
+                f"Workflow {graph.processgraphid} re-runs {graphid} from its failure with "
+                f"new code for {', '.join(changed)}"
+            )
+        )
     else:
         render(Text(f"Workflow {graph.processgraphid} re-runs {graphid} from its failure"))
 
@@ -522,6 +573,29 @@ def audit_export(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _read_code(path: Path | None) -> str | None:
+    """The source in ``path`` (None for no path), checked to parse; exit 2 otherwise."""
+    if path is None:
+        return None
+    try:
+        source = path.read_text()
+        defined_functions(source)
+    except OSError as error:
+        fail(f"cannot read {path}: {error.strerror or error}", status=2)
+    except SyntaxError as error:
+        fail(f"{path} does not parse: {error.msg} (line {error.lineno})", status=2)
+    return source
+
+
+def _funcname_of(entries: list[HistoryEntry], nodename: str) -> str:
+    """The function name of the graph's process ``nodename`` (itself when unknown)."""
+    *_, (_, graph) = replay_steps(entries)
+    for process in graph_state(graph).processes:
+        if process.spec.nodename == nodename:
+            return process.spec.funcname
+    return nodename
 
 
 def _key(seal_key: str | None) -> str | None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -180,7 +181,10 @@ class LocalRun:
 
 
 def run_locally(
-    entries: Sequence[HistoryEntry], nodename: str, globals_: dict[str, Any] | None = None
+    entries: Sequence[HistoryEntry],
+    nodename: str,
+    globals_: dict[str, Any] | None = None,
+    code: str | None = None,
 ) -> LocalRun:
     """Runs the function of process ``nodename`` here, with the input it was given,
     as the python executor calls it, and returns what it gave or raised.
@@ -188,7 +192,8 @@ def run_locally(
     The code sees ``globals_``; by default ``func_spec`` and ``Crypto`` and, so that a
     re-run never changes a live graph, ``colonies = None`` (a function that needs the
     client, such as one calling ``add_child``, fails here). ``ctx`` holds the process
-    and the colony name, no executor identity. Raises LookupError when the graph has no
+    and the colony name, no executor identity. ``code``, when given, is run instead of
+    the recorded source (a fix being tried). Raises LookupError when the graph has no
     such process, ValueError when the process never became ready (it has no input).
     """
     graph = state_at(entries, Nth(len(entries)))
@@ -199,6 +204,9 @@ def run_locally(
     if node.readytime is None:
         raise ValueError(f"{nodename} never became ready: it has no recorded input to run with")
     process = graph.process_model(node.processid)
+    if code is not None:
+        encoded = base64.b64encode(code.encode("utf-8")).decode("ascii")
+        process.spec.env = {**process.spec.env, "code": encoded}
     ctx = {
         "process": process,
         "colonyname": graph.colonyname,
