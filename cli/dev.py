@@ -342,9 +342,13 @@ def _start_ui(
 ) -> str | None:
     """`colonies ui` on 127.0.0.1, reading as the colony's member user (with neither the
     owners' keys nor the log's seal key); returns its link (None if interrupted, or with
-    no UI)."""
+    no UI). Its log holds the link and so the access token: it is private (0600), as
+    dev.env is."""
     if options.ui_port is None:
         return None
+    log_file = options.data_dir / "ui.log"
+    log_file.touch(mode=0o600)
+    log_file.chmod(0o600)  # also when an earlier run left it readable
     service = ChildProcess(
         "web UI",
         ["ui", "--ui-port", str(options.ui_port)],
@@ -353,7 +357,7 @@ def _start_ui(
             "COLONIES_COLONY_PRVKEY": "",
             "COLONIES_ENGINE_ID": id_from_private_key(keys.engine_prvkey),
         },
-        options.data_dir / "ui.log",
+        log_file,
     )
     if not _start_service(stack, service, UI_READY_LINE, stop):
         return None

@@ -379,6 +379,13 @@ def test_an_exposed_ui_says_what_it_exposes(dev: DevStack, tmp_path: Path) -> No
         ui.stop()
 
 
+def test_the_log_holding_the_link_is_private(dev: DevStack) -> None:
+    """`colonies dev` writes the UI's output, its link with the token, to ui.log."""
+    log = dev.directory / "ui.log"
+    assert dev.token in log.read_text()
+    assert log.stat().st_mode & 0o777 == 0o600
+
+
 def test_the_server_refuses_a_non_local_bind_unless_told() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "colonies_es.cli", "ui", "--ui-host", "0.0.0.0"],
