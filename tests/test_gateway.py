@@ -448,3 +448,33 @@ def test_events_caused_by_pycolonies_pass_the_audit(stack: Stack, pyc: PyColonie
     report = verify(stack.nats.url, authorities, seal_key=stack.engine.seal_key)
     assert report.ok, report.findings
     assert report.checked >= len(mine)
+
+
+# ------------------------------------------------------------------ without an engine
+
+
+def test_without_an_engine_the_answer_is_503_in_the_colonyos_shape(
+    nats_url: str, tmp_path: Path
+) -> None:
+    lonely = GatewayProcess(nats_url, tmp_path / "gateway.log").start()  # no engine here
+    try:
+        body = colonyos.envelope({"msgtype": "getcoloniesmsg"}, crypto.new_private_key())
+        status, payload = raw_call(lonely, body)
+        assert (status, payload["message"]) == (503, "no colonies engine is answering")
+        assert requests.get(f"{lonely.url}/health", timeout=10).status_code == 200
+    finally:
+        lonely.stop()
+
+
+def test_an_unreachable_nats_is_one_line_and_exit_1() -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "colonies_es.cli", "gateway"),
+            *("--nats", "nats://127.0.0.1:1", "--port", "0"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == "error: cannot connect to NATS at nats://127.0.0.1:1\n"

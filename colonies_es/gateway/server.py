@@ -57,6 +57,10 @@ ASSIGN_RETRY = 1.0
 """Seconds a waiting assign sleeps at most before asking the engine again (a ticket it
 missed, work of another type woken in its place)."""
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds the gateway tries to reach NATS at start before giving up (then it reconnects
+forever)."""
+
 NOTHING_READY = "no process ready"
 """How the engine's 404 to a claim begins when the claimer may take nothing right now
 (the only 404 an assign waits through; any other is answered at once)."""
@@ -144,8 +148,8 @@ class Gateway:
     async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
         """Connect to NATS and listen on ``host:port`` (0: a free port); return the port.
 
-        Raises ``ConnectionError`` if NATS cannot be reached, ``OSError`` if the port is
-        taken.
+        Raises ``ConnectionError`` if NATS cannot be reached within
+        :data:`CONNECT_TIMEOUT`, ``OSError`` if the port is taken.
         """
         try:
             nc: NATS = await asyncio.wait_for(
@@ -153,9 +157,9 @@ class Gateway:
                     "colonies-es gateway",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
-                    error_cb=_log_nats_error,
+                    error_cb=self._nats_error,
                 ),
-                self.timeout,
+                CONNECT_TIMEOUT,
             )
         except (TimeoutError, OSError, nats.errors.Error) as error:
             raise ConnectionError(f"cannot connect to NATS at {self.access.url}") from error
@@ -181,6 +185,12 @@ class Gateway:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.drain()
+
+    async def _nats_error(self, error: Exception) -> None:
+        """nats-py's error callback: one line per trouble once connected (before, the
+        start says it in one line)."""
+        if self.nc is not None:
+            log.warning("NATS: %r", error)
 
     # ------------------------------------------------------------------ engine
 
@@ -329,10 +339,6 @@ class Gateway:
         if request.transport is not None:
             request.transport.close()  # no close frame: pycolonies' wait() raises
         return ws
-
-
-async def _log_nats_error(error: Exception) -> None:
-    log.warning("NATS: %r", error)
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
