@@ -4,6 +4,7 @@ gateway (each its own process)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nats
 import pycolonies
 import pytest
 import requests
@@ -26,6 +28,7 @@ from pycolonies import Workflow, func_spec
 from colonies_es import colonyos, crypto
 from colonies_es.client import colonies_client
 from colonies_es.projections.audit import Authorities, verify
+from colonies_es.protocol import WORK_STREAM, work_consumer
 from tests.eventlog import last_sequence, nothing_written, read_events
 from tests.gateway_stack import (
     PYCOLONIES_EXAMPLES,
@@ -243,6 +246,32 @@ def test_assign_waits_for_work_and_answers_404_when_none_comes(
         assert time.monotonic() - submitted < 0.9  # woken by the work ticket, not the 1 s retry
     assert assigned.processid == process.processid
     assert assigned.state == pycolonies.Colonies.RUNNING
+
+
+def test_assigns_through_the_gateway_leave_no_work_tickets_behind(
+    stack: Stack, pyc: PyColonies
+) -> None:
+    colony = stack.new_colony()
+    executor = register(pyc, colony, "drained")
+    for _ in range(5):
+        pyc.submit_func_spec(one_spec(colony, "drained"), colony.owner_prvkey)
+    for _ in range(5):
+        pyc.close(pyc.assign(colony.name, 5, executor).processid, [], executor)
+
+    async def tickets_waiting() -> int:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            info = await nc.jetstream().consumer_info(
+                WORK_STREAM, work_consumer(colony.name, "drained")
+            )
+            return (info.num_pending or 0) + (info.num_ack_pending or 0)
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + 10
+    while (waiting := asyncio.run(tickets_waiting())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert waiting == 0  # without taking them, the 5 tickets would stay in the stream
 
 
 # ------------------------------------------------------------------ refusals

@@ -40,6 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es import colonyos
+from colonies_es.client.work import WorkTickets
 from colonies_es.gateway.replies import error_reply, reply, shape
 from colonies_es.protocol import NAME_PATTERN, WORK_PREFIX, api_subject, ended_subject
 from colonies_es.settings import NatsAccess
@@ -60,6 +61,9 @@ missed, work of another type woken in its place)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds the gateway tries to reach NATS at start before giving up (then it reconnects
 forever)."""
+
+SPENT_TICKET_WAIT = 0.05
+"""Seconds :class:`SpentTickets` waits for a ticket to take before it gives up on it."""
 
 NOTHING_READY = "no process ready"
 """How the engine's 404 to a claim begins when the claimer may take nothing right now
@@ -122,6 +126,51 @@ class WorkSignals:
         self._subscriptions.clear()
 
 
+class SpentTickets:
+    """Takes one work ticket off the work stream per process assigned through the gateway.
+
+    A native executor consumes the ticket it claims with; an assign through the gateway
+    claims without one, so without this each such process would leave a ticket in the
+    (never purged) work stream, and native executors of that type would claim for nothing.
+    One task, owned by the gateway, takes them one at a time (waiting
+    :data:`SPENT_TICKET_WAIT` at most for each: a ticket already taken by a native
+    executor that then found nothing is not there any more). A ticket taken that a ready
+    process still needed is re-issued by the engine's reconciler within a second.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._spent: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._tickets: dict[tuple[str, str], WorkTickets] = {}
+        self._task = asyncio.get_running_loop().create_task(self._take_forever())
+
+    def spent(self, colonyname: str, executortype: str) -> None:
+        """A process of this type was assigned through the gateway."""
+        if NAME_PATTERN.match(colonyname) and NAME_PATTERN.match(executortype):
+            self._spent.put_nowait((colonyname, executortype))
+
+    async def _take_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key = await self._spent.get()
+            tickets = self._tickets.get(key)
+            if tickets is None:
+                tickets = self._tickets[key] = WorkTickets(self._nc, *key)
+            try:
+                ticket = await tickets.next(loop.time() + SPENT_TICKET_WAIT)
+                if ticket is not None:
+                    await ticket.ack()
+            except nats.errors.Error as error:
+                log.debug("could not take a spent ticket of %s: %r", key, error)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for tickets in self._tickets.values():
+            await tickets.close()
+
+
 class Gateway:
     """The aiohttp application in front of the engine, over one NATS connection."""
 
@@ -133,6 +182,7 @@ class Gateway:
         self.timeout = timeout
         self.nc: NATS | None = None
         self._signals: WorkSignals | None = None
+        self._spent: SpentTickets | None = None
         self._types: dict[str, str] = {}  # executor id -> executor type, as learnt
         self._runner: web.AppRunner | None = None
 
@@ -165,6 +215,7 @@ class Gateway:
             raise ConnectionError(f"cannot connect to NATS at {self.access.url}") from error
         self.nc = nc
         self._signals = WorkSignals(nc)
+        self._spent = SpentTickets(nc)
         self._runner = web.AppRunner(self.application(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -182,6 +233,8 @@ class Gateway:
             self._runner = None
         if self._signals is not None:
             await self._signals.close()
+        if self._spent is not None:
+            await self._spent.close()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.drain()
@@ -268,13 +321,16 @@ class Gateway:
         return status, body, _nothing(status, error)
 
     def _learn(self, payloadtype: str, result: Any) -> None:
-        """Remember executors' types (to wake the right waiting assign)."""
+        """Remember executors' types (to wake the right waiting assign); count the work
+        tickets assigns through the gateway leave behind."""
         if payloadtype == "addexecutormsg" and isinstance(result, dict):
             self._types[result.get("executorid", "")] = result.get("executortype", "")
         elif payloadtype == "assignprocessmsg" and isinstance(result, dict):
-            spec = result.get("spec") or {}
-            executortype = (spec.get("conditions") or {}).get("executortype", "")
+            conditions = (result.get("spec") or {}).get("conditions") or {}
+            executortype = conditions.get("executortype", "")
             self._types[result.get("assignedexecutorid", "")] = executortype
+            if self._spent is not None:
+                self._spent.spent(conditions.get("colonyname", ""), executortype)
 
     async def _pubsub(self, request: web.Request) -> web.WebSocketResponse:
         """``wait()``: one ``subscribeprocessmsg``, one frame when the process reaches the
