@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -272,6 +273,26 @@ def test_assigns_through_the_gateway_leave_no_work_tickets_behind(
     while (waiting := asyncio.run(tickets_waiting())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert waiting == 0  # without taking them, the 5 tickets would stay in the stream
+
+
+def test_an_assign_whose_caller_left_claims_nothing(
+    stack: Stack, gateway: GatewayProcess, pyc: PyColonies
+) -> None:
+    colony = stack.new_colony()
+    executor = register(pyc, colony, "left")
+    body = colonyos.envelope(
+        {"msgtype": "assignprocessmsg", "timeout": 30, "colonyname": colony.name}, executor
+    )
+    request = (
+        f"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as gone:
+        gone.sendall(request)
+        time.sleep(0.5)  # the assign is now waiting in the gateway
+    time.sleep(0.2)  # its connection is closed
+    process = pyc.submit_func_spec(one_spec(colony, "left"), colony.owner_prvkey)
+    time.sleep(0.5)  # the ticket wakes the abandoned assign, which must not claim
+    assert pyc.assign(colony.name, 5, executor).processid == process.processid
 
 
 # ------------------------------------------------------------------ refusals

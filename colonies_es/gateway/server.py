@@ -278,7 +278,7 @@ class Gateway:
             return _error(400, "malformed RPC message: expected {payloadtype, payload, signature}")
         payloadtype = envelope["payloadtype"]
         if payloadtype == "assignprocessmsg":
-            status, body, message = await self._assign(data, envelope)
+            status, body, message = await self._assign(request, data, envelope)
         else:
             status, body, message = await self._engine(data)
         if status != 200:
@@ -287,11 +287,15 @@ class Gateway:
         self._learn(payloadtype, result)
         return web.Response(body=reply(payloadtype, result), content_type="application/json")
 
-    async def _assign(self, data: bytes, envelope: dict[str, Any]) -> tuple[int, bytes, str]:
+    async def _assign(
+        self, request: web.Request, data: bytes, envelope: dict[str, Any]
+    ) -> tuple[int, bytes, str]:
         """The long poll: claim now, else wait for work until the message's timeout.
 
         The message's fields steer the waiting only; the engine verifies the envelope on
-        every try and refuses a bad one at once (and ``timeout`` 0 with 400).
+        every try and refuses a bad one at once (and ``timeout`` 0 with 400). It stops
+        claiming when the caller has gone (a process claimed for nobody would wait for
+        its execution time limit).
         """
         message = _payload(envelope)
         colonyname = message.get("colonyname")
@@ -315,6 +319,8 @@ class Gateway:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter.woken.wait(), min(remaining, ASSIGN_RETRY))
                 waiter.woken.clear()
+                if request.transport is None or request.transport.is_closing():
+                    break  # the caller is gone
                 status, body, error = await self._engine(data)
                 if status != 404 or not error.startswith(NOTHING_READY):
                     break
