@@ -180,3 +180,33 @@ def test_version() -> None:
     out = Cli({}).ok("--version")
     assert out.startswith("colonies-es ")
     assert out.split()[1][0].isdigit()
+
+
+def test_executors_are_heard_from_when_they_claim_and_report_even_after_a_restart(
+    fresh_stack: Stack, tmp_path: Path
+) -> None:
+    stack = fresh_stack
+    colony = stack.new_colony()
+    busy = stack.new_executor(colony, EXECUTOR_TYPE, name="busy")
+    stack.new_executor(colony, EXECUTOR_TYPE, name="silent")
+    member = Member(stack, colony, colony.owner_prvkey,
+                    Cli(stack_env(stack, colony, colony.owner_prvkey)), tmp_path)  # fmt: skip
+    graphid = member.submit(SEED[0])
+    process = stack.client.assign(colony.name, 10, busy)
+    stack.client.close(process.processid, [1], busy)
+    member.wait_for(graphid, ProcessState.SUCCESS)
+
+    def heard() -> dict[str, str | None]:
+        return {
+            e["executorname"]: e["lastheardfromtime"] for e in member.cli.json("executor", "ls")
+        }
+
+    before = heard()
+    assert before["busy"] is not None
+    assert before["silent"] is None
+    table = member.cli.ok("executor", "ls")
+    assert "never" in table
+    assert "s ago" in table
+    stack.engine.stop()
+    stack.engine.start()
+    assert heard()["busy"] == before["busy"]  # derived from the log again

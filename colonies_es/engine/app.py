@@ -52,6 +52,9 @@ from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.engine.replies import Applied, Decided, Replies
 from colonies_es.engine.state import Effects, EngineState, NotNext, Timer
 from colonies_es.models import (
+    Executor as ExecutorModel,
+)
+from colonies_es.models import (
     Log,
     ProcessState,
     Statistics,
@@ -560,7 +563,8 @@ class ColoniesApp(Application[str]):
         self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime
     ) -> Any:
         colony = self._member_colony(cmd, body.colonyname)
-        return encode([colony.executor_model(e.executorname) for e in colony.executors.values()])
+        executors = [colony.executor_model(e.executorname) for e in colony.executors.values()]
+        return encode([self._heard(executor) for executor in executors])
 
     async def _op_get_executor(
         self, cmd: crypto.VerifiedCommand, body: ExecutorRef, now: datetime
@@ -569,7 +573,12 @@ class ColoniesApp(Application[str]):
         executor = colony.executor_by_name(body.executorname)
         if executor is None:
             raise NotFound(f"no executor named {body.executorname!r} in colony {body.colonyname!r}")
-        return encode(executor)
+        return encode(self._heard(executor))
+
+    def _heard(self, executor: ExecutorModel) -> ExecutorModel:
+        """``executor`` with its ``lastheardfromtime`` (the state's ``last_heard``)."""
+        executor.lastheardfromtime = self.state.last_heard.get(executor.executorid)
+        return executor
 
     async def _op_whoami(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
         colony = self._colony(body.colonyname)

@@ -24,6 +24,7 @@ import asyncio
 import heapq
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from colonies_es.domain import (
@@ -81,6 +82,10 @@ class EngineState:
     def __init__(self) -> None:
         self.aggregates: dict[str, AuditedAggregate] = {}
         self.ready = ReadyIndex()
+        self.last_heard: dict[str, datetime] = {}
+        """Identity -> time of the latest graph event it caused (an executor's claims,
+        closes, fails, logs...): its ``lastheardfromtime``. After a rebuild, the latest
+        assignment or end of a process it held."""
         self.applied = 0
         """The stream sequence the follower has applied the log up to."""
         self.written = 0
@@ -225,6 +230,18 @@ class EngineState:
 
     # ------------------------------------------------------------------ indices
 
+    def _heard(self, actor: str, moment: datetime) -> None:
+        known = self.last_heard.get(actor)
+        if known is None or moment > known:
+            self.last_heard[actor] = moment
+
+    def _heard_from_nodes(self, graph: ProcessGraph) -> None:
+        """What a graph's processes tell of their executors (when events are not at hand)."""
+        for node in graph.nodes.values():
+            moment = node.endtime or node.starttime
+            if node.assignedexecutorid and moment is not None:
+                self._heard(node.assignedexecutorid, moment)
+
     def _index_graph(self, graph: ProcessGraph, events: list[AuditedEvent] | None) -> Effects:
         """Updates the derived indices after ``events`` (None: index the whole graph)."""
         effects = Effects()
@@ -237,7 +254,10 @@ class EngineState:
                     self._graph_of_process[processid] = graph.id
             # Ordered (a dict): processes made ready together keep the event's order.
             touched: dict[str, None] = dict.fromkeys(graph.nodes) if events is None else {}
+            if events is None:
+                self._heard_from_nodes(graph)
             for event in events or ():
+                self._heard(event.actor, event.timestamp)
                 child = getattr(event, "child", None)
                 if child is not None:
                     self._graph_of_process[child["processid"]] = graph.id
