@@ -151,8 +151,6 @@ class Projector:
         self._assignees: dict[str, tuple[str, str]] = {}
         """Process id -> (executor id, executor name) of its latest assignment."""
         self._logs: list[LogRow] = []
-        self._known: set[str] = view.aggregate_ids()
-        """Ids of the aggregates the view has rows of: only those are worth rebuilding."""
 
     @property
     def position(self) -> int:
@@ -172,7 +170,6 @@ class Projector:
         self._failed = False
         self._colonies.clear()
         self._graphs.clear()
-        self._known = self.view.aggregate_ids()
         self._forget_changes()
 
     # ------------------------------------------------------------------ applying
@@ -274,8 +271,8 @@ class Projector:
         if graph is not None:
             self._graphs.move_to_end(aggregate_id)
             return graph
-        if aggregate_id not in self._known:  # new to the view: no lookup needed
-            return None
+        # One primary-key lookup in the view (not a set of every id ever seen, which
+        # would grow with the history).
         version = self.view.version_of(aggregate_id)
         if version is None:
             return None
@@ -333,7 +330,6 @@ class Projector:
         for graph_id, touched in self._dirty_graphs.items():
             self._graph_rows(self._graphs[graph_id], touched, changes)
         self.view.write(changes, self._position)
-        self._known.update(aggregate_id for aggregate_id, _ in changes.versions)
         self._pending = 0
         self._forget_changes()
         while len(self._graphs) > self.cache_size:

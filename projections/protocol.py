@@ -11,7 +11,8 @@ Requests
 Replies
     A success is the JSON of the result: models of :mod:`colonies_es.models`, lists of
     them, or the objects documented on each body below. A refusal carries the micro
-    error headers ``Nats-Service-Error-Code`` (400, 403, 404, 408, 500) and
+    error headers ``Nats-Service-Error-Code`` (400, 403, 404, 408, 413 the answer is over the
+    NATS max_payload: ask for fewer, 500) and
     ``Nats-Service-Error`` (one readable line), like the engine's.
 
 Consistency

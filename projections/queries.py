@@ -21,26 +21,19 @@ self-reconnecting :class:`~colonies_es.client.connection.Connection`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
-import nats.errors
-from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
-
 from colonies_es.client.async_client import server_urls
 from colonies_es.client.connection import Connection
-from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
-from colonies_es.crypto import seal
+from colonies_es.client.read_side import REPLY_MARGIN, ReadSide
 from colonies_es.loop import LoopThread
 from colonies_es.models import (
     Log,
-    ModelValidationError,
     Process,
     ProcessGraph,
     Statistics,
-    decode,
 )
 from colonies_es.projections.protocol import (
     DEFAULT_COUNT,
@@ -54,21 +47,11 @@ from colonies_es.projections.protocol import (
     ListProcesses,
     Position,
     Query,
-    query_subject,
-    signed_op,
 )
 
 __all__ = ["QueryClient"]
 
 T = TypeVar("T")
-
-LOG_STREAM = "COLONIES"
-"""The event log's stream (the store's default)."""
-LOG_EVENTS = "colonies.ev.>"
-"""The subjects of its events."""
-
-_REPLY_MARGIN = 1.0
-"""Seconds the client waits for a reply beyond what it lets the projector wait."""
 
 
 class QueryClient:
@@ -93,6 +76,7 @@ class QueryClient:
         self.timeout = timeout
         self._floor = 0
         self._connection = Connection(server_urls(host, port, tls, servers), timeout)
+        self._read_side = ReadSide(self._connection)
         self._loop = LoopThread("colonies-queries")
 
     # ------------------------------------------------------------------ queries
@@ -146,67 +130,22 @@ class QueryClient:
         seconds.
         """
         body = GetPosition(after=seq, wait=timeout)
-        position = self._query("position", body, Position, timeout + _REPLY_MARGIN).position
+        position = self._query("position", body, Position, timeout + REPLY_MARGIN).position
         self._floor = max(self._floor, seq)
         return position
 
     def log_position(self) -> int:
         """The stream sequence of the last event in the log (0 when there is none)."""
-        return self._loop.run(self._last_event_sequence())
+        return self._loop.run(self._read_side.log_position())
 
     # ------------------------------------------------------------------ plumbing
 
     def _query(self, op: str, body: Query, result: type[T], timeout: float | None = None) -> T:
-        if body.after < self._floor:
-            body.after = self._floor
-        if timeout is None:
-            timeout = self.timeout
-            body.wait = max(timeout - _REPLY_MARGIN, 0.0)
-        data = self._loop.run(self._request(op, body, timeout))
-        try:
-            return decode(data, result)
-        except ModelValidationError as error:
-            raise ColoniesError(500, f"unreadable reply to {op!r}: {error}") from error
-
-    async def _request(self, op: str, body: Query, reply_within: float) -> bytes:
-        data = seal(signed_op(op), body, self.prvkey)
-        nc = await self._connection.nats()
-        url = self._connection.url
-        try:
-            reply = await nc.request(query_subject(op), data, timeout=reply_within)
-        except nats.errors.NoRespondersError:
-            raise ColoniesConnectionError(f"no projector is answering on {url}") from None
-        except nats.errors.TimeoutError:
-            raise ColoniesConnectionError(
-                f"no projector on {url} answered {op!r} within {reply_within:g} s"
-            ) from None
-        except nats.errors.Error as error:
-            raise ColoniesConnectionError(f"cannot send {op!r} to {url}: {error!r}") from error
-        headers = reply.headers or {}
-        code = headers.get(ERROR_CODE_HEADER)
-        if code is not None:
-            status = int(code) if code.isdigit() else 500
-            raise ColoniesError(status, headers.get(ERROR_HEADER, ""))
-        return reply.data
-
-    async def _last_event_sequence(self) -> int:
-        nc = await self._connection.nats()
-        request = json.dumps({"last_by_subj": LOG_EVENTS}).encode()
-        try:
-            reply = await nc.request(
-                f"$JS.API.DIRECT.GET.{LOG_STREAM}", request, timeout=self.timeout
-            )
-        except nats.errors.Error as error:
-            raise ColoniesConnectionError(
-                f"cannot read the log's position on {self._connection.url}: {error!r}"
-            ) from error
-        headers = reply.headers or {}
-        if headers.get("Status") == "404":
-            return 0
-        try:
-            return int(headers["Nats-Sequence"])
-        except (KeyError, ValueError):
-            raise ColoniesConnectionError(f"unexpected reply to a direct get: {headers}") from None
+        """The answer to ``op`` from a view at least at this client's floor."""
+        asked = self._read_side.query(
+            op, body, self.prvkey, result, after=self._floor, timeout=timeout
+        )
+        return self._loop.run(asked)
 
     def close(self) -> None:
         """Closes the connection and stops the loop thread."""

@@ -155,7 +155,7 @@ class QueryService:
         reply = await anyio.to_thread.run_sync(self._answer, caller, body, limiter=self._limiter)
         if len(reply) > self.nc.max_payload:
             raise QueryRefused(
-                400,
+                413,
                 f"the answer is {len(reply)} bytes, over the NATS max_payload of "
                 f"{self.nc.max_payload}: ask for fewer",
             )

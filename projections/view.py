@@ -286,11 +286,6 @@ class ReadModel(SQLiteTrackingRecorder):
         c.executemany(_UPSERT_VERSION, changes.versions)
         self._insert_tracking(c, Tracking(UPSTREAM, position))
 
-    def aggregate_ids(self) -> set[str]:
-        """The ids of every aggregate the rows reflect."""
-        rows = self._connection().execute("SELECT aggregate_id FROM aggregates").fetchall()
-        return {str(row[0]) for row in rows}
-
     def version_of(self, aggregate_id: str) -> int | None:
         """The version of the aggregate the rows reflect, or None if it has no rows."""
         row = (

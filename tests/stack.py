@@ -20,9 +20,12 @@ from colonies_es import crypto
 from colonies_es.client import Colonies
 from colonies_es.embedded import NatsServer
 
+_READY_LINES = (b"colonies engine ready", b"projector ready on")
+
 
 class EngineProcess:
-    """``colonies server`` as a child process."""
+    """``colonies server`` as a child process, with a projector beside it (its view in
+    ``log_dir/view.sqlite``), as ``colonies server`` runs by default."""
 
     def __init__(self, nats_url: str, server_id: str, log_dir: Path, replicas: int = 1) -> None:
         """``nats_url`` may list a cluster's nodes (comma separated); ``replicas`` is the
@@ -41,7 +44,8 @@ class EngineProcess:
         return self.log_dir / f"engine-{self.starts}.log"
 
     def start(self, timeout: float = 30.0) -> EngineProcess:
-        """Starts the engine and waits for its ready line."""
+        """Starts the engine (and the projector beside it, which answers listings) and
+        waits until both are ready."""
         self.starts += 1
         log = self.log_file.open("wb")
         self.process = subprocess.Popen(
@@ -50,7 +54,6 @@ class EngineProcess:
                 "-m",
                 "colonies_es.cli",
                 "server",
-                "--no-projector",
                 "--nats",
                 self.nats_url,
             ],
@@ -60,13 +63,14 @@ class EngineProcess:
                 "COLONIES_ENGINE_PRVKEY": self.engine_prvkey,
                 "COLONIES_EVENT_SEAL_KEY": self.seal_key,
                 "COLONIES_STREAM_REPLICAS": str(self.replicas),
+                "COLONIES_PROJECTOR_DB": str(self.log_dir / "view.sqlite"),
             },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while b"colonies engine ready" not in self.log_file.read_bytes():
+        while not all(line in self.log_file.read_bytes() for line in _READY_LINES):
             if self.process.poll() is not None:
                 raise RuntimeError(f"engine exited: {self.log_file.read_text()[-3000:]}")
             if time.monotonic() > deadline:

@@ -4,11 +4,16 @@ Names, argument order and results follow pycolonies (CLIENT_API.md): the signing
 the last required positional argument, and results are the models of
 :mod:`colonies_es.models`. Each operation is one signed command to the engine
 (:class:`~colonies_es.client.connection.Connection`); ``assign``, ``wait`` and
-``find_process`` combine commands with NATS subscriptions on the client side.
+``find_process`` combine commands with NATS subscriptions on the client side. The
+listings (``get_processgraphs``, ``list_processes``) are queries of the projectors' read
+model instead (:mod:`~colonies_es.client.read_side`), from a view that has applied the log
+at least up to its last event at the time of the call: a listing sees every write this
+client saw acknowledged before it, without the engine holding ended graphs in memory.
 
 Every operation may raise :class:`ColoniesError` (the engine refused: ``.status`` and
 message) or :class:`ColoniesConnectionError` (NATS unreachable, no engine, no reply in
-time).
+time); listings also when no projector answers, and ``ColoniesError`` 408 when the
+projector's view did not catch up in time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from nats.aio.msg import Msg
 from colonies_es import protocol as p
 from colonies_es.client.connection import Connection
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
+from colonies_es.client.read_side import ReadSide
 from colonies_es.client.work import WorkTickets
 from colonies_es.crypto import id_from_private_key
 from colonies_es.models import (
@@ -42,6 +48,7 @@ from colonies_es.models import (
     decode,
     from_dict,
 )
+from colonies_es.projections.protocol import ListGraphs, ListProcesses
 from colonies_es.settings import NatsAccess
 from colonies_es.states import ProcessState
 
@@ -98,6 +105,7 @@ class AsyncColonies:
         urls = server_urls(host, port, tls, servers)
         access = NatsAccess(tuple(urls), nkey_file, tls_ca_file)
         self._connection = Connection(urls, timeout, access)
+        self._read_side = ReadSide(self._connection)
         self._work: dict[tuple[str, str], WorkTickets] = {}
         self._work_opening = asyncio.Lock()
 
@@ -288,9 +296,11 @@ class AsyncColonies:
     async def list_processes(
         self, colonyname: str, count: int, state: int, prvkey: str
     ) -> list[Process]:
-        """Up to ``count`` of the colony's processes in ``state``."""
-        body = p.ListQuery(colonyname=colonyname, count=count, state=state)
-        return await self._call("list_processes", body, prvkey, list[Process])
+        """Up to ``count`` of the colony's processes in ``state`` (every state when it
+        is negative), newest first: from the read model, including every write seen
+        before the call."""
+        body = ListProcesses(colonyname=colonyname, count=count, state=state)
+        return await self._read_side.query("list_processes", body, prvkey, list[Process])
 
     async def remove_process(self, processid: str, prvkey: str) -> None:
         """Remove the process from listings and gets (its history stays)."""
@@ -363,9 +373,10 @@ class AsyncColonies:
     async def get_processgraphs(
         self, colonyname: str, count: int, prvkey: str, state: int | None = None
     ) -> list[ProcessGraph]:
-        """Up to ``count`` of the colony's graphs, only those in ``state`` if given."""
-        body = p.ListQuery(colonyname=colonyname, count=count, state=state)
-        return await self._call("get_processgraphs", body, prvkey, list[ProcessGraph])
+        """Up to ``count`` of the colony's graphs, only those in ``state`` if given,
+        newest first: from the read model, including every write seen before the call."""
+        body = ListGraphs(colonyname=colonyname, count=count, state=state)
+        return await self._read_side.query("list_graphs", body, prvkey, list[ProcessGraph])
 
     async def remove_processgraph(self, processgraphid: str, prvkey: str) -> None:
         """Remove the graph and its processes from listings (not RUNNING graphs)."""

@@ -1,0 +1,126 @@
+"""The read side over a client's connection: signed queries to the projectors.
+
+Listings (a colony's graphs and processes, by state or all) are answered by the
+projectors' read model (``colonies.q.<op>``, :mod:`colonies_es.projections.protocol`),
+not by the engine: they must not need the engine to hold ended graphs in memory. A query
+is sealed like a command, with the op ``q.<op>``, and the projector checks that the
+caller is a member of the colony.
+
+Read-your-writes: a projector may not yet have applied what a command just wrote. Each
+query carries ``after``, a stream sequence the answering view must have reached; the
+projector waits for it (bounded by ``wait``) and refuses with 408 if it does not get
+there. :meth:`ReadSide.query` asks, by default, for the sequence of the last event in the
+log at the time of the call (:meth:`ReadSide.log_position`): everything this client saw
+acknowledged before the call is in the answer, whichever projector answers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+import nats.errors
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+
+from colonies_es.client.connection import Connection
+from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
+from colonies_es.crypto import seal
+from colonies_es.models import ModelValidationError, decode
+from colonies_es.projections.protocol import Query, query_subject, signed_op
+
+__all__ = ["LOG_EVENTS", "LOG_STREAM", "REPLY_MARGIN", "ReadSide"]
+
+T = TypeVar("T")
+
+LOG_STREAM = "COLONIES"
+"""The event log's stream (the store's default)."""
+LOG_EVENTS = "colonies.ev.>"
+"""The subjects of its events."""
+
+REPLY_MARGIN = 1.0
+"""Seconds the client waits for a reply beyond what it lets the projector wait."""
+
+
+class ReadSide:
+    """Signed queries of the read model over ``connection`` (see the module docstring).
+
+    Coroutines of the connection's event loop. Failures: :class:`ColoniesError`
+    (``.status``: 400, 403 not a member, 404 not found, 408 the view did not reach the
+    position in time) and :class:`ColoniesConnectionError` (NATS unreachable, no
+    projector answering, no reply in time).
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    async def query(
+        self,
+        op: str,
+        body: Query,
+        prvkey: str,
+        result: type[T],
+        *,
+        after: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> T:
+        """Sends query ``op`` signed with ``prvkey``; returns its answer as ``result``.
+
+        The answer reflects the log at least up to ``after`` (default: the log's last
+        event now, :meth:`log_position`; the body's own ``after`` if higher). The
+        projector may wait up to ``timeout`` (default: the connection's timeout) minus
+        :data:`REPLY_MARGIN` seconds for its view to get there.
+        """
+        reply_within = self._connection.timeout if timeout is None else timeout
+        if after is None:
+            after = await self.log_position()
+        body.after = max(body.after, after)
+        body.wait = max(reply_within - REPLY_MARGIN, 0.0)
+        data = await self._request(op, seal(signed_op(op), body, prvkey), reply_within)
+        try:
+            return decode(data, result)
+        except ModelValidationError as error:
+            raise ColoniesError(500, f"unreadable reply to {op!r}: {error}") from error
+
+    async def _request(self, op: str, sealed: bytes, reply_within: float) -> bytes:
+        nc = await self._connection.nats()
+        url = self._connection.url
+        try:
+            reply = await nc.request(query_subject(op), sealed, timeout=reply_within)
+        except nats.errors.NoRespondersError:
+            raise ColoniesConnectionError(
+                f"no projector is answering on {url} (listings come from the read model: "
+                "run `colonies projector`, or `colonies server` without --no-projector)"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise ColoniesConnectionError(
+                f"no projector on {url} answered {op!r} within {reply_within:g} s"
+            ) from None
+        except nats.errors.Error as error:
+            raise ColoniesConnectionError(f"cannot send {op!r} to {url}: {error!r}") from error
+        headers = reply.headers or {}
+        code = headers.get(ERROR_CODE_HEADER)
+        if code is not None:
+            status = int(code) if code.isdigit() else 500
+            raise ColoniesError(status, headers.get(ERROR_HEADER, ""))
+        return bytes(reply.data)
+
+    async def log_position(self) -> int:
+        """The stream sequence of the last event in the log (0 when there is none): one
+        direct get of the last message on the event subjects."""
+        nc = await self._connection.nats()
+        request = json.dumps({"last_by_subj": LOG_EVENTS}).encode()
+        try:
+            reply = await nc.request(
+                f"$JS.API.DIRECT.GET.{LOG_STREAM}", request, timeout=self._connection.timeout
+            )
+        except nats.errors.Error as error:
+            raise ColoniesConnectionError(
+                f"cannot read the log's position on {self._connection.url}: {error!r}"
+            ) from error
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":
+            return 0
+        try:
+            return int(headers["Nats-Sequence"])
+        except (KeyError, ValueError):
+            raise ColoniesConnectionError(f"unexpected reply to a direct get: {headers}") from None
