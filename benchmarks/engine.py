@@ -433,9 +433,10 @@ class Stack:
 
 
 def start_engine(
-    nats_url: str, server_id: str, log_file: Path, timeout: float = 30.0
+    nats_url: str, server_id: str, log_file: Path, timeout: float = 30.0, replicas: int = 1
 ) -> subprocess.Popen[bytes]:
-    """``colonies server`` as a child process, returned once it logged that it is ready."""
+    """``colonies server`` as a child process, returned once it logged that it is ready;
+    ``replicas`` is its streams' replica count (3 on a 3-node cluster)."""
     with log_file.open("wb") as log:
         engine = subprocess.Popen(
             [
@@ -451,6 +452,7 @@ def start_engine(
                 **os.environ,
                 "COLONIES_SERVER_ID": server_id,
                 "COLONIES_ENGINE_PRVKEY": crypto.new_private_key(),
+                "COLONIES_STREAM_REPLICAS": str(replicas),
             },
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -31,11 +31,9 @@ from typing import Any
 
 import pytest
 
-from colonies_es import crypto
-from colonies_es.client import Colonies
 from colonies_es.embedded import NatsServer
 from colonies_es.embedded_cluster import NatsCluster
-from tests.stack import EngineProcess, Stack
+from tests.stack import Stack, start_stack, stop_stack
 
 
 @pytest.fixture(scope="session")
@@ -80,35 +78,17 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
     cluster.stop()
 
 
-def _start_stack(directory: Path) -> Stack:
-    server = NatsServer(directory / "nats").start()
-    server_prvkey = crypto.new_private_key()
-    engine = EngineProcess(server.url, crypto.id_from_private_key(server_prvkey), directory)
-    try:
-        engine.start()
-    except BaseException:
-        server.stop()
-        raise
-    return Stack(server, engine, Colonies("127.0.0.1", server.port), server_prvkey)
-
-
-def _stop_stack(stack: Stack) -> None:
-    stack.client.disconnect()
-    stack.engine.stop()
-    stack.nats.stop()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A nats-server, an engine process and a client, shared by one test module."""
-    running = _start_stack(tmp_path_factory.mktemp("stack"))
+    running = start_stack(tmp_path_factory.mktemp("stack"))
     yield running
-    _stop_stack(running)
+    stop_stack(running)
 
 
 @pytest.fixture
 def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of the test's own, free to kill and restart."""
-    running = _start_stack(tmp_path_factory.mktemp("stack"))
+    running = start_stack(tmp_path_factory.mktemp("stack"))
     yield running
-    _stop_stack(running)
+    stop_stack(running)

@@ -27,11 +27,22 @@ class EngineProcess:
     """``colonies server`` as a child process, with a projector beside it (its view in
     ``log_dir/view.sqlite``), as ``colonies server`` runs by default."""
 
-    def __init__(self, nats_url: str, server_id: str, log_dir: Path, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        server_id: str,
+        log_dir: Path,
+        replicas: int = 1,
+        *,
+        projector: bool = True,
+    ) -> None:
         """``nats_url`` may list a cluster's nodes (comma separated); ``replicas`` is the
-        log's replica count (3 on the ``nats_cluster`` fixture)."""
+        log's replica count (3 on the ``nats_cluster`` fixture). ``projector=False`` runs
+        the engine alone (``--no-projector``): for tests of a projector of their own,
+        which must then be the only one answering queries and listings."""
         self.nats_url = nats_url
         self.replicas = replicas
+        self.projector = projector
         self.server_id = server_id
         self.engine_prvkey = crypto.new_private_key()
         self.seal_key = os.urandom(32).hex()
@@ -56,6 +67,7 @@ class EngineProcess:
                 "server",
                 "--nats",
                 self.nats_url,
+                *(() if self.projector else ("--no-projector",)),
             ],
             env={
                 **os.environ,
@@ -70,7 +82,8 @@ class EngineProcess:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not all(line in self.log_file.read_bytes() for line in _READY_LINES):
+        ready = _READY_LINES if self.projector else _READY_LINES[:1]
+        while not all(line in self.log_file.read_bytes() for line in ready):
             if self.process.poll() is not None:
                 raise RuntimeError(f"engine exited: {self.log_file.read_text()[-3000:]}")
             if time.monotonic() > deadline:
@@ -171,7 +184,9 @@ def start_replicas(directory: Path, count: int) -> Replicas:
         for number in range(count):
             log_dir = directory / f"replica-{number}"
             log_dir.mkdir()
-            engine = EngineProcess(server.url, server_id, log_dir)
+            # One projector (beside the first replica) answers the listings: more would
+            # only cost CPU.
+            engine = EngineProcess(server.url, server_id, log_dir, projector=not engines)
             if engines:
                 engine.seal_key = engines[0].seal_key
             engines.append(engine.start())
@@ -189,3 +204,26 @@ def stop_replicas(replicas: Replicas) -> None:
     for engine in replicas.engines:
         engine.stop()
     replicas.nats.stop()
+
+
+def start_stack(directory: Path, *, projector: bool = True) -> Stack:
+    """A nats-server and an engine process (with a projector beside it unless
+    ``projector`` is False) in ``directory``, and a client."""
+    server = NatsServer(directory / "nats").start()
+    server_prvkey = crypto.new_private_key()
+    engine = EngineProcess(
+        server.url, crypto.id_from_private_key(server_prvkey), directory, projector=projector
+    )
+    try:
+        engine.start()
+    except BaseException:
+        server.stop()
+        raise
+    return Stack(server, engine, Colonies("127.0.0.1", server.port), server_prvkey)
+
+
+def stop_stack(stack: Stack) -> None:
+    """Stops what :func:`start_stack` started."""
+    stack.client.disconnect()
+    stack.engine.stop()
+    stack.nats.stop()

@@ -26,7 +26,7 @@ from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.runner import run_projector
 from colonies_es.settings import Settings
 from colonies_es.states import ProcessState
-from tests.stack import ColonyHandle, Stack
+from tests.stack import ColonyHandle, Stack, start_stack, stop_stack
 from tests.test_projector_support import (
     EXECUTOR_TYPE,
     ProjectorProcess,
@@ -39,6 +39,15 @@ from tests.test_projector_support import (
     view_position,
     wait_for_view,
 )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """This module's stack: the engine without a projector beside it, so that the
+    projector under test answers every query and listing (its rebuild is tested)."""
+    running = start_stack(tmp_path_factory.mktemp("stack"), projector=False)
+    yield running
+    stop_stack(running)
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,11 @@ class ReadSide:
             reply = await nc.request(
                 f"$JS.API.DIRECT.GET.{LOG_STREAM}", request, timeout=self._connection.timeout
             )
+        except nats.errors.NoRespondersError:
+            # No event log on this NATS: no engine ever ran here (it creates the stream).
+            raise ColoniesConnectionError(
+                f"no colonies engine is answering on {self._connection.url}"
+            ) from None
         except nats.errors.Error as error:
             raise ColoniesConnectionError(
                 f"cannot read the log's position on {self._connection.url}: {error!r}"
