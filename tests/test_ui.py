@@ -142,6 +142,9 @@ def failed_graph(dev: DevStack, client: Colonies) -> str:
     return graphid
 
 
+_TYPE = "python-executor"
+
+
 def _node(page: Page, name: str) -> Locator:
     return page.locator(f'#graph g.node[data-name="{name}"]')
 
@@ -301,6 +304,41 @@ def test_a_running_graph_turns_green_without_reload(
         expect(_node(page, "hold")).to_have_attribute("data-state", "SUCCESS")
         assert page.evaluate("window.notReloaded") is True
         expect(page.locator("#graph-state .badge")).to_have_text("SUCCESS")
+    finally:
+        release.touch()
+
+
+def test_children_added_while_the_page_is_open_appear_without_reload(
+    page: Page, dev: DevStack, client: Colonies, tmp_path: Path
+) -> None:
+    """map adds two children, waits, adds a third: the page draws it when it comes."""
+    release = tmp_path / "release"
+    loop = "    for i in range(5):\n"
+    assert loop in MAP_CODE
+    map_code = MAP_CODE.replace(
+        loop,
+        "    for i in range(3):\n        if i == 2:\n            import os, time\n"
+        f"            while not os.path.exists({str(release)!r}):\n"
+        "                time.sleep(0.05)\n",
+    )
+    colonyname, key = dev.env["COLONIES_COLONY_NAME"], dev.env["COLONIES_PRVKEY"]
+    reduce_spec = func_spec(func=reduce, args=[], colonyname=colonyname, executortype=_TYPE)
+    reduce_spec.conditions.dependencies.append("map")
+    workflow = Workflow(
+        colonyname=colonyname, functionspecs=[_step("map", map_code, colonyname), reduce_spec]
+    )
+    graphid = client.submit_workflow(workflow, key).processgraphid
+    try:
+        page.goto(f"{dev.base}/graphs/{graphid}")
+        expect(_node(page, "gen_nums_1")).to_be_visible()
+        expect(_node(page, "map")).to_have_attribute("data-state", "RUNNING")
+        expect(_node(page, "gen_nums_2")).to_have_count(0)
+        page.evaluate("window.notReloaded = true")
+        release.touch()
+        expect(_node(page, "gen_nums_2")).to_have_attribute("data-state", "SUCCESS")
+        expect(_node(page, "reduce")).to_have_attribute("data-state", "SUCCESS")
+        expect(page.locator("#graph path.edge.add_child:not(.hidden)")).to_have_count(6)
+        assert page.evaluate("window.notReloaded") is True
     finally:
         release.touch()
 

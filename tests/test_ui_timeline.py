@@ -3,6 +3,8 @@ without NATS: per-event states agree with time travel, edges follow add_child.""
 
 from __future__ import annotations
 
+from typing import Any
+
 from colonies_es.domain import GraphEvent, ProcessGraph
 from colonies_es.projections.history import HistoryEntry
 from colonies_es.projections.timetravel import Nth, state_at
@@ -151,3 +153,37 @@ def test_the_packed_document_unpacks_to_the_timeline() -> None:
     ]
     assert unpacked_edges == builder.edges
     assert len(kinds) == len(set(kinds)) < len(packed["events"])
+
+
+def _unpack(packed: dict[str, Any], base: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
+    """What the page does with an answer (app.js ``load``): the whole timeline, or what
+    follows ``base``."""
+    have = (
+        base if base is not None and "from" in packed else {"nodes": [], "edges": [], "events": []}
+    )
+    nodes = have["nodes"] + packed["nodes"]
+    edges = [dict(edge) for edge in have["edges"]] + [
+        {"from": a, "to": b, "born": born, "died": died, "kind": kind}
+        for a, b, born, died, kind in packed["edges"]
+    ]
+    for number, died in packed.get("died", []):
+        edges[number]["died"] = died
+    return {"nodes": nodes, "edges": edges, "events": have["events"] + packed["events"]}
+
+
+def test_a_page_following_a_graph_gets_only_what_follows_what_it_has() -> None:
+    entries = _entries(_map_reduce_that_fails())
+    whole = TimelineBuilder()
+    whole.extend(entries)
+    following = TimelineBuilder()
+    page = None
+    for cut in (1, 3, 4, 7, len(entries)):  # the first ChildAdded (insert) removes an edge
+        following.extend(entries[:cut])
+        since = (len(page["events"]), len(page["nodes"]), len(page["edges"])) if page else (0, 0, 0)
+        answer = following.to_json(*since)
+        if page is not None:
+            assert answer["from"] == dict(zip(("events", "nodes", "edges"), since, strict=True))
+            assert len(answer["events"]) == cut - since[0]
+        page = _unpack(answer, page)
+    assert page == _unpack(whole.to_json(), None)
+    assert any(edge["died"] is not None for edge in page["edges"])

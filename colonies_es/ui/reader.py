@@ -193,8 +193,12 @@ class Reader:
         history passes here first."""
         return await self.client.get_processgraph(processgraphid, self.identity.prvkey)
 
-    async def timeline(self, processgraphid: str) -> Timeline:
-        """The graph's timeline, extended with every event recorded so far."""
+    async def timeline(
+        self, processgraphid: str, since: tuple[int, int, int] = (0, 0, 0)
+    ) -> Timeline:
+        """The graph's timeline, extended with every event recorded so far; its JSON
+        holds only what follows ``since`` (counts of events, nodes and edges:
+        :meth:`TimelineBuilder.to_json`)."""
         graph = await self.graph(processgraphid)
         lock = self._refreshing.setdefault(processgraphid, asyncio.Lock())
         async with lock:
@@ -212,7 +216,7 @@ class Reader:
             while len(self._timelines) > _TIMELINES_KEPT:
                 self._timelines.popitem(last=False)
             # taken under the lock: a later refresh (in a worker thread) does not change it
-            return Timeline(builder.to_json(), list(builder.entries))
+            return Timeline(builder.to_json(*since), list(builder.entries))
 
     def warm(self, processgraphid: str) -> None:
         """Starts building the graph's timeline now, while the browser loads the page
@@ -228,9 +232,11 @@ class Reader:
         except (ColoniesError, ColoniesConnectionError, ReplayError) as error:
             log.info("timeline of %s not built ahead: %s", processgraphid, error)
 
-    async def timeline_json(self, processgraphid: str) -> dict[str, Any]:
+    async def timeline_json(
+        self, processgraphid: str, since: tuple[int, int, int] = (0, 0, 0)
+    ) -> dict[str, Any]:
         """:meth:`timeline` as JSON, with the failure's details when the graph FAILED."""
-        timeline = await self.timeline(processgraphid)
+        timeline = await self.timeline(processgraphid, since)
         data = timeline.data
         data["failed"] = []
         if data["state"] == ProcessState.FAILED:

@@ -236,9 +236,15 @@ async def _graph_list(request: web.Request) -> web.Response:
 
 
 async def _timeline(request: web.Request) -> web.Response:
-    return web.json_response(
-        await request.app[_READER].timeline_json(request.match_info["graphid"])
-    )
+    """The graph's timeline; with ``?events=E&nodes=N&edges=M`` (what the page has) only
+    what follows."""
+    events, nodes, edges = (_count(request.query.get(name, "0"), name) for name in _SINCE)
+    graphid = request.match_info["graphid"]
+    data = await request.app[_READER].timeline_json(graphid, (events, nodes, edges))
+    return web.json_response(data)
+
+
+_SINCE = ("events", "nodes", "edges")
 
 
 async def _process(request: web.Request) -> web.Response:
@@ -291,6 +297,13 @@ async def _live(request: web.Request) -> web.StreamResponse:
 
 async def _send(response: web.StreamResponse, data: dict[str, Any]) -> None:
     await response.write(f"data: {json.dumps(data)}\n\n".encode())
+
+
+def _count(text: str, name: str) -> int:
+    """A count of the query (0 or more); ColoniesError(400) otherwise."""
+    if not text.isdigit():
+        raise ColoniesError(400, f"{name} must be a count (0 or more), not {text!r}")
+    return int(text)
 
 
 def _int(text: str, name: str) -> int:

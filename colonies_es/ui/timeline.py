@@ -17,7 +17,8 @@ a compact document (ids are 64 characters): nodes are named by their index in
 ``nodes``; an edge is ``[from, to, born, died, add_child (0|1)]``; an event is ``[seq,
 us (microseconds since the epoch), kind (index in "kinds"), actor (index in "actors",
 each [id, name]), summary, graph state, changes]``. :attr:`TimelineBuilder.events` and
-:attr:`TimelineBuilder.edges` keep the unpacked dicts.
+:attr:`TimelineBuilder.edges` keep the unpacked dicts. A page following a running graph
+asks only for what follows what it has (:meth:`TimelineBuilder.to_json`'s counts).
 
 A node's state at event ``i`` is its last change at or before ``i``, so a step of the
 scrubber is a handful of changes. The states come from the domain itself: each event is
@@ -177,10 +178,19 @@ class TimelineBuilder:
                 gone["died"] = index
         self._parents[processid] = list(parents)
 
-    def to_json(self) -> dict[str, Any]:
-        """The timeline so far (module docstring), with the graph's identity and state
-        after its last event; empty lists before any entry. Its lists are copies (an
-        edge's ``died`` may change later), so it does not change as the builder goes on."""
+    def to_json(
+        self, events_from: int = 0, nodes_from: int = 0, edges_from: int = 0
+    ) -> dict[str, Any]:
+        """The timeline so far, packed (module docstring), with the graph's identity and
+        state after its last event; empty lists before any entry. It does not change as
+        the builder goes on (its lists are copies).
+
+        Given the counts of events, nodes and edges a page already has, only what
+        follows them: ``events``, ``nodes`` and ``edges`` from those counts, ``died``:
+        ``[edge, event]`` for each earlier edge removed by an event after
+        ``events_from``, and ``from``: the three counts. (The kind and actor tables are
+        always whole: indexes stay the same from one answer to the next.)
+        """
         graph = self.graph
         kinds: dict[str, int] = {}
         actors: dict[tuple[str, str], int] = {}
@@ -196,20 +206,28 @@ class TimelineBuilder:
             ]
             for event in self.events
         ]
-        return {
+        packed: dict[str, Any] = {
             "processgraphid": graph.processgraphid if graph else "",
             "colonyname": graph.colonyname if graph else "",
             "state": graph.state if graph else 0,
             "origin": graph.origin if graph else "",
-            "nodes": list(self.nodes),
+            "nodes": self.nodes[nodes_from:],
             "edges": [
                 [e["from"], e["to"], e["born"], e["died"], int(e["kind"] == "add_child")]
-                for e in self.edges
+                for e in self.edges[edges_from:]
             ],
             "kinds": list(kinds),
             "actors": [list(actor) for actor in actors],
-            "events": events,
+            "events": events[events_from:],
         }
+        if events_from or nodes_from or edges_from:
+            packed["from"] = {"events": events_from, "nodes": nodes_from, "edges": edges_from}
+            packed["died"] = [
+                [number, edge["died"]]
+                for number, edge in enumerate(self.edges[:edges_from])
+                if edge["died"] is not None and edge["died"] >= events_from
+            ]
+        return packed
 
 
 def _touched(event: GraphEvent, graph: ProcessGraph) -> Iterable[str]:

@@ -190,19 +190,25 @@ class GraphView {
     this.index = -1;
   }
 
-  load(timeline) {
-    // unpack the server's compact document (colonies_es/ui/timeline.py): nodes by index
-    const ids = timeline.nodes.map((n) => n.id);
-    timeline.edges = timeline.edges.map(([from, to, born, died, addChild]) =>
-      ({ from: ids[from], to: ids[to], born, died, kind: addChild ? "add_child" : "dependency" }));
-    timeline.events = timeline.events.map(([seq, us, kind, actor, summary, graphstate, changes]) =>
-      ({ seq, kind: timeline.kinds[kind], actor: timeline.actors[actor][0],
-        actorname: timeline.actors[actor][1], summary, graphstate,
-        time: new Date(us / 1000).toISOString().replace("Z", "+00:00"),
-        changes: changes.map(([node, state]) => [ids[node], state]) }));
+  // Takes a packed timeline (colonies_es/ui/timeline.py): the whole of it, or, with
+  // `from`, what follows what this view has; unpacks it (nodes are named by index).
+  load(packed) {
+    const base = packed.from && this.timeline ? this.timeline : { nodes: [], edges: [], events: [] };
+    const nodes = base.nodes.concat(packed.nodes);
+    const ids = nodes.map((n) => n.id);
+    const edges = base.edges.concat(packed.edges.map(([from, to, born, died, addChild]) =>
+      ({ from: ids[from], to: ids[to], born, died, kind: addChild ? "add_child" : "dependency" })));
+    for (const [edge, died] of packed.died || []) edges[edge].died = died;
+    const events = base.events.concat(packed.events.map(
+      ([seq, us, kind, actor, summary, graphstate, changes]) =>
+        ({ seq, kind: packed.kinds[kind], actor: packed.actors[actor][0],
+          actorname: packed.actors[actor][1], summary, graphstate,
+          time: new Date(us / 1000).toISOString().replace("Z", "+00:00"),
+          changes: changes.map(([node, state]) => [ids[node], state]) })));
+    const timeline = { ...packed, nodes, edges, events };
     this.timeline = timeline;
-    this.events = timeline.events;
-    this.nodes = new Map(timeline.nodes.map((n) => [n.id, n]));
+    this.events = events;
+    this.nodes = new Map(nodes.map((n) => [n.id, n]));
     this.state = new Map(); // processid -> state at this.index
     this.index = -1;
     this.cluster(timeline);
@@ -564,23 +570,38 @@ class GraphView {
     if (this.timeline.state >= 2 || !window.EventSource) return;
     const live = document.getElementById("live");
     live.replaceChildren(" · ", el("span", { class: "live" }, "live"));
-    const source = new EventSource(`/api/graphs/${this.graphid}/live`);
-    source.onmessage = async (message) => {
-      const { sequence } = JSON.parse(message.data);
-      const last = this.events[this.events.length - 1];
-      if (sequence <= last.seq) return;
-      const atEnd = this.index === this.events.length - 1;
-      const index = this.index, selected = this.selected;
-      const timeline = await api(`/api/graphs/${this.graphid}/timeline`);
-      this.load(timeline);
-      this.render();
-      this.moveTo(atEnd ? this.events.length - 1 : index);
-      this.attach();
-      if (selected && this.visuals.has(selected)) this.select(selected);
-      if (timeline.state >= 2) source.close();
-      else document.getElementById("live").replaceChildren(" · ",
-        el("span", { class: "live" }, "live"));
-      timings.liveUpdates = (timings.liveUpdates || 0) + 1;
+    this.source = new EventSource(`/api/graphs/${this.graphid}/live`);
+    this.wanted = 0;
+    this.source.onmessage = (message) => {
+      this.wanted = Math.max(this.wanted, JSON.parse(message.data).sequence);
+      if (!this.updating) this.update().catch((error) => console.error(error));
     };
+  }
+
+  // Takes what follows what the view has, until it has the sequence the server last
+  // announced; one update at a time (each asks from the counts the previous left).
+  async update() {
+    this.updating = true;
+    try {
+      while (this.events[this.events.length - 1].seq < this.wanted) {
+        const t = this.timeline;
+        const since = `events=${t.events.length}&nodes=${t.nodes.length}&edges=${t.edges.length}`;
+        const packed = await api(`/api/graphs/${this.graphid}/timeline?${since}`);
+        if (!packed.events.length) break; // the server has no more yet: its next event says
+        const atEnd = this.index === this.events.length - 1;
+        const index = this.index, selected = this.selected;
+        this.load(packed);
+        this.render();
+        this.moveTo(atEnd ? this.events.length - 1 : index);
+        this.attach();
+        if (selected && this.visuals.has(selected)) this.select(selected);
+        timings.liveUpdates = (timings.liveUpdates || 0) + 1;
+      }
+    } finally {
+      this.updating = false;
+    }
+    if (this.timeline.state >= 2) this.source.close();
+    else document.getElementById("live").replaceChildren(" · ",
+      el("span", { class: "live" }, "live"));
   }
 }
