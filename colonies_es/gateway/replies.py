@@ -14,7 +14,9 @@ import base64
 import json
 from typing import Any
 
-__all__ = ["ZERO_TIME", "error_reply", "reply", "shape"]
+__all__ = ["ACCESS_DENIED", "ZERO_TIME", "error_reply", "reply", "shape"]
+
+ACCESS_DENIED = "Access denied"
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 """Go's zero ``time.Time`` in JSON: what ColonyOS sends for a moment that has not come."""
@@ -68,5 +70,10 @@ def reply(payloadtype: str, payload: Any) -> bytes:
 
 
 def error_reply(status: int, message: str) -> bytes:
-    """A failure: ``RPCReplyMsg`` of type ``error`` carrying ``{"status", "message"}``."""
+    """A failure: ``RPCReplyMsg`` of type ``error`` carrying ``{"status", "message"}``.
+
+    A 403's message starts with "Access denied", as ColonyOS's do (clients and their
+    tests look for it)."""
+    if status == 403 and not message.startswith(ACCESS_DENIED):
+        message = f"{ACCESS_DENIED}: {message}"
     return _envelope("error", {"status": status, "message": message}, True)
