@@ -117,6 +117,8 @@ def test_seed_workflows_run_on_a_pycolonies_executor(
         wait_for_line(log, "registered", executor, timeout=30)
         for example, result in EXAMPLES.items():
             assert run_example(example, env) == result
+        executor.terminate()  # idle in assign: it stops at once
+        assert executor.wait(10) == 0
     finally:
         stop_process(executor)
     assigned = read_events(stack.nats.url).of_kind("ProcessAssigned")

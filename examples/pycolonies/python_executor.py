@@ -11,7 +11,8 @@ It makes itself a key, registers as an executor of the colony with the colony ow
 decode the function's source from env["code"], run it with the process's input (or its
 args) and close the process with the result, or fail it with the error. The code it runs
 sees `colonies` (this client) and `func_spec` as globals, as the seed's map function
-expects. Stop it with Ctrl-C or SIGTERM.
+expects. Ctrl-C or SIGTERM stops it: at once while it waits for work, else once the
+running function's process is closed.
 """
 
 import base64
@@ -29,11 +30,14 @@ executor_prvkey = crypto.prvkey()
 executortype = sys.argv[1] if len(sys.argv) > 1 else "python-executor"
 executorname = f"pycolonies-{uuid.uuid4().hex[:8]}"
 running = True
+busy = False  # running a function: a stop waits for it to close its process
 
 
 def stop(signum, frame):
     global running
     running = False
+    if not busy:  # waiting in assign: nothing to finish
+        sys.exit(0)
 
 
 def register():
@@ -68,6 +72,7 @@ def run(process):
 
 
 def serve():
+    global busy
     while running:
         try:
             process = colonies.assign(colonyname, 10, executor_prvkey)
@@ -77,12 +82,15 @@ def serve():
                 time.sleep(1)
             continue
         print(f"assigned {process.spec.funcname} ({process.processid[:12]})", flush=True)
+        busy = True
         try:
             output = run(process)
         except Exception as error:
             colonies.fail(process.processid, [repr(error), traceback.format_exc()], executor_prvkey)
-            continue
-        colonies.close(process.processid, output, executor_prvkey)
+        else:
+            colonies.close(process.processid, output, executor_prvkey)
+        finally:
+            busy = False
 
 
 if __name__ == "__main__":
