@@ -325,7 +325,9 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     example = run_sourced(env_file, sys.executable, str(pycolonies))
     assert example.returncode == 0, example.stderr
     assert example.stdout.splitlines()[-1] == "Result: 3"
-    listing = run_sourced(env_file, sys.executable, "-m", "colonies_es.cli", "process", "pss")
+    listing = run_sourced(
+        env_file, sys.executable, "-m", "colonies_es.cli", "process", "pss", "--json"
+    )
     assert listing.returncode == 0, listing.stderr  # the CLI finds NATS, not the gateway
     assert "sum_nums" in listing.stdout
 
