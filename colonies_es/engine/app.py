@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -161,7 +162,9 @@ class ColoniesApp(Application[str]):
         self.replies = Replies(max_skew)
         self.state = EngineState()
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()  # a lock lives while a command holds or awaits it
+        )
         self._handlers: dict[
             str, Callable[[crypto.VerifiedCommand, Any, datetime], Awaitable[Any]]
         ] = {op: getattr(self, f"_op_{op}") for op in OPS}
@@ -197,7 +200,7 @@ class ColoniesApp(Application[str]):
             )
             self._remember_command(event, notification.id, now)
             count += 1
-        self.state.index_all()
+        self.state.index_all(last)
         self.state.advance(last)
         log.info(
             "rebuilt %d aggregates from %d events (log at %d)",
@@ -292,7 +295,7 @@ class ColoniesApp(Application[str]):
         if lock is not None and lock.locked():
             async with lock:  # a decision of this replica is being written: let it install
                 pass
-        cached = self.state.get(aggregate_id)
+        cached = self.state.aggregates.get(aggregate_id)  # resident only (see state.py)
         if cached is not None and cached.version >= version:
             return  # already in: this replica's own write, or a catch-up got it
         event = self._decode(to_notification(envelope, message.sequence))
@@ -308,10 +311,16 @@ class ColoniesApp(Application[str]):
         self._remember_command(event, message.sequence, now)
 
     async def _catch_up(self, aggregate_id: str) -> None:
-        """Brings one aggregate up to its subject's last event (after a conflict or a
-        gap), through the same :meth:`EngineState.apply` as the follower."""
+        """Brings one aggregate up to its subject's last event (after a conflict, a gap,
+        or an event on an evicted graph), through the same :meth:`EngineState.apply` as
+        the follower."""
         events = await self._events_of(aggregate_id)
-        cached = self.state.get(aggregate_id)
+        if not self.state.is_resident(aggregate_id):
+            # Evicted: its colony's totals hold it as the log had it up to ``applied``.
+            before = _replay_events(e for e, seq in events if seq <= self.state.applied)
+            if isinstance(before, ProcessGraph):
+                self.state.revive(before)
+        cached = self.state.aggregates.get(aggregate_id)
         have = cached.version if cached is not None else 0
         now = datetime.now(UTC)
         for event, sequence in events:
@@ -320,11 +329,9 @@ class ColoniesApp(Application[str]):
             try:
                 self.state.apply(event, sequence)
             except NotNext:
-                rebuilt: AuditedAggregate | None = None
-                for whole, _ in events:
-                    rebuilt = whole.mutate(rebuilt)
+                rebuilt = _replay_events(whole for whole, _ in events)
                 if rebuilt is not None:
-                    self.state.replace(rebuilt)
+                    self.state.replace(rebuilt, events[-1][1])
                 return
             self._remember_command(event, sequence, now)
 
@@ -363,7 +370,7 @@ class ColoniesApp(Application[str]):
             outcome.sequence = outcome.sequence or self.state.reached
             return outcome
         if known is not None:
-            return self._replay(known, command, body)
+            return await self._replay(known, command, body)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
@@ -423,19 +430,21 @@ class ColoniesApp(Application[str]):
             return 0
         return 0 if last is None else last.sequence
 
-    def _replay(self, known: Decided | Applied, cmd: crypto.VerifiedCommand, body: Any) -> Outcome:
+    async def _replay(
+        self, known: Decided | Applied, cmd: crypto.VerifiedCommand, body: Any
+    ) -> Outcome:
         """The reply to a retried command (see :mod:`.replies`)."""
         if isinstance(known, Decided):
             return Outcome(known.status, known.body, known.message, sequence=known.sequence)
         try:
-            reply = self._reply_to_applied(known, body)
+            reply = await self._reply_to_applied(known, body)
         except DomainError as error:
             return Outcome(error.status, message=error.message, sequence=known.sequence)
         return Outcome(200, body=reply, sequence=max(known.sequence, self.state.reached))
 
-    def _reply_to_applied(self, known: Applied, body: Any) -> bytes:
+    async def _reply_to_applied(self, known: Applied, body: Any) -> bytes:
         """The reply of a command another replica applied, from the aggregate now."""
-        aggregate = self.state.get(known.aggregate_id)
+        aggregate = await self._load(known.aggregate_id)
         if isinstance(aggregate, ProcessGraph):
             if known.op == "submit_func_spec":
                 return encode(aggregate.process_model(aggregate.rootprocessids[0]))
@@ -496,7 +505,9 @@ class ColoniesApp(Application[str]):
     async def _op_stats(self, cmd: crypto.VerifiedCommand, body: ColonyRef, now: datetime) -> Any:
         colony = self._member_colony(cmd, body.colonyname, allow_server_owner=True)
         stats = Statistics(executors=len(colony.executors), colonies=1)
-        for graph in self._graphs(colony.name):
+        for name, value in self.state.evicted_counts(colony.name).items():
+            setattr(stats, name, value)
+        for graph in self.state.resident_graphs(colony.name):
             counts = {
                 ProcessState.WAITING: "waiting",
                 ProcessState.RUNNING: "running",
@@ -687,7 +698,7 @@ class ColoniesApp(Application[str]):
     async def _op_get_process(
         self, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
     ) -> Any:
-        graph = self._readable_graph(cmd, self._graph_id_of(body.processid))
+        graph = await self._readable(cmd, self._graph_id_of(body.processid))
         return encode(graph.process_model(body.processid))
 
     async def _op_list_processes(
@@ -695,7 +706,8 @@ class ColoniesApp(Application[str]):
     ) -> Any:
         self._member_colony(cmd, body.colonyname)
         found = []
-        for graph in reversed(self._graphs(body.colonyname)):
+        ended_too = body.state is None or body.state < 0 or body.state in _ENDED
+        async for graph in self._graphs_newest_first(body.colonyname, ended_too):
             for node in reversed(list(graph.nodes.values())):
                 if body.state is None or body.state < 0 or node.state == body.state:
                     found.append(graph.process_model(node.processid))
@@ -706,7 +718,7 @@ class ColoniesApp(Application[str]):
     async def _op_get_processgraph(
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
-        graph = self._readable_graph(cmd, self._graph_id_by_graphid(body.processgraphid))
+        graph = await self._readable(cmd, self._graph_id_by_graphid(body.processgraphid))
         return encode(graph.to_model())
 
     async def _op_get_processgraphs(
@@ -714,7 +726,8 @@ class ColoniesApp(Application[str]):
     ) -> Any:
         self._member_colony(cmd, body.colonyname)
         found = []
-        for graph in reversed(self._graphs(body.colonyname)):
+        ended_too = body.state is None or body.state < 0 or body.state in _ENDED
+        async for graph in self._graphs_newest_first(body.colonyname, ended_too):
             if body.state is None or body.state < 0 or graph.state == body.state:
                 found.append(graph.to_model())
                 if len(found) >= body.count:
@@ -724,7 +737,7 @@ class ColoniesApp(Application[str]):
     async def _op_rerun_processgraph(
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
-        failed = self._readable_graph(cmd, self._graph_id_by_graphid(body.processgraphid))
+        failed = await self._readable(cmd, self._graph_id_by_graphid(body.processgraphid))
         colony = self._colony(failed.colonyname)
         graph = ProcessGraph.rerun_from_failed(
             failed,
@@ -740,7 +753,7 @@ class ColoniesApp(Application[str]):
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
         graph_id = self._graph_id_by_graphid(body.processgraphid)
-        self._readable_graph(cmd, graph_id)
+        await self._readable(cmd, graph_id)
         _, effects = await self._change_graph(graph_id, lambda g: g.cancel(**self._audit(cmd, now)))
         return _EMPTY, effects
 
@@ -748,7 +761,7 @@ class ColoniesApp(Application[str]):
         self, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
     ) -> Any:
         graph_id = self._graph_id_by_graphid(body.processgraphid)
-        self._readable_graph(cmd, graph_id)
+        await self._readable(cmd, graph_id)
         _, effects = await self._change_graph(graph_id, lambda g: g.remove(**self._audit(cmd, now)))
         return _EMPTY, effects
 
@@ -756,7 +769,7 @@ class ColoniesApp(Application[str]):
         self, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
     ) -> Any:
         graph_id = self._graph_id_of(body.processid)
-        graph = self._readable_graph(cmd, graph_id)
+        graph = await self._readable(cmd, graph_id)
         if len(graph.nodes) > 1:
             raise Conflict(
                 f"process {body.processid} belongs to a workflow of {len(graph.nodes)} processes: "
@@ -773,7 +786,8 @@ class ColoniesApp(Application[str]):
         if state == ProcessState.RUNNING:
             raise Conflict("RUNNING graphs cannot be removed: cancel them first")
         effects = Effects()
-        for graph in list(self._graphs(colony.name)):
+        graphs = [graph async for graph in self._graphs_newest_first(colony.name, True)]
+        for graph in reversed(graphs):
             if graph.state == ProcessState.RUNNING or (state is not None and graph.state != state):
                 continue
             try:
@@ -841,7 +855,7 @@ class ColoniesApp(Application[str]):
 
     async def _op_add_log(self, cmd: crypto.VerifiedCommand, body: AddLog, now: datetime) -> Any:
         graph_id = self._graph_id_of(body.processid)
-        graph = self.state.get(graph_id)
+        graph = await self._load(graph_id)
         if not isinstance(graph, ProcessGraph):
             raise NotFound(f"process {body.processid} does not exist")
         executor = self._colony(graph.colonyname).executor_by_id(cmd.caller_id)
@@ -858,7 +872,7 @@ class ColoniesApp(Application[str]):
         self, cmd: crypto.VerifiedCommand, body: GetLogs, now: datetime
     ) -> Any:
         graph_id = self._graph_id_of(body.processid)
-        graph = self._readable_graph(cmd, graph_id)
+        graph = await self._readable(cmd, graph_id)
         logs = [
             Log(
                 processid=event.processid,
@@ -952,10 +966,17 @@ class ColoniesApp(Application[str]):
             return "colony owner"
         return colony.users.get(identity, "")
 
-    def _graphs(self, colonyname: str) -> list[ProcessGraph]:
-        """The colony's graphs not removed, oldest first."""
-        graphs = [self.state.get(graph_id) for graph_id in self.state.graph_ids(colonyname)]
-        return [g for g in graphs if isinstance(g, ProcessGraph) and not g.removed]
+    async def _graphs_newest_first(
+        self, colonyname: str, ended_too: bool
+    ) -> AsyncIterator[ProcessGraph]:
+        """The colony's graphs not removed, newest first; evicted (ended) graphs only
+        with ``ended_too``, each loaded from the log when the caller gets that far."""
+        for graph_id in reversed(self.state.graph_ids(colonyname)):
+            graph = self.state.get(graph_id)
+            if graph is None and ended_too:
+                graph = await self._load(graph_id)
+            if isinstance(graph, ProcessGraph) and not graph.removed:
+                yield graph
 
     def _graph_id_of(self, processid: str) -> str:
         graph_id = self.state.graph_of(processid)
@@ -966,12 +987,13 @@ class ColoniesApp(Application[str]):
     def _graph_id_by_graphid(self, processgraphid: str) -> str:
         for colonyname in self.state.colony_names():
             graph_id = graph_aggregate_id(colonyname, processgraphid)
-            if self.state.get(graph_id) is not None:
+            if self.state.knows_graph(colonyname, graph_id):
                 return graph_id
         raise NotFound(f"process graph {processgraphid} does not exist")
 
-    def _readable_graph(self, cmd: crypto.VerifiedCommand, graph_id: str) -> ProcessGraph:
-        graph = self.state.get(graph_id)
+    async def _readable(self, cmd: crypto.VerifiedCommand, graph_id: str) -> ProcessGraph:
+        """The graph, if it exists, is not removed and the caller may read it."""
+        graph = await self._load(graph_id)
         if not isinstance(graph, ProcessGraph) or graph.removed:
             raise NotFound(f"process graph {graph_id.rsplit('.', 1)[-1]} does not exist")
         self._member_colony(cmd, graph.colonyname)
@@ -1011,6 +1033,50 @@ class ColoniesApp(Application[str]):
                 events.append((event, message.sequence))
         return events
 
+    async def _load(self, aggregate_id: str) -> AuditedAggregate | None:
+        """The aggregate from memory, or an evicted graph from its own subject (as far
+        as the follower has applied the log), kept in the state's LRU for a while."""
+        found = self.state.get(aggregate_id)
+        if found is not None:
+            return found
+        colonyname, _, rest = aggregate_id.partition(".")
+        if not rest.startswith("graph.") or not self.state.knows_graph(colonyname, aggregate_id):
+            return None
+        applied = self.state.applied
+        events = await self._events_of(aggregate_id)
+        graph = _replay_events(event for event, seq in events if seq <= applied)
+        if not isinstance(graph, ProcessGraph):
+            return None
+        found = self.state.get(aggregate_id)  # the follower may have revived it meanwhile
+        if found is not None:
+            return found
+        self.state.keep_loaded(graph)
+        return graph
+
+    async def _resident(self, aggregate_id: str) -> AuditedAggregate | None:
+        """The aggregate, made resident again if it was an evicted graph (to change it)."""
+        found = await self._load(aggregate_id)
+        if isinstance(found, ProcessGraph) and not self.state.is_resident(aggregate_id):
+            self.state.revive(found)
+        return found
+
+    def sweep(self) -> int:
+        """Evicts the graphs that ended (see state.py); returns how many."""
+        evicted = self.state.sweep(self._busy)
+        for graph_id in evicted:
+            self._log.forget_head(self._subject_of(graph_id))
+        if evicted:
+            log.info(
+                "memory: %d ended graphs left memory, %d aggregates resident",
+                len(evicted),
+                len(self.state.aggregates),
+            )
+        return len(evicted)
+
+    def _busy(self, aggregate_id: str) -> bool:
+        lock = self._locks.get(aggregate_id)
+        return lock is not None and lock.locked()
+
     async def _save_new(self, aggregate: AuditedAggregate) -> Effects:
         """Saves a new aggregate (IntegrityError if its id exists) and installs it."""
         async with self._lock(aggregate.id):
@@ -1030,7 +1096,7 @@ class ColoniesApp(Application[str]):
         """
         async with self._lock(aggregate_id):
             for attempt in range(CONFLICT_RETRIES):
-                cached = self.state.get(aggregate_id)
+                cached = await self._resident(aggregate_id)
                 if not isinstance(cached, kind):
                     what = "colony" if kind is Colony else "process graph"
                     name = aggregate_id.split(".")[0 if kind is Colony else -1]
@@ -1051,6 +1117,14 @@ class ColoniesApp(Application[str]):
         self, graph_id: str, decide: Callable[[ProcessGraph], None]
     ) -> tuple[ProcessGraph, Effects]:
         return await self._change(graph_id, ProcessGraph, decide)
+
+
+def _replay_events(events: Iterable[AuditedEvent]) -> AuditedAggregate | None:
+    """The aggregate these events (its own, in order) build."""
+    aggregate: AuditedAggregate | None = None
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def _unix_ns(moment: datetime) -> int:

@@ -10,7 +10,8 @@ One asyncio task owns everything here (structured with an anyio task group):
   waiting for the log does not hold up the others.
 - after a command, its effects go out: a work ticket per process that became ready, an
   end notification per process that ended, a work consumer per new executor type.
-- the follower applies every event any replica appends (:meth:`ColoniesApp.follow`).
+- the follower applies every event any replica appends (:meth:`ColoniesApp.follow`),
+  and a sweep evicts ended graphs from memory every second (they stay in the log).
 - a reconciler re-issues work tickets every second where ready processes have fewer
   tickets waiting than processes (a lost message, a restart), and the timer loop fires
   the deadlines the log implies (execution and waiting time limits).
@@ -59,6 +60,9 @@ from colonies_es.protocol import (
 from colonies_es.settings import NatsAccess
 
 log = logging.getLogger("colonies.engine")
+
+SWEEP_INTERVAL = 1.0
+"""Seconds between evictions of ended graphs from memory (state.py)."""
 
 RECONCILE_INTERVAL = 1.0
 """Seconds between checks that every ready process has a work ticket waiting."""
@@ -114,6 +118,7 @@ class Engine:
                     tasks.start_soon(self._timers_forever)
                     if self.metrics is not None:
                         tasks.start_soon(self.metrics.sample_forever, self)
+                    tasks.start_soon(self._sweep_forever)
                     await self.nc.flush()  # the endpoints are subscribed before "ready"
                     log.info("engine ready on %s", self.nats_url)
                     if started is not None:
@@ -307,6 +312,15 @@ class Engine:
             await anyio.sleep(min(max(delay, 0.05), 1.0))
             effects = await self.app.fire_deadlines(time.time())
             await self._apply(effects, self.app.state.reached)
+
+    # ----------------------------------------------------------------- memory
+
+    async def _sweep_forever(self) -> None:
+        """Evicts ended graphs from memory (they stay readable from the log)."""
+        assert self.app is not None
+        while True:
+            await anyio.sleep(SWEEP_INTERVAL)
+            self.app.sweep()
 
 
 def _after(request: Request) -> int:

@@ -16,6 +16,17 @@ event at or below the cached aggregate's version is already in.
 
 ``applied`` is the stream sequence up to which the follower has applied the log; a
 command that must see a write of sequence N waits in :meth:`EngineState.wait_applied`.
+
+Memory is bounded by live work, not by history (issue 14). Colonies and graphs that
+have not ended are *resident* (``aggregates``). A graph that has ended (SUCCESS, FAILED,
+CANCELLED or removed) with no process ready or running is *evicted* by :meth:`sweep` once
+the follower has applied its last event: it leaves ``aggregates`` and its process counts
+move into per-colony totals (for ``stats``). What remains of it is its ids in two
+indices (which graph holds a process, the graphs of a colony). A command on an evicted
+graph loads it from its own subject (the engine's ``_resident``/``_readable``); reads keep
+it in a small LRU (:data:`LOADED_CACHE`), a change makes it resident again
+(:meth:`revive`, which takes its counts out of the totals) until the next sweep. So a
+graph is always counted exactly once: by iterating resident graphs, or in the totals.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -38,9 +51,36 @@ from colonies_es.domain import (
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.models import ProcessState
 
-__all__ = ["Effects", "EngineState", "Timer"]
+__all__ = ["LOADED_CACHE", "Effects", "EngineState", "Timer"]
 
 _ENDED = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
+
+LOADED_CACHE = 512
+"""Evicted graphs kept after a command loaded them from the log (least recently used go)."""
+
+COUNTED = ("successfulworkflows", "failedworkflows", "successfulprocesses", "failedprocesses")
+"""The statistics an evicted graph contributes to its colony's totals, in this order."""
+
+
+def graph_counts(graph: ProcessGraph) -> tuple[int, int, int, int]:
+    """What ``graph`` adds to :data:`COUNTED` (nothing once removed)."""
+    if graph.removed:
+        return (0, 0, 0, 0)
+    states = [node.state for node in graph.nodes.values()]
+    return (
+        int(graph.state == ProcessState.SUCCESS),
+        int(graph.state == ProcessState.FAILED),
+        states.count(ProcessState.SUCCESS),
+        states.count(ProcessState.FAILED),
+    )
+
+
+def evictable(graph: ProcessGraph) -> bool:
+    """True when the graph has ended (or was removed) and no process is ready or running:
+    nothing (no claim, no deadline) needs it in memory."""
+    if not graph.removed and graph.state not in _ENDED:
+        return False
+    return not any(node.is_ready or node.is_running for node in graph.nodes.values())
 
 
 @dataclass
@@ -91,7 +131,10 @@ class EngineState:
         self.written = 0
         """The highest stream sequence this replica has written or installed."""
         self._graph_of_process: dict[str, str] = {}
-        self._graphs_of_colony: dict[str, list[str]] = {}
+        self._graphs_of_colony: dict[str, dict[str, None]] = {}  # ordered: oldest first
+        self._loaded: OrderedDict[str, ProcessGraph] = OrderedDict()
+        self._ending: dict[str, int] = {}  # resident evictable graph -> its last sequence
+        self._evicted_counts: dict[str, list[int]] = {}
         self._timers: list[Timer] = []
         self._lock = threading.RLock()  # the rebuild runs in a thread, the rest on the loop
         self._progress: asyncio.Event | None = None
@@ -99,7 +142,73 @@ class EngineState:
     # ------------------------------------------------------------------ reading
 
     def get(self, aggregate_id: str) -> AuditedAggregate | None:
-        return self.aggregates.get(aggregate_id)
+        """The aggregate if it is resident or in the LRU of loaded graphs; None when it
+        is unknown or evicted (see :meth:`knows_graph`)."""
+        found = self.aggregates.get(aggregate_id)
+        if found is None:
+            found = self._loaded.get(aggregate_id)
+            if found is not None:
+                self._loaded.move_to_end(aggregate_id)
+        return found
+
+    def is_resident(self, aggregate_id: str) -> bool:
+        return aggregate_id in self.aggregates
+
+    def knows_graph(self, colonyname: str, graph_id: str) -> bool:
+        """True if the log has this graph (resident or not)."""
+        with self._lock:
+            return graph_id in self._graphs_of_colony.get(colonyname, {})
+
+    def evicted_counts(self, colonyname: str) -> dict[str, int]:
+        """The :data:`COUNTED` statistics of the colony's evicted graphs."""
+        totals = self._evicted_counts.get(colonyname, [0, 0, 0, 0])
+        return dict(zip(COUNTED, totals, strict=True))
+
+    def keep_loaded(self, graph: ProcessGraph) -> None:
+        """Keeps an evicted graph a command loaded from the log (LRU, not resident)."""
+        if graph.id in self.aggregates:
+            return
+        self._loaded[graph.id] = graph
+        self._loaded.move_to_end(graph.id)
+        while len(self._loaded) > LOADED_CACHE:
+            self._loaded.popitem(last=False)
+
+    def revive(self, graph: ProcessGraph) -> None:
+        """Makes an evicted graph (as loaded, no further than :attr:`applied`) resident
+        again, taking its counts out of the colony's totals, before a change to it."""
+        if graph.id in self.aggregates:
+            return
+        self._loaded.pop(graph.id, None)
+        self.aggregates[graph.id] = graph
+        self._count(graph, -1)
+
+    def sweep(self, busy: Callable[[str], bool]) -> list[str]:
+        """Evicts every resident graph that has ended, whose last event the follower has
+        applied and that no command is changing (``busy``); returns their ids."""
+        evicted = []
+        for graph_id, sequence in list(self._ending.items()):
+            if sequence > self.applied or busy(graph_id):
+                continue
+            graph = self.aggregates.pop(graph_id, None)
+            del self._ending[graph_id]
+            if isinstance(graph, ProcessGraph):
+                self._count(graph, +1)
+                evicted.append(graph_id)
+        return evicted
+
+    def _count(self, graph: ProcessGraph, sign: int) -> None:
+        totals = self._evicted_counts.setdefault(graph.colonyname, [0, 0, 0, 0])
+        for index, value in enumerate(graph_counts(graph)):
+            totals[index] += sign * value
+
+    def _settle(self, aggregate: AuditedAggregate, sequence: int) -> None:
+        """Notes whether a resident graph may be evicted once ``sequence`` is applied."""
+        if not isinstance(aggregate, ProcessGraph):
+            return
+        if evictable(aggregate):
+            self._ending[aggregate.id] = max(sequence, self._ending.get(aggregate.id, 0))
+        else:
+            self._ending.pop(aggregate.id, None)
 
     @property
     def reached(self) -> int:
@@ -112,9 +221,14 @@ class EngineState:
             return self._graph_of_process.get(processid)
 
     def graph_ids(self, colonyname: str) -> list[str]:
-        """The ids of the colony's graphs, oldest first."""
+        """The ids of the colony's graphs (resident or not), oldest first."""
         with self._lock:
             return list(self._graphs_of_colony.get(colonyname, ()))
+
+    def resident_graphs(self, colonyname: str) -> list[ProcessGraph]:
+        """The colony's resident graphs not removed (the others are in its totals)."""
+        graphs = [self.aggregates.get(graph_id) for graph_id in self.graph_ids(colonyname)]
+        return [g for g in graphs if isinstance(g, ProcessGraph) and not g.removed]
 
     def colony_names(self) -> list[str]:
         with self._lock:
@@ -148,9 +262,10 @@ class EngineState:
         self.aggregates[event.originator_id] = aggregate
         if index and isinstance(aggregate, ProcessGraph):
             self._index_graph(aggregate, [event])
+        self._settle(aggregate, sequence)
         return True
 
-    def replace(self, aggregate: AuditedAggregate) -> None:
+    def replace(self, aggregate: AuditedAggregate, sequence: int) -> None:
         """Installs an aggregate rebuilt from its own subject (after a gap), if it is
         newer than the cached one, and indexes it whole."""
         cached = self.aggregates.get(aggregate.id)
@@ -159,6 +274,7 @@ class EngineState:
         self.aggregates[aggregate.id] = aggregate
         if isinstance(aggregate, ProcessGraph):
             self._index_graph(aggregate, None)
+        self._settle(aggregate, sequence)
 
     def install(
         self, aggregate: AuditedAggregate, events: list[AuditedEvent], sequence: int
@@ -171,15 +287,17 @@ class EngineState:
             raise AssertionError(f"{aggregate.id} advanced under its lock")
         self.aggregates[aggregate.id] = aggregate
         self.written = max(self.written, sequence)
+        self._settle(aggregate, sequence)
         if isinstance(aggregate, ProcessGraph):
             return self._index_graph(aggregate, events)
         return Effects()
 
-    def index_all(self) -> None:
-        """Indexes every graph whole (after the rebuild)."""
+    def index_all(self, sequence: int) -> None:
+        """Indexes every graph whole (after the rebuild up to ``sequence``)."""
         for aggregate in list(self.aggregates.values()):
             if isinstance(aggregate, ProcessGraph):
                 self._index_graph(aggregate, None)
+                self._settle(aggregate, sequence)
 
     # ------------------------------------------------------------------ the follower's position
 
@@ -247,9 +365,7 @@ class EngineState:
         effects = Effects()
         with self._lock:
             if events is None or any(e.originator_version == 1 for e in events):
-                graphs = self._graphs_of_colony.setdefault(graph.colonyname, [])
-                if graph.id not in graphs:
-                    graphs.append(graph.id)
+                self._graphs_of_colony.setdefault(graph.colonyname, {})[graph.id] = None
                 for processid in graph.nodes:
                     self._graph_of_process[processid] = graph.id
             # Ordered (a dict): processes made ready together keep the event's order.

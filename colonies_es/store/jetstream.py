@@ -224,6 +224,11 @@ class JetStreamLog:
         learnt while replaying the log), saving a conflict round trip on the next write."""
         self._heads[subject] = (version, sequence)
 
+    def forget_head(self, subject: str) -> None:
+        """Drops what is known of ``subject``'s head (an aggregate leaving memory); the
+        next write to it costs one extra round trip."""
+        self._heads.pop(subject, None)
+
     # ----------------------------------------------------------------- stream
 
     async def ensure_stream(self, spec: StreamSpec, create: bool = True) -> None:
