@@ -98,7 +98,8 @@ HostOption = Annotated[
     typer.Option(
         "--host",
         envvar="COLONIES_SERVER_HOST",
-        help="Host of the NATS server the engine listens on.",
+        help="Host of the NATS server the engine listens on (COLONIES_NATS_URL, when set, "
+        "wins over COLONIES_SERVER_HOST/PORT, which dev.env points at the ColonyOS gateway).",
         rich_help_panel=CONNECTION_PANEL,
     ),
 ]
