@@ -70,8 +70,9 @@ from colonies_es.client import AsyncColonies
 SUBMIT_THREADS = 8
 """pycolonies is synchronous: the submitter runs this many threads of ``submit_func_spec``."""
 
-ASSIGN_TIMEOUT = 1
-"""Seconds of each pycolonies executor's ``assign`` long poll (an int, as ColonyOS takes)."""
+ASSIGN_TIMEOUT = 10
+"""Seconds of each pycolonies executor's ``assign`` long poll (an int, as ColonyOS takes;
+pycolonies' own python executor example uses 10)."""
 
 _READY = re.compile(rb"colonies gateway ready on http://[^:]+:(\d+)")
 
