@@ -164,7 +164,7 @@ class _Submitter(threading.Thread):
         super().__init__(name="chaos-submitter", daemon=True)
         self.stack = stack
         self.client = JournalingColonies(journal, servers=stack.servers, timeout=3.0)
-        self.shapes = [rng.choice(SHAPES) for _ in range(10_000)]
+        self.shapes = random.Random(rng.getrandbits(64))  # its own stream, from the seed
         self.in_flight = in_flight
         self.stop = threading.Event()
         self.submitted: list[str] = []
@@ -175,7 +175,8 @@ class _Submitter(threading.Thread):
         owner = self.stack.keys.colony_owner
         colony = self.stack.colonyname
         try:
-            for shape in self.shapes:
+            while True:
+                shape = self.shapes.choice(SHAPES)
                 while not self.stop.is_set() and self._unfinished() >= self.in_flight:
                     self.stop.wait(0.2)
                 if self.stop.is_set():

@@ -21,7 +21,6 @@ graph; the seed's version would add ``gen_nums_0`` again and fail on the nodenam
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from colonies_es.models import FuncSpec, Workflow, func_spec
@@ -144,10 +143,6 @@ def make_workflow(shape: str, colonyname: str) -> Workflow:
         "timeout": lambda: [_node(colonyname, "sleepy", SLEEPY, maxexectime=SLEEPY_LIMIT)],
     }
     return Workflow(colonyname=colonyname, functionspecs=nodes[shape]())
-
-
-def random_shape(rng: random.Random) -> str:
-    return rng.choice(SHAPES)
 
 
 def expected_output(funcname: str, inputs: list[Any]) -> list[Any] | None:
