@@ -272,7 +272,7 @@ def _missing(index: _Index, record: dict[str, Any]) -> str:
     if op == "submit":
         found = index.submitted.get(record["graph"], [])
         return "" if len(found) == 1 else f"{len(found)} GraphSubmitted events, expected 1"
-    process, attempt, executor = record.get("process", ""), record.get("attempt", 0), ""
+    process, attempt = record.get("process", ""), record.get("attempt", 0)
     executor = record.get("executor", "")
     who = f"process {process[:16]} attempt {attempt} by executor {executor[:16]}"
     if op == "claim":
