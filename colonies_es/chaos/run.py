@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,8 +155,9 @@ def _percentile(values: Sequence[float], q: int) -> float:
 
 
 class _Submitter(threading.Thread):
-    """Submits workflows of random shapes, at most ``in_flight`` unfinished at once,
-    journaling each acknowledged one, until told to stop. Rides out crashes."""
+    """Submits workflows of every shape in turn (a random order each turn), at most
+    ``in_flight`` unfinished at once, journaling each acknowledged one, until told to
+    stop. Rides out crashes."""
 
     def __init__(
         self, stack: ChaosStack, journal: Journal, rng: random.Random, in_flight: int
@@ -175,8 +176,7 @@ class _Submitter(threading.Thread):
         owner = self.stack.keys.colony_owner
         colony = self.stack.colonyname
         try:
-            while True:
-                shape = self.shapes.choice(SHAPES)
+            for shape in self._shapes():
                 while not self.stop.is_set() and self._unfinished() >= self.in_flight:
                     self.stop.wait(0.2)
                 if self.stop.is_set():
@@ -192,6 +192,14 @@ class _Submitter(threading.Thread):
             self.error = error
         finally:
             self.client.disconnect()
+
+    def _shapes(self) -> Iterator[str]:
+        """Every shape in turn, in a random order each turn (so that a few submissions
+        cover them all)."""
+        while True:
+            turn = list(SHAPES)
+            self.shapes.shuffle(turn)
+            yield from turn
 
     def _unfinished(self) -> int:
         owner = self.stack.keys.colony_owner
