@@ -1,8 +1,10 @@
 """What clients saw acknowledged: one JSON line per command the engine answered with OK.
 
 The checker holds the event log to these lines. A line is written *after* the reply
-arrived, and flushed to the operating system at once, so a journal survives the SIGKILL
-of the process writing it (the page cache belongs to the kernel). A process killed
+arrived, with one unbuffered ``write`` to a file opened for appending, so a journal
+survives the SIGKILL of the process writing it (the page cache belongs to the kernel) and
+several processes may append to one journal (an executor and the child processes its
+functions run in). A process killed
 between the reply and the write leaves that command out: the journal may miss an
 acknowledged command, never invent one. A half-written last line is skipped on reading.
 
@@ -80,8 +82,15 @@ class JournalingColonies(Colonies):
     def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal = journal
+        self._arguments = (args, kwargs)
         self._attempts: dict[str, int] = {}  # process id -> attempt this client holds
         self._attempts_lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (the executor hands its client to the child process a function runs
+        in), it is a journaling client again, appending to the same journal."""
+        args, kwargs = self._arguments
+        return (_unpickle, (self.journal.path, args, kwargs))
 
     def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:
         process = super().assign(colonyname, timeout, prvkey)
@@ -145,3 +154,7 @@ class JournalingColonies(Colonies):
     def _attempt_of(self, processid: str) -> int:
         with self._attempts_lock:
             return self._attempts.get(processid, 0)
+
+
+def _unpickle(path: Path, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JournalingColonies:
+    return JournalingColonies(Journal(path), *args, **kwargs)
