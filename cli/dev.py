@@ -66,7 +66,7 @@ DEFAULT_DATA_DIR = Path(".colonies")
 EXECUTOR_TYPE = "python-executor"
 ENGINE_READY_LINE = "colonies engine ready"
 PROJECTOR_READY_LINE = "colonies projector ready"
-GATEWAY_READY = re.compile(r"colonies gateway ready on http://\S+:(\d+)")
+GATEWAY_READY = re.compile(r"colonies gateway ready on https?://\S+:(\d+)")
 START_TIMEOUT = 30.0  # seconds each process may take to start (the engine replays the log)
 EXECUTOR_OPTIONS = ("--poll-timeout", "1", "--grace", "5")
 """Stop within about a second when idle, give running functions 5 s to finish."""

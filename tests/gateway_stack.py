@@ -19,15 +19,17 @@ from tests.stack import ColonyHandle, Stack
 ROOT = Path(__file__).resolve().parents[1]
 PYCOLONIES_EXAMPLES = ROOT / "examples" / "pycolonies"
 
-_READY = re.compile(rb"colonies gateway ready on http://[^:]+:(\d+)")
+_READY = re.compile(rb"colonies gateway ready on https?://[^:]+:(\d+)")
 
 
 class GatewayProcess:
     """``colonies gateway`` as a child process, in front of a stack's NATS server."""
 
-    def __init__(self, nats_url: str, log_file: Path) -> None:
+    def __init__(self, nats_url: str, log_file: Path, *options: str) -> None:
+        """``options`` go to ``colonies gateway`` (``--tls-cert``...)."""
         self.nats_url = nats_url
         self.log_file = log_file
+        self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -40,7 +42,7 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "colonies_es.cli", "gateway"),
-                    *("--nats", self.nats_url, "--port", "0"),
+                    *("--nats", self.nats_url, "--port", "0", *self.options),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

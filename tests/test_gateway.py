@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import ipaddress
 import json
 import re
 import socket
@@ -22,6 +24,10 @@ import nats
 import pycolonies
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pycolonies import Colonies as PyColonies
 from pycolonies import Crypto as PyCrypto
 from pycolonies import Workflow, func_spec
@@ -532,3 +538,81 @@ def test_an_unreachable_nats_is_one_line_and_exit_1() -> None:
     )
     assert done.returncode == 1
     assert done.stderr == "error: cannot connect to NATS at nats://127.0.0.1:1\n"
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "colonies-es gateway test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_pycolonies_with_tls_talks_https_and_wss(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    secure = GatewayProcess(
+        stack.nats.url,
+        tmp_path / "gateway.log",
+        "--tls-cert",
+        str(cert_file),
+        "--tls-key",
+        str(key_file),
+    ).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))  # what pycolonies' requests trusts
+    monkeypatch.setenv("WEBSOCKET_CLIENT_CA_BUNDLE", str(cert_file))  # and its websocket
+    try:
+        assert "https://" in (tmp_path / "gateway.log").read_text()
+        colony = stack.new_colony()
+        pyc = PyColonies("127.0.0.1", secure.port, tls=True)
+        executor = register(pyc, colony, "secure")
+        process = pyc.submit_func_spec(one_spec(colony, "secure"), colony.owner_prvkey)
+        pyc.close(pyc.assign(colony.name, 5, executor).processid, ["ok"], executor)
+        assert pyc.wait(process, 10, colony.owner_prvkey).output == ["ok"]
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP there
+            requests.get(f"http://127.0.0.1:{secure.port}/health", timeout=10)
+    finally:
+        secure.stop()
+
+
+def test_tls_options_are_checked_before_serving(tmp_path: Path) -> None:
+    gateway = [sys.executable, "-m", "colonies_es.cli", "gateway", "--port", "0"]
+    alone = subprocess.run(
+        [*gateway, "--tls-cert", str(tmp_path / "c.pem")], capture_output=True, text=True
+    )
+    assert (alone.returncode, alone.stderr) == (2, "error: --tls-cert and --tls-key go together\n")
+    missing = subprocess.run(
+        [*gateway, "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"error: cannot use the TLS certificate {tmp_path}/c.pem")

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -195,8 +196,14 @@ class Gateway:
         app.router.add_get("/pubsub", self._pubsub)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        tls: ssl.SSLContext | None = None,
+    ) -> int:
         """Connect to NATS and listen on ``host:port`` (0: a free port); return the port.
+        With ``tls`` it serves HTTPS and WSS (pycolonies' ``tls=True``).
 
         Raises ``ConnectionError`` if NATS cannot be reached within
         :data:`CONNECT_TIMEOUT`, ``OSError`` if the port is taken.
@@ -218,7 +225,7 @@ class Gateway:
         self._spent = SpentTickets(nc)
         self._runner = web.AppRunner(self.application(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         try:
             await site.start()
         except OSError:
