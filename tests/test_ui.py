@@ -8,11 +8,14 @@ re-run from failed, a node turning green while the page stays open, and the refu
 (403 for another colony's member, 401 without the token, no non-local bind).
 
 Screenshots of the overview, a graph and the scrubber on a failed graph are written to
-docs/screenshots/ (linked from the README).
+build/screenshots/ (ignored by git), or to the folder ``COLONIES_SCREENSHOTS`` names:
+``COLONIES_SCREENSHOTS=docs/screenshots pytest tests/test_ui.py`` refreshes the ones the
+README links, so an ordinary test run leaves the working tree clean.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +40,8 @@ from colonies_es.states import ProcessState
 from colonies_es.ui.server import check_bind, is_loopback
 from tests.ui_browser import DevStack, UiProcess, chromium
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / os.environ.get("COLONIES_SCREENSHOTS", "build/screenshots")
 WAIT = 30.0  # seconds a workflow or a page may take on a loaded machine
 EXPECT_MS = 20_000
 
