@@ -378,10 +378,10 @@ class ColoniesApp(Application[str]):
             wrote = outcome.sequence > 0
             if not wrote:
                 outcome.sequence = self.state.reached
-            if wrote or outcome.status != 200:
-                decided = Decided(outcome.status, outcome.body, outcome.message, outcome.sequence)
+            if outcome.status != 200:  # refused (a write's success is marked Applied)
+                decided = Decided(outcome.status, b"", outcome.message, outcome.sequence)
                 self.replies.remember(key, decided)
-            else:  # a read: its retry reads again
+            elif not wrote:  # a read: its retry reads again
                 self.replies.remember(key, Decided(_READ_AGAIN, b"", "", 0))
             future.set_result(outcome)
             return outcome
@@ -1010,6 +1010,13 @@ class ColoniesApp(Application[str]):
         without crossing to the store's loop thread. Heads learnt at rebuild are kept."""
         self._log = self._store.log.rebound(nc)
 
+    def _remember_commands(self, events: list[AuditedEvent]) -> None:
+        """Marks this replica's own commands as applied (:mod:`.replies`): a retry's reply
+        is computed again from the aggregate, so no reply body is kept in memory."""
+        now = datetime.now(UTC)
+        for event in events:
+            self._remember_command(event, _written.get(), now)
+
     async def _save(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
         """Appends the aggregate's pending events to the log (atomically) and notes the
         last sequence written for the reply (:data:`_written`)."""
@@ -1081,6 +1088,7 @@ class ColoniesApp(Application[str]):
         """Saves a new aggregate (IntegrityError if its id exists) and installs it."""
         async with self._lock(aggregate.id):
             events = await self._save(aggregate)
+            self._remember_commands(events)
             return self.state.install(aggregate, events, _written.get())
 
     async def _change(
@@ -1110,6 +1118,7 @@ class ColoniesApp(Application[str]):
                         raise
                     await self._catch_up(aggregate_id)
                     continue
+                self._remember_commands(events)
                 return draft, self.state.install(draft, events, _written.get())
             raise AssertionError("unreachable")
 

@@ -4,11 +4,12 @@ A client whose command timed out (the replica answering it was killed, the reply
 lost) sends the same signed bytes again; the command's replay key (signer and nonce)
 identifies it. :class:`Replies` remembers, per replay key:
 
-- a :class:`Decided` outcome, recorded by the replica that decided the command (its
-  status, body or message, and the sequence it wrote), or
-- an :class:`Applied` mark, recorded by any replica that applied the command's event
-  from the log (the follower, the rebuild): where the event went, so that the reply can
-  be computed again from the aggregate (see ``ColoniesApp._reply_to_applied``).
+- an :class:`Applied` mark, recorded by every replica that applied the command's event:
+  the one that decided it, and the others from the log (the follower, the rebuild):
+  where the event went, so that the reply is computed again from the aggregate (see
+  ``ColoniesApp._reply_to_applied``; no reply body is kept), or
+- a :class:`Decided` refusal (status and message) of the replica that refused it, or the
+  mark that it was a read (answered by reading again).
 
 Entries only matter while the command is fresh: a retry older than the freshness window
 is refused as stale before it gets here. So entries older than ``2 * window`` seconds are
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 __all__ = ["Applied", "Decided", "Replies"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decided:
     """The reply this replica gave: status, body (200) or message, sequence written."""
 
@@ -34,7 +35,7 @@ class Decided:
     sequence: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Applied:
     """A command whose event this replica applied from the log: the op, the aggregate
     and, for ops that answer about one process, that process (``subject``)."""
@@ -48,7 +49,7 @@ class Applied:
 class Replies:
     """A bounded map from replay key to the command's reply (see the module doc)."""
 
-    def __init__(self, window: float, limit: int = 100_000) -> None:
+    def __init__(self, window: float, limit: int = 50_000) -> None:
         self.window = window
         self.limit = limit
         self._entries: OrderedDict[str, tuple[float, Decided | Applied]] = OrderedDict()
