@@ -14,6 +14,7 @@ GROUPS: dict[str, str] = {
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
     "projector": "The projector rebuilding its view from the log, against a raw replay",
     "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
+    "replicas": "1, 2 and 3 engine replicas: throughput, claim latency, follower lag, failover",
     "cluster": "R1 vs a 3-node JetStream cluster (R3): throughput, claim latency, leader failover",
     "ui": "The web UI in headless Chromium: a 1,000-child graph's first render, scrubber steps",
 }

@@ -157,6 +157,10 @@ class Settings:
     """Encryption at rest: the AES key (base64, as eventsourcing's AESCipher takes it)."""
     stream_replicas: int = _setting(1, "COLONIES_STREAM_REPLICAS")
     """Replicas of the JetStream streams (3 in a cluster)."""
+    command_window: int = _setting(60, "COLONIES_COMMAND_WINDOW")
+    """Seconds a signed command's time stamp may differ from the engine's clock. The
+    engine remembers the commands of twice this window (to refuse replays and answer
+    retries): that memory grows with the command rate times the window."""
     data_dir: str = _setting(".colonies", "COLONIES_DATA_DIR")
     projector_db: str = _setting("colonies-view.sqlite", "COLONIES_PROJECTOR_DB")
 
@@ -225,6 +229,8 @@ def _parse(setting: dataclasses.Field[Any], text: str) -> Any:
             raise SettingsError(f"{name} must be a whole number, not {text!r}") from None
         if value < 0:
             raise SettingsError(f"{name} must not be negative, not {text!r}")
+        if name == "COLONIES_COMMAND_WINDOW" and value < 1:
+            raise SettingsError(f"{name} must be at least 1 (second), not {text!r}")
         if name == "COLONIES_SERVER_PORT" and not 0 < value < 65536:
             raise SettingsError(f"{name} must be a port number (1-65535), not {text!r}")
         return value

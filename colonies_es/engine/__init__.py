@@ -44,6 +44,7 @@ def run_engine(
             settings.store_env(),
             server_id=settings.server_id,
             engine_prvkey=settings.engine_prvkey,
+            max_skew=float(settings.command_window),
         )
 
     engine = Engine(

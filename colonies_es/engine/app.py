@@ -21,6 +21,7 @@ time; other aggregates' commands go on meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -362,8 +363,9 @@ class ColoniesApp(Application[str]):
             return self._behind(after)
         key = command.replay_key
         running = self._in_flight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
+        if running is not None:  # a copy (a retry) of a command being decided here
+            original = await asyncio.shield(running)
+            return dataclasses.replace(original, effects=Effects())  # published once
         known = self.replies.get(key)
         if isinstance(known, Decided) and known.status == _READ_AGAIN:
             outcome = await self._decide(op, command, body, now, check_replay=False)
