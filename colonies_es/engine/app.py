@@ -113,6 +113,7 @@ _EMPTY = b"{}"
 
 _READ_AGAIN = 0
 """The status of a remembered reply meaning "a read: answer its retry by reading again"."""
+_READ_AGAIN_MARK = Decided(_READ_AGAIN, b"", "", 0)
 
 _written: ContextVar[int] = ContextVar("written", default=0)
 """The last stream sequence the command being decided (this task's) has written."""
@@ -357,15 +358,32 @@ class ColoniesApp(Application[str]):
             body = command.decode_body(OPS[op])
         except crypto.CommandRejected as error:
             return Outcome(error.status, message=error.message, sequence=self.state.reached)
+        key = command.replay_key
+        running = self._in_flight.get(key)
+        if running is not None:  # a copy (a retry) of a command being handled here
+            original = await asyncio.shield(running)
+            return dataclasses.replace(original, effects=Effects())  # published once
+        # Registered before the first await: a copy arriving meanwhile waits for this one.
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            outcome = await self._handle_once(op, command, body, now, after)
+            future.set_result(outcome)
+            return outcome
+        finally:
+            del self._in_flight[key]
+            if not future.done():
+                future.cancel()
+
+    async def _handle_once(
+        self, op: str, command: crypto.VerifiedCommand, body: Any, now: float, after: int
+    ) -> Outcome:
+        """:meth:`handle` for the one copy of a command being handled."""
         if now - command.ts > RETRY_AGE:
             after = max(after, await self._log_end())
         if not await self.state.wait_applied(after, CATCH_UP_WAIT):
             return self._behind(after)
         key = command.replay_key
-        running = self._in_flight.get(key)
-        if running is not None:  # a copy (a retry) of a command being decided here
-            original = await asyncio.shield(running)
-            return dataclasses.replace(original, effects=Effects())  # published once
         known = self.replies.get(key)
         if isinstance(known, Decided) and known.status == _READ_AGAIN:
             outcome = await self._decide(op, command, body, now, check_replay=False)
@@ -373,24 +391,15 @@ class ColoniesApp(Application[str]):
             return outcome
         if known is not None:
             return await self._replay(known, command, body)
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            outcome = await self._decide(op, command, body, now, check_replay=True)
-            wrote = outcome.sequence > 0
-            if not wrote:
-                outcome.sequence = self.state.reached
-            if outcome.status != 200:  # refused (a write's success is marked Applied)
-                decided = Decided(outcome.status, b"", outcome.message, outcome.sequence)
-                self.replies.remember(key, decided)
-            elif not wrote:  # a read: its retry reads again
-                self.replies.remember(key, Decided(_READ_AGAIN, b"", "", 0))
-            future.set_result(outcome)
-            return outcome
-        finally:
-            del self._in_flight[key]
-            if not future.done():
-                future.cancel()
+        outcome = await self._decide(op, command, body, now, check_replay=True)
+        wrote = outcome.sequence > 0
+        if not wrote:
+            outcome.sequence = self.state.reached
+        if outcome.status != 200:  # refused (a write's success is marked Applied)
+            self.replies.remember(key, Decided(outcome.status, b"", outcome.message, 0))
+        elif not wrote:  # a read: its retry reads again
+            self.replies.remember(key, _READ_AGAIN_MARK)
+        return outcome
 
     async def _decide(
         self, op: str, command: crypto.VerifiedCommand, body: Any, now: float, check_replay: bool
@@ -437,7 +446,8 @@ class ColoniesApp(Application[str]):
     ) -> Outcome:
         """The reply to a retried command (see :mod:`.replies`)."""
         if isinstance(known, Decided):
-            return Outcome(known.status, known.body, known.message, sequence=known.sequence)
+            sequence = max(known.sequence, self.state.reached)
+            return Outcome(known.status, known.body, known.message, sequence=sequence)
         try:
             reply = await self._reply_to_applied(known, body)
         except DomainError as error:
