@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from colonies_es import Colonies, ColoniesError, FuncSpec, Workflow, func_spec
+from colonies_es.cli.common import SHORT_ID
 from colonies_es.cli.dev_seed import (
     EXECUTOR_TYPE,
     MAP_CODE,
@@ -180,13 +181,13 @@ def _time(moment: datetime | None) -> str:
 
 def _graphs_table(client: Colonies, colonyname: str, prvkey: str) -> Table:
     table = Table(title=f"Process graphs of colony {colonyname}", **_TABLE_STYLE)
-    table.add_column("PROCESSGRAPH ID", overflow="fold")
+    table.add_column("PROCESSGRAPH ID", no_wrap=True)  # a unique prefix: commands take it
     table.add_column("STATE", no_wrap=True)
     table.add_column("SUBMISSION TIME", no_wrap=True)
     table.add_column("INITIATOR", no_wrap=True)
     for graph in client.get_processgraphs(colonyname, 100, prvkey):
         table.add_row(
-            graph.processgraphid,
+            graph.processgraphid[:SHORT_ID],
             ProcessState(graph.state).name,
             _time(graph.submissiontime),
             graph.initiatorname,

@@ -387,6 +387,8 @@ def test_dev_demo_runs_the_seed_workflows(start_dev: StartDev, tmp_path: Path) -
     assert re.search(r"reduce = 15 \(ok\)|reduce: skipped, it needs add_child", out), out
     for heading in ("PROCESSGRAPH ID", "SUBMISSION TIME", "INITIATOR", "NODENAME", "EXECUTOR"):
         assert heading in out
+    # Each graph on one row, its id as the 12-character prefix the commands take.
+    assert len(re.findall(r"│ [0-9a-f]{12} +│ SUCCESS +│", out)) >= 2, out
     assert out.endswith("colonies dev stopped.\n")
     url = re.search(r"listening on (nats://\S+)", out)
     data_dir = re.search(r"data dir: (\S+)", out)
