@@ -416,16 +416,16 @@ def table(*headers: str, ids: Iterable[str] = (), cut: Iterable[str] = ()) -> Ta
         if header in keep_whole:
             result.add_column(header, no_wrap=True, min_width=len(header))
         elif header in one_line:
-            result.add_column(header, no_wrap=True, overflow="ellipsis")
+            # Wrappable, so that rich narrows these first; a word too long is cut.
+            result.add_column(header, overflow="ellipsis")
         else:
             result.add_column(header, overflow="fold")
     return result
 
 
 def listing(*headers: str, whole: Iterable[str] = ()) -> Table:
-    """A table for a listing: every column stays on one line; those named in ``whole``
-    (ids, states, times) are never cut, the others are cut with an ellipsis when the
-    terminal is narrow."""
+    """A table for a listing: those named in ``whole`` (ids, states, times) are never
+    cut, the others are cut with an ellipsis when the terminal is narrow."""
     kept = set(whole)
     return table(*headers, ids=kept, cut=[h for h in headers if h not in kept])
 

@@ -12,11 +12,12 @@ from multiprocessing's fork server, which has imported this module once, so a
 replacement for a killed child starts in a few milliseconds and inherits no thread of
 the executor.
 
-Each child runs :func:`~colonies_es.executor.execute_function` as the executor would,
-with its own ``colonies`` client (the executor's, unpickled: same NATS servers and
-credentials, its own connection), and sends back the output, the errors and what the
-function printed. Ctrl-C reaches the whole process group: the child ignores it and the
-executor decides.
+Each child runs :func:`~colonies_es.executor.execute_function` as the executor would and
+sends back the output, the errors and what the function printed. The ``colonies`` the
+code sees is a :class:`ParentClient`: each of its calls is carried over the pipe and made
+by the executor's own client (its connection, its session keys, and whatever a subclass
+of it adds, such as a journal of acknowledged commands). Ctrl-C reaches the whole
+process group: the child ignores it and the executor decides.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from colonies_es.client import ColoniesConnectionError, ColoniesError
 from colonies_es.models import Process
 
-__all__ = ["POLL", "FunctionRunner", "RunResult"]
+__all__ = ["POLL", "FunctionRunner", "ParentClient", "RunResult"]
 
 POLL = 0.1
 """Seconds between two checks, while a function runs, whether it must be stopped."""
@@ -60,8 +62,8 @@ class RunResult:
 class FunctionRunner:
     """A child process that runs functions one at a time, for one worker thread.
 
-    ``globals_`` are the names the functions' code sees besides ``colonies`` (a copy of
-    ``client`` in the child). Not thread-safe: one runner per worker thread.
+    ``globals_`` are the names the functions' code sees besides ``colonies`` (calls of
+    which ``client`` makes). Not thread-safe: one runner per worker thread.
     """
 
     def __init__(self, client: Any, globals_: dict[str, Any]) -> None:
@@ -79,18 +81,35 @@ class FunctionRunner:
         dies on its own (a crash, ``os._exit``) fails the run with its exit code."""
         conn = self._connection()
         conn.send((process, ctx))
-        while not conn.poll(POLL):
-            if should_stop():
-                self.kill()
-                return RunResult(stopped=True)
+        while True:
+            while not conn.poll(POLL):
+                if should_stop():
+                    self.kill()
+                    return RunResult(stopped=True)
+            try:
+                message = conn.recv()
+                if message[0] == "call":  # the function calls its `colonies` client
+                    conn.send(self._call(*message[1:]))
+                    continue
+            except (EOFError, OSError):
+                code = self._reap()
+                return RunResult(
+                    errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
+                )
+            _, output, errors, printed = message
+            return RunResult(output=output, errors=errors, printed=printed)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """Make a call of the child's :class:`ParentClient` with the executor's client:
+        ``("ok", result)`` or ``("error", kind, status, message)``."""
         try:
-            output, errors, printed = conn.recv()
-        except (EOFError, OSError):
-            code = self._reap()
-            return RunResult(
-                errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
-            )
-        return RunResult(output=output, errors=errors, printed=printed)
+            return ("ok", getattr(self._client, method)(*args, **kwargs))
+        except ColoniesError as error:
+            return ("error", "refused", error.status, error.message)
+        except ColoniesConnectionError as error:
+            return ("error", "connection", 0, str(error))
+        except Exception as error:  # e.g. a TypeError of a bad call: the function's to see
+            return ("error", "other", 0, f"{type(error).__name__}: {error}")
 
     def kill(self) -> None:
         """Stop the child at once (a function it runs ends there); the next run starts
@@ -109,7 +128,7 @@ class FunctionRunner:
             parent, child = _CONTEXT.Pipe()
             self._child = _CONTEXT.Process(
                 target=_serve,
-                args=(child, self._client, self._globals),
+                args=(child, self._globals),
                 name="colonies-function",
                 daemon=True,
             )
@@ -133,14 +152,38 @@ class FunctionRunner:
         return code
 
 
-def _serve(
-    conn: multiprocessing.connection.Connection, client: Any, globals_: dict[str, Any]
-) -> None:
+class ParentClient:
+    """The ``colonies`` client a function sees in the child: every method call is made
+    by the executor's client, over the pipe (one at a time; the function waits)."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._conn.send(("call", method, args, kwargs))
+            answer = self._conn.recv()
+            if answer[0] == "ok":
+                return answer[1]
+            _, kind, status, message = answer
+            if kind == "refused":
+                raise ColoniesError(status, message)
+            if kind == "connection":
+                raise ColoniesConnectionError(message)
+            raise RuntimeError(message)
+
+        return call
+
+
+def _serve(conn: multiprocessing.connection.Connection, globals_: dict[str, Any]) -> None:
     """The child's loop: run each (process, ctx) received, send back the result."""
     from colonies_es.executor import FunctionFailed, execute_function
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    names = {**globals_, "colonies": client}
+    names = {**globals_, "colonies": ParentClient(conn)}
     while True:
         try:
             process, ctx = conn.recv()
@@ -155,4 +198,4 @@ def _serve(
         text = printed.getvalue()
         if len(text) > MAX_PRINTED:
             text = text[: MAX_PRINTED - 40] + "\n... (cut: the function printed more)\n"
-        conn.send((output, errors, text))
+        conn.send(("done", output, errors, text))

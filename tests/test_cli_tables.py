@@ -32,8 +32,12 @@ def member(stack: Stack, tmp_path: Path) -> Member:
 
 
 def fits(out: str, width: int = 80) -> None:
+    """Every line within ``width``, and every table line whole (its right border shown:
+    a console crops what is wider than itself)."""
     too_long = [line for line in out.splitlines() if len(line) > width]
     assert not too_long, "\n".join(too_long)
+    cropped = [line for line in out.splitlines() if line[:1] in "╭│├╰" and line[-1] not in "╮│┤╯"]
+    assert not cropped, out
 
 
 def test_tables_fit_80_columns_with_id_prefixes_and_wide_shows_whole_ids(

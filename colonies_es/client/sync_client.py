@@ -126,14 +126,6 @@ class Colonies:
         """The NATS server address(es) this client talks to."""
         return ", ".join(self._servers)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled, a client is its configuration: unpickled (in another process, say)
-        it is a new, unconnected client reaching NATS the same way."""
-        return (
-            _unpickle_client,
-            (self._servers, self._timeout, self._nkey_file, self._tls_ca_file),
-        )
-
     def connect(self) -> None:
         """Connect now rather than on the first call; raises ColoniesConnectionError."""
         self._run(AsyncColonies.connect)
@@ -204,9 +196,3 @@ class Colonies:
     history = _blocking(AsyncColonies.history)
     state_at = _blocking(AsyncColonies.state_at)
     add_child = _blocking(AsyncColonies.add_child)
-
-
-def _unpickle_client(
-    servers: Sequence[str], timeout: float, nkey_file: str, tls_ca_file: str
-) -> Colonies:
-    return Colonies(servers=servers, timeout=timeout, nkey_file=nkey_file, tls_ca_file=tls_ca_file)
