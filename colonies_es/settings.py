@@ -85,6 +85,8 @@ class NatsAccess:
                     "does not exist"
                 )
             options["nkeys_seed"] = self.nkey_file
+            # Replies come to an inbox only this credential may read (nats_auth.py).
+            options["inbox_prefix"] = _inbox_of(self.nkey_file)
         if self.tls:
             options["tls"] = tls_context(self.tls_ca_file)
         return options
@@ -113,6 +115,20 @@ class NatsAccess:
             nkey_file=env.get("NATS_NKEY_FILE") or "",
             tls_ca_file=env.get("NATS_TLS_CA_FILE") or "",
         )
+
+
+def _inbox_of(nkey_file: str) -> str:
+    """The inbox prefix of the credential in ``nkey_file``."""
+    from colonies_es.nats_auth import inbox_prefix, public_key
+
+    try:
+        with open(nkey_file) as file:
+            return inbox_prefix(public_key(file.read()))
+    except Exception as error:  # unreadable file, or not a seed (nkeys errors)
+        raise SettingsError(
+            f"the NATS credential file {nkey_file} (COLONIES_NATS_NKEY_FILE) does not hold an "
+            f"nkey seed: {error!r}"
+        ) from None
 
 
 def _setting(default: Any, env: str) -> Any:

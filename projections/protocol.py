@@ -118,6 +118,12 @@ class GetPosition(Query, kw_only=True):
     is at least ``after``: :class:`Position`. Any signed caller may ask."""
 
 
+class GetLogPosition(Query, kw_only=True):
+    """The stream sequence of the last event in the log (0 when there is none), read by
+    the projector from the stream whatever its view's position: :class:`Position`. Any
+    signed caller may ask; clients need no right to read the stream for it."""
+
+
 class GraphView(msgspec.Struct, kw_only=True):
     """The reply to ``get_graph``: ``{"graph": ProcessGraph, "processes": [Process, ...],
     "executornames": {processid: name}}``."""
@@ -144,5 +150,6 @@ QUERIES: dict[str, type[Query]] = {
     "stats": GetStats,
     "logs": GetLogs,
     "position": GetPosition,
+    "log_position": GetLogPosition,
 }
 """Every query op, with the type of its body."""

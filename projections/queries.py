@@ -69,9 +69,13 @@ class QueryClient:
         *,
         servers: Sequence[str] | None = None,
         timeout: float = 10.0,
+        nkey_file: str = "",
+        tls_ca_file: str = "",
     ) -> None:
         """Query through NATS at ``host:port`` (or the URLs in ``servers``) as the
-        identity of ``prvkey``; ``timeout`` bounds connecting and each reply (seconds)."""
+        identity of ``prvkey``; ``timeout`` bounds connecting and each reply (seconds).
+        ``nkey_file`` and ``tls_ca_file``: the caller's NATS credential and the CA of the
+        server's certificate, as for :class:`~colonies_es.client.Colonies`."""
         self.prvkey = prvkey
         self.timeout = timeout
         self._floor = 0
@@ -135,8 +139,10 @@ class QueryClient:
         return position
 
     def log_position(self) -> int:
-        """The stream sequence of the last event in the log (0 when there is none)."""
-        return self._loop.run(self._read_side.log_position())
+        """The stream sequence of the last event in the log (0 when there is none), as a
+        projector reads it from the stream."""
+        position: int = self._loop.run(self._read_side.log_position(self.prvkey))
+        return position
 
     # ------------------------------------------------------------------ plumbing
 

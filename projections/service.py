@@ -19,6 +19,7 @@ there is no replay guard.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,11 @@ from colonies_es.projections.view import ReadModel
 __all__ = ["PositionWatch", "QueryService"]
 
 log = logging.getLogger("colonies.queries")
+
+LOG_STREAM = "COLONIES"
+"""The event log's stream (the store's default)."""
+LOG_EVENTS = "colonies.ev.>"
+"""The subjects of its events."""
 
 
 class PositionWatch:
@@ -152,6 +158,8 @@ class QueryService:
                 )
         if op == "position":
             return encode(Position(position=self.watch.position))
+        if op == "log_position":
+            return encode(Position(position=await self._log_position()))
         reply = await anyio.to_thread.run_sync(self._answer, caller, body, limiter=self._limiter)
         if len(reply) > self.nc.max_payload:
             raise QueryRefused(
@@ -160,6 +168,21 @@ class QueryService:
                 f"{self.nc.max_payload}: ask for fewer",
             )
         return reply
+
+    async def _log_position(self) -> int:
+        """The stream sequence of the last event in the log (0 when there is none)."""
+        request = json.dumps({"last_by_subj": LOG_EVENTS}).encode()
+        try:
+            reply = await self.nc.request(f"$JS.API.DIRECT.GET.{LOG_STREAM}", request, timeout=5)
+        except nats.errors.Error as error:
+            raise QueryRefused(503, f"cannot read the log's position: {error!r}") from error
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":
+            return 0
+        try:
+            return int(headers["Nats-Sequence"])
+        except (KeyError, ValueError):
+            raise QueryRefused(503, f"unexpected reply to a direct get: {headers}") from None
 
     def _open(self, op: str, data: bytes, now: float) -> tuple[str, Query]:
         """The caller's id and the decoded body of a signed query for ``op``."""

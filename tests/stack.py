@@ -35,14 +35,17 @@ class EngineProcess:
         replicas: int = 1,
         *,
         projector: bool = True,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         """``nats_url`` may list a cluster's nodes (comma separated); ``replicas`` is the
         log's replica count (3 on the ``nats_cluster`` fixture). ``projector=False`` runs
         the engine alone (``--no-projector``): for tests of a projector of their own,
-        which must then be the only one answering queries and listings."""
+        which must then be the only one answering queries and listings. ``extra_env``:
+        more ``COLONIES_*`` settings (a NATS credential, a cipher key)."""
         self.nats_url = nats_url
         self.replicas = replicas
         self.projector = projector
+        self.extra_env = dict(extra_env or {})
         self.server_id = server_id
         self.engine_prvkey = crypto.new_private_key()
         self.seal_key = os.urandom(32).hex()
@@ -76,6 +79,7 @@ class EngineProcess:
                 "COLONIES_EVENT_SEAL_KEY": self.seal_key,
                 "COLONIES_STREAM_REPLICAS": str(self.replicas),
                 "COLONIES_PROJECTOR_DB": str(self.log_dir / "view.sqlite"),
+                **self.extra_env,
             },
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -56,8 +56,11 @@ class ProjectorProcess:
         seal_key: str | None,
         log_dir: Path,
         batch_size: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        """``extra_env``: more ``COLONIES_*`` settings (a NATS credential, a cipher key)."""
         self.nats_url = nats_url
+        self.extra_env = dict(extra_env or {})
         self.db = db
         self.seal_key = seal_key
         self.log_dir = log_dir
@@ -79,6 +82,7 @@ class ProjectorProcess:
         env = {k: v for k, v in os.environ.items() if k != "COLONIES_EVENT_SEAL_KEY"}
         if self.seal_key is not None:
             env["COLONIES_EVENT_SEAL_KEY"] = self.seal_key
+        env.update(self.extra_env)
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -10,13 +10,13 @@ Read-your-writes: a projector may not yet have applied what a command just wrote
 query carries ``after``, a stream sequence the answering view must have reached; the
 projector waits for it (bounded by ``wait``) and refuses with 408 if it does not get
 there. :meth:`ReadSide.query` asks, by default, for the sequence of the last event in the
-log at the time of the call (:meth:`ReadSide.log_position`): everything this client saw
+log at the time of the call (:meth:`ReadSide.log_position`, itself a query a projector
+answers from the stream): everything this client saw
 acknowledged before the call is in the answer, whichever projector answers.
 """
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 import nats.errors
@@ -26,7 +26,13 @@ from colonies_es.client.connection import Connection
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import seal
 from colonies_es.models import ModelValidationError, decode
-from colonies_es.projections.protocol import Query, query_subject, signed_op
+from colonies_es.projections.protocol import (
+    GetLogPosition,
+    Position,
+    Query,
+    query_subject,
+    signed_op,
+)
 
 __all__ = ["LOG_EVENTS", "LOG_STREAM", "REPLY_MARGIN", "ReadSide"]
 
@@ -72,7 +78,7 @@ class ReadSide:
         """
         reply_within = self._connection.timeout if timeout is None else timeout
         if after is None:
-            after = await self.log_position()
+            after = await self.log_position(prvkey)
         body.after = max(body.after, after)
         body.wait = max(reply_within - REPLY_MARGIN, 0.0)
         data = await self._request(op, seal(signed_op(op), body, prvkey), reply_within)
@@ -104,28 +110,14 @@ class ReadSide:
             raise ColoniesError(status, headers.get(ERROR_HEADER, ""))
         return bytes(reply.data)
 
-    async def log_position(self) -> int:
-        """The stream sequence of the last event in the log (0 when there is none): one
-        direct get of the last message on the event subjects."""
-        nc = await self._connection.nats()
-        request = json.dumps({"last_by_subj": LOG_EVENTS}).encode()
+    async def log_position(self, prvkey: str) -> int:
+        """The stream sequence of the last event in the log (0 when there is none), as a
+        projector reads it from the stream: the signed query ``log_position``, so that a
+        client needs no right to read the stream (NATS authorization)."""
+        sealed = seal(signed_op("log_position"), GetLogPosition(), prvkey)
+        data = await self._request("log_position", sealed, self._connection.timeout)
         try:
-            reply = await nc.request(
-                f"$JS.API.DIRECT.GET.{LOG_STREAM}", request, timeout=self._connection.timeout
-            )
-        except nats.errors.NoRespondersError:
-            # No event log on this NATS: no engine ever ran here (it creates the stream).
-            raise ColoniesConnectionError(
-                f"no colonies engine is answering on {self._connection.url}"
-            ) from None
-        except nats.errors.Error as error:
-            raise ColoniesConnectionError(
-                f"cannot read the log's position on {self._connection.url}: {error!r}"
-            ) from error
-        headers = reply.headers or {}
-        if headers.get("Status") == "404":
-            return 0
-        try:
-            return int(headers["Nats-Sequence"])
-        except (KeyError, ValueError):
-            raise ColoniesConnectionError(f"unexpected reply to a direct get: {headers}") from None
+            reply: Position = decode(data, Position)
+        except ModelValidationError as error:
+            raise ColoniesError(500, f"unreadable reply to 'log_position': {error}") from error
+        return reply.position
