@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
+from colonies_es.cli.dev_auth import DevAuth, prepare_auth
 from colonies_es.cli.dev_colony import (
     DevKeys,
     dev_environment,
@@ -58,6 +59,7 @@ from colonies_es.crypto import id_from_private_key
 from colonies_es.embedded import NatsServer, NatsServerError
 from colonies_es.embedded_cluster import NatsCluster
 from colonies_es.gateway import DEFAULT_PORT as DEFAULT_GATEWAY_PORT
+from colonies_es.settings import Settings
 from colonies_es.states import ExecutorState
 
 CONFIG_FILE_NAME = "nats.conf"
@@ -90,6 +92,8 @@ class DevOptions:
     engines: int = 1
     gateway_port: int = DEFAULT_GATEWAY_PORT
     """The ColonyOS gateway's HTTP port (0: a free one)."""
+    auth: bool = True
+    """NATS authorization: a credential per component (:mod:`.dev_auth`)."""
 
     @property
     def replicas(self) -> int:
@@ -218,12 +222,17 @@ def _default_gateway_port(host: str) -> int:
 
 
 def _start_gateway(
-    stack: DevStack, options: DevOptions, nats_url: str, stop: StopSignals
+    stack: DevStack,
+    options: DevOptions,
+    nats_url: str,
+    stop: StopSignals,
+    credential: Path | None = None,
 ) -> int | None:
     """Start `colonies gateway`; its HTTP port once it listens, None if interrupted.
 
     It needs nothing but NATS (no key, no secret): it forwards what ColonyOS clients
-    signed to the engine, which verifies it.
+    signed to the engine, which verifies it. ``credential``: its NATS credential (the
+    developer's: a client that may take the dev types' work) when authorization is on.
     """
     gateway = ChildProcess(
         "gateway",
@@ -236,7 +245,10 @@ def _start_gateway(
             "--port",
             str(options.gateway_port),
         ],
-        {"COLONIES_NATS_URL": nats_url},
+        {
+            "COLONIES_NATS_URL": nats_url,
+            **({"COLONIES_NATS_NKEY_FILE": str(credential)} if credential else {}),
+        },
         options.data_dir / "gateway.log",
     )
     gateway.start()
@@ -388,6 +400,38 @@ def _serve(
     return problem
 
 
+def _prepare_auth(options: DevOptions, config_file: Path, keys: DevKeys) -> DevAuth | None:
+    """The stack's NATS credentials and the server configuration naming them (None with
+    ``--no-auth``)."""
+    if not options.auth:
+        return None
+    auth = prepare_auth(options.data_dir, config_file, keys.colonyname, EXECUTOR_TYPE)
+    _echo(f"NATS authorization on: credentials in {auth.engine.parent} (--no-auth: off)")
+    _echo(f"  config: {auth.config} ({config_file} + accounts)")
+    return auth
+
+
+class _Roles:
+    """The environment of each kind of process: the stack's variables with the NATS
+    credential of its role (all the same without authorization)."""
+
+    def __init__(self, environment: dict[str, str], auth: DevAuth | None) -> None:
+        def role(credential: str) -> dict[str, str]:
+            if auth is None:
+                return dict(environment)
+            with_credential: dict[str, str] = auth.environment(
+                environment, getattr(auth, credential)
+            )
+            return with_credential
+
+        self.engine = role("engine")
+        self.reader = role("reader")
+        """The projector and the web UI: read the log, send queries and commands."""
+        self.executor = role("executor")
+        self.developer = role("developer")
+        """dev.env, the demo and the colony's set-up: a client that may run executors."""
+
+
 def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
     """Start the stack, serve it (or run the demo), stop it; return the exit code.
 
@@ -399,13 +443,17 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
     demo_right = True
     try:
         keys = load_or_create_keys(options.data_dir)
+        auth = _prepare_auth(options, config_file, keys)
+        nats_config = auth.config if auth else config_file
         if options.cluster:
-            urls = _start_cluster(stack, options, config_file).urls
+            urls = _start_cluster(stack, options, nats_config).urls
         else:
-            urls = [_start_nats(stack, options, config_file).url]
+            urls = [_start_nats(stack, options, nats_config).url]
         first = urlsplit(urls[0])
-        host, port = first.hostname or "127.0.0.1", first.port or DEFAULT_PORT
-        gateway_port = _start_gateway(stack, options, ",".join(urls), stop)
+        host = first.hostname or "127.0.0.1"
+        gateway_port = _start_gateway(
+            stack, options, ",".join(urls), stop, auth.developer if auth else None
+        )
         if gateway_port is None:
             return 0
         # COLONIES_SERVER_HOST/PORT name the gateway (pycolonies reads them); this
@@ -414,25 +462,27 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
             **dev_environment(keys, host, gateway_port, ",".join(urls)),
             "COLONIES_STREAM_REPLICAS": str(options.replicas),
         }
-        engine = _engine(keys, environment, options.data_dir)
+        roles = _Roles(environment, auth)
+        environment = roles.developer
+        engine = _engine(keys, roles.engine, options.data_dir)
         if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
             return 0
-        projector = _projector(environment, options.data_dir)
+        projector = _projector(roles.reader, options.data_dir)
         if not _start_service(stack, projector, PROJECTOR_READY_LINE, stop):
             return 0
-        with Colonies(host, port, servers=urls) as client:
+        with Colonies.from_settings(Settings.load(environment)) as client:
             state = "created" if ensure_colony(client, keys) else "found"
             _echo(f"colony {keys.colonyname} {state} (keys: {options.data_dir / 'keys.json'})")
             # Replicas start once the colony is in the log: until engines follow the log
             # (issue 8), a replica knows only what the log held when it started.
             for number in range(2, options.engines + 1):
-                engine = _engine(keys, environment, options.data_dir, number)
+                engine = _engine(keys, roles.engine, options.data_dir, number)
                 if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
                     return 0
             env_file = write_env_file(options.data_dir, environment)
-            if not _start_executors(stack, client, keys, environment, options, stop):
+            if not _start_executors(stack, client, keys, roles.executor, options, stop):
                 return 0
-            ui_url = None if options.demo else _start_ui(stack, keys, environment, options, stop)
+            ui_url = None if options.demo else _start_ui(stack, keys, roles.reader, options, stop)
             if ui_url is None and options.ui_port is not None and not options.demo:
                 return 0
             if options.demo:
@@ -523,6 +573,15 @@ def dev(
     engines: Annotated[
         int, typer.Option(min=1, help="Engine replicas (`colonies server`) to run.")
     ] = 1,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth/--no-auth",
+            help="NATS authorization: every component connects with a credential of its "
+            "own (<data-dir>/creds, mode 0600) limited to its role; anonymous connections "
+            "are refused. dev.env points at the developer's credential.",
+        ),
+    ] = True,
 ) -> None:
     """Run a local development stack: nats-server with JetStream, the ColonyOS gateway
     (HTTP, for pycolonies), the engine, the projector, a python executor and the web UI
@@ -564,6 +623,7 @@ def dev(
                 cluster,
                 engines,
                 gateway_port=gateway_port,
+                auth=auth,
             )
             code = _run(options, stop, config_file)
     except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:

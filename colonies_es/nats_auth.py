@@ -7,8 +7,9 @@ component a seed file readable by its owner only) and gets the permissions of it
 
 - **engine**: everything. It appends events, manages the streams, publishes work and
   answers commands; it is the trusted writer of the log.
-- **reader** (projectors, whole-log audit): reads the event stream (stream info, direct
-  gets, its own consumers on ``COLONIES``), serves ``colonies.q.>`` and replies.
+- **reader** (projectors, whole-log audit, the web UI): reads the event stream (stream
+  info, direct gets, its own consumers on ``COLONIES``, core subscriptions to
+  ``colonies.ev.>``), serves ``colonies.q.>`` and replies, and may do what a client does.
 - **client** (people, scripts, the CLI): sends requests to ``colonies.api.>`` and
   ``colonies.q.>`` and reads the replies, which come to an inbox of its own
   (``_INBOX.<its public key>``, :func:`inbox_prefix`) so no one reads another's replies;
@@ -97,8 +98,11 @@ def engine_permissions() -> Permissions:
 
 
 def reader_permissions(public: str) -> Permissions:
-    """A projector or auditor: reads the log's streams and answers queries."""
-    publish = ["_INBOX.>", "$SRV.>"]  # replies to queries and service discovery
+    """A projector, an auditor or a web UI: reads the log's streams (info, direct gets,
+    consumers of its own) and follows its subjects, answers queries, and may do what a
+    client does. It can neither append events nor change the streams."""
+    client = client_permissions(public)
+    publish = [*client.publish, "_INBOX.>", "$SRV.>"]  # replies to queries, discovery
     for stream in EVENT_STREAMS:
         publish += [
             f"$JS.API.STREAM.INFO.{stream}",
@@ -110,7 +114,7 @@ def reader_permissions(public: str) -> Permissions:
             f"$JS.API.CONSUMER.INFO.{stream}.>",
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
         ]
-    subscribe = [f"{QUERY_PREFIX}.>", "$SRV.>", f"{inbox_prefix(public)}.>"]
+    subscribe = [*client.subscribe, f"{QUERY_PREFIX}.>", "$SRV.>", "colonies.ev.>"]
     return Permissions(tuple(publish), tuple(subscribe))
 
 

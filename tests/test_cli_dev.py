@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 
 from colonies_es.client import Colonies
 from colonies_es.embedded import free_port
+from colonies_es.settings import NatsAccess
 from colonies_es.states import ProcessState
 from tests.processes import pid_alive, pids_with_argument
 
@@ -54,6 +56,7 @@ DEV_ENV_VARIABLES = {
     "COLONIES_SERVER_PRVKEY",
     "COLONIES_EVENT_SEAL_KEY",
     "COLONIES_STREAM_REPLICAS",
+    "COLONIES_NATS_NKEY_FILE",
 }
 
 
@@ -200,12 +203,17 @@ async def test_dev_runs_until_ctrl_c(start_dev: StartDev, tmp_path: Path) -> Non
     assert str(data_dir / "nats-server.log") in dev.stdout
     assert "colonies_es/nats.conf" in dev.stdout  # no ./nats.conf in cwd: the packaged copy
 
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    with pytest.raises(nats.errors.Error, match=r"[Aa]uthorization"):  # on by default
+        await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+    engine = NatsAccess((url,), str(data_dir / "creds" / "engine.nk"))
+    nc = await engine.connect("test", connect_timeout=5, max_reconnect_attempts=0)
     try:
         info = await nc.jetstream().account_info()
         assert info.limits is not None
     finally:
         await nc.close()
+    for credential in (data_dir / "creds").iterdir():
+        assert credential.stat().st_mode & 0o777 == 0o600
     assert pids_with_argument(str(data_dir / "jetstream"))
 
     dev.process.send_signal(signal.SIGINT)
@@ -273,7 +281,8 @@ async def test_dev_uses_nats_conf_from_the_working_directory(
     url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
     dev.expect(r"press Ctrl-C", timeout=STARTUP)
     assert str(tmp_path / "nats.conf") in dev.stdout
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    developer = NatsAccess((url,), str(tmp_path / "d" / "creds" / "developer.nk"))
+    nc = await developer.connect("test", connect_timeout=5, max_reconnect_attempts=0)
     try:
         assert nc.max_payload == 64 * 1024
     finally:
@@ -367,7 +376,9 @@ def test_dev_continues_where_it_stopped(start_dev: StartDev, tmp_path: Path) -> 
     kept = ["COLONY_NAME", "COLONY_PRVKEY", "PRVKEY", "SERVER_ID", "EVENT_SEAL_KEY"]
     for name in kept:
         assert after[f"COLONIES_{name}"] == before[f"COLONIES_{name}"]
-    with Colonies(servers=[after["COLONIES_NATS_URL"]]) as client:
+    with Colonies(
+        servers=[after["COLONIES_NATS_URL"]], nkey_file=after["COLONIES_NATS_NKEY_FILE"]
+    ) as client:
         graph = client.get_processgraph(graph_id.group(1), after["COLONIES_PRVKEY"])
         assert graph.state == ProcessState.SUCCESS
     again = run_sourced(env_file, *example)

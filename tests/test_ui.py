@@ -55,7 +55,10 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 @pytest.fixture(scope="module")
 def client(dev: DevStack) -> Iterator[Colonies]:
-    with Colonies(servers=[dev.env["COLONIES_NATS_URL"]]) as colonies:
+    with Colonies(
+        servers=[dev.env["COLONIES_NATS_URL"]],
+        nkey_file=dev.env["COLONIES_NATS_NKEY_FILE"],  # colonies dev's NATS authorization
+    ) as colonies:
         yield colonies
 
 
@@ -104,7 +107,12 @@ def _views_caught_up(dev: DevStack) -> None:
     """Waits until the read model has applied the whole log (listings read from it)."""
     nats_port = urlsplit(dev.env["COLONIES_NATS_URL"]).port  # SERVER_PORT: the gateway
     assert nats_port is not None
-    with QueryClient(dev.env["COLONIES_PRVKEY"], "127.0.0.1", nats_port) as q:
+    with QueryClient(
+        dev.env["COLONIES_PRVKEY"],
+        "127.0.0.1",
+        nats_port,
+        nkey_file=dev.env["COLONIES_NATS_NKEY_FILE"],
+    ) as q:
         q.wait_for_position(q.log_position(), timeout=WAIT)
 
 

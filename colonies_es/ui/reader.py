@@ -104,7 +104,12 @@ class Reader:
         self.client = AsyncColonies(
             servers=access.servers, nkey_file=access.nkey_file, tls_ca_file=access.tls_ca_file
         )
-        self.queries = QueryClient(identity.prvkey, servers=access.servers)
+        self.queries = QueryClient(
+            identity.prvkey,
+            servers=access.servers,
+            nkey_file=access.nkey_file,
+            tls_ca_file=access.tls_ca_file,
+        )
         self._nc: NATS | None = None
         self._timelines: OrderedDict[str, TimelineBuilder] = OrderedDict()
         self._refreshing: dict[str, asyncio.Lock] = {}
