@@ -1,9 +1,11 @@
 """`colonies workflow history|replay|debug|rerun` and `colonies audit verify|export`.
 
-History, time travel, debugging and audit read the event log straight from JetStream
-(:mod:`colonies_es.projections.history`): whoever can read the ``COLONIES`` stream can
-read them, without a key and without the engine. ``--seal-key``
-(COLONIES_EVENT_SEAL_KEY, the engine's) makes them read only what the engine sealed.
+History, time travel, debugging, export and the audit of one workflow read its events
+through a projector, which hands them to members of the workflow's colony only (the
+signed query ``graph_events``; only events the engine sealed, decrypted when the log is
+encrypted). The audit of the whole log reads the stream itself: it needs a NATS
+credential allowed to (a reader's), and ``--seal-key`` (COLONIES_EVENT_SEAL_KEY, the
+engine's) makes it report what the engine did not seal.
 ``workflow rerun`` is a command to the engine, signed with your key.
 """
 
@@ -42,7 +44,6 @@ from colonies_es.cli.common import (
     render,
     require_key,
     resolve_graph_id,
-    resolve_id,
     short,
     state_text,
     table,
@@ -50,7 +51,14 @@ from colonies_es.cli.common import (
 )
 from colonies_es.cli.fixing import defined_functions, rerun_with_code, stepping_into
 from colonies_es.cli.workflow import GraphDetails, GraphIdArgument, GraphIdOption, _show
-from colonies_es.projections.audit import AuditReport, Authorities, export_lines, verify
+from colonies_es.encryption import cipher_of
+from colonies_es.projections.audit import (
+    AuditReport,
+    Authorities,
+    export_lines,
+    verify,
+    verify_graph,
+)
 from colonies_es.projections.debug import (
     DebugReport,
     LocalRun,
@@ -59,14 +67,7 @@ from colonies_es.projections.debug import (
     rerun_from_failed,
     run_locally,
 )
-from colonies_es.projections.history import (
-    PREFIX,
-    STREAM,
-    HistoryEntry,
-    connect,
-    history,
-    sealer_of,
-)
+from colonies_es.projections.history import HistoryEntry, graph_history, sealer_of
 from colonies_es.projections.timetravel import (
     GraphState,
     Nth,
@@ -76,6 +77,7 @@ from colonies_es.projections.timetravel import (
     replay_steps,
     upto,
 )
+from colonies_es.settings import Settings, SettingsError
 
 __all__ = ["audit_app", "debug", "history_command", "replay", "rerun"]
 
@@ -122,17 +124,18 @@ def history_command(
     port: PortOption = 4222,
     tls: TlsOption = False,
     colony: ColonyOption = None,
-    seal_key: SealKeyOption = None,
+    prvkey: PrvkeyOption = None,
 ) -> None:
     """Show everything that happened to a workflow, one event per line.
 
     Each line: the event's number in the workflow (#), its stream sequence, its time
     (UTC), who caused it and what happened. --json adds each event's fields.
 
-    Reads the log straight from JetStream: anyone who can read the stream can read it.
+    A projector reads the events from the log and gives them to members of the
+    workflow's colony only (your key: COLONIES_PRVKEY or --prvkey).
     """
     graphid = one_id(graph_id, processgraphid, "--processgraphid")
-    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    entries = _history(Server(host, port, tls), graphid, colony, prvkey)
     if json_output:
         print_json([entry.to_json() for entry in entries])
         return
@@ -166,7 +169,7 @@ def replay(
     port: PortOption = 4222,
     tls: TlsOption = False,
     colony: ColonyOption = None,
-    seal_key: SealKeyOption = None,
+    prvkey: PrvkeyOption = None,
 ) -> None:
     """Show a workflow as it was at a moment of its history (time travel).
 
@@ -181,7 +184,7 @@ def replay(
         moment = parse_moment(at) if at is not None else None
     except ValueError as error:
         fail(str(error), status=2)
-    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    entries = _history(Server(host, port, tls), graphid, colony, prvkey)
     names = {entry.actor: entry.actorname for entry in entries if entry.actorname}
     try:
         chosen = upto(entries, moment if moment is not None else Nth(len(entries)))
@@ -247,7 +250,7 @@ def debug(
     port: PortOption = 4222,
     tls: TlsOption = False,
     colony: ColonyOption = None,
-    seal_key: SealKeyOption = None,
+    prvkey: PrvkeyOption = None,
 ) -> None:
     """Show what went wrong in a workflow, or run one of its functions again here.
 
@@ -262,7 +265,7 @@ def debug(
     if rerun is None and (code is not None or step):
         fail("--code and --pdb go with --rerun NODENAME", status=2)
     source = _read_code(code)
-    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    entries = _history(Server(host, port, tls), graphid, colony, prvkey)
     if rerun is not None:
         funcname = _funcname_of(entries, rerun)
         debugging = stepping_into(funcname) if step else contextlib.nullcontext()
@@ -464,13 +467,19 @@ def audit_verify(
     tls: TlsOption = False,
     colony: ColonyOption = None,
     seal_key: SealKeyOption = None,
+    prvkey: PrvkeyOption = None,
 ) -> None:
     """Check that every event traces to a signed command that allowed it.
 
     For each event: its command's signature verifies, the signer is the event's actor,
     the command's op causes that kind of event, the signer was allowed to at that point
-    of the log, and the event says what the command asked. With --seal-key, also report
-    what the engine did not seal.
+    of the log, and the event says what the command asked.
+
+    With --processgraphid, a projector hands the workflow's events (those the engine
+    sealed) to a member of its colony (your key). The whole log is read straight from
+    the stream: it needs a NATS credential that may read it (a reader's,
+    COLONIES_NATS_NKEY_FILE) and, with --seal-key, also reports what the engine did not
+    seal.
 
     Lists every event that does not verify (sequence, subject, why); exit status 1 if
     any does not, or there was nothing to check.
@@ -479,20 +488,35 @@ def audit_verify(
     if graph_id and processgraphid:
         graphid = one_id(graph_id, processgraphid, "--processgraphid")
     key = _key(seal_key)
-    if graphid:
-        graphid = _graph_id(Server(host, port, tls), graphid, colony)
     authorities = Authorities(engine_id=engine_id, server_id=server_id)
-    with _reading(Server(host, port, tls)):
-        report = verify(Server(host, port, tls).url, authorities, graphid, colony, key)
+    server = Server(host, port, tls)
+    if graphid:
+        # A member's audit of one workflow: its events as a projector gives them.
+        member = require_key(prvkey, MEMBER)
+        with connected(server) as client:
+            graphid = resolve_graph_id(client, graphid, colony, member)
+            events = client.graph_events(graphid, member)
+        everything = events.including_untrusted()
+        report = asyncio.run(
+            verify_graph(everything, graphid, authorities, colony, None, events.unsealed)
+        )
+        seals_checked = True  # by the projector, with the log's seal key when it has one
+    else:
+        with _reading(server):
+            settings = Settings.load(nats_url=server.url)
+            cipher = cipher_of(settings.cipher_key) if settings.cipher_key else None
+            report = verify(settings.nats, authorities, None, colony, key, cipher)
+        seals_checked = key is not None
     what = f"workflow {graphid}" if graphid else "the log"
     unsealed = sum(any(_UNSEALED_MARK in r for r in f.reasons) for f in report.findings)
-    wrong_key = key is not None and report.checked > 0 and unsealed == report.checked
+    wrong_key = graphid is None and key is not None and report.checked > 0
+    wrong_key = wrong_key and unsealed == report.checked
     if json_output:
         print_json(
             {
                 "checked": report.checked,
                 "ok": report.ok and not wrong_key,
-                "sealschecked": key is not None,
+                "sealschecked": seals_checked,
                 "wrongsealkey": wrong_key,
                 "findings": report.findings,
             }
@@ -503,7 +527,7 @@ def audit_verify(
             "this log's seal key (check --seal-key or COLONIES_EVENT_SEAL_KEY)"
         )
     else:
-        _show_audit(report, what, seals_checked=key is not None)
+        _show_audit(report, what, seals_checked=seals_checked)
     if not report.ok or wrong_key:
         raise typer.Exit(1)
 
@@ -552,7 +576,7 @@ def audit_export(
     port: PortOption = 4222,
     tls: TlsOption = False,
     colony: ColonyOption = None,
-    seal_key: SealKeyOption = None,
+    prvkey: PrvkeyOption = None,
 ) -> None:
     """Write a workflow's history as JSON lines, one event per line.
 
@@ -560,7 +584,7 @@ def audit_export(
     the event's fields, and its signed command envelope (base64 of its exact bytes).
     """
     graphid = one_id(graph_id, processgraphid, "--processgraphid")
-    entries = _history(Server(host, port, tls), graphid, colony, seal_key)
+    entries = _history(Server(host, port, tls), graphid, colony, prvkey)
     lines = "".join(f"{line}\n" for line in export_lines(entries))
     if output is None:
         typer.echo(lines, nl=False)
@@ -621,6 +645,8 @@ def _reading(server: Server) -> Iterator[None]:
         )
     except OperationalError as error:
         fail(f"cannot read the event log at {server.url}: {error}")
+    except SettingsError as error:
+        fail(str(error), status=2)
 
 
 class _IgnoredMessages(logging.Handler):
@@ -648,43 +674,22 @@ class _IgnoredMessages(logging.Handler):
             logger.propagate = propagate
 
 
-def _graph_id(server: Server, given: str, colony: str | None) -> str:
-    """The whole graph id ``given`` names (an id, or a unique prefix of one): a prefix is
-    looked up among the graph subjects of the stream (the colony's, or every colony's)."""
-
-    async def subjects() -> list[str]:
-        nc = await connect(server.url)
-        try:
-            pattern = f"{PREFIX}.ev.{colony or '*'}.graph.*"
-            info = await nc.jetstream().stream_info(STREAM, subjects_filter=pattern)
-            return list(info.state.subjects or {})
-        finally:
-            await nc.close()
-
-    def candidates() -> list[str]:
-        with _reading(server):
-            found = asyncio.run(subjects())
-        return [subject.rsplit(".", 1)[1] for subject in found]
-
-    return resolve_id(given, "workflow", candidates)
-
-
 def _history(
-    server: Server, given_id: str, colony: str | None, seal_key: str | None
+    server: Server, given_id: str, colony: str | None, prvkey: str | None
 ) -> list[HistoryEntry]:
-    """The workflow's history; exit 1 when it has none, or when the seal key verifies
-    none of its messages (a wrong key, not tampering). Messages that were ignored are
-    one warning line on stderr, not one line each."""
-    key = _key(seal_key)
-    processgraphid = _graph_id(server, given_id, colony)
-    with _reading(server), _IgnoredMessages().counting() as ignored:
-        entries = history(server.url, processgraphid, colony, key)
-    if not entries and ignored.unsealed:
-        fail(
-            f"the seal key verifies none of the {ignored.unsealed} messages of workflow "
-            f"{processgraphid}: it is not this log's seal key (check --seal-key or "
-            "COLONIES_EVENT_SEAL_KEY)"
-        )
+    """The workflow's history, as a projector hands it to a member of its colony (the
+    signed query ``graph_events``: only what the engine sealed, in clear); exit 1 when it
+    has none (or not in ``colony``). ``given_id`` may be a unique prefix of the id,
+    looked up among the colony's workflows. Messages that were ignored are one warning
+    line on stderr, not one line each."""
+    key = require_key(prvkey, MEMBER)
+    with connected(server) as client, _IgnoredMessages().counting() as ignored:
+        processgraphid = resolve_graph_id(client, given_id, colony, key)
+        events = client.graph_events(processgraphid, key)
+        entries = asyncio.run(graph_history(events, None, processgraphid))
+    ignored.ignored += len(events.unsealed)
+    if colony and entries and entries[0].subject.split(".")[2] != colony:
+        entries = []
     if not entries:
         where = f" in colony {colony}" if colony else ""
         fail(f"process graph {processgraphid} has no events{where}")

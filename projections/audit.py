@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import DataError
+from eventsourcing.persistence import Cipher, DataError
 
 from colonies_es import colonyos, crypto
 from colonies_es import protocol as p
@@ -83,6 +83,7 @@ from colonies_es.projections.history import (
     sealer_of,
     topic_of,
 )
+from colonies_es.settings import NatsAccess
 from colonies_es.states import ExecutorState, ProcessState
 from colonies_es.store.codec import decode_envelope
 from colonies_es.store.jetstream import StoredMessage
@@ -188,9 +189,16 @@ class Auditor:
         seal_key: str | bytes | None = None,
         max_skew: float = crypto.DEFAULT_MAX_SKEW,
         prefix: str = PREFIX,
+        unsealed: Container[int] | None = None,
+        cipher: Cipher | None = None,
     ) -> None:
+        """``unsealed``: the sequences of the messages a projector said the engine did not
+        seal (``graph_events``), for an auditor without the seal key. ``cipher``: the
+        log's, when it is encrypted at rest."""
         self.authorities = authorities
+        self.cipher = cipher
         self.sealer = sealer_of(seal_key)
+        self.unsealed = unsealed
         self.max_skew = max_skew
         self.events_prefix = f"{prefix}.ev."
         self.aggregates: dict[str, AuditedAggregate] = {}
@@ -214,7 +222,7 @@ class Auditor:
         self.report.checked += 1
         reasons = self._seal_reasons(message)
         try:
-            event = decode_event(message)
+            event = decode_event(message, cipher=self.cipher)
         except Untrusted as untrusted:
             self._found(message, "", [*reasons, untrusted.reason])
             return
@@ -228,7 +236,8 @@ class Auditor:
         command = self._command(message.sequence, event, reasons)
         if command is not None and fits:
             reasons.extend(self._allowed(event, command, before))
-        trusted = _UNSEALED not in reasons if self.sealer is not None else not reasons
+        seals_known = self.sealer is not None or self.unsealed is not None
+        trusted = _UNSEALED not in reasons if seals_known else not reasons
         if trusted and fits:
             try:
                 after = event.mutate(before)
@@ -244,6 +253,8 @@ class Auditor:
         self.report.findings.append(Finding(message.sequence, message.subject, kind, reasons))
 
     def _seal_reasons(self, message: StoredMessage) -> list[str]:
+        if self.unsealed is not None and message.sequence in self.unsealed:
+            return [_UNSEALED]
         if self.sealer is None:
             return []
         try:
@@ -538,16 +549,18 @@ async def verify_graph(
     authorities: Authorities,
     colonyname: str | None = None,
     seal_key: str | bytes | None = None,
+    unsealed: Container[int] | None = None,
 ) -> AuditReport:
     """Audits a graph's events. Its colony's events are read too, for who was allowed
-    what, but only the graph's are counted and reported."""
+    what, but only the graph's are counted and reported. ``unsealed``: see
+    :class:`Auditor`."""
     reader = open_log(source)
     messages = await reader.read_subject(graph_subject(colonyname, processgraphid))
     context: list[StoredMessage] = []
     if messages:
         colony = colonyname or messages[0].subject.split(".")[-3]
         context = await reader.read_subject(colony_subject(colony))
-    auditor = Auditor(authorities, seal_key)
+    auditor = Auditor(authorities, seal_key, unsealed=unsealed)
     in_context = {message.sequence for message in context}
     for message in sorted(messages + context, key=lambda m: m.sequence):
         auditor.check(message, context=message.sequence in in_context)
@@ -555,11 +568,14 @@ async def verify_graph(
 
 
 async def verify_log(
-    source: EventSource, authorities: Authorities, seal_key: str | bytes | None = None
+    source: EventSource,
+    authorities: Authorities,
+    seal_key: str | bytes | None = None,
+    cipher: Cipher | None = None,
 ) -> AuditReport:
-    """Audits every event of the log."""
+    """Audits every event of the log (``cipher``: the log's, when it is encrypted)."""
     reader = open_log(source)
-    auditor = Auditor(authorities, seal_key)
+    auditor = Auditor(authorities, seal_key, cipher=cipher)
     start = 1
     while True:
         messages = await reader.read_range(f"{PREFIX}.ev.>", start, _READ_CHUNK)
@@ -571,20 +587,22 @@ async def verify_log(
 
 
 def verify(
-    url: str,
+    url: str | NatsAccess,
     authorities: Authorities,
     processgraphid: str | None = None,
     colonyname: str | None = None,
     seal_key: str | bytes | None = None,
+    cipher: Cipher | None = None,
 ) -> AuditReport:
     """:func:`verify_graph` (or, without ``processgraphid``, :func:`verify_log`) for
-    plain code, on the log at the NATS ``url``."""
+    plain code, on the log at the NATS ``url`` (or as a NatsAccess says); ``cipher``:
+    the log's, for the whole log when it is encrypted."""
 
     async def audit() -> AuditReport:
         nc = await connect(url)
         try:
             if processgraphid is None:
-                return await verify_log(nc, authorities, seal_key)
+                return await verify_log(nc, authorities, seal_key, cipher)
             return await verify_graph(nc, processgraphid, authorities, colonyname, seal_key)
         finally:
             await nc.close()

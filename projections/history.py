@@ -28,11 +28,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, Protocol, overload
 
 import msgspec
 import nats
-from eventsourcing.persistence import DataError, Mapper
+from eventsourcing.persistence import Cipher, DataError, Mapper
 from nats.aio.client import Client as NATS
 
 from colonies_es.domain import (
@@ -56,6 +56,7 @@ from colonies_es.domain import (
     UserAdded,
     WaitTimedOut,
 )
+from colonies_es.settings import NatsAccess
 from colonies_es.states import ProcessState
 from colonies_es.store.codec import MsgspecTranscoder, Sealer, decode_envelope, to_stored_event
 from colonies_es.store.jetstream import JetStreamLog, StoredMessage
@@ -65,6 +66,7 @@ __all__ = [
     "STREAM",
     "EventSource",
     "HistoryEntry",
+    "SubjectReader",
     "Untrusted",
     "actor_names",
     "colony_subject",
@@ -89,8 +91,18 @@ PREFIX = "colonies"
 CONNECT_TIMEOUT = 5.0
 """Seconds :func:`connect` tries to reach NATS."""
 
-EventSource = NATS | JetStreamLog
-"""Where events are read: a connected nats-py client or a store's :class:`JetStreamLog`."""
+
+class SubjectReader(Protocol):
+    """Anything that reads the messages of one subject in order: a store's
+    :class:`JetStreamLog`, or the events a projector sent in answer to a ``graph_events``
+    query (:class:`~projections.graph_events.FetchedEvents`)."""
+
+    async def read_subject(self, subject: str) -> list[StoredMessage]: ...
+
+
+EventSource = NATS | JetStreamLog | SubjectReader
+"""Where events are read: a connected nats-py client, a store's :class:`JetStreamLog`, or
+events fetched through a membership-checked query."""
 
 _DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 _mapper: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
@@ -181,11 +193,15 @@ def colony_subject(colonyname: str, prefix: str = PREFIX) -> str:
     return f"{prefix}.ev.{colonyname}.colony"
 
 
-def open_log(source: EventSource, stream: str = STREAM) -> JetStreamLog:
+@overload
+def open_log(source: NATS | JetStreamLog, stream: str = STREAM) -> JetStreamLog: ...
+@overload
+def open_log(source: SubjectReader, stream: str = STREAM) -> SubjectReader: ...
+def open_log(source: EventSource, stream: str = STREAM) -> JetStreamLog | SubjectReader:
     """A reader of the log ``stream`` on ``source`` (returned as is if it is one)."""
-    if isinstance(source, JetStreamLog):
-        return source
-    return JetStreamLog(source, stream, lambda message: None)
+    if isinstance(source, NATS):
+        return JetStreamLog(source, stream, lambda message: None)
+    return source
 
 
 def sealer_of(seal_key: str | bytes | None) -> Sealer | None:
@@ -201,16 +217,24 @@ def recorded_time(message: StoredMessage) -> datetime:
     return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
 
 
-def decode_event(message: StoredMessage, sealer: Sealer | None = None) -> AuditedEvent:
-    """The domain event a message holds. Raises :class:`Untrusted` for a message that is
-    not an event envelope, is not sealed by ``sealer`` (when given), names a class that
-    is not one of this system's events, or lacks some of that event's fields."""
+def decode_event(
+    message: StoredMessage, sealer: Sealer | None = None, cipher: Cipher | None = None
+) -> AuditedEvent:
+    """The domain event a message holds (its state decrypted with ``cipher`` when the
+    log is encrypted). Raises :class:`Untrusted` for a message that is not an event
+    envelope, is not sealed by ``sealer`` (when given), does not decrypt, names a class
+    that is not one of this system's events, or lacks some of that event's fields."""
     try:
         envelope = decode_envelope(message.payload)
     except DataError:
         raise Untrusted("not an event envelope") from None
     if sealer is not None and not sealer.is_sealed(message.subject, message.payload):
         raise Untrusted("not sealed by the engine (no valid seal)")
+    if cipher is not None:
+        try:
+            envelope = msgspec.structs.replace(envelope, state=cipher.decrypt(envelope.state))
+        except Exception:
+            raise Untrusted("it does not decrypt with the cipher key") from None
     if not envelope.topic.startswith(_DOMAIN_TOPIC_PREFIX):
         raise Untrusted(f"not an event of this system (topic {envelope.topic!r})")
     try:
@@ -310,34 +334,35 @@ async def graph_history(
     ]
 
 
-async def connect(url: str) -> NATS:
-    """A nats-py connection to ``url`` (comma-separated URLs allowed), for reading.
+async def connect(where: str | NatsAccess) -> NATS:
+    """A nats-py connection for reading, to the NATS URL(s) ``where`` (comma separated)
+    or as a :class:`~colonies_es.settings.NatsAccess` says (credential, TLS).
 
     Gives up after one attempt per server, within about :data:`CONNECT_TIMEOUT`
     seconds per server, raising the last connection error (nats-py's ``NoServersError``
     when every server refused). nats-py's default error callback, which logs a
     traceback per failed attempt, is replaced by a debug line.
     """
-    servers = [u.strip() for u in url.split(",")]
+    access = NatsAccess.from_store_env({"NATS_URL": where}) if isinstance(where, str) else where
 
     async def quiet(error: Exception) -> None:
-        log.debug("NATS at %s: %r", url, error)
+        log.debug("NATS at %s: %r", access.url, error)
 
     return await asyncio.wait_for(
         nats.connect(
-            servers,
+            **access.connect_options(),
             connect_timeout=CONNECT_TIMEOUT,
             max_reconnect_attempts=1,  # 0 would mean "retry forever" at the first connect
             reconnect_time_wait=0.1,
             allow_reconnect=False,
             error_cb=quiet,
         ),
-        CONNECT_TIMEOUT * (len(servers) + 1),
+        CONNECT_TIMEOUT * (len(access.servers) + 1),
     )
 
 
 def history(
-    url: str,
+    url: str | NatsAccess,
     processgraphid: str,
     colonyname: str | None = None,
     seal_key: str | bytes | None = None,

@@ -124,6 +124,16 @@ class GetLogPosition(Query, kw_only=True):
     signed caller may ask; clients need no right to read the stream for it."""
 
 
+class GetGraphEvents(Query, kw_only=True):
+    """A graph's events and its colony's (they name the actors and say who was allowed
+    what), as the log stores them, from stream sequence ``start`` on: :class:`GraphEvents`.
+    The caller must be a member of the graph's colony: this is how history, time travel,
+    debug and the audit of one graph are read without any right on the stream."""
+
+    processgraphid: str
+    start: int = 0
+
+
 class GraphView(msgspec.Struct, kw_only=True):
     """The reply to ``get_graph``: ``{"graph": ProcessGraph, "processes": [Process, ...],
     "executornames": {processid: name}}``."""
@@ -134,6 +144,27 @@ class GraphView(msgspec.Struct, kw_only=True):
     executornames: dict[str, str] = msgspec.field(default_factory=dict)
     """The name of each assigned executor (``Process`` has only its id), by process id,
     as the executor was named when it took the process."""
+
+
+class RawEvent(msgspec.Struct, kw_only=True):
+    """One message of the log: an event the engine sealed, with its state in clear (when
+    the log is encrypted) and the seal dropped; or, with ``trusted`` false, a message on
+    the same subject that the engine did not seal, as it is (for the audit to report)."""
+
+    sequence: int
+    subject: str
+    timestamp_ns: int
+    payload: bytes
+    """The event envelope (colonies_es.store.codec), msgpack."""
+    trusted: bool = True
+
+
+class GraphEvents(msgspec.Struct, kw_only=True):
+    """The reply to ``graph_events``: events by stream sequence; ``more`` when the reply
+    stopped short of the last (ask again with ``start`` after the last sequence)."""
+
+    events: list[RawEvent]
+    more: bool = False
 
 
 class Position(msgspec.Struct, kw_only=True):
@@ -151,5 +182,6 @@ QUERIES: dict[str, type[Query]] = {
     "logs": GetLogs,
     "position": GetPosition,
     "log_position": GetLogPosition,
+    "graph_events": GetGraphEvents,
 }
 """Every query op, with the type of its body."""

@@ -29,10 +29,13 @@ import anyio.to_thread
 from eventsourcing.persistence import Mapper
 from eventsourcing.utils import Environment
 
+from colonies_es.encryption import check_log_key
+from colonies_es.projections.graph_events import GraphEventReader
+from colonies_es.projections.history import sealer_of
 from colonies_es.projections.projector import Follower, Projector
 from colonies_es.projections.service import PositionWatch, QueryService
 from colonies_es.projections.view import UPSTREAM, ReadModel, open_view
-from colonies_es.settings import NatsAccess, Settings
+from colonies_es.settings import Settings
 from colonies_es.store import JetStreamFactory
 
 __all__ = ["run_projector"]
@@ -64,12 +67,13 @@ async def run_projector(
     Raises what stops the projection: NATS unreachable at start, an unusable SQLite file,
     a failing store.
     """
+    await check_log_key(settings.nats, settings.cipher_key, settings.event_seal_key)
     view = await anyio.to_thread.run_sync(open_view, settings.projector_db)
     try:
         factory = await anyio.to_thread.run_sync(_log_factory, settings)
         try:
             await _project_and_serve(
-                factory, view, settings.nats, started, batch_size, batch_interval, cache_size
+                factory, view, settings, started, batch_size, batch_interval, cache_size
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -86,7 +90,7 @@ def _log_factory(settings: Settings) -> JetStreamFactory:
 async def _project_and_serve(
     factory: JetStreamFactory,
     view: ReadModel,
-    access: NatsAccess,
+    settings: Settings,
     started: Callable[[int], Any] | None,
     batch_size: int,
     batch_interval: float,
@@ -107,6 +111,7 @@ async def _project_and_serve(
         batch_interval=batch_interval,
         on_commit=committed,
     )
+    access = settings.nats
     nc = await access.connect(
         "colonies-es projector",
         max_reconnect_attempts=-1,
@@ -114,7 +119,11 @@ async def _project_and_serve(
     )
     try:
         async with anyio.create_task_group() as tasks:
-            service = await QueryService(nc, view, watch).start(tasks)
+            # Graph events for members' history queries: sealed ones only, decrypted.
+            events = GraphEventReader(
+                nc, sealer_of(settings.event_seal_key), mapper.cipher, mapper.compressor
+            )
+            service = await QueryService(nc, view, watch, events=events).start(tasks)
             tasks.start_soon(_follow, follower)
             log.info("projector ready on %s at position %d", access.url, projector.position)
             if started is not None:

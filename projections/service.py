@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 import nats.errors
 import nats.micro
 from anyio.abc import TaskGroup
@@ -34,6 +35,7 @@ from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConf
 
 from colonies_es import crypto
 from colonies_es.models import encode
+from colonies_es.projections.graph_events import GraphEventReader
 from colonies_es.projections.protocol import (
     MAX_WAIT,
     QUERIES,
@@ -41,6 +43,7 @@ from colonies_es.projections.protocol import (
     QUERY_QUEUE_GROUP,
     QUERY_SERVICE,
     GetGraph,
+    GetGraphEvents,
     GetLogs,
     GetProcess,
     GetStats,
@@ -56,6 +59,17 @@ from colonies_es.projections.view import ReadModel
 __all__ = ["PositionWatch", "QueryService"]
 
 log = logging.getLogger("colonies.queries")
+
+
+class _Colony(msgspec.Struct):
+    colonyname: str
+
+
+class _GraphColony(msgspec.Struct):
+    """The part of a ``get_graph`` answer that names the graph's colony."""
+
+    graph: _Colony
+
 
 LOG_STREAM = "COLONIES"
 """The event log's stream (the store's default)."""
@@ -96,8 +110,12 @@ class QueryService:
         view: ReadModel,
         watch: PositionWatch,
         max_skew: float = crypto.DEFAULT_MAX_SKEW,
+        events: GraphEventReader | None = None,
     ) -> None:
+        """``events`` reads the graphs' events for ``graph_events`` (by default on
+        ``nc``, without seal key or cipher)."""
         self.nc = nc
+        self.events = events or GraphEventReader(nc)
         self.view = view
         self.watch = watch
         self.max_skew = max_skew
@@ -160,6 +178,8 @@ class QueryService:
             return encode(Position(position=self.watch.position))
         if op == "log_position":
             return encode(Position(position=await self._log_position()))
+        if isinstance(body, GetGraphEvents):
+            return await self._graph_events(caller, body)
         reply = await anyio.to_thread.run_sync(self._answer, caller, body, limiter=self._limiter)
         if len(reply) > self.nc.max_payload:
             raise QueryRefused(
@@ -168,6 +188,38 @@ class QueryService:
                 f"{self.nc.max_payload}: ask for fewer",
             )
         return reply
+
+    async def _graph_events(self, caller: str, body: GetGraphEvents) -> bytes:
+        """The graph's events, after the membership check of ``get_graph``."""
+        try:
+            colonyname = await anyio.to_thread.run_sync(
+                self._colony_of_graph, body.processgraphid, caller, limiter=self._limiter
+            )
+        except QueryRefused as refused:
+            if refused.status not in (403, 404):
+                raise
+            # The graph, or the caller's membership, may be newer than the view: catch
+            # up with the log as it is now before refusing (read your own writes).
+            head = await self._log_position()
+            wait = min(body.wait, MAX_WAIT) if body.wait > 0 else 0.0
+            with anyio.move_on_after(wait):
+                await self.watch.wait_for(head)
+            colonyname = await anyio.to_thread.run_sync(
+                self._colony_of_graph, body.processgraphid, caller, limiter=self._limiter
+            )
+        try:
+            events = await self.events.read(colonyname, body.processgraphid, body.start)
+        except Exception as error:
+            log.warning("cannot read the events of graph %s: %r", body.processgraphid, error)
+            raise QueryRefused(503, f"cannot read the log: {error}") from None
+        return encode(events)
+
+    def _colony_of_graph(self, processgraphid: str, caller: str) -> str:
+        """The graph's colony, once ``caller`` is known to be one of its members (403
+        otherwise, 404 for a graph that does not exist or was removed)."""
+        with self.view.snapshot() as view:
+            graph = msgspec.json.decode(view.get_graph(processgraphid, caller), type=_GraphColony)
+        return graph.graph.colonyname
 
     async def _log_position(self) -> int:
         """The stream sequence of the last event in the log (0 when there is none)."""

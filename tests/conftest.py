@@ -6,9 +6,11 @@ ports, with temporary store directories, and are stopped at teardown.
 * ``nats_url`` / ``nats_server`` (session): one server shared by the whole run. Use it for
   anything that does not stop or kill the server; give your streams unique names.
 * ``stack`` (per module) / ``fresh_stack`` (per test): a nats-server of its own, a real
-  engine process and a connected client (``tests/stack.py``). Share ``stack`` within a
-  module by making a new colony per test (``stack.new_colony()``); take ``fresh_stack``
-  to kill or restart the engine or the server.
+  engine process and a connected client (``tests/stack.py``); ``stack_with_projector``
+  (per module) runs a projector in the engine's process, for queries such as history.
+  Share ``stack`` within a module by making a new colony per test
+  (``stack.new_colony()``); take ``fresh_stack`` to kill or restart the engine or the
+  server.
 * ``nats_server_factory`` (per test): ``factory(store_dir=None, port=None, **kwargs)``
   starts and returns a new :class:`~colonies_es.embedded.NatsServer` (extra keyword
   arguments go to its constructor: ``config``, ``http_port``, ...). ``store_dir=None`` means
@@ -82,6 +84,15 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A nats-server, an engine process and a client, shared by one test module."""
     running = start_stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    stop_stack(running)
+
+
+@pytest.fixture(scope="module")
+def stack_with_projector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose engine process runs a projector too (``colonies server``'s
+    default): for what needs queries, such as the history of a graph."""
+    running = start_stack(tmp_path_factory.mktemp("stack"), projector=True)
     yield running
     stop_stack(running)
 

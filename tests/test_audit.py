@@ -49,6 +49,13 @@ def chatty(ctx={}):
 SLOW = "import time\n\ndef slow(ctx={}):\n    time.sleep(3)\n"
 
 
+@pytest.fixture(scope="module")
+def stack(stack_with_projector: Stack) -> Stack:
+    """History, replay, debug and export read through a projector: the engine process
+    runs one."""
+    return stack_with_projector
+
+
 def authorities(stack: Stack) -> Authorities:
     engine_id = crypto.id_from_private_key(stack.engine.engine_prvkey)
     return Authorities(engine_id=engine_id, server_id=stack.engine.server_id)
@@ -135,7 +142,15 @@ def test_clean_histories_verify_engine_timeouts_and_reruns_included(
         assert report.ok, (graphid, report.findings)
         assert audit(stack, graphid, seal=False).ok
 
-    shown = cli_ok(stack, "audit", "verify", "--processgraphid", graphs[0], *ids_options(stack))
+    shown = cli_ok(
+        stack,
+        "audit",
+        "verify",
+        "--processgraphid",
+        graphs[0],
+        *ids_options(stack),
+        prvkey=colony.owner_prvkey,
+    )
     assert f"events of workflow {graphs[0]} verify" in shown
 
 
@@ -212,7 +227,13 @@ def test_an_event_appended_by_a_client_bypassing_the_engine_is_reported_and_igno
     assert not any("sealed" in reason for reason in without_key.reasons)
 
     result = cli(
-        stack, "audit", "verify", "--processgraphid", graph.processgraphid, *ids_options(stack)
+        stack,
+        "audit",
+        "verify",
+        "--processgraphid",
+        graph.processgraphid,
+        *ids_options(stack),
+        prvkey=colony.owner_prvkey,
     )
     assert result.exit_code == 1
     assert f"{forged}  {before[-1].subject}  ProcessClosed: not sealed" in result.stdout
@@ -271,7 +292,8 @@ def test_export_writes_the_history_as_json_lines(
     entries = read_history(stack, graphid)
     path = tmp_path / "history.jsonl"
 
-    cli_ok(stack, "audit", "export", "--processgraphid", graphid, "-o", str(path))
+    export = ("audit", "export", "--processgraphid", graphid)
+    cli_ok(stack, *export, "-o", str(path), prvkey=colony.owner_prvkey)
 
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["sequence"] for line in lines] == [entry.sequence for entry in entries]
@@ -284,7 +306,7 @@ def test_export_writes_the_history_as_json_lines(
         assert datetime.fromisoformat(line["time"]) == next(
             e.time for e in entries if e.sequence == line["sequence"]
         )
-    assert cli_ok(stack, "audit", "export", "--processgraphid", graphid) == path.read_text()
+    assert cli_ok(stack, *export, prvkey=colony.owner_prvkey) == path.read_text()
 
 
 def test_the_whole_log_verifies_until_something_else_is_appended(fresh_stack: Stack) -> None:

@@ -26,6 +26,13 @@ from tests.test_history import (
 )
 
 
+@pytest.fixture(scope="module")
+def stack(stack_with_projector: Stack) -> Stack:
+    """History, replay, debug and export read through a projector: the engine process
+    runs one."""
+    return stack_with_projector
+
+
 @pytest.fixture
 def colony(stack: Stack) -> ColonyHandle:
     return stack.new_colony()
@@ -54,7 +61,7 @@ def test_the_report_names_the_failed_node_its_attempts_path_and_what_it_cancelle
     assert attempt.errors[0] == "ValueError: no numbers for gen_nums_2"
     assert 'raise ValueError("no numbers for gen_nums_2")' in attempt.errors[1]
 
-    shown = cli_ok(stack, "workflow", "debug", graphid)
+    shown = cli_ok(stack, "workflow", "debug", graphid, prvkey=colony.owner_prvkey)
     for text in (
         "FAILED: gen_nums_2",
         "map → gen_nums_2",
@@ -78,7 +85,7 @@ def test_a_process_that_needed_a_retry_is_shown_with_both_attempts(
     [retried] = report.retried
     assert [(a.attempt, a.outcome) for a in retried.attempts] == [(1, "failed"), (2, "success")]
     assert retried.attempts[0].errors[0] == "ValueError: the first try fails"
-    shown = cli_ok(stack, "workflow", "debug", graphid)
+    shown = cli_ok(stack, "workflow", "debug", graphid, prvkey=colony.owner_prvkey)
     assert "0 failed, 1 retried" in shown
     assert "Retried: flaky" in shown
     assert "ValueError: the first try fails" in shown
@@ -88,7 +95,7 @@ def test_a_graph_where_nothing_failed_says_so(stack: Stack, colony: ColonyHandle
     graphid = seed(stack, colony)
 
     assert f"Nothing failed in workflow {graphid}: it is SUCCESS" in cli_ok(
-        stack, "workflow", "debug", graphid
+        stack, "workflow", "debug", graphid, prvkey=colony.owner_prvkey
     )
 
 
@@ -99,11 +106,15 @@ def test_rerun_runs_the_recorded_function_here_with_its_recorded_input(
     graphid = failed_map_reduce(stack, colony, fixed)
     entries = read_history(stack, graphid)
 
-    failing = cli(stack, "workflow", "debug", graphid, "--rerun", "gen_nums_2")
+    failing = cli(
+        stack, "workflow", "debug", graphid, "--rerun", "gen_nums_2", prvkey=colony.owner_prvkey
+    )
     assert failing.exit_code == 1
     assert "raised: ValueError: no numbers for gen_nums_2" in failing.stdout
     assert 'raise ValueError("no numbers for gen_nums_2")' in failing.stdout
-    assert "returned: [1,2]" in cli_ok(stack, "workflow", "debug", graphid, "--rerun", "gen_nums_1")
+    assert "returned: [1,2]" in cli_ok(
+        stack, "workflow", "debug", graphid, "--rerun", "gen_nums_1", prvkey=colony.owner_prvkey
+    )
 
     fixed.touch()  # the cause goes away: the same recorded function now succeeds here
     run = run_locally(entries, "gen_nums_2")
@@ -114,7 +125,9 @@ def test_rerun_runs_the_recorded_function_here_with_its_recorded_input(
         ("reduce", "reduce never became ready: it has no recorded input to run with"),
         ("nope", "no process named 'nope' in the graph"),
     ]:
-        result = cli(stack, "workflow", "debug", graphid, "--rerun", nodename)
+        result = cli(
+            stack, "workflow", "debug", graphid, "--rerun", nodename, prvkey=colony.owner_prvkey
+        )
         assert result.exit_code == 1
         assert result.stderr.startswith("error: ")
         assert message in result.stderr

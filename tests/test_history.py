@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from colonies_es import Workflow, crypto, func_spec
 from colonies_es.cli.app import app
-from colonies_es.client import Colonies
+from colonies_es.client import Colonies, ColoniesError
 from colonies_es.executor import PythonExecutor
 from colonies_es.models import FuncSpec
 from colonies_es.projections.history import HistoryEntry, history
@@ -67,6 +67,13 @@ REDUCE = "def reduce(*nums, ctx={}):\n    return sum(nums)\n"
 
 
 # --- helpers (shared by the read side's test modules) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(stack_with_projector: Stack) -> Stack:
+    """History, replay, debug and export read through a projector: the engine process
+    runs one."""
+    return stack_with_projector
 
 
 def spec(
@@ -127,14 +134,15 @@ def read_history(
     return history(stack.nats.url, processgraphid, colonyname, stack.engine.seal_key)
 
 
-def cli(stack: Stack, *args: str, seal: bool = True) -> Result:
-    """``colonies ARGS`` in-process, configured for ``stack`` by COLONIES_* variables."""
+def cli(stack: Stack, *args: str, seal: bool = True, prvkey: str | None = None) -> Result:
+    """``colonies ARGS`` in-process, configured for ``stack`` by COLONIES_* variables;
+    ``prvkey``: the caller's key (a member's, for history, replay, debug and export)."""
     env = {
         "COLONIES_SERVER_HOST": "127.0.0.1",
         "COLONIES_SERVER_PORT": str(stack.nats.port),
         "COLONIES_EVENT_SEAL_KEY": stack.engine.seal_key if seal else None,
         "COLONIES_COLONY_NAME": None,
-        "COLONIES_PRVKEY": None,
+        "COLONIES_PRVKEY": prvkey,
         "COLONIES_ENGINE_ID": None,
         "COLONIES_SERVER_ID": None,
     }
@@ -236,14 +244,16 @@ def test_cli_history_prints_one_row_per_event_and_json_with_the_events(
     graphid = seed(stack, colony)
     entries = read_history(stack, graphid)
 
-    table = cli_ok(stack, "workflow", "history", graphid)
+    table = cli_ok(stack, "workflow", "history", graphid, prvkey=colony.owner_prvkey)
     rows = [line for line in table.splitlines() if "ex-1" in line or "colony owner" in line]
     assert len(rows) == 5
     for row, entry in zip(rows, entries, strict=True):
         assert str(entry.sequence) in row
         assert entry.summary in row
 
-    shown = cli_json(stack, "workflow", "history", "--processgraphid", graphid)
+    shown = cli_json(
+        stack, "workflow", "history", "--processgraphid", graphid, prvkey=colony.owner_prvkey
+    )
     assert [item["summary"] for item in shown] == [entry.summary for entry in entries]
     assert [item["kind"] for item in shown] == [
         "GraphSubmitted",
@@ -258,7 +268,36 @@ def test_cli_history_prints_one_row_per_event_and_json_with_the_events(
 
 
 def test_cli_history_of_an_unknown_graph_is_a_one_line_error(stack: Stack) -> None:
-    result = cli(stack, "workflow", "history", "0" * 64)
+    key = stack.new_colony().owner_prvkey
+    result = cli(stack, "workflow", "history", "0" * 64, prvkey=key)
 
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"error: process graph {'0' * 64} has no events"
+    assert result.stderr.strip() == f"error: 404 process graph {'0' * 64} does not exist"
+
+
+def test_only_members_read_a_graph_history_and_time_travel(
+    stack: Stack, colony: ColonyHandle
+) -> None:
+    """History and time travel are signed queries answered after the membership check
+    of get_processgraph: a member of another colony gets 403 (issue 9.2)."""
+    graphid = seed(stack, colony)
+    outsider = stack.new_colony().owner_prvkey
+
+    assert [e.summary for e in stack.client.history(graphid, colony.owner_prvkey)] == [
+        e.summary for e in read_history(stack, graphid)
+    ]
+    assert stack.client.state_at(graphid, "#5", colony.owner_prvkey).processgraph.state == 2
+    for read in (
+        lambda: stack.client.history(graphid, outsider),
+        lambda: stack.client.state_at(graphid, "#1", outsider),
+    ):
+        with pytest.raises(ColoniesError) as refused:
+            read()
+        assert refused.value.status == 403
+    for command in ("history", "replay", "debug"):
+        result = cli(stack, "workflow", command, graphid, prvkey=outsider)
+        assert result.exit_code == 1, command
+        assert result.stderr.startswith("error: 403 "), (command, result.stderr)
+    no_key = cli(stack, "workflow", "history", graphid)
+    assert no_key.exit_code == 2
+    assert "COLONIES_PRVKEY" in no_key.stderr

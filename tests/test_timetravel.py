@@ -23,11 +23,18 @@ from colonies_es.projections.timetravel import (
     state_at,
 )
 from colonies_es.states import ProcessState
-from tests.stack import Stack
+from tests.stack import ColonyHandle, Stack
 from tests.test_history import cli, cli_json, cli_ok, failed_map_reduce, read_history
 
 W, R, S, F, C = "WAITING", "RUNNING", "SUCCESS", "FAILED", "CANCELLED"
 GENS = [f"gen_nums_{i}" for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def stack(stack_with_projector: Stack) -> Stack:
+    """History, replay, debug and export read through a projector: the engine process
+    runs one."""
+    return stack_with_projector
 
 
 def states(graph: ProcessGraph) -> tuple[str, dict[str, str]]:
@@ -58,11 +65,16 @@ def expected_states() -> list[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
+def colony(stack: Stack) -> ColonyHandle:
+    """The colony of the failed map-reduce (its owner reads its history)."""
+    return stack.new_colony()
+
+
+@pytest.fixture(scope="module")
 def failed(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+    stack: Stack, colony: ColonyHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, list[HistoryEntry]]:
     """The failed map-reduce's id and history (one graph for the whole module)."""
-    colony = stack.new_colony()
     graphid = failed_map_reduce(stack, colony, tmp_path_factory.mktemp("never") / "fixed")
     return graphid, read_history(stack, graphid)
 
@@ -91,11 +103,11 @@ def test_replay_at_every_event_shows_the_graph_as_it_was(
 
 
 def test_cli_step_prints_every_state_in_order(
-    stack: Stack, failed: tuple[str, list[HistoryEntry]]
+    stack: Stack, colony: ColonyHandle, failed: tuple[str, list[HistoryEntry]]
 ) -> None:
     graphid, entries = failed
 
-    steps = cli_json(stack, "workflow", "replay", graphid, "--step")
+    steps = cli_json(stack, "workflow", "replay", graphid, "--step", prvkey=colony.owner_prvkey)
 
     assert [step["event"] for step in steps] == list(range(1, 15))
     assert [step["sequence"] for step in steps] == [entry.sequence for entry in entries]
@@ -108,14 +120,16 @@ def test_cli_step_prints_every_state_in_order(
     ]
     assert shown == expected_states()
 
-    table = cli_ok(stack, "workflow", "replay", graphid, "--step", "--at", "#3")
+    table = cli_ok(
+        stack, "workflow", "replay", graphid, "--step", "--at", "#3", prvkey=colony.owner_prvkey
+    )
     assert table.count("ProcessGraph ID") == 3
     assert "#3" in table
     assert entries[2].summary in table
 
 
 def test_a_sequence_a_time_and_an_event_number_name_the_same_moment(
-    stack: Stack, failed: tuple[str, list[HistoryEntry]]
+    stack: Stack, colony: ColonyHandle, failed: tuple[str, list[HistoryEntry]]
 ) -> None:
     graphid, entries = failed
     for n in (1, 8, 14):
@@ -125,7 +139,10 @@ def test_a_sequence_a_time_and_an_event_number_name_the_same_moment(
             forms.append(str(entries[n].sequence - 1))
         by_api = {encode(graph_state(state_at(entries, parse_moment(form)))) for form in forms}
         assert len(by_api) == 1, forms
-        by_cli = [cli_json(stack, "workflow", "replay", graphid, "--at", form) for form in forms]
+        by_cli = [
+            cli_json(stack, "workflow", "replay", graphid, "--at", form, prvkey=colony.owner_prvkey)
+            for form in forms
+        ]
         assert all(shown == by_cli[0] for shown in by_cli), forms
         assert by_cli[0]["event"] == n
         assert msgspec.json.encode(by_cli[0]["processgraph"]) == msgspec.json.encode(
@@ -134,18 +151,18 @@ def test_a_sequence_a_time_and_an_event_number_name_the_same_moment(
 
 
 def test_without_at_replay_shows_the_last_state_like_workflow_get(
-    stack: Stack, failed: tuple[str, list[HistoryEntry]]
+    stack: Stack, colony: ColonyHandle, failed: tuple[str, list[HistoryEntry]]
 ) -> None:
     graphid, _ = failed
 
-    shown = cli_ok(stack, "workflow", "replay", graphid)
+    shown = cli_ok(stack, "workflow", "replay", graphid, prvkey=colony.owner_prvkey)
 
     for text in ("#14", "NODENAME", "gen_nums_2", "FAILED", "CANCELLED", "no numbers for"):
         assert text in shown
 
 
 def test_moments_outside_the_history_are_one_line_errors(
-    stack: Stack, failed: tuple[str, list[HistoryEntry]]
+    stack: Stack, colony: ColonyHandle, failed: tuple[str, list[HistoryEntry]]
 ) -> None:
     graphid, entries = failed
     before = (entries[0].time - timedelta(seconds=1)).isoformat()
@@ -157,7 +174,7 @@ def test_moments_outside_the_history_are_one_line_errors(
         ("#0", 2, "after '#' comes an event number, from 1"),
         ("yesterday", 2, "is neither a stream sequence"),
     ]:
-        result = cli(stack, "workflow", "replay", graphid, "--at", at)
+        result = cli(stack, "workflow", "replay", graphid, "--at", at, prvkey=colony.owner_prvkey)
         assert result.exit_code == status, (at, result.stdout, result.stderr)
         assert result.stderr.startswith("error: "), at
         assert message in result.stderr, (at, result.stderr)

@@ -53,6 +53,7 @@ from colonies_es.settings import NatsAccess
 from colonies_es.states import ProcessState
 
 if TYPE_CHECKING:
+    from colonies_es.projections.graph_events import FetchedEvents
     from colonies_es.projections.history import HistoryEntry
     from colonies_es.projections.timetravel import GraphState
 
@@ -406,15 +407,40 @@ class AsyncColonies:
         self, processgraphid: str, prvkey: str, seal_key: str | None = None
     ) -> list[HistoryEntry]:
         """Every event of the graph, in order: stream sequence, time, actor, what happened
-        (``colonies workflow history``). It is read straight from the JetStream log, from
-        that graph's own subject: whoever may read the stream may read it (``prvkey`` is
-        taken for symmetry with the other calls). With the log's ``seal_key`` events the
-        engine did not write are left out."""
+        (``colonies workflow history``). A projector reads them from the log and hands
+        them over only to a member of the graph's colony (the signed query
+        ``graph_events``): 403 for anyone else, 404 for no such graph. The projector
+        gives only the events the engine sealed, decrypted when the log is encrypted, so
+        ``seal_key`` is not needed (kept for compatibility; ignored)."""
         from colonies_es.projections.history import graph_history
 
-        nc = await self._connection.nats()
-        entries: list[HistoryEntry] = await graph_history(nc, None, processgraphid, seal_key)
+        events = await self.graph_events(processgraphid, prvkey)
+        entries: list[HistoryEntry] = await graph_history(events, None, processgraphid)
         return entries
+
+    async def graph_events(self, processgraphid: str, prvkey: str) -> FetchedEvents:
+        """The graph's events and its colony's, as a projector gives them to a member
+        (``graph_events``), readable by ``graph_history`` and ``verify_graph``."""
+        from colonies_es.projections.graph_events import FetchedEvents
+        from colonies_es.projections.protocol import (
+            GetGraphEvents,
+            GraphEvents,
+            query_subject,
+            signed_op,
+        )
+
+        events: list[Any] = []
+        start = 0
+        while True:
+            body = GetGraphEvents(processgraphid=processgraphid, start=start)
+            data = await self._connection.request(
+                query_subject("graph_events"), signed_op("graph_events"), body, prvkey
+            )
+            page = decode(data, GraphEvents)
+            events += page.events
+            if not page.more or not page.events:
+                return FetchedEvents(events)
+            start = page.events[-1].sequence + 1
 
     async def state_at(
         self, processgraphid: str, at: int | str, prvkey: str, seal_key: str | None = None

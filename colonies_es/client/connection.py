@@ -122,10 +122,16 @@ class Connection:
         does not come within ``timeout`` seconds, and ``ValueError`` for an invalid
         ``prvkey``.
         """
+        return await self.request(api_subject(op), op, body, prvkey)
+
+    async def request(self, subject: str, op: str, body: msgspec.Struct, prvkey: str) -> bytes:
+        """Send ``body`` sealed for ``op`` as a request on ``subject`` (a command, or a
+        query to the projectors); the same reply handling and errors as :meth:`command`."""
         data = seal(op, body, prvkey, session=self._session(prvkey))
         nc = await self.nats()
+        server = "colonies engine" if subject.startswith("colonies.api.") else "projector"
         try:
-            reply = await self._request(nc, op, data)
+            reply = await self._request(nc, subject, op, data)
         except nats.errors.MaxPayloadError:
             raise ColoniesError(
                 413,
@@ -133,12 +139,10 @@ class Connection:
                 f"({nc.max_payload} bytes)",
             ) from None
         except nats.errors.NoRespondersError:
-            raise ColoniesConnectionError(
-                f"no colonies engine is answering on {self.url}"
-            ) from None
+            raise ColoniesConnectionError(f"no {server} is answering on {self.url}") from None
         except nats.errors.TimeoutError:
             raise ColoniesConnectionError(
-                f"the colonies engine on {self.url} did not answer {op!r} within {self.timeout} s"
+                f"the {server} on {self.url} did not answer {op!r} within {self.timeout} s"
             ) from None
         except nats.errors.Error as error:  # closed, draining, bad subject...
             raise ColoniesConnectionError(
@@ -151,13 +155,13 @@ class Connection:
             raise ColoniesError(_status(code), headers.get(ERROR_HEADER, ""))
         return reply.data
 
-    async def _request(self, nc: NATS, op: str, data: bytes) -> Msg:
+    async def _request(self, nc: NATS, subject: str, op: str, data: bytes) -> Msg:
         """Sends the signed ``data`` up to :data:`ATTEMPTS` times until a reply comes;
         raises the last attempt's ``nats.errors.TimeoutError`` if none does."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return await nc.request(
-                    api_subject(op),
+                    subject,
                     data,
                     timeout=self.timeout / ATTEMPTS,
                     headers={AFTER_HEADER: str(self.sequence)},

@@ -194,5 +194,6 @@ class Colonies:
     rerun_processgraph = _blocking(AsyncColonies.rerun_processgraph)
     find_process = _blocking(AsyncColonies.find_process)
     history = _blocking(AsyncColonies.history)
+    graph_events = _blocking(AsyncColonies.graph_events)
     state_at = _blocking(AsyncColonies.state_at)
     add_child = _blocking(AsyncColonies.add_child)

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from colonies_es.encryption import check_log_key
 from colonies_es.engine.app import ColoniesApp
 from colonies_es.engine.service import Engine
 from colonies_es.settings import Settings
@@ -60,6 +61,7 @@ def run_engine(
     async def until_signalled() -> None:
         # SIGINT/SIGTERM cancel the engine's task from inside the loop, so its shutdown
         # (service stop, connection drain) runs while nats-py's own tasks still work.
+        await check_log_key(settings.nats, settings.cipher_key, settings.event_seal_key)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(engine.run, started)
             if projector:
