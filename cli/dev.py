@@ -61,6 +61,7 @@ from colonies_es.embedded_cluster import NatsCluster
 from colonies_es.gateway import DEFAULT_PORT as DEFAULT_GATEWAY_PORT
 from colonies_es.settings import Settings
 from colonies_es.states import ExecutorState
+from colonies_es.tls import TlsFiles, make_dev_tls, tls_block
 
 CONFIG_FILE_NAME = "nats.conf"
 DEFAULT_PORT = 4222
@@ -94,6 +95,8 @@ class DevOptions:
     """The ColonyOS gateway's HTTP port (0: a free one)."""
     auth: bool = True
     """NATS authorization: a credential per component (:mod:`.dev_auth`)."""
+    tls: bool = False
+    """NATS over TLS only, with a CA and certificate of the stack's own."""
 
     @property
     def replicas(self) -> int:
@@ -226,13 +229,13 @@ def _start_gateway(
     options: DevOptions,
     nats_url: str,
     stop: StopSignals,
-    credential: Path | None = None,
+    access: dict[str, str] | None = None,
 ) -> int | None:
     """Start `colonies gateway`; its HTTP port once it listens, None if interrupted.
 
     It needs nothing but NATS (no key, no secret): it forwards what ColonyOS clients
-    signed to the engine, which verifies it. ``credential``: its NATS credential (the
-    developer's: a client that may take the dev types' work) when authorization is on.
+    signed to the engine, which verifies it. ``access``: its NATS credential (the
+    developer's: a client that may take the dev types' work) and TLS CA variables.
     """
     gateway = ChildProcess(
         "gateway",
@@ -245,10 +248,7 @@ def _start_gateway(
             "--port",
             str(options.gateway_port),
         ],
-        {
-            "COLONIES_NATS_URL": nats_url,
-            **({"COLONIES_NATS_NKEY_FILE": str(credential)} if credential else {}),
-        },
+        {"COLONIES_NATS_URL": nats_url, **(access or {})},
         options.data_dir / "gateway.log",
     )
     gateway.start()
@@ -411,6 +411,28 @@ def _prepare_auth(options: DevOptions, config_file: Path, keys: DevKeys) -> DevA
     return auth
 
 
+@dataclass(frozen=True)
+class _DevTls:
+    files: TlsFiles
+    config: Path
+    """The server configuration with the tls block."""
+
+
+def _prepare_tls(options: DevOptions, config_file: Path) -> _DevTls | None:
+    """With ``--tls``: the stack's CA and server certificate (made once, in
+    ``<data-dir>/tls``), and ``config_file`` followed by the tls block."""
+    if not options.tls:
+        return None
+    files = make_dev_tls(options.data_dir / "tls", [options.host])
+    config = options.data_dir / "nats-tls.conf"
+    config.write_text(
+        f"# Written by `colonies dev --tls`: {config_file}, then the tls block.\n"
+        f"{config_file.read_text()}\n\n{tls_block(files)}"
+    )
+    _echo(f"NATS over TLS only: CA {files.ca} (COLONIES_TLS_CA_FILE)")
+    return _DevTls(files, config)
+
+
 class _Roles:
     """The environment of each kind of process: the stack's variables with the NATS
     credential of its role (all the same without authorization)."""
@@ -445,15 +467,21 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
         keys = load_or_create_keys(options.data_dir)
         auth = _prepare_auth(options, config_file, keys)
         nats_config = auth.config if auth else config_file
+        tls = _prepare_tls(options, nats_config)
+        if tls is not None:
+            nats_config = tls.config
         if options.cluster:
             urls = _start_cluster(stack, options, nats_config).urls
         else:
             urls = [_start_nats(stack, options, nats_config).url]
+        if tls is not None:  # clients must use TLS, and verify the server with the CA
+            urls = [url.replace("nats://", "tls://", 1) for url in urls]
         first = urlsplit(urls[0])
         host = first.hostname or "127.0.0.1"
-        gateway_port = _start_gateway(
-            stack, options, ",".join(urls), stop, auth.developer if auth else None
-        )
+        access = {"COLONIES_TLS_CA_FILE": str(tls.files.ca)} if tls else {}
+        if auth is not None:
+            access["COLONIES_NATS_NKEY_FILE"] = str(auth.developer)
+        gateway_port = _start_gateway(stack, options, ",".join(urls), stop, access)
         if gateway_port is None:
             return 0
         # COLONIES_SERVER_HOST/PORT name the gateway (pycolonies reads them); this
@@ -461,6 +489,7 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
         environment = {
             **dev_environment(keys, host, gateway_port, ",".join(urls)),
             "COLONIES_STREAM_REPLICAS": str(options.replicas),
+            **({"COLONIES_TLS_CA_FILE": str(tls.files.ca)} if tls else {}),
         }
         roles = _Roles(environment, auth)
         environment = roles.developer
@@ -582,6 +611,15 @@ def dev(
             "are refused. dev.env points at the developer's credential.",
         ),
     ] = True,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Serve NATS over TLS only, with a CA and server certificate made for the "
+            "stack (<data-dir>/tls); every component verifies the server with the CA "
+            "(COLONIES_TLS_CA_FILE in dev.env, tls:// URLs).",
+        ),
+    ] = False,
 ) -> None:
     """Run a local development stack: nats-server with JetStream, the ColonyOS gateway
     (HTTP, for pycolonies), the engine, the projector, a python executor and the web UI
@@ -624,6 +662,7 @@ def dev(
                 engines,
                 gateway_port=gateway_port,
                 auth=auth,
+                tls=tls,
             )
             code = _run(options, stop, config_file)
     except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:
