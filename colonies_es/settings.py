@@ -180,6 +180,12 @@ class Settings:
     data_dir: str = _setting(".colonies", "COLONIES_DATA_DIR")
     projector_db: str = _setting("colonies-view.sqlite", "COLONIES_PROJECTOR_DB")
 
+    # -- quotas, per colony (0: no limit; colonies_es/engine/quotas.py) --
+    max_pending_processes: int = _setting(100_000, "COLONIES_MAX_PENDING_PROCESSES")
+    """Processes WAITING or RUNNING at once in one colony."""
+    max_command_bytes: int = _setting(1024 * 1024, "COLONIES_MAX_COMMAND_BYTES")
+    """Bytes of one signed command (the default is NATS' own max_payload)."""
+
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
         """Defaults, overridden by the ``COLONIES_*`` variables of ``environ`` (default

@@ -12,6 +12,7 @@ import anyio
 
 from colonies_es.encryption import check_log_key
 from colonies_es.engine.app import ColoniesApp
+from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.service import Engine
 from colonies_es.settings import Settings
 
@@ -46,6 +47,7 @@ def run_engine(
             server_id=settings.server_id,
             engine_prvkey=settings.engine_prvkey,
             max_skew=float(settings.command_window),
+            quotas=Quotas(settings.max_pending_processes, settings.max_command_bytes),
         )
 
     engine = Engine(

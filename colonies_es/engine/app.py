@@ -50,6 +50,7 @@ from colonies_es.domain import (
     colony_aggregate_id,
     graph_aggregate_id,
 )
+from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.engine.replies import Applied, Decided, Replies
 from colonies_es.engine.state import Effects, EngineState, NotNext, Timer
@@ -154,8 +155,10 @@ class ColoniesApp(Application[str]):
         server_id: str,
         engine_prvkey: str,
         max_skew: float = crypto.DEFAULT_MAX_SKEW,
+        quotas: Quotas | None = None,
     ) -> None:
         super().__init__(env)
+        self.quotas = quotas or Quotas()
         self.server_id = server_id
         self.engine_prvkey = engine_prvkey
         self.engine_id = crypto.id_from_private_key(engine_prvkey)
@@ -348,6 +351,7 @@ class ColoniesApp(Application[str]):
         log, on another replica) gets the original reply.
         """
         try:
+            self.quotas.check_command_size(op, len(data))
             if op == colonyos.ENGINE_OP:  # a ColonyOS client's envelope, via the gateway
                 command = colonyos.open_envelope(data, now)  # nothing to guard: see colonyos
                 op = command.op
@@ -637,6 +641,8 @@ class ColoniesApp(Application[str]):
         self, cmd: crypto.VerifiedCommand, workflow: Workflow, now: datetime
     ) -> tuple[ProcessGraph, Effects]:
         colony = self._member_colony(cmd, workflow.colonyname)
+        adding = len(workflow.functionspecs)
+        self.quotas.check_pending(colony.name, self._graphs(colony.name), adding)
         graph = ProcessGraph.submit(
             colony.name,
             workflow,
@@ -832,6 +838,8 @@ class ColoniesApp(Application[str]):
                 f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
             )
         added: list[str] = []
+        colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
+        self.quotas.check_pending(colonyname, self._graphs(colonyname), 1)
 
         def add(graph: ProcessGraph) -> None:
             added.append(
