@@ -292,8 +292,12 @@ class VerifiedCommand(msgspec.Struct, frozen=True):
             return msgspec.json.decode(self.body, type=type_)
         except msgspec.DecodeError as exc:
             raise CommandRejected(400, f"bad body for {self.op!r}: {exc}") from None
+        except RecursionError:
+            raise CommandRejected(400, f"bad body for {self.op!r}: {_TOO_DEEP}") from None
 
 
+_TOO_DEEP = "JSON nested too deeply"
+"""msgspec raises RecursionError (not a DecodeError) for JSON nested ~1000 deep."""
 _encode = msgspec.json.Encoder().encode
 _decode_envelope = msgspec.json.Decoder(SignedCommand).decode
 _decode_payload = msgspec.json.Decoder(CommandPayload).decode
@@ -406,6 +410,8 @@ def authenticate(command: SignedCommand) -> VerifiedCommand:
         payload = _decode_payload(command.payload)
     except msgspec.DecodeError as exc:
         raise CommandRejected(400, f"malformed command payload: {exc}") from None
+    except RecursionError:
+        raise CommandRejected(400, f"malformed command payload: {_TOO_DEEP}") from None
     if certificate is not None and payload.ts > certificate.expires:
         raise CommandRejected(403, "the session key had expired when the command was made")
     return VerifiedCommand(
@@ -432,6 +438,8 @@ def open_command(data: bytes, now: float, max_skew: float = DEFAULT_MAX_SKEW) ->
         envelope = _decode_envelope(data)
     except msgspec.DecodeError as exc:
         raise CommandRejected(400, f"malformed command envelope: {exc}") from None
+    except RecursionError:
+        raise CommandRejected(400, f"malformed command envelope: {_TOO_DEEP}") from None
     command = authenticate(envelope)
     if not abs(now - command.ts) <= max_skew:  # also refuses NaN
         raise CommandRejected(403, "stale or future command timestamp")

@@ -79,6 +79,17 @@ async def _log_nats_error(error: Exception) -> None:
     log.warning("NATS: %r", error)
 
 
+MAX_MESSAGE = 400
+"""Characters of a refusal's message: it may quote what the caller sent (a name of 100 KB
+would otherwise travel back in a header)."""
+
+
+def _brief(message: str) -> str:
+    """``message`` on one line, cut to :data:`MAX_MESSAGE` characters."""
+    line = " ".join(message.split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
+
+
 class Engine:
     """Runs the command service and the work dispatch until cancelled."""
 
@@ -195,7 +206,9 @@ class Engine:
             elif outcome.status == 200:
                 await request.respond(outcome.body, headers=headers)
             else:
-                await request.respond_error(str(outcome.status), outcome.message, headers=headers)
+                await request.respond_error(
+                    str(outcome.status), _brief(outcome.message), headers=headers
+                )
         except nats.errors.Error as error:  # the caller is gone; the decision stands
             log.warning("could not answer %s: %r", op, error)
         await self._apply(outcome.effects, outcome.sequence)
