@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nkeys
+import nkeys  # type: ignore[import-untyped]
 
 from colonies_es.protocol import API_PREFIX, ENDED_PREFIX, WORK_STREAM, work_consumer
 
