@@ -17,5 +17,6 @@ GROUPS: dict[str, str] = {
     "replicas": "1, 2 and 3 engine replicas: throughput, claim latency, follower lag, failover",
     "cluster": "R1 vs a 3-node JetStream cluster (R3): throughput, claim latency, leader failover",
     "ui": "The web UI in headless Chromium: a 1,000-child graph's first render, scrubber steps",
+    "security": "Authorization, TLS and encryption at rest, each on and off: throughput, claims",
 }
 """Group name (also its module under ``benchmarks``) and what it measures."""
