@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from colonies_es.crypto import Crypto
+from colonies_es.crypto import Crypto, new_private_key
 from colonies_es.embedded import free_port
 from tests.processes import wait_until
 from tests.stack import Stack
@@ -57,7 +57,11 @@ def test_log_readers_end_at_once_with_one_line_when_nats_is_unreachable(
     command: tuple[str, ...],
 ) -> None:
     port = free_port()
-    env = script_env(COLONIES_SERVER_HOST="127.0.0.1", COLONIES_SERVER_PORT=str(port))
+    env = script_env(
+        COLONIES_SERVER_HOST="127.0.0.1",
+        COLONIES_SERVER_PORT=str(port),
+        COLONIES_PRVKEY=new_private_key(),  # history is a member's signed query
+    )
     started = time.monotonic()
     run = run_script(*command, env=env)
     assert time.monotonic() - started < BOUND

@@ -22,6 +22,12 @@ crypto = Crypto()
 NARROW = "80"
 
 
+@pytest.fixture(scope="module")
+def stack(stack_with_projector: Stack) -> Stack:
+    """Workflow history reads go through a projector: the engine process runs one."""
+    return stack_with_projector
+
+
 @pytest.fixture
 def member(stack: Stack, tmp_path: Path) -> Member:
     colony = stack.new_colony()

@@ -388,8 +388,10 @@ async def test_racing_executors_each_get_distinct_processes(
     assert sorted(assigned) == sorted(p.processid for p in submitted)
 
 
-def test_history_and_state_at_from_python(stack: Stack) -> None:
-    """The client reads a graph's history and its state at any of its events."""
+def test_history_and_state_at_from_python(stack_with_projector: Stack) -> None:
+    """The client reads a graph's history and its state at any of its events (a signed
+    query: a projector answers it)."""
+    stack = stack_with_projector
     colony = stack.new_colony()
     executor = stack.new_executor(colony)
     process = stack.client.submit_func_spec(

@@ -6,9 +6,8 @@ import asyncio
 import signal
 from pathlib import Path
 
-import nats
-
 from colonies_es.protocol import WORK_STREAM
+from colonies_es.settings import NatsAccess
 from tests.eventlog import STREAM
 from tests.processes import pids_with_argument, wait_until
 from tests.test_cli_dev import (
@@ -26,9 +25,10 @@ __all__ = ["start_dev"]  # the fixture, imported for this module's tests
 NODES = ("colonies-1", "colonies-2", "colonies-3")
 
 
-async def _stream_configs(urls: list[str]) -> dict[str, tuple[int, set[str]]]:
-    """Each stream's replica count and the names of the servers holding it."""
-    nc = await nats.connect(urls)
+async def _stream_configs(urls: list[str], engine_nkey: Path) -> dict[str, tuple[int, set[str]]]:
+    """Each stream's replica count and the names of the servers holding it (read with
+    the engine's credential: NATS authorization is on)."""
+    nc = await NatsAccess(tuple(urls), str(engine_nkey)).connect("test")
     try:
         js = nc.jetstream()
         found = {}
@@ -62,7 +62,9 @@ def test_dev_cluster_runs_the_stack_on_three_nodes_with_r3_streams(
     assert env["COLONIES_STREAM_REPLICAS"] == "3"
     # The engine, the projector and the executor all got every node's URL.
     assert len(pids_with_environment(f"COLONIES_NATS_URL={','.join(urls)}")) >= 3
-    for stream, (replicas, peers) in asyncio.run(_stream_configs(urls)).items():
+    for stream, (replicas, peers) in asyncio.run(
+        _stream_configs(urls, data_dir / "creds" / "engine.nk")
+    ).items():
         assert (replicas, peers) == (3, set(NODES)), stream
 
     ran = run_sourced(data_dir / "dev.env", "python", str(EXAMPLES / "workflow_example.py"))
