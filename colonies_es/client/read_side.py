@@ -34,14 +34,10 @@ from colonies_es.projections.protocol import (
     signed_op,
 )
 
-__all__ = ["LOG_EVENTS", "LOG_STREAM", "REPLY_MARGIN", "ReadSide"]
+__all__ = ["REPLY_MARGIN", "ReadSide"]
 
 T = TypeVar("T")
 
-LOG_STREAM = "COLONIES"
-"""The event log's stream (the store's default)."""
-LOG_EVENTS = "colonies.ev.>"
-"""The subjects of its events."""
 
 REPLY_MARGIN = 1.0
 """Seconds the client waits for a reply beyond what it lets the projector wait."""
