@@ -48,6 +48,7 @@ from colonies_es.projections.protocol import (
     Position,
     Query,
 )
+from colonies_es.settings import NatsAccess
 
 __all__ = ["QueryClient"]
 
@@ -79,7 +80,9 @@ class QueryClient:
         self.prvkey = prvkey
         self.timeout = timeout
         self._floor = 0
-        self._connection = Connection(server_urls(host, port, tls, servers), timeout)
+        urls = server_urls(host, port, tls, servers)
+        access = NatsAccess(tuple(urls), nkey_file, tls_ca_file)
+        self._connection = Connection(urls, timeout, access)
         self._read_side = ReadSide(self._connection)
         self._loop = LoopThread("colonies-queries")
 

@@ -50,7 +50,7 @@ from colonies_es.domain import (
     colony_aggregate_id,
     graph_aggregate_id,
 )
-from colonies_es.engine.quotas import Quotas
+from colonies_es.engine.quotas import QuotaExceeded, Quotas
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.engine.replies import Applied, Decided, Replies
 from colonies_es.engine.state import Effects, EngineState, NotNext, Timer
@@ -360,7 +360,7 @@ class ColoniesApp(Application[str]):
                 if command.op != op:
                     raise crypto.CommandRejected(400, f"command for {command.op!r} sent to {op!r}")
             body = command.decode_body(OPS[op])
-        except crypto.CommandRejected as error:
+        except (crypto.CommandRejected, QuotaExceeded) as error:  # before any decision
             return Outcome(error.status, message=error.message, sequence=self.state.reached)
         key = command.replay_key
         running = self._in_flight.get(key)
