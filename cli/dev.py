@@ -168,7 +168,9 @@ def _start_nats(stack: DevStack, options: DevOptions, config_file: Path) -> Nats
     return server
 
 
-def _start_cluster(stack: DevStack, options: DevOptions, config_file: Path) -> NatsCluster:
+def _start_cluster(
+    stack: DevStack, options: DevOptions, config_file: Path, nkey_file: str = ""
+) -> NatsCluster:
     """Start ``options.cluster`` nats-servers as one JetStream cluster: node i listens for
     clients on ``--port`` + i (free ports with 0) and keeps its store in
     ``<data-dir>/cluster/node-<i>``."""
@@ -181,6 +183,7 @@ def _start_cluster(stack: DevStack, options: DevOptions, config_file: Path) -> N
         config=config_file,
         host=options.host,
         log_dir=options.data_dir,
+        nkey_file=nkey_file,  # the engine's, for the cluster's own checks
     )
     cluster.start()
     stack.add(ClusterComponent(cluster))
@@ -471,7 +474,8 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
         if tls is not None:
             nats_config = tls.config
         if options.cluster:
-            urls = _start_cluster(stack, options, nats_config).urls
+            engine_nkey = str(auth.engine) if auth else ""
+            urls = _start_cluster(stack, options, nats_config, engine_nkey).urls
         else:
             urls = [_start_nats(stack, options, nats_config).url]
         if tls is not None:  # clients must use TLS, and verify the server with the CA

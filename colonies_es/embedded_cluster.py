@@ -77,7 +77,11 @@ class NatsCluster:
         host: str = "127.0.0.1",
         name: str = DEFAULT_CLUSTER_NAME,
         log_dir: Path | None = None,
+        nkey_file: str = "",
     ) -> None:
+        """``nkey_file``: the NATS credential the cluster's own checks (readiness,
+        stream placement) connect with, when ``config`` turns authorization on."""
+        self.nkey_file = nkey_file
         if size < 1:
             raise ValueError(f"a cluster needs at least one node, not {size}")
         if ports is not None and len(ports) != size:
@@ -188,7 +192,9 @@ class NatsCluster:
             url = self.nodes[index].url
             problem: str | None = "no answer"
             while time.monotonic() < deadline:
-                problem = _run(_jetstream_problem(url, max(deadline - time.monotonic(), 0.5)))
+                problem = _run(
+                    _jetstream_problem(url, max(deadline - time.monotonic(), 0.5), self.nkey_file)
+                )
                 if problem is None:
                     break
                 time.sleep(_META_POLL)
@@ -210,7 +216,9 @@ class NatsCluster:
         problem = ""
         while time.monotonic() < deadline:
             try:
-                reply = _run(_request(node.url, f"$JS.API.STREAM.INFO.{stream}", b"", 2.0))
+                reply = _run(
+                    _request(node.url, f"$JS.API.STREAM.INFO.{stream}", b"", 2.0, self.nkey_file)
+                )
             except (nats.errors.Error, OSError, TimeoutError) as error:
                 problem = repr(error)
                 time.sleep(_META_POLL)
@@ -242,7 +250,7 @@ class NatsCluster:
                 raise NatsServerError(f"node {wanted} did not become leader of {stream}")
             subject = f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
             with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                _run(_request(self._node(None).url, subject, request, 2.0))
+                _run(_request(self._node(None).url, subject, request, 2.0, self.nkey_file))
             time.sleep(_META_POLL)
 
     def _node(self, index: int | None) -> NatsServer:
@@ -265,9 +273,17 @@ def _run(coroutine: Awaitable[T]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-async def _request(url: str, subject: str, payload: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
-    """One NATS request to the server at ``url``, on a connection of its own."""
-    nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0)
+async def _request(
+    url: str,
+    subject: str,
+    payload: bytes,
+    timeout: float,  # noqa: ASYNC109
+    nkey_file: str = "",
+) -> bytes:
+    """One NATS request to the server at ``url``, on a connection of its own (with the
+    credential in ``nkey_file``, if any)."""
+    credential = {"nkeys_seed": nkey_file} if nkey_file else {}
+    nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0, **credential)
     try:
         reply = await nc.request(subject, payload, timeout=timeout)
         return bytes(reply.data)
@@ -275,12 +291,12 @@ async def _request(url: str, subject: str, payload: bytes, timeout: float) -> by
         await nc.close()
 
 
-async def _jetstream_problem(url: str, timeout: float) -> str | None:  # noqa: ASYNC109
+async def _jetstream_problem(url: str, timeout: float, nkey_file: str = "") -> str | None:  # noqa: ASYNC109
     """None when JetStream answers a stream listing through ``url``, else what went wrong
     (no meta leader yet: 503, no answer, refused connection). In a cluster the listing is
     answered by the meta leader, so an answer also means this node's routes are up."""
     try:
-        data = await _request(url, "$JS.API.STREAM.NAMES", b"", min(timeout, 2.0))
+        data = await _request(url, "$JS.API.STREAM.NAMES", b"", min(timeout, 2.0), nkey_file)
     except (nats.errors.Error, OSError, TimeoutError) as error:
         return repr(error)
     answer: dict[str, Any] = json.loads(data)
