@@ -81,6 +81,18 @@ def test_a_long_run_of_sixty_faults_has_no_anomaly(tmp_path: Path) -> None:
     assert result.check.graphs == result.check.graphs_succeeded > 0
 
 
+@pytest.mark.slow
+def test_two_engines_on_a_three_node_cluster_lose_nothing_under_faults(tmp_path: Path) -> None:
+    """Soak test (about 3 minutes): every engine replica and random cluster nodes killed
+    in turn, streams with 3 replicas."""
+    result = run_chaos(20, engines=2, nodes=3, directory=tmp_path)
+
+    print(result.summary())
+    assert {fault.target for fault in result.faults} >= {"engine1", "engine2"}
+    assert result.check.anomalies == [], result.summary()
+    assert result.check.graphs == result.check.graphs_succeeded > 0
+
+
 def test_the_checker_reports_every_close_a_broken_engine_acknowledged_and_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
