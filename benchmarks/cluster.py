@@ -238,14 +238,30 @@ def _failover(cluster: NatsCluster, stream: str, appender: Appender) -> float:
     return seconds
 
 
+async def _settled(append: Append, successes: int = 20) -> None:
+    """Appends until ``successes`` in a row succeeded (the cluster is settled after the
+    previous restart and the loop is running before the kill)."""
+    deadline = time.monotonic() + RECOVERY_TIMEOUT
+    in_a_row = 0
+    while in_a_row < successes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"appends did not settle within {RECOVERY_TIMEOUT:g} s")
+        try:
+            await append()
+        except (nats.errors.Error, ColoniesConnectionError, ColoniesError, TimeoutError):
+            in_a_row = 0
+            await asyncio.sleep(0.1)
+            continue
+        in_a_row += 1
+
+
 async def _append_through_kill(
     cluster: NatsCluster, leader: int, survivors: list[str], appender: Appender
 ) -> float:
     append, close = await appender(survivors)
     loop = asyncio.get_running_loop()
     try:
-        for _ in range(20):  # the loop is running before the kill
-            await append()
+        await _settled(append)
         await loop.run_in_executor(None, cluster.kill, leader)
         killed_at = time.monotonic()
         while time.monotonic() - killed_at < RECOVERY_TIMEOUT:
