@@ -497,21 +497,16 @@ def _run(options: DevOptions, stop: StopSignals, config_file: Path) -> int:
         }
         roles = _Roles(environment, auth)
         environment = roles.developer
-        engine = _engine(keys, roles.engine, options.data_dir)
-        if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
-            return 0
+        for number in range(1, options.engines + 1):  # replicas that follow one log
+            engine = _engine(keys, roles.engine, options.data_dir, number)
+            if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
+                return 0
         projector = _projector(roles.reader, options.data_dir)
         if not _start_service(stack, projector, PROJECTOR_READY_LINE, stop):
             return 0
         with Colonies.from_settings(Settings.load(environment)) as client:
             state = "created" if ensure_colony(client, keys) else "found"
             _echo(f"colony {keys.colonyname} {state} (keys: {options.data_dir / 'keys.json'})")
-            # Replicas start once the colony is in the log: until engines follow the log
-            # (issue 8), a replica knows only what the log held when it started.
-            for number in range(2, options.engines + 1):
-                engine = _engine(keys, roles.engine, options.data_dir, number)
-                if not _start_service(stack, engine, ENGINE_READY_LINE, stop):
-                    return 0
             env_file = write_env_file(options.data_dir, environment)
             if not _start_executors(stack, client, keys, roles.executor, options, stop):
                 return 0
