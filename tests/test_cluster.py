@@ -13,8 +13,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
+
+import nats.errors
+import nats.js.errors
 
 from colonies_es import Colonies, ColoniesConnectionError, ColoniesError, Workflow, crypto
 from colonies_es.embedded_cluster import NatsCluster
@@ -280,5 +284,18 @@ def _each_nodes_copy(cluster: NatsCluster) -> list[EventLog]:
         cluster.make_leader(STREAM, index)
         info = cluster.stream_info(STREAM)
         assert all(peer["current"] for peer in info["cluster"]["replicas"]), info["cluster"]
-        copies.append(read_events(cluster.nodes[index].url))
+        copies.append(_read_through(cluster.nodes[index].url))
     return copies
+
+
+def _read_through(url: str, timeout: float = 20.0) -> EventLog:
+    """The whole log read through ``url``; a new leader may answer 503 for a moment after
+    the move (its consumers are not up yet): read again until it answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read_events(url)
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

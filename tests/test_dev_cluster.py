@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 from colonies_es.protocol import WORK_STREAM
@@ -67,7 +68,7 @@ def test_dev_cluster_runs_the_stack_on_three_nodes_with_r3_streams(
     ).items():
         assert (replicas, peers) == (3, set(NODES)), stream
 
-    ran = run_sourced(data_dir / "dev.env", "python", str(EXAMPLES / "workflow_example.py"))
+    ran = run_sourced(data_dir / "dev.env", sys.executable, str(EXAMPLES / "workflow_example.py"))
     assert ran.returncode == 0, ran.stderr
     assert "Result: 3" in ran.stdout
 
