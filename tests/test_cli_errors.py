@@ -65,7 +65,7 @@ def test_a_dead_nats_port_is_one_line_naming_the_address(command: tuple[str, ...
     )
 
 
-def test_nats_without_an_engine_says_no_engine_answers(
+def test_nats_without_a_stack_says_no_projector_answers_a_listing(
     nats_server_factory: Callable[..., NatsServer],
 ) -> None:
     server = nats_server_factory()
@@ -77,9 +77,11 @@ def test_nats_without_an_engine_says_no_engine_answers(
             "COLONIES_PRVKEY": crypto.prvkey(),
         }
     )
+    # Listings come from the read model (a projector), not from the engine.
     assert cli.error("workflow", "ps") == (
-        f"error: no colonies engine is answering on nats://127.0.0.1:{server.port} "
-        "— is `colonies dev` running?"
+        f"error: no projector is answering on nats://127.0.0.1:{server.port} (listings come "
+        "from the read model: run `colonies projector`, or `colonies server` without "
+        "--no-projector) — is `colonies dev` running?"
     )
 
 
