@@ -15,6 +15,7 @@ GROUPS: dict[str, str] = {
     "projector": "The projector rebuilding its view from the log, against a raw replay",
     "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
     "replicas": "1, 2 and 3 engine replicas: throughput, claim latency, follower lag, failover",
+    "startup": "An engine's start-up time and RSS with 10k, 100k (and 1M) events in the log",
     "cluster": "R1 vs a 3-node JetStream cluster (R3): throughput, claim latency, leader failover",
     "ui": "The web UI in headless Chromium: a 1,000-child graph's first render, scrubber steps",
     "security": "Authorization, TLS and encryption at rest, each on and off: throughput, claims",
