@@ -51,7 +51,8 @@ def list_executors(
     prvkey: PrvkeyOption = None,
 ) -> None:
     """List the colony's executors: name, type, state (PENDING, APPROVED, REJECTED), id,
-    when it was registered and last heard from (an executor's claims and reports)."""
+    and when it was last heard from (its claims and reports); --wide adds when it was
+    registered."""
     colonyname = require_colony(colony)
     key = require_key(prvkey, MEMBER)
     with connected(Server(host, port, tls)) as client:
@@ -66,18 +67,19 @@ def list_executors(
             "TYPE",
             "STATE",
             "EXECUTOR ID",
-            "REGISTERED",
             "LAST HEARD",
-            whole=["EXECUTOR ID", "STATE", "REGISTERED", "LAST HEARD"],
+            *(["REGISTERED"] if wide else []),
+            whole=["NAME", "EXECUTOR ID", "STATE", "LAST HEARD", "REGISTERED"],
         )
         for executor in executors:
+            heard = executor.lastheardfromtime
             rows.add_row(
                 executor.executorname,
                 executor.executortype,
                 _state_name(executor.state),
                 ident(executor.executorid, wide),
-                moment(executor.commissiontime, wide),
-                moment(executor.lastheardfromtime, wide) if executor.lastheardfromtime else "never",
+                moment(heard, wide) if heard else "never",
+                *([moment(executor.commissiontime, wide)] if wide else []),
             )
         render(rows)
 

@@ -139,7 +139,7 @@ def history_command(
     if json_output:
         print_json([entry.to_json() for entry in entries])
         return
-    rows = table("#", "SEQ", "TIME (UTC)", "ACTOR", "WHAT")
+    rows = table("#", "SEQ", "TIME (UTC)", "ACTOR", "WHAT", ids=["#", "SEQ", "TIME (UTC)"])
     for number, entry in enumerate(entries, start=1):
         rows.add_row(str(number), str(entry.sequence), _time(entry), _actor(entry), entry.summary)
     render(rows)

@@ -53,6 +53,7 @@ def test_tables_fit_80_columns_with_id_prefixes_and_wide_shows_whole_ids(
         graphid = member.submit(*SEED)
         member.wait_for(graphid, ProcessState.SUCCESS)
     processid = member.client.get_processgraph(graphid, member.prvkey).processids[1]
+    member.stack.new_executor(member.colony, "python-executor", name="python-executor-18d0c3a2")
     for command in (
         ("workflow", "ls"),
         ("workflow", "pss"),
