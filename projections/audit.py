@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 from eventsourcing.persistence import Cipher, DataError
+from nats.aio.client import Client as NATS
 
 from colonies_es import colonyos, crypto
 from colonies_es import protocol as p
@@ -86,7 +87,7 @@ from colonies_es.projections.history import (
 from colonies_es.settings import NatsAccess
 from colonies_es.states import ExecutorState, ProcessState
 from colonies_es.store.codec import decode_envelope
-from colonies_es.store.jetstream import StoredMessage
+from colonies_es.store.jetstream import JetStreamLog, StoredMessage
 
 __all__ = [
     "CAUSES",
@@ -568,12 +569,13 @@ async def verify_graph(
 
 
 async def verify_log(
-    source: EventSource,
+    source: NATS | JetStreamLog,
     authorities: Authorities,
     seal_key: str | bytes | None = None,
     cipher: Cipher | None = None,
 ) -> AuditReport:
-    """Audits every event of the log (``cipher``: the log's, when it is encrypted)."""
+    """Audits every event of the log (``cipher``: the log's, when it is encrypted); it
+    reads the stream itself, so ``source`` is a NATS connection or the store's log."""
     reader = open_log(source)
     auditor = Auditor(authorities, seal_key, cipher=cipher)
     start = 1
