@@ -30,7 +30,8 @@ def test_rerun_with_code_runs_the_fix_where_it_failed_and_replays_what_succeeded
     fix.write_text(FIX)
     key = ["--prvkey", colony.owner_prvkey]
 
-    local = cli(stack, "workflow", "debug", graphid, "--rerun", "gen_nums_2", "--code", str(fix))
+    local = cli(stack, "workflow", "debug", graphid, "--rerun", "gen_nums_2", "--code", str(fix),
+                prvkey=colony.owner_prvkey)  # fmt: skip
     assert local.exit_code == 0, local.stdout + local.stderr
     assert "returned: [1,2]" in local.stdout  # the fix, tried here on the recorded input
 
@@ -85,6 +86,7 @@ def test_debug_rerun_pdb_stops_at_the_functions_first_line(
         COLONIES_SERVER_HOST="127.0.0.1",
         COLONIES_SERVER_PORT=str(stack.nats.port),
         COLONIES_EVENT_SEAL_KEY=stack.engine.seal_key,
+        COLONIES_PRVKEY=colony.owner_prvkey,
     )
     run = subprocess.run(
         [colonies_script(), "workflow", "debug", graphid, "--rerun", "gen_nums_2", "--pdb"],
