@@ -15,6 +15,7 @@ projector, which decrypts (``graph_events``); whole-log readers need the key.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -29,6 +30,13 @@ __all__ = ["CIPHER_TOPIC", "check_log_key", "cipher_of", "new_cipher_key"]
 
 CIPHER_TOPIC = "eventsourcing.cipher:AESCipher"
 _KEY_SIZES = (16, 24, 32)
+CHECK_TIMEOUT = 5.0
+"""Seconds the start-up key check tries to reach NATS (the component's own connection
+then says why it cannot)."""
+
+
+async def _quiet(error: Exception) -> None:
+    """nats-py's error callback: its default logs a traceback per failed attempt."""
 
 
 def new_cipher_key() -> str:
@@ -69,7 +77,19 @@ async def check_log_key(
     ``seal_key``), passes."""
     cipher = cipher_of(cipher_key) if cipher_key else None
     try:
-        nc = await access.connect("colonies-es key check", connect_timeout=5, allow_reconnect=False)
+        # One attempt per server (nats-py retries a first connect max_reconnect_attempts
+        # times, 0 meaning forever), bounded as a whole.
+        nc = await asyncio.wait_for(
+            access.connect(
+                "colonies-es key check",
+                connect_timeout=CHECK_TIMEOUT,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=_quiet,
+            ),
+            CHECK_TIMEOUT * (len(access.servers) + 1),
+        )
     except (OSError, TimeoutError, nats.errors.Error):
         return  # the component's own connection says why NATS cannot be reached
     try:
