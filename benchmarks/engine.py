@@ -546,7 +546,7 @@ class Executors:
                 target=executor_main,
                 args=(url, colony.name, key, ready, self._stop, self._results),
                 name=f"bench-executor-{number}",
-                daemon=True,
+                daemon=False,  # an executor starts a child process per worker
             )
             for number, (key, ready) in enumerate(
                 zip(colony.executor_prvkeys, self._ready, strict=True)

@@ -192,7 +192,7 @@ class Executors:
                 target=executor_main,
                 args=(url, colonyname, colony_prvkey, f"ex{number}", ready, self._stop),
                 name=f"bench-executor-{number}",
-                daemon=True,
+                daemon=False,  # an executor starts a child process per worker
             )
             for number, ready in enumerate(self._ready)
         ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -41,6 +42,9 @@ POLL = 0.1
 """Seconds between two checks, while a function runs, whether it must be stopped."""
 MAX_PRINTED = 64 * 1024
 """Characters of a function's printed output kept for the process log (the end is cut)."""
+
+log = logging.getLogger("colonies.executor")
+_warned_daemonic = False
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["colonies_es.executor", "colonies_es.function_runner"])
@@ -78,7 +82,13 @@ class FunctionRunner:
         """Run the function of ``process`` in the child (started if needed) and return
         its result. Every :data:`POLL` seconds ``should_stop()`` is asked; when it says
         yes the child is killed at once and the result says ``stopped``. A child that
-        dies on its own (a crash, ``os._exit``) fails the run with its exit code."""
+        dies on its own (a crash, ``os._exit``) fails the run with its exit code.
+
+        In a daemonic process (say an executor inside a ``multiprocessing.Process(daemon=
+        True)``), which may not start children, the function runs in the calling thread
+        instead: it then cannot be stopped and what it prints is not captured."""
+        if multiprocessing.current_process().daemon:
+            return self._run_here(process, ctx)
         conn = self._connection()
         conn.send((process, ctx))
         while True:
@@ -98,6 +108,22 @@ class FunctionRunner:
                 )
             _, output, errors, printed = message
             return RunResult(output=output, errors=errors, printed=printed)
+
+    def _run_here(self, process: Process, ctx: dict[str, Any]) -> RunResult:
+        from colonies_es.executor import FunctionFailed, execute_function
+
+        global _warned_daemonic
+        if not _warned_daemonic:
+            _warned_daemonic = True
+            log.warning(
+                "this executor runs in a daemonic process, which may not start children: "
+                "functions run in its threads and a cancelled one runs to its end"
+            )
+        try:
+            output = execute_function(process, ctx, {**self._globals, "colonies": self._client})
+        except FunctionFailed as failure:
+            return RunResult(errors=failure.errors)
+        return RunResult(output=output)
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Make a call of the child's :class:`ParentClient` with the executor's client:
