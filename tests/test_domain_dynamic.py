@@ -148,3 +148,26 @@ def test_only_a_failed_graph_can_be_rerun() -> None:
             ids=counting_ids(),
         ),
     )
+
+
+def test_a_decision_on_a_copy_clones_only_the_processes_it_changes() -> None:
+    """Closing the last child of a wide map on a copy (as the engine decides) must not
+    clone its siblings while it checks whether the reduce is ready: that made every
+    close cost O(children), a whole map-reduce O(children²)."""
+    graph = submit(spec("map"), spec("reduce", "map"))
+    assign(graph, "map")
+    children = [f"gen_nums_{i}" for i in range(50)]
+    for i, name in enumerate(children):
+        add(graph, "map", name, i == 0, "reduce")
+    close(graph, "map", [])
+    for name in children[:-1]:
+        run(graph, name, [1])
+    assign(graph, children[-1])
+    graph.collect_events()
+
+    draft = graph.copy()
+    close(draft, children[-1], [1])
+
+    assert draft.process(pid(draft, "reduce")).is_ready
+    changed = [p for p, node in draft.nodes.items() if dict.get(graph.nodes, p) is not node]
+    assert sorted(changed) == sorted([pid(graph, children[-1]), pid(graph, "reduce")])

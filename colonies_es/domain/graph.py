@@ -786,17 +786,23 @@ class ProcessGraph(AuditedAggregate):
             pid for pid, node in self.nodes.items() if node.state == _WAITING and pid != processid
         ]
 
+    def _look_at(self, processid: str) -> ProcessNode:
+        """The process ``processid`` to read, never to change: on a copied graph it is
+        not cloned (``self.nodes[processid]`` clones it, which made every close of a
+        map's child clone all its siblings when checking the reduce's parents)."""
+        return dict.__getitem__(self.nodes, processid)
+
     def _children_ready(
         self, node: ProcessNode, output: list[Any], now: datetime
     ) -> list[ReadyProcess]:
         """The children of ``node`` that become ready when it succeeds with ``output``."""
         outputs = {node.processid: output}
         ready = []
-        for child in (self.nodes[pid] for pid in node.children):
+        for child in (self._look_at(pid) for pid in node.children):
             if child.state != _WAITING or child.readytime is not None:
                 continue
-            parents = [self.nodes[pid] for pid in child.parents]
-            if all(p.state == _SUCCESS or p is node for p in parents):
+            parents = [self._look_at(pid) for pid in child.parents]
+            if all(p.state == _SUCCESS or p.processid == node.processid for p in parents):
                 input = [value for p in parents for value in outputs.get(p.processid, p.output)]
                 ready.append(child.readiness(child.attempt, input, now))
         return ready
