@@ -20,7 +20,7 @@ from colonies_es.client import AsyncColonies
 from colonies_es.models import FuncSpec
 from colonies_es.states import ProcessState
 from tests.processes import wait_until
-from tests.stack import ColonyHandle, Stack, start_stack, stop_stack
+from tests.stack import ColonyHandle, EngineProcess, Stack, start_stack, stop_stack
 
 EXECUTOR_TYPE = "python-executor"
 
@@ -187,6 +187,15 @@ def check_memory(stack: Stack) -> None:
     owner = colony.owner_prvkey
     oldest = stack.client.get_process(first_process, owner)
     assert oldest.state == ProcessState.SUCCESS
-    assert len(stack.client.history(oldest.processgraphid, owner)) == 3
-    then = stack.client.state_at(oldest.processgraphid, "#2", owner)
-    assert then.processgraph.state == ProcessState.RUNNING
+    # History and time travel are answered by a projector (after a membership check):
+    # a second replica with one beside it serves them.
+    reader = EngineProcess(stack.nats.url, stack.engine.server_id, stack.engine.log_dir / "r")
+    reader.log_dir.mkdir()
+    reader.seal_key = stack.engine.seal_key
+    reader.start(timeout=300)
+    try:
+        assert len(stack.client.history(oldest.processgraphid, owner)) == 3
+        then = stack.client.state_at(oldest.processgraphid, "#2", owner)
+        assert then.processgraph.state == ProcessState.RUNNING
+    finally:
+        reader.stop()
