@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import linecache
 import logging
 import secrets
@@ -31,7 +32,7 @@ import msgspec
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
 from colonies_es.function_runner import FunctionRunner
-from colonies_es.models import Executor, Process, encode, func_spec
+from colonies_es.models import Executor, Process, attempt_of, encode, func_spec
 from colonies_es.states import ProcessState
 
 __all__ = ["FunctionFailed", "PythonExecutor", "execute_function"]
@@ -448,12 +449,14 @@ class PythonExecutor:
             self._deliver_log(process.processid, result.printed)
         outcome, problem = "SUCCESS", None
         if not errors:
-            problem = self._deliver(self.client.close, process.processid, output)
+            close = functools.partial(self.client.close, attempt=attempt_of(process))
+            problem = self._deliver(close, process.processid, output)
             if isinstance(problem, ColoniesError) and problem.status != 403:
                 errors = [f"the output of {funcname} was refused: {problem}"]
         if errors:
             outcome = f"FAILED: {errors[0]}"
-            problem = self._deliver(self.client.fail, process.processid, errors)
+            fail = functools.partial(self.client.fail, attempt=attempt_of(process))
+            problem = self._deliver(fail, process.processid, errors)
         line = f"{funcname} {process.processid[:8]} {outcome} in {duration:.3f} s"
         if problem is None:
             log.info("%s", line)

@@ -36,6 +36,7 @@ from msgspec import field
 from colonies_es.states import ExecutorState, ProcessState
 
 __all__ = [
+    "attempt_of",
     "Attribute",
     "Colony",
     "Conditions",
@@ -177,6 +178,13 @@ class Process(msgspec.Struct, kw_only=True):
     input: list[Any] = field(default_factory=list, name="in")
     output: list[Any] = field(default_factory=list, name="out")
     errors: list[str] = field(default_factory=list)
+
+
+def attempt_of(process: Process) -> int:
+    """The attempt ``process`` (as ``assign`` handed it out) is at: attempts are numbered
+    from 1 and only a retry starts a new one, so it is ``retries + 1``. Executors send it
+    with ``close``/``fail`` so that a late report cannot end a later attempt."""
+    return process.retries + 1
 
 
 class ProcessGraph(msgspec.Struct, kw_only=True):

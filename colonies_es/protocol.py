@@ -128,16 +128,22 @@ class Claim(msgspec.Struct, kw_only=True):
 class CloseProcess(msgspec.Struct, kw_only=True):
     processid: str
     out: list[object] = msgspec.field(default_factory=list)
+    attempt: int = 0
+    """The attempt the report is for; 0 (ColonyOS clients): whichever the caller holds."""
 
 
 class FailProcess(msgspec.Struct, kw_only=True):
     processid: str
     errors: list[str] = msgspec.field(default_factory=list)
+    attempt: int = 0
+    """As :attr:`CloseProcess.attempt`."""
 
 
 class SetOutput(msgspec.Struct, kw_only=True):
     processid: str
     out: list[object] = msgspec.field(default_factory=list)
+    attempt: int = 0
+    """As :attr:`CloseProcess.attempt`."""
 
 
 class ProcessRef(msgspec.Struct, kw_only=True):

@@ -768,6 +768,48 @@ def test_exec_timeout_releases_the_process_for_a_retry() -> None:
     assert error.status == 403
 
 
+def test_a_report_for_an_attempt_that_timed_out_cannot_end_the_next_one() -> None:
+    """The same executor may take the retry of an attempt it overran: its late close or
+    fail for the old attempt is refused (and writes nothing), its report for the current
+    attempt is taken, and a report naming no attempt (ColonyOS clients) still works."""
+    graph = submit(spec("a", maxexectime=10, maxretries=2))
+    processid = assign(graph, "a", now=at(0))
+    graph.expire_exec(processid, 1, now=at(10), actor=ENGINE_ID, command=b"")
+    assign(graph, "a", now=at(11))
+    me = WORKER.executorid
+
+    late_close = refused(
+        graph,
+        Forbidden,
+        lambda: graph.close(processid, me, [1], now=at(12), actor=me, command=b"", attempt=1),
+    )
+    assert "attempt 2" in late_close.message
+    assert late_close.message.endswith("the report for attempt 1 came too late")
+    refused(
+        graph,
+        Forbidden,
+        lambda: graph.fail(processid, me, ["x"], now=at(12), actor=me, command=b"", attempt=1),
+    )
+    refused(
+        graph,
+        Forbidden,
+        lambda: graph.set_output(processid, me, [1], now=at(12), actor=me, command=b"", attempt=1),
+    )
+
+    graph.close(processid, me, [2], now=at(13), actor=me, command=b"", attempt=2)
+    assert state_of(graph, "a") == SUCCESS
+    assert graph.process(processid).output == [2]
+
+
+def test_a_report_naming_no_attempt_ends_the_attempt_the_executor_holds() -> None:
+    graph = submit(spec("a", maxexectime=10, maxretries=2))
+    processid = assign(graph, "a", now=at(0))
+    graph.expire_exec(processid, 1, now=at(10), actor=ENGINE_ID, command=b"")
+    assign(graph, "a", now=at(11))
+    close(graph, "a", [3])
+    assert state_of(graph, "a") == SUCCESS
+
+
 def test_exec_timeout_without_retries_fails_the_process() -> None:
     graph = submit(spec("a", maxexectime=10), spec("b", "a"))
     processid = assign(graph, "a", now=at(0))

@@ -29,7 +29,7 @@ import msgspec
 
 from colonies_es.client import Colonies
 from colonies_es.crypto import id_from_private_key
-from colonies_es.models import FuncSpec, Process, Workflow
+from colonies_es.models import FuncSpec, Process, Workflow, attempt_of
 from colonies_es.models import ProcessGraph as GraphModel
 
 __all__ = ["Journal", "JournalingColonies", "read_journals"]
@@ -94,7 +94,7 @@ class JournalingColonies(Colonies):
 
     def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:
         process = super().assign(colonyname, timeout, prvkey)
-        attempt = process.retries + 1
+        attempt = attempt_of(process)
         with self._attempts_lock:
             self._attempts[process.processid] = attempt
         self.journal.record(
@@ -105,22 +105,22 @@ class JournalingColonies(Colonies):
         )
         return process
 
-    def close(self, processid: str, output: Sequence[Any], prvkey: str) -> None:
-        super().close(processid, output, prvkey)
+    def close(self, processid: str, output: Sequence[Any], prvkey: str, attempt: int = 0) -> None:
+        super().close(processid, output, prvkey, attempt)
         self.journal.record(
             "close",
             process=processid,
-            attempt=self._attempt_of(processid),
+            attempt=attempt or self._attempt_of(processid),
             executor=id_from_private_key(prvkey),
             out=list(output),
         )
 
-    def fail(self, processid: str, errors: Sequence[str], prvkey: str) -> None:
-        super().fail(processid, errors, prvkey)
+    def fail(self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0) -> None:
+        super().fail(processid, errors, prvkey, attempt)
         self.journal.record(
             "fail",
             process=processid,
-            attempt=self._attempt_of(processid),
+            attempt=attempt or self._attempt_of(processid),
             executor=id_from_private_key(prvkey),
         )
 

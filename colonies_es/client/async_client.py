@@ -278,17 +278,30 @@ class AsyncColonies:
                 self._work[key] = tickets
             return tickets
 
-    async def close(self, processid: str, output: Sequence[Any], prvkey: str) -> None:
-        """Finish the process with ``output`` (SUCCESS); assigned executor only."""
-        await self._send("close", p.CloseProcess(processid=processid, out=list(output)), prvkey)
+    async def close(
+        self, processid: str, output: Sequence[Any], prvkey: str, attempt: int = 0
+    ) -> None:
+        """Finish the process with ``output`` (SUCCESS); assigned executor only. With
+        ``attempt`` (:func:`~colonies_es.models.attempt_of`) it is refused (403) once that
+        attempt is over, even if the same executor holds the next one."""
+        body = p.CloseProcess(processid=processid, out=list(output), attempt=attempt)
+        await self._send("close", body, prvkey)
 
-    async def fail(self, processid: str, errors: Sequence[str], prvkey: str) -> None:
-        """Fail the process with ``errors`` (retried if it has retries left)."""
-        await self._send("fail", p.FailProcess(processid=processid, errors=list(errors)), prvkey)
+    async def fail(
+        self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0
+    ) -> None:
+        """Fail the process with ``errors`` (retried if it has retries left); ``attempt``
+        as for :meth:`close`."""
+        body = p.FailProcess(processid=processid, errors=list(errors), attempt=attempt)
+        await self._send("fail", body, prvkey)
 
-    async def set_output(self, processid: str, arr: Sequence[Any], prvkey: str) -> None:
-        """Record the output of a still RUNNING process; assigned executor only."""
-        await self._send("set_output", p.SetOutput(processid=processid, out=list(arr)), prvkey)
+    async def set_output(
+        self, processid: str, arr: Sequence[Any], prvkey: str, attempt: int = 0
+    ) -> None:
+        """Record the output of a still RUNNING process; assigned executor only;
+        ``attempt`` as for :meth:`close`."""
+        body = p.SetOutput(processid=processid, out=list(arr), attempt=attempt)
+        await self._send("set_output", body, prvkey)
 
     async def get_process(self, processid: str, prvkey: str) -> Process:
         """The process as it is now."""

@@ -344,12 +344,13 @@ class ProcessGraph(AuditedAggregate):
         now: datetime,
         actor: str,
         command: bytes,
+        attempt: int = 0,
     ) -> None:
         """Set the output of a running process (OutputSet).
 
         Raises NotFound for an unknown process; Forbidden unless ``executorid`` holds it.
         """
-        self._held_process(processid, executorid)
+        self._held_process(processid, executorid, attempt)
         self._trigger(
             OutputSet(
                 **self._next_header(now=now, actor=actor, command=command),
@@ -370,6 +371,7 @@ class ProcessGraph(AuditedAggregate):
         now: datetime,
         actor: str,
         command: bytes,
+        attempt: int = 0,
     ) -> None:
         """A running process succeeded (ProcessClosed).
 
@@ -380,7 +382,7 @@ class ProcessGraph(AuditedAggregate):
         Raises NotFound for an unknown process; Forbidden unless ``executorid`` holds it
         (a process released by a timeout, cancelled or failed is no longer held).
         """
-        node = self._held_process(processid, executorid)
+        node = self._held_process(processid, executorid, attempt)
         final_output = clone(output) if output else clone(node.output)
         graphstate = self._state_after({processid: _SUCCESS})
         ready = []
@@ -407,6 +409,7 @@ class ProcessGraph(AuditedAggregate):
         now: datetime,
         actor: str,
         command: bytes,
+        attempt: int = 0,
     ) -> None:
         """A running process failed with ``errors`` (ProcessFailed).
 
@@ -417,7 +420,7 @@ class ProcessGraph(AuditedAggregate):
         output and running ones keep running. Raises NotFound for an unknown process;
         Forbidden unless ``executorid`` holds it.
         """
-        node = self._held_process(processid, executorid)
+        node = self._held_process(processid, executorid, attempt)
         self._trigger(
             self._attempt_failed(ProcessFailed, node, errors, now=now, actor=actor, command=command)
         )
@@ -765,9 +768,16 @@ class ProcessGraph(AuditedAggregate):
         self._check_not_removed()
         return self.process(processid)
 
-    def _held_process(self, processid: str, executorid: str) -> ProcessNode:
-        """The process, if ``executorid`` holds it (it is RUNNING, assigned to it)."""
+    def _held_process(self, processid: str, executorid: str, attempt: int = 0) -> ProcessNode:
+        """The process, if ``executorid`` holds it (it is RUNNING, assigned to it) and,
+        when ``attempt`` is not 0, for that attempt: a report of an attempt that timed out
+        must not end the next one, even when the same executor took that one."""
         node = self._process(processid)
+        if attempt and node.attempt != attempt:
+            raise Forbidden(
+                f"{_describe(node)} is at attempt {node.attempt}: "
+                f"the report for attempt {attempt} came too late"
+            )
         if not node.is_running:
             raise Forbidden(
                 f"{_describe(node)} is {_state_name(node.state)}: "

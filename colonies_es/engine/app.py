@@ -686,7 +686,11 @@ class ColoniesApp(Application[str]):
         _graph, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: g.close(
-                body.processid, cmd.caller_id, list(body.out), **self._audit(cmd, now)
+                body.processid,
+                cmd.caller_id,
+                list(body.out),
+                attempt=body.attempt,
+                **self._audit(cmd, now),
             ),
         )
         return _EMPTY, effects
@@ -695,7 +699,11 @@ class ColoniesApp(Application[str]):
         _graph, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: g.fail(
-                body.processid, cmd.caller_id, list(body.errors), **self._audit(cmd, now)
+                body.processid,
+                cmd.caller_id,
+                list(body.errors),
+                attempt=body.attempt,
+                **self._audit(cmd, now),
             ),
         )
         return _EMPTY, effects
@@ -706,7 +714,11 @@ class ColoniesApp(Application[str]):
         _, effects = await self._change_graph(
             self._graph_id_of(body.processid),
             lambda g: g.set_output(
-                body.processid, cmd.caller_id, list(body.out), **self._audit(cmd, now)
+                body.processid,
+                cmd.caller_id,
+                list(body.out),
+                attempt=body.attempt,
+                **self._audit(cmd, now),
             ),
         )
         return _EMPTY, effects
