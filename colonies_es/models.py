@@ -36,7 +36,6 @@ from msgspec import field
 from colonies_es.states import ExecutorState, ProcessState
 
 __all__ = [
-    "attempt_of",
     "Attribute",
     "Colony",
     "Conditions",
@@ -51,6 +50,7 @@ __all__ = [
     "Statistics",
     "Timestamp",
     "Workflow",
+    "attempt_of",
     "decode",
     "encode",
     "from_dict",
