@@ -241,6 +241,7 @@ async def test_pycolonies_arguments_become_the_protocol_bodies(
     await client.add_child("g", "parent", None, spec, "gen_0", True, KEY)
     await client.add_log("p", "hello", KEY)
     await client.close("p", (1, 2), KEY)
+    await client.close("p", [3], KEY, attempt=2)
     bodies = [body for _, _, body in engine.received]
     assert bodies[0] == {"colony": {"colonyid": "c1", "name": "dev"}}
     assert bodies[1] == {"colonyname": "dev", "state": None}
@@ -249,7 +250,8 @@ async def test_pycolonies_arguments_become_the_protocol_bodies(
     assert bodies[3]["nodename"] == "gen_0"
     assert bodies[3]["insert"] is True
     assert bodies[4] == {"processid": "p", "message": "hello"}
-    assert bodies[5] == {"processid": "p", "out": [1, 2]}
+    assert bodies[5] == {"processid": "p", "out": [1, 2], "attempt": 0}  # 0: any attempt
+    assert bodies[6] == {"processid": "p", "out": [3], "attempt": 2}
 
 
 async def test_find_process_returns_the_first_process_with_the_nodename(
