@@ -32,6 +32,7 @@ __all__ = [
     "Moment",
     "Nth",
     "ReplayError",
+    "apply_entry",
     "graph_state",
     "parse_moment",
     "replay",
@@ -126,16 +127,22 @@ def replay_steps(entries: Sequence[HistoryEntry]) -> Iterator[tuple[HistoryEntry
     Raises :class:`ReplayError` for an event that does not apply."""
     graph: ProcessGraph | None = None
     for entry in entries:
-        try:
-            changed = entry.event.mutate(graph)
-        except Exception as error:
-            raise ReplayError(
-                f"event {entry.sequence} ({entry.kind}) does not replay: {error}"
-            ) from error
-        if not isinstance(changed, ProcessGraph):
-            raise ReplayError(f"event {entry.sequence} ({entry.kind}) does not make a graph")
-        graph = changed
+        graph = apply_entry(graph, entry)
         yield entry, graph
+
+
+def apply_entry(graph: ProcessGraph | None, entry: HistoryEntry) -> ProcessGraph:
+    """The graph after ``entry`` (``graph`` may be changed in place; None before the
+    first event). Raises :class:`ReplayError` for an event that does not apply."""
+    try:
+        changed = entry.event.mutate(graph)
+    except Exception as error:
+        raise ReplayError(
+            f"event {entry.sequence} ({entry.kind}) does not replay: {error}"
+        ) from error
+    if not isinstance(changed, ProcessGraph):
+        raise ReplayError(f"event {entry.sequence} ({entry.kind}) does not make a graph")
+    return changed
 
 
 class GraphState(msgspec.Struct, kw_only=True):

@@ -49,7 +49,7 @@ from colonies_es.domain import (
     WaitTimedOut,
 )
 from colonies_es.projections.history import HistoryEntry
-from colonies_es.projections.timetravel import ReplayError
+from colonies_es.projections.timetravel import apply_entry
 
 __all__ = ["TimelineBuilder", "moment_index"]
 
@@ -95,7 +95,8 @@ class TimelineBuilder:
     def extend(self, entries: Iterable[HistoryEntry]) -> int:
         """Applies the entries after :attr:`last_sequence` (earlier ones are skipped, so
         a re-read history can be passed whole); returns how many were new. Raises
-        :class:`ReplayError` for an event that does not apply."""
+        :class:`~colonies_es.projections.timetravel.ReplayError` for an event that does
+        not apply."""
         added = 0
         for entry in entries:
             if entry.sequence <= self.last_sequence:
@@ -106,15 +107,7 @@ class TimelineBuilder:
 
     def _apply(self, entry: HistoryEntry) -> None:
         index = len(self.entries)
-        try:
-            graph = entry.event.mutate(self.graph)
-        except Exception as error:
-            raise ReplayError(
-                f"event {entry.sequence} ({entry.kind}) does not replay: {error}"
-            ) from error
-        if not isinstance(graph, ProcessGraph):
-            raise ReplayError(f"event {entry.sequence} ({entry.kind}) does not make a graph")
-        self.graph = graph
+        graph = self.graph = apply_entry(self.graph, entry)
         self.entries.append(entry)
         changes: list[list[Any]] = []
         for processid in _touched(entry.event, graph):
