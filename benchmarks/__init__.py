@@ -19,5 +19,6 @@ GROUPS: dict[str, str] = {
     "cluster": "R1 vs a 3-node JetStream cluster (R3): throughput, claim latency, leader failover",
     "ui": "The web UI in headless Chromium: a 1,000-child graph's first render, scrubber steps",
     "security": "Authorization, TLS and encryption at rest, each on and off: throughput, claims",
+    "peers": "Beside Celery + Redis: 2,000 tasks, round trip, fan-out 1,000, diamond; CPU",
 }
 """Group name (also its module under ``benchmarks``) and what it measures."""

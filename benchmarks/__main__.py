@@ -27,13 +27,28 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="write the results here (default: benchmarks/results/<groups>-<timestamp>.json)",
     )
+    parser.add_argument(
+        "--peer-dir",
+        type=Path,
+        metavar="DIR",
+        help="peers group: the Celery harness (default: $COLONIES_PEER_DIR, else "
+        "../shared/peers/celery next to the repository)",
+    )
+    parser.add_argument(
+        "--install-peer",
+        action="store_true",
+        help="peers group: without $CELERY_PYTHON, make build/peers/celery-venv with "
+        "celery[redis] from PyPI if it is not there (a plain run never downloads)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.groups if name not in GROUPS]
     if unknown:
         parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    options = Options(quick=args.quick, runs=args.runs)
+    options = Options(
+        quick=args.quick, runs=args.runs, peer_dir=args.peer_dir, install_peer=args.install_peer
+    )
 
     reports: list[Report] = []
     for name in args.groups or list(GROUPS):

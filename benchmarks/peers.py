@@ -1,0 +1,938 @@
+"""Side by side with the broker a Python user would pick instead: Celery + Redis.
+
+Four workloads (issue 11), each run through this project and, in the same run, through
+the peer's own harness (``../shared/peers/celery``: ``run.sh`` starts a private Redis and
+a Celery worker with :data:`CONCURRENCY` prefork processes, ``bench.py`` runs the cases):
+
+* **throughput**: 2,000 independent no-op tasks (``--quick``: 500), timed from the first
+  submission to the last end. Here: ``submit_func_spec`` from the async client,
+  :data:`SUBMIT_WINDOW` in flight, ends counted from the end notifications.
+  Celery: ``noop.apply_async()`` each, then every result.
+* **round trip**: one task at a time, 200 times (``--quick``: 50): ``submit_func_spec``
+  then ``wait`` with the synchronous client, as a user's script does; p50 and p99.
+  Celery: ``noop.delay().get()``.
+* **fan-out**: 1,000 ``pair()`` (``--quick``: 200), each returning ``(1, 2)``, then one
+  reduce summing everything (3,000). Here: the seed's dynamic map-reduce (``map`` adds the
+  children with ``add_child``, the reduce is the graph's last node), timed from
+  ``submit_workflow`` to ``wait(reduce)``. Celery: a chord of 1,000 ``pair()`` into
+  ``total()``.
+* **diamond**: ``a -> {b, c} -> d`` (``a`` returns ``(1, 2)``, the others sum their
+  input: ``d`` = 6), one after the other, median of 20 (``--quick``: 5) per run.
+  Celery: ``a.s() | group(b.s(), c.s()) | d.s()``.
+
+This project runs as a user runs it: ``colonies dev`` (NATS authorization on, the engine,
+the projector, the gateway and :data:`CONCURRENCY` python executors, each its own OS
+process running the functions' source), and the benchmark is a client with the
+developer's credential from ``dev.env``. Every workload checks its results from the
+engine's recorded state (every process SUCCESS, the right outputs), never skipped.
+
+Each workload is measured ``--runs`` times on each side (median, min..max). The CPU
+seconds of every process of the stack are read from ``/proc/<pid>/stat`` around each
+measurement; the target counts engine + nats-server + executors (with their function
+runners) + this client, divided by the processes run (the projector and the gateway are
+printed apart). Targets (PASS/MISS; "n/a (quick)" in a ``--quick`` run, whose sizes
+differ from Celery's):
+
+* throughput >= 1.0x Celery's;
+* round trip p50 <= 1.25x Celery's;
+* fan-out <= 1.0x the chord's time; diamond <= 1.0x Celery's;
+* whole-stack CPU <= 2.0 ms per process (in the throughput workload).
+
+The peer is found with ``--peer-dir`` (or ``COLONIES_PEER_DIR``; default
+``../shared/peers/celery`` next to the repository), its Python with ``CELERY_PYTHON`` or
+the venv ``build/peers/celery-venv`` that ``--install-peer`` creates (it downloads
+``celery[redis]`` from PyPI; a plain run never downloads). ``redis-server`` must be on the
+PATH. Without the peer, this project's side is measured and the missing piece named.
+
+Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from benchmarks.engine import Check, percentile
+from benchmarks.harness import Options, Report, Sample, environment
+from colonies_es.client import AsyncColonies, Colonies
+from colonies_es.models import Process, Workflow, func_spec
+from colonies_es.protocol import ENDED_PREFIX
+from colonies_es.settings import Settings
+from colonies_es.states import ProcessState
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PEER_DIR_VARIABLE = "COLONIES_PEER_DIR"
+DEFAULT_PEER_DIR = REPO_ROOT.parent / "shared" / "peers" / "celery"
+"""The peer's harness, by default ``../shared/peers/celery`` next to the repository."""
+CELERY_PYTHON_VARIABLE = "CELERY_PYTHON"
+PEER_VENV = REPO_ROOT / "build" / "peers" / "celery-venv"
+"""Where ``--install-peer`` makes the Celery venv (``build/`` is not committed)."""
+PEER_REQUIREMENT = "celery[redis]"
+INSTALL_HINT = (
+    "apt-get install -y redis-server && python -m benchmarks peers --install-peer "
+    f"(or {CELERY_PYTHON_VARIABLE}=<a python with {PEER_REQUIREMENT}>)"
+)
+
+CONCURRENCY = 4
+"""Python executors of the dev stack, and Celery prefork worker processes."""
+EXECUTOR_TYPE = "python-executor"
+"""The type of the executors ``colonies dev`` runs."""
+SUBMIT_WINDOW = 32
+"""``submit_func_spec`` calls in flight in the throughput workload."""
+DEV_READY = "colonies dev is running"
+DEV_START_TIMEOUT = 180.0
+"""Seconds ``colonies dev`` may take to start (the machine may be busy)."""
+WORKLOAD_TIMEOUT = 300.0
+"""Seconds one measurement may take before the benchmark gives up."""
+PEER_TIMEOUT = 1800.0
+"""Seconds the whole Celery side may take."""
+
+NOOP = "def noop(ctx={}):\n    return None\n"
+PAIR = "def pair(ctx={}):\n    return 1, 2\n"
+MAP = """
+def map(count, ctx={}):
+    process = ctx["process"]
+    prvkey = ctx["executor_prvkey"]
+    graph = colonies.get_processgraph(process.processgraphid, prvkey)
+    reduce = colonies.find_process("reduce", graph.processids, prvkey)
+    for i in range(count):
+        child = func_spec(
+            func="pair", args=[], colonyname=ctx["colonyname"],
+            executortype=process.spec.conditions.executortype, code=PAIR,
+        )
+        colonies.add_child(
+            process.processgraphid, process.processid, reduce.processid, child,
+            f"pair_{i}", i == 0, prvkey,
+        )
+""".replace("PAIR", repr(PAIR))
+REDUCE = "def reduce(*numbers, ctx={}):\n    return sum(numbers)\n"
+DIAMOND_A = "def a(ctx={}):\n    return 1, 2\n"
+SUM_OF = "def {name}(*numbers, ctx={{}}):\n    return sum(numbers)\n"
+
+PARTIES = ("engine", "nats-server", "executors", "client")
+"""Who the CPU target counts."""
+ALSO_RUNNING = ("projector", "gateway")
+"""Processes of the dev stack the target does not count (printed apart)."""
+
+TARGET_THROUGHPUT = 1.0
+TARGET_ROUND_TRIP = 1.25
+TARGET_FANOUT = 1.0
+TARGET_DIAMOND = 1.0
+TARGET_CPU_MS = 2.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tasks: int
+    """Independent tasks in the throughput workload."""
+    round_trips: int
+    children: int
+    """Pairs in the fan-out."""
+    diamonds: int
+    """Diamonds per run (their median is the run's figure)."""
+
+
+FULL = Sizes(2000, 200, 1000, 20)
+QUICK = Sizes(500, 50, 200, 5)
+
+
+# ------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One side's figure for one workload: the median over the runs, and the spread."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Figure:
+        return cls(statistics.median(values), min(values), max(values))
+
+    def to_json(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.low, "max": self.high}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How a workload's figure reads and what the target asks of ours / Celery's."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    target: float
+    """Limit of ours / Celery's: a minimum when higher is better, else a maximum."""
+
+
+WORKLOADS = (
+    Workload("throughput", "independent no-op tasks", "tasks/s", True, TARGET_THROUGHPUT),
+    Workload("round_trip_p50", "one task round trip, p50", "ms", False, TARGET_ROUND_TRIP),
+    Workload("round_trip_p99", "one task round trip, p99", "ms", False, 0.0),
+    Workload("fanout", "fan-out + reduce", "s", False, TARGET_FANOUT),
+    Workload("diamond", "diamond a -> {b, c} -> d, median", "ms", False, TARGET_DIAMOND),
+)
+"""The p99 has no target (0.0): it is printed for the record."""
+
+
+@dataclass
+class PeersReport(Report):
+    """The rates of :class:`Report` (each side's, for the JSON), plus the side-by-side
+    figures, the CPU per process and the targets."""
+
+    ours: dict[str, Figure] = field(default_factory=dict)
+    celery: dict[str, Figure] = field(default_factory=dict)
+    celery_missing: str = ""
+    """Why the Celery side was not measured (empty when it was)."""
+    cpu_ms: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    """Per workload, per run: CPU milliseconds per process of each process of the stack."""
+    celery_cpu_ms: list[dict[str, float]] = field(default_factory=list)
+    """Celery's throughput case, per run: CPU ms per task of client, worker and redis."""
+    checks: list[Check] = field(default_factory=list)
+    loads: dict[str, list[float]] = field(default_factory=dict)
+    """Load average (1, 5, 15 min) at the start and end of each side."""
+
+    def to_json(self) -> dict[str, Any]:
+        document = super().to_json()
+        document["ours"] = {key: figure.to_json() for key, figure in self.ours.items()}
+        document["celery"] = {key: figure.to_json() for key, figure in self.celery.items()}
+        document["celery_missing"] = self.celery_missing
+        document["cpu_ms_per_process"] = self.cpu_ms
+        document["celery_cpu_ms_per_task"] = self.celery_cpu_ms
+        document["checks"] = [check.to_json() for check in self.checks]
+        document["load_average"] = self.loads
+        return document
+
+
+# ------------------------------------------------------------------------- the dev stack
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (Linux)."""
+    found: list[int] = []
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    found = [pid]
+    for child in children(pid):
+        found += descendants(child)
+    return found
+
+
+def role_of(pid: int) -> str:
+    """What a direct child of ``colonies dev`` is, from its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    if "nats-server" in Path(argv[0]).name:
+        return "nats-server"
+    if "colonies_es.cli" in argv:
+        command = argv[argv.index("colonies_es.cli") + 1]
+        return {"server": "engine", "executor": "executors"}.get(command, command)
+    return "other"
+
+
+class DevStack:
+    """``colonies dev`` as a user starts it, in a data directory of its own: NATS
+    authorization on, :data:`CONCURRENCY` python executors, no web UI, free ports."""
+
+    def __init__(self, process: subprocess.Popen[bytes], settings: Settings) -> None:
+        self.process = process
+        self.settings = settings
+        """The developer's settings, read from ``dev.env``."""
+        self.colonyname = settings.colony_name
+        self.prvkey = settings.prvkey
+        """The colony member's key (``COLONIES_PRVKEY``): submits and waits."""
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, directory: Path) -> Iterator[DevStack]:
+        """The stack, running until the block ends (then stopped as Ctrl-C stops it)."""
+        data_dir = directory / "dev"
+        log_file = directory / "colonies-dev.log"
+        command = [
+            sys.executable,
+            "-m",
+            "colonies_es.cli",
+            "dev",
+            "--port",
+            "0",
+            "--gateway-port",
+            "0",
+            "--no-ui",
+            "--executors",
+            str(CONCURRENCY),
+            "--data-dir",
+            str(data_dir),
+        ]
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=directory,  # the packaged nats.conf, not a ./nats.conf of the caller's
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + DEV_START_TIMEOUT
+            while DEV_READY not in log_file.read_text(errors="replace"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = log_file.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"colonies dev did not start:\n{tail}")
+                time.sleep(0.1)
+            yield cls(process, Settings.load(read_env_file(data_dir / "dev.env")))
+        finally:
+            stop(process)
+
+    def client(self, timeout: float = 30.0) -> Colonies:
+        return Colonies.from_settings(self.settings, timeout)
+
+    def async_client(self, timeout: float = 30.0) -> AsyncColonies:
+        access = self.settings.nats
+        return AsyncColonies(
+            servers=access.servers,
+            timeout=timeout,
+            nkey_file=access.nkey_file,
+            tls_ca_file=access.tls_ca_file,
+        )
+
+    def pids(self) -> dict[str, list[int]]:
+        """Each role's processes now (an executor with its function runners)."""
+        roles: dict[str, list[int]] = {}
+        for child in children(self.process.pid):
+            roles.setdefault(role_of(child), []).extend(descendants(child))
+        return roles
+
+    def pid_line(self) -> str:
+        return ", ".join(f"{role} {' '.join(map(str, pids))}" for role, pids in self.pids().items())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``export NAME=value`` lines of a ``dev.env``."""
+    variables: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            variables[name] = shlex.split(value)[0] if value else ""
+    return variables
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (``colonies dev`` stops its stack in order), SIGKILL to its session if it
+    does not exit within a minute."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used over a block by each role of the stack and by this process."""
+
+    stack: DevStack
+    used: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[CpuMeter]:
+        pids = self.stack.pids()
+        start = {pid: cpu_seconds(pid) for role in pids.values() for pid in role}
+        own = time.process_time()
+        yield self
+        self.used = {
+            role: sum(cpu_seconds(pid) - start[pid] for pid in role_pids)
+            for role, role_pids in pids.items()
+        }
+        self.used["client"] = time.process_time() - own
+
+    def per_process_ms(self, processes: int) -> dict[str, float]:
+        """Milliseconds of CPU per process run, per role, and ``total`` of :data:`PARTIES`."""
+        per = {role: 1000 * seconds / processes for role, seconds in self.used.items()}
+        per["total"] = sum(per.get(party, 0.0) for party in PARTIES)
+        return per
+
+
+# ------------------------------------------------------------------------- our workloads
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise RuntimeError(f"benchmark went wrong: {what}")
+
+
+def check_process(process: Process, output: list[Any], what: str) -> None:
+    """``process`` ended SUCCESS with ``output``, as the engine recorded it."""
+    _check(
+        process.state == ProcessState.SUCCESS,
+        f"{what} {process.processid} ended in state {process.state}: {process.errors}",
+    )
+    _check(process.output == output, f"{what} returned {process.output!r}, not {output!r}")
+
+
+async def gather_windowed(calls: Sequence[Callable[[], Awaitable[Process]]]) -> list[Process]:
+    """Runs ``calls`` with :data:`SUBMIT_WINDOW` in flight; results in order."""
+    results: list[Process | None] = [None] * len(calls)
+    numbers = itertools.count()
+
+    async def worker() -> None:
+        while (number := next(numbers)) < len(calls):
+            results[number] = await calls[number]()
+
+    await asyncio.gather(*(worker() for _ in range(min(SUBMIT_WINDOW, len(calls)))))
+    return [result for result in results if result is not None]
+
+
+class Workloads:
+    """This project's side of the four workloads, on a running :class:`DevStack`."""
+
+    def __init__(self, stack: DevStack, sizes: Sizes) -> None:
+        self.stack = stack
+        self.sizes = sizes
+        self.client = stack.client()
+        self.colonyname = stack.colonyname
+        self.prvkey = stack.prvkey
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+    def warm_up(self) -> None:
+        """Untimed: a few of each, so every executor has started its function runner."""
+        asyncio.run(self._throughput(4 * CONCURRENCY))
+        self.round_trips(CONCURRENCY)
+        self.fanout(2 * CONCURRENCY)
+        self.diamonds(CONCURRENCY)
+
+    # -- throughput
+
+    def throughput(self) -> tuple[float, float]:
+        """Seconds for :attr:`Sizes.tasks` independent tasks, and the seconds of their
+        submission alone; every one checked SUCCESS afterwards (untimed)."""
+        return asyncio.run(self._throughput(self.sizes.tasks))
+
+    async def _throughput(self, n: int) -> tuple[float, float]:
+        spec = func_spec("noop", [], self.colonyname, EXECUTOR_TYPE, code=NOOP)
+        client = self.stack.async_client()
+        ended: set[str] = set()
+        all_ended = asyncio.Event()
+        submitted: list[str] = []
+        submitting_done = False
+
+        async def on_end(msg: Any) -> None:
+            ended.add(msg.data.decode())
+            if submitting_done and ended.issuperset(submitted):
+                all_ended.set()
+
+        async with client:
+            nc = await self.stack.settings.nats.connect("bench-peers-ends")
+            try:
+                await nc.subscribe(f"{ENDED_PREFIX}.{self.colonyname}.*", cb=on_end)
+                await nc.flush()
+
+                async def submit() -> Process:
+                    process = await client.submit_func_spec(spec, self.prvkey)
+                    submitted.append(process.processid)
+                    return process
+
+                started = time.perf_counter()
+                await gather_windowed([submit] * n)
+                submit_seconds = time.perf_counter() - started
+                submitting_done = True
+                await self._wait_all(client, submitted, ended, all_ended)
+                seconds = time.perf_counter() - started
+            finally:
+                await nc.close()
+            processes = await gather_windowed(
+                [partial(client.get_process, processid, self.prvkey) for processid in submitted]
+            )
+        _check(len(processes) == n, f"{len(processes)} of {n} processes found")
+        for process in processes:
+            check_process(process, [], "noop")
+        return seconds, submit_seconds
+
+    async def _wait_all(
+        self, client: AsyncColonies, submitted: list[str], ended: set[str], event: asyncio.Event
+    ) -> None:
+        """Until every submitted process ended. End notifications are at-most-once: when
+        none came for 2 s, the engine is asked about the ones not seen to end."""
+        deadline = time.monotonic() + WORKLOAD_TIMEOUT
+        while not ended.issuperset(submitted):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 2.0)
+                return
+            for processid in set(submitted) - ended:
+                process = await client.get_process(processid, self.prvkey)
+                if process.state in (ProcessState.SUCCESS, ProcessState.FAILED):
+                    ended.add(processid)
+            _check(time.monotonic() < deadline, f"{len(ended)} of {len(submitted)} ended")
+
+    # -- round trip
+
+    def round_trips(self, n: int | None = None) -> list[float]:
+        """Milliseconds of each ``submit_func_spec`` + ``wait``, one after the other."""
+        spec = func_spec("noop", [], self.colonyname, EXECUTOR_TYPE, code=NOOP)
+        samples = []
+        for _ in range(self.sizes.round_trips if n is None else n):
+            started = time.perf_counter()
+            process = self.client.submit_func_spec(spec, self.prvkey)
+            done = self.client.wait(process, WORKLOAD_TIMEOUT, self.prvkey)
+            samples.append(1000 * (time.perf_counter() - started))
+            check_process(done, [], "noop")
+        return samples
+
+    # -- fan-out
+
+    def fanout(self, children: int | None = None) -> float:
+        """Seconds from ``submit_workflow`` to ``wait(reduce)`` returning, for the map
+        adding ``children`` pairs; then every process of the graph checked (untimed)."""
+        count = self.sizes.children if children is None else children
+        mapper = func_spec("map", [count], self.colonyname, EXECUTOR_TYPE, code=MAP)
+        reducer = func_spec("reduce", [], self.colonyname, EXECUTOR_TYPE, code=REDUCE)
+        reducer.conditions.dependencies.append("map")
+        workflow = Workflow(colonyname=self.colonyname, functionspecs=[mapper, reducer])
+        started = time.perf_counter()
+        graph = self.client.submit_workflow(workflow, self.prvkey)
+        reduce = self.client.find_process("reduce", graph.processids, self.prvkey)
+        _check(reduce is not None, "no reduce in the submitted graph")
+        assert reduce is not None
+        done = self.client.wait(reduce, WORKLOAD_TIMEOUT, self.prvkey)
+        seconds = time.perf_counter() - started
+        check_process(done, [3 * count], "reduce")
+        self._check_graph(done.processgraphid, count + 2)
+        return seconds
+
+    def _check_graph(self, processgraphid: str, expected: int) -> None:
+        graph = self.client.get_processgraph(processgraphid, self.prvkey)
+        _check(len(graph.processids) == expected, f"{len(graph.processids)} processes")
+
+        async def every() -> list[Process]:
+            async with self.stack.async_client() as client:
+                return await gather_windowed(
+                    [
+                        partial(client.get_process, processid, self.prvkey)
+                        for processid in graph.processids
+                    ]
+                )
+
+        outputs = {"map": [], "reduce": [3 * (expected - 2)], "pair": [1, 2]}
+        for process in asyncio.run(every()):
+            check_process(process, outputs[process.spec.funcname], process.spec.funcname)
+
+    # -- diamond
+
+    def diamonds(self, n: int | None = None) -> list[float]:
+        """Milliseconds of each diamond, from ``submit_workflow`` to ``wait(d)``; each
+        checked (d = 6, b = c = 3, every process SUCCESS)."""
+        samples = []
+        for _ in range(self.sizes.diamonds if n is None else n):
+            started = time.perf_counter()
+            graph = self.client.submit_workflow(self._diamond(), self.prvkey)
+            last = self.client.find_process("d", graph.processids, self.prvkey)
+            _check(last is not None, "no d in the submitted graph")
+            assert last is not None
+            done = self.client.wait(last, WORKLOAD_TIMEOUT, self.prvkey)
+            samples.append(1000 * (time.perf_counter() - started))
+            check_process(done, [6], "d")
+            expected = {"a": [1, 2], "b": [3], "c": [3], "d": [6]}
+            for processid in graph.processids:
+                process = self.client.get_process(processid, self.prvkey)
+                check_process(process, expected[process.spec.nodename], process.spec.nodename)
+        return samples
+
+    def _diamond(self) -> Workflow:
+        specs = [func_spec("a", [], self.colonyname, EXECUTOR_TYPE, code=DIAMOND_A)]
+        for name, parents in (("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
+            spec = func_spec(
+                name, [], self.colonyname, EXECUTOR_TYPE, code=SUM_OF.format(name=name)
+            )
+            spec.conditions.dependencies.extend(parents)
+            specs.append(spec)
+        return Workflow(colonyname=self.colonyname, functionspecs=specs)
+
+
+def measure_ours(report: PeersReport, sizes: Sizes, runs: int) -> None:
+    """This project's side: a ``colonies dev`` stack, a warm-up, then ``runs`` rounds of
+    the four workloads (interleaved, so a noisy minute spreads over all of them)."""
+    report.loads["ours_before"] = load_average()
+    values: dict[str, list[float]] = {workload.key: [] for workload in WORKLOADS}
+    with (
+        tempfile.TemporaryDirectory(prefix="colonies-bench-peers-") as tmp,
+        DevStack.started(Path(tmp)) as stack,
+    ):
+        print(f"  colonies dev: {stack.pid_line()}", flush=True)
+        workloads = Workloads(stack, sizes)
+        try:
+            workloads.warm_up()
+            for number in range(1, runs + 1):
+                progress = f"run {number}/{runs}"
+                meter = CpuMeter(stack)
+                with meter.measuring():
+                    seconds, submit_seconds = workloads.throughput()
+                report.cpu_ms.setdefault("throughput", []).append(meter.per_process_ms(sizes.tasks))
+                values["throughput"].append(sizes.tasks / seconds)
+                report.add(
+                    "tput", f"ours: {sizes.tasks:,} tasks", "task/s", Sample(sizes.tasks, seconds)
+                )
+                print(
+                    f"  {progress}  throughput {sizes.tasks / seconds:,.0f} tasks/s "
+                    f"(submitting {submit_seconds:.2f} s of {seconds:.2f} s); "
+                    f"CPU {meter.per_process_ms(sizes.tasks)['total']:.2f} ms/process",
+                    flush=True,
+                )
+
+                meter = CpuMeter(stack)
+                with meter.measuring():
+                    samples = workloads.round_trips()
+                report.cpu_ms.setdefault("round_trip", []).append(
+                    meter.per_process_ms(len(samples))
+                )
+                p50, p99 = percentile(samples, 50), percentile(samples, 99)
+                values["round_trip_p50"].append(p50)
+                values["round_trip_p99"].append(p99)
+                report.add("rtt", "ours: round trip p50 (as 1/p50)", "1/s", Sample(1, p50 / 1000))
+                print(f"  {progress}  round trip p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+
+                meter = CpuMeter(stack)
+                with meter.measuring():
+                    seconds = workloads.fanout()
+                report.cpu_ms.setdefault("fanout", []).append(
+                    meter.per_process_ms(sizes.children + 2)
+                )
+                values["fanout"].append(seconds)
+                report.add(
+                    "fanout",
+                    f"ours: fan-out {sizes.children:,}",
+                    "child/s",
+                    Sample(sizes.children, seconds),
+                )
+                print(
+                    f"  {progress}  fan-out {sizes.children:,} + reduce {seconds:.2f} s", flush=True
+                )
+
+                meter = CpuMeter(stack)
+                with meter.measuring():
+                    samples = workloads.diamonds()
+                report.cpu_ms.setdefault("diamond", []).append(
+                    meter.per_process_ms(4 * len(samples))
+                )
+                median = statistics.median(samples)
+                values["diamond"].append(median)
+                report.add(
+                    "diamond", "ours: diamond (as 1/median)", "1/s", Sample(1, median / 1000)
+                )
+                print(
+                    f"  {progress}  diamond median {median:.1f} ms "
+                    f"({min(samples):.1f}..{max(samples):.1f})",
+                    flush=True,
+                )
+        finally:
+            workloads.close()
+    report.ours = {key: Figure.of(figures) for key, figures in values.items()}
+    report.loads["ours_after"] = load_average()
+
+
+# ------------------------------------------------------------------------- the peer
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where the peer's harness is and the Python that has Celery."""
+
+    directory: Path
+    python: str
+
+
+def peer_directory(options: Options) -> Path:
+    if options.peer_dir is not None:
+        return options.peer_dir
+    return Path(os.environ.get(PEER_DIR_VARIABLE) or DEFAULT_PEER_DIR)
+
+
+def find_peer(options: Options) -> Peer | str:
+    """The peer, or one line saying what is missing. With ``options.install_peer`` and no
+    ``CELERY_PYTHON``, makes :data:`PEER_VENV` (downloading from PyPI) if it is not there."""
+    directory = peer_directory(options)
+    if not (directory / "run.sh").is_file():
+        return f"no run.sh in {directory} (--peer-dir or {PEER_DIR_VARIABLE})"
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        return "redis-server is not on the PATH"
+    python = os.environ.get(CELERY_PYTHON_VARIABLE, "")
+    venv_python = PEER_VENV / "bin" / "python"
+    if not python:
+        if not venv_python.exists() and options.install_peer:
+            install_peer()
+        if not venv_python.exists():
+            return f"no Celery venv ({CELERY_PYTHON_VARIABLE} unset, {PEER_VENV} absent)"
+        python = str(venv_python)
+    probe = subprocess.run(
+        [python, "-c", "import celery, redis"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return f"{python} cannot import celery and redis: {last}"
+    return Peer(directory, python)
+
+
+def install_peer() -> None:
+    """Makes :data:`PEER_VENV` with :data:`PEER_REQUIREMENT`, as the peer's README says."""
+    print(f"  installing the peer: {PEER_REQUIREMENT} from PyPI into {PEER_VENV}", flush=True)
+    PEER_VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, PEER_REQUIREMENT], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def measure_celery(report: PeersReport, peer: Peer, runs: int) -> None:
+    """The peer's side: its ``run.sh`` (a private Redis on a free port, its worker, its
+    cases, ``runs`` repetitions each), read back from the JSON it writes."""
+    report.loads["celery_before"] = load_average()
+    with tempfile.TemporaryDirectory(prefix="colonies-bench-celery-") as out:
+        command = [
+            "bash",
+            str(peer.directory / "run.sh"),
+            out,
+            "--concurrency",
+            str(CONCURRENCY),
+            "--reps",
+            str(runs),
+        ]
+        env = {
+            **os.environ,
+            CELERY_PYTHON_VARIABLE: peer.python,
+            "BENCH_REDIS_PORT": str(free_port()),
+        }
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
+            assert process.stdout is not None
+            deadline = time.monotonic() + PEER_TIMEOUT
+            tail: list[str] = []
+            for line in process.stdout:
+                tail = [*tail[-30:], line.rstrip()]
+                if " rep" in line or line.startswith("worker"):  # its progress lines
+                    print(f"  celery: {line.rstrip()[:150]}", flush=True)
+                if time.monotonic() > deadline:
+                    process.kill()
+            if process.wait() != 0:
+                raise RuntimeError("the Celery side failed:\n" + "\n".join(tail))
+        document = json.loads((Path(out) / f"results-c{CONCURRENCY}.json").read_text())
+    report.environment["celery"] = {
+        key: document["meta"].get(key)
+        for key in ("celery", "kombu", "redis_py", "redis_server", "python", "concurrency")
+    }
+    results = document["results"]
+
+    def runs_of(case: str, value: str) -> list[float]:
+        return [float(x) for x in results[case]["summary"][value]["runs"]]
+
+    throughput = runs_of("throughput_2000", "tasks_per_s")
+    seconds = runs_of("throughput_2000", "seconds")
+    latency_p50 = runs_of("latency_200", "p50_ms")
+    latency_p99 = runs_of("latency_200", "p99_ms")
+    chord = runs_of("chord_1000", "seconds")
+    diamond = runs_of("diamond", "median_ms")
+    report.celery = {
+        "throughput": Figure.of(throughput),
+        "round_trip_p50": Figure.of(latency_p50),
+        "round_trip_p99": Figure.of(latency_p99),
+        "fanout": Figure.of(chord),
+        "diamond": Figure.of(diamond),
+    }
+    for rate, spent in zip(throughput, seconds, strict=True):
+        report.add(
+            "celery_tput", "Celery: 2,000 tasks", "task/s", Sample(round(rate * spent), spent)
+        )
+    for p50 in latency_p50:
+        report.add("celery_rtt", "Celery: round trip p50 (as 1/p50)", "1/s", Sample(1, p50 / 1000))
+    for spent in chord:
+        report.add("celery_fanout", "Celery: chord of 1,000", "child/s", Sample(1000, spent))
+    for median in diamond:
+        report.add(
+            "celery_diamond", "Celery: diamond (as 1/median)", "1/s", Sample(1, median / 1000)
+        )
+    report.celery_cpu_ms = [
+        {party: 1000 * cpu / 2000 for party, cpu in used.items()}
+        | {"total": 1000 * sum(used.values()) / 2000}
+        for used in results["throughput_2000"]["cpu_s"]
+    ]
+    report.loads["celery_after"] = load_average()
+
+
+# ------------------------------------------------------------------------- run, report
+
+
+def ratio(report: PeersReport, key: str) -> float:
+    return report.ours[key].median / report.celery[key].median
+
+
+def checks(report: PeersReport, quick: bool) -> list[Check]:
+    """The issue's targets: each workload's ratio to Celery (when measured), and the CPU
+    per process (always)."""
+    found: list[Check] = []
+    if report.celery:
+        for workload in WORKLOADS:
+            if workload.target:
+                found.append(
+                    Check(
+                        f"{workload.label}: ours / Celery",
+                        ratio(report, workload.key),
+                        workload.target,
+                        "x",
+                        at_least=workload.higher_is_better,
+                        applies=not quick,
+                    )
+                )
+    cpu = statistics.median(run["total"] for run in report.cpu_ms["throughput"])
+    found.append(
+        Check("whole-stack CPU per process", cpu, TARGET_CPU_MS, "ms", False, applies=not quick)
+    )
+    return found
+
+
+def run(options: Options) -> Report:
+    sizes = QUICK if options.quick else FULL
+    report = PeersReport(
+        group="peers",
+        runs=options.runs,
+        parameters={
+            "tasks": sizes.tasks,
+            "round_trips": sizes.round_trips,
+            "children": sizes.children,
+            "diamonds_per_run": sizes.diamonds,
+            "concurrency": CONCURRENCY,
+            "submit_window": SUBMIT_WINDOW,
+            "stack": "colonies dev (NATS authorization on), python executors",
+        },
+        environment=environment(),
+    )
+    peer = find_peer(options)
+    if isinstance(peer, str):
+        report.celery_missing = peer
+        print(f"  Celery side not measured: {peer}", flush=True)
+    measure_ours(report, sizes, options.runs)
+    if isinstance(peer, Peer):
+        print(f"  Celery + Redis ({peer.directory}, {peer.python})", flush=True)
+        measure_celery(report, peer, options.runs)
+    report.environment["load_average_after"] = load_average()
+    report.quick = options.quick
+    report.checks = checks(report, options.quick)
+    print_details(report)
+    return report
+
+
+def _figure(figure: Figure | None, unit: str) -> str:
+    if figure is None:
+        return "-"
+    digits = 0 if unit == "tasks/s" else 2 if unit == "s" else 1
+    return f"{figure.median:,.{digits}f} ({figure.low:,.{digits}f}..{figure.high:,.{digits}f})"
+
+
+def print_details(report: PeersReport) -> None:
+    """Both sides and their ratio per workload, the CPU per process, the targets, the
+    load average."""
+    sizes = report.parameters
+    print()
+    print(
+        f"peers: median of {report.runs} run(s) (min..max); {sizes['concurrency']} executors "
+        f"/ prefork workers; {sizes['tasks']:,} tasks, {sizes['round_trips']} round trips, "
+        f"fan-out {sizes['children']:,}, {sizes['diamonds_per_run']} diamonds per run"
+    )
+    header = (
+        f"{'workload':<34} {'unit':<8} {'this project':>24} {'Celery + Redis':>24} "
+        f"{'ours/Celery':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for workload in WORKLOADS:
+        ours, theirs = report.ours.get(workload.key), report.celery.get(workload.key)
+        times = f"{ratio(report, workload.key):.2f}" if ours and theirs else "-"
+        print(
+            f"{workload.label:<34} {workload.unit:<8} {_figure(ours, workload.unit):>24} "
+            f"{_figure(theirs, workload.unit):>24} {times:>11}"
+        )
+    if report.quick and report.celery:
+        print("--quick: this project ran less work than Celery's fixed sizes; ratios indicative")
+    if report.celery_missing:
+        print(f"Celery side not measured: {report.celery_missing}")
+        print(f"  to install the peer: {INSTALL_HINT}")
+    print()
+    print("CPU ms per process (median of the runs); the target counts " + " + ".join(PARTIES))
+    header = f"{'workload':<16}" + "".join(
+        f"{role:>12}" for role in [*PARTIES, "total", *ALSO_RUNNING]
+    )
+    print(header)
+    print("-" * len(header))
+    for key, per_run in report.cpu_ms.items():
+        cells = "".join(
+            f"{statistics.median(run.get(role, 0.0) for run in per_run):>12.2f}"
+            for role in [*PARTIES, "total", *ALSO_RUNNING]
+        )
+        print(f"{key:<16}{cells}")
+    if report.celery_cpu_ms:
+        cpu = ", ".join(
+            f"{party} {statistics.median(run[party] for run in report.celery_cpu_ms):.2f}"
+            for party in report.celery_cpu_ms[0]
+        )
+        print(f"Celery, 2,000 tasks: {cpu} ms per task")
+    print()
+    header = f"{'peers target':<46} {'value':>8}  {'target':>9}  result"
+    print(header)
+    print("-" * len(header))
+    for check in report.checks:
+        limit = f"{'>=' if check.at_least else '<='} {check.limit:g}{check.unit}"
+        print(f"{check.what:<46} {check.value:>7.2f}{check.unit:<1}  {limit:>9}  {check.result}")
+    loads = "; ".join(
+        f"{moment.replace('_', ' ')} {', '.join(f'{v:.2f}' for v in values)}"
+        for moment, values in report.loads.items()
+    )
+    print(f"load average (1, 5, 15 min): {loads}")
