@@ -199,8 +199,9 @@ class PeersReport(Report):
     """The rates of :class:`Report` (each side's, for the JSON), plus the side-by-side
     figures, the CPU per process and the targets."""
 
-    ours: dict[str, Figure] = field(default_factory=dict)
-    celery: dict[str, Figure] = field(default_factory=dict)
+    ours_runs: dict[str, list[float]] = field(default_factory=dict)
+    """Workload key -> our figure in each run."""
+    celery_runs: dict[str, list[float]] = field(default_factory=dict)
     celery_missing: str = ""
     """Why the Celery side was not measured (empty when it was)."""
     cpu_ms: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -208,13 +209,27 @@ class PeersReport(Report):
     celery_cpu_ms: list[dict[str, float]] = field(default_factory=list)
     """Celery's throughput case, per run: CPU ms per task of client, worker and redis."""
     checks: list[Check] = field(default_factory=list)
-    loads: dict[str, list[float]] = field(default_factory=dict)
-    """Load average (1, 5, 15 min) at the start and end of each side."""
+    loads: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Load average (1, 5, 15 min) at the start and end of each side, per run."""
+
+    @property
+    def ours(self) -> dict[str, Figure]:
+        return {key: Figure.of(values) for key, values in self.ours_runs.items()}
+
+    @property
+    def celery(self) -> dict[str, Figure]:
+        return {key: Figure.of(values) for key, values in self.celery_runs.items()}
 
     def to_json(self) -> dict[str, Any]:
         document = super().to_json()
-        document["ours"] = {key: figure.to_json() for key, figure in self.ours.items()}
-        document["celery"] = {key: figure.to_json() for key, figure in self.celery.items()}
+        document["ours"] = {
+            key: {**figure.to_json(), "runs": self.ours_runs[key]}
+            for key, figure in self.ours.items()
+        }
+        document["celery"] = {
+            key: {**figure.to_json(), "runs": self.celery_runs[key]}
+            for key, figure in self.celery.items()
+        }
         document["celery_missing"] = self.celery_missing
         document["cpu_ms_per_process"] = self.cpu_ms
         document["celery_cpu_ms_per_task"] = self.celery_cpu_ms
@@ -426,6 +441,24 @@ async def gather_windowed(calls: Sequence[Callable[[], Awaitable[Process]]]) -> 
     return [result for result in results if result is not None]
 
 
+@dataclass
+class Measured:
+    """One measurement of a workload on our side."""
+
+    values: dict[str, float]
+    """Workload key (:data:`WORKLOADS`) -> figure."""
+    processes: int
+    """Processes it ran (what the CPU is divided by)."""
+    verify: Callable[[], None]
+    """Checks every process of it from the engine's state; called after the CPU meter
+    stopped (its round trips are not the workload's)."""
+    note: str
+
+
+def _nothing_more() -> None:
+    """For a workload whose every check was free (done on what ``wait`` returned)."""
+
+
 class Workloads:
     """This project's side of the four workloads, on a running :class:`DevStack`."""
 
@@ -439,23 +472,58 @@ class Workloads:
     def close(self) -> None:
         self.client.disconnect()
 
+    def all(self) -> list[tuple[str, Callable[[], Measured]]]:
+        return [
+            ("throughput", self.throughput),
+            ("round_trip", self.round_trips),
+            ("fanout", self.fanout),
+            ("diamond", self.diamonds),
+        ]
+
     def warm_up(self) -> None:
         """Untimed: a few of each, so every executor has started its function runner."""
-        asyncio.run(self._throughput(4 * CONCURRENCY))
-        self.round_trips(CONCURRENCY)
-        self.fanout(2 * CONCURRENCY)
-        self.diamonds(CONCURRENCY)
+        for measured in (
+            self.throughput(4 * CONCURRENCY),
+            self.round_trips(CONCURRENCY),
+            self.fanout(2 * CONCURRENCY),
+            self.diamonds(CONCURRENCY),
+        ):
+            measured.verify()
+
+    def _verify(self, processids: Sequence[str], expected: Callable[[Process], list[Any]]) -> None:
+        """Every one of ``processids`` SUCCESS with ``expected(process)`` as its output."""
+
+        async def every() -> list[Process]:
+            async with self.stack.async_client() as client:
+                return await gather_windowed(
+                    [
+                        partial(client.get_process, processid, self.prvkey)
+                        for processid in processids
+                    ]
+                )
+
+        processes = asyncio.run(every())
+        _check(len(processes) == len(processids), f"{len(processes)} of {len(processids)} found")
+        for process in processes:
+            check_process(process, expected(process), process.spec.nodename)
 
     # -- throughput
 
-    def throughput(self) -> tuple[float, float]:
-        """Seconds for :attr:`Sizes.tasks` independent tasks, and the seconds of their
-        submission alone; every one checked SUCCESS afterwards (untimed)."""
-        return asyncio.run(self._throughput(self.sizes.tasks))
+    def throughput(self, n: int | None = None) -> Measured:
+        """:attr:`Sizes.tasks` independent no-op tasks, timed from the first submission to
+        the last end."""
+        count = self.sizes.tasks if n is None else n
+        seconds, submit_seconds, submitted = asyncio.run(self._throughput(count))
+        return Measured(
+            {"throughput": count / seconds},
+            count,
+            lambda: self._verify(submitted, lambda process: []),
+            f"{count / seconds:,.0f} tasks/s (submitting {submit_seconds:.2f} s of "
+            f"{seconds:.2f} s)",
+        )
 
-    async def _throughput(self, n: int) -> tuple[float, float]:
+    async def _throughput(self, n: int) -> tuple[float, float, list[str]]:
         spec = func_spec("noop", [], self.colonyname, EXECUTOR_TYPE, code=NOOP)
-        client = self.stack.async_client()
         ended: set[str] = set()
         all_ended = asyncio.Event()
         submitted: list[str] = []
@@ -466,7 +534,7 @@ class Workloads:
             if submitting_done and ended.issuperset(submitted):
                 all_ended.set()
 
-        async with client:
+        async with self.stack.async_client() as client:
             nc = await self.stack.settings.nats.connect("bench-peers-ends")
             try:
                 await nc.subscribe(f"{ENDED_PREFIX}.{self.colonyname}.*", cb=on_end)
@@ -485,13 +553,7 @@ class Workloads:
                 seconds = time.perf_counter() - started
             finally:
                 await nc.close()
-            processes = await gather_windowed(
-                [partial(client.get_process, processid, self.prvkey) for processid in submitted]
-            )
-        _check(len(processes) == n, f"{len(processes)} of {n} processes found")
-        for process in processes:
-            check_process(process, [], "noop")
-        return seconds, submit_seconds
+        return seconds, submit_seconds, submitted
 
     async def _wait_all(
         self, client: AsyncColonies, submitted: list[str], ended: set[str], event: asyncio.Event
@@ -511,8 +573,8 @@ class Workloads:
 
     # -- round trip
 
-    def round_trips(self, n: int | None = None) -> list[float]:
-        """Milliseconds of each ``submit_func_spec`` + ``wait``, one after the other."""
+    def round_trips(self, n: int | None = None) -> Measured:
+        """``submit_func_spec`` + ``wait``, one task after the other; p50 and p99 (ms)."""
         spec = func_spec("noop", [], self.colonyname, EXECUTOR_TYPE, code=NOOP)
         samples = []
         for _ in range(self.sizes.round_trips if n is None else n):
@@ -521,13 +583,19 @@ class Workloads:
             done = self.client.wait(process, WORKLOAD_TIMEOUT, self.prvkey)
             samples.append(1000 * (time.perf_counter() - started))
             check_process(done, [], "noop")
-        return samples
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        return Measured(
+            {"round_trip_p50": p50, "round_trip_p99": p99},
+            len(samples),
+            _nothing_more,
+            f"round trip p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+        )
 
     # -- fan-out
 
-    def fanout(self, children: int | None = None) -> float:
+    def fanout(self, children: int | None = None) -> Measured:
         """Seconds from ``submit_workflow`` to ``wait(reduce)`` returning, for the map
-        adding ``children`` pairs; then every process of the graph checked (untimed)."""
+        adding ``children`` pairs into the reduce."""
         count = self.sizes.children if children is None else children
         mapper = func_spec("map", [count], self.colonyname, EXECUTOR_TYPE, code=MAP)
         reducer = func_spec("reduce", [], self.colonyname, EXECUTOR_TYPE, code=REDUCE)
@@ -541,32 +609,24 @@ class Workloads:
         done = self.client.wait(reduce, WORKLOAD_TIMEOUT, self.prvkey)
         seconds = time.perf_counter() - started
         check_process(done, [3 * count], "reduce")
-        self._check_graph(done.processgraphid, count + 2)
-        return seconds
+        outputs = {"map": [], "reduce": [3 * count], "pair": [1, 2]}
 
-    def _check_graph(self, processgraphid: str, expected: int) -> None:
-        graph = self.client.get_processgraph(processgraphid, self.prvkey)
-        _check(len(graph.processids) == expected, f"{len(graph.processids)} processes")
+        def verify() -> None:
+            ended = self.client.get_processgraph(done.processgraphid, self.prvkey)
+            _check(len(ended.processids) == count + 2, f"{len(ended.processids)} processes")
+            self._verify(ended.processids, lambda process: outputs[process.spec.funcname])
 
-        async def every() -> list[Process]:
-            async with self.stack.async_client() as client:
-                return await gather_windowed(
-                    [
-                        partial(client.get_process, processid, self.prvkey)
-                        for processid in graph.processids
-                    ]
-                )
-
-        outputs = {"map": [], "reduce": [3 * (expected - 2)], "pair": [1, 2]}
-        for process in asyncio.run(every()):
-            check_process(process, outputs[process.spec.funcname], process.spec.funcname)
+        return Measured(
+            {"fanout": seconds}, count + 2, verify, f"fan-out {count:,} + reduce {seconds:.2f} s"
+        )
 
     # -- diamond
 
-    def diamonds(self, n: int | None = None) -> list[float]:
-        """Milliseconds of each diamond, from ``submit_workflow`` to ``wait(d)``; each
-        checked (d = 6, b = c = 3, every process SUCCESS)."""
+    def diamonds(self, n: int | None = None) -> Measured:
+        """Milliseconds of each diamond, from ``submit_workflow`` to ``wait(d)``; their
+        median."""
         samples = []
+        processids: list[str] = []
         for _ in range(self.sizes.diamonds if n is None else n):
             started = time.perf_counter()
             graph = self.client.submit_workflow(self._diamond(), self.prvkey)
@@ -576,11 +636,15 @@ class Workloads:
             done = self.client.wait(last, WORKLOAD_TIMEOUT, self.prvkey)
             samples.append(1000 * (time.perf_counter() - started))
             check_process(done, [6], "d")
-            expected = {"a": [1, 2], "b": [3], "c": [3], "d": [6]}
-            for processid in graph.processids:
-                process = self.client.get_process(processid, self.prvkey)
-                check_process(process, expected[process.spec.nodename], process.spec.nodename)
-        return samples
+            processids += graph.processids
+        outputs = {"a": [1, 2], "b": [3], "c": [3], "d": [6]}
+        median = statistics.median(samples)
+        return Measured(
+            {"diamond": median},
+            len(processids),
+            lambda: self._verify(processids, lambda process: outputs[process.spec.nodename]),
+            f"diamond median {median:.1f} ms ({min(samples):.1f}..{max(samples):.1f})",
+        )
 
     def _diamond(self) -> Workflow:
         specs = [func_spec("a", [], self.colonyname, EXECUTOR_TYPE, code=DIAMOND_A)]
@@ -593,85 +657,23 @@ class Workloads:
         return Workflow(colonyname=self.colonyname, functionspecs=specs)
 
 
-def measure_ours(report: PeersReport, sizes: Sizes, runs: int) -> None:
-    """This project's side: a ``colonies dev`` stack, a warm-up, then ``runs`` rounds of
-    the four workloads (interleaved, so a noisy minute spreads over all of them)."""
-    report.loads["ours_before"] = load_average()
-    values: dict[str, list[float]] = {workload.key: [] for workload in WORKLOADS}
-    with (
-        tempfile.TemporaryDirectory(prefix="colonies-bench-peers-") as tmp,
-        DevStack.started(Path(tmp)) as stack,
-    ):
-        print(f"  colonies dev: {stack.pid_line()}", flush=True)
-        workloads = Workloads(stack, sizes)
-        try:
-            workloads.warm_up()
-            for number in range(1, runs + 1):
-                progress = f"run {number}/{runs}"
-                meter = CpuMeter(stack)
-                with meter.measuring():
-                    seconds, submit_seconds = workloads.throughput()
-                report.cpu_ms.setdefault("throughput", []).append(meter.per_process_ms(sizes.tasks))
-                values["throughput"].append(sizes.tasks / seconds)
-                report.add(
-                    "tput", f"ours: {sizes.tasks:,} tasks", "task/s", Sample(sizes.tasks, seconds)
-                )
-                print(
-                    f"  {progress}  throughput {sizes.tasks / seconds:,.0f} tasks/s "
-                    f"(submitting {submit_seconds:.2f} s of {seconds:.2f} s); "
-                    f"CPU {meter.per_process_ms(sizes.tasks)['total']:.2f} ms/process",
-                    flush=True,
-                )
-
-                meter = CpuMeter(stack)
-                with meter.measuring():
-                    samples = workloads.round_trips()
-                report.cpu_ms.setdefault("round_trip", []).append(
-                    meter.per_process_ms(len(samples))
-                )
-                p50, p99 = percentile(samples, 50), percentile(samples, 99)
-                values["round_trip_p50"].append(p50)
-                values["round_trip_p99"].append(p99)
-                report.add("rtt", "ours: round trip p50 (as 1/p50)", "1/s", Sample(1, p50 / 1000))
-                print(f"  {progress}  round trip p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
-
-                meter = CpuMeter(stack)
-                with meter.measuring():
-                    seconds = workloads.fanout()
-                report.cpu_ms.setdefault("fanout", []).append(
-                    meter.per_process_ms(sizes.children + 2)
-                )
-                values["fanout"].append(seconds)
-                report.add(
-                    "fanout",
-                    f"ours: fan-out {sizes.children:,}",
-                    "child/s",
-                    Sample(sizes.children, seconds),
-                )
-                print(
-                    f"  {progress}  fan-out {sizes.children:,} + reduce {seconds:.2f} s", flush=True
-                )
-
-                meter = CpuMeter(stack)
-                with meter.measuring():
-                    samples = workloads.diamonds()
-                report.cpu_ms.setdefault("diamond", []).append(
-                    meter.per_process_ms(4 * len(samples))
-                )
-                median = statistics.median(samples)
-                values["diamond"].append(median)
-                report.add(
-                    "diamond", "ours: diamond (as 1/median)", "1/s", Sample(1, median / 1000)
-                )
-                print(
-                    f"  {progress}  diamond median {median:.1f} ms "
-                    f"({min(samples):.1f}..{max(samples):.1f})",
-                    flush=True,
-                )
-        finally:
-            workloads.close()
-    report.ours = {key: Figure.of(figures) for key, figures in values.items()}
-    report.loads["ours_after"] = load_average()
+def measure_ours(report: PeersReport, workloads: Workloads, progress: str) -> None:
+    """One round of our four workloads, each under a CPU meter, then verified."""
+    report.loads.setdefault("ours_before", []).append(load_average())
+    for name, workload in workloads.all():
+        meter = CpuMeter(workloads.stack)
+        with meter.measuring():
+            measured = workload()
+        measured.verify()
+        per_process = meter.per_process_ms(measured.processes)
+        report.cpu_ms.setdefault(name, []).append(per_process)
+        for key, value in measured.values.items():
+            report.ours_runs.setdefault(key, []).append(value)
+        print(
+            f"  {progress}  ours: {measured.note}; CPU {per_process['total']:.2f} ms/process",
+            flush=True,
+        )
+    report.loads.setdefault("ours_after", []).append(load_average())
 
 
 # ------------------------------------------------------------------------- the peer
@@ -732,80 +734,68 @@ def free_port() -> int:
         return port
 
 
-def measure_celery(report: PeersReport, peer: Peer, runs: int) -> None:
-    """The peer's side: its ``run.sh`` (a private Redis on a free port, its worker, its
-    cases, ``runs`` repetitions each), read back from the JSON it writes."""
-    report.loads["celery_before"] = load_average()
+CELERY_CASES = {
+    "throughput": ("throughput_2000", "tasks_per_s"),
+    "round_trip_p50": ("latency_200", "p50_ms"),
+    "round_trip_p99": ("latency_200", "p99_ms"),
+    "fanout": ("chord_1000", "seconds"),
+    "diamond": ("diamond", "median_ms"),
+}
+"""Workload key -> the peer's case and figure (``bench.py``'s JSON)."""
+CELERY_TASKS = 2000
+"""Tasks of the peer's throughput case."""
+CELERY_CHILDREN = 1000
+"""Header tasks of the peer's chord."""
+
+
+def measure_celery(report: PeersReport, peer: Peer, progress: str) -> None:
+    """One round of the peer's side: its ``run.sh`` with ``--reps 1`` (a private Redis on
+    a free port, its worker, its cases), read back from the JSON it writes."""
+    report.loads.setdefault("celery_before", []).append(load_average())
     with tempfile.TemporaryDirectory(prefix="colonies-bench-celery-") as out:
-        command = [
-            "bash",
-            str(peer.directory / "run.sh"),
-            out,
-            "--concurrency",
-            str(CONCURRENCY),
-            "--reps",
-            str(runs),
-        ]
+        command = ["bash", str(peer.directory / "run.sh"), out]
+        command += ["--concurrency", str(CONCURRENCY), "--reps", "1"]
         env = {
             **os.environ,
             CELERY_PYTHON_VARIABLE: peer.python,
             "BENCH_REDIS_PORT": str(free_port()),
         }
-        with subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        ) as process:
-            assert process.stdout is not None
-            deadline = time.monotonic() + PEER_TIMEOUT
-            tail: list[str] = []
-            for line in process.stdout:
-                tail = [*tail[-30:], line.rstrip()]
-                if " rep" in line or line.startswith("worker"):  # its progress lines
-                    print(f"  celery: {line.rstrip()[:150]}", flush=True)
-                if time.monotonic() > deadline:
-                    process.kill()
-            if process.wait() != 0:
-                raise RuntimeError("the Celery side failed:\n" + "\n".join(tail))
+        done = subprocess.run(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=PEER_TIMEOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stdout.splitlines()[-30:])
+            raise RuntimeError(f"the Celery side failed (exit {done.returncode}):\n{tail}")
         document = json.loads((Path(out) / f"results-c{CONCURRENCY}.json").read_text())
     report.environment["celery"] = {
         key: document["meta"].get(key)
         for key in ("celery", "kombu", "redis_py", "redis_server", "python", "concurrency")
     }
     results = document["results"]
-
-    def runs_of(case: str, value: str) -> list[float]:
-        return [float(x) for x in results[case]["summary"][value]["runs"]]
-
-    throughput = runs_of("throughput_2000", "tasks_per_s")
-    seconds = runs_of("throughput_2000", "seconds")
-    latency_p50 = runs_of("latency_200", "p50_ms")
-    latency_p99 = runs_of("latency_200", "p99_ms")
-    chord = runs_of("chord_1000", "seconds")
-    diamond = runs_of("diamond", "median_ms")
-    report.celery = {
-        "throughput": Figure.of(throughput),
-        "round_trip_p50": Figure.of(latency_p50),
-        "round_trip_p99": Figure.of(latency_p99),
-        "fanout": Figure.of(chord),
-        "diamond": Figure.of(diamond),
+    figures = {
+        key: float(results[case]["summary"][value]["median"])
+        for key, (case, value) in CELERY_CASES.items()
     }
-    for rate, spent in zip(throughput, seconds, strict=True):
-        report.add(
-            "celery_tput", "Celery: 2,000 tasks", "task/s", Sample(round(rate * spent), spent)
-        )
-    for p50 in latency_p50:
-        report.add("celery_rtt", "Celery: round trip p50 (as 1/p50)", "1/s", Sample(1, p50 / 1000))
-    for spent in chord:
-        report.add("celery_fanout", "Celery: chord of 1,000", "child/s", Sample(1000, spent))
-    for median in diamond:
-        report.add(
-            "celery_diamond", "Celery: diamond (as 1/median)", "1/s", Sample(1, median / 1000)
-        )
-    report.celery_cpu_ms = [
-        {party: 1000 * cpu / 2000 for party, cpu in used.items()}
-        | {"total": 1000 * sum(used.values()) / 2000}
-        for used in results["throughput_2000"]["cpu_s"]
-    ]
-    report.loads["celery_after"] = load_average()
+    for key, value in figures.items():
+        report.celery_runs.setdefault(key, []).append(value)
+    (used,) = results["throughput_2000"]["cpu_s"]
+    per_task = {party: 1000 * cpu / CELERY_TASKS for party, cpu in used.items()}
+    per_task["total"] = sum(per_task.values())
+    report.celery_cpu_ms.append(per_task)
+    print(
+        f"  {progress}  Celery: {figures['throughput']:,.0f} tasks/s (CPU "
+        f"{per_task['total']:.2f} ms/task); round trip p50 {figures['round_trip_p50']:.2f} ms, "
+        f"p99 {figures['round_trip_p99']:.2f} ms; chord of 1,000 {figures['fanout']:.2f} s; "
+        f"diamond median {figures['diamond']:.1f} ms",
+        flush=True,
+    )
+    report.loads.setdefault("celery_after", []).append(load_average())
 
 
 # ------------------------------------------------------------------------- run, report
@@ -834,7 +824,14 @@ def checks(report: PeersReport, quick: bool) -> list[Check]:
                 )
     cpu = statistics.median(run["total"] for run in report.cpu_ms["throughput"])
     found.append(
-        Check("whole-stack CPU per process", cpu, TARGET_CPU_MS, "ms", False, applies=not quick)
+        Check(
+            "whole-stack CPU per process (throughput)",
+            cpu,
+            TARGET_CPU_MS,
+            "ms",
+            False,
+            applies=not quick,
+        )
     )
     return found
 
@@ -859,15 +856,52 @@ def run(options: Options) -> Report:
     if isinstance(peer, str):
         report.celery_missing = peer
         print(f"  Celery side not measured: {peer}", flush=True)
-    measure_ours(report, sizes, options.runs)
-    if isinstance(peer, Peer):
-        print(f"  Celery + Redis ({peer.directory}, {peer.python})", flush=True)
-        measure_celery(report, peer, options.runs)
+    else:
+        print(f"  Celery + Redis: {peer.directory}/run.sh with {peer.python}", flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="colonies-bench-peers-") as tmp,
+        DevStack.started(Path(tmp)) as stack,
+    ):
+        print(f"  colonies dev: {stack.pid_line()} (py-spy record -p PID)", flush=True)
+        workloads = Workloads(stack, sizes)
+        try:
+            workloads.warm_up()
+            for number in range(1, options.runs + 1):  # the sides take turns
+                progress = f"run {number}/{options.runs}"
+                measure_ours(report, workloads, progress)
+                if isinstance(peer, Peer):
+                    measure_celery(report, peer, progress)
+        finally:
+            workloads.close()
     report.environment["load_average_after"] = load_average()
+    add_rates(report, sizes)
     report.quick = options.quick
     report.checks = checks(report, options.quick)
     print_details(report)
     return report
+
+
+def add_rates(report: PeersReport, sizes: Sizes) -> None:
+    """Each side's figures as :class:`Report` rates (the common table and JSON); a time
+    becomes its inverse (per second)."""
+    sides = (
+        ("", report.ours_runs, sizes.tasks, sizes.children),
+        ("celery_", report.celery_runs, CELERY_TASKS, CELERY_CHILDREN),
+    )
+    for prefix, runs, tasks, children in sides:
+        who = "Celery" if prefix else "ours"
+        for value in runs.get("throughput", []):
+            sample = Sample(tasks, tasks / value)
+            report.add(f"{prefix}tput", f"{who}: {tasks:,} tasks", "task/s", sample)
+        for value in runs.get("round_trip_p50", []):
+            sample = Sample(1, value / 1000)
+            report.add(f"{prefix}rtt", f"{who}: round trip, 1/p50", "1/s", sample)
+        for value in runs.get("fanout", []):
+            sample = Sample(children, value)
+            report.add(f"{prefix}fanout", f"{who}: fan-out {children:,} + reduce", "pair/s", sample)
+        for value in runs.get("diamond", []):
+            sample = Sample(1, value / 1000)
+            report.add(f"{prefix}diamond", f"{who}: diamond, 1/median", "1/s", sample)
 
 
 def _figure(figure: Figure | None, unit: str) -> str:
@@ -925,14 +959,24 @@ def print_details(report: PeersReport) -> None:
         )
         print(f"Celery, 2,000 tasks: {cpu} ms per task")
     print()
-    header = f"{'peers target':<46} {'value':>8}  {'target':>9}  result"
+    header = f"{'peers target':<50} {'value':>8}  {'target':>9}  result"
     print(header)
     print("-" * len(header))
     for check in report.checks:
         limit = f"{'>=' if check.at_least else '<='} {check.limit:g}{check.unit}"
-        print(f"{check.what:<46} {check.value:>7.2f}{check.unit:<1}  {limit:>9}  {check.result}")
-    loads = "; ".join(
-        f"{moment.replace('_', ' ')} {', '.join(f'{v:.2f}' for v in values)}"
-        for moment, values in report.loads.items()
-    )
-    print(f"load average (1, 5, 15 min): {loads}")
+        print(f"{check.what:<50} {check.value:>7.2f}{check.unit:<1}  {limit:>9}  {check.result}")
+    print(f"load average (1 min) at the start and end of each side, per run: {loads(report)}")
+
+
+def loads(report: PeersReport) -> str:
+    """``ours 3.1->3.4, Celery 3.4->3.2; ...`` per run."""
+    runs = []
+    for number, (before, after) in enumerate(
+        zip(report.loads.get("ours_before", []), report.loads.get("ours_after", []), strict=True)
+    ):
+        text = f"ours {before[0]:.2f}->{after[0]:.2f}"
+        if len(report.loads.get("celery_after", [])) > number:
+            start, end = report.loads["celery_before"][number], report.loads["celery_after"][number]
+            text += f", Celery {start[0]:.2f}->{end[0]:.2f}"
+        runs.append(text)
+    return "; ".join(runs)
