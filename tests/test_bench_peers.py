@@ -30,7 +30,8 @@ def test_dev_env_is_read_back_as_colonies_dev_wrote_it(tmp_path: Path) -> None:
 def test_a_peer_directory_without_its_harness_is_named(tmp_path: Path) -> None:
     reason = find_peer(Options(peer_dir=tmp_path))
     assert isinstance(reason, str)
-    assert str(tmp_path) in reason and "--peer-dir" in reason
+    assert str(tmp_path) in reason
+    assert "--peer-dir" in reason
 
 
 def test_a_python_without_celery_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
