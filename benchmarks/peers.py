@@ -96,6 +96,8 @@ EXECUTOR_TYPE = "python-executor"
 """The type of the executors ``colonies dev`` runs."""
 SUBMIT_WINDOW = 32
 """``submit_func_spec`` calls in flight in the throughput workload."""
+LAST_EVENT = 2**62
+"""A stream sequence after any graph's last event: time travel to it is the graph's end."""
 DEV_READY = "colonies dev is running"
 DEV_START_TIMEOUT = 180.0
 """Seconds ``colonies dev`` may take to start (the machine may be busy)."""
@@ -491,7 +493,8 @@ class Workloads:
             measured.verify()
 
     def _verify(self, processids: Sequence[str], expected: Callable[[Process], list[Any]]) -> None:
-        """Every one of ``processids`` SUCCESS with ``expected(process)`` as its output."""
+        """Every one of ``processids`` SUCCESS with ``expected(process)`` as its output
+        (for processes submitted alone: one ``get_process`` each)."""
 
         async def every() -> list[Process]:
             async with self.stack.async_client() as client:
@@ -505,6 +508,16 @@ class Workloads:
         processes = asyncio.run(every())
         _check(len(processes) == len(processids), f"{len(processes)} of {len(processids)} found")
         for process in processes:
+            check_process(process, expected(process), process.spec.nodename)
+
+    def _verify_graph(
+        self, processgraphid: str, processes: int, expected: Callable[[Process], list[Any]]
+    ) -> None:
+        """The graph replayed from its own events in the log (time travel to its last
+        event): ``processes`` processes, each SUCCESS with ``expected(process)``."""
+        state = self.client.state_at(processgraphid, LAST_EVENT, self.prvkey)
+        _check(len(state.processes) == processes, f"{len(state.processes)} processes in the log")
+        for process in state.processes:
             check_process(process, expected(process), process.spec.nodename)
 
     # -- throughput
@@ -611,13 +624,16 @@ class Workloads:
         check_process(done, [3 * count], "reduce")
         outputs = {"map": [], "reduce": [3 * count], "pair": [1, 2]}
 
-        def verify() -> None:
-            ended = self.client.get_processgraph(done.processgraphid, self.prvkey)
-            _check(len(ended.processids) == count + 2, f"{len(ended.processids)} processes")
-            self._verify(ended.processids, lambda process: outputs[process.spec.funcname])
-
         return Measured(
-            {"fanout": seconds}, count + 2, verify, f"fan-out {count:,} + reduce {seconds:.2f} s"
+            {"fanout": seconds},
+            count + 2,
+            partial(
+                self._verify_graph,
+                done.processgraphid,
+                count + 2,
+                lambda process: outputs[process.spec.funcname],
+            ),
+            f"fan-out {count:,} + reduce {seconds:.2f} s",
         )
 
     # -- diamond
@@ -626,7 +642,7 @@ class Workloads:
         """Milliseconds of each diamond, from ``submit_workflow`` to ``wait(d)``; their
         median."""
         samples = []
-        processids: list[str] = []
+        graphs: list[str] = []
         for _ in range(self.sizes.diamonds if n is None else n):
             started = time.perf_counter()
             graph = self.client.submit_workflow(self._diamond(), self.prvkey)
@@ -636,13 +652,18 @@ class Workloads:
             done = self.client.wait(last, WORKLOAD_TIMEOUT, self.prvkey)
             samples.append(1000 * (time.perf_counter() - started))
             check_process(done, [6], "d")
-            processids += graph.processids
+            graphs.append(graph.processgraphid)
         outputs = {"a": [1, 2], "b": [3], "c": [3], "d": [6]}
         median = statistics.median(samples)
+
+        def verify() -> None:
+            for graph in graphs:
+                self._verify_graph(graph, 4, lambda process: outputs[process.spec.nodename])
+
         return Measured(
             {"diamond": median},
-            len(processids),
-            lambda: self._verify(processids, lambda process: outputs[process.spec.nodename]),
+            4 * len(graphs),
+            verify,
             f"diamond median {median:.1f} ms ({min(samples):.1f}..{max(samples):.1f})",
         )
 
