@@ -62,11 +62,13 @@ from benchmarks import store
 from benchmarks.harness import (
     NATS_CONFIG,
     QUICK_NOTE,
+    CpuMeter,
     Options,
     Report,
     Sample,
     Stopwatch,
     Target,
+    cpu_line,
     environment,
     server_version,
 )
@@ -340,12 +342,6 @@ def print_details(report: EngineReport) -> None:
 
 
 # ------------------------------------------------------------------------- the stack
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (all its threads; Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -643,27 +639,6 @@ class EndWatcher:
         raise RuntimeError(f"only {self.ended} of {expected} processes ended")
 
 
-@dataclass
-class CpuMeter:
-    """CPU seconds used over a block by each party (the processes of ``pids``) and by
-    this process (the submitter)."""
-
-    pids: dict[str, list[int]]
-    used: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def measuring(self) -> Iterator[CpuMeter]:
-        start = self._now()
-        own = time.process_time()
-        yield self
-        end = self._now()
-        self.used = {party: end[party] - start[party] for party in self.pids}
-        self.used["submitter"] = time.process_time() - own
-
-    def _now(self) -> dict[str, float]:
-        return {party: sum(map(cpu_seconds, pids)) for party, pids in self.pids.items()}
-
-
 Measurement = Callable[[EngineReport, str], None]
 
 
@@ -746,8 +721,9 @@ class EngineBenchmark:
                 }
             )
             samples = asyncio.run(measure())
-        per_process = {party: 1000 * cpu / n for party, cpu in meter.used.items()}
+        per_process = meter.per_unit(n)
         report.cpu.setdefault(cpu_key, []).append(per_process)
+        print(f"    {cpu_line(per_process)}", flush=True)
         assignments = executors.assignments
         report.add_latency(
             f"{cpu_key}_ticket",

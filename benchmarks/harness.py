@@ -235,6 +235,56 @@ def server_version(url: str) -> str:
     return asyncio.run(ask())
 
 
+# ------------------------------------------------------------------------- CPU
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads; Linux).
+
+    Read from ``/proc/<pid>/stat`` (utime and stime): it counts the CPU the process got,
+    not the time it waited for it, so it holds on a shared, loaded machine where wall
+    clock rates do not."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used over a block by each party (the processes of ``pids``) and by
+    this process (the ``own`` party: the client driving the load).
+
+    ``with meter.measuring(): ...`` then :meth:`per_unit` (milliseconds per process, say)
+    and :func:`cpu_line` to print it. Reusable by any group: name the parties, give their
+    pids (a party of several processes is their sum)."""
+
+    pids: dict[str, list[int]]
+    own: str = "submitter"
+    used: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[CpuMeter]:
+        start = self._now()
+        own = time.process_time()
+        yield self
+        end = self._now()
+        self.used = {party: end[party] - start[party] for party in self.pids}
+        self.used[self.own] = time.process_time() - own
+
+    def per_unit(self, units: int) -> dict[str, float]:
+        """CPU milliseconds per unit of work of each party, for ``units`` done in the block."""
+        return {party: 1000 * seconds / units for party, seconds in self.used.items()}
+
+    def _now(self) -> dict[str, float]:
+        return {party: sum(map(cpu_seconds, pids)) for party, pids in self.pids.items()}
+
+
+def cpu_line(per_unit: dict[str, float], unit: str = "process") -> str:
+    """``cpu ms/process: engine 1.70, nats-server 1.00, ..., total 4.30``: one line a
+    reader (or a grep) finds in a group's output."""
+    parts = ", ".join(f"{party} {ms:.2f}" for party, ms in per_unit.items())
+    return f"cpu ms/{unit}: {parts}, total {sum(per_unit.values()):.2f}"
+
+
 # ------------------------------------------------------------------------- environment
 
 

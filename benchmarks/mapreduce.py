@@ -45,8 +45,16 @@ from typing import Any
 
 import nats
 
-from benchmarks.engine import Check, Stack, cpu_seconds
-from benchmarks.harness import NATS_CONFIG, Options, Report, Sample, environment, server_version
+from benchmarks.engine import Check, Stack
+from benchmarks.harness import (
+    NATS_CONFIG,
+    Options,
+    Report,
+    Sample,
+    cpu_seconds,
+    environment,
+    server_version,
+)
 from colonies_es import func_spec
 from colonies_es.client import Colonies
 from colonies_es.executor import PythonExecutor

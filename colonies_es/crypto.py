@@ -12,6 +12,11 @@ A signature is ECDSA over SHA-256 of the exact signed bytes, written as ``r || s
 alone: the signer's public key travels with it, and the verifier checks both the
 signature and that the public key hashes to the id it acts for.
 
+secp256k1 runs on coincurve (libsecp256k1): it signs in ~45 us and verifies in ~75 us
+where OpenSSL through ``cryptography`` took ~350 us and ~260 us (and its Ed25519 verify
+~90 us). Its signatures are low-``s``; signatures made before (by OpenSSL, either ``s``)
+still verify: :func:`verify` accepts ``(r, n - s)`` as ECDSA does.
+
 Commands travel as a :class:`SignedCommand` envelope (msgspec JSON) around a payload
 (msgspec JSON of ``{"op", "nonce", "ts", "body"}``). :func:`seal` builds one,
 :func:`open_command` checks one (shape, signature, freshness) and names the caller,
@@ -28,18 +33,14 @@ import secrets
 import time
 from typing import Annotated, Any, TypeVar
 
+import coincurve
 import msgspec
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
@@ -69,8 +70,8 @@ T = TypeVar("T")
 DEFAULT_MAX_SKEW = 60.0
 """Seconds a command's timestamp may differ from the verifier's clock (either way)."""
 
-_CURVE = ec.SECP256K1()
-_ECDSA = ec.ECDSA(hashes.SHA256())
+_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+"""The order n of secp256k1's group (SEC 2, section 2.4.1)."""
 _KEY_CACHE_SIZE = 4096
 
 _PRIVATE_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
@@ -88,24 +89,23 @@ OpName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 def new_private_key() -> str:
     """Return a fresh random private key: 64 lowercase hex characters."""
-    key = ec.generate_private_key(_CURVE)
-    return f"{key.private_numbers().private_value:064x}"
+    return coincurve.PrivateKey().secret.hex()
 
 
 @functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
-def _load_private_key(prvkey: str) -> ec.EllipticCurvePrivateKey:
+def _load_private_key(prvkey: str) -> coincurve.PrivateKey:
     if not _PRIVATE_KEY_RE.fullmatch(prvkey):
         raise ValueError("a private key is 64 hex characters")
     try:
-        return ec.derive_private_key(int(prvkey, 16), _CURVE)
+        return coincurve.PrivateKey(bytes.fromhex(prvkey))
     except ValueError:
         raise ValueError("private key out of range for secp256k1") from None
 
 
 @functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
-def _load_public_key(public_key_hex: str) -> ec.EllipticCurvePublicKey:
+def _load_public_key(public_key_hex: str) -> coincurve.PublicKey:
     # Callers have checked the text form; this raises ValueError for a point off the curve.
-    return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, bytes.fromhex(public_key_hex))
+    return coincurve.PublicKey(bytes.fromhex(public_key_hex))
 
 
 @functools.lru_cache(maxsize=_KEY_CACHE_SIZE)
@@ -114,8 +114,7 @@ def public_key(prvkey: str) -> str:
 
     Raises ``ValueError`` if ``prvkey`` is not a valid secp256k1 private key.
     """
-    numbers = _load_private_key(prvkey).public_key().public_numbers()
-    return f"04{numbers.x:064x}{numbers.y:064x}"
+    return _load_private_key(prvkey).public_key.format(compressed=False).hex()
 
 
 def id_from_public_key(public_key_hex: str) -> str:
@@ -141,14 +140,14 @@ def id_from_private_key(prvkey: str) -> str:
 def sign(data: bytes | str, prvkey: str) -> str:
     """Sign ``data`` (``str`` is signed as its UTF-8 bytes) with ``prvkey``.
 
-    Returns ECDSA-secp256k1-SHA256 as ``r || s``: 128 lowercase hex characters. Signing
-    is randomised, so two signatures of the same data differ; both verify.
-    Raises ``ValueError`` if ``prvkey`` is invalid.
+    Returns ECDSA-secp256k1-SHA256 as ``r || s``: 128 lowercase hex characters, with
+    the low ``s`` and the RFC 6979 nonce (the same data and key give the same signature;
+    commands differ anyway by their nonce). Raises ``ValueError`` if ``prvkey`` is invalid.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    r, s = decode_dss_signature(_load_private_key(prvkey).sign(data, _ECDSA))
-    return f"{r:064x}{s:064x}"
+    # The compact recoverable form is r || s || recovery id: r || s is its first 64 bytes.
+    return _load_private_key(prvkey).sign_recoverable(data)[:64].hex()
 
 
 def verify(data: bytes, signature: str, public_key: str) -> bool:
@@ -160,13 +159,16 @@ def verify(data: bytes, signature: str, public_key: str) -> bool:
     """
     if not _SIGNATURE_RE.fullmatch(signature) or not _PUBLIC_KEY_RE.fullmatch(public_key):
         return False
-    try:
-        key = _load_public_key(public_key)
-        der = encode_dss_signature(int(signature[:64], 16), int(signature[64:], 16))
-        key.verify(der, data, _ECDSA)
-    except (InvalidSignature, ValueError):
+    r, s = int(signature[:64], 16), int(signature[64:], 16)
+    if not (0 < r < _ORDER and 0 < s < _ORDER):
         return False
-    return True
+    # libsecp256k1 verifies low-s signatures only; (r, s) and (r, n - s) are both valid
+    # ECDSA signatures of the same data, and OpenSSL made either.
+    s = min(s, _ORDER - s)
+    try:
+        return _load_public_key(public_key).verify(encode_dss_signature(r, s), data)
+    except ValueError:
+        return False
 
 
 class Crypto:

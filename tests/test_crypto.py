@@ -5,6 +5,12 @@ import re
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from colonies_es.crypto import (
     CommandRejected,
@@ -119,6 +125,48 @@ def test_tampered_data_fails_verification(alice: str) -> None:
 
 def test_signature_by_another_key_fails_verification(alice: str, mallory: str) -> None:
     assert not verify(b"payload", sign(b"payload", mallory), public_key(alice))
+
+
+_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def _openssl_signature(data: bytes, prvkey: str) -> tuple[int, int]:
+    """(r, s) of ``data`` signed by OpenSSL (``cryptography``), as signatures were made
+    before coincurve: randomised, with either s."""
+    key = ec.derive_private_key(int(prvkey, 16), ec.SECP256K1())
+    return decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+
+
+def test_signatures_made_by_openssl_still_verify_with_either_s(alice: str) -> None:
+    r, s = _openssl_signature(b"payload", alice)
+    low, high = min(s, _ORDER - s), max(s, _ORDER - s)
+    assert verify(b"payload", f"{r:064x}{low:064x}", public_key(alice))
+    assert verify(b"payload", f"{r:064x}{high:064x}", public_key(alice))
+    assert not verify(b"payloaD", f"{r:064x}{high:064x}", public_key(alice))
+
+
+def test_signatures_are_low_s_and_verify_with_openssl(alice: str) -> None:
+    signature = sign(b"payload", alice)
+    r, s = int(signature[:64], 16), int(signature[64:], 16)
+    assert s <= _ORDER // 2
+    key = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256K1(), bytes.fromhex(public_key(alice))
+    )
+    key.verify(encode_dss_signature(r, s), b"payload", ec.ECDSA(hashes.SHA256()))
+
+
+def test_public_key_and_id_match_openssl_derivation() -> None:
+    numbers = ec.derive_private_key(int(VECTOR_PRVKEY, 16), ec.SECP256K1()).public_key()
+    xy = numbers.public_numbers()
+    assert public_key(VECTOR_PRVKEY) == f"04{xy.x:064x}{xy.y:064x}"
+    assert id_from_private_key(VECTOR_PRVKEY) == VECTOR_ID
+
+
+def test_a_private_key_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        public_key(f"{_ORDER:064x}")
+    with pytest.raises(ValueError, match="out of range"):
+        public_key("00" * 32)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import msgspec
 import nats.errors
@@ -26,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
-from colonies_es.crypto import Session, seal
+from colonies_es.crypto import seal
 from colonies_es.protocol import AFTER_HEADER, SEQUENCE_HEADER, api_subject
 from colonies_es.settings import NatsAccess
 
@@ -61,7 +60,6 @@ class Connection:
         self._nc: NATS | None = None
         self._opening = asyncio.Lock()
         self._last_error: Exception | None = None
-        self._sessions: dict[str, Session] = {}
         self.sequence = 0
         """The highest event-log sequence a reply or a work ticket has shown this client."""
 
@@ -127,7 +125,9 @@ class Connection:
     async def request(self, subject: str, op: str, body: msgspec.Struct, prvkey: str) -> bytes:
         """Send ``body`` sealed for ``op`` as a request on ``subject`` (a command, or a
         query to the projectors); the same reply handling and errors as :meth:`command`."""
-        data = seal(op, body, prvkey, session=self._session(prvkey))
+        # Signed by the identity key itself: with libsecp256k1 that costs the client about
+        # what an Ed25519 session key did, and the engine less than half (crypto.py).
+        data = seal(op, body, prvkey)
         nc = await self.nats()
         server = "colonies engine" if subject.startswith("colonies.api.") else "projector"
         try:
@@ -179,17 +179,6 @@ class Connection:
         except ValueError:
             return
         self.sequence = max(self.sequence, value)
-
-    def _session(self, prvkey: str) -> Session:
-        """The session key signing this identity's commands (a new one every hour).
-
-        Signing with a certified Ed25519 session key costs ~27 us where the identity's
-        secp256k1 key costs ~350 us; the engine checks each certificate once.
-        """
-        session = self._sessions.get(prvkey)
-        if session is None or not session.valid_at(time.time()):
-            session = self._sessions[prvkey] = Session(prvkey)
-        return session
 
     async def close(self) -> None:
         """Flush what is pending and close the connection; the next call opens a new one.
