@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         help="peers group: without $CELERY_PYTHON, make build/peers/celery-venv with "
         "celery[redis] from PyPI if it is not there (a plain run never downloads)",
     )
+    parser.add_argument(
+        "--no-peer",
+        action="store_true",
+        help="peers group: measure this project's side only (faster, for iterating)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.groups if name not in GROUPS]
     if unknown:
@@ -47,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     options = Options(
-        quick=args.quick, runs=args.runs, peer_dir=args.peer_dir, install_peer=args.install_peer
+        quick=args.quick,
+        runs=args.runs,
+        peer_dir=args.peer_dir,
+        install_peer=args.install_peer,
+        no_peer=args.no_peer,
     )
 
     reports: list[Report] = []

@@ -32,13 +32,14 @@ RESULTS_DIR = Path(__file__).parent / "results"
 @dataclass(frozen=True)
 class Options:
     """How a group should run: ``quick`` shrinks the work, ``runs`` repeats each rate.
-    ``peer_dir`` and ``install_peer`` concern the peers group only (see
+    ``peer_dir``, ``install_peer`` and ``no_peer`` concern the peers group only (see
     :mod:`benchmarks.peers`)."""
 
     quick: bool = False
     runs: int = 3
     peer_dir: Path | None = None
     install_peer: bool = False
+    no_peer: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ the venv ``build/peers/celery-venv`` that ``--install-peer`` creates (it downloa
 ``celery[redis]`` from PyPI; a plain run never downloads). ``redis-server`` must be on the
 PATH. Without the peer, this project's side is measured and the missing piece named.
 
-Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer]``.
+Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer] [--no-peer]``
+(``--no-peer``: this project's side only, to iterate on a change).
 """
 
 from __future__ import annotations
@@ -717,6 +718,8 @@ def peer_directory(options: Options) -> Path:
 def find_peer(options: Options) -> Peer | str:
     """The peer, or one line saying what is missing. With ``options.install_peer`` and no
     ``CELERY_PYTHON``, makes :data:`PEER_VENV` (downloading from PyPI) if it is not there."""
+    if options.no_peer:
+        return "--no-peer"
     directory = peer_directory(options)
     if not (directory / "run.sh").is_file():
         return f"no run.sh in {directory} (--peer-dir or {PEER_DIR_VARIABLE})"
@@ -959,7 +962,8 @@ def print_details(report: PeersReport) -> None:
         print("--quick: this project ran less work than Celery's fixed sizes; ratios indicative")
     if report.celery_missing:
         print(f"Celery side not measured: {report.celery_missing}")
-        print(f"  to install the peer: {INSTALL_HINT}")
+        if report.celery_missing != "--no-peer":
+            print(f"  to install the peer: {INSTALL_HINT}")
     print()
     print("CPU ms per process (median of the runs); the target counts " + " + ".join(PARTIES))
     header = f"{'workload':<16}" + "".join(
