@@ -118,3 +118,24 @@ def test_a_live_graph_stays_and_a_revived_graph_leaves_the_totals() -> None:
     assert state.is_resident(ended.id)
     assert state.evicted_counts(COLONY)["successfulprocesses"] == 0
     assert {g.id for g in state.resident_graphs(COLONY)} == {live.id, ended.id}
+
+
+def test_pending_processes_follow_each_change_and_leave_with_evicted_graphs() -> None:
+    state = EngineState()
+    first, first_events = submitted("a")
+    _, second_events = submitted("b")
+    state.apply(first_events[0], 1)
+    assert state.pending_processes(COLONY) == 1
+    state.apply(second_events[0], 2)
+    assert state.pending_processes(COLONY) == 2
+    assert state.pending_processes("another colony") == 0
+    assign, close = run_to_success(first)
+    state.apply(assign, 3)  # RUNNING still counts
+    assert state.pending_processes(COLONY) == 2
+    state.apply(close, 4)
+    assert state.pending_processes(COLONY) == 1
+    state.advance(4)
+    assert state.sweep(never_busy) == [first.id]
+    assert state.pending_processes(COLONY) == 1
+    state.revive(first)  # ended: revived, it still counts nothing
+    assert state.pending_processes(COLONY) == 1

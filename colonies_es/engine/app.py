@@ -642,7 +642,7 @@ class ColoniesApp(Application[str]):
     ) -> tuple[ProcessGraph, Effects]:
         colony = self._member_colony(cmd, workflow.colonyname)
         adding = len(workflow.functionspecs)
-        self.quotas.check_pending(colony.name, self.state.resident_graphs(colony.name), adding)
+        self.quotas.check_pending(colony.name, self.state.pending_processes(colony.name), adding)
         graph = ProcessGraph.submit(
             colony.name,
             workflow,
@@ -851,7 +851,7 @@ class ColoniesApp(Application[str]):
             )
         added: list[str] = []
         colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
-        self.quotas.check_pending(colonyname, self.state.resident_graphs(colonyname), 1)
+        self.quotas.check_pending(colonyname, self.state.pending_processes(colonyname), 1)
 
         def add(graph: ProcessGraph) -> None:
             added.append(

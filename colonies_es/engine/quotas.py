@@ -15,16 +15,11 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from colonies_es.domain import ProcessGraph
 from colonies_es.domain.errors import DomainError
-from colonies_es.states import ProcessState
 
 __all__ = ["QuotaExceeded", "Quotas"]
-
-_PENDING = frozenset({int(ProcessState.WAITING), int(ProcessState.RUNNING)})
 
 
 class QuotaExceeded(DomainError):
@@ -47,18 +42,12 @@ class Quotas:
                 f"{self.max_command_bytes} bytes per command (COLONIES_MAX_COMMAND_BYTES)",
             )
 
-    def check_pending(self, colonyname: str, graphs: Iterable[ProcessGraph], adding: int) -> None:
-        """Refuse (429) adding ``adding`` processes to colony ``colonyname`` whose
-        ``graphs`` already hold the limit's worth of WAITING or RUNNING processes."""
+    def check_pending(self, colonyname: str, pending: int, adding: int) -> None:
+        """Refuse (429) adding ``adding`` processes to colony ``colonyname`` that already
+        has ``pending`` WAITING or RUNNING processes (``EngineState.pending_processes``)
+        when that goes over the limit."""
         if not self.max_pending_processes:
             return
-        pending = sum(
-            1
-            for graph in graphs
-            if graph.state in _PENDING
-            for node in graph.nodes.values()
-            if node.state in _PENDING
-        )
         if pending + adding > self.max_pending_processes:
             raise QuotaExceeded(
                 429,

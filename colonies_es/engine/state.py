@@ -75,6 +75,17 @@ def graph_counts(graph: ProcessGraph) -> tuple[int, int, int, int]:
     )
 
 
+_PENDING = (ProcessState.WAITING, ProcessState.RUNNING)
+
+
+def pending_count(graph: ProcessGraph) -> int:
+    """The WAITING and RUNNING processes of a graph that is itself WAITING or RUNNING (a
+    graph that ended or was removed counts none): what the pending quota counts."""
+    if graph.removed or graph.state not in _PENDING:
+        return 0
+    return sum(1 for node in graph.nodes.values() if node.state in _PENDING)
+
+
 def evictable(graph: ProcessGraph) -> bool:
     """True when the graph has ended (or was removed) and no process is ready or running:
     nothing (no claim, no deadline) needs it in memory."""
@@ -136,6 +147,9 @@ class EngineState:
         self._ending: dict[str, int] = {}  # resident evictable graph -> its last sequence
         self._evicted_counts: dict[str, list[int]] = {}
         self._timers: list[Timer] = []
+        self._pending: dict[str, int] = {}  # colony -> pending_count of its graphs, summed
+        self._pending_of_graph: dict[str, tuple[str, int]] = {}  # graph -> (colony, count)
+        self._recount: set[str] = set()  # resident graphs changed since the last count
         self._lock = threading.RLock()  # the rebuild runs in a thread, the rest on the loop
         self._progress: asyncio.Event | None = None
 
@@ -164,6 +178,28 @@ class EngineState:
         totals = self._evicted_counts.get(colonyname, [0, 0, 0, 0])
         return dict(zip(COUNTED, totals, strict=True))
 
+    def pending_processes(self, colonyname: str) -> int:
+        """The WAITING and RUNNING processes of the colony's resident graphs (evicted
+        graphs have none), as :func:`pending_count` counts them.
+
+        Kept incrementally: each graph changed since the last call is counted again, so
+        a submission costs the graphs that changed, not every graph of the colony."""
+        for graph_id in self._recount:
+            self._uncount_pending(graph_id)
+            graph = self.aggregates.get(graph_id)
+            if isinstance(graph, ProcessGraph):
+                count = pending_count(graph)
+                if count:
+                    self._pending_of_graph[graph_id] = (graph.colonyname, count)
+                    self._pending[graph.colonyname] = self._pending.get(graph.colonyname, 0) + count
+        self._recount.clear()
+        return self._pending.get(colonyname, 0)
+
+    def _uncount_pending(self, graph_id: str) -> None:
+        colonyname, count = self._pending_of_graph.pop(graph_id, ("", 0))
+        if count:
+            self._pending[colonyname] -= count
+
     def keep_loaded(self, graph: ProcessGraph) -> None:
         """Keeps an evicted graph a command loaded from the log (LRU, not resident)."""
         if graph.id in self.aggregates:
@@ -180,6 +216,7 @@ class EngineState:
             return
         self._loaded.pop(graph.id, None)
         self.aggregates[graph.id] = graph
+        self._recount.add(graph.id)
         self._count(graph, -1)
 
     def sweep(self, busy: Callable[[str], bool]) -> list[str]:
@@ -191,6 +228,8 @@ class EngineState:
                 continue
             graph = self.aggregates.pop(graph_id, None)
             del self._ending[graph_id]
+            self._recount.discard(graph_id)
+            self._uncount_pending(graph_id)
             if isinstance(graph, ProcessGraph):
                 self._count(graph, +1)
                 evicted.append(graph_id)
@@ -205,6 +244,7 @@ class EngineState:
         """Notes whether a resident graph may be evicted once ``sequence`` is applied."""
         if not isinstance(aggregate, ProcessGraph):
             return
+        self._recount.add(aggregate.id)
         if evictable(aggregate):
             self._ending[aggregate.id] = max(sequence, self._ending.get(aggregate.id, 0))
         else:
