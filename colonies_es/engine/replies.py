@@ -21,8 +21,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
-__all__ = ["Applied", "Decided", "Replies"]
+import msgspec
+
+from colonies_es import crypto
+from colonies_es.domain import AuditedEvent
+
+__all__ = ["Applied", "Decided", "Replies", "SeenCommands"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +82,40 @@ class Replies:
             if when >= horizon and len(self._entries) <= self.limit:
                 break
             del self._entries[oldest_key]
+
+
+class SeenCommands:
+    """The commands this replica knows were applied, fed from every event it applies or
+    writes: the replay guard (a command is accepted once) and the :class:`Replies` of
+    retries. Both survive restarts (the rebuild feeds them) and see what other replicas
+    accepted (the follower feeds them)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.guard = crypto.ReplayGuard(window)
+        self.replies = Replies(window)
+
+    def remember(self, event: AuditedEvent, sequence: int, now: datetime) -> None:
+        """Notes the signed command ``event`` carries, if it is recent enough to matter."""
+        if not event.command or (now - event.timestamp).total_seconds() > 2 * self.window:
+            return
+        try:
+            signed = msgspec.json.decode(event.command, type=crypto.SignedCommand)
+            payload = msgspec.json.decode(signed.payload, type=crypto.CommandPayload)
+        except msgspec.DecodeError:  # e.g. a ColonyOS envelope (no nonce)
+            return
+        if not payload.nonce:
+            return
+        caller = crypto.id_from_public_key(signed.public_key)
+        replay_key = f"{caller}:{payload.nonce}"
+        self.guard.remember(replay_key, payload.ts, now.timestamp())
+        subject = getattr(event, "processid", None) or ""
+        child = getattr(event, "child", None)
+        if child is not None:
+            subject = child["processid"]
+        attribute = getattr(event, "attributeid", None)
+        if attribute:
+            subject = f"{subject}:{attribute}"
+        self.replies.remember(
+            replay_key, Applied(payload.op, event.originator_id, subject, sequence)
+        )

@@ -10,8 +10,8 @@ One asyncio task owns everything here (structured with an anyio task group):
   waiting for the log does not hold up the others.
 - after a command, its effects go out: a work ticket per process that became ready, an
   end notification per process that ended, a work consumer per new executor type.
-- the follower applies every event any replica appends (:meth:`ColoniesApp.follow`),
-  and a sweep evicts ended graphs from memory every second (they stay in the log).
+- the follower applies every event any replica appends (:mod:`.follower`), and a sweep
+  evicts ended graphs from memory every second (:mod:`.timers`; they stay in the log).
 - a reconciler re-issues work tickets every second where ready processes have fewer
   tickets waiting than processes (a lost message, a restart), and the timer loop fires
   the deadlines the log implies (execution and waiting time limits).
@@ -321,9 +321,9 @@ class Engine:
         """Fires due deadlines (execution / waiting time limits) as engine commands."""
         assert self.app is not None
         while True:
-            delay = self.app.next_deadline_in(time.time())
+            delay = self.app.timers.next_deadline_in(time.time())
             await anyio.sleep(min(max(delay, 0.05), 1.0))
-            effects = await self.app.fire_deadlines(time.time())
+            effects = await self.app.timers.fire_deadlines(time.time())
             await self._apply(effects, self.app.state.reached)
 
     # ----------------------------------------------------------------- memory
@@ -333,7 +333,7 @@ class Engine:
         assert self.app is not None
         while True:
             await anyio.sleep(SWEEP_INTERVAL)
-            self.app.sweep()
+            self.app.timers.sweep()
 
 
 def _after(request: Request) -> int:

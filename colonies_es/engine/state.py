@@ -23,7 +23,7 @@ CANCELLED or removed) with no process ready or running is *evicted* by :meth:`sw
 the follower has applied its last event: it leaves ``aggregates`` and its process counts
 move into per-colony totals (for ``stats``). What remains of it is its ids in two
 indices (which graph holds a process, the graphs of a colony). A command on an evicted
-graph loads it from its own subject (the engine's ``_resident``/``_readable``); reads keep
+graph loads it from its own subject (:class:`~.aggregates.Aggregates`); reads keep
 it in a small LRU (:data:`LOADED_CACHE`), a change makes it resident again
 (:meth:`revive`, which takes its counts out of the totals) until the next sweep. So a
 graph is always counted exactly once: by iterating resident graphs, or in the totals.

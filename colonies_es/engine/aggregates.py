@@ -1,0 +1,312 @@
+"""The aggregates a decision reads and changes: memory first, then the log, under locks.
+
+:class:`Aggregates` is what every op handler (:mod:`colonies_es.engine.ops`) and the
+timers (:mod:`.timers`) work with. It gives
+
+- lookups that answer with one clear :class:`~colonies_es.domain.DomainError` (a colony
+  that does not exist, a caller that is not a member, a process no graph holds);
+- :meth:`Aggregates.load`: an aggregate from memory, or an evicted (ended) graph from its
+  own subject in the log;
+- :meth:`Aggregates.change` / :meth:`Aggregates.save_new`: a decision taken on a copy of
+  the aggregate under its lock, appended to the log (optimistic concurrency in the
+  JetStream store), and installed in :class:`~colonies_es.engine.state.EngineState` only
+  once the log has acknowledged it. On a conflict (another replica wrote first) the
+  aggregate catches up from its subject (:meth:`Aggregates.catch_up`) and the decision is
+  taken again, up to :data:`CONFLICT_RETRIES` times.
+
+The last stream sequence the current command wrote is kept in :data:`last_written` (a
+context variable: each command is its own task), for the reply's ``Colonies-Sequence``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+from eventsourcing.persistence import IntegrityError, Mapper, Notification
+
+from colonies_es import crypto
+from colonies_es.domain import (
+    AuditedAggregate,
+    AuditedEvent,
+    Colony,
+    Forbidden,
+    NotFound,
+    ProcessGraph,
+    colony_aggregate_id,
+    graph_aggregate_id,
+)
+from colonies_es.engine.quotas import Quotas
+from colonies_es.engine.replies import SeenCommands
+from colonies_es.engine.state import Effects, EngineState, NotNext
+from colonies_es.store import JetStreamApplicationRecorder
+from colonies_es.store.codec import to_notification
+from colonies_es.store.jetstream import JetStreamLog
+
+__all__ = ["CONFLICT_RETRIES", "Aggregates", "audit", "last_written", "replay_events"]
+
+log = logging.getLogger("colonies.engine")
+
+A = TypeVar("A", bound=AuditedAggregate)
+
+DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
+"""Only event classes under this module are ever instantiated from the log."""
+
+CONFLICT_RETRIES = 5
+"""Times a decision is taken again after another replica changed the aggregate first."""
+
+last_written: ContextVar[int] = ContextVar("last_written", default=0)
+"""The last stream sequence the command being decided (this task's) has written."""
+
+
+class Aggregates:
+    """The engine's aggregates for deciding commands (see the module doc)."""
+
+    def __init__(
+        self,
+        state: EngineState,
+        store: JetStreamApplicationRecorder,
+        mapper: Mapper[Any],
+        seen: SeenCommands,
+        *,
+        server_id: str,
+        quotas: Quotas,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.log: JetStreamLog = store.log
+        """Where writes go; :meth:`ColoniesApp.attach` rebinds it to the engine's loop."""
+        self.mapper = mapper
+        self.seen = seen
+        self.server_id = server_id
+        self.quotas = quotas
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()  # a lock lives while a command holds or awaits it
+        )
+
+    # ------------------------------------------------------------------ lookups
+
+    def colony(self, colonyname: str) -> Colony:
+        """The colony (not removed), or NotFound."""
+        colony = self.state.get(colony_aggregate_id(colonyname))
+        if not isinstance(colony, Colony) or colony.removed:
+            raise NotFound(f"colony {colonyname!r} does not exist")
+        return colony
+
+    def member_colony(
+        self, cmd: crypto.VerifiedCommand, colonyname: str, allow_server_owner: bool = False
+    ) -> Colony:
+        """The colony, if the caller is a member (or, when allowed, the server owner)."""
+        colony = self.colony(colonyname)
+        if not colony.is_member(cmd.caller_id) and not (
+            allow_server_owner and cmd.caller_id == self.server_id
+        ):
+            raise Forbidden(f"the caller is not a member of colony {colonyname!r}")
+        return colony
+
+    def require_server_owner(self, cmd: crypto.VerifiedCommand) -> None:
+        if cmd.caller_id != self.server_id:
+            raise Forbidden("only the server owner can do this")
+
+    def graph_id_of(self, processid: str) -> str:
+        """The aggregate id of the graph holding the process, or NotFound."""
+        graph_id = self.state.graph_of(processid)
+        if graph_id is None:
+            raise NotFound(f"process {processid} does not exist")
+        return graph_id
+
+    def graph_id_by_graphid(self, processgraphid: str) -> str:
+        """The aggregate id of the process graph with this (client-facing) id, or NotFound."""
+        for colonyname in self.state.colony_names():
+            graph_id = graph_aggregate_id(colonyname, processgraphid)
+            if self.state.knows_graph(colonyname, graph_id):
+                return graph_id
+        raise NotFound(f"process graph {processgraphid} does not exist")
+
+    async def readable(self, cmd: crypto.VerifiedCommand, graph_id: str) -> ProcessGraph:
+        """The graph, if it exists, is not removed and the caller may read it."""
+        graph = await self.load(graph_id)
+        if not isinstance(graph, ProcessGraph) or graph.removed:
+            raise NotFound(f"process graph {graph_id.rsplit('.', 1)[-1]} does not exist")
+        self.member_colony(cmd, graph.colonyname)
+        return graph
+
+    async def graphs_newest_first(
+        self, colonyname: str, ended_too: bool
+    ) -> AsyncIterator[ProcessGraph]:
+        """The colony's graphs not removed, newest first; evicted (ended) graphs only
+        with ``ended_too``, each loaded from the log when the caller gets that far."""
+        for graph_id in reversed(self.state.graph_ids(colonyname)):
+            graph = self.state.get(graph_id)
+            if graph is None and ended_too:
+                graph = await self.load(graph_id)
+            if isinstance(graph, ProcessGraph) and not graph.removed:
+                yield graph
+
+    # ------------------------------------------------------------------ reading the log
+
+    def subject_of(self, aggregate_id: str) -> str:
+        return self.store.subject_for(aggregate_id)
+
+    def decode(self, notification: Notification) -> AuditedEvent | None:
+        """The domain event, or None for a foreign topic (never instantiated)."""
+        if not notification.topic.startswith(DOMAIN_TOPIC_PREFIX):
+            log.warning(
+                "skipping event %s of foreign topic %r", notification.id, notification.topic
+            )
+            return None
+        event = self.mapper.to_domain_event(notification)
+        return event if isinstance(event, AuditedEvent) else None
+
+    async def events_of(self, aggregate_id: str) -> list[tuple[AuditedEvent, int]]:
+        """The aggregate's events from its own subject, with their stream sequences."""
+        messages = await self.log.read_subject(self.store.subject_for(aggregate_id))
+        events = []
+        for message in messages:
+            envelope = self.store.connection.trusted(message)
+            if envelope is None:
+                continue
+            event = self.decode(to_notification(envelope, message.sequence))
+            if event is not None:
+                events.append((event, message.sequence))
+        return events
+
+    async def load(self, aggregate_id: str) -> AuditedAggregate | None:
+        """The aggregate from memory, or an evicted graph from its own subject (as far
+        as the follower has applied the log), kept in the state's LRU for a while."""
+        found = self.state.get(aggregate_id)
+        if found is not None:
+            return found
+        colonyname, _, rest = aggregate_id.partition(".")
+        if not rest.startswith("graph.") or not self.state.knows_graph(colonyname, aggregate_id):
+            return None
+        applied = self.state.applied
+        events = await self.events_of(aggregate_id)
+        graph = replay_events(event for event, seq in events if seq <= applied)
+        if not isinstance(graph, ProcessGraph):
+            return None
+        found = self.state.get(aggregate_id)  # the follower may have revived it meanwhile
+        if found is not None:
+            return found
+        self.state.keep_loaded(graph)
+        return graph
+
+    async def resident(self, aggregate_id: str) -> AuditedAggregate | None:
+        """The aggregate, made resident again if it was an evicted graph (to change it)."""
+        found = await self.load(aggregate_id)
+        if isinstance(found, ProcessGraph) and not self.state.is_resident(aggregate_id):
+            self.state.revive(found)
+        return found
+
+    async def catch_up(self, aggregate_id: str) -> None:
+        """Brings one aggregate up to its subject's last event (after a conflict, a gap,
+        or an event on an evicted graph), through the same :meth:`EngineState.apply` as
+        the follower."""
+        events = await self.events_of(aggregate_id)
+        if not self.state.is_resident(aggregate_id):
+            # Evicted: its colony's totals hold it as the log had it up to ``applied``.
+            before = replay_events(e for e, seq in events if seq <= self.state.applied)
+            if isinstance(before, ProcessGraph):
+                self.state.revive(before)
+        cached = self.state.aggregates.get(aggregate_id)
+        have = cached.version if cached is not None else 0
+        now = datetime.now(UTC)
+        for event, sequence in events:
+            if event.originator_version <= have:
+                continue
+            try:
+                self.state.apply(event, sequence)
+            except NotNext:
+                rebuilt = replay_events(whole for whole, _ in events)
+                if rebuilt is not None:
+                    self.state.replace(rebuilt, events[-1][1])
+                return
+            self.seen.remember(event, sequence, now)
+
+    # ------------------------------------------------------------------ writing
+
+    def lock(self, aggregate_id: str) -> asyncio.Lock:
+        """The aggregate's lock: its commands (and the follower's installs) one at a time."""
+        lock = self._locks.get(aggregate_id)
+        if lock is None:
+            lock = self._locks[aggregate_id] = asyncio.Lock()
+        return lock
+
+    def busy(self, aggregate_id: str) -> bool:
+        """True while a command of this replica holds the aggregate's lock."""
+        lock = self._locks.get(aggregate_id)
+        return lock is not None and lock.locked()
+
+    async def save_new(self, aggregate: AuditedAggregate) -> Effects:
+        """Saves a new aggregate (IntegrityError if its id exists) and installs it."""
+        async with self.lock(aggregate.id):
+            events = await self._save(aggregate)
+            return self.state.install(aggregate, events, last_written.get())
+
+    async def change(
+        self, aggregate_id: str, kind: type[A], decide: Callable[[A], None]
+    ) -> tuple[A, Effects]:
+        """Runs ``decide`` on a copy of the aggregate under its lock, saves what it
+        triggered, and installs the copy once the log has it.
+
+        A refused or failed write leaves the cached aggregate as it was. When another
+        replica changed the aggregate first (``IntegrityError``), this one catches up
+        from the aggregate's subject and decides again, up to :data:`CONFLICT_RETRIES`
+        times.
+        """
+        async with self.lock(aggregate_id):
+            for attempt in range(CONFLICT_RETRIES):
+                cached = await self.resident(aggregate_id)
+                if not isinstance(cached, kind):
+                    what = "colony" if kind is Colony else "process graph"
+                    name = aggregate_id.split(".")[0 if kind is Colony else -1]
+                    raise NotFound(f"{what} {name!r} does not exist")
+                draft = cached.copy()
+                decide(draft)  # a DomainError triggers nothing
+                try:
+                    events = await self._save(draft)
+                except IntegrityError:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    await self.catch_up(aggregate_id)
+                    continue
+                return draft, self.state.install(draft, events, last_written.get())
+            raise AssertionError("unreachable")
+
+    async def change_graph(
+        self, graph_id: str, decide: Callable[[ProcessGraph], None]
+    ) -> tuple[ProcessGraph, Effects]:
+        """:meth:`change` on a process graph."""
+        return await self.change(graph_id, ProcessGraph, decide)
+
+    async def _save(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
+        """Appends the aggregate's pending events to the log (atomically), notes the last
+        sequence written for the reply (:data:`last_written`) and marks the commands as
+        applied (a retry's reply is computed again from the aggregate: :mod:`.replies`)."""
+        pending: list[AuditedEvent] = list(aggregate.collect_events())  # type: ignore[arg-type]
+        stored = [self.mapper.to_stored_event(event) for event in pending]
+        sequences = await self.log.append(self.store.entries_for(stored))
+        last_written.set(max(last_written.get(), sequences[-1]))
+        now = datetime.now(UTC)
+        for event in pending:
+            self.seen.remember(event, last_written.get(), now)
+        return pending
+
+
+def audit(cmd: crypto.VerifiedCommand, now: datetime) -> dict[str, Any]:
+    """The audit fields every event of a command carries: when, who, and the command."""
+    return {"now": now, "actor": cmd.caller_id, "command": msgspec.json.encode(cmd.command)}
+
+
+def replay_events(events: Iterable[AuditedEvent]) -> AuditedAggregate | None:
+    """The aggregate these events (its own, in order) build."""
+    aggregate: AuditedAggregate | None = None
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate

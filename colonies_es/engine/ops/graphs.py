@@ -1,0 +1,137 @@
+"""Ops on process graphs: read, list, grow (add_child), rerun, cancel and remove."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from colonies_es import crypto
+from colonies_es.domain import Conflict, Forbidden, NotFound, ProcessGraph
+from colonies_es.engine.aggregates import Aggregates, audit
+from colonies_es.engine.ops.base import ENDED, Reply, name_of
+from colonies_es.engine.state import Effects
+from colonies_es.models import ProcessState, encode
+from colonies_es.protocol import AddChild, GraphRef, ListQuery, RemoveAll
+
+
+async def get_processgraph(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
+) -> Reply:
+    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    graph = await aggregates.readable(cmd, graph_id)
+    return Reply(encode(graph.to_model()))
+
+
+async def get_processgraphs(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ListQuery, now: datetime
+) -> Reply:
+    """The colony's newest ``count`` graphs in ``state`` (any state when negative)."""
+    aggregates.member_colony(cmd, body.colonyname)
+    found = []
+    ended_too = body.state is None or body.state < 0 or body.state in ENDED
+    async for graph in aggregates.graphs_newest_first(body.colonyname, ended_too):
+        if body.state is None or body.state < 0 or graph.state == body.state:
+            found.append(graph.to_model())
+            if len(found) >= body.count:
+                break
+    return Reply(encode(found))
+
+
+async def add_child(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: AddChild, now: datetime
+) -> Reply:
+    """Adds a process under a parent of a running graph (within the pending quota);
+    answers with the new process."""
+    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    if aggregates.graph_id_of(body.parentprocessid) != graph_id:
+        raise NotFound(
+            f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
+        )
+    added: list[str] = []
+    colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
+    aggregates.quotas.check_pending(colonyname, aggregates.state.pending_processes(colonyname), 1)
+
+    def add(graph: ProcessGraph) -> None:
+        added.append(
+            graph.add_child(
+                body.parentprocessid,
+                cmd.caller_id,
+                body.spec,
+                body.nodename,
+                insert=body.insert,
+                childprocessid=body.childprocessid,
+                **audit(cmd, now),
+            )
+        )
+
+    graph, effects = await aggregates.change_graph(graph_id, add)
+    return Reply(encode(graph.process_model(added[0])), effects)
+
+
+async def rerun_processgraph(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
+) -> Reply:
+    """A new graph re-running a failed one (its successful processes kept)."""
+    failed = await aggregates.readable(cmd, aggregates.graph_id_by_graphid(body.processgraphid))
+    colony = aggregates.colony(failed.colonyname)
+    graph = ProcessGraph.rerun_from_failed(
+        failed,
+        initiatorid=cmd.caller_id,
+        initiatorname=name_of(colony, cmd.caller_id),
+        **audit(cmd, now),
+    )
+    effects = await aggregates.save_new(graph)
+    return Reply(encode(graph.to_model()), effects)
+
+
+async def cancel_processgraph(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
+) -> Reply:
+    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    await aggregates.readable(cmd, graph_id)
+    _, effects = await aggregates.change_graph(graph_id, lambda g: g.cancel(**audit(cmd, now)))
+    return Reply(effects=effects)
+
+
+async def remove_processgraph(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
+) -> Reply:
+    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    await aggregates.readable(cmd, graph_id)
+    _, effects = await aggregates.change_graph(graph_id, lambda g: g.remove(**audit(cmd, now)))
+    return Reply(effects=effects)
+
+
+async def remove_all(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: RemoveAll, now: datetime
+) -> Reply:
+    """Removes the colony's graphs in ``state`` (all but RUNNING when negative); the
+    colony owner only. ``remove_all_processes`` and ``remove_all_processgraphs`` are
+    this op (graphs are what is removed)."""
+    colony = aggregates.colony(body.colonyname)
+    if cmd.caller_id != colony.ownerid:
+        raise Forbidden(f"only the owner of colony {colony.name!r} can remove all its graphs")
+    state = None if body.state is None or body.state < 0 else body.state
+    if state == ProcessState.RUNNING:
+        raise Conflict("RUNNING graphs cannot be removed: cancel them first")
+    effects = Effects()
+    graphs = [graph async for graph in aggregates.graphs_newest_first(colony.name, True)]
+    for graph in reversed(graphs):
+        if graph.state == ProcessState.RUNNING or (state is not None and graph.state != state):
+            continue
+        try:
+            _, more = await aggregates.change_graph(graph.id, lambda g: g.remove(**audit(cmd, now)))
+        except (Conflict, NotFound):
+            continue  # started running or was removed meanwhile
+        effects.merge(more)
+    return Reply(effects=effects)
+
+
+__all__ = [
+    "add_child",
+    "cancel_processgraph",
+    "get_processgraph",
+    "get_processgraphs",
+    "remove_all",
+    "remove_processgraph",
+    "rerun_processgraph",
+]

@@ -1,0 +1,119 @@
+"""Ops on processes: submit (one function or a workflow), read, list, remove, attributes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from colonies_es import crypto
+from colonies_es.domain import Conflict, ProcessGraph
+from colonies_es.engine.aggregates import Aggregates, audit
+from colonies_es.engine.ops.base import ENDED, Reply, name_of
+from colonies_es.engine.state import Effects
+from colonies_es.models import Workflow, encode
+from colonies_es.protocol import (
+    AddAttribute,
+    ListQuery,
+    ProcessRef,
+    SubmitFuncSpec,
+    SubmitWorkflow,
+)
+
+
+async def submit_func_spec(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: SubmitFuncSpec, now: datetime
+) -> Reply:
+    """Submits one function as a graph of one process; answers with the process."""
+    workflow = Workflow(colonyname=body.spec.conditions.colonyname, functionspecs=[body.spec])
+    graph, effects = await _submit(aggregates, cmd, workflow, now)
+    return Reply(encode(graph.process_model(graph.rootprocessids[0])), effects)
+
+
+async def submit_workflow(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: SubmitWorkflow, now: datetime
+) -> Reply:
+    """Submits a workflow as a new process graph; answers with the graph."""
+    graph, effects = await _submit(aggregates, cmd, body.workflow, now)
+    return Reply(encode(graph.to_model()), effects)
+
+
+async def _submit(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, workflow: Workflow, now: datetime
+) -> tuple[ProcessGraph, Effects]:
+    """A new graph of the workflow, by a member, within the colony's pending quota."""
+    colony = aggregates.member_colony(cmd, workflow.colonyname)
+    adding = len(workflow.functionspecs)
+    aggregates.quotas.check_pending(
+        colony.name, aggregates.state.pending_processes(colony.name), adding
+    )
+    graph = ProcessGraph.submit(
+        colony.name,
+        workflow,
+        initiatorid=cmd.caller_id,
+        initiatorname=name_of(colony, cmd.caller_id),
+        **audit(cmd, now),
+    )
+    return graph, await aggregates.save_new(graph)
+
+
+async def get_process(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
+) -> Reply:
+    graph = await aggregates.readable(cmd, aggregates.graph_id_of(body.processid))
+    return Reply(encode(graph.process_model(body.processid)))
+
+
+async def list_processes(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ListQuery, now: datetime
+) -> Reply:
+    """The colony's newest ``count`` processes in ``state`` (any state when negative)."""
+    aggregates.member_colony(cmd, body.colonyname)
+    found = []
+    ended_too = body.state is None or body.state < 0 or body.state in ENDED
+    async for graph in aggregates.graphs_newest_first(body.colonyname, ended_too):
+        for node in reversed(list(graph.nodes.values())):
+            if body.state is None or body.state < 0 or node.state == body.state:
+                found.append(graph.process_model(node.processid))
+                if len(found) >= body.count:
+                    return Reply(encode(found))
+    return Reply(encode(found))
+
+
+async def remove_process(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
+) -> Reply:
+    """Removes a process submitted alone (a graph of one); 409 for part of a workflow."""
+    graph_id = aggregates.graph_id_of(body.processid)
+    graph = await aggregates.readable(cmd, graph_id)
+    if len(graph.nodes) > 1:
+        raise Conflict(
+            f"process {body.processid} belongs to a workflow of {len(graph.nodes)} processes: "
+            "remove its process graph instead"
+        )
+    _, effects = await aggregates.change_graph(graph_id, lambda g: g.remove(**audit(cmd, now)))
+    return Reply(effects=effects)
+
+
+async def add_attribute(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: AddAttribute, now: datetime
+) -> Reply:
+    """Adds a key/value attribute to a process; answers with the attribute."""
+    added: list[str] = []
+    graph, effects = await aggregates.change_graph(
+        aggregates.graph_id_of(body.processid),
+        lambda g: added.append(
+            g.add_attribute(body.processid, cmd.caller_id, body.key, body.value, **audit(cmd, now))
+        ),
+    )
+    model = graph.process_model(body.processid)
+    attribute = next(a for a in model.attributes if a.attributeid == added[0])
+    return Reply(encode(attribute), effects)
+
+
+__all__ = [
+    "add_attribute",
+    "get_process",
+    "list_processes",
+    "remove_process",
+    "submit_func_spec",
+    "submit_workflow",
+]
