@@ -97,6 +97,17 @@ EXECUTOR_TYPE = "python-executor"
 """The type of the executors ``colonies dev`` runs."""
 SUBMIT_WINDOW = 32
 """``submit_func_spec`` calls in flight in the throughput workload."""
+ROUND_TRIP_PHASES = (
+    "call -> submitted",
+    "submitted -> assigned",
+    "assigned -> closed",
+    "closed -> wait returned",
+    "submit reply",
+)
+"""Where a round trip's time goes: from the client's call to the submission the engine
+recorded, to the process's start (assigned), to its end (closed), to ``wait`` returning
+(the engine's timestamps and the client's clock: one machine); and, apart, the
+``submit_func_spec`` reply as the client waits for it."""
 LAST_EVENT = 2**62
 """A stream sequence after any graph's last event: time travel to it is the graph's end."""
 DEV_READY = "colonies dev is running"
@@ -588,21 +599,33 @@ class Workloads:
     # -- round trip
 
     def round_trips(self, n: int | None = None) -> Measured:
-        """``submit_func_spec`` + ``wait``, one task after the other; p50 and p99 (ms)."""
+        """``submit_func_spec`` + ``wait``, one task after the other; p50 and p99 (ms),
+        and where the time went (:data:`ROUND_TRIP_PHASES`, medians, in the note)."""
         spec = func_spec("noop", [], self.colonyname, EXECUTOR_TYPE, code=NOOP)
         samples = []
+        phases: dict[str, list[float]] = {phase: [] for phase in ROUND_TRIP_PHASES}
         for _ in range(self.sizes.round_trips if n is None else n):
+            called = time.time()
             started = time.perf_counter()
             process = self.client.submit_func_spec(spec, self.prvkey)
+            submitted = time.time()
             done = self.client.wait(process, WORKLOAD_TIMEOUT, self.prvkey)
             samples.append(1000 * (time.perf_counter() - started))
+            returned = time.time()
             check_process(done, [], "noop")
+            recorded = (done.submissiontime, done.starttime, done.endtime)
+            _check(None not in recorded, f"a process ended without its times: {recorded}")
+            moments = (called, *(moment.timestamp() for moment in recorded if moment), returned)
+            for phase, start, end in zip(ROUND_TRIP_PHASES, moments, moments[1:], strict=False):
+                phases[phase].append(1000 * (end - start))
+            phases["submit reply"].append(1000 * (submitted - called))
         p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        where = ", ".join(f"{phase} {statistics.median(ms):.1f}" for phase, ms in phases.items())
         return Measured(
             {"round_trip_p50": p50, "round_trip_p99": p99},
             len(samples),
             _nothing_more,
-            f"round trip p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+            f"round trip p50 {p50:.2f} ms, p99 {p99:.2f} ms (medians, ms: {where})",
         )
 
     # -- fan-out
