@@ -23,14 +23,28 @@ The state needed for 3 (who is a member, who holds which process) is rebuilt fro
 events themselves. With the seal key, what the engine sealed is applied (it is what the
 engine saw); without it, only the events that verify.
 
+Cost: checking signatures is most of it (an Ed25519 session signature, or ECDSA for
+commands signed with the identity's key; each session certificate once per process).
+They depend on nothing but the envelope, so :func:`verify_log` checks them in worker
+processes (:func:`signatures_hold`, a chunk of the log at a time, one worker per core)
+while this process reads the next chunk and decodes it; everything that depends on the
+order of the log (1, 3, 4, and the rest of 2) stays in this process, in log order, so
+findings are the same, reported the same way, whether signatures were checked here or
+there.
+
 :func:`export_lines` writes a history as JSON lines, for archiving or other tools.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Container, Iterator, Sequence
+import logging
+import multiprocessing
+import os
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +105,15 @@ from colonies_es.store.jetstream import JetStreamLog, StoredMessage
 
 __all__ = [
     "CAUSES",
+    "PARALLEL_FROM",
+    "READ_CHUNK",
+    "AuditProgress",
     "AuditReport",
     "Auditor",
     "Authorities",
     "Finding",
     "export_lines",
+    "signatures_hold",
     "verify",
     "verify_graph",
     "verify_log",
@@ -132,8 +150,13 @@ CAUSES: dict[type[AuditedEvent], frozenset[str]] = {
 }
 """The ops whose commands may cause each kind of event."""
 
+_decode_signed_command = msgspec.json.Decoder(crypto.SignedCommand).decode
+
 _ONE_COMMAND_MANY_EVENTS = frozenset({"remove_all_processgraphs", "remove_all_processes"})
-_READ_CHUNK = 10_000
+READ_CHUNK = 10_000
+"""Messages read (and given to the workers) at a time."""
+
+log = logging.getLogger("colonies.audit")
 
 
 class _Expiry(msgspec.Struct):
@@ -173,6 +196,8 @@ class AuditReport:
 
     checked: int = 0
     findings: list[Finding] = field(default_factory=list)
+    workers: int = field(default=0, compare=False)
+    """Processes that checked signatures beside the auditing one (0: it checked them)."""
 
     @property
     def ok(self) -> bool:
@@ -204,28 +229,44 @@ class Auditor:
         self.events_prefix = f"{prefix}.ev."
         self.aggregates: dict[str, AuditedAggregate] = {}
         self.report = AuditReport()
+        self.signatures: dict[int, bool] = {}
+        """Sequence -> whether the signature of its event's command holds, when that was
+        checked ahead (:func:`signatures_hold`, in other processes); the others are
+        checked by :meth:`check`. Entries are used once."""
         self._commands: dict[str, int] = {}  # payload digest -> sequence of its first event
 
-    def check(self, message: StoredMessage, context: bool = False) -> None:
+    def decode(self, message: StoredMessage) -> AuditedEvent | Untrusted:
+        """The event ``message`` holds, or why it is not one (not raised: returned)."""
+        try:
+            return decode_event(message, cipher=self.cipher)
+        except Untrusted as untrusted:
+            return untrusted
+
+    def check(
+        self,
+        message: StoredMessage,
+        context: bool = False,
+        decoded: AuditedEvent | Untrusted | None = None,
+    ) -> None:
         """Checks one message (the next in log order) and applies it when trusted.
 
         A ``context`` message is read only for what it establishes (a colony's members,
         for the audit of one of its graphs): it is applied when trusted, but neither
-        counted in :attr:`report` nor reported.
+        counted in :attr:`report` nor reported. ``decoded``: what :meth:`decode` gave
+        for ``message``, if it was already called.
         """
         if context:
             saved, self.report = self.report, AuditReport()
             try:
-                self.check(message)
+                self.check(message, decoded=decoded)
             finally:
                 self.report = saved
             return
         self.report.checked += 1
         reasons = self._seal_reasons(message)
-        try:
-            event = decode_event(message, cipher=self.cipher)
-        except Untrusted as untrusted:
-            self._found(message, "", [*reasons, untrusted.reason])
+        event = self.decode(message) if decoded is None else decoded
+        if isinstance(event, Untrusted):
+            self._found(message, "", [*reasons, event.reason])
             return
         before = self.aggregates.get(event.originator_id)
         expected = 1 if before is None else before.version + 1
@@ -278,9 +319,11 @@ class Auditor:
             if foreign:
                 command = colonyos.open_envelope(event.command)
             else:
-                command = crypto.authenticate(
-                    msgspec.json.decode(event.command, type=crypto.SignedCommand)
-                )
+                signed = _decode_signed_command(event.command)
+                holds = self.signatures.pop(sequence, None)
+                if holds is False:
+                    raise crypto.CommandRejected(403, crypto.bad_signature_reason(signed))
+                command = crypto.authenticate(signed, signature_checked=holds is True)
         except msgspec.DecodeError:
             reasons.append("its command is not a signed command envelope")
             return None
@@ -568,23 +611,149 @@ async def verify_graph(
     return auditor.report
 
 
+@dataclass(frozen=True)
+class AuditProgress:
+    """How far a whole-log audit is (given to its ``progress`` callback after each chunk)."""
+
+    checked: int
+    """Messages checked so far."""
+    position: int
+    """The stream sequence of the last one."""
+    last: int
+    """The log's last sequence when the audit began (the end of the audit)."""
+
+
 async def verify_log(
     source: NATS | JetStreamLog,
     authorities: Authorities,
     seal_key: str | bytes | None = None,
     cipher: Cipher | None = None,
+    *,
+    workers: int | None = None,
+    progress: Callable[[AuditProgress], object] | None = None,
 ) -> AuditReport:
     """Audits every event of the log (``cipher``: the log's, when it is encrypted); it
-    reads the stream itself, so ``source`` is a NATS connection or the store's log."""
+    reads the stream itself, so ``source`` is a NATS connection or the store's log.
+
+    Signatures are checked by ``workers`` processes (default: one per core; 0: all in
+    this process, as for a log shorter than :data:`PARALLEL_FROM` events), a chunk of
+    :data:`READ_CHUNK` messages ahead of the checks of order and permissions, which
+    stay here, in log order: the report is the same either way. A worker that fails
+    leaves its signatures to this process. ``progress`` is called after each chunk.
+    """
     reader = open_log(source)
     auditor = Auditor(authorities, seal_key, cipher=cipher)
+    head = await reader.last_message(f"{PREFIX}.ev.>")
+    last = 0 if head is None else head.sequence
+    count = (os.cpu_count() or 1) if workers is None else workers
+    if last < PARALLEL_FROM:
+        count = 0
+    auditor.report.workers = count
+    with _signature_workers(count) as pool:
+        previous: _Chunk | None = None
+        async for chunk in _read_ahead(reader, auditor, pool, count):
+            if previous is not None:
+                await previous.check(auditor, last, progress)
+            previous = chunk
+        if previous is not None:
+            await previous.check(auditor, last, progress)
+    return auditor.report
+
+
+PARALLEL_FROM = 5_000
+"""Logs shorter than this (in messages) are audited by one process: starting workers
+would cost more than they save."""
+
+
+def signatures_hold(commands: Sequence[bytes]) -> list[bool | None]:
+    """For each stored command envelope of this system (an event's ``command``): whether
+    its signature holds (:func:`colonies_es.crypto.signature_holds`); None when it is not
+    a signed command envelope (the auditor says what it is). Pure: :func:`verify_log`
+    runs it in worker processes."""
+    verdicts: list[bool | None] = []
+    for data in commands:
+        try:
+            signed = _decode_signed_command(data)
+        except (msgspec.DecodeError, RecursionError):
+            verdicts.append(None)
+        else:
+            verdicts.append(crypto.signature_holds(signed))
+    return verdicts
+
+
+@contextlib.contextmanager
+def _signature_workers(count: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``count`` worker processes (None for 0), from a fork server: this process has
+    threads (NATS, the store), which a plain fork would copy in an unknown state."""
+    if count <= 0:
+        yield None
+        return
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Chunk:
+    """Messages read and decoded, whose signatures are being checked by the workers."""
+
+    messages: list[StoredMessage]
+    decoded: list[AuditedEvent | Untrusted]
+    verdicts: list[tuple[list[int], asyncio.Future[list[bool | None]]]]
+    """(sequences, the workers' answer for their commands, in the same order)."""
+
+    async def check(
+        self,
+        auditor: Auditor,
+        last: int,
+        progress: Callable[[AuditProgress], object] | None,
+    ) -> None:
+        """Hands the workers' verdicts to ``auditor``, then checks the messages in order."""
+        for sequences, answer in self.verdicts:
+            try:
+                verdicts = await answer
+            except Exception as error:  # a worker died: this process checks them
+                log.warning("checking signatures in a worker failed (%r): checking here", error)
+                continue
+            for sequence, verdict in zip(sequences, verdicts, strict=True):
+                if verdict is not None:
+                    auditor.signatures[sequence] = verdict
+        for message, decoded in zip(self.messages, self.decoded, strict=True):
+            auditor.check(message, decoded=decoded)
+        if progress is not None:
+            progress(AuditProgress(auditor.report.checked, self.messages[-1].sequence, last))
+
+
+async def _read_ahead(
+    reader: JetStreamLog, auditor: Auditor, pool: ProcessPoolExecutor | None, workers: int
+) -> AsyncIterator[_Chunk]:
+    """The log in chunks, each decoded and its signatures handed to ``pool`` (if any)."""
+    loop = asyncio.get_running_loop()
     start = 1
     while True:
-        messages = await reader.read_range(f"{PREFIX}.ev.>", start, _READ_CHUNK)
-        for message in messages:
-            auditor.check(message)
-        if len(messages) < _READ_CHUNK:
-            return auditor.report
+        messages = await reader.read_range(f"{PREFIX}.ev.>", start, READ_CHUNK)
+        if not messages:
+            return
+        decoded = [auditor.decode(message) for message in messages]
+        verdicts: list[tuple[list[int], asyncio.Future[list[bool | None]]]] = []
+        if pool is not None:
+            signed = [
+                (message.sequence, event.command)
+                for message, event in zip(messages, decoded, strict=True)
+                if isinstance(event, AuditedEvent)
+                and event.command
+                and not colonyos.is_colonyos_command(event.command)
+            ]
+            share = -(-len(signed) // workers) or 1
+            for first in range(0, len(signed), share):
+                part = signed[first : first + share]
+                answer = loop.run_in_executor(pool, signatures_hold, [c for _, c in part])
+                verdicts.append(([sequence for sequence, _ in part], answer))
+        yield _Chunk(messages, decoded, verdicts)
+        if len(messages) < READ_CHUNK:
+            return
         start = messages[-1].sequence + 1
 
 
@@ -595,16 +764,22 @@ def verify(
     colonyname: str | None = None,
     seal_key: str | bytes | None = None,
     cipher: Cipher | None = None,
+    *,
+    workers: int | None = None,
+    progress: Callable[[AuditProgress], object] | None = None,
 ) -> AuditReport:
-    """:func:`verify_graph` (or, without ``processgraphid``, :func:`verify_log`) for
-    plain code, on the log at the NATS ``url`` (or as a NatsAccess says); ``cipher``:
-    the log's, for the whole log when it is encrypted."""
+    """:func:`verify_graph` (or, without ``processgraphid``, :func:`verify_log`, with
+    its ``workers`` and ``progress``) for plain code, on the log at the NATS ``url`` (or
+    as a NatsAccess says); ``cipher``: the log's, for the whole log when it is
+    encrypted."""
 
     async def audit() -> AuditReport:
         nc = await connect(url)
         try:
             if processgraphid is None:
-                return await verify_log(nc, authorities, seal_key, cipher)
+                return await verify_log(
+                    nc, authorities, seal_key, cipher, workers=workers, progress=progress
+                )
             return await verify_graph(nc, processgraphid, authorities, colonyname, seal_key)
         finally:
             await nc.close()

@@ -1,0 +1,257 @@
+"""The whole-log audit (``colonies audit verify``): 200,000 events in one process and
+with its signature workers.
+
+The log is what clients make: a colony created by the server owner, an executor and a
+user added by the colony owner, then seed workflows (``gen_nums -> sum_nums``) submitted
+by the user and run by the executor (each process claimed, logging a line, closed): 7
+events a workflow. Every command is signed as the client signs it (ECDSA secp256k1 by
+the caller's identity key, :func:`colonies_es.crypto.seal`), and every event is sealed;
+the events are made by the domain's own aggregates and appended with the engine's
+envelope encoding (as in :mod:`benchmarks.projector`).
+
+Measured, each on a nats-py connection with the seal key (as ``colonies audit verify``
+does, through :func:`~colonies_es.projections.audit.verify_log`):
+
+- ``one_process``: ``workers=0``, every signature checked in the auditing process (how
+  the audit ran before it had workers);
+- ``parallel``: the default, one signature worker per core.
+
+Each run must check every event and find nothing (a benchmark that found something
+would be measuring a broken log). Target: the whole log of 200,000 events in 20 s
+(``parallel / target`` >= 1). Run ``python -m benchmarks audit [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+from eventsourcing.persistence import Mapper
+
+from benchmarks.harness import (
+    Options,
+    Reference,
+    Report,
+    Sample,
+    Target,
+    environment,
+    nats_server,
+    server_version,
+)
+from colonies_es import crypto
+from colonies_es.domain import AuditedEvent, Colony, ProcessGraph
+from colonies_es.models import Colony as ColonyModel
+from colonies_es.models import Executor, Workflow, func_spec
+from colonies_es.projections.audit import AuditReport, Authorities, verify_log
+from colonies_es.store.codec import MsgspecTranscoder, Sealer, encode_envelope
+from colonies_es.store.jetstream import JetStreamLog, StreamSpec
+
+COLONY = "audit-bench"
+EVENTS_PER_WORKFLOW = 7
+FULL_EVENTS = 200_000
+QUICK_EVENTS = 20_000
+TARGET_SECONDS = 20.0
+WINDOW = 1024
+"""Publishes in flight while writing the log."""
+
+TARGETS = [
+    Target("parallel", "target", 1.0),
+    Target("parallel", "one_process"),
+]
+
+
+def run(options: Options) -> Report:
+    events = QUICK_EVENTS if options.quick else FULL_EVENTS
+    report = Report(
+        group="audit",
+        runs=options.runs,
+        parameters={"events": events, "workers": os.cpu_count()},
+        environment=environment(),
+        targets=TARGETS,
+    )
+    print(f"  load average before: {_load()}", flush=True)
+    seal_key = os.urandom(32)
+    started = time.perf_counter()
+    log = AuditLog.make(events, seal_key)
+    print(
+        f"  made {len(log.payloads):,} events (signed, sealed) "
+        f"in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    with nats_server() as url:
+        report.environment["nats_server"] = server_version(url)
+        asyncio.run(_write_log(url, log.payloads))
+        for number in range(1, options.runs + 1):  # interleaved
+            for key, workers, label in (
+                ("one_process", 0, "verify_log, signatures in one process"),
+                ("parallel", None, "verify_log, signature workers (one per core)"),
+            ):
+                sample = asyncio.run(_audit(url, log, workers))
+                report.add(key, label, "events/s", sample)
+                print(
+                    f"  run {number}/{options.runs}: {key} {sample.seconds:.1f} s "
+                    f"({sample.rate:,.0f} events/s)",
+                    flush=True,
+                )
+    report.references["target"] = Reference(
+        f"target: {FULL_EVENTS:,} events in {TARGET_SECONDS:.0f} s",
+        "events/s",
+        FULL_EVENTS / TARGET_SECONDS,
+    )
+    report.environment["load_average_after"] = environment()["load_average"]
+    print(f"  load average after: {_load()}", flush=True)
+    return report
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+class AuditLog:
+    """The log's messages, and the two ids an auditor must be told."""
+
+    def __init__(self, payloads: list[tuple[str, bytes]], authorities: Authorities) -> None:
+        self.payloads = payloads
+        self.authorities = authorities
+        self.seal_key = b""
+
+    @classmethod
+    def make(cls, events: int, seal_key: bytes) -> AuditLog:
+        """About ``events`` events (whole workflows), sealed with ``seal_key``."""
+        server, owner, user, executor_key = (crypto.new_private_key() for _ in range(4))
+        clock = _Clock()
+        ownerid = crypto.id_from_private_key(owner)
+        colony = Colony.create(
+            COLONY,
+            ownerid,
+            **clock.audit(
+                "add_colony", {"colony": ColonyModel(colonyid=ownerid, name=COLONY)}, server
+            ),
+        )
+        executor = Executor(
+            executorid=crypto.id_from_private_key(executor_key),
+            executortype="python-executor",
+            executorname="ex-1",
+            colonyname=COLONY,
+        )
+        colony.add_executor(
+            executor.executorid,
+            executor.executorname,
+            executor.executortype,
+            **clock.audit("add_executor", {"executor": executor}, owner),
+        )
+        ref = {"colonyname": COLONY, "executorname": executor.executorname}
+        colony.approve_executor(
+            executor.executorname, **clock.audit("approve_executor", ref, owner)
+        )
+        userid = crypto.id_from_private_key(user)
+        added = {"colonyname": COLONY, "userid": userid, "username": "user-1"}
+        colony.add_user(userid, "user-1", **clock.audit("add_user", added, owner))
+        approved = colony.executor_by_id(executor.executorid)
+        assert approved is not None
+        log = cls([], Authorities(server_id=crypto.id_from_private_key(server)))
+        log.seal_key = seal_key
+        writer = _Writer(seal_key)
+        log.payloads += writer.payloads(colony)
+        for _ in range(max(1, events // EVENTS_PER_WORKFLOW)):
+            log.payloads += writer.payloads(
+                _seed_workflow(userid, user, approved, executor_key, clock)
+            )
+        return log
+
+
+def _seed_workflow(
+    userid: str, user: str, executor: Executor, executor_key: str, clock: _Clock
+) -> ProcessGraph:
+    """gen_nums -> sum_nums, submitted by the user and run to SUCCESS by the executor."""
+    gen = func_spec("gen_nums", [], COLONY, "python-executor")
+    total = func_spec("sum_nums", [], COLONY, "python-executor")
+    total.conditions.dependencies.append("gen_nums")
+    workflow = Workflow(colonyname=COLONY, functionspecs=[gen, total])
+    graph = ProcessGraph.submit(
+        COLONY,
+        workflow,
+        initiatorid=userid,
+        initiatorname="user-1",
+        **clock.audit("submit_workflow", {"workflow": workflow}, user),
+    )
+    for processid, output in zip(graph.processids, ([1, 2], [3]), strict=True):
+        graph.assign(
+            processid, executor, 1, **clock.audit("claim", {"colonyname": COLONY}, executor_key)
+        )
+        message = f"{graph.nodes[processid].nodename} ran"
+        body = {"processid": processid, "message": message}
+        graph.add_log(
+            processid,
+            executor.executorid,
+            "ex-1",
+            message,
+            **clock.audit("add_log", body, executor_key),
+        )
+        body = {"processid": processid, "out": output}
+        graph.close(
+            processid, executor.executorid, output, **clock.audit("close", body, executor_key)
+        )
+    return graph
+
+
+class _Clock:
+    """Event times a millisecond apart, and each command signed as the client signs it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC) - timedelta(days=1)
+
+    def audit(self, op: str, body: object, prvkey: str) -> dict[str, Any]:
+        self.now += timedelta(milliseconds=1)
+        command = crypto.seal(op, body, prvkey, self.now.timestamp())
+        return {"now": self.now, "actor": crypto.id_from_private_key(prvkey), "command": command}
+
+
+class _Writer:
+    """Stored, sealed envelopes of an aggregate's new events (the engine's encoding)."""
+
+    def __init__(self, seal_key: bytes) -> None:
+        self.mapper: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
+        self.sealer = Sealer(seal_key)
+
+    def payloads(self, aggregate: Colony | ProcessGraph) -> list[tuple[str, bytes]]:
+        out = []
+        for event in aggregate.collect_events():
+            assert isinstance(event, AuditedEvent)
+            subject = f"colonies.ev.{event.originator_id}"
+            stored = self.mapper.to_stored_event(event)
+            out.append((subject, encode_envelope(stored, subject, self.sealer)))
+        return out
+
+
+async def _write_log(url: str, payloads: list[tuple[str, bytes]]) -> None:
+    nc = await nats.connect(url)
+    try:
+        spec = StreamSpec("COLONIES", ("colonies.ev.>", "colonies.trk.>"))
+        await JetStreamLog(nc, "COLONIES", lambda m: None).ensure_stream(spec)
+        js = nc.jetstream(publish_async_max_pending=WINDOW)
+        acks = [await js.publish_async(subject, payload) for subject, payload in payloads]
+        await asyncio.gather(*acks)
+    finally:
+        await nc.close()
+
+
+async def _audit(url: str, log: AuditLog, workers: int | None) -> Sample:
+    nc = await nats.connect(url)
+    try:
+        started = time.perf_counter()
+        report: AuditReport = await verify_log(nc, log.authorities, log.seal_key, workers=workers)
+        seconds = time.perf_counter() - started
+    finally:
+        await nc.close()
+    if report.checked != len(log.payloads) or report.findings:
+        first = report.findings[0] if report.findings else None
+        raise RuntimeError(
+            f"the audit checked {report.checked} of {len(log.payloads)} events and found "
+            f"{len(report.findings)} (first: {first})"
+        )
+    return Sample(report.checked, seconds)
