@@ -50,6 +50,7 @@ from colonies_es.cli.common import (
     when,
 )
 from colonies_es.cli.fixing import defined_functions, rerun_with_code, stepping_into
+from colonies_es.cli.meter import LogPass
 from colonies_es.cli.workflow import GraphDetails, GraphIdArgument, GraphIdOption, _show
 from colonies_es.encryption import cipher_of
 from colonies_es.projections.audit import (
@@ -461,6 +462,16 @@ def audit_verify(
             help="The server owner's id: the only identity that may add and remove colonies.",
         ),
     ] = "",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Processes checking signatures in a whole-log audit, beside the one "
+            "checking the rest in log order (default: one per core; 0: none).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOption = False,
     host: HostOption = "localhost",
     port: PortOption = 4222,
@@ -480,6 +491,10 @@ def audit_verify(
     the stream: it needs a NATS credential that may read it (a reader's,
     COLONIES_NATS_NKEY_FILE) and, with --seal-key, also reports what the engine did not
     seal.
+
+    A whole-log audit shows its progress on stderr when it is a terminal (events,
+    percent of the log, events/s), and ends with one line saying how many events it
+    checked and how fast.
 
     Lists every event that does not verify (sequence, subject, why); exit status 1 if
     any does not, or there was nothing to check.
@@ -505,7 +520,18 @@ def audit_verify(
         with _reading(server):
             settings = Settings.load(nats_url=server.url)
             cipher = cipher_of(settings.cipher_key) if settings.cipher_key else None
-            report = verify(settings.nats, authorities, None, colony, key, cipher)
+            meter = LogPass("audit")
+            report = verify(
+                settings.nats,
+                authorities,
+                None,
+                colony,
+                key,
+                cipher,
+                workers=workers,
+                progress=lambda p: meter.update(p.checked, p.position, p.last),
+            )
+            meter.finish(report.checked, _workers_note(report.workers))
         seals_checked = key is not None
     what = f"workflow {graphid}" if graphid else "the log"
     unsealed = sum(any(_UNSEALED_MARK in r for r in f.reasons) for f in report.findings)
@@ -530,6 +556,12 @@ def audit_verify(
         _show_audit(report, what, seals_checked=seals_checked)
     if not report.ok or wrong_key:
         raise typer.Exit(1)
+
+
+def _workers_note(workers: int) -> str:
+    if workers:
+        return f"signatures checked by {workers} worker processes"
+    return "in one process"
 
 
 def _show_audit(report: AuditReport, what: str, seals_checked: bool) -> None:

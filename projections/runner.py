@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ from colonies_es.projections.view import UPSTREAM, ReadModel, open_view
 from colonies_es.settings import Settings
 from colonies_es.store import JetStreamFactory
 
-__all__ = ["run_projector"]
+__all__ = ["CatchUp", "run_projector"]
 
 log = logging.getLogger("colonies.projector")
 
@@ -100,9 +101,11 @@ async def _project_and_serve(
     mapper: Mapper[str] = factory.mapper(factory.transcoder())
     projector = Projector(view, recorder, mapper, cache_size)
     watch = PositionWatch(projector.position)
+    catch_up = CatchUp(projector.position, projector.position)  # its end is read once serving
 
     def committed(position: int) -> None:  # in the follower's thread
         anyio.from_thread.run_sync(watch.advance, position)
+        catch_up.committed(position)
 
     follower = Follower(
         projector,
@@ -124,10 +127,12 @@ async def _project_and_serve(
                 nc, sealer_of(settings.event_seal_key), mapper.cipher, mapper.compressor
             )
             service = await QueryService(nc, view, watch, events=events).start(tasks)
-            tasks.start_soon(_follow, follower)
             log.info("projector ready on %s at position %d", access.url, projector.position)
             if started is not None:
                 started(projector.position)
+            end = await anyio.to_thread.run_sync(recorder.max_notification_id)
+            catch_up = CatchUp(projector.position, end or 0)
+            tasks.start_soon(_follow, follower)
             try:
                 await anyio.sleep_forever()
             finally:
@@ -153,3 +158,52 @@ async def _follow(follower: Follower) -> None:
         tasks.start_soon(stop_when_cancelled)
         await anyio.to_thread.run_sync(follower.run, limiter=anyio.CapacityLimiter(1))
         tasks.cancel_scope.cancel()
+
+
+class CatchUp:
+    """Says how a projector catches up with the log it starts behind: every
+    ``interval`` seconds an INFO line (events projected, percent of the way to the log's
+    last sequence when it started, events/s), and one line when it gets there (events,
+    seconds, events/s). Nothing when it starts caught up. The projector's log is its
+    terminal when run in one (``colonies projector``)."""
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self._said_at = self.started
+        self.behind = end > start
+
+    def committed(self, position: int) -> None:
+        """The view has committed ``position`` (called after each commit)."""
+        if not self.behind:
+            return
+        now = self.clock()
+        done = position - self.start
+        rate = done / max(now - self.started, 1e-9)
+        if position >= self.end:
+            self.behind = False
+            log.info(
+                "caught up with the log at position %d: %s events in %.1f s (%s events/s)",
+                position,
+                f"{done:,}",
+                now - self.started,
+                f"{rate:,.0f}",
+            )
+        elif now - self._said_at >= self.interval:
+            self._said_at = now
+            log.info(
+                "catching up with the log: %s of %s events (%.0f%%), %s events/s",
+                f"{done:,}",
+                f"{self.end - self.start:,}",
+                100 * done / (self.end - self.start),
+                f"{rate:,.0f}",
+            )

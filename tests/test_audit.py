@@ -8,6 +8,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -313,8 +314,14 @@ def test_the_whole_log_verifies_until_something_else_is_appended(fresh_stack: St
     stack = fresh_stack
     seed(stack, stack.new_colony())
 
-    clean = cli_ok(stack, "audit", "verify", *ids_options(stack))
-    assert "events of the log verify" in clean
+    clean = cli(stack, "audit", "verify", *ids_options(stack))
+    assert clean.exit_code == 0, clean.output
+    assert "events of the log verify" in clean.stdout
+    checked = re.search(r"^All (\d+) events of the log verify", clean.stdout, re.MULTILINE)
+    assert checked is not None
+    events = f"{int(checked[1]):,}"
+    summary = rf"^audit: {events} events in [\d.]+ s \([\d,]+ events/s, in one process\)$"
+    assert re.search(summary, clean.stderr, re.MULTILINE), clean.stderr
 
     garbage = publish(stack, f"colonies.ev.x.graph.{'0' * 64}", b"not an event")
     result = cli(stack, "audit", "verify", *ids_options(stack))
