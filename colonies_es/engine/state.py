@@ -150,6 +150,7 @@ class EngineState:
         self._pending: dict[str, int] = {}  # colony -> pending_count of its graphs, summed
         self._pending_of_graph: dict[str, tuple[str, int]] = {}  # graph -> (colony, count)
         self._recount: set[str] = set()  # resident graphs changed since the last count
+        self._resident_of_colony: dict[str, dict[str, None]] = {}
         self._lock = threading.RLock()  # the rebuild runs in a thread, the rest on the loop
         self._progress: asyncio.Event | None = None
 
@@ -216,6 +217,7 @@ class EngineState:
             return
         self._loaded.pop(graph.id, None)
         self.aggregates[graph.id] = graph
+        self._resident_of_colony.setdefault(graph.colonyname, {})[graph.id] = None
         self._recount.add(graph.id)
         self._count(graph, -1)
 
@@ -228,6 +230,8 @@ class EngineState:
                 continue
             graph = self.aggregates.pop(graph_id, None)
             del self._ending[graph_id]
+            if isinstance(graph, ProcessGraph):
+                self._resident_of_colony.get(graph.colonyname, {}).pop(graph_id, None)
             self._recount.discard(graph_id)
             self._uncount_pending(graph_id)
             if isinstance(graph, ProcessGraph):
@@ -245,6 +249,7 @@ class EngineState:
         if not isinstance(aggregate, ProcessGraph):
             return
         self._recount.add(aggregate.id)
+        self._resident_of_colony.setdefault(aggregate.colonyname, {})[aggregate.id] = None
         if evictable(aggregate):
             self._ending[aggregate.id] = max(sequence, self._ending.get(aggregate.id, 0))
         else:
@@ -266,8 +271,11 @@ class EngineState:
             return list(self._graphs_of_colony.get(colonyname, ()))
 
     def resident_graphs(self, colonyname: str) -> list[ProcessGraph]:
-        """The colony's resident graphs not removed (the others are in its totals)."""
-        graphs = [self.aggregates.get(graph_id) for graph_id in self.graph_ids(colonyname)]
+        """The colony's resident graphs not removed (the others are in its totals): as
+        many as are live, however long the colony's history."""
+        with self._lock:
+            ids = list(self._resident_of_colony.get(colonyname, ()))
+        graphs = [self.aggregates.get(graph_id) for graph_id in ids]
         return [g for g in graphs if isinstance(g, ProcessGraph) and not g.removed]
 
     def colony_names(self) -> list[str]:
