@@ -909,7 +909,13 @@ def run(options: Options) -> Report:
         tempfile.TemporaryDirectory(prefix="colonies-bench-peers-") as tmp,
         DevStack.started(Path(tmp)) as stack,
     ):
-        print(f"  colonies dev: {stack.pid_line()} (py-spy record -p PID)", flush=True)
+        authorization = bool(stack.settings.nats.nkey_file)
+        report.parameters["nats_authorization"] = authorization
+        print(
+            f"  colonies dev (NATS authorization {'on' if authorization else 'OFF'}): "
+            f"{stack.pid_line()} (py-spy record -p PID)",
+            flush=True,
+        )
         workloads = Workloads(stack, sizes)
         try:
             workloads.warm_up()
