@@ -52,6 +52,14 @@ from colonies_es.cli.common import (
 from colonies_es.cli.fixing import defined_functions, rerun_with_code, stepping_into
 from colonies_es.cli.meter import LogPass
 from colonies_es.cli.workflow import GraphDetails, GraphIdArgument, GraphIdOption, _show
+from colonies_es.debug import (
+    DebugReport,
+    LocalRun,
+    ProcessReport,
+    debug_report,
+    rerun_from_failed,
+    run_locally,
+)
 from colonies_es.encryption import cipher_of
 from colonies_es.projections.audit import (
     AuditReport,
@@ -59,14 +67,6 @@ from colonies_es.projections.audit import (
     export_lines,
     verify,
     verify_graph,
-)
-from colonies_es.projections.debug import (
-    DebugReport,
-    LocalRun,
-    ProcessReport,
-    debug_report,
-    rerun_from_failed,
-    run_locally,
 )
 from colonies_es.projections.history import HistoryEntry, graph_history, sealer_of
 from colonies_es.projections.timetravel import (

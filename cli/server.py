@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 import typer
 
@@ -109,8 +111,13 @@ def server(
     def started() -> None:
         print(f"colonies engine ready on {settings.nats.url} (pid {os.getpid()})", flush=True)
 
+    beside: list[Callable[[], Coroutine[Any, Any, object]]] = []
+    if projector:  # the read side, in the engine's event loop (the engine does not know it)
+        from colonies_es.projections.runner import run_projector
+
+        beside.append(functools.partial(run_projector, settings))
     try:
-        run_engine(settings, started, projector=projector, metrics_port=metrics_port)
+        run_engine(settings, started, beside=beside, metrics_port=metrics_port)
     except KeyboardInterrupt:
         pass
     except Exception as error:  # one readable line, not a traceback

@@ -18,9 +18,9 @@ import pytest
 from eventsourcing.persistence import Mapper
 
 from colonies_es import Workflow, crypto, func_spec
+from colonies_es.debug import rerun_from_failed
 from colonies_es.domain import AuditedEvent, ProcessClosed
 from colonies_es.projections.audit import AuditReport, Authorities, Finding, verify
-from colonies_es.projections.debug import rerun_from_failed
 from colonies_es.projections.history import HistoryEntry
 from colonies_es.projections.timetravel import Nth, state_at
 from colonies_es.states import ProcessState

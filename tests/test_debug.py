@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from colonies_es import crypto
+from colonies_es.debug import debug_report, run_locally
 from colonies_es.models import ProcessGraph, decode
-from colonies_es.projections.debug import debug_report, run_locally
 from colonies_es.states import ProcessState
 from tests.stack import ColonyHandle, Stack
 from tests.test_history import (

@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig
 
 from colonies_es import crypto, func_spec
 from colonies_es.client import ColoniesConnectionError
-from colonies_es.projections.queries import QueryClient
+from colonies_es.client.queries import QueryClient
 from colonies_es.protocol import WORK_STREAM, work_consumer
 from tests.secure_stack import ALPHA, BETA, COLONY, SecureStack, start_secure_stack
 from tests.test_projector_support import ProjectorProcess

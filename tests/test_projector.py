@@ -21,8 +21,8 @@ import nats
 import pytest
 
 from colonies_es import ColoniesError, crypto, func_spec
+from colonies_es.client.queries import QueryClient
 from colonies_es.projections.protocol import query_subject
-from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.runner import run_projector
 from colonies_es.settings import Settings
 from colonies_es.states import ProcessState

@@ -20,8 +20,8 @@ import nats
 from eventsourcing.persistence import StoredEvent
 
 from colonies_es import crypto
+from colonies_es.client.queries import QueryClient
 from colonies_es.domain import graph_aggregate_id
-from colonies_es.projections.queries import QueryClient
 from colonies_es.states import ProcessState
 from colonies_es.store.codec import MsgspecTranscoder, encode_envelope
 from tests.stack import Stack

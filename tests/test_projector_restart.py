@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from colonies_es.client import ColoniesConnectionError
-from colonies_es.projections.queries import QueryClient
+from colonies_es.client.queries import QueryClient
 from tests.eventlog import read_events
 from tests.stack import Stack
 from tests.test_projector_support import (

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from colonies_es import Workflow, func_spec
+from colonies_es.client.queries import QueryClient
 from colonies_es.models import ProcessGraph
-from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.view import UPSTREAM
 from colonies_es.states import ProcessState
 from tests.stack import ColonyHandle, Stack

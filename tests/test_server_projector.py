@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from colonies_es import Colonies, crypto, func_spec
+from colonies_es.client.queries import QueryClient
 from colonies_es.embedded import NatsServer
-from colonies_es.projections.queries import QueryClient
 
 
 def test_the_server_runs_a_projector_whose_view_follows_the_log(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from colonies_es.cli.dev_demo import (
     multiple_dependencies_workflow,
 )
 from colonies_es.cli.dev_seed import MAP_CODE, reduce
-from colonies_es.projections.queries import QueryClient
+from colonies_es.client.queries import QueryClient
 from colonies_es.states import ProcessState
 from colonies_es.ui.server import check_bind, is_loopback
 from tests.ui_browser import DevStack, UiProcess, chromium

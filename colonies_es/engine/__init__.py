@@ -1,11 +1,11 @@
-"""The engine: command handling (:mod:`.app`), ready work (:mod:`.ready`), the NATS
-service around them (:mod:`.service`) and how to run it (:func:`run_engine`)."""
+"""The engine: command handling (:mod:`.app`, which names the other modules), the NATS
+service around it (:mod:`.service`) and how to run it (:func:`run_engine`)."""
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
@@ -21,7 +21,7 @@ def run_engine(
     settings: Settings,
     started: Callable[[], Any] | None = None,
     *,
-    projector: bool = False,
+    beside: Sequence[Callable[[], Coroutine[Any, Any, object]]] = (),
     metrics_port: int | None = None,
 ) -> None:
     """Runs the engine in this thread until interrupted (KeyboardInterrupt, SIGTERM).
@@ -29,10 +29,10 @@ def run_engine(
     Everything comes from ``settings``: NATS access, ``server_id``, ``engine_prvkey``
     (required), the log's seal key, cipher and replicas. With a seal key every event is
     sealed and unsealed messages in the log are ignored; without, anyone able to publish
-    to the stream could inject events. With ``projector`` a projector (read model and
-    queries) runs beside the engine, in the same event loop, keeping its view in
-    ``settings.projector_db``. With ``metrics_port`` Prometheus metrics are served on
-    that port (0: a free one; colonies_es.metrics); the port is logged.
+    to the stream could inject events. Each of ``beside`` is started in the engine's
+    event loop and cancelled with it (``colonies server`` runs a projector this way; the
+    engine itself knows nothing of the read side). With ``metrics_port`` Prometheus
+    metrics are served on that port (0: a free one; :mod:`.metrics`); the port is logged.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not settings.event_seal_key:
@@ -54,7 +54,7 @@ def run_engine(
         settings.nats.url, make_app, settings.nats, work_replicas=settings.stream_replicas
     )
     if metrics_port is not None:
-        from colonies_es.metrics import EngineMetrics
+        from colonies_es.engine.metrics import EngineMetrics
 
         engine.metrics = EngineMetrics()
         port = engine.metrics.serve(metrics_port)
@@ -66,10 +66,8 @@ def run_engine(
         await check_log_key(settings.nats, settings.cipher_key, settings.event_seal_key)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(engine.run, started)
-            if projector:
-                from colonies_es.projections.runner import run_projector
-
-                tasks.start_soon(run_projector, settings)
+            for task in beside:
+                tasks.start_soon(task)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     tasks.cancel_scope.cancel()

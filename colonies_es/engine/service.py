@@ -43,7 +43,7 @@ from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConf
 from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
-from colonies_es.metrics import EngineMetrics
+from colonies_es.engine.metrics import EngineMetrics
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -94,7 +94,7 @@ class Engine:
     """Runs the command service and the work dispatch until cancelled."""
 
     metrics: EngineMetrics | None = None
-    """Set before :meth:`run` to count commands and sample gauges (colonies_es.metrics)."""
+    """Set before :meth:`run` to count commands and sample gauges (colonies_es.engine.metrics)."""
 
     def __init__(
         self,

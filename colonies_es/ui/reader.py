@@ -36,11 +36,11 @@ from eventsourcing.persistence import OperationalError
 from nats.aio.client import Client as NATS
 
 from colonies_es.client import AsyncColonies, ColoniesConnectionError, ColoniesError
+from colonies_es.client.queries import QueryClient
+from colonies_es.debug import debug_report
 from colonies_es.models import ProcessGraph, Statistics, to_dict
 from colonies_es.projections.audit import Authorities, verify_graph
-from colonies_es.projections.debug import debug_report
 from colonies_es.projections.history import HistoryEntry, graph_subject, open_log
-from colonies_es.projections.queries import QueryClient
 from colonies_es.projections.timetravel import Nth, ReplayError, state_at
 from colonies_es.settings import NatsAccess, SettingsError
 from colonies_es.states import ProcessState

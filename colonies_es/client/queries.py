@@ -1,6 +1,6 @@
 """QueryClient: the read model's queries, for the CLI and scripts (synchronous).
 
-One method per query of :mod:`projections.protocol`; each signs its request with the
+One method per query of :mod:`colonies_es.projections.protocol`; each signs its request with the
 client's key, sends it to ``colonies.q.<op>`` and decodes the reply into the models of
 :mod:`colonies_es.models`. Failures are the client package's: :class:`ColoniesError`
 (``.status``: 400, 403 not a member, 404 not found, 408 the view did not reach the
