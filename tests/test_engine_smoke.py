@@ -1,8 +1,15 @@
-"""The seed's first workflow end to end on a real engine: gen_nums -> sum_nums gives 3."""
+"""The seed's first workflow end to end on a real engine: gen_nums -> sum_nums gives 3;
+and what the engine's micro service tells about its ops (``$SRV.STATS``)."""
 
 from __future__ import annotations
 
+import json
+
+import nats
+import pytest
+
 from colonies_es import Workflow, func_spec
+from colonies_es.client import ColoniesError
 from tests.stack import Stack
 
 
@@ -39,3 +46,31 @@ def test_seed_workflow_gives_three(stack: Stack) -> None:
     done = stack.client.wait(then, 10, colony.owner_prvkey)
     assert done.output == [3]
     assert stack.client.get_processgraph(graph.processgraphid, colony.owner_prvkey).state == 2
+
+
+async def test_srv_stats_show_each_ops_processing_time_and_errors(stack: Stack) -> None:
+    colony = stack.new_colony()  # add_colony: a write to the log, answered 200
+    with pytest.raises(ColoniesError) as refused:
+        stack.client.get_colony(f"{colony.name}-none", colony.owner_prvkey)
+    assert refused.value.status == 404
+
+    nc = await nats.connect(stack.nats.url)
+    try:
+        reply = await nc.request("$SRV.STATS.colonies", b"", timeout=10)
+    finally:
+        await nc.close()
+    endpoints = {endpoint["name"]: endpoint for endpoint in json.loads(reply.data)["endpoints"]}
+
+    added = endpoints["add_colony"]
+    assert added["data"]["answered"] >= 1
+    assert added["data"]["errors_by_status"] == {}
+    # From arrival to reply, a JetStream append included: far more than the 100 us it
+    # takes to start the command's task (all nats-py's own timing would see).
+    assert added["average_processing_time"] >= 100_000
+    assert added["processing_time"] >= added["average_processing_time"]
+
+    got = endpoints["get_colony"]
+    assert got["num_errors"] >= 1
+    assert got["data"]["errors_by_status"]["404"] >= 1
+    assert got["last_error"].startswith("404 colony")
+    assert got["processing_time"] > 0

@@ -7,7 +7,9 @@ One asyncio task owns everything here (structured with an anyio task group):
   ``colonies.api.colonyos`` (queue group ``colonies-engine``). Each request is handled in its
   own task of the group, on this loop: the decision is quick CPU work and the write is
   awaited on the engine's own connection (no hop to another thread), so a command
-  waiting for the log does not hold up the others.
+  waiting for the log does not hold up the others. The service's ``$SRV.STATS`` show
+  each op's processing time and errors, recorded when the reply is sent
+  (:mod:`.op_stats`).
 - after a command, its effects go out: a work ticket per process that became ready, an
   end notification per process that ended, a work consumer per new executor type.
 - the follower applies every event any replica appends (:mod:`.follower`), and a sweep
@@ -44,6 +46,7 @@ from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
 from colonies_es.engine.metrics import EngineMetrics
+from colonies_es.engine.op_stats import OpStats
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -113,6 +116,8 @@ class Engine:
         self.app: ColoniesApp | None = None
         self.nc: NATS | None = None
         self._consumers: set[tuple[str, str]] = set()
+        self.op_stats = OpStats()
+        """Processing time and errors per op, shown by ``$SRV.STATS`` (:mod:`.op_stats`)."""
 
     async def run(self, started: Callable[[], Any] | None = None) -> None:
         """Serves until the calling task is cancelled; ``started()`` once ready."""
@@ -172,6 +177,7 @@ class Engine:
                 version="0.1.0",
                 description="colonies-es engine: signed workflow commands",
                 queue_group=ENGINE_QUEUE_GROUP,
+                stats_handler=self.op_stats.fill,
             ),
         )
         group = service.add_group(GroupConfig(name=API_PREFIX, queue_group=ENGINE_QUEUE_GROUP))
@@ -190,27 +196,28 @@ class Engine:
     async def _serve(self, op: str, request: Request) -> None:
         assert self.app is not None
         assert self.nc is not None
-        arrived = time.perf_counter()
+        arrived = time.perf_counter_ns()
         outcome = await self.app.handle(op, request.data, time.time(), _after(request))
         if self.metrics is not None:
-            self.metrics.command(op, outcome.status, time.perf_counter() - arrived)
+            self.metrics.command(op, outcome.status, (time.perf_counter_ns() - arrived) / 1e9)
         headers = {SEQUENCE_HEADER: str(outcome.sequence)}
+        status, message = outcome.status, _brief(outcome.message)
+        if status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
+            status, message = (
+                413,
+                f"the answer ({len(outcome.body)} bytes) is over the NATS message limit "
+                f"({self.nc.max_payload}): ask for fewer (count)",
+            )
+        replied = True
         try:
-            if outcome.status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
-                await request.respond_error(
-                    "413",
-                    f"the answer ({len(outcome.body)} bytes) is over the NATS message limit "
-                    f"({self.nc.max_payload}): ask for fewer (count)",
-                    headers=headers,
-                )
-            elif outcome.status == 200:
+            if status == 200:
                 await request.respond(outcome.body, headers=headers)
             else:
-                await request.respond_error(
-                    str(outcome.status), _brief(outcome.message), headers=headers
-                )
+                await request.respond_error(str(status), message, headers=headers)
         except nats.errors.Error as error:  # the caller is gone; the decision stands
             log.warning("could not answer %s: %r", op, error)
+            replied, message = False, f"could not answer: {error!r}"
+        self.op_stats.record(op, status, time.perf_counter_ns() - arrived, message, replied)
         await self._apply(outcome.effects, outcome.sequence)
 
     async def _apply(self, effects: Effects, sequence: int) -> None:
