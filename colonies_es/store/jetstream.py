@@ -18,14 +18,6 @@ Model:
   with the new expectation. Known heads are cached, so the usual write is one round trip.
 - Reads in bulk go through a short-lived ephemeral pull consumer (no per-message headers to
   parse, ~200k msgs/s); reads of one aggregate through batched direct get (one round trip).
-- Group commit (``group_commit=True``, for replicated streams): appends made at the same
-  time by different writers (different subjects) go out as one atomic batch; each caller
-  gets its own sequences once the batch is stored. When the batch is refused (one
-  writer's expectation failed) every writer's entries are appended again on their own, so
-  one conflict never fails another command. On an R1 file stream the server stages each
-  batch on disk (about 2.5 ms of its CPU per batch, measured with nats-server 2.15.1,
-  against 25 us per plain publish), so it is off there; on R3 a batch costs the servers
-  and this client less per message than separate publishes.
 """
 
 from __future__ import annotations
@@ -71,41 +63,6 @@ class Entry:
     subject: str
     version: int
     payload: bytes
-
-
-_LEAD: Any = object()
-"""What a waiting group-commit append is told when it becomes the leader."""
-
-
-@dataclass
-class _Waiting:
-    """An append waiting for its group: its entries, their first version per subject,
-    and the future its caller awaits (sequences, or ``_LEAD``)."""
-
-    entries: Sequence[Entry]
-    first_versions: dict[str, int]
-    future: asyncio.Future[Any]
-
-
-def _settle(
-    future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
-) -> None:
-    """Answers a caller once (a future already done, or cancelled, is left alone)."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def _was_handed_lead(future: asyncio.Future[Any]) -> bool:
-    return (
-        future.done()
-        and not future.cancelled()
-        and future.exception() is None
-        and future.result() is _LEAD
-    )
 
 
 class StoredMessage(msgspec.Struct, frozen=True):
@@ -248,22 +205,17 @@ class JetStreamLog:
         stream: str,
         version_of: Callable[[StoredMessage], int | None],
         timeout: float = 5.0,
-        group_commit: bool = False,
     ) -> None:
         self.nc = nc
         self.stream = stream
         self.timeout = timeout
-        self.group_commit = group_commit
-        """Appends made together go out as one atomic batch (see the module doc)."""
         self._version_of = version_of
         self._heads: dict[str, tuple[int, int]] = {}  # subject -> (version, sequence)
-        self._waiting: list[_Waiting] = []  # group commit: appends not yet sent
-        self._leading = False  # group commit: an append is sending a group
 
     def rebound(self, nc: NATS) -> JetStreamLog:
         """This log on another connection (and so that connection's event loop), sharing
         what it knows of the subjects' heads: for a writer living on its own loop."""
-        other = JetStreamLog(nc, self.stream, self._version_of, self.timeout, self.group_commit)
+        other = JetStreamLog(nc, self.stream, self._version_of, self.timeout)
         other._heads = self._heads
         return other
 
@@ -334,14 +286,6 @@ class JetStreamLog:
             if len(entry.subject) > MAX_SUBJECT_LENGTH:
                 msg = f"subject of {len(entry.subject)} characters: at most {MAX_SUBJECT_LENGTH}"
                 raise DataError(msg)
-        if self.group_commit:
-            return await self._append_in_group(entries, first_versions)
-        return await self._append_alone(entries, first_versions)
-
-    async def _append_alone(
-        self, entries: Sequence[Entry], first_versions: dict[str, int]
-    ) -> list[int]:
-        """:meth:`append` of ``entries`` by themselves (checked already)."""
         for _attempt in range(10):
             for subject, version in first_versions.items():
                 head = self._heads.get(subject)
@@ -360,118 +304,6 @@ class JetStreamLog:
             for subject in first_versions:
                 await self.refresh_head(subject)
         raise OperationalError("append kept conflicting with concurrent writers; gave up")
-
-    async def _append_in_group(
-        self, entries: Sequence[Entry], first_versions: dict[str, int]
-    ) -> list[int]:
-        """:meth:`append` through group commit. The first caller *leads*: it lets the
-        appends started in the same loop iteration join, sends them as one group, then
-        hands the lead to the first caller still waiting (so no caller keeps sending for
-        others once its own answer is in). A caller cancelled while waiting is dropped;
-        one cancelled as it is handed the lead passes it on."""
-        loop = asyncio.get_running_loop()
-        own = _Waiting(entries, first_versions, loop.create_future())
-        self._waiting.append(own)
-        handed = own.future
-        leading = not self._leading
-        self._leading = True
-        try:
-            if leading:
-                await asyncio.sleep(0)
-            elif await handed is _LEAD:
-                leading = True
-                own.future = loop.create_future()  # it is first in the queue: its group
-            else:
-                return handed.result()  # type: ignore[no-any-return]
-            await self._send_group(self._take_group())
-            return own.future.result()  # type: ignore[no-any-return]
-        finally:
-            if own in self._waiting:  # cancelled before its group went
-                self._waiting.remove(own)
-            if leading or _was_handed_lead(handed):
-                self._hand_over_lead()
-
-    def _take_group(self) -> list[_Waiting]:
-        """The waiting appends at the head of the queue whose subjects are disjoint
-        (each subject's expectation is then the one its writer knew), at most
-        :data:`MAX_ATOMIC_BATCH` messages; the leader's own append is the first."""
-        group: list[_Waiting] = []
-        subjects: set[str] = set()
-        size = 0
-        for waiting in list(self._waiting):
-            if waiting.future.done():  # its caller was cancelled
-                self._waiting.remove(waiting)
-                continue
-            if group and (
-                size + len(waiting.entries) > MAX_ATOMIC_BATCH
-                or not subjects.isdisjoint(waiting.first_versions)
-            ):
-                break
-            group.append(waiting)
-            self._waiting.remove(waiting)
-            subjects.update(waiting.first_versions)
-            size += len(waiting.entries)
-        return group
-
-    def _hand_over_lead(self) -> None:
-        """Makes the first caller still waiting the leader, or ends the lead."""
-        while self._waiting:
-            successor = self._waiting[0]
-            if not successor.future.done():
-                successor.future.set_result(_LEAD)
-                return
-            self._waiting.pop(0)
-        self._leading = False
-
-    async def _send_group(self, group: list[_Waiting]) -> None:
-        """Appends the group's entries as one atomic batch and answers each caller;
-        after a refusal, appends each caller's entries on their own. Every future of
-        the group is done when this returns (or raises)."""
-        try:
-            if len(group) > 1:
-                await self._try_batch(group)
-            for waiting in group:  # alone: one caller, or the batch was refused
-                if waiting.future.done():
-                    continue
-                try:
-                    sequences = await self._append_alone(waiting.entries, waiting.first_versions)
-                except Exception as error:  # given to the caller it belongs to
-                    _settle(waiting.future, error=error)
-                else:
-                    _settle(waiting.future, sequences)
-        except BaseException:
-            for waiting in group:  # cancelled mid-write: it may or may not have happened
-                _settle(
-                    waiting.future,
-                    error=OperationalError("append interrupted: it may or may not be stored"),
-                )
-            raise
-
-    async def _try_batch(self, group: list[_Waiting]) -> None:
-        """One atomic batch of the group's entries; answers every caller if it is
-        stored (or if the outcome is unknown), none if the server refused it."""
-        for waiting in group:
-            for subject, version in waiting.first_versions.items():
-                head = self._heads.get(subject)
-                if head is not None and head[0] >= version:
-                    return  # a known conflict: each alone, so that only this one fails
-        entries = [entry for waiting in group for entry in waiting.entries]
-        try:
-            ack = await self._publish(entries)
-        except DataError:
-            return  # too big together: each alone
-        except OperationalError as error:  # the batch is atomic: all or none, unknown
-            for waiting in group:
-                _settle(waiting.future, error=error)
-            return
-        if ack.error is not None:
-            return  # refused whole (a conflict, say): each alone learns its own outcome
-        sequences = list(range(ack.seq - len(entries) + 1, ack.seq + 1))
-        self._remember_heads(entries, sequences)
-        start = 0
-        for waiting in group:
-            _settle(waiting.future, sequences[start : start + len(waiting.entries)])
-            start += len(waiting.entries)
 
     def _messages(self, entries: Sequence[Entry]) -> list[tuple[Entry, dict[str, str]]]:
         """Each entry with its headers: the expectation on the first entry per subject,

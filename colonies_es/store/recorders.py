@@ -76,14 +76,6 @@ async def _log_nats_error(error: Exception) -> None:
     log.warning("NATS: %r", error)
 
 
-def group_commit_for(spec: StreamSpec) -> bool:
-    """Whether writers to ``spec``'s stream group their appends into atomic batches: on
-    replicated streams only. On an R1 file stream nats-server stages every batch on disk
-    before its commit, ~2.5 ms of server CPU per batch against ~25 us per plain publish
-    (measured, nats-server 2.15.1; nats-server pull request 7298 says why)."""
-    return spec.replicas > 1
-
-
 class _Connection:
     """The NATS connection and loop thread shared by every recorder of one factory."""
 
@@ -131,9 +123,7 @@ class _Connection:
         with self._lock:
             log = self._logs.get(spec.name)
             if log is None:
-                log = JetStreamLog(
-                    self.nc, spec.name, self.version_of, self.timeout, group_commit_for(spec)
-                )
+                log = JetStreamLog(self.nc, spec.name, self.version_of, self.timeout)
                 self.run(log.ensure_stream(spec, create))
                 self._logs[spec.name] = log
             return log
