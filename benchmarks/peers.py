@@ -220,6 +220,8 @@ class PeersReport(Report):
     celery_runs: dict[str, list[float]] = field(default_factory=dict)
     celery_missing: str = ""
     """Why the Celery side was not measured (empty when it was)."""
+    celery_failures: list[str] = field(default_factory=list)
+    """Runs of the Celery side that failed (the others still count)."""
     cpu_ms: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     """Per workload, per run: CPU milliseconds per process of each process of the stack."""
     celery_cpu_ms: list[dict[str, float]] = field(default_factory=list)
@@ -247,6 +249,7 @@ class PeersReport(Report):
             for key, figure in self.celery.items()
         }
         document["celery_missing"] = self.celery_missing
+        document["celery_failures"] = self.celery_failures
         document["cpu_ms_per_process"] = self.cpu_ms
         document["celery_cpu_ms_per_task"] = self.celery_cpu_ms
         document["checks"] = [check.to_json() for check in self.checks]
@@ -925,7 +928,20 @@ def run(options: Options) -> Report:
                 progress = f"run {number}/{options.runs}"
                 measure_ours(report, workloads, progress)
                 if isinstance(peer, Peer):
-                    measure_celery(report, peer, progress)
+                    try:
+                        measure_celery(report, peer, progress)
+                    except (
+                        RuntimeError,
+                        OSError,
+                        ValueError,
+                        KeyError,
+                        subprocess.SubprocessError,
+                    ) as error:
+                        failure = f"run {number} failed: {error}"
+                        report.celery_failures.append(failure)
+                        print(f"  {progress}  Celery: {failure}", flush=True)
+            if isinstance(peer, Peer) and not report.celery_runs:
+                report.celery_missing = "every run failed (see above)"
         finally:
             workloads.close()
     report.environment["load_average_after"] = load_average()
@@ -991,9 +1007,11 @@ def print_details(report: PeersReport) -> None:
         )
     if report.quick and report.celery:
         print("--quick: this project ran less work than Celery's fixed sizes; ratios indicative")
+    for failure in report.celery_failures:
+        print(f"Celery {failure.splitlines()[0]}")
     if report.celery_missing:
         print(f"Celery side not measured: {report.celery_missing}")
-        if report.celery_missing != "--no-peer":
+        if report.celery_missing != "--no-peer" and not report.celery_failures:
             print(f"  to install the peer: {INSTALL_HINT}")
     print()
     print("CPU ms per process (median of the runs); the target counts " + " + ".join(PARTIES))
