@@ -666,12 +666,16 @@ would cost more than they save."""
 
 
 def signatures_hold(commands: Sequence[bytes]) -> list[bool | None]:
-    """For each stored command envelope of this system (an event's ``command``): whether
-    its signature holds (:func:`colonies_es.crypto.signature_holds`); None when it is not
-    a signed command envelope (the auditor says what it is). Pure: :func:`verify_log`
-    runs it in worker processes."""
+    """For each stored command (an event's ``command``): whether its signature holds
+    (:func:`colonies_es.crypto.signature_holds`); None when it is not one of this
+    system's signed command envelopes (a ColonyOS client's is checked by the auditor
+    itself; what is neither, the auditor says). Pure: :func:`verify_log` runs it in
+    worker processes."""
     verdicts: list[bool | None] = []
     for data in commands:
+        if colonyos.is_colonyos_command(data):
+            verdicts.append(None)
+            continue
         try:
             signed = _decode_signed_command(data)
         except (msgspec.DecodeError, RecursionError):
@@ -742,9 +746,7 @@ async def _read_ahead(
             signed = [
                 (message.sequence, event.command)
                 for message, event in zip(messages, decoded, strict=True)
-                if isinstance(event, AuditedEvent)
-                and event.command
-                and not colonyos.is_colonyos_command(event.command)
+                if not isinstance(event, Untrusted) and event.command
             ]
             share = -(-len(signed) // workers) or 1
             for first in range(0, len(signed), share):

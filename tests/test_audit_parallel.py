@@ -102,4 +102,6 @@ def test_the_workers_verdicts_are_the_signature_checks() -> None:
     signed = msgspec.json.decode(good, type=crypto.SignedCommand)
     bad = msgspec.json.encode(msgspec.structs.replace(signed, payload=signed.payload + b" "))
 
-    assert signatures_hold([good, bad, b"not a command"]) == [True, False, None]
+    colonyos = b'{"payloadtype": "submitfuncspecmsg", "payload": "", "signature": ""}'
+
+    assert signatures_hold([good, bad, b"not a command", colonyos]) == [True, False, None, None]
