@@ -166,3 +166,41 @@ def test_a_client_with_a_missing_credential_file_gets_one_clear_error(
     with pytest.raises(ColoniesConnectionError, match=r"credential file .* does not exist"):
         client.get_colony(COLONY, secure.colony_prvkey)
     client.disconnect()
+
+
+async def test_only_the_engine_may_write_or_read_checkpoints(secure: SecureStack) -> None:
+    """The checkpoint stream (colonies_es/engine/checkpoint.py) is the engine's alone:
+    reader, client and executor can neither write a head or a chunk nor read one."""
+    from colonies_es.engine.checkpoint import Checkpoint, CheckpointStore
+    from colonies_es.engine.state import LiveState
+
+    nc = await secure.access("engine").connect("test engine")
+    try:
+        store = CheckpointStore(nc)
+        await store.ensure_stream()
+        checkpoint = Checkpoint(LiveState(0, [], [], {}), [])
+        await store.write(checkpoint, "test")
+        before = (await nc.jetstream().stream_info(store.stream)).state.last_seq
+    finally:
+        await nc.close()
+
+    async def write_head(nc: Any) -> None:
+        await nc.jetstream(timeout=1).publish(store.head_subject, b"forged")
+
+    async def write_chunk(nc: Any) -> None:
+        await nc.jetstream(timeout=1).publish(f"{store.prefix}.data.x.0", b"forged")
+
+    async def read_head(nc: Any) -> None:
+        await nc.jetstream(timeout=1).get_last_msg(store.stream, store.head_subject, direct=True)
+
+    async def purge(nc: Any) -> None:
+        await nc.jetstream(timeout=1).purge_stream(store.stream)
+
+    for credential in ("reader", "client", "executor-alpha"):
+        for action in (write_head, write_chunk, read_head, purge):
+            assert "for publish to" in await _refused(secure, credential, action)
+    nc = await secure.access("engine").connect("test engine")
+    try:
+        assert (await nc.jetstream().stream_info(store.stream)).state.last_seq == before
+    finally:
+        await nc.close()

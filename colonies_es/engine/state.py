@@ -34,11 +34,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
+
+import msgspec
 
 from colonies_es.domain import (
     AuditedAggregate,
@@ -51,7 +54,7 @@ from colonies_es.domain import (
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.models import ProcessState
 
-__all__ = ["LOADED_CACHE", "Effects", "EngineState", "Timer"]
+__all__ = ["LOADED_CACHE", "ColonyGraphs", "Effects", "EngineState", "LiveState", "Timer"]
 
 _ENDED = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
 
@@ -120,6 +123,42 @@ class Timer:
     graph_id: str = field(compare=False)
     attempt: int = field(compare=False)
     kind: Literal["exec", "wait"] = field(compare=False)
+
+
+class ColonyGraphs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One colony's part of a :class:`LiveState`: the ids of every graph the log has of
+    it (resident or evicted) and of their processes, packed (32 bytes an id) because
+    they grow with history while everything else is bounded by live work."""
+
+    colonyname: str
+    graphs: bytes
+    """The colony's processgraph ids, 32 bytes each, oldest first."""
+    processes: bytes
+    """Process ids, 32 bytes each."""
+    graph_of: bytes
+    """Per process, the index of its graph in ``graphs`` (unsigned 32-bit, little endian)."""
+    evicted: list[int]
+    """The :data:`COUNTED` statistics of the colony's evicted graphs."""
+
+
+class LiveState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an :class:`EngineState` needs besides aggregates to go on from the log at
+    sequence ``applied`` (:meth:`EngineState.capture`, :meth:`EngineState.restore`).
+
+    Aggregates are named, not stored: ``resident`` lists the colonies and graphs the
+    state held, and whoever restores reads each from its own subject of the log up to
+    ``applied`` (so the aggregates always come from the log itself). The ready index and
+    the deadlines follow from those aggregates.
+    """
+
+    applied: int
+    resident: list[str]
+    """Ids of the resident aggregates (colonies, graphs not evicted), in memory order."""
+    colonies: list[ColonyGraphs]
+    last_heard: dict[str, datetime]
+
+
+_ID_BYTES = 32
 
 
 class NotNext(Exception):
@@ -308,8 +347,11 @@ class EngineState:
         aggregate = event.mutate(cached)
         assert isinstance(aggregate, AuditedAggregate)
         self.aggregates[event.originator_id] = aggregate
-        if index and isinstance(aggregate, ProcessGraph):
-            self._index_graph(aggregate, [event])
+        if isinstance(aggregate, ProcessGraph):
+            if index:
+                self._index_graph(aggregate, [event])
+            else:
+                self._heard(event.actor, event.timestamp)
         self._settle(aggregate, sequence)
         return True
 
@@ -341,11 +383,61 @@ class EngineState:
         return Effects()
 
     def index_all(self, sequence: int) -> None:
-        """Indexes every graph whole (after the rebuild up to ``sequence``)."""
+        """Indexes every graph whole (after the rebuild up to ``sequence``; who was heard
+        from was recorded per event by :meth:`apply`)."""
         for aggregate in list(self.aggregates.values()):
             if isinstance(aggregate, ProcessGraph):
-                self._index_graph(aggregate, None)
+                self._index_graph(aggregate, None, heard_from_nodes=False)
                 self._settle(aggregate, sequence)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def capture(self) -> Callable[[], LiveState]:
+        """What a checkpoint of this state at :attr:`applied` holds.
+
+        Call it on the thread that changes the state (the engine's loop): it copies the
+        indices (C-speed dict copies) and returns a function that packs the copies into
+        a :class:`LiveState`, to run on another thread (packing a long history's ids
+        takes a while). Aggregates this replica installed beyond ``applied`` may be in
+        the copy; restoring applies the log after ``applied`` again, which is harmless
+        (indices are idempotent, aggregates are read from the log).
+        """
+        with self._lock:
+            applied = self.applied
+            resident = list(self.aggregates)
+            colonies = {name: list(ids) for name, ids in self._graphs_of_colony.items()}
+            graph_of_process = dict(self._graph_of_process)
+            evicted = {name: list(totals) for name, totals in self._evicted_counts.items()}
+            last_heard = dict(self.last_heard)
+
+        def pack() -> LiveState:
+            return LiveState(
+                applied=applied,
+                resident=resident,
+                colonies=_pack_colonies(colonies, graph_of_process, evicted),
+                last_heard=last_heard,
+            )
+
+        return pack
+
+    def restore(self, live: LiveState) -> None:
+        """Takes the indices of ``live`` into this (new, empty) state. The caller then
+        loads the resident aggregates (:meth:`apply` with ``index=False``, up to
+        ``live.applied``), calls :meth:`index_all` and applies the log after it."""
+        with self._lock:
+            if self.aggregates or self._graphs_of_colony:
+                raise RuntimeError("restore into a state that is not empty")
+            for colony in live.colonies:
+                prefix = f"{colony.colonyname}.graph."
+                graphs = [prefix + raw.hex() for raw in _ids(colony.graphs)]
+                self._graphs_of_colony[colony.colonyname] = dict.fromkeys(graphs)
+                owners = array("I")
+                owners.frombytes(colony.graph_of)
+                for raw, owner in zip(_ids(colony.processes), owners, strict=True):
+                    self._graph_of_process[raw.hex()] = graphs[owner]
+                if any(colony.evicted):
+                    self._evicted_counts[colony.colonyname] = list(colony.evicted)
+            self.last_heard.update(live.last_heard)
 
     # ------------------------------------------------------------------ the follower's position
 
@@ -408,8 +500,14 @@ class EngineState:
             if node.assignedexecutorid and moment is not None:
                 self._heard(node.assignedexecutorid, moment)
 
-    def _index_graph(self, graph: ProcessGraph, events: list[AuditedEvent] | None) -> Effects:
-        """Updates the derived indices after ``events`` (None: index the whole graph)."""
+    def _index_graph(
+        self,
+        graph: ProcessGraph,
+        events: list[AuditedEvent] | None,
+        heard_from_nodes: bool = True,
+    ) -> Effects:
+        """Updates the derived indices after ``events`` (None: index the whole graph, and
+        unless ``heard_from_nodes`` is false, take who was heard from its processes)."""
         effects = Effects()
         with self._lock:
             if events is None or any(e.originator_version == 1 for e in events):
@@ -418,7 +516,7 @@ class EngineState:
                     self._graph_of_process[processid] = graph.id
             # Ordered (a dict): processes made ready together keep the event's order.
             touched: dict[str, None] = dict.fromkeys(graph.nodes) if events is None else {}
-            if events is None:
+            if events is None and heard_from_nodes:
                 self._heard_from_nodes(graph)
             for event in events or ():
                 self._heard(event.actor, event.timestamp)
@@ -469,3 +567,53 @@ class EngineState:
                     continue
                 heapq.heappush(self._timers, timer)
         return effects
+
+
+def _ids(packed: bytes) -> list[bytes]:
+    """The 32-byte ids packed in ``packed``."""
+    if len(packed) % _ID_BYTES:
+        raise ValueError(f"packed ids of {len(packed)} bytes: not a multiple of {_ID_BYTES}")
+    return [packed[at : at + _ID_BYTES] for at in range(0, len(packed), _ID_BYTES)]
+
+
+def _pack_colonies(
+    colonies: dict[str, list[str]],
+    graph_of_process: dict[str, str],
+    evicted: dict[str, list[int]],
+) -> list[ColonyGraphs]:
+    """The graph indices, one :class:`ColonyGraphs` per colony (see :meth:`EngineState.capture`).
+
+    Raises ValueError for an id that is not 64 hex characters (the domain makes no other).
+    """
+    positions: dict[str, tuple[str, int]] = {}
+    graphs: dict[str, bytearray] = {}
+    for colonyname, graph_ids in colonies.items():
+        prefix = f"{colonyname}.graph."
+        packed = graphs[colonyname] = bytearray()
+        for position, graph_id in enumerate(graph_ids):
+            packed += _raw_id(graph_id.removeprefix(prefix))
+            positions[graph_id] = (colonyname, position)
+    processes: dict[str, bytearray] = {name: bytearray() for name in colonies}
+    owners: dict[str, array[int]] = {name: array("I") for name in colonies}
+    for processid, graph_id in graph_of_process.items():
+        colonyname, position = positions[graph_id]
+        processes[colonyname] += _raw_id(processid)
+        owners[colonyname].append(position)
+    names = list(colonies) + [name for name in evicted if name not in colonies]
+    return [
+        ColonyGraphs(
+            colonyname=name,
+            graphs=bytes(graphs.get(name, b"")),
+            processes=bytes(processes.get(name, b"")),
+            graph_of=owners[name].tobytes() if name in owners else b"",
+            evicted=evicted.get(name, [0, 0, 0, 0]),
+        )
+        for name in names
+    ]
+
+
+def _raw_id(hex_id: str) -> bytes:
+    raw = bytes.fromhex(hex_id)
+    if len(raw) != _ID_BYTES:
+        raise ValueError(f"{hex_id!r} is not an id of {_ID_BYTES} bytes")
+    return raw

@@ -93,6 +93,11 @@ class Sealer:
         body = placeholder[: -self.SIZE]
         return body + self._mac(subject, body)
 
+    def seal_bytes(self, subject: str, body: bytes) -> bytes:
+        """``body`` followed by its seal for ``subject`` (for payloads other than
+        envelopes, e.g. engine checkpoints); :meth:`is_sealed` checks it."""
+        return body + self._mac(subject, body)
+
     def is_sealed(self, subject: str, payload: bytes) -> bool:
         """True if ``payload`` (an encoded envelope) was sealed with this key for
         ``subject``."""
