@@ -1,18 +1,25 @@
-"""An engine's start-up and memory against the length of the log (issues 8.5 and 14.2).
+"""An engine's start-up and memory against the length of the log (issues 8.5, 14.2, 14).
 
-For each size, a fresh nats-server gets a log of ``events`` events written with the
-engine's own code path (the domain's aggregates, eventsourcing's mapper, the store's
-sealed entries, appended in atomic batches through :class:`JetStreamLog`): one colony
-with an executor, then graphs of one process each submitted, assigned and closed (three
-events a graph), :data:`LIVE` of them left running. Then ``colonies server`` is started
-and timed from the process start to its "engine ready" line; its RSS is read from /proc
-once it is ready, and again once its sweep has evicted the ended graphs.
+Each run gets a fresh nats-server and a log written with the engine's own code path (the
+domain's aggregates, eventsourcing's mapper, the store's sealed entries, appended in
+atomic batches through :class:`JetStreamLog`): one colony with an executor, then graphs
+of one process each submitted, assigned and closed (three events a graph), the first
+:data:`LIVE` left running. While it writes, the benchmark applies every event to an
+:class:`~colonies_es.engine.state.EngineState` as a follower does (sweeping ended graphs
+out), and once all but the last :data:`TAIL_GRAPHS` graphs are in, stores that state's
+checkpoint with the engine's :class:`~colonies_es.engine.checkpoint.CheckpointStore`, as
+a running replica would; the tail follows the checkpoint in the log.
 
-Today's engine replays the whole log at start (issue 8.5 is not done): the figures show
-how start-up grows with history. They are printed and kept in the report's parameters
-(``startup_seconds_<events>``, ``rss_mb_<events>``: when ready, after the sweep).
-Targets (issue 8 / 14): start-up <= 5 s at 1M events; RSS flat within 50 MB from 10k to
-1M finished processes.
+Then ``colonies server`` is started and timed from the process start to its "engine
+ready" line; it must say it started from the checkpoint. Its RSS is read from /proc once
+ready, and again once its sweep has evicted the tail's ended graphs. For the shorter logs
+the checkpoint stream is then deleted and the engine started again: the whole-log replay,
+today's start-up before checkpoints, measured in the same run.
+
+Runs: logs of 10k, 100k and 1M events (start-up), and of 10k, 100k and 1M finished
+processes (RSS; 1,000 more graphs live); ``--quick`` leaves out the 1M runs.
+Targets (issues 8 and 14): start-up <= 5 s at 1M events with 1,000 graphs live; RSS
+flat within 50 MB from 10k to 1M finished processes.
 """
 
 from __future__ import annotations
@@ -24,50 +31,134 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
+import nats.js.errors
 
 from benchmarks.harness import NATS_CONFIG, Options, Report, environment
 from colonies_es import crypto
-from colonies_es.domain import Colony, ProcessGraph
+from colonies_es.domain import AuditedEvent, Colony, ProcessGraph
 from colonies_es.embedded import NatsServer
 from colonies_es.engine import ColoniesApp
+from colonies_es.engine.checkpoint import Checkpoint, CheckpointStore
+from colonies_es.engine.state import EngineState
 from colonies_es.models import Workflow, func_spec
 from colonies_es.settings import Settings
 from colonies_es.store import JetStreamApplicationRecorder
+from colonies_es.store.codec import Sealer
 from colonies_es.store.jetstream import JetStreamLog
 
 LIVE = 1000
 """Graphs left running (assigned, not closed) in every log."""
 
+TAIL_GRAPHS = 300
+"""Finished graphs appended after the checkpoint (900 events the engine replays)."""
+
 GRAPHS_PER_BATCH = 300
 """Graphs appended per atomic batch (3 events each: under the server's 1,000)."""
+
+COLONY_EVENTS = 3
+"""The colony's events: created, executor added, executor approved."""
+
+REPLAY_UP_TO = 300_000
+"""Logs up to this many events are also timed with the whole-log replay."""
+
+STARTUP_TARGET = 5.0
+RSS_TARGET_MB = 50.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One log: ``finished`` closed graphs plus :data:`LIVE` running ones."""
+
+    name: str
+    finished: int
+
+    @property
+    def events(self) -> int:
+        return COLONY_EVENTS + 2 * LIVE + 3 * self.finished
+
+
+def _for_events(events: int) -> Run:
+    return Run(f"{events:,} events", (events - COLONY_EVENTS - 2 * LIVE) // 3)
+
+
+def _for_finished(finished: int) -> Run:
+    return Run(f"{finished:,} finished processes", finished)
+
+
+@dataclass(frozen=True)
+class Measured:
+    events: int
+    checkpoint_mb: float
+    startup: float
+    rss_ready: float
+    rss_swept: float
+    replay: float | None
+    replay_rss: float | None
 
 
 def run(options: Options) -> Report:
     sizes = [10_000, 100_000] if options.quick else [10_000, 100_000, 1_000_000]
+    runs = [_for_events(n) for n in sizes] + [_for_finished(n) for n in sizes]
     report = Report(
         group="startup",
         runs=1,
-        parameters={"events": sizes, "live_graphs": LIVE},
+        parameters={"runs": [r.name for r in runs], "live_graphs": LIVE, "tail": TAIL_GRAPHS},
         environment={**environment(), "nats_config": str(NATS_CONFIG)},
     )
-    for events in sizes:
-        seconds, ready_mb, swept_mb = measure(events)
+    print(f"  load average before: {os.getloadavg()}", flush=True)
+    results: dict[str, Measured] = {}
+    for one in runs:
+        measured = measure(one)
+        results[one.name] = measured
+        replay = (
+            f"; whole-log replay {measured.replay:.2f} s, RSS {measured.replay_rss:.0f} MB"
+            if measured.replay is not None
+            else ""
+        )
         print(
-            f"  {events:>9,} events: ready in {seconds:.2f} s, RSS {ready_mb:.0f} MB when "
-            f"ready, {swept_mb:.0f} MB once ended graphs left memory",
+            f"  {one.name} ({measured.events:,} events, checkpoint "
+            f"{measured.checkpoint_mb:.1f} MB): ready in {measured.startup:.2f} s, RSS "
+            f"{measured.rss_ready:.0f} MB when ready, {measured.rss_swept:.0f} MB after the "
+            f"sweep{replay}",
             flush=True,
         )
-        report.parameters[f"startup_seconds_{events}"] = seconds
-        report.parameters[f"rss_mb_{events}"] = [ready_mb, swept_mb]
+        report.parameters[f"startup_seconds_{one.name}"] = measured.startup
+        report.parameters[f"rss_mb_{one.name}"] = [measured.rss_ready, measured.rss_swept]
+        report.parameters[f"checkpoint_mb_{one.name}"] = measured.checkpoint_mb
+        if measured.replay is not None:
+            report.parameters[f"replay_seconds_{one.name}"] = measured.replay
+    print(f"  load average after: {os.getloadavg()}", flush=True)
+    _verdicts(results, sizes[-1])
     report.environment["load_average_after"] = environment()["load_average"]
     return report
 
 
-def measure(events: int) -> tuple[float, float, float]:
+def _verdicts(results: dict[str, Measured], largest: int) -> None:
+    """PASS/MISS against the targets (with --quick: on the largest log measured)."""
+    at = results[_for_events(largest).name]
+    verdict = "PASS" if at.startup <= STARTUP_TARGET else "MISS"
+    note = "" if largest == 1_000_000 else " (1M not run: --quick)"
+    print(
+        f"  start-up at {largest:,} events: {at.startup:.2f} s, target <= {STARTUP_TARGET} s "
+        f"at 1M: {verdict}{note}",
+        flush=True,
+    )
+    low = results[_for_finished(10_000).name].rss_swept
+    high = results[_for_finished(largest).name].rss_swept
+    verdict = "PASS" if high - low <= RSS_TARGET_MB else "MISS"
+    print(
+        f"  RSS 10k -> {largest:,} finished processes: {low:.0f} -> {high:.0f} MB "
+        f"(+{high - low:.0f}), target +{RSS_TARGET_MB:.0f} MB to 1M: {verdict}{note}",
+        flush=True,
+    )
+
+
+def measure(one: Run) -> Measured:
     with tempfile.TemporaryDirectory(prefix="colonies-bench-startup-") as tmp:
         server = NatsServer(Path(tmp) / "jetstream", config=NATS_CONFIG).start()
         try:
@@ -83,25 +174,33 @@ def measure(events: int) -> tuple[float, float, float]:
             }
             settings = Settings.load(env)
             app = ColoniesApp(
-                settings.store_env(),
-                server_id=settings.server_id,
-                engine_prvkey=engine_prvkey,
+                settings.store_env(), server_id=settings.server_id, engine_prvkey=engine_prvkey
             )
             try:
-                asyncio.run(build_log(app, server.url, events))
+                size = asyncio.run(build_log(app, server.url, one, Sealer(bytes.fromhex(seal_key))))
             finally:
                 app.close()
-            return time_start(env, Path(tmp) / "engine.log")
+            log_file = Path(tmp) / "engine.log"
+            startup, ready, swept = time_start(env, log_file, "started from the checkpoint")
+            replay = replay_rss = None
+            if one.events <= REPLAY_UP_TO:
+                asyncio.run(_drop_checkpoints(server.url))
+                replay, replay_rss, _ = time_start(
+                    env, Path(tmp) / "engine-replay.log", "replaying the whole log"
+                )
+            return Measured(one.events, size / 1e6, startup, ready, swept, replay, replay_rss)
         finally:
             server.stop()
 
 
-async def build_log(app: ColoniesApp, url: str, events: int) -> None:
-    """Appends ``events`` events (about) through the engine's own code path."""
+async def build_log(app: ColoniesApp, url: str, one: Run, sealer: Sealer) -> int:
+    """Appends the run's log through the engine's own code path, with a checkpoint
+    before the last :data:`TAIL_GRAPHS` graphs; returns the checkpoint's size in bytes."""
     recorder = app.recorder
     assert isinstance(recorder, JetStreamApplicationRecorder)
     nc = await nats.connect(url)
     log: JetStreamLog = recorder.log.rebound(nc)
+    mirror = EngineState()
     try:
         now = datetime(2026, 1, 1, tzinfo=UTC)
         owner = crypto.new_private_key()
@@ -112,14 +211,20 @@ async def build_log(app: ColoniesApp, url: str, events: int) -> None:
         audit = {"now": now, "actor": ownerid, "command": b""}
         colony.add_executor(executorid, "ex", "noop", **audit)
         colony.approve_executor("ex", **audit)
-        await append(app, log, list(colony.collect_events()))
+        await append(app, log, mirror, list(colony.collect_events()))  # type: ignore[arg-type]
         executor = colony.executor_by_name("ex")
         assert executor is not None
         spec = func_spec("noop", [], "bench", "noop")
         workflow = Workflow(colonyname="bench", functionspecs=[spec])
-        graphs = events // 3
-        batch: list[object] = []
+        graphs = LIVE + one.finished
+        checkpoint_at = graphs - TAIL_GRAPHS
+        size = 0
+        batch: list[AuditedEvent] = []
         for number in range(graphs):
+            if number == checkpoint_at:
+                await append(app, log, mirror, batch)
+                batch = []
+                size = await write_checkpoint(nc, mirror, sealer)
             moment = now + timedelta(milliseconds=number)
             stamp = {"now": moment, "actor": executorid, "command": b""}
             graph = ProcessGraph.submit(
@@ -129,27 +234,55 @@ async def build_log(app: ColoniesApp, url: str, events: int) -> None:
             graph.assign(processid, executor, 1, **stamp)
             if number >= LIVE:
                 graph.close(processid, executorid, [], **stamp)
-            batch.extend(graph.collect_events())
+            batch.extend(graph.collect_events())  # type: ignore[arg-type]
             if len(batch) >= 3 * GRAPHS_PER_BATCH:
-                await append(app, log, batch)
+                await append(app, log, mirror, batch)
                 batch = []
-        await append(app, log, batch)
+        await append(app, log, mirror, batch)
+        return size
     finally:
         await nc.close()
 
 
-async def append(app: ColoniesApp, log: JetStreamLog, events: list[object]) -> None:
+async def append(
+    app: ColoniesApp, log: JetStreamLog, mirror: EngineState, events: list[AuditedEvent]
+) -> None:
+    """Appends ``events`` and applies them to ``mirror`` as the follower would."""
     if not events:
         return
     recorder = app.recorder
     assert isinstance(recorder, JetStreamApplicationRecorder)
-    stored = [app.mapper.to_stored_event(event) for event in events]  # type: ignore[arg-type]
-    await log.append(recorder.entries_for(stored))
+    stored = [app.mapper.to_stored_event(event) for event in events]
+    sequences = await log.append(recorder.entries_for(stored))
+    for event, sequence in zip(events, sequences, strict=True):
+        mirror.apply(event, sequence)
+    mirror.advance(sequences[-1])
+    mirror.sweep(lambda _: False)
 
 
-def time_start(env: dict[str, str], log_file: Path) -> tuple[float, float, float]:
-    """Seconds from starting ``colonies server`` to its ready line, its RSS (MB) then,
-    and its RSS once it reported evicting the ended graphs."""
+async def write_checkpoint(nc: nats.NATS, mirror: EngineState, sealer: Sealer) -> int:
+    """Stores ``mirror``'s checkpoint as an engine would; returns its size in bytes."""
+    store = CheckpointStore(nc, sealer=sealer)
+    if not await store.write(Checkpoint(mirror.capture()(), []), "benchmark"):
+        raise RuntimeError("the checkpoint was not written")
+    found = await store.head()
+    assert found is not None
+    return found[0].size
+
+
+async def _drop_checkpoints(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream("COLONIES_CHECKPOINTS")
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
+
+
+def time_start(env: dict[str, str], log_file: Path, expected: str) -> tuple[float, float, float]:
+    """Seconds from starting ``colonies server`` to its ready line (which must follow a
+    line containing ``expected``), its RSS (MB) then, and once it evicted ended graphs."""
     started = time.perf_counter()
     with log_file.open("wb") as out:
         process = subprocess.Popen(
@@ -165,16 +298,18 @@ def time_start(env: dict[str, str], log_file: Path) -> tuple[float, float, float
             time.sleep(0.01)
         seconds = time.perf_counter() - started
         ready = rss_mb(process.pid)
-        deadline = time.monotonic() + 120
+        if expected.encode() not in log_file.read_bytes():
+            raise RuntimeError(f"the engine did not say {expected!r}:\n{log_file.read_text()}")
+        deadline = time.monotonic() + 300
         while b"ended graphs left memory" not in log_file.read_bytes():
             if time.monotonic() > deadline:
-                raise RuntimeError("the engine evicted nothing within 120 s")
+                raise RuntimeError("the engine evicted nothing within 300 s")
             time.sleep(0.1)
         time.sleep(1.5)  # let the sweep finish and the allocator settle
         return seconds, ready, rss_mb(process.pid)
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(60)
 
 
 def rss_mb(pid: int) -> float:

@@ -524,6 +524,10 @@ class ReplayGuard:
         if ts >= self._horizon and nonce not in self._seen:
             self._store(nonce, ts)
 
+    def signed_at(self, nonce: str) -> float | None:
+        """The ``ts`` of a remembered key (None when it is not remembered)."""
+        return self._seen.get(nonce)
+
     def _store(self, nonce: str, ts: float) -> None:
         self._seen[nonce] = ts
         heapq.heappush(self._expiry, (ts, nonce))

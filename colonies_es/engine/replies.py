@@ -67,6 +67,13 @@ class Replies:
         found = self._entries.get(replay_key)
         return None if found is None else found[1]
 
+    def applied(self) -> list[tuple[str, Applied]]:
+        """The :class:`Applied` marks (replay key, mark), oldest first: what the log
+        says about the window's commands (for checkpoints; refusals are this replica's)."""
+        return [
+            (key, entry) for key, (_, entry) in self._entries.items() if isinstance(entry, Applied)
+        ]
+
     def remember(self, replay_key: str, entry: Decided | Applied) -> None:
         """Records ``entry``; a :class:`Decided` reply is never replaced by an
         :class:`Applied` mark (the follower seeing the replica's own write)."""
