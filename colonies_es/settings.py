@@ -177,6 +177,11 @@ class Settings:
     """Seconds a signed command's time stamp may differ from the engine's clock. The
     engine remembers the commands of twice this window (to refuse replays and answer
     retries): that memory grows with the command rate times the window."""
+    checkpoint_events: int = _setting(100_000, "COLONIES_CHECKPOINT_EVENTS")
+    """The engine stores a checkpoint of its state (what start-up reads instead of the
+    whole log) once the log has moved this many events past the newest one; 0: never."""
+    checkpoint_seconds: int = _setting(600, "COLONIES_CHECKPOINT_SECONDS")
+    """... or once this many seconds have passed since the newest one, if the log moved."""
     data_dir: str = _setting(".colonies", "COLONIES_DATA_DIR")
     projector_db: str = _setting("colonies-view.sqlite", "COLONIES_PROJECTOR_DB")
 

@@ -51,7 +51,12 @@ def run_engine(
         )
 
     engine = Engine(
-        settings.nats.url, make_app, settings.nats, work_replicas=settings.stream_replicas
+        settings.nats.url,
+        make_app,
+        settings.nats,
+        work_replicas=settings.stream_replicas,
+        checkpoint_events=settings.checkpoint_events,
+        checkpoint_seconds=settings.checkpoint_seconds,
     )
     if metrics_port is not None:
         from colonies_es.engine.metrics import EngineMetrics

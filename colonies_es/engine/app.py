@@ -42,6 +42,7 @@ from nats.aio.client import Client as NATS
 from colonies_es import colonyos, crypto
 from colonies_es.domain import Colony, DomainError, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, last_written
+from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
 from colonies_es.engine.follower import Follower
 from colonies_es.engine.ops import EMPTY, HANDLERS
 from colonies_es.engine.quotas import QuotaExceeded, Quotas
@@ -139,6 +140,13 @@ class ColoniesApp(Application[str]):
         """Writes from now on go through ``nc`` on the caller's event loop (the engine's),
         without crossing to the store's loop thread. Heads learnt at rebuild are kept."""
         self.aggregates.log = self.aggregates.log.rebound(nc)
+
+    def checkpoint_writer(self, nc: NATS, every: int, interval: float) -> CheckpointWriter:
+        """What writes this replica's checkpoints through ``nc`` (:mod:`.checkpoint`)."""
+        store = CheckpointStore.of_log(nc, self.aggregates.store, self.mapper.cipher)
+        return CheckpointWriter(
+            store, self.state, self.seen, self.engine_id, every=every, interval=interval
+        )
 
     async def follow(self) -> None:
         """Applies every event any replica appends, forever (:class:`.Follower`)."""

@@ -51,17 +51,21 @@ from eventsourcing.persistence import Cipher
 from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from colonies_es.engine.state import LiveState
+from colonies_es.engine.replies import RememberedCommand, SeenCommands
+from colonies_es.engine.state import EngineState, LiveState
+from colonies_es.store import JetStreamApplicationRecorder
 from colonies_es.store.codec import Sealer
 
 __all__ = [
+    "CHECKPOINT_EVENTS",
+    "CHECKPOINT_SECONDS",
     "CHUNK_BYTES",
     "FORMAT",
     "Checkpoint",
     "CheckpointStore",
+    "CheckpointWriter",
     "Head",
     "Refused",
-    "RememberedCommand",
 ]
 
 log = logging.getLogger("colonies.engine")
@@ -75,20 +79,17 @@ CHUNK_BYTES = 512 * 1024
 PARALLEL_CHUNKS = 8
 """Chunks written or read at once."""
 
+CHECKPOINT_EVENTS = 100_000
+"""A replica writes a checkpoint once the log has moved this many events past the last
+one (its own or another replica's)."""
+
+CHECKPOINT_SECONDS = 600.0
+"""... or once this many seconds have passed since the last one, if the log moved."""
+
+CHECK_INTERVAL = 5.0
+"""Seconds between the writer's looks at the log's position."""
+
 _ERR_WRONG_LAST_SEQUENCE = 10071
-
-
-class RememberedCommand(msgspec.Struct, array_like=True, frozen=True):
-    """A command of the retry window whose event is in the log: its replay key and
-    signing time (for the replay guard) and where its event went (for its retry's reply,
-    :class:`~colonies_es.engine.replies.Applied`)."""
-
-    key: str
-    ts: float
-    op: str
-    aggregate_id: str
-    subject: str
-    sequence: int
 
 
 class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -159,6 +160,21 @@ class CheckpointStore:
         self.cipher = cipher
         self.js = nc.jetstream(timeout=timeout)
 
+    @classmethod
+    def of_log(
+        cls, nc: NATS, recorder: JetStreamApplicationRecorder, cipher: Cipher | None
+    ) -> CheckpointStore:
+        """The checkpoints of the log ``recorder`` writes (its stream, subject prefix,
+        replicas and seal key), encrypted with ``cipher`` (the events' cipher)."""
+        return cls(
+            nc,
+            recorder.spec.name,
+            recorder.subject_prefix.removesuffix(".ev"),
+            replicas=recorder.spec.replicas,
+            sealer=recorder.connection.sealer,
+            cipher=cipher,
+        )
+
     def _data_subject(self, checkpoint_id: str, number: int) -> str:
         return f"{self.prefix}.data.{checkpoint_id}.{number}"
 
@@ -192,20 +208,26 @@ class CheckpointStore:
     async def head(self) -> tuple[Head, int] | None:
         """The newest head and its stream sequence, None when there is none. Raises
         :class:`Refused` for a head that fails its seal or cannot be decoded."""
+        found = await self._raw_head()
+        return None if found is None else (self._open_head(found[0]), found[1])
+
+    async def _raw_head(self) -> tuple[bytes, int] | None:
+        """The head message's payload and stream sequence, unchecked (None: none)."""
         try:
             message = await self.js.get_last_msg(self.stream, self.head_subject, direct=True)
         except (nats.js.errors.NotFoundError, nats.errors.NoRespondersError):
             return None  # no head, or no checkpoint stream yet
-        payload = message.data or b""
+        return message.data or b"", message.seq or 0
+
+    def _open_head(self, payload: bytes) -> Head:
         if self.sealer is not None:
             if not self.sealer.is_sealed(self.head_subject, payload):
                 raise Refused("its head fails the seal check (not written with this seal key)")
             payload = payload[: -Sealer.SIZE]
         try:
-            head = _head_decoder.decode(payload)
+            return _head_decoder.decode(payload)
         except msgspec.DecodeError as error:
             raise Refused(f"its head cannot be decoded ({error})") from None
-        return head, message.seq or 0
 
     async def read(self) -> tuple[Checkpoint | None, str]:
         """The newest usable checkpoint, or None and the reason (see the module doc)."""
@@ -269,14 +291,13 @@ class CheckpointStore:
 
     # ----------------------------------------------------------------- writing
 
-    async def due(self, sequence: int, every: int) -> bool:
-        """True when no checkpoint at or after ``sequence - every`` exists: this replica
-        should write one (another replica may just have)."""
+    async def newest(self) -> int:
+        """The sequence of the newest checkpoint (0: none, or a head that is refused)."""
         try:
             found = await self.head()
         except Refused:
-            return True
-        return found is None or found[0].sequence < sequence - every
+            return 0
+        return found[0].sequence if found is not None else 0
 
     async def write(self, checkpoint: Checkpoint, writer: str) -> bool:
         """Stores ``checkpoint`` and points the head at it, unless the head already names
@@ -327,14 +348,16 @@ class CheckpointStore:
         """Writes ``head`` over an older one (optimistic concurrency). Returns whether it
         did, and the head it replaced (None if there was none)."""
         for _attempt in range(5):
-            try:
-                found = await self.head()
-            except Refused:
-                found = None  # a head we cannot read is replaced
-            if found is not None and found[0].sequence >= head.sequence:
-                return False, found[0]
-            previous = found[0] if found is not None else None
-            expected = found[1] if found is not None else 0
+            raw = await self._raw_head()
+            previous: Head | None = None
+            if raw is not None:
+                try:
+                    previous = self._open_head(raw[0])
+                except Refused:
+                    previous = None  # a head we cannot trust is replaced
+            if previous is not None and previous.sequence >= head.sequence:
+                return False, previous
+            expected = raw[1] if raw is not None else 0
             if previous is not None:
                 head = msgspec.structs.replace(head, previous=previous.id)
             payload = _body_encoder.encode(head)
@@ -358,3 +381,85 @@ class CheckpointStore:
             await self.js.purge_stream(self.stream, subject=f"{self.prefix}.data.{checkpoint_id}.>")
         except (nats.errors.Error, OSError) as error:
             log.warning("could not remove checkpoint %s: %r", checkpoint_id, error)
+
+
+class CheckpointWriter:
+    """Writes a replica's checkpoints: every ``every`` events or ``interval`` seconds
+    (if the log moved), unless another replica has just written one, and a last one at
+    a clean shutdown (:meth:`write_final`).
+
+    The cost is bounded: a checkpoint copies the state's indices on the engine's loop
+    (dict copies), packs them on a worker thread and writes them in chunks; the live
+    aggregates are only named. Several replicas take turns: each looks at the head
+    first and counts from the newest checkpoint, whoever wrote it.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        state: EngineState,
+        seen: SeenCommands,
+        writer: str,
+        *,
+        every: int = CHECKPOINT_EVENTS,
+        interval: float = CHECKPOINT_SECONDS,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.seen = seen
+        self.writer = writer
+        self.every = every
+        self.interval = interval
+        self.last = 0
+        """The sequence of the newest checkpoint this replica knows of."""
+        self._last_time = time.monotonic()
+
+    async def run_forever(self, check_interval: float = CHECK_INTERVAL) -> None:
+        """Writes checkpoints as the log moves, until cancelled."""
+        try:
+            self.last = await self.store.newest()
+        except (nats.errors.Error, OSError) as error:
+            log.warning("could not read the checkpoint head: %r", error)
+        while True:
+            await asyncio.sleep(check_interval)
+            applied = self.state.applied
+            moved = applied - self.last
+            if moved >= self.every or (
+                moved > 0 and time.monotonic() - self._last_time >= self.interval
+            ):
+                await self.write(skip_within=self.every // 2)
+
+    async def write_final(self) -> bool:
+        """A checkpoint at this replica's position unless the head is already there."""
+        if self.state.applied <= self.last:
+            return False
+        return await self.write(skip_within=0)
+
+    async def write(self, skip_within: int) -> bool:
+        """Writes a checkpoint at the state's position unless the head is within
+        ``skip_within`` events of it; True if one was written. Failures are logged."""
+        try:
+            applied = self.state.applied
+            newest = await self.store.newest()
+            if newest >= applied - skip_within:  # another replica has just written one
+                self.last = max(self.last, newest)
+                self._last_time = time.monotonic()
+                return False
+            pack = self.state.capture()  # on the loop: a consistent copy
+            commands = self.seen.capture()
+            started = time.perf_counter()
+            live = await asyncio.to_thread(pack)
+            wrote = await self.store.write(Checkpoint(live, commands), self.writer)
+        except (nats.errors.Error, OSError, ValueError, Refused) as error:
+            log.warning("could not write a checkpoint: %r", error)
+            return False
+        self.last = max(self.last, live.applied)
+        self._last_time = time.monotonic()
+        if wrote:
+            log.info(
+                "checkpoint written at sequence %d in %.2f s (%d resident aggregates)",
+                live.applied,
+                time.perf_counter() - started,
+                len(live.resident),
+            )
+        return wrote

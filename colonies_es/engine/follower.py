@@ -1,8 +1,10 @@
 """How a replica's state follows the log: the rebuild at start, then the follower.
 
-:meth:`Follower.rebuild` replays the whole log into :class:`~.state.EngineState`
-(aggregates, indices, timers) and feeds the recent commands to the replay guard and the
-replies of retries (:class:`~.replies.SeenCommands`). :meth:`Follower.follow` then applies
+:meth:`Follower.rebuild` brings :class:`~.state.EngineState` (aggregates, indices, timers)
+and the recent commands (the replay guard and the replies of retries,
+:class:`~.replies.SeenCommands`) up to the log's end: from the newest checkpoint
+(:mod:`.checkpoint`) and the events after it, or by replaying the whole log when there is
+no usable checkpoint. :meth:`Follower.follow` then applies
 every event appended after it, by any replica, forever: events this replica wrote itself
 are already in (their versions tell) and are skipped without decoding; an event that
 does not follow the cached aggregate (a gap) makes the aggregate catch up from its own
@@ -11,13 +13,16 @@ subject (:meth:`~.aggregates.Aggregates.catch_up`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from eventsourcing.persistence import Notification
 
-from colonies_es.engine.aggregates import Aggregates
+from colonies_es.domain import AuditedEvent, ProcessGraph
+from colonies_es.engine.aggregates import Aggregates, replay_events
+from colonies_es.engine.checkpoint import Checkpoint, CheckpointStore
 from colonies_es.engine.state import NotNext
 from colonies_es.store.codec import Envelope, to_notification
 from colonies_es.store.jetstream import StoredMessage
@@ -29,6 +34,9 @@ log = logging.getLogger("colonies.engine")
 PAGE = 1000
 """Events read per request while rebuilding."""
 
+PARALLEL_READS = 64
+"""Aggregates read from their subjects at once when starting from a checkpoint."""
+
 
 class Follower:
     """Applies the log to the aggregates' state (see the module doc)."""
@@ -39,13 +47,36 @@ class Follower:
         self.seen = aggregates.seen
 
     def rebuild(self) -> None:
-        """Replays the whole log into memory: aggregates, indices, timers, seen commands.
+        """Brings the state up to the log's end: from the newest usable checkpoint and
+        the log after it, else (none, or refused: one log line says why) by replaying
+        the whole log. :meth:`follow` goes on from the last sequence read here."""
+        checkpoint, reason = self._read_checkpoint()
+        if checkpoint is not None:
+            try:
+                self._restore(checkpoint)
+                return
+            except (ValueError, IndexError) as error:  # indices that do not fit: nothing taken
+                reason = f"the checkpoint's indices do not fit ({error})"
+        log.info("replaying the whole log: %s", reason)
+        self._replay_all()
 
-        :meth:`follow` goes on from the last sequence read here."""
+    def _read_checkpoint(self) -> tuple[Checkpoint | None, str]:
+        store = self.aggregates.store
+        checkpoints = CheckpointStore.of_log(
+            store.connection.nc, store, self.aggregates.mapper.cipher
+        )
+        found: tuple[Checkpoint | None, str] = store.connection.run(checkpoints.read())
+        checkpoint, reason = found
+        if checkpoint is None:
+            return None, "no usable checkpoint (" + reason + ")"
+        return checkpoint, ""
+
+    def _replay_all(self) -> None:
+        """Replays the whole log into memory: aggregates, indices, timers, seen commands."""
         now = datetime.now(UTC)
         count = 0
         last = 0
-        for notification in self._all_notifications():
+        for notification in self._notifications_after(0):
             last = notification.id
             event = self.aggregates.decode(notification)
             if event is None:
@@ -55,11 +86,7 @@ class Follower:
             except Exception as error:  # an event that does not fit: not ours
                 log.warning("skipping event %s: %r", notification.id, error)
                 continue
-            self.aggregates.log.remember_head(
-                self.aggregates.subject_of(event.originator_id),
-                event.originator_version,
-                notification.id,
-            )
+            self._remember_head(event, notification.id)
             self.seen.remember(event, notification.id, now)
             count += 1
         self.state.index_all(last)
@@ -71,8 +98,86 @@ class Follower:
             last,
         )
 
-    def _all_notifications(self) -> Iterator[Notification]:
-        start = 0
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        """The state of ``checkpoint`` (its resident aggregates read from their own
+        subjects up to its sequence), then every event after it, as the follower applies
+        them."""
+        at = checkpoint.sequence
+        store = self.aggregates.store
+        loaded: list[list[tuple[AuditedEvent, int]]] = store.connection.run(
+            self._read_aggregates(checkpoint.state.resident)
+        )
+        self.state.restore(checkpoint.state)  # all or nothing: the state is still empty if not
+        for events in loaded:
+            for event, sequence in events:
+                if sequence > at:
+                    break  # the tail below applies it
+                self.state.apply(event, sequence, index=False)
+                self._remember_head(event, sequence)
+        self.state.index_all(at)
+        self.seen.restore(checkpoint.commands, datetime.now(UTC))
+        self.state.advance(at)
+        count, last = self._apply_after(at)
+        log.info(
+            "started from the checkpoint at sequence %d: %d aggregates read from their "
+            "subjects, %d events after it (log at %d)",
+            at,
+            len(loaded),
+            count,
+            last,
+        )
+
+    async def _read_aggregates(self, ids: list[str]) -> list[list[tuple[AuditedEvent, int]]]:
+        """The events of each aggregate of ``ids``, :data:`PARALLEL_READS` at a time."""
+        found: list[list[tuple[AuditedEvent, int]]] = []
+        for start in range(0, len(ids), PARALLEL_READS):
+            batch = ids[start : start + PARALLEL_READS]
+            found.extend(await asyncio.gather(*map(self.aggregates.events_of, batch)))
+        return found
+
+    def _apply_after(self, at: int) -> tuple[int, int]:
+        """Applies the events after sequence ``at`` as the follower does (an evicted graph
+        that has a new event is read from its subject first); returns how many, and the
+        last sequence read."""
+        now = datetime.now(UTC)
+        count = 0
+        last = at
+        for notification in self._notifications_after(at):
+            last = notification.id
+            event = self.aggregates.decode(notification)
+            if event is None:
+                continue
+            try:
+                try:
+                    self.state.apply(event, notification.id)
+                except NotNext:
+                    self._revive(event.originator_id, notification.id)
+                    self.state.apply(event, notification.id)
+            except Exception as error:  # an event that does not fit: not ours
+                log.warning("skipping event %s: %r", notification.id, error)
+                continue
+            self._remember_head(event, notification.id)
+            self.seen.remember(event, notification.id, now)
+            count += 1
+        self.state.advance(last)
+        return count, last
+
+    def _revive(self, aggregate_id: str, before: int) -> None:
+        """Makes an evicted graph resident again as the log had it before ``before``."""
+        store = self.aggregates.store
+        events: list[tuple[AuditedEvent, int]] = store.connection.run(
+            self.aggregates.events_of(aggregate_id)
+        )
+        graph = replay_events(event for event, sequence in events if sequence < before)
+        if isinstance(graph, ProcessGraph):
+            self.state.revive(graph)
+
+    def _remember_head(self, event: AuditedEvent, sequence: int) -> None:
+        self.aggregates.log.remember_head(
+            self.aggregates.subject_of(event.originator_id), event.originator_version, sequence
+        )
+
+    def _notifications_after(self, start: int) -> Iterator[Notification]:
         while True:
             page = self.aggregates.store.select_notifications(start, PAGE, inclusive_of_start=False)
             yield from page

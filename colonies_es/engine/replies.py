@@ -28,7 +28,7 @@ import msgspec
 from colonies_es import crypto
 from colonies_es.domain import AuditedEvent
 
-__all__ = ["Applied", "Decided", "Replies", "SeenCommands"]
+__all__ = ["Applied", "Decided", "RememberedCommand", "Replies", "SeenCommands"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,18 @@ class Applied:
     """A command whose event this replica applied from the log: the op, the aggregate
     and, for ops that answer about one process, that process (``subject``)."""
 
+    op: str
+    aggregate_id: str
+    subject: str
+    sequence: int
+
+
+class RememberedCommand(msgspec.Struct, array_like=True, frozen=True):
+    """A command of the window whose event is in the log, as a checkpoint keeps it: its
+    replay key and signing time (for the replay guard) and its :class:`Applied` mark."""
+
+    key: str
+    ts: float
     op: str
     aggregate_id: str
     subject: str
@@ -126,3 +138,24 @@ class SeenCommands:
         self.replies.remember(
             replay_key, Applied(payload.op, event.originator_id, subject, sequence)
         )
+
+    def capture(self) -> list[RememberedCommand]:
+        """The window's commands whose events are in the log, for a checkpoint."""
+        return [
+            RememberedCommand(key, ts, mark.op, mark.aggregate_id, mark.subject, mark.sequence)
+            for key, mark in self.replies.applied()
+            if (ts := self.guard.signed_at(key)) is not None
+        ]
+
+    def restore(self, commands: list[RememberedCommand], now: datetime) -> None:
+        """Remembers a checkpoint's commands, as :meth:`remember` would have from their
+        events (those signed more than ``2 * window`` before ``now`` no longer matter)."""
+        moment = now.timestamp()
+        for command in commands:
+            if moment - command.ts > 2 * self.window:
+                continue
+            self.guard.remember(command.key, command.ts, moment)
+            self.replies.remember(
+                command.key,
+                Applied(command.op, command.aggregate_id, command.subject, command.sequence),
+            )

@@ -45,6 +45,7 @@ from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConf
 from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
+from colonies_es.engine.checkpoint import CHECKPOINT_EVENTS, CHECKPOINT_SECONDS
 from colonies_es.engine.metrics import EngineMetrics
 from colonies_es.engine.op_stats import OpStats
 from colonies_es.protocol import (
@@ -63,6 +64,10 @@ from colonies_es.protocol import (
 from colonies_es.settings import NatsAccess
 
 log = logging.getLogger("colonies.engine")
+
+FINAL_CHECKPOINT_WAIT = 30.0
+"""Seconds a stopping engine gives its last checkpoint (the next start reads the log
+after the newest checkpoint anyway)."""
 
 SWEEP_INTERVAL = 1.0
 """Seconds between evictions of ended graphs from memory (state.py)."""
@@ -105,11 +110,17 @@ class Engine:
         app_factory: Callable[[], ColoniesApp],
         access: NatsAccess | None = None,
         work_replicas: int = 1,
+        checkpoint_events: int = CHECKPOINT_EVENTS,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         """Serve through NATS at ``nats_url``; ``access`` (its servers, credential and
         TLS CA) wins over ``nats_url`` when given. ``work_replicas``: copies of the work
-        stream (the settings' ``stream_replicas``, as for the log)."""
+        stream (the settings' ``stream_replicas``, as for the log). A checkpoint of the
+        state is stored every ``checkpoint_events`` events or ``checkpoint_seconds``
+        seconds and when the engine stops (:mod:`.checkpoint`; 0 events: never)."""
         self.work_replicas = work_replicas
+        self.checkpoint_events = checkpoint_events
+        self.checkpoint_seconds = checkpoint_seconds
         self.access = access or NatsAccess.from_store_env({"NATS_URL": nats_url})
         self.nats_url = self.access.url
         self._app_factory = app_factory
@@ -125,10 +136,15 @@ class Engine:
         try:
             self.app = await anyio.to_thread.run_sync(self._app_factory)
             self.app.attach(self.nc)
+            checkpoints = self.app.checkpoint_writer(
+                self.nc, self.checkpoint_events, self.checkpoint_seconds
+            )
             try:
                 await self._reset_work()
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self.app.follow)
+                    if self.checkpoint_events > 0:
+                        tasks.start_soon(checkpoints.run_forever)
                     service = await self._start_service(tasks)
                     tasks.start_soon(self._reconcile_forever)
                     tasks.start_soon(self._timers_forever)
@@ -144,6 +160,9 @@ class Engine:
                     finally:
                         with anyio.CancelScope(shield=True):
                             await service.stop()
+                            if self.checkpoint_events > 0:
+                                with anyio.move_on_after(FINAL_CHECKPOINT_WAIT):
+                                    await checkpoints.write_final()
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.app.close)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -136,7 +137,7 @@ class ColonyGraphs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     processes: bytes
     """Process ids, 32 bytes each."""
     graph_of: bytes
-    """Per process, the index of its graph in ``graphs`` (unsigned 32-bit, little endian)."""
+    """Per process, the index of its graph in ``graphs`` (unsigned 32-bit little endian)."""
     evicted: list[int]
     """The :data:`COUNTED` statistics of the colony's evicted graphs."""
 
@@ -421,22 +422,32 @@ class EngineState:
         return pack
 
     def restore(self, live: LiveState) -> None:
-        """Takes the indices of ``live`` into this (new, empty) state. The caller then
+        """Takes the indices of ``live`` into this (new, empty) state, whole or not at
+        all (ValueError or IndexError for packed ids that do not fit). The caller then
         loads the resident aggregates (:meth:`apply` with ``index=False``, up to
         ``live.applied``), calls :meth:`index_all` and applies the log after it."""
+        graphs_of_colony: dict[str, dict[str, None]] = {}
+        graph_of_process: dict[str, str] = {}
+        for colony in live.colonies:
+            prefix = f"{colony.colonyname}.graph."
+            graphs = [prefix + raw.hex() for raw in _ids(colony.graphs)]
+            graphs_of_colony[colony.colonyname] = dict.fromkeys(graphs)
+            owners = array("I")
+            owners.frombytes(colony.graph_of)
+            if sys.byteorder != "little":
+                owners.byteswap()
+            for raw, owner in zip(_ids(colony.processes), owners, strict=True):
+                graph_of_process[raw.hex()] = graphs[owner]
         with self._lock:
             if self.aggregates or self._graphs_of_colony:
                 raise RuntimeError("restore into a state that is not empty")
-            for colony in live.colonies:
-                prefix = f"{colony.colonyname}.graph."
-                graphs = [prefix + raw.hex() for raw in _ids(colony.graphs)]
-                self._graphs_of_colony[colony.colonyname] = dict.fromkeys(graphs)
-                owners = array("I")
-                owners.frombytes(colony.graph_of)
-                for raw, owner in zip(_ids(colony.processes), owners, strict=True):
-                    self._graph_of_process[raw.hex()] = graphs[owner]
-                if any(colony.evicted):
-                    self._evicted_counts[colony.colonyname] = list(colony.evicted)
+            self._graphs_of_colony = graphs_of_colony
+            self._graph_of_process = graph_of_process
+            self._evicted_counts = {
+                colony.colonyname: list(colony.evicted)
+                for colony in live.colonies
+                if any(colony.evicted)
+            }
             self.last_heard.update(live.last_heard)
 
     # ------------------------------------------------------------------ the follower's position
@@ -599,6 +610,9 @@ def _pack_colonies(
         colonyname, position = positions[graph_id]
         processes[colonyname] += _raw_id(processid)
         owners[colonyname].append(position)
+    if sys.byteorder != "little":
+        for positions_of_colony in owners.values():
+            positions_of_colony.byteswap()
     names = list(colonies) + [name for name in evicted if name not in colonies]
     return [
         ColonyGraphs(
