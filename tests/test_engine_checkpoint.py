@@ -186,9 +186,12 @@ def _app(stack: Stack) -> ColoniesApp:
             "COLONIES_EVENT_SEAL_KEY": engine.seal_key,
         }
     )
-    return ColoniesApp(
+    app = ColoniesApp(
         settings.store_env(), server_id=engine.server_id, engine_prvkey=crypto.new_private_key()
     )
+    recorder = app.aggregates.store
+    recorder.connection.run(app.catch_up_with_log())  # as the engine does before serving
+    return app
 
 
 async def _forge_head(stack: Stack, sequence: int) -> None:

@@ -148,6 +148,11 @@ class ColoniesApp(Application[str]):
             store, self.state, self.seen, self.engine_id, every=every, interval=interval
         )
 
+    async def catch_up_with_log(self) -> int:
+        """Applies the log after the start-up's checkpoint up to the log's current end
+        (:meth:`.Follower.catch_up_with_log`); returns how many events."""
+        return await self.follower.catch_up_with_log()
+
     async def follow(self) -> None:
         """Applies every event any replica appends, forever (:class:`.Follower`)."""
         await self.follower.follow()

@@ -3,8 +3,9 @@
 :meth:`Follower.rebuild` brings :class:`~.state.EngineState` (aggregates, indices, timers)
 and the recent commands (the replay guard and the replies of retries,
 :class:`~.replies.SeenCommands`) up to the log's end: from the newest checkpoint
-(:mod:`.checkpoint`) and the events after it, or by replaying the whole log when there is
-no usable checkpoint. :meth:`Follower.follow` then applies
+(:mod:`.checkpoint`), or by replaying the whole log when there is no usable checkpoint.
+:meth:`Follower.catch_up_with_log` then applies what follows the checkpoint, as the
+follower does, before the engine serves. :meth:`Follower.follow` then applies
 every event appended after it, by any replica, forever: events this replica wrote itself
 are already in (their versions tell) and are skipped without decoding; an event that
 does not follow the cached aggregate (a gap) makes the aggregate catch up from its own
@@ -14,14 +15,16 @@ subject (:meth:`~.aggregates.Aggregates.catch_up`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime
+from typing import cast
 
 from eventsourcing.persistence import Notification
 
-from colonies_es.domain import AuditedEvent, ProcessGraph
-from colonies_es.engine.aggregates import Aggregates, replay_events
+from colonies_es.domain import AuditedEvent
+from colonies_es.engine.aggregates import Aggregates
 from colonies_es.engine.checkpoint import Checkpoint, CheckpointStore
 from colonies_es.engine.state import NotNext
 from colonies_es.store.codec import Envelope, to_notification
@@ -99,9 +102,8 @@ class Follower:
         )
 
     def _restore(self, checkpoint: Checkpoint) -> None:
-        """The state of ``checkpoint`` (its resident aggregates read from their own
-        subjects up to its sequence), then every event after it, as the follower applies
-        them."""
+        """The state of ``checkpoint``, its resident aggregates read from their own
+        subjects up to its sequence: the follower goes on from that sequence."""
         at = checkpoint.sequence
         store = self.aggregates.store
         loaded: list[list[tuple[AuditedEvent, int]]] = store.connection.run(
@@ -117,14 +119,11 @@ class Follower:
         self.state.index_all(at)
         self.seen.restore(checkpoint.commands, datetime.now(UTC))
         self.state.advance(at)
-        count, last = self._apply_after(at)
         log.info(
             "started from the checkpoint at sequence %d: %d aggregates read from their "
-            "subjects, %d events after it (log at %d)",
+            "subjects; following the log from there",
             at,
             len(loaded),
-            count,
-            last,
         )
 
     async def _read_aggregates(self, ids: list[str]) -> list[list[tuple[AuditedEvent, int]]]:
@@ -134,43 +133,6 @@ class Follower:
             batch = ids[start : start + PARALLEL_READS]
             found.extend(await asyncio.gather(*map(self.aggregates.events_of, batch)))
         return found
-
-    def _apply_after(self, at: int) -> tuple[int, int]:
-        """Applies the events after sequence ``at`` as the follower does (an evicted graph
-        that has a new event is read from its subject first); returns how many, and the
-        last sequence read."""
-        now = datetime.now(UTC)
-        count = 0
-        last = at
-        for notification in self._notifications_after(at):
-            last = notification.id
-            event = self.aggregates.decode(notification)
-            if event is None:
-                continue
-            try:
-                try:
-                    self.state.apply(event, notification.id)
-                except NotNext:
-                    self._revive(event.originator_id, notification.id)
-                    self.state.apply(event, notification.id)
-            except Exception as error:  # an event that does not fit: not ours
-                log.warning("skipping event %s: %r", notification.id, error)
-                continue
-            self._remember_head(event, notification.id)
-            self.seen.remember(event, notification.id, now)
-            count += 1
-        self.state.advance(last)
-        return count, last
-
-    def _revive(self, aggregate_id: str, before: int) -> None:
-        """Makes an evicted graph resident again as the log had it before ``before``."""
-        store = self.aggregates.store
-        events: list[tuple[AuditedEvent, int]] = store.connection.run(
-            self.aggregates.events_of(aggregate_id)
-        )
-        graph = replay_events(event for event, sequence in events if sequence < before)
-        if isinstance(graph, ProcessGraph):
-            self.state.revive(graph)
 
     def _remember_head(self, event: AuditedEvent, sequence: int) -> None:
         self.aggregates.log.remember_head(
@@ -184,6 +146,39 @@ class Follower:
             if len(page) < PAGE:
                 return
             start = page[-1].id
+
+    async def catch_up_with_log(self) -> int:
+        """Applies the log up to its end as it is now, as :meth:`follow` does (at start,
+        after a checkpoint: the engine serves once this returns); returns how many
+        events that was."""
+        store = self.aggregates.store
+        last = await self.aggregates.log.last_message(store.events_filter)
+        end = last.sequence if last is not None else 0
+        start = self.state.applied
+        if start >= end:
+            return 0
+        # An async generator (closed on leaving, which deletes its consumer).
+        batches = cast(
+            "AsyncGenerator[list[StoredMessage], None]",
+            self.aggregates.log.follow(store.events_filter, start),
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                now = datetime.now(UTC)
+                for message in batch:
+                    envelope = store.connection.trusted(message)
+                    if envelope is not None:
+                        await self._follow_one(message, envelope, now)
+                self.state.advance(batch[-1].sequence)
+                if self.state.applied >= end:
+                    break
+        log.info(
+            "caught up with the log: %d events after sequence %d applied (log at %d)",
+            self.state.applied - start,
+            start,
+            self.state.applied,
+        )
+        return self.state.applied - start
 
     async def follow(self) -> None:
         """Applies every event appended after the rebuild, by any replica, forever."""

@@ -18,9 +18,11 @@ One asyncio task owns everything here (structured with an anyio task group):
   tickets waiting than processes (a lost message, a restart), and the timer loop fires
   the deadlines the log implies (execution and waiting time limits).
 
-On start the application rebuilds its state from the log; the work stream, which is
-derived data, is created if missing and topped up from that state. It is never purged:
-other replicas may be serving it.
+On start the application takes its state from the newest checkpoint (or the whole log)
+and the follower applies the log after it; only then does the engine serve. A checkpoint
+is written every so many events or seconds and when the engine stops
+(:mod:`.checkpoint`). The work stream, which is derived data, is created if missing and
+topped up from the state. It is never purged: other replicas may be serving it.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class Engine:
         try:
             self.app = await anyio.to_thread.run_sync(self._app_factory)
             self.app.attach(self.nc)
+            await self.app.catch_up_with_log()  # what follows the start-up's checkpoint
             checkpoints = self.app.checkpoint_writer(
                 self.nc, self.checkpoint_events, self.checkpoint_seconds
             )
