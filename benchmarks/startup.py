@@ -10,11 +10,13 @@ out), and once all but the last :data:`TAIL_GRAPHS` graphs are in, stores that s
 checkpoint with the engine's :class:`~colonies_es.engine.checkpoint.CheckpointStore`, as
 a running replica would; the tail follows the checkpoint in the log.
 
-Then ``colonies server`` is started and timed from the process start to its "engine
-ready" line; it must say it started from the checkpoint. Its RSS is read from /proc once
-ready, and again once its sweep has evicted the tail's ended graphs. For the shorter logs
-the checkpoint stream is then deleted and the engine started again: the whole-log replay,
-today's start-up before checkpoints, measured in the same run.
+Then ``colonies server`` is started (``--runs`` times, the median reported; with
+checkpoint writes off, so that every start finds the same checkpoint and tail) and timed
+from the process start to its "engine ready" line; it must say it started from the
+checkpoint. Its RSS is read from /proc once ready, and again once its sweep has evicted
+the tail's ended graphs. For logs up to :data:`REPLAY_UP_TO` events the checkpoint stream
+is then deleted and the engine started again the same way: the whole-log replay, the
+start-up before checkpoints, measured in the same run.
 
 Runs: logs of 10k, 100k and 1M events (start-up), and of 10k, 100k and 1M finished
 processes (RSS; 1,000 more graphs live); ``--quick`` leaves out the 1M runs.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,14 +109,14 @@ def run(options: Options) -> Report:
     runs = [_for_events(n) for n in sizes] + [_for_finished(n) for n in sizes]
     report = Report(
         group="startup",
-        runs=1,
+        runs=options.runs,
         parameters={"runs": [r.name for r in runs], "live_graphs": LIVE, "tail": TAIL_GRAPHS},
         environment={**environment(), "nats_config": str(NATS_CONFIG)},
     )
     print(f"  load average before: {os.getloadavg()}", flush=True)
     results: dict[str, Measured] = {}
     for one in runs:
-        measured = measure(one)
+        measured = measure(one, options.runs)
         results[one.name] = measured
         replay = (
             f"; whole-log replay {measured.replay:.2f} s, RSS {measured.replay_rss:.0f} MB"
@@ -158,7 +161,7 @@ def _verdicts(results: dict[str, Measured], largest: int) -> None:
     )
 
 
-def measure(one: Run) -> Measured:
+def measure(one: Run, runs: int) -> Measured:
     with tempfile.TemporaryDirectory(prefix="colonies-bench-startup-") as tmp:
         server = NatsServer(Path(tmp) / "jetstream", config=NATS_CONFIG).start()
         try:
@@ -173,6 +176,7 @@ def measure(one: Run) -> Measured:
                 "COLONIES_EVENT_SEAL_KEY": seal_key,
             }
             settings = Settings.load(env)
+            timed_env = {**env, "COLONIES_CHECKPOINT_EVENTS": "0"}  # every start alike
             app = ColoniesApp(
                 settings.store_env(), server_id=settings.server_id, engine_prvkey=engine_prvkey
             )
@@ -180,14 +184,22 @@ def measure(one: Run) -> Measured:
                 size = asyncio.run(build_log(app, server.url, one, Sealer(bytes.fromhex(seal_key))))
             finally:
                 app.close()
-            log_file = Path(tmp) / "engine.log"
-            startup, ready, swept = time_start(env, log_file, "started from the checkpoint")
+            starts = [
+                time_start(timed_env, Path(tmp) / f"engine-{n}.log", "started from the checkpoint")
+                for n in range(runs)
+            ]
+            startup = statistics.median(start[0] for start in starts)
+            ready = statistics.median(start[1] for start in starts)
+            swept = statistics.median(start[2] for start in starts)
             replay = replay_rss = None
             if one.events <= REPLAY_UP_TO:
                 asyncio.run(_drop_checkpoints(server.url))
-                replay, replay_rss, _ = time_start(
-                    env, Path(tmp) / "engine-replay.log", "replaying the whole log"
-                )
+                replays = [
+                    time_start(timed_env, Path(tmp) / f"replay-{n}.log", "replaying the whole log")
+                    for n in range(runs)
+                ]
+                replay = statistics.median(r[0] for r in replays)
+                replay_rss = statistics.median(r[1] for r in replays)
             return Measured(one.events, size / 1e6, startup, ready, swept, replay, replay_rss)
         finally:
             server.stop()

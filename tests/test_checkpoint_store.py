@@ -23,9 +23,10 @@ from colonies_es.engine.checkpoint import (
     CHUNK_BYTES,
     Checkpoint,
     CheckpointStore,
+    CheckpointWriter,
 )
-from colonies_es.engine.replies import RememberedCommand
-from colonies_es.engine.state import ColonyGraphs, LiveState
+from colonies_es.engine.replies import RememberedCommand, SeenCommands
+from colonies_es.engine.state import ColonyGraphs, EngineState, LiveState
 from colonies_es.store.codec import Sealer
 
 pytestmark = pytest.mark.timeout(60)
@@ -167,3 +168,37 @@ async def test_of_several_writers_the_newest_sequence_wins_and_old_chunks_go(nc:
     )
     kept = {subject.split(".")[3] for subject in (info.state.subjects or {})}
     assert len(kept) == 2  # the head's chunks and the previous one's
+
+
+async def test_replicas_write_checkpoints_every_n_events_taking_turns(nc: NATS) -> None:
+    """Two writers on one log (two replicas): checkpoints follow the log's position, and
+    a replica does not write one when the other just did."""
+    stream, prefix = await _log(nc)
+    states = [EngineState(), EngineState()]
+    writers = [
+        CheckpointWriter(
+            CheckpointStore(nc, stream, prefix), state, SeenCommands(60), f"engine-{n}", every=10
+        )
+        for n, state in enumerate(states)
+    ]
+    tasks = [asyncio.create_task(w.run_forever(check_interval=0.05)) for w in writers]
+    try:
+        for target in (12, 24, 36):
+            for state in states:
+                state.advance(target)
+            deadline = asyncio.get_running_loop().time() + 10
+            while await writers[0].store.newest() != target:
+                assert asyncio.get_running_loop().time() < deadline, f"no checkpoint at {target}"
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # both writers looked again
+        for state in states:
+            state.advance(40)  # 4 past the newest: under every=10, no checkpoint yet
+        await asyncio.sleep(0.3)
+        assert await writers[1].store.newest() == 36
+        assert await writers[1].write_final()  # a clean stop writes its position
+        assert not await writers[0].write_final()  # the head is already there
+    finally:
+        for task in tasks:
+            task.cancel()
+    info = await nc.jetstream().stream_info(writers[0].store.stream)
+    assert info.state.messages <= 1 + 2 * 1  # the head and two single-chunk checkpoints
