@@ -196,8 +196,10 @@ async def test_only_the_engine_may_write_or_read_checkpoints(secure: SecureStack
     async def purge(nc: Any) -> None:
         await nc.jetstream(timeout=1).purge_stream(store.stream)
 
-    for credential in ("reader", "client", "executor-alpha"):
-        for action in (write_head, write_chunk, read_head, purge):
+    for action in (write_head, write_chunk, read_head, purge):
+        assert "for publish to" in await _refused(secure, "reader", action)
+    for credential in ("client", "executor-alpha"):
+        for action in (write_head, read_head):
             assert "for publish to" in await _refused(secure, credential, action)
     nc = await secure.access("engine").connect("test engine")
     try:
