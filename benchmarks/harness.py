@@ -347,7 +347,7 @@ def print_report(report: Report) -> None:
         versions.append(f"nats-server {env['nats_server']}")
     cores = f"{env.get('usable_cores')} cores ({env.get('cpu_model')})"
     print(f"{report.group}: median of {report.runs} run(s); {', '.join(versions)}; {cores}")
-    width = max(len(key) for key in report.rates)
+    width = max((len(key) for key in [*report.rates, *report.references]), default=0)
     header = f"{'':<{width}}  {'measurement':<48} {'median':>10} {'unit':<8} {'runs min..max':>15}"
     print(header)
     print("-" * len(header))

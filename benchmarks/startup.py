@@ -66,7 +66,7 @@ GRAPHS_PER_BATCH = 300
 COLONY_EVENTS = 3
 """The colony's events: created, executor added, executor approved."""
 
-REPLAY_UP_TO = 300_000
+REPLAY_UP_TO = 310_000
 """Logs up to this many events are also timed with the whole-log replay."""
 
 STARTUP_TARGET = 5.0
@@ -142,21 +142,24 @@ def run(options: Options) -> Report:
 
 
 def _verdicts(results: dict[str, Measured], largest: int) -> None:
-    """PASS/MISS against the targets (with --quick: on the largest log measured)."""
+    """PASS/MISS against the targets (n/a with --quick, which stops at 100k; the RSS
+    growth per finished process is printed with what it makes at 1M)."""
+    quick = largest != 1_000_000
     at = results[_for_events(largest).name]
-    verdict = "PASS" if at.startup <= STARTUP_TARGET else "MISS"
-    note = "" if largest == 1_000_000 else " (1M not run: --quick)"
+    verdict = "n/a (--quick)" if quick else "PASS" if at.startup <= STARTUP_TARGET else "MISS"
     print(
-        f"  start-up at {largest:,} events: {at.startup:.2f} s, target <= {STARTUP_TARGET} s "
-        f"at 1M: {verdict}{note}",
+        f"  start-up at {largest:,} events: {at.startup:.2f} s; target <= {STARTUP_TARGET} s "
+        f"at 1M events: {verdict}",
         flush=True,
     )
-    low = results[_for_finished(10_000).name].rss_swept
-    high = results[_for_finished(largest).name].rss_swept
-    verdict = "PASS" if high - low <= RSS_TARGET_MB else "MISS"
+    low, high = _for_finished(10_000), _for_finished(largest)
+    grown = results[high.name].rss_swept - results[low.name].rss_swept
+    per_process = grown * 1e6 / (high.finished - low.finished)
+    verdict = "n/a (--quick)" if quick else "PASS" if grown <= RSS_TARGET_MB else "MISS"
     print(
-        f"  RSS 10k -> {largest:,} finished processes: {low:.0f} -> {high:.0f} MB "
-        f"(+{high - low:.0f}), target +{RSS_TARGET_MB:.0f} MB to 1M: {verdict}{note}",
+        f"  RSS from 10k to {largest:,} finished processes: +{grown:.0f} MB "
+        f"({per_process:.0f} bytes a finished process, +{per_process * 990_000 / 1e6:.0f} MB "
+        f"from 10k to 1M at that rate); target +{RSS_TARGET_MB:.0f} MB to 1M: {verdict}",
         flush=True,
     )
 
