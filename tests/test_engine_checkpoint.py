@@ -247,6 +247,11 @@ def _assert_same_state(expected: ColoniesApp, actual: ColoniesApp) -> None:
     assert _deadlines(theirs) == _deadlines(mine)
     assert _deadlines(mine)  # the idle process's waiting limit
     assert theirs._loaded.keys() == mine._loaded.keys()
+    for colonyname in mine.colony_names():
+        assert theirs.pending_processes(colonyname) == mine.pending_processes(colonyname)
+        assert {g.id for g in theirs.resident_graphs(colonyname)} == {
+            g.id for g in mine.resident_graphs(colonyname)
+        }
     assert dict(actual.seen.guard._seen) == dict(expected.seen.guard._seen)
     assert dict(actual.seen.replies.applied()) == dict(expected.seen.replies.applied())
     assert len(expected.seen.replies.applied()) > 10
