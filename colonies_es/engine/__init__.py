@@ -3,6 +3,7 @@ service around it (:mod:`.service`) and how to run it (:func:`run_engine`)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -15,6 +16,14 @@ from colonies_es.engine.app import ColoniesApp
 from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.service import Engine
 from colonies_es.settings import Settings
+
+GC_THRESHOLDS = (20_000, 20, 20)
+"""The thresholds of the engine process's cyclic garbage collector (Python's are 700, 10,
+10). With the default, 3,000 processes through a loaded engine cost 437 young, 40 middle
+and 3 full collections (each full one walks every resident aggregate): 0.27-0.29 s, 5-6%
+of the engine's CPU; with these, 5 young collections and 0.02-0.03 s. The cost: up to
+20,000 young objects live a little longer before a reference cycle among them is freed
+(nothing the engine keeps depends on when)."""
 
 
 def run_engine(
@@ -35,6 +44,7 @@ def run_engine(
     metrics are served on that port (0: a free one; :mod:`.metrics`); the port is logged.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    gc.set_threshold(*GC_THRESHOLDS)
     if not settings.event_seal_key:
         logging.getLogger("colonies.engine").warning(
             "no event seal key (COLONIES_EVENT_SEAL_KEY): events appended to the stream by "
