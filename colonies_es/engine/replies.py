@@ -18,6 +18,7 @@ dropped, and at most ``limit`` are kept (the oldest go first).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -103,6 +104,26 @@ class Replies:
             del self._entries[oldest_key]
 
 
+class _StoredCommand(msgspec.Struct):
+    """What :class:`SeenCommands` reads of a stored :class:`~colonies_es.crypto.SignedCommand`:
+    its signature was checked when the command was accepted, so no field is validated
+    again (the patterns of the full type cost most of a decode)."""
+
+    payload: bytes
+    public_key: str
+
+
+class _StoredPayload(msgspec.Struct):
+    op: str
+    ts: float
+    nonce: str = ""
+
+
+_decode_stored_command = msgspec.json.Decoder(_StoredCommand).decode
+_decode_stored_payload = msgspec.json.Decoder(_StoredPayload).decode
+_id_of_key = functools.lru_cache(maxsize=4096)(crypto.id_from_public_key)
+
+
 class SeenCommands:
     """The commands this replica knows were applied, fed from every event it applies or
     writes: the replay guard (a command is accepted once) and the :class:`Replies` of
@@ -119,13 +140,13 @@ class SeenCommands:
         if not event.command or (now - event.timestamp).total_seconds() > 2 * self.window:
             return
         try:
-            signed = msgspec.json.decode(event.command, type=crypto.SignedCommand)
-            payload = msgspec.json.decode(signed.payload, type=crypto.CommandPayload)
-        except msgspec.DecodeError:  # e.g. a ColonyOS envelope (no nonce)
+            signed = _decode_stored_command(event.command)
+            payload = _decode_stored_payload(signed.payload)
+            caller = _id_of_key(signed.public_key)
+        except (msgspec.DecodeError, ValueError):  # e.g. a ColonyOS envelope (no nonce)
             return
         if not payload.nonce:
             return
-        caller = crypto.id_from_public_key(signed.public_key)
         replay_key = f"{caller}:{payload.nonce}"
         self.guard.remember(replay_key, payload.ts, now.timestamp())
         subject = getattr(event, "processid", None) or ""
