@@ -429,10 +429,17 @@ class Stack:
 
 
 def start_engine(
-    nats_url: str, server_id: str, log_file: Path, timeout: float = 30.0, replicas: int = 1
+    nats_url: str,
+    server_id: str,
+    log_file: Path,
+    timeout: float = 30.0,
+    replicas: int = 1,
+    metrics_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """``colonies server`` as a child process, returned once it logged that it is ready;
-    ``replicas`` is its streams' replica count (3 on a 3-node cluster)."""
+    ``replicas`` is its streams' replica count (3 on a 3-node cluster); with
+    ``metrics_port`` it serves its Prometheus metrics there."""
+    metrics = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
     with log_file.open("wb") as log:
         engine = subprocess.Popen(
             [
@@ -443,6 +450,7 @@ def start_engine(
                 "--no-projector",
                 "--nats",
                 nats_url,
+                *metrics,
             ],
             env={
                 **os.environ,

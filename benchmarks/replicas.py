@@ -20,22 +20,32 @@ group's own code, :class:`benchmarks.engine.EngineBenchmark`):
   after the client's retry: half its timeout, :data:`CLIENT_TIMEOUT` / 2). The replica
   is restarted between kills.
 
-CPU per process counts the first replica only. Targets (issue 8): two replicas keep at
-least 85% of one engine's throughput; failover p99 <= 2 s; follower lag p99 <= 50 ms.
+Where a second replica's cost goes, per throughput run: the CPU milliseconds per
+process of every engine replica together, of the nats-server and of the executors (read
+from ``/proc/<pid>/stat`` before and after: robust on a shared machine, unlike wall
+time), and the replicas' coordination counts summed over them (``conflicts``,
+``catch_ups``, ``claim_races``, ``after_waits``, ``behind``...: what each means is in
+:mod:`colonies_es.engine.counters`), scraped from each engine's metrics port.
+
+Targets (issue 8): two replicas keep at least 85% of one engine's throughput (PASS/MISS
+on the medians of the same run); failover p99 <= 2 s; follower lag p99 <= 50 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -44,7 +54,7 @@ from benchmarks import engine
 from benchmarks.harness import NATS_CONFIG, Options, Report, environment
 from colonies_es import crypto
 from colonies_es.client import AsyncColonies, Colonies
-from colonies_es.embedded import NatsServer
+from colonies_es.embedded import NatsServer, free_port
 from colonies_es.protocol import api_subject
 
 CLIENT_TIMEOUT = 2.0
@@ -74,12 +84,17 @@ def run(options: Options) -> Report:
     lags: dict[int, list[float]] = {}
     failover: list[float] = []
     spans: list[float] = []
+    costs: dict[int, list[Cost]] = {}
     for count in (1, 2, 3):
         with replica_stack(count) as (stack, engines):
             bench = engine.EngineBenchmark(stack, sizes)
             for round_number in range(1, options.runs + 1):
                 progress = f"{count} replica(s) run {round_number}/{options.runs}"
-                bench.throughput_single(report, progress)
+                with Cost.measuring(stack, engines, sizes.processes) as cost:
+                    bench.throughput_single(report, progress)
+                cost.add_executors(report)
+                costs.setdefault(count, []).append(cost)
+                print(f"    {cost.line()}", flush=True)
                 bench.claim_latency(report, progress)
             _suffix(report, count)
             if count > 1:
@@ -91,7 +106,10 @@ def run(options: Options) -> Report:
     report.parameters["follower_lag_ms"] = lags
     report.parameters["failover_seconds"] = failover
     report.parameters["failover_longest_command_seconds"] = spans
-    print_summary(report, lags, failover, spans)
+    report.parameters["cost_per_process"] = {
+        count: [cost.to_json() for cost in runs] for count, runs in costs.items()
+    }
+    print_summary(report, lags, failover, spans, costs)
     return report
 
 
@@ -143,10 +161,29 @@ class Replica:
         self.url = url
         self.server_id = server_id
         self.log_file = log_file
+        self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = engine.start_engine(self.url, self.server_id, self.log_file)
+        self.process = engine.start_engine(
+            self.url, self.server_id, self.log_file, metrics_port=self.metrics_port
+        )
+
+    def counters(self) -> dict[str, float]:
+        """Its ``colonies_replica_total{what}`` counts, scraped from its metrics port."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith('colonies_replica_total{what="'):
+                labels, _, value = line.rpartition(" ")
+                found[labels.split('"')[1]] = float(value)
+        return found
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return engine.cpu_seconds(self.process.pid)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -160,6 +197,65 @@ class Replica:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# ------------------------------------------------------------------------- cost
+
+
+@dataclasses.dataclass
+class Cost:
+    """What one throughput run of ``processes`` cost: CPU milliseconds per process of all
+    engine replicas together, of the nats-server and of the executors, and the replicas'
+    coordination counts (summed over them) per process."""
+
+    processes: int
+    engines_ms: float = 0.0
+    per_engine_ms: list[float] = dataclasses.field(default_factory=list)
+    nats_ms: float = 0.0
+    executors_ms: float = 0.0
+    counts: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    @contextlib.contextmanager
+    def measuring(
+        cls, stack: engine.Stack, replicas: list[Replica], processes: int
+    ) -> Iterator[Cost]:
+        """Measures the block (a throughput run; its warm-up and its colony's set-up
+        are counted too, a few percent). The executors' CPU is the engine group's own
+        meter of the same run (its executors live only inside the run)."""
+        cost = cls(processes)
+        engines_before = [replica.cpu_seconds() for replica in replicas]
+        nats_before = engine.cpu_seconds(stack.nats_pid)
+        counts_before = [replica.counters() for replica in replicas]
+        yield cost
+        per_engine = [
+            replica.cpu_seconds() - before
+            for replica, before in zip(replicas, engines_before, strict=True)
+        ]
+        cost.per_engine_ms = [1000 * cpu / processes for cpu in per_engine]
+        cost.engines_ms = sum(cost.per_engine_ms)
+        cost.nats_ms = 1000 * (engine.cpu_seconds(stack.nats_pid) - nats_before) / processes
+        for replica, before in zip(replicas, counts_before, strict=True):
+            for what, value in replica.counters().items():
+                per_process = (value - before.get(what, 0.0)) / processes
+                cost.counts[what] = cost.counts.get(what, 0.0) + per_process
+
+    def add_executors(self, report: engine.EngineReport) -> None:
+        """Takes the executors' CPU from the engine group's meter of the last run."""
+        self.executors_ms = report.cpu["single"][-1]["executors"]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        engines = " + ".join(f"{ms:.2f}" for ms in self.per_engine_ms)
+        counts = ", ".join(
+            f"{what} {value:.2f}" for what, value in self.counts.items() if value >= 0.005
+        )
+        return (
+            f"CPU ms/process: engines {self.engines_ms:.2f} ({engines}), nats-server "
+            f"{self.nats_ms:.2f}; per process: {counts or 'no coordination'}"
+        )
 
 
 # ------------------------------------------------------------------------- follower lag
@@ -243,6 +339,7 @@ def print_summary(
     lags: dict[int, list[float]],
     failover: list[float],
     spans: list[float],
+    costs: dict[int, list[Cost]],
 ) -> None:
     def median(key: str) -> float:
         return report.rates[key].median if key in report.rates else float("nan")
@@ -263,6 +360,7 @@ def print_summary(
     kept = median("tput_single_x2") / one
     verdict = "PASS" if kept >= TARGET_KEPT else "MISS"
     print(f"    2 replicas keep {kept:.2f} of one engine (target >= {TARGET_KEPT}): {verdict}")
+    print_costs(costs)
     for count, samples in lags.items():
         p99 = engine.percentile(samples, 99)
         verdict = "PASS" if p99 <= TARGET_LAG_MS else "MISS"
@@ -278,3 +376,29 @@ def print_summary(
             f"p99 {p99:.2f} s (target <= {TARGET_FAILOVER_S:.0f} s): {verdict}; longest "
             f"command across the kill {max(spans):.2f} s"
         )
+
+
+def print_costs(costs: dict[int, list[Cost]]) -> None:
+    """Medians of the CPU per process and of the coordination counts, and what the CPU
+    alone allows on this machine: a run needing ``total`` CPU ms per process cannot go
+    faster than ``cores * 1000 / total`` processes per second, whatever the replicas do."""
+    cores = os.cpu_count() or 1
+    print(f"\n  where the time goes (medians; CPU ms per process; {cores} cores)")
+    ceilings: dict[int, float] = {}
+    for count, runs in costs.items():
+        engines_ms = statistics.median(c.engines_ms for c in runs)
+        nats_ms = statistics.median(c.nats_ms for c in runs)
+        executors_ms = statistics.median(c.executors_ms for c in runs)
+        total = engines_ms + nats_ms + executors_ms
+        ceilings[count] = cores * 1000 / total
+        names = sorted({what for c in runs for what in c.counts})
+        counts = ", ".join(
+            f"{what} {statistics.median(c.counts.get(what, 0.0) for c in runs):.3f}"
+            for what in names
+        )
+        print(
+            f"    {count} replica(s): engines {engines_ms:.2f} + nats-server {nats_ms:.2f} + "
+            f"executors {executors_ms:.2f} = {total:.2f} ms -> CPU ceiling "
+            f"{ceilings[count]:,.0f} proc/s ({ceilings[count] / ceilings[1]:.2f} of one)"
+        )
+        print(f"      per process: {counts}")

@@ -42,6 +42,7 @@ from colonies_es.domain import (
     colony_aggregate_id,
     graph_aggregate_id,
 )
+from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.replies import SeenCommands
 from colonies_es.engine.state import Effects, EngineState, NotNext
@@ -86,6 +87,8 @@ class Aggregates:
         self.seen = seen
         self.server_id = server_id
         self.quotas = quotas
+        self.counters = ReplicaCounters()
+        """What coordinating with other replicas cost (:mod:`.counters`)."""
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()  # a lock lives while a command holds or awaits it
         )
@@ -208,6 +211,7 @@ class Aggregates:
         """Brings one aggregate up to its subject's last event (after a conflict, a gap,
         or an event on an evicted graph), through the same :meth:`EngineState.apply` as
         the follower."""
+        self.counters.catch_ups += 1
         events = await self.events_of(aggregate_id)
         if not self.state.is_resident(aggregate_id):
             # Evicted: its colony's totals hold it as the log had it up to ``applied``.
@@ -272,6 +276,7 @@ class Aggregates:
                 try:
                     events = await self._save(draft)
                 except IntegrityError:
+                    self.counters.conflicts += 1
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
                     await self.catch_up(aggregate_id)

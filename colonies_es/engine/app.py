@@ -43,6 +43,7 @@ from colonies_es import colonyos, crypto
 from colonies_es.domain import Colony, DomainError, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, last_written
 from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
+from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.follower import Follower
 from colonies_es.engine.ops import EMPTY, HANDLERS
 from colonies_es.engine.quotas import QuotaExceeded, Quotas
@@ -128,6 +129,11 @@ class ColoniesApp(Application[str]):
         self.follower.rebuild()
 
     @property
+    def counters(self) -> ReplicaCounters:
+        """What coordinating with other replicas cost (:mod:`.counters`)."""
+        return self.aggregates.counters
+
+    @property
     def ready(self) -> ReadyIndex:
         """The ready processes (part of :attr:`state`)."""
         return self.state.ready
@@ -202,8 +208,11 @@ class ColoniesApp(Application[str]):
         """:meth:`handle` for the one copy of a command being handled."""
         if now - command.ts > RETRY_AGE:
             after = max(after, await self._log_end())
-        if not await self.state.wait_applied(after, CATCH_UP_WAIT):
-            return self._behind(after)
+        if self.state.applied < after:
+            self.counters.after_waits += 1
+            if not await self.state.wait_applied(after, CATCH_UP_WAIT):
+                self.counters.behind += 1
+                return self._behind(after)
         key = command.replay_key
         known = self.seen.replies.get(key)
         if isinstance(known, Decided) and known.status == _READ_AGAIN:

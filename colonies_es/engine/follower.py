@@ -201,6 +201,7 @@ class Follower:
                 pass
         cached = self.state.aggregates.get(aggregate_id)  # resident only (see state.py)
         if cached is not None and cached.version >= version:
+            aggregates.counters.skipped += 1
             return  # already in: this replica's own write, or a catch-up got it
         event = aggregates.decode(to_notification(envelope, message.sequence))
         if event is None:
@@ -212,4 +213,5 @@ class Follower:
         except Exception as error:  # an event that does not fit: not ours
             log.warning("skipping event %s: %r", message.sequence, error)
             return
+        aggregates.counters.followed += 1
         self.seen.remember(event, message.sequence, now)

@@ -15,7 +15,10 @@ What an operator watches (the names below are what Prometheus scrapes):
   serving it);
 - ``colonies_log_sequence`` and ``colonies_follower_lag_events``: the event log's last
   sequence and how many of its events this engine has not applied yet (when the engine
-  tells its applied position).
+  tells its applied position);
+- ``colonies_replica_total{what}``: what coordinating with other engine replicas cost
+  this one (conflicts, catch-ups, claim races, read-your-writes waits, events followed:
+  :mod:`colonies_es.engine.counters`), read when scraped.
 
 The counters are updated as commands are handled; the gauges are sampled every
 :data:`SAMPLE_INTERVAL` seconds by :meth:`EngineMetrics.sample_forever`, from the
@@ -26,17 +29,19 @@ own registry, so tests can run several in one process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import anyio
 import nats.errors
 import nats.js.errors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from colonies_es.protocol import WORK_STREAM, work_consumer
 
 if TYPE_CHECKING:
+    from colonies_es.engine.counters import ReplicaCounters
     from colonies_es.engine.service import Engine
 
 __all__ = ["SAMPLE_INTERVAL", "EngineMetrics"]
@@ -88,6 +93,8 @@ class EngineMetrics:
             "Events of the log this engine has not applied yet.",
             registry=self.registry,
         )
+        self._replica = _ReplicaCollector()
+        self.registry.register(self._replica)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` over HTTP on ``port`` (0: a free one) in a daemon thread;
@@ -115,6 +122,7 @@ class EngineMetrics:
         app = engine.app
         if app is None or engine.nc is None:
             return
+        self._replica.counters = getattr(app, "counters", None)
         counts = app.ready.counts()
         keys = set(counts) | app.executor_types()
         self._replace(self.ready, {key: float(counts.get(key, 0)) for key in keys})
@@ -141,3 +149,22 @@ class EngineMetrics:
         gauge.clear()
         for labels, value in values.items():
             gauge.labels(*labels).set(value)
+
+
+class _ReplicaCollector:
+    """``colonies_replica_total{what}``: the engine's :class:`ReplicaCounters`, read at
+    each scrape (nothing until the first sample found the application)."""
+
+    def __init__(self) -> None:
+        self.counters: ReplicaCounters | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "colonies_replica",
+            "What coordinating with other engine replicas cost this one, by what.",
+            labels=["what"],
+        )
+        if self.counters is not None:
+            for what, value in self.counters.as_dict().items():
+                family.add_metric([what], value)
+        yield family

@@ -41,6 +41,7 @@ async def claim(
         try:
             graph, effects = await aggregates.change_graph(best.graph_id, assign)
         except (Conflict, NotFound):
+            aggregates.counters.claim_races += 1
             ready.discard(best.processid)  # raced or stale: try the next best
             continue
         return Reply(encode(graph.process_model(best.processid)), effects)
