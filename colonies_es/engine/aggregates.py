@@ -89,6 +89,9 @@ class Aggregates:
         self.quotas = quotas
         self.counters = ReplicaCounters()
         """What coordinating with other replicas cost (:mod:`.counters`)."""
+        self.claiming: set[str] = set()
+        """Ready processes a claim of this replica is assigning right now: a concurrent
+        claim takes the next best instead of queueing for the same one."""
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()  # a lock lives while a command holds or awaits it
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]
@@ -71,8 +72,11 @@ class ReadyIndex:
         if known is not None:
             self._counts[known[0]] -= 1
 
-    def best_for(self, key: Key, executorname: str) -> ReadyProcess | None:
-        """The best ready process this executor may take, left in the index."""
+    def best_for(
+        self, key: Key, executorname: str, passing: Container[str] = ()
+    ) -> ReadyProcess | None:
+        """The best ready process this executor may take, left in the index; processes
+        in ``passing`` (being claimed by others right now) are passed over."""
         with self._lock:
             heap = self._heaps.get(key)
             if not heap:
@@ -84,7 +88,7 @@ class ReadyIndex:
                 if self._live.get(entry.processid, (None, None))[1] is not entry:
                     heapq.heappop(heap)  # stale: discarded or replaced
                     continue
-                if entry.allows(executorname):
+                if entry.allows(executorname) and entry.processid not in passing:
                     found = entry
                     break
                 skipped.append(heapq.heappop(heap))
@@ -97,10 +101,17 @@ class ReadyIndex:
         with self._lock:
             return self._counts.get(key, 0)
 
-    def counts(self) -> dict[Key, int]:
-        """Ready processes per key (for re-issuing work tickets)."""
+    def counts(self, ready_before: float | None = None) -> dict[Key, int]:
+        """Ready processes per key (for re-issuing work tickets); with ``ready_before``
+        (a Unix time) only those ready since before then."""
         with self._lock:
-            return {key: n for key, n in self._counts.items() if n > 0}
+            if ready_before is None:
+                return {key: n for key, n in self._counts.items() if n > 0}
+            older: dict[Key, int] = {}
+            for key, entry in self._live.values():
+                if entry.sort_key[1] < ready_before:
+                    older[key] = older.get(key, 0) + 1
+            return older
 
     def __contains__(self, processid: str) -> bool:
         return processid in self._live

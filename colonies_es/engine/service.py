@@ -77,6 +77,12 @@ SWEEP_INTERVAL = 1.0
 RECONCILE_INTERVAL = 1.0
 """Seconds between checks that every ready process has a work ticket waiting."""
 
+TICKET_GRACE = 1.0
+"""Seconds a process has been ready before the reconciler counts it: the replica whose
+decision made it ready publishes its ticket right after answering, and a reconciler (of
+any replica) counting it meanwhile would publish a second one, a claim for nothing (or,
+from another replica, a claim that races the owner's)."""
+
 CONNECT_TIMEOUT = 5.0
 """Seconds the engine tries to reach NATS at start before giving up."""
 
@@ -328,12 +334,14 @@ class Engine:
         await self._top_up_tickets()
 
     async def _top_up_tickets(self) -> None:
-        """Issues tickets where fewer wait (unclaimed or unacked) than ready processes."""
+        """Issues tickets where fewer wait (unclaimed or unacked) than processes ready
+        for more than :data:`TICKET_GRACE` seconds."""
         assert self.nc is not None
         assert self.app is not None
         js = self.nc.jetstream()
         sequence = self.app.state.reached
-        for (colonyname, executortype), ready in self.app.ready.counts().items():
+        ready_before = time.time() - TICKET_GRACE
+        for (colonyname, executortype), ready in self.app.ready.counts(ready_before).items():
             await self._ensure_consumer((colonyname, executortype))
             try:
                 info = await js.consumer_info(WORK_STREAM, work_consumer(colonyname, executortype))

@@ -28,8 +28,12 @@ async def claim(
         raise Forbidden(f"only an APPROVED executor of colony {body.colonyname!r} can claim work")
     key = (colony.name, executor.executortype)
     ready = aggregates.state.ready
+    claiming = aggregates.claiming
     while True:
-        best = ready.best_for(key, executor.executorname)
+        # The best process no other claim here is assigning; if every one is, the best
+        # (this claim then queues behind the other on the graph's lock).
+        best = ready.best_for(key, executor.executorname, claiming)
+        best = best or ready.best_for(key, executor.executorname)
         if best is None:
             raise NotFound(
                 f"no process ready for {executor.executorname!r} ({executor.executortype})"
@@ -38,12 +42,15 @@ async def claim(
         def assign(graph: ProcessGraph, best: ReadyProcess = best) -> None:
             graph.assign(best.processid, executor, best.attempt, **audit(cmd, now))
 
+        claiming.add(best.processid)
         try:
             graph, effects = await aggregates.change_graph(best.graph_id, assign)
         except (Conflict, NotFound):
             aggregates.counters.claim_races += 1
             ready.discard(best.processid)  # raced or stale: try the next best
             continue
+        finally:
+            claiming.discard(best.processid)
         return Reply(encode(graph.process_model(best.processid)), effects)
 
 
