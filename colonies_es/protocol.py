@@ -17,6 +17,20 @@ Read-your-writes and retries
     waits (bounded, then 503) before deciding. A command retried with the same signed
     bytes gets its original reply, whichever engine answers.
 
+Replica affinity
+    Each engine replica also answers ``colonies.api.replica.<replica>.<op>``, the same
+    ops for itself alone, and names itself in the header ``Colonies-Replica`` of its
+    replies and of the work tickets it publishes. A client sends its next command to
+    the replica that named itself last (the one that wrote or made ready what the
+    client acts on next: the claim goes to the replica whose decision made the work
+    ready, the close to the replica that assigned it), with ``Colonies-After`` set to
+    the highest sequence it saw from *other* replicas: that replica has everything it
+    told the client itself, so nothing is waited for, and two replicas do not race for
+    one graph. When that replica does not answer (no responders, or no reply in time)
+    the client forgets it and sends the same signed bytes to the queue group, with the
+    highest sequence it has seen. Affinity is an optimisation: every replica can still
+    answer every command.
+
 Work
     For every process that becomes ready the engine publishes a :class:`WorkTicket` to the
     JetStream stream ``COLONIES_WORK`` on ``colonies.work.<colony>.<executortype>``.
@@ -54,7 +68,11 @@ ENDED_PREFIX = "colonies.ended"
 SEQUENCE_HEADER = "Colonies-Sequence"
 """Reply (and work ticket) header: the stream sequence the reply reflects."""
 AFTER_HEADER = "Colonies-After"
-"""Command header: the highest stream sequence the client has seen."""
+"""Command header: the highest stream sequence the client has seen (sent to one replica
+directly: the highest it has seen from the others)."""
+REPLICA_HEADER = "Colonies-Replica"
+"""Reply (and work ticket) header: the engine replica that answered (published)."""
+REPLICA_PREFIX = f"{API_PREFIX}.replica"
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """Colony names and executor types: they become NATS subject tokens and consumer names."""
@@ -62,6 +80,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 def api_subject(op: str) -> str:
     return f"{API_PREFIX}.{op}"
+
+
+def replica_subject(replica: str, op: str) -> str:
+    """Where one engine replica alone answers ``op`` (see "Replica affinity")."""
+    return f"{REPLICA_PREFIX}.{replica}.{op}"
 
 
 def work_subject(colonyname: str, executortype: str) -> str:

@@ -199,7 +199,9 @@ def start_replicas(directory: Path, count: int) -> Replicas:
             engine.kill()
         server.stop()
         raise
-    client = Colonies("127.0.0.1", server.port)
+    # Without affinity the stack's client sends each command to whichever replica takes
+    # it, so that the tests go through every replica (executors keep theirs).
+    client = Colonies("127.0.0.1", server.port, affinity=False)
     return Replicas(server, engines[0], client, server_prvkey, engines)
 
 

@@ -9,7 +9,10 @@ share the nats-server, the event log and its seal key. The tests prove that:
 - a client reads its own writes on any replica (submit, then get, 1,000 times);
 - a replica SIGKILLed mid-load stops nothing: every workflow completes, and a submit
   retried with the same signed bytes makes one graph;
-- a deadline fires once across three replicas, also when a replica is killed first.
+- a deadline fires once across three replicas, also when a replica is killed first;
+- replica affinity: a client keeps to the replica that answered it, an executor claims
+  from the replica that published its work ticket and closes there, and when that
+  replica dies the client goes on through the others.
 """
 
 from __future__ import annotations
@@ -250,6 +253,80 @@ def test_a_write_is_readable_on_any_replica_at_once_1000_times(two: Replicas) ->
         process = two.client.submit_func_spec(spec, colony.owner_prvkey)
         got = two.client.get_process(process.processid, colony.owner_prvkey)
         assert got.processid == process.processid
+
+
+# --- replica affinity ----------------------------------------------------------------------
+
+
+async def served_by_endpoint(url: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per running replica (its name, ``Colonies-Replica``): each endpoint's requests
+    and errors."""
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        subscription = await nc.subscribe(inbox)
+        await nc.publish("$SRV.STATS.colonies", b"", reply=inbox)
+        served = {}
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while True:
+                stats = msgspec.json.decode((await subscription.next_msg(timeout=1.0)).data)
+                served[stats["metadata"]["replica"]] = {
+                    e["name"]: (e.get("num_requests", 0), e.get("num_errors", 0))
+                    for e in stats["endpoints"]
+                }
+        return served
+    finally:
+        await nc.close()
+
+
+def test_a_client_keeps_to_its_replica_claims_follow_the_tickets_and_it_fails_over(
+    two: Replicas,
+) -> None:
+    colony = new_colony(two)
+    executor_key = two.new_executor(colony)
+    submitter = Colonies("127.0.0.1", two.nats.port)  # affinity: the default
+    executor = Colonies("127.0.0.1", two.nats.port)
+    spec = _spec("gen_nums", GEN_NUMS, colony.name)
+    rounds = 10
+    try:
+        for _ in range(rounds):
+            process = submitter.submit_func_spec(spec, colony.owner_prvkey)
+            assigned = executor.assign(colony.name, 20, executor_key)
+            assert assigned.processid == process.processid
+            executor.close(assigned.processid, [1, 2], executor_key)
+        served = asyncio.run(served_by_endpoint(two.nats.url))
+        assert len(served) == 2
+        # The first submit went to the queue group; it named the replica that took it,
+        # which got every later one directly, and published every ticket: the executor
+        # claimed there (no claim through the queue group) and closed there.
+        [(home, endpoints)] = [
+            (replica, endpoints)
+            for replica, endpoints in served.items()
+            if endpoints["submit_func_spec-here"][0] > 0
+        ]
+        assert endpoints["submit_func_spec-here"] == (rounds - 1, 0)
+        claims_ok = endpoints["claim-here"][0] - endpoints["claim-here"][1]
+        assert claims_ok == rounds
+        assert endpoints["close-here"][0] >= rounds - 1
+        for replica, endpoints in served.items():
+            assert endpoints["claim"] == (0, 0), replica
+            if replica != home:
+                assert endpoints["submit_func_spec-here"] == (0, 0)
+                assert endpoints["claim-here"][0] == endpoints["claim-here"][1]  # none won
+
+        # The replica the client keeps to dies: its next commands go to the other one.
+        [victim] = [e for e in two.engines if f"replica {home}" in e.log()]
+        victim.kill()
+        process = submitter.submit_func_spec(spec, colony.owner_prvkey)
+        assigned = executor.assign(colony.name, 20, executor_key)
+        assert assigned.processid == process.processid
+        executor.close(assigned.processid, [1, 2], executor_key)
+        done = submitter.get_process(process.processid, colony.owner_prvkey)
+        assert done.state == ProcessState.SUCCESS
+    finally:
+        submitter.disconnect()
+        executor.disconnect()
+    assert_each_process_assigned_once_per_attempt_and_closed_once(two)
 
 
 # --- a replica killed -----------------------------------------------------------------------

@@ -95,6 +95,7 @@ class AsyncColonies:
         timeout: float = 10.0,
         nkey_file: str = "",
         tls_ca_file: str = "",
+        affinity: bool = True,
     ) -> None:
         """Talk to the engine through NATS at ``host:port`` (or the URLs in ``servers``).
 
@@ -102,10 +103,13 @@ class AsyncColonies:
         and ``wait`` take their own waiting time on top. ``nkey_file`` is the caller's
         NATS credential (a file with an nkey seed) where NATS authorization is on;
         ``tls_ca_file`` the CA (PEM) the server's TLS certificate must chain to.
+        With ``affinity`` (the default) commands go to the engine replica that holds
+        what the client acts on (protocol.py, "Replica affinity"); without, each goes
+        to whichever replica of the queue group takes it (to spread one client's load).
         """
         urls = server_urls(host, port, tls, servers)
         access = NatsAccess(tuple(urls), nkey_file, tls_ca_file)
-        self._connection = Connection(urls, timeout, access)
+        self._connection = Connection(urls, timeout, access, affinity=affinity)
         self._read_side = ReadSide(self._connection)
         self._work: dict[tuple[str, str], WorkTickets] = {}
         self._work_opening = asyncio.Lock()
@@ -249,8 +253,10 @@ class AsyncColonies:
                 ) from error
             if ticket is None:
                 break
-            # The engine answering the claim must know the work the ticket announces.
-            self._connection.saw((ticket.headers or {}).get(p.SEQUENCE_HEADER))
+            # The engine answering the claim must know the work the ticket announces:
+            # the claim goes to the replica that published it (it made the work ready).
+            headers = ticket.headers or {}
+            self._connection.saw(headers.get(p.SEQUENCE_HEADER), headers.get(p.REPLICA_HEADER))
             try:
                 process = await self.claim(colonyname, prvkey)
             except ColoniesError as error:

@@ -10,6 +10,10 @@ remembers the highest log sequence any reply (or work ticket) carried and sends 
 every command, so whichever engine answers has seen what this client saw. A command whose
 reply does not come is sent again, the same signed bytes, once: an engine that already
 decided it answers with the original reply instead of deciding twice.
+
+Commands go to the engine replica that showed the highest sequence (protocol.py, "Replica
+affinity": :class:`Affinity`), which then waits for nothing; when it does not answer, to
+the queue group.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import seal
-from colonies_es.protocol import AFTER_HEADER, SEQUENCE_HEADER, api_subject
+from colonies_es.protocol import (
+    AFTER_HEADER,
+    REPLICA_HEADER,
+    SEQUENCE_HEADER,
+    api_subject,
+    replica_subject,
+)
 from colonies_es.settings import NatsAccess
 
-__all__ = ["Connection"]
+__all__ = ["Affinity", "Connection"]
 
 log = logging.getLogger("colonies.client")
 
@@ -41,6 +51,48 @@ ATTEMPTS = 2
 attempt waits ``timeout / ATTEMPTS`` seconds for the reply."""
 
 
+class Affinity:
+    """Which engine replica a client's next command goes to, and what it must wait for.
+
+    The replica that named itself last (in a reply, or on the work ticket just taken:
+    the replica whose decision made that work ready) is *preferred*. It has applied or
+    written everything it showed this client, so a command sent to it directly needs
+    only what the client saw from the others (:attr:`elsewhere`, its
+    ``Colonies-After``). A command to the queue group needs all of it
+    (:attr:`sequence`). Sequences from a source that names no replica count as seen
+    elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.preferred: str | None = None
+        """The replica commands go to first; None: the queue group."""
+        self.from_preferred = 0
+        """The highest sequence the preferred replica showed."""
+        self.elsewhere = 0
+        """The highest sequence any other source showed."""
+
+    @property
+    def sequence(self) -> int:
+        """The highest sequence seen at all."""
+        return max(self.from_preferred, self.elsewhere)
+
+    def saw(self, sequence: int, replica: str | None) -> None:
+        """Notes ``sequence`` shown by ``replica`` (None: unnamed), which becomes the
+        preferred one if named."""
+        if replica is None:
+            self.elsewhere = max(self.elsewhere, sequence)
+        elif replica == self.preferred:
+            self.from_preferred = max(self.from_preferred, sequence)
+        else:
+            self.elsewhere = self.sequence
+            self.preferred, self.from_preferred = replica, sequence
+
+    def forget(self) -> None:
+        """The preferred replica did not answer: from now on the queue group."""
+        self.elsewhere = self.sequence
+        self.preferred, self.from_preferred = None, 0
+
+
 class Connection:
     """A lazily opened NATS connection to ``servers`` that sends signed commands.
 
@@ -49,19 +101,29 @@ class Connection:
     """
 
     def __init__(
-        self, servers: list[str], timeout: float, access: NatsAccess | None = None
+        self,
+        servers: list[str],
+        timeout: float,
+        access: NatsAccess | None = None,
+        affinity: bool = True,
     ) -> None:
         """``timeout`` bounds both the first connection and each command's reply, in seconds.
         ``access`` adds the caller's NATS credential and TLS CA (its servers win over
-        ``servers``)."""
+        ``servers``). Without ``affinity`` every command goes to the queue group."""
         self.access = access or NatsAccess(tuple(servers))
         self.servers = list(self.access.servers)
         self.timeout = timeout
         self._nc: NATS | None = None
         self._opening = asyncio.Lock()
         self._last_error: Exception | None = None
-        self.sequence = 0
+        self.affinity = Affinity()
+        """The replica commands go to, and the sequences seen (:class:`Affinity`)."""
+        self._follows_replicas = affinity
+
+    @property
+    def sequence(self) -> int:
         """The highest event-log sequence a reply or a work ticket has shown this client."""
+        return self.affinity.sequence
 
     @property
     def url(self) -> str:
@@ -149,7 +211,7 @@ class Connection:
                 f"cannot send {op!r} to {self.url}: {_describe(error)}"
             ) from error
         headers = reply.headers or {}
-        self.saw(headers.get(SEQUENCE_HEADER))
+        self.saw(headers.get(SEQUENCE_HEADER), headers.get(REPLICA_HEADER))
         code = headers.get(ERROR_CODE_HEADER)
         if code is not None:
             raise ColoniesError(_status(code), headers.get(ERROR_HEADER, ""))
@@ -157,28 +219,49 @@ class Connection:
 
     async def _request(self, nc: NATS, subject: str, op: str, data: bytes) -> Msg:
         """Sends the signed ``data`` up to :data:`ATTEMPTS` times until a reply comes;
-        raises the last attempt's ``nats.errors.TimeoutError`` if none does."""
+        raises the last attempt's ``nats.errors.TimeoutError`` if none does.
+
+        A command (``colonies.api.<op>``) goes first to the preferred replica
+        (:class:`Affinity`); if that one has no responder or does not answer in time,
+        the same bytes go to the queue group, and the replica is forgotten."""
+        affinity = self.affinity
+        direct = subject == api_subject(op) and affinity.preferred is not None
         for attempt in range(1, ATTEMPTS + 1):
+            if direct and affinity.preferred is not None:
+                target = replica_subject(affinity.preferred, op)
+                after = affinity.elsewhere
+            else:
+                target, after = subject, affinity.sequence
             try:
                 return await nc.request(
-                    subject,
+                    target,
                     data,
                     timeout=self.timeout / ATTEMPTS,
-                    headers={AFTER_HEADER: str(self.sequence)},
+                    headers={AFTER_HEADER: str(after)},
                 )
+            except nats.errors.NoRespondersError:
+                if target == subject:
+                    raise
+                log.info("engine replica %s is gone: sending %r to any", affinity.preferred, op)
+                affinity.forget()
+                return await self._request(nc, subject, op, data)
             except nats.errors.TimeoutError:
+                if target != subject:
+                    affinity.forget()
                 if attempt == ATTEMPTS:
                     raise
                 log.info("no reply to %r in %.1f s: sending it again", op, self.timeout / ATTEMPTS)
         raise AssertionError("unreachable")
 
-    def saw(self, sequence: str | int | None) -> None:
-        """Notes an event-log sequence shown by a reply or a ticket (header text or int)."""
+    def saw(self, sequence: str | int | None, replica: str | None = None) -> None:
+        """Notes an event-log sequence shown by a reply or a ticket (header text or int)
+        and the engine replica that showed it (its ``Colonies-Replica`` header)."""
         try:
             value = int(sequence or 0)
         except ValueError:
             return
-        self.sequence = max(self.sequence, value)
+        named = self._follows_replicas and replica and _is_token(replica)
+        self.affinity.saw(value, replica if named else None)
 
     async def close(self) -> None:
         """Flush what is pending and close the connection; the next call opens a new one.
@@ -192,6 +275,11 @@ class Connection:
                 await nc.close()
             except (OSError, TimeoutError, nats.errors.Error) as error:
                 log.debug("closing the NATS connection to %s: %r", self.url, error)
+
+
+def _is_token(replica: str) -> bool:
+    """A replica name that fits in a subject token (anything else is ignored)."""
+    return replica.isascii() and replica.isalnum() and len(replica) <= 64
 
 
 def _status(code: str) -> int:

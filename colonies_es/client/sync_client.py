@@ -64,15 +64,18 @@ class Colonies:
         timeout: float = 10.0,
         nkey_file: str = "",
         tls_ca_file: str = "",
+        affinity: bool = True,
     ) -> None:
         """Talk to the engine through NATS at ``host:port`` (or the URLs in ``servers``);
         ``timeout`` bounds connecting and each reply, in seconds. ``nkey_file`` is the
         caller's NATS credential (a file with an nkey seed) where NATS authorization is on;
-        ``tls_ca_file`` the CA (PEM) the server's TLS certificate must chain to."""
+        ``tls_ca_file`` the CA (PEM) the server's TLS certificate must chain to.
+        ``affinity``: as :class:`AsyncColonies`."""
         self._servers = server_urls(host, port, tls, servers)
         self._timeout = timeout
         self._nkey_file = nkey_file
         self._tls_ca_file = tls_ca_file
+        self._affinity = affinity
         self._lock = threading.Lock()
         self._loop: LoopThread | None = None
         self._client: AsyncColonies | None = None
@@ -103,6 +106,7 @@ class Colonies:
                     timeout=self._timeout,
                     nkey_file=self._nkey_file,
                     tls_ca_file=self._tls_ca_file,
+                    affinity=self._affinity,
                 )
             loop, client = self._loop, self._client
         finished = threading.Event()

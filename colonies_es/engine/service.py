@@ -4,7 +4,11 @@ One asyncio task owns everything here (structured with an anyio task group):
 
 - a ``nats.micro`` service answers every op of :data:`colonies_es.protocol.OPS` on
   ``colonies.api.<op>``, and ColonyOS envelopes (:mod:`colonies_es.colonyos`) on
-  ``colonies.api.colonyos`` (queue group ``colonies-engine``). Each request is handled in its
+  ``colonies.api.colonyos`` (queue group ``colonies-engine``), and the same ops for this
+  replica alone on ``colonies.api.replica.<replica>.<op>`` (replica affinity, protocol.py:
+  a client's next command goes to the replica that holds what it acts on, so replicas
+  neither wait for each other's writes nor race for one graph; every reply and ticket
+  names its replica). Each request is handled in its
   own task of the group, on this loop: the decision is quick CPU work and the write is
   awaited on the engine's own connection (no hop to another thread), so a command
   waiting for the log does not hold up the others. The service's ``$SRV.STATS`` show
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -55,6 +60,8 @@ from colonies_es.protocol import (
     API_PREFIX,
     ENGINE_QUEUE_GROUP,
     OPS,
+    REPLICA_HEADER,
+    REPLICA_PREFIX,
     SEQUENCE_HEADER,
     WORK_PREFIX,
     WORK_STREAM,
@@ -132,6 +139,9 @@ class Engine:
         self.access = access or NatsAccess.from_store_env({"NATS_URL": nats_url})
         self.nats_url = self.access.url
         self._app_factory = app_factory
+        self.replica = secrets.token_hex(6)
+        """This engine process's name among the replicas (a new one at each start):
+        its own subjects and the ``Colonies-Replica`` header of its replies."""
         self.app: ColoniesApp | None = None
         self.nc: NATS | None = None
         self._consumers: set[tuple[str, str]] = set()
@@ -161,7 +171,7 @@ class Engine:
                         tasks.start_soon(self.metrics.sample_forever, self)
                     tasks.start_soon(self._sweep_forever)
                     await self.nc.flush()  # the endpoints are subscribed before "ready"
-                    log.info("engine ready on %s", self.nats_url)
+                    log.info("engine ready on %s (replica %s)", self.nats_url, self.replica)
                     if started is not None:
                         started()
                     try:
@@ -206,29 +216,37 @@ class Engine:
                 description="colonies-es engine: signed workflow commands",
                 queue_group=ENGINE_QUEUE_GROUP,
                 stats_handler=self.op_stats.fill,
+                metadata={"replica": self.replica},  # in $SRV.INFO and $SRV.STATS
             ),
         )
         group = service.add_group(GroupConfig(name=API_PREFIX, queue_group=ENGINE_QUEUE_GROUP))
+        own = service.add_group(GroupConfig(name=f"{REPLICA_PREFIX}.{self.replica}"))
         for op in (*OPS, COLONYOS_OP):
             await group.add_endpoint(EndpointConfig(name=op, handler=self._handler(tasks, op)))
+            here = f"{op}-here"  # its own endpoint name: $SRV.STATS tell the two apart
+            await own.add_endpoint(
+                EndpointConfig(name=here, subject=op, handler=self._handler(tasks, op, here))
+            )
         return service
 
-    def _handler(self, tasks: TaskGroup, op: str) -> Callable[[Request], Awaitable[None]]:
+    def _handler(
+        self, tasks: TaskGroup, op: str, endpoint: str | None = None
+    ) -> Callable[[Request], Awaitable[None]]:
         async def receive(request: Request) -> None:
             # Return at once so the endpoint takes the next request; the task group owns
             # the work and waits for it (or cancels it) when the engine stops.
-            tasks.start_soon(self._serve, op, request)
+            tasks.start_soon(self._serve, op, request, endpoint or op)
 
         return receive
 
-    async def _serve(self, op: str, request: Request) -> None:
+    async def _serve(self, op: str, request: Request, endpoint: str) -> None:
         assert self.app is not None
         assert self.nc is not None
         arrived = time.perf_counter_ns()
         outcome = await self.app.handle(op, request.data, time.time(), _after(request))
         if self.metrics is not None:
             self.metrics.command(op, outcome.status, (time.perf_counter_ns() - arrived) / 1e9)
-        headers = {SEQUENCE_HEADER: str(outcome.sequence)}
+        headers = {SEQUENCE_HEADER: str(outcome.sequence), REPLICA_HEADER: self.replica}
         status, message = outcome.status, _brief(outcome.message)
         if status == 200 and len(outcome.body) > self.nc.max_payload - _REPLY_HEADROOM:
             status, message = (
@@ -245,7 +263,7 @@ class Engine:
         except nats.errors.Error as error:  # the caller is gone; the decision stands
             log.warning("could not answer %s: %r", op, error)
             replied, message = False, f"could not answer: {error!r}"
-        self.op_stats.record(op, status, time.perf_counter_ns() - arrived, message, replied)
+        self.op_stats.record(endpoint, status, time.perf_counter_ns() - arrived, message, replied)
         await self._apply(outcome.effects, outcome.sequence)
 
     async def _apply(self, effects: Effects, sequence: int) -> None:
@@ -298,13 +316,14 @@ class Engine:
     async def _publish_ticket(self, colonyname: str, executortype: str, sequence: int) -> None:
         """Publishes a ticket without waiting for JetStream's ack: the stream takes it as
         any message on its subjects; one lost on the way is re-issued by the reconciler.
-        ``sequence`` is a log position at which the work is known (the claim sends it)."""
+        ``sequence`` is a log position at which the work is known (the claim sends it),
+        and this replica, which knows it, is named (the claim goes to it)."""
         assert self.nc is not None
         ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
         await self.nc.publish(
             work_subject(colonyname, executortype),
             _ticket_encoder.encode(ticket),
-            headers={SEQUENCE_HEADER: str(sequence)},
+            headers={SEQUENCE_HEADER: str(sequence), REPLICA_HEADER: self.replica},
         )
 
     async def _reconcile_forever(self) -> None:
