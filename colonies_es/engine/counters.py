@@ -11,8 +11,6 @@ since it started, served as ``colonies_replica_total{what}`` on the metrics port
   conflict, a gap in the follower, or an event of an evicted graph);
 - ``claim_races``: ready processes a claim tried but found taken (by another claim of
   this replica or of another one) or gone, before it tried the next best;
-- ``claims_deferred``: ready processes a claim passed over because another replica
-  holds them first (:mod:`colonies_es.engine.ready`'s claim order) and took later;
 - ``after_waits``: commands that waited for the follower to apply the log as far as
   their client had seen (``Colonies-After``: read-your-writes);
 - ``behind``: commands answered 503 because that wait ran out;
@@ -36,7 +34,6 @@ class ReplicaCounters:
     conflicts: int = 0
     catch_ups: int = 0
     claim_races: int = 0
-    claims_deferred: int = 0
     after_waits: int = 0
     behind: int = 0
     followed: int = 0
