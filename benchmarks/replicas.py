@@ -14,11 +14,12 @@ group's own code, :class:`benchmarks.engine.EngineBenchmark`):
   to that answer is how long the write took to reach the replica that answered (an upper
   bound of the follower's lag, request round trip included); about 1 in N samples hits
   the writer itself;
-* **failover** (2 replicas): a client submits in a loop; one replica is SIGKILLed; the
-  time from the kill to the end of the first command sent at or after it that succeeds,
-  and the longest command spanning the kill (a request the dead replica took is answered
-  after the client's retry: half its timeout, :data:`CLIENT_TIMEOUT` / 2). The replica
-  is restarted between kills.
+* **failover** (2 replicas): a client submits in a loop; the replica its commands go to
+  (replica affinity: the one that answered it) is SIGKILLed; the time from the kill to
+  the end of the first command sent at or after it that succeeds, and the longest command
+  spanning the kill (a request the dead replica took is answered after the client's
+  retry: half its timeout, :data:`CLIENT_TIMEOUT` / 2). The replica is restarted between
+  kills.
 
 Where a second replica's cost goes, per throughput run: the CPU milliseconds per
 process of every engine replica together, of the nats-server and of the executors (read
@@ -169,6 +170,13 @@ class Replica:
             self.url, self.server_id, self.log_file, metrics_port=self.metrics_port
         )
 
+    def name(self) -> str:
+        """Its replica name (``Colonies-Replica``), from its log's ready line."""
+        for line in reversed(self.log_file.read_text(errors="replace").splitlines()):
+            if "engine ready on" in line and "(replica " in line:
+                return line.rsplit("(replica ", 1)[1].rstrip(")")
+        raise RuntimeError(f"{self.log_file} names no replica")
+
     def counters(self) -> dict[str, float]:
         """Its ``colonies_replica_total{what}`` counts, scraped from its metrics port."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -298,8 +306,7 @@ def measure_failovers(
     recovered: list[float] = []
     longest: list[float] = []
     for number in range(kills):
-        victim = replicas[1 + number % (len(replicas) - 1)]
-        first, span = asyncio.run(_submit_through_kill(stack.url, colony, victim))
+        first, span, victim = asyncio.run(_submit_through_kill(stack.url, colony, replicas))
         recovered.append(first)
         longest.append(span)
         victim.start()
@@ -308,9 +315,11 @@ def measure_failovers(
 
 
 async def _submit_through_kill(
-    url: str, colony: engine.Colony, victim: Replica
-) -> tuple[float, float]:
+    url: str, colony: engine.Colony, replicas: list[Replica]
+) -> tuple[float, float, Replica]:
+    """Kills the replica the client's commands go to, half a second into a submit loop."""
     async with AsyncColonies(servers=[url], timeout=CLIENT_TIMEOUT) as client:
+        victim: Replica | None = None
         killed_at: float | None = None
         first_after: float | None = None
         longest = 0.0
@@ -318,6 +327,7 @@ async def _submit_through_kill(
         while first_after is None or time.perf_counter() - first_after < 0.5:
             sent = time.perf_counter()
             if killed_at is None and sent - started > 0.5:
+                [victim] = [r for r in replicas if r.name() == client.replica]
                 victim.kill()
                 killed_at = time.perf_counter()
                 sent = killed_at
@@ -328,7 +338,8 @@ async def _submit_through_kill(
                 if first_after is None:
                     first_after = done
         assert killed_at is not None
-        return first_after - killed_at, longest
+        assert victim is not None
+        return first_after - killed_at, longest, victim
 
 
 # ------------------------------------------------------------------------- summary

@@ -119,6 +119,12 @@ class AsyncColonies:
         """The NATS server address(es) this client talks to."""
         return self._connection.url
 
+    @property
+    def replica(self) -> str | None:
+        """The engine replica this client's next command goes to (``Colonies-Replica``);
+        None: whichever replica of the queue group takes it."""
+        return self._connection.affinity.preferred
+
     async def connect(self) -> None:
         """Connect now rather than on the first call; raises ColoniesConnectionError."""
         await self._connection.nats()
