@@ -4,6 +4,7 @@ and what the engine's micro service tells about its ops (``$SRV.STATS``)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import nats
 import pytest
@@ -59,7 +60,7 @@ async def test_srv_stats_show_each_ops_processing_time_and_errors(stack: Stack) 
         reply = await nc.request("$SRV.STATS.colonies", b"", timeout=10)
     finally:
         await nc.close()
-    endpoints = {endpoint["name"]: endpoint for endpoint in json.loads(reply.data)["endpoints"]}
+    endpoints = _by_op(json.loads(reply.data)["endpoints"])
 
     added = endpoints["add_colony"]
     assert added["data"]["answered"] >= 1
@@ -74,3 +75,23 @@ async def test_srv_stats_show_each_ops_processing_time_and_errors(stack: Stack) 
     assert got["data"]["errors_by_status"]["404"] >= 1
     assert got["last_error"].startswith("404 colony")
     assert got["processing_time"] > 0
+
+
+def _by_op(endpoints: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each op's stats, its two endpoints together: ``<op>`` (the queue group) and
+    ``<op>-here`` (this replica alone, where a client with affinity sends)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for endpoint in sorted(endpoints, key=lambda e: not e["name"].endswith("-here")):
+        op = endpoint["name"].removesuffix("-here")
+        into = merged.setdefault(op, {"data": {"answered": 0, "errors_by_status": {}}})
+        for field in ("num_requests", "num_errors", "processing_time"):
+            into[field] = into.get(field, 0) + (endpoint.get(field) or 0)
+        into["data"]["answered"] += endpoint["data"]["answered"]
+        for status, count in endpoint["data"]["errors_by_status"].items():
+            errors = into["data"]["errors_by_status"]
+            errors[status] = errors.get(status, 0) + count
+        if endpoint.get("last_error"):
+            into["last_error"] = endpoint["last_error"]
+        answered = into["data"]["answered"]
+        into["average_processing_time"] = into["processing_time"] // answered if answered else 0
+    return merged
