@@ -52,7 +52,7 @@ import msgspec
 import nats
 
 from benchmarks import engine
-from benchmarks.harness import NATS_CONFIG, Options, Report, environment
+from benchmarks.harness import NATS_CONFIG, Options, Report, cpu_seconds, environment
 from colonies_es import crypto
 from colonies_es.client import AsyncColonies, Colonies
 from colonies_es.embedded import NatsServer, free_port
@@ -191,7 +191,7 @@ class Replica:
 
     def cpu_seconds(self) -> float:
         assert self.process is not None
-        return engine.cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -233,7 +233,7 @@ class Cost:
         meter of the same run (its executors live only inside the run)."""
         cost = cls(processes)
         engines_before = [replica.cpu_seconds() for replica in replicas]
-        nats_before = engine.cpu_seconds(stack.nats_pid)
+        nats_before = cpu_seconds(stack.nats_pid)
         counts_before = [replica.counters() for replica in replicas]
         yield cost
         per_engine = [
@@ -242,7 +242,7 @@ class Cost:
         ]
         cost.per_engine_ms = [1000 * cpu / processes for cpu in per_engine]
         cost.engines_ms = sum(cost.per_engine_ms)
-        cost.nats_ms = 1000 * (engine.cpu_seconds(stack.nats_pid) - nats_before) / processes
+        cost.nats_ms = 1000 * (cpu_seconds(stack.nats_pid) - nats_before) / processes
         for replica, before in zip(replicas, counts_before, strict=True):
             for what, value in replica.counters().items():
                 per_process = (value - before.get(what, 0.0)) / processes
