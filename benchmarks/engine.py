@@ -682,6 +682,7 @@ class EngineBenchmark:
             "submit_single", "  of which submitting (executors running)", "proc/s", submitted
         )
         print(f"  {progress}  {label:<48} {sample.rate:>10,.0f} proc/s", flush=True)
+        print(f"    {cpu_line(report.cpu['single'][-1])}", flush=True)
 
     def throughput_workflow(self, report: EngineReport, progress: str) -> None:
         n = self.sizes.processes
@@ -694,6 +695,7 @@ class EngineBenchmark:
             "submit_workflow", "  of which submitting (one command each)", "proc/s", submitted
         )
         print(f"  {progress}  {label:<48} {sample.rate:>10,.0f} proc/s", flush=True)
+        print(f"    {cpu_line(report.cpu['workflow'][-1])}", flush=True)
 
     def _throughput(
         self,
@@ -731,7 +733,6 @@ class EngineBenchmark:
             samples = asyncio.run(measure())
         per_process = meter.per_unit(n)
         report.cpu.setdefault(cpu_key, []).append(per_process)
-        print(f"    {cpu_line(per_process)}", flush=True)
         assignments = executors.assignments
         report.add_latency(
             f"{cpu_key}_ticket",
