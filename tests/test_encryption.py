@@ -137,3 +137,22 @@ def test_a_wrong_or_missing_key_is_one_clear_error_at_start_up(
     assert lines[0].startswith("error: ")
     assert message in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_the_engines_checkpoint_is_encrypted_and_a_restart_starts_from_it(
+    encrypted: Stack, workflow: tuple[ColonyHandle, str, str]
+) -> None:
+    """The checkpoint a stopping engine writes (colonies_es/engine/checkpoint.py) holds
+    the graphs' ids packed as raw bytes: none of them reaches the disk in clear."""
+    colony, graphid, failed = workflow
+    encrypted.engine.stop()
+    assert "checkpoint written at sequence" in encrypted.engine.log()
+    store = encrypted.nats.store_dir
+    raw = b"".join(path.read_bytes() for path in store.rglob("*") if path.is_file())
+    assert b"COLONIES_CHECKPOINTS" in raw
+    for graph in (graphid, failed):
+        assert bytes.fromhex(graph) not in raw
+    encrypted.engine.start()
+    assert "started from the checkpoint at sequence" in encrypted.engine.log()
+    graph = encrypted.client.get_processgraph(graphid, colony.owner_prvkey)
+    assert graph.state == 2
