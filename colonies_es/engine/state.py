@@ -430,14 +430,16 @@ class EngineState:
         graph_of_process: dict[str, str] = {}
         for colony in live.colonies:
             prefix = f"{colony.colonyname}.graph."
-            graphs = [prefix + raw.hex() for raw in _ids(colony.graphs)]
+            graphs = [prefix + hex_id for hex_id in _hex_ids(colony.graphs)]
             graphs_of_colony[colony.colonyname] = dict.fromkeys(graphs)
             owners = array("I")
             owners.frombytes(colony.graph_of)
             if sys.byteorder != "little":
                 owners.byteswap()
-            for raw, owner in zip(_ids(colony.processes), owners, strict=True):
-                graph_of_process[raw.hex()] = graphs[owner]
+            processes = _hex_ids(colony.processes)
+            if len(processes) != len(owners):
+                raise ValueError(f"{len(processes)} processes but {len(owners)} graphs of them")
+            graph_of_process.update(zip(processes, map(graphs.__getitem__, owners), strict=True))
         with self._lock:
             if self.aggregates or self._graphs_of_colony:
                 raise RuntimeError("restore into a state that is not empty")
@@ -580,11 +582,22 @@ class EngineState:
         return effects
 
 
-def _ids(packed: bytes) -> list[bytes]:
-    """The 32-byte ids packed in ``packed``."""
+def _hex_ids(packed: bytes) -> list[str]:
+    """The ids packed in ``packed`` (32 bytes each), as 64 hex characters."""
     if len(packed) % _ID_BYTES:
         raise ValueError(f"packed ids of {len(packed)} bytes: not a multiple of {_ID_BYTES}")
-    return [packed[at : at + _ID_BYTES] for at in range(0, len(packed), _ID_BYTES)]
+    hexed = packed.hex()
+    width = 2 * _ID_BYTES
+    return [hexed[at : at + width] for at in range(0, len(hexed), width)]
+
+
+def _packed(hex_ids: list[str]) -> bytes:
+    """``hex_ids`` (64 hex characters each) packed, 32 bytes an id; ValueError for an id
+    that is not one (the domain makes no other)."""
+    width = 2 * _ID_BYTES
+    if any(len(hex_id) != width for hex_id in hex_ids):
+        raise ValueError(f"an id that is not {width} hex characters")
+    return bytes.fromhex("".join(hex_ids))
 
 
 def _pack_colonies(
@@ -596,38 +609,31 @@ def _pack_colonies(
 
     Raises ValueError for an id that is not 64 hex characters (the domain makes no other).
     """
-    positions: dict[str, tuple[str, int]] = {}
-    graphs: dict[str, bytearray] = {}
+    position: dict[str, int] = {}  # graph id -> its place among its colony's graphs
+    colony_of: dict[str, str] = {}
     for colonyname, graph_ids in colonies.items():
-        prefix = f"{colonyname}.graph."
-        packed = graphs[colonyname] = bytearray()
-        for position, graph_id in enumerate(graph_ids):
-            packed += _raw_id(graph_id.removeprefix(prefix))
-            positions[graph_id] = (colonyname, position)
-    processes: dict[str, bytearray] = {name: bytearray() for name in colonies}
+        position.update(zip(graph_ids, range(len(graph_ids)), strict=True))
+        colony_of.update(dict.fromkeys(graph_ids, colonyname))
+    processes: dict[str, list[str]] = {name: [] for name in colonies}
     owners: dict[str, array[int]] = {name: array("I") for name in colonies}
     for processid, graph_id in graph_of_process.items():
-        colonyname, position = positions[graph_id]
-        processes[colonyname] += _raw_id(processid)
-        owners[colonyname].append(position)
+        colonyname = colony_of[graph_id]
+        processes[colonyname].append(processid)
+        owners[colonyname].append(position[graph_id])
     if sys.byteorder != "little":
         for positions_of_colony in owners.values():
             positions_of_colony.byteswap()
-    names = list(colonies) + [name for name in evicted if name not in colonies]
-    return [
-        ColonyGraphs(
-            colonyname=name,
-            graphs=bytes(graphs.get(name, b"")),
-            processes=bytes(processes.get(name, b"")),
-            graph_of=owners[name].tobytes() if name in owners else b"",
-            evicted=evicted.get(name, [0, 0, 0, 0]),
+    packed = []
+    for name in [*colonies, *(name for name in evicted if name not in colonies)]:
+        prefix = f"{name}.graph."
+        graph_ids = [graph_id.removeprefix(prefix) for graph_id in colonies.get(name, ())]
+        packed.append(
+            ColonyGraphs(
+                colonyname=name,
+                graphs=_packed(graph_ids),
+                processes=_packed(processes.get(name, [])),
+                graph_of=owners[name].tobytes() if name in owners else b"",
+                evicted=evicted.get(name, [0, 0, 0, 0]),
+            )
         )
-        for name in names
-    ]
-
-
-def _raw_id(hex_id: str) -> bytes:
-    raw = bytes.fromhex(hex_id)
-    if len(raw) != _ID_BYTES:
-        raise ValueError(f"{hex_id!r} is not an id of {_ID_BYTES} bytes")
-    return raw
+    return packed
