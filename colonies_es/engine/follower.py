@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime
 from typing import cast
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, OperationalError
 
 from colonies_es.domain import AuditedEvent
 from colonies_es.engine.aggregates import Aggregates
@@ -36,6 +36,9 @@ log = logging.getLogger("colonies.engine")
 
 PAGE = 1000
 """Events read per request while rebuilding."""
+
+LOG_END_WAIT = 30.0
+"""Seconds start-up keeps asking for the log's last event (see ``_log_end``)."""
 
 PARALLEL_READS = 64
 """Aggregates read from their subjects at once when starting from a checkpoint."""
@@ -152,8 +155,7 @@ class Follower:
         after a checkpoint: the engine serves once this returns); returns how many
         events that was."""
         store = self.aggregates.store
-        last = await self.aggregates.log.last_message(store.events_filter)
-        end = last.sequence if last is not None else 0
+        end = await self._log_end()
         start = self.state.applied
         if start >= end:
             return 0
@@ -179,6 +181,22 @@ class Follower:
             self.state.applied,
         )
         return self.state.applied - start
+
+    async def _log_end(self) -> int:
+        """The sequence of the log's last event. A stream just made (a cluster electing
+        its leader) may not answer direct gets for a moment: tried for
+        :data:`LOG_END_WAIT` seconds."""
+        filter_subject = self.aggregates.store.events_filter
+        deadline = asyncio.get_running_loop().time() + LOG_END_WAIT
+        while True:
+            try:
+                last = await self.aggregates.log.last_message(filter_subject)
+                return last.sequence if last is not None else 0
+            except OperationalError as error:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("reading the log's end, again shortly: %s", error)
+                await asyncio.sleep(0.5)
 
     async def follow(self) -> None:
         """Applies every event appended after the rebuild, by any replica, forever."""
