@@ -62,6 +62,7 @@ def run(options: Options) -> Report:
         environment=environment(),
         targets=TARGETS,
     )
+    print(f"  load average before: {_load()}", flush=True)
     seal_key = os.urandom(32)
     print(f"  making {graphs} graphs of {GRAPH_EVENTS:,} events (signed, sealed)", flush=True)
     payloads = _log_payloads(graphs, seal_key)
@@ -78,10 +79,16 @@ def run(options: Options) -> Report:
             report.add("rebuild", label, "events/s", rebuilt)
             print(
                 f"  run {number}/{options.runs}: raw {raw.rate:,.0f}/s, "
-                f"rebuild {rebuilt.rate:,.0f}/s",
+                f"rebuild {rebuilt.rate:,.0f}/s (this run's ratio {rebuilt.rate / raw.rate:.2f})",
                 flush=True,
             )
+    report.environment["load_average_after"] = environment()["load_average"]
+    print(f"  load average after: {_load()}", flush=True)
     return report
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _log_payloads(graphs: int, seal_key: bytes) -> list[tuple[str, bytes]]:
