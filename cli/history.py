@@ -500,6 +500,7 @@ def audit_verify(
     any does not, or there was nothing to check.
     """
     graphid = graph_id or processgraphid
+    meter: LogPass | None = None
     if graph_id and processgraphid:
         graphid = one_id(graph_id, processgraphid, "--processgraphid")
     key = _key(seal_key)
@@ -531,12 +532,13 @@ def audit_verify(
                 workers=workers,
                 progress=lambda p: meter.update(p.checked, p.position, p.last),
             )
-            meter.finish(report.checked, _workers_note(report.workers))
         seals_checked = key is not None
     what = f"workflow {graphid}" if graphid else "the log"
     unsealed = sum(any(_UNSEALED_MARK in r for r in f.reasons) for f in report.findings)
     wrong_key = graphid is None and key is not None and report.checked > 0
     wrong_key = wrong_key and unsealed == report.checked
+    if meter is not None and not wrong_key:  # a wrong key is one error line, nothing else
+        meter.finish(report.checked, _workers_note(report.workers))
     if json_output:
         print_json(
             {

@@ -263,8 +263,8 @@ class Auditor:
                 self.report = saved
             return
         self.report.checked += 1
-        reasons = self._seal_reasons(message)
         event = self.decode(message) if decoded is None else decoded
+        reasons = self._seal_reasons(message, is_event=not isinstance(event, Untrusted))
         if isinstance(event, Untrusted):
             self._found(message, "", [*reasons, event.reason])
             return
@@ -294,15 +294,17 @@ class Auditor:
     def _found(self, message: StoredMessage, kind: str, reasons: list[str]) -> None:
         self.report.findings.append(Finding(message.sequence, message.subject, kind, reasons))
 
-    def _seal_reasons(self, message: StoredMessage) -> list[str]:
+    def _seal_reasons(self, message: StoredMessage, is_event: bool) -> list[str]:
+        """``is_event``: the message decoded as an event (so it is an envelope)."""
         if self.unsealed is not None and message.sequence in self.unsealed:
             return [_UNSEALED]
         if self.sealer is None:
             return []
-        try:
-            decode_envelope(message.payload)
-        except DataError:
-            return []  # decode_event says what it is
+        if not is_event:
+            try:
+                decode_envelope(message.payload)
+            except DataError:
+                return []  # decode_event says what it is
         return [] if self.sealer.is_sealed(message.subject, message.payload) else [_UNSEALED]
 
     # --- the command -------------------------------------------------------------------------
