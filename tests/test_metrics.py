@@ -1,6 +1,6 @@
 """Prometheus metrics of a real `colonies server --metrics-port` (issue 10, finding 13):
 commands by op and status, their latency, ready processes and waiting executors per
-executor type, and the log's position."""
+executor type, the log's position and what replicas cost each other."""
 
 from __future__ import annotations
 
@@ -137,6 +137,11 @@ def test_commands_latency_ready_work_waiting_executors_and_log_position(
             )  # fmt: skip
 
         wait_until(sampled, 30, "the gauges are sampled")
+        # One engine alone: its follower skipped its own events and applied nobody else's.
+        now = scrape(metered.metrics_url)
+        assert (sample(now, "colonies_replica_total", what="skipped") or 0) >= 4
+        assert sample(now, "colonies_replica_total", what="followed") == 0
+        assert sample(now, "colonies_replica_total", what="conflicts") == 0
     finally:
         stop.set()
         poller.join(10)
