@@ -36,7 +36,9 @@ reading thread (NATS, envelopes, seals) and the follower's (decoding, ``mutate``
 SQLite). The follower takes what the store decoded a batch (up to 256 events) at a time,
 and event kinds are told by class, once. ``python -m benchmarks projector`` (100,000
 events on a 2-core machine shared with other work) measured a rebuild at 0.35 of a raw
-ordered-consumer replay of the same stream in the same run (0.19 to 0.22 before). Of
+ordered-consumer replay of the same stream in the same run at load 7.6, 0.16 at load 14
+(0.19 to 0.22 before; the rebuild's two threads share the GIL, so a loaded machine
+hurts it more than the single-threaded replay). Of
 the follower's share, decoding and ``mutate`` take about 60% and the SQLite writes 40%;
 the batch size hardly matters (1,000 or 20,000 events a commit cost the same).
 """
