@@ -45,6 +45,7 @@ from colonies_es.store import (
     StreamConfigurationError,
 )
 from colonies_es.store.codec import encode_envelope
+from colonies_es.store.recorders import JetStreamSubscription
 
 T = TypeVar("T")
 
@@ -398,6 +399,30 @@ def test_a_batch_is_stored_whole_with_consecutive_notification_ids(
         (two, 1),
         (two, 2),
     ]
+
+
+def test_a_subscription_hands_over_its_events_in_batches_and_says_when_it_ended(
+    recorder: JetStreamApplicationRecorder,
+) -> None:
+    one = uuid4()
+    recorder.insert_events(history(one, 3))
+    subscription = recorder.subscribe(gt=1)
+    assert isinstance(subscription, JetStreamSubscription)
+
+    got: list[Notification] = []
+    deadline = time.monotonic() + BOUND
+    while len(got) < 2:
+        assert time.monotonic() < deadline, f"only {got} arrived"
+        batch = subscription.next_batch(BOUND)
+        assert batch is not None
+        got += batch
+    quiet = subscription.next_batch(0.2)
+    subscription.stop()
+    ended = subscription.next_batch(BOUND)
+
+    assert [(n.id, n.originator_version) for n in got] == [(2, 2), (3, 3)]
+    assert quiet == []  # nothing new within the timeout
+    assert ended is None
 
 
 # ------------------------------------------------------------- 4: racing writers
