@@ -23,8 +23,9 @@ The state needed for 3 (who is a member, who holds which process) is rebuilt fro
 events themselves. With the seal key, what the engine sealed is applied (it is what the
 engine saw); without it, only the events that verify.
 
-Cost: checking signatures is most of it (an Ed25519 session signature, or ECDSA for
-commands signed with the identity's key; each session certificate once per process).
+Cost: checking signatures is most of it (ECDSA secp256k1 for commands signed with the
+identity's key, as clients sign; Ed25519 for session-signed ones, each session
+certificate once per process).
 They depend on nothing but the envelope, so :func:`verify_log` checks them in worker
 processes (:func:`signatures_hold`, a chunk of the log at a time, one worker per core)
 while this process reads the next chunk and decodes it; everything that depends on the
