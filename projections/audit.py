@@ -44,6 +44,8 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -695,11 +697,33 @@ def _signature_workers(count: int) -> Iterator[ProcessPoolExecutor | None]:
     if count <= 0:
         yield None
         return
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("forkserver"))
+    pool = ProcessPoolExecutor(
+        count,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=_end_with,
+        initargs=(os.getpid(),),
+    )
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_with(auditor: int) -> None:
+    """Makes this worker exit once the auditing process ``auditor`` is gone: killed, it
+    could not shut its pool down, and a worker waiting for work would wait forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(auditor, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # it exists (under another user: not ours, but alive)
+                pass
+
+    threading.Thread(target=watch, name="audit-worker-watch", daemon=True).start()
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The whole-log audit with signature workers (``verify_log``'s parallel path): a log
 long enough to start them, read in several chunks, with one forged signature in the
 middle. The forgery is reported at its sequence, exactly as the one-process audit
-reports it, and nothing else is."""
+reports it, and nothing else is. The workers of an auditing process that is killed
+exit with it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import nats
@@ -105,3 +110,70 @@ def test_the_workers_verdicts_are_the_signature_checks() -> None:
     colonyos = b'{"payloadtype": "submitfuncspecmsg", "payload": "", "signature": ""}'
 
     assert signatures_hold([good, bad, b"not a command", colonyos]) == [True, False, None, None]
+
+
+AUDITOR = """
+import asyncio, sys
+import nats
+from colonies_es.projections.audit import Authorities, verify_log
+
+async def main() -> None:
+    nc = await nats.connect(sys.argv[1])
+    while True:  # until killed
+        await verify_log(nc, Authorities(), workers=2)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (from /proc)."""
+    children: dict[int, set[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, set()).add(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), set()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_workers_of_a_killed_audit_exit_with_it(
+    nats_server_factory: Callable[..., NatsServer], tmp_path: Path
+) -> None:
+    log = AuditLog.make(EVENTS, os.urandom(32))
+    server = nats_server_factory()
+    asyncio.run(_write_log(server.url, log.payloads))
+    script = tmp_path / "auditor.py"
+    script.write_text(AUDITOR)
+    auditor = subprocess.Popen([sys.executable, str(script), server.url])
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := descendants(auditor.pid)) < 3:  # fork server and 2 workers
+            assert auditor.poll() is None, "the auditor ended by itself"
+            assert time.monotonic() < deadline, "no workers started"
+            time.sleep(0.1)
+    finally:
+        auditor.kill()  # SIGKILL: it cannot shut its pool down
+        auditor.wait(10)
+
+    deadline = time.monotonic() + 15
+    while left := [pid for pid in workers if alive(pid)]:
+        assert time.monotonic() < deadline, f"still running: {left}"
+        time.sleep(0.2)
