@@ -5,7 +5,7 @@
   executor recorded), its input, the paths from the graph's roots to it, and what its
   failure cancelled.
 - :func:`run_locally`: runs a process's recorded function here, with its recorded input,
-  as the python executor does (:func:`~colonies_es.executor.execute_function`).
+  as the python executor does (:func:`~colonies_es.function_runner.execute_function`).
 - :func:`rerun_from_failed`: asks the engine for a new graph that re-runs the failed one
   from its failure (op ``rerun_processgraph``; succeeded nodes keep their outputs).
 """
@@ -23,7 +23,7 @@ from colonies_es.client import Colonies
 from colonies_es.client.connection import Connection
 from colonies_es.crypto import Crypto
 from colonies_es.domain import AttemptFailed, ProcessGraph, ProcessNode, WaitTimedOut
-from colonies_es.executor import FunctionFailed, execute_function
+from colonies_es.function_runner import FunctionFailed, execute_function
 from colonies_es.models import ProcessGraph as ProcessGraphModel
 from colonies_es.models import decode, func_spec
 from colonies_es.projections.history import HistoryEntry

@@ -13,26 +13,21 @@ and refusals are logged and retried; nothing a function does stops the executor.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import functools
-import linecache
 import logging
 import secrets
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
-from colonies_es.function_runner import FunctionRunner
-from colonies_es.models import Executor, Process, attempt_of, encode, func_spec
+from colonies_es.function_runner import FunctionFailed, FunctionRunner, execute_function
+from colonies_es.models import Executor, Process, attempt_of, func_spec
 from colonies_es.states import ProcessState
 
 __all__ = ["FunctionFailed", "PythonExecutor", "execute_function"]
@@ -56,110 +51,6 @@ WATCH_SLICE = 5.0
 
 _REGISTER_ATTEMPTS = 5
 """Tries of add_executor when the colony changed concurrently (409 with the name free)."""
-
-
-class FunctionFailed(Exception):
-    """The process cannot succeed; ``errors`` (never empty) is what ``fail`` reports.
-
-    ``errors[0]`` is one line ("ValueError: bad input", or what was wrong with the code);
-    ``errors[1]``, when there is one, shows where: the formatted traceback of what
-    raised, or the line that does not compile.
-    """
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__(errors[0])
-        self.errors = errors
-
-
-def execute_function(process: Process, ctx: dict[str, Any], globals_: dict[str, Any]) -> list[Any]:
-    """Run the function of ``process`` and return its output, ready for ``close``.
-
-    The source in ``spec.env["code"]`` runs as a fresh module whose globals are a copy of
-    ``globals_`` plus the builtins. Then ``spec.funcname`` is called as
-    ``f(*args, ctx=ctx, **spec.kwargs)``, where ``args`` is ``process.input`` when it is
-    non-empty, else ``spec.args``. The return value becomes the output: a tuple its
-    items, None nothing, anything else a list of itself.
-
-    Raises :class:`FunctionFailed` when there is no code, it does not compile, running
-    it raises, it defines no callable ``spec.funcname``, the function raises (type,
-    message and traceback, without the executor's own frames) or what it returns
-    cannot be encoded as JSON. Nothing else escapes, ``SystemExit`` included.
-    """
-    spec = process.spec
-    try:
-        source = spec.decoded_code()
-    except ValueError as error:
-        raise FunctionFailed([f"cannot read the code of {spec.funcname}: {error}"]) from None
-    if source is None:
-        raise FunctionFailed([f'no code for {spec.funcname}: spec.env["code"] is missing'])
-    filename = f"<colonies {spec.funcname} {process.processid[:12]}>"
-    with _source_lines(filename, source):
-        try:
-            code = compile(source, filename, "exec")
-        except (SyntaxError, ValueError) as error:  # ValueError: null bytes in the source
-            raise FunctionFailed(
-                [f"the code of {spec.funcname} does not compile: {error}", *_exception_only(error)]
-            ) from None
-        namespace: dict[str, Any] = {
-            **globals_,
-            "__name__": "colonies_function",
-            "__builtins__": builtins,
-        }
-        try:
-            exec(code, namespace)
-        except (Exception, SystemExit) as error:
-            raise FunctionFailed(_raised(error, f"the code of {spec.funcname} raised ")) from None
-        function = namespace.get(spec.funcname)
-        if not callable(function):
-            raise FunctionFailed(
-                [f"the code defines no function named {spec.funcname!r}"]
-                if function is None
-                else [
-                    f"{spec.funcname!r} in the code is not callable (a {type(function).__name__})"
-                ]
-            )
-        args = process.input if process.input else spec.args
-        try:
-            result = function(*args, ctx=ctx, **spec.kwargs)
-        except (Exception, SystemExit) as error:
-            raise FunctionFailed(_raised(error)) from None
-    return _output(result, spec.funcname)
-
-
-def _output(result: object, funcname: str) -> list[Any]:
-    """The process output for a function's return value, checked to encode as JSON."""
-    output = list(result) if isinstance(result, tuple) else [] if result is None else [result]
-    try:
-        encode(output)
-    except (TypeError, ValueError, msgspec.EncodeError) as error:
-        raise FunctionFailed(
-            [f"{funcname} returned a value that cannot be sent as JSON: {error}"]
-        ) from None
-    return output
-
-
-def _raised(error: BaseException, prefix: str = "") -> list[str]:
-    """``[one line, traceback]`` for an exception of the user's code, without the frames
-    of this module (the caller of the user's code)."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    summary = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return [prefix + summary, "".join(traceback.format_exception(type(error), error, tb))]
-
-
-def _exception_only(error: BaseException) -> list[str]:
-    return ["".join(traceback.format_exception_only(type(error), error))]
-
-
-@contextlib.contextmanager
-def _source_lines(filename: str, source: str) -> Iterator[None]:
-    """Let tracebacks formatted meanwhile show the lines of ``source`` for ``filename``."""
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    try:
-        yield
-    finally:
-        linecache.cache.pop(filename, None)
 
 
 class _EndWatcher:

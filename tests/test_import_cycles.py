@@ -19,14 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "colonies_es"
 
-KNOWN_CYCLES = [
-    # The executor runs functions through function_runner, whose forked child imports
-    # execute_function back from the executor. Not a package cycle; to be moved into
-    # function_runner when the executor is next changed.
-    {"executor", "function_runner"},
-]
-"""Cycles that exist and are accepted for now; any other fails the test."""
-
 
 def modules() -> dict[str, Path]:
     """Every module of the installed package, by dotted name, from pyproject's layout."""
@@ -121,7 +113,7 @@ def test_the_package_parts_import_each_other_without_cycles() -> None:
     edges = part_graph()
     assert ("engine", "service") not in edges  # sanity: parts, not modules
     assert ("engine", "store") in edges  # sanity: the graph sees real imports
-    unexpected = [c for c in cycles(edges) if c not in KNOWN_CYCLES]
+    unexpected = cycles(edges)
     report = [
         f"cycle {sorted(component)}: "
         + "; ".join(
