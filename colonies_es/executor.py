@@ -7,8 +7,10 @@ source in ``spec.env["code"]``. :func:`execute_function` is the calling conventi
 
 :class:`PythonExecutor` is one executor identity in one colony: it registers itself with
 the colony owner's key, then worker threads loop ``assign`` → :meth:`~PythonExecutor.run_one`
-(close with the output, or fail with the errors) until told to stop. Lost connections
-and refusals are logged and retried; nothing a function does stops the executor.
+(close with the output, or fail with the errors) until told to stop. A close also claims
+the worker's next process in the same round trip (``close_and_claim``), so a busy worker
+goes from one process to the next without waiting in ``assign``. Lost connections and
+refusals are logged and retried; nothing a function does stops the executor.
 """
 
 from __future__ import annotations
@@ -57,24 +59,29 @@ class _EndWatcher:
     """Learns when a running process ends by someone else's doing (cancelled, timed
     out) from the engine's end notification, so that its function can be stopped.
 
-    Functions that end within :data:`WATCH_AFTER` seconds are never watched (no cost for
-    short functions); after that a thread waits on the process's end.
+    Functions that end within :data:`WATCH_AFTER` seconds are never watched and cost no
+    thread: the function runner asks :meth:`ended_elsewhere` while the function runs,
+    and the first question after :data:`WATCH_AFTER` seconds starts a thread that waits
+    on the process's end.
     """
 
     def __init__(self, client: Colonies, processid: str, prvkey: str) -> None:
         self._client = client
         self._processid = processid
         self._prvkey = prvkey
+        self._watch_from = time.monotonic() + WATCH_AFTER
+        self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self._ended = threading.Event()
         self.ended_as = ""
         """The state it ended in (``"CANCELLED"``...), once it did."""
-        self._thread = threading.Thread(
-            target=self._watch, name=f"watch-{processid[:8]}", daemon=True
-        )
-        self._thread.start()
 
     def ended_elsewhere(self) -> bool:
+        if self._thread is None and time.monotonic() >= self._watch_from:
+            self._thread = threading.Thread(
+                target=self._watch, name=f"watch-{self._processid[:8]}", daemon=True
+            )
+            self._thread.start()
         return self._ended.is_set()
 
     def stop(self) -> None:
@@ -82,8 +89,6 @@ class _EndWatcher:
         self._done.set()
 
     def _watch(self) -> None:
-        if self._done.wait(WATCH_AFTER):
-            return
         while not self._done.is_set():
             try:
                 ended = self._client.wait(self._processid, WATCH_SLICE, self._prvkey)
@@ -248,7 +253,7 @@ class PythonExecutor:
         pause = BACKOFF_FIRST
         while not stop.is_set():
             try:
-                problem = self._take_and_run()
+                problem = self._take_and_run(stop)
             except CancelledError:
                 if stop.is_set():
                     return  # the client closed under a call still waiting: we are stopping
@@ -263,9 +268,10 @@ class PythonExecutor:
             stop.wait(pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
-    def _take_and_run(self) -> tuple[str, str] | None:
-        """Take a process and run it; None when that went well or no work came, else
-        the problem as (kind, message)."""
+    def _take_and_run(self, stop: threading.Event) -> tuple[str, str] | None:
+        """Take a process and run it, and the next ones its reports claim until none is
+        ready or ``stop`` is set; None when that went well or no work came, else the
+        problem as (kind, message)."""
         started = time.monotonic()
         try:
             process = self.client.assign(self.colonyname, self.poll_timeout, self.prvkey)
@@ -279,7 +285,9 @@ class PythonExecutor:
         except ColoniesConnectionError as error:
             return "connection", f"lost the connection: {error}"
         self._trouble_over()
-        self.run_one(process)
+        following: Process | None = process
+        while following is not None:
+            following = self.run_one(following, take_next=not stop.is_set())
         return None
 
     def _trouble_seen(self, kind: str, message: str, pause: float) -> None:
@@ -299,9 +307,13 @@ class PythonExecutor:
         if problem is not None:
             log.info("taking work again")
 
-    def run_one(self, process: Process) -> None:
+    def run_one(self, process: Process, take_next: bool = False) -> Process | None:
         """Run the assigned ``process`` and report it: close with the output, or fail
         with the errors (:func:`execute_function`). Logs one line with the outcome.
+
+        With ``take_next`` the close also claims the next process for this executor
+        (``close_and_claim``): returned assigned to it, to run next; None when none
+        was ready (or the report was not a close that the engine took).
 
         Never raises for what the function does or how the report goes: while no engine
         answers, the report is retried for up to :data:`REPORT_PATIENCE` seconds; a close
@@ -334,14 +346,15 @@ class PythonExecutor:
                 watcher.ended_as,
                 duration,
             )
-            return
+            return None
         output, errors = result.output, result.errors
         if result.printed:
             self._deliver_log(process.processid, result.printed)
-        outcome, problem = "SUCCESS", None
+        outcome, problem, following = "SUCCESS", None, None
         if not errors:
-            close = functools.partial(self.client.close, attempt=attempt_of(process))
+            close, taken = self._closer(process, take_next)
             problem = self._deliver(close, process.processid, output)
+            following = taken[0] if taken and problem is None else None
             if isinstance(problem, ColoniesError) and problem.status != 403:
                 errors = [f"the output of {funcname} was refused: {problem}"]
         if errors:
@@ -353,6 +366,26 @@ class PythonExecutor:
             log.info("%s", line)
         else:
             log.warning("%s, but the engine did not take the report: %s", line, problem)
+        return following
+
+    def _closer(
+        self, process: Process, take_next: bool
+    ) -> tuple[Callable[[str, list[Any], str], None], list[Process | None]]:
+        """The close of ``process`` (for :meth:`_deliver`), and the list where a close
+        that also claims (``take_next``) leaves the next process (None: nothing ready)."""
+        attempt = attempt_of(process)
+        taken: list[Process | None] = []
+        if not take_next:
+            return functools.partial(self.client.close, attempt=attempt), taken
+
+        def close_and_claim(processid: str, output: list[Any], prvkey: str) -> None:
+            taken[:] = [
+                self.client.close_and_claim(
+                    processid, output, prvkey, self.colonyname, attempt=attempt
+                )
+            ]
+
+        return close_and_claim, taken
 
     def _runner(self) -> FunctionRunner:
         """The calling worker thread's function runner (made on its first use)."""

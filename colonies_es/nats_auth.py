@@ -13,7 +13,9 @@ component a seed file readable by its owner only) and gets the permissions of it
 - **client** (people, scripts, the CLI): sends requests to ``colonies.api.>`` and
   ``colonies.q.>`` and reads the replies, which come to an inbox of its own
   (``_INBOX.<its public key>``, :func:`inbox_prefix`) so no one reads another's replies;
-  listens for ``colonies.ended.>`` (what ``wait`` waits for).
+  listens for ``colonies.ended.>`` (what ``wait`` waits for); may answer a request it
+  received (``allow_responses``: the engine asks an executor whose claim it held whether
+  it still waits, in its inbox).
 - **executor** of given (colony, executortype) pairs: a client that may also pull from
   and ack on the work consumer of each of its pairs, and nothing else of JetStream.
 
@@ -90,6 +92,8 @@ class Permissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    responses: bool = False
+    """May answer the requests it receives (once each), wherever their reply goes."""
 
 
 def engine_permissions() -> Permissions:
@@ -115,7 +119,7 @@ def reader_permissions(public: str) -> Permissions:
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
         ]
     subscribe = [*client.subscribe, f"{QUERY_PREFIX}.>", "$SRV.>", "colonies.ev.>"]
-    return Permissions(tuple(publish), tuple(subscribe))
+    return Permissions(tuple(publish), tuple(subscribe), client.responses)
 
 
 def client_permissions(public: str) -> Permissions:
@@ -123,6 +127,7 @@ def client_permissions(public: str) -> Permissions:
     return Permissions(
         publish=(f"{API_PREFIX}.>", f"{QUERY_PREFIX}.>"),
         subscribe=(f"{inbox_prefix(public)}.>", f"{ENDED_PREFIX}.>"),
+        responses=True,
     )
 
 
@@ -142,7 +147,7 @@ def executor_permissions(public: str, work: Iterable[tuple[str, str]]) -> Permis
             f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{durable}",
             f"$JS.ACK.{WORK_STREAM}.{durable}.>",
         ]
-    return Permissions(tuple(publish), client.subscribe)
+    return Permissions(tuple(publish), client.subscribe, client.responses)
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ def render_accounts(credentials: Iterable[Credential], account: str = ACCOUNT) -
             f'      {{ nkey: "{credential.public}", permissions: {{',
             f"          publish: {{ allow: [{_quoted(permissions.publish)}] }}",
             f"          subscribe: {{ allow: [{_quoted(permissions.subscribe)}] }}",
+            *(["          allow_responses: true"] if permissions.responses else []),
             "      } }",
         ]
     lines += ["    ]", "  }", "}", ""]

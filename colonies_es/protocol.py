@@ -32,24 +32,42 @@ Replica affinity
     answer every command.
 
 Work
-    For every process that becomes ready the engine publishes a :class:`WorkTicket` to the
-    JetStream stream ``COLONIES_WORK`` on ``colonies.work.<colony>.<executortype>``.
-    Executors of a type share the durable pull consumer :func:`work_consumer`; a ticket
-    says "there is work for your type", not which process. Holding a ticket, an executor
-    sends the signed ``claim`` command and the engine assigns, at that moment, the best
-    ready process the executor may take (highest priority, then earliest readiness, and
-    ``executornames`` respected), recording the assignment with optimistic concurrency: a
-    duplicate or stale ticket can never assign a process twice, and high-priority work
-    that became ready later still overtakes work that was queued first. A claim that finds
-    nothing for the claimer answers 404 (the executor acks the ticket and pulls again);
-    the engine re-issues tickets so that ready work always has one. A ticket carries the
-    ``Colonies-Sequence`` of the event that made the work ready, which the claim sends
-    back, so the engine answering the claim knows the work.
+    An executor takes work with the signed ``claim`` command: the engine assigns, at that
+    moment, the best ready process the executor may take (highest priority, then earliest
+    readiness, ``executornames`` respected), recording the assignment with optimistic
+    concurrency on the graph, so that a process is assigned once per attempt whatever the
+    number of claims and engine replicas racing for it. A claim that finds nothing for
+    its caller answers 404 (:data:`NOTHING_READY`) unless it says it may ``wait``: then
+    the replica that received it holds it (engine/claims.py) up to that many seconds (at
+    most :data:`MAX_CLAIM_WAIT`) and answers it with the first such process that becomes
+    ready meanwhile, whichever replica's event made it ready (each follows the log).
+    Before assigning work that came while it held the claim, the engine asks the
+    claimer's connection, on the claim's ``alive`` subject in the claimer's own inbox,
+    whether the claim still waits ("1"); a caller that gave up ("0") or is gone (no
+    responder) is given nothing. ``assign`` is a loop of such claims. One round trip per
+    process for an idle executor: the reply to its claim is the assignment.
+
+    A busy executor does not go back to claiming: its ``close`` carries a second sealed
+    command, a ``claim`` (:attr:`CloseProcess.claim`), which the engine decides as its own
+    command (signature, role, replay key, event) once the close succeeded; the reply is a
+    :class:`NextProcess`, the next assignment or none. One round trip per process.
+
+    Work tickets remain for clients that pull (the ColonyOS gateway's long poll): for
+    every process that becomes ready the engine publishes a :class:`WorkTicket` to the
+    JetStream stream ``COLONIES_WORK`` on ``colonies.work.<colony>.<executortype>``, with
+    the ``Colonies-Sequence`` of the event that made the work ready; a ticket says "there
+    is work for your type", not which process. Executors of a type share the durable
+    pull consumer :func:`work_consumer`. The engine keeps as many tickets waiting as there
+    are ready processes: it re-issues missing ones and removes the surplus left by work
+    that was claimed without a ticket.
 
 Notifications
     When a process ends (SUCCESS, FAILED, CANCELLED) the engine publishes its id on
-    ``colonies.ended.<colony>.<processid>`` (core NATS, no persistence): ``wait`` listens
-    there, then reads the process.
+    ``colonies.ended.<colony>.<processid>`` (core NATS, no persistence; any client may
+    listen, so it carries no output). ``wait`` does not use it: it sends ``wait_process``
+    (:class:`WaitProcess`), which the engine holds until it applies the event that ends
+    the process and answers with the process (outputs included, to a member of its
+    colony only): one round trip.
 """
 
 from __future__ import annotations
@@ -58,7 +76,7 @@ import re
 
 import msgspec
 
-from colonies_es.models import Colony, Executor, FuncSpec, Workflow
+from colonies_es.models import Colony, Executor, FuncSpec, Process, Workflow
 
 API_PREFIX = "colonies.api"
 ENGINE_QUEUE_GROUP = "colonies-engine"
@@ -98,6 +116,21 @@ def work_consumer(colonyname: str, executortype: str) -> str:
 
 def ended_subject(colonyname: str, processid: str) -> str:
     return f"{ENDED_PREFIX}.{colonyname}.{processid}"
+
+
+def alive_subject(inbox: str, token: str) -> str:
+    """Where a client answers whether its claim ``token`` still waits: under its own
+    inbox (``inbox`` is a fresh inbox of its connection), so only it may listen there."""
+    return f"{inbox}.alive.{token}"
+
+
+NOTHING_READY = "no process ready"
+"""How the engine's 404 to a claim begins when nothing is ready for the claimer (the 404
+that ``assign`` waits through and claims again)."""
+
+MAX_CLAIM_WAIT = 10.0
+"""Seconds an engine holds a claim at most (:attr:`Claim.wait`); a longer ``assign``
+sends claims one after another."""
 
 
 class WorkTicket(msgspec.Struct, frozen=True):
@@ -143,9 +176,15 @@ class SubmitWorkflow(msgspec.Struct, kw_only=True):
 
 
 class Claim(msgspec.Struct, kw_only=True):
-    """Assign me the best ready process of my type (I hold a work ticket)."""
+    """Assign me the best ready process of my type ("Work" above)."""
 
     colonyname: str
+    wait: float = 0.0
+    """Seconds the engine may hold the claim while nothing is ready for the caller (a
+    long poll, at most :data:`MAX_CLAIM_WAIT`); 0: answer at once."""
+    alive: str = ""
+    """Where the engine asks, before it assigns work that came while it held the claim,
+    whether the caller still wants it (:func:`alive_subject`); empty: it does not ask."""
 
 
 class CloseProcess(msgspec.Struct, kw_only=True):
@@ -153,6 +192,9 @@ class CloseProcess(msgspec.Struct, kw_only=True):
     out: list[object] = msgspec.field(default_factory=list)
     attempt: int = 0
     """The attempt the report is for; 0 (ColonyOS clients): whichever the caller holds."""
+    claim: bytes = b""
+    """A ``claim`` command sealed by the same caller, decided once the close is: the
+    reply is then a :class:`NextProcess` (empty: the reply is ``{}``)."""
 
 
 class FailProcess(msgspec.Struct, kw_only=True):
@@ -160,6 +202,15 @@ class FailProcess(msgspec.Struct, kw_only=True):
     errors: list[str] = msgspec.field(default_factory=list)
     attempt: int = 0
     """As :attr:`CloseProcess.attempt`."""
+
+
+class NextProcess(msgspec.Struct, kw_only=True):
+    """The reply to a close that carried a claim: the process assigned to the
+    caller by that claim, or None when nothing was ready for it (``refused`` says why
+    when the claim was refused for another reason)."""
+
+    next: Process | None = None
+    refused: str = ""
 
 
 class SetOutput(msgspec.Struct, kw_only=True):
@@ -171,6 +222,14 @@ class SetOutput(msgspec.Struct, kw_only=True):
 
 class ProcessRef(msgspec.Struct, kw_only=True):
     processid: str
+
+
+class WaitProcess(msgspec.Struct, kw_only=True):
+    """The process once it has ended, or as it is after ``wait`` seconds (at most
+    :data:`MAX_CLAIM_WAIT`): the engine holds the request meanwhile."""
+
+    processid: str
+    wait: float = 0.0
 
 
 class ListQuery(msgspec.Struct, kw_only=True):
@@ -240,6 +299,7 @@ OPS: dict[str, type[msgspec.Struct]] = {
     "fail": FailProcess,
     "set_output": SetOutput,
     "get_process": ProcessRef,
+    "wait_process": WaitProcess,
     "list_processes": ListQuery,
     "remove_process": ProcessRef,
     "remove_all_processes": RemoveAll,

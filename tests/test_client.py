@@ -10,6 +10,7 @@ proves the client's half of protocol.py; the end-to-end tests with the real engi
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import os
 import signal
@@ -43,12 +44,10 @@ from colonies_es.loop import LoopThread
 from colonies_es.models import Colony, Process, ProcessGraph, encode
 from colonies_es.protocol import (
     ENGINE_QUEUE_GROUP,
+    NOTHING_READY,
     OPS,
     WORK_PREFIX,
     WORK_STREAM,
-    WorkTicket,
-    ended_subject,
-    work_consumer,
     work_subject,
 )
 
@@ -78,7 +77,11 @@ class StubEngine:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self.handlers: dict[str, Handler] = {}
+        self.holds: dict[str, bool] = {}
+        """Ops answered only after the ``wait`` seconds of their body (held claims)."""
         self.received: list[tuple[str, str, dict[str, Any]]] = []
+        self.arrived = asyncio.Event()
+        """Set when a command arrives."""
 
     async def start(self) -> None:
         await self.nc.subscribe("colonies.api.*", queue=ENGINE_QUEUE_GROUP, cb=self._answer)
@@ -88,6 +91,9 @@ class StubEngine:
         command = open_command(msg.data, time.time())
         body = msgspec.json.decode(command.body)
         self.received.append((command.op, command.caller_id, body))
+        self.arrived.set()
+        if self.holds.get(command.op):
+            await asyncio.sleep(body.get("wait", 0))
         handler = self.handlers.get(command.op)
         reply = b"{}" if handler is None else handler(body)
         if isinstance(reply, tuple):
@@ -109,10 +115,6 @@ class StubEngine:
             storage=StorageType.MEMORY,
         )
         await self.nc.jetstream().add_stream(config)
-
-    async def ticket(self, colonyname: str, executortype: str) -> None:
-        ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
-        await self.nc.jetstream().publish(work_subject(colonyname, executortype), encode(ticket))
 
 
 @pytest.fixture
@@ -250,8 +252,8 @@ async def test_pycolonies_arguments_become_the_protocol_bodies(
     assert bodies[3]["nodename"] == "gen_0"
     assert bodies[3]["insert"] is True
     assert bodies[4] == {"processid": "p", "message": "hello"}
-    assert bodies[5] == {"processid": "p", "out": [1, 2], "attempt": 0}  # 0: any attempt
-    assert bodies[6] == {"processid": "p", "out": [3], "attempt": 2}
+    assert bodies[5] == {"processid": "p", "out": [1, 2], "attempt": 0, "claim": ""}  # 0: any
+    assert bodies[6] == {"processid": "p", "out": [3], "attempt": 2, "claim": ""}
 
 
 async def test_find_process_returns_the_first_process_with_the_nodename(
@@ -271,142 +273,83 @@ async def test_find_process_returns_the_first_process_with_the_nodename(
 # ---------------------------------------------------------------------------- assign
 
 
-def executor_reply(executortype: str) -> Handler:
-    return lambda body: encode({"executorname": "e1", "executortype": executortype, **body})
+def nothing_ready(_: dict[str, Any]) -> Reply:
+    return (404, f"{NOTHING_READY} for 'e1' (python)")
 
 
-async def test_assign_claims_when_a_ticket_arrives(
+async def test_assign_sends_one_held_claim_and_returns_what_the_engine_assigns(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
-    colony, kind = unique("assign"), "python"
-    await engine.work_stream()
-    engine.handlers["whoami"] = executor_reply(kind)
     engine.handlers["claim"] = lambda _: encode(Process(processid="p1", state=1))
-
-    async def ticket_later() -> None:
-        await asyncio.sleep(0.3)
-        await engine.ticket(colony, kind)
-
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(ticket_later())
-        process = await client.assign(colony, 5, KEY)
+    process = await client.assign("dev", 5, KEY)
     assert process.processid == "p1"
-    assert engine.ops() == ["whoami", "claim"]
-    assert engine.received[1][2] == {"colonyname": colony}
-    assert await consumer_settles(engine, colony, kind)
+    assert engine.ops() == ["claim"]  # no whoami, no ticket: one request
+    body = engine.received[0][2]
+    assert body["colonyname"] == "dev"
+    assert body["wait"] == pytest.approx(5, abs=0.1)  # the engine holds it while nothing is ready
+    assert body["alive"].startswith("_INBOX.")
 
 
-async def consumer_settles(engine: StubEngine, colony: str, kind: str) -> bool:
-    """Whether the work consumer soon holds no ticket, waiting or unacked (acks are
-    asynchronous)."""
-    js = engine.nc.jetstream()
-    for _ in range(50):
-        info = await js.consumer_info(WORK_STREAM, work_consumer(colony, kind))
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
-async def test_assign_acks_a_ticket_it_cannot_use_and_waits_for_the_next(
+async def test_assign_claims_again_while_the_engine_says_nothing_is_ready(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
-    colony, kind = unique("retry"), "python"
-    await engine.work_stream()
-    replies: list[Reply] = [(404, "nothing for you"), encode(Process(processid="p2"))]
-    engine.handlers["whoami"] = executor_reply(kind)
+    replies: list[Reply] = [nothing_ready({}), encode(Process(processid="p2"))]
     engine.handlers["claim"] = lambda _: replies.pop(0)
-    await engine.ticket(colony, kind)
-    await engine.ticket(colony, kind)
-    assert (await client.assign(colony, 5, KEY)).processid == "p2"
-    assert engine.ops() == ["whoami", "claim", "claim"]
-    assert await consumer_settles(engine, colony, kind)
+    assert (await client.assign("dev", 5, KEY)).processid == "p2"
+    assert engine.ops() == ["claim", "claim"]
+    assert engine.received[1][2]["wait"] < engine.received[0][2]["wait"]  # what remains
 
 
 async def test_assign_without_work_raises_404_after_the_timeout(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
-    await engine.work_stream()
-    engine.handlers["whoami"] = executor_reply("idle")
+    engine.handlers["claim"] = nothing_ready
+    engine.holds["claim"] = True  # as the engine does: it answers 404 once `wait` is over
     started = time.monotonic()
     with pytest.raises(ColoniesError, match=r"no process available within 0\.5 s") as caught:
-        await client.assign(unique("idle"), 0.5, KEY)
+        await client.assign("dev", 0.5, KEY)
     assert caught.value.status == 404
     assert 0.5 <= time.monotonic() - started < 2
+    assert engine.ops() == ["claim"]
 
 
-async def test_assign_gives_the_ticket_back_when_the_claim_is_refused(
-    engine: StubEngine, client: AsyncColonies
-) -> None:
-    colony, kind = unique("refused"), "python"
-    await engine.work_stream()
-    engine.handlers["whoami"] = executor_reply(kind)
+async def test_assign_raises_a_refusal_at_once(engine: StubEngine, client: AsyncColonies) -> None:
     engine.handlers["claim"] = lambda _: (403, "executor is not approved")
-    await engine.ticket(colony, kind)
-    with pytest.raises(ColoniesError, match="not approved"):
-        await client.assign(colony, 5, KEY)
-    consumer = await engine.nc.jetstream().pull_subscribe_bind(
-        work_consumer(colony, kind), WORK_STREAM
-    )
-    [ticket] = await consumer.fetch(1, timeout=2)  # naked: back at once, not after 30 s
-    assert ticket.metadata.num_delivered == 2
+    with pytest.raises(ColoniesError, match="not approved") as caught:
+        await client.assign("dev", 5, KEY)
+    assert caught.value.status == 403
+    assert engine.ops() == ["claim"]
 
 
-async def test_assign_waits_for_the_work_stream_and_creates_the_consumer(
-    nats_server_factory: Callable[..., NatsServer],
-) -> None:
-    fresh = nats_server_factory()
-    nc = await nats.connect(fresh.url)
-    stub = StubEngine(nc)
-    await stub.start()
-    stub.handlers["whoami"] = executor_reply("python")
-    stub.handlers["claim"] = lambda _: encode(Process(processid="p3"))
-
-    async def engine_starts_late() -> None:
-        await asyncio.sleep(0.5)
-        await stub.work_stream()
-        await stub.ticket("late", "python")
-
-    async with AsyncColonies(servers=[fresh.url]) as colonies, asyncio.TaskGroup() as tasks:
-        tasks.create_task(engine_starts_late())
-        assert (await colonies.assign("late", 5, KEY)).processid == "p3"
-    await nc.close()
-
-
-async def test_a_cancelled_assign_does_not_hold_back_the_next_ticket(
+async def test_a_held_claim_says_it_waits_until_its_assign_is_cancelled(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
-    colony, kind = unique("cancel"), "python"
-    await engine.work_stream()
-    engine.handlers["whoami"] = executor_reply(kind)
-    engine.handlers["claim"] = lambda _: encode(Process(processid="p4"))
-    waiting = asyncio.create_task(client.assign(colony, 5, KEY))
-    await asyncio.sleep(0.3)
+    engine.handlers["claim"] = nothing_ready
+    engine.holds["claim"] = True
+    waiting = asyncio.create_task(client.assign("dev", 10, KEY))
+    await asyncio.wait_for(engine.arrived.wait(), 5)
+    alive = engine.received[0][2]["alive"]
+    assert (await engine.nc.request(alive, b"", timeout=2)).data == b"1"
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    await engine.ticket(colony, kind)
-    assert (await client.assign(colony, 5, KEY)).processid == "p4"
+    assert (await engine.nc.request(alive, b"", timeout=2)).data == b"0"  # give it nothing
 
 
-async def test_tickets_reaching_an_abandoned_fetch_go_back_at_disconnect(
-    engine: StubEngine, server: NatsServer
+async def test_close_and_claim_carries_a_signed_claim_and_returns_the_next_process(
+    engine: StubEngine, client: AsyncColonies
 ) -> None:
-    colony, kind = unique("abandoned"), "python"
-    await engine.work_stream()
-    engine.handlers["whoami"] = executor_reply(kind)
-    engine.handlers["claim"] = lambda _: encode(Process(processid="p6"))
-    leaving = AsyncColonies(servers=[server.url])
-    waiting = asyncio.create_task(leaving.assign(colony, 10, KEY))
-    await asyncio.sleep(0.3)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    await engine.ticket(colony, kind)  # may well go to the abandoned fetch
-    await asyncio.sleep(0.1)
-    await leaving.disconnect()
-    async with AsyncColonies(servers=[server.url]) as staying:
-        assert (await staying.assign(colony, 5, KEY)).processid == "p6"  # not after 30 s
+    engine.handlers["close"] = lambda _: encode({"next": Process(processid="p7", state=1)})
+    following = await client.close_and_claim("p6", [1], KEY, "dev", attempt=1)
+    assert following is not None
+    assert following.processid == "p7"
+    _, caller, body = engine.received[0]
+    claim = open_command(base64.b64decode(body["claim"]), time.time())
+    assert (claim.op, claim.caller_id) == ("claim", caller)  # its own signed command
+    assert msgspec.json.decode(claim.body)["colonyname"] == "dev"
+    assert (body["processid"], body["out"], body["attempt"]) == ("p6", [1], 1)
+    engine.handlers["close"] = lambda _: encode({"next": None})
+    assert await client.close_and_claim("p7", [], KEY, "dev") is None
 
 
 async def test_the_engine_and_the_client_create_the_same_work_consumer(
@@ -425,44 +368,34 @@ async def test_the_engine_and_the_client_create_the_same_work_consumer(
 # ---------------------------------------------------------------------------- wait
 
 
-async def test_wait_returns_as_soon_as_the_end_is_announced(
+async def test_wait_is_one_request_the_engine_holds_until_the_end(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
-    colony, state = unique("wait"), {"now": 1}
-    spec = func_spec("f", [], colony, "python")
-    engine.handlers["get_process"] = lambda _: encode(
-        Process(processid="p", spec=spec, state=state["now"])
-    )
-    waiting = Process(processid="p", spec=spec, state=1)
-
-    async def end_soon() -> None:
-        await asyncio.sleep(0.2)
-        state["now"] = 2
-        await engine.nc.publish(ended_subject(colony, "p"), b"p")
-
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(end_soon())
-        started = time.monotonic()
-        ended = await client.wait(waiting, 10, KEY)
-    assert ended.state == 2
-    assert time.monotonic() - started < 0.8  # the notification, not the 1 s poll
+    ended = Process(processid="p", spec=func_spec("f", [], "c", "t"), state=2, output=[3])
+    engine.handlers["wait_process"] = lambda _: encode(ended)
+    assert (await client.wait("p", 10, KEY)).output == [3]
+    assert engine.ops() == ["wait_process"]
+    assert engine.received[0][2]["processid"] == "p"
+    assert engine.received[0][2]["wait"] == pytest.approx(10, abs=0.1)
 
 
 async def test_wait_raises_408_when_the_process_does_not_end_in_time(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
     running = Process(processid="p", state=1, spec=func_spec("f", [], "c", "t"))
-    engine.handlers["get_process"] = lambda _: encode(running)
+    engine.handlers["wait_process"] = lambda _: encode(running)
+    engine.holds["wait_process"] = True  # as the engine does: the process as it is, after `wait`
     with pytest.raises(ColoniesError, match=r"did not end within 0\.3 s") as caught:
-        await client.wait("p", 0.3, KEY)
+        await client.wait(running, 0.3, KEY)
     assert caught.value.status == 408
+    assert engine.ops() == ["wait_process"]
 
 
 # ---------------------------------------------------------------------------- sync client
 
 
 def test_the_sync_client_has_every_op_with_the_async_signature() -> None:
-    ops = set(OPS) | {"assign", "wait", "find_process"}
+    ops = set(OPS) - {"wait_process"} | {"assign", "close_and_claim", "wait", "find_process"}
     for op in ops:
         sync, coroutine = getattr(Colonies, op), getattr(AsyncColonies, op)
         assert inspect.signature(sync) == inspect.signature(coroutine), op
@@ -528,22 +461,23 @@ def test_the_sync_client_connects_again_after_disconnect(
     assert threaded.engine.ops() == ["del_colony", "del_colony"]
 
 
-def test_an_interrupted_sync_assign_stops_and_claims_nothing(
+def test_an_interrupted_sync_assign_stops_and_its_claim_takes_nothing(
     threaded: ThreadedStub, server: NatsServer
 ) -> None:
-    colony, kind, stub = unique("interrupted"), "python", threaded.engine
-    threaded.loop.run(stub.work_stream())
-    stub.handlers["whoami"] = executor_reply(kind)
-    stub.handlers["claim"] = lambda _: encode(Process(processid="p5"))
+    stub = threaded.engine
+    stub.handlers["claim"] = nothing_ready
+    stub.holds["claim"] = True  # held, as the engine holds a claim while nothing is ready
     ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     with Colonies(servers=[server.url]) as colonies:
         ctrl_c.start()
         with pytest.raises(KeyboardInterrupt):
-            colonies.assign(colony, 10, KEY)
-        threaded.loop.run(stub.ticket(colony, kind))
-        time.sleep(0.3)
-        assert stub.ops() == ["whoami"]  # the abandoned assign did not claim it
-        assert colonies.assign(colony, 5, KEY).processid == "p5"
+            colonies.assign("dev", 10, KEY)
+        alive = stub.received[0][2]["alive"]
+        answer = threaded.loop.run(stub.nc.request(alive, b"", timeout=2))
+        assert answer.data == b"0"  # the engine asking before it assigns gets "no longer"
+        stub.holds["claim"] = False
+        stub.handlers["claim"] = lambda _: encode(Process(processid="p5"))
+        assert colonies.assign("dev", 5, KEY).processid == "p5"
 
 
 # ---------------------------------------------------------------------------- environment

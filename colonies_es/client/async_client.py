@@ -19,21 +19,16 @@ projector's view did not catch up in time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
 
 from colonies_es import protocol as p
 from colonies_es.client.connection import Connection
-from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
+from colonies_es.client.errors import ColoniesError
 from colonies_es.client.read_side import ReadSide
-from colonies_es.client.work import WorkTickets
-from colonies_es.crypto import id_from_private_key
 from colonies_es.models import (
     Attribute,
     Colony,
@@ -64,8 +59,9 @@ T = TypeVar("T")
 ENDED_STATES = frozenset({ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED})
 """Process states ``wait`` returns on."""
 
-_WAIT_POLL = 1.0
-"""Seconds between reads of a waited-for process, in case its end notification is missed."""
+
+_BEHIND_PAUSE = 0.2
+"""Seconds ``wait`` pauses before asking again an engine that answered 503 (behind the log)."""
 
 
 def server_urls(host: str, port: int, tls: bool, servers: Sequence[str] | None) -> list[str]:
@@ -111,8 +107,6 @@ class AsyncColonies:
         access = NatsAccess(tuple(urls), nkey_file, tls_ca_file)
         self._connection = Connection(urls, timeout, access, affinity=affinity)
         self._read_side = ReadSide(self._connection)
-        self._work: dict[tuple[str, str], WorkTickets] = {}
-        self._work_opening = asyncio.Lock()
 
     @property
     def url(self) -> str:
@@ -130,10 +124,7 @@ class AsyncColonies:
         await self._connection.nats()
 
     async def disconnect(self) -> None:
-        """Stop pulling work and close the connection. A later call connects again."""
-        work, self._work = self._work, {}
-        for tickets in work.values():
-            await tickets.close()
+        """Close the connection. A later call connects again."""
         await self._connection.close()
 
     async def __aenter__(self) -> Self:
@@ -148,9 +139,12 @@ class AsyncColonies:
     ) -> None:
         await self.disconnect()
 
-    async def _call(self, op: str, body: msgspec.Struct, prvkey: str, result: type[T]) -> T:
-        """Send the command and decode its reply as ``result``."""
-        data = await self._connection.command(op, body, prvkey)
+    async def _call(
+        self, op: str, body: msgspec.Struct, prvkey: str, result: type[T], held: float = 0.0
+    ) -> T:
+        """Send the command and decode its reply as ``result`` (``held``: seconds the
+        engine may hold it, see :meth:`Connection.command`)."""
+        data = await self._connection.command(op, body, prvkey, held)
         try:
             return decode(data, result)
         except ModelValidationError as error:
@@ -234,7 +228,7 @@ class AsyncColonies:
         """Take the best ready process the caller (an executor) may run, now.
 
         Raises ColoniesError 404 when there is none. Executors normally call
-        :meth:`assign`, which waits for work and claims when a ticket arrives.
+        :meth:`assign`, which lets the engine hold the claim until work comes.
         """
         return await self._call("claim", p.Claim(colonyname=colonyname), prvkey, Process)
 
@@ -242,53 +236,26 @@ class AsyncColonies:
         """Wait up to ``timeout`` seconds for a process the caller may run; return it
         RUNNING and assigned to the caller.
 
-        The caller must be an approved executor of the colony; work of its executor
-        type reaches it through the shared work consumer (:mod:`.work`). Raises
-        ColoniesError 404 ``"no process available within <timeout> s"`` when nothing
-        came in time, as ColonyOS does.
+        The caller must be an approved executor of the colony. The wait happens in the
+        engine: each claim is held there up to :data:`~colonies_es.protocol.MAX_CLAIM_WAIT`
+        seconds and answered with the first process of the caller's type that becomes
+        ready (protocol.py, "Work"); a claim this call abandons (cancelled, Ctrl-C) is
+        given nothing. Raises ColoniesError 404 ``"no process available within <timeout>
+        s"`` when nothing came in time, as ColonyOS does.
         """
-        tickets = await self._tickets(colonyname, prvkey)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while loop.time() < deadline:
+        while True:
+            wait = min(max(deadline - loop.time(), 0.0), p.MAX_CLAIM_WAIT)
             try:
-                ticket = await tickets.next(deadline)
-            except nats.errors.Error as error:
-                raise ColoniesConnectionError(
-                    f"cannot pull work from {self.url}: {error!r}"
-                ) from error
-            if ticket is None:
-                break
-            # The engine answering the claim must know the work the ticket announces:
-            # the claim goes to the replica that published it (it made the work ready).
-            headers = ticket.headers or {}
-            self._connection.saw(headers.get(p.SEQUENCE_HEADER), headers.get(p.REPLICA_HEADER))
-            try:
-                process = await self.claim(colonyname, prvkey)
+                async with self._connection.claiming() as alive:
+                    body = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
+                    return await self._call("claim", body, prvkey, Process, held=wait)
             except ColoniesError as error:
-                if error.status in (404, 409):  # someone else took it, or not for us
-                    await ticket.ack()
-                    continue
-                await _give_back(ticket)
-                raise
-            except BaseException:  # lost connection, cancelled: let another executor claim
-                await _give_back(ticket)
-                raise
-            await ticket.ack()
-            return process
-        raise ColoniesError(404, f"no process available within {timeout} s")
-
-    async def _tickets(self, colonyname: str, prvkey: str) -> WorkTickets:
-        """The work tickets of the caller's executor type, opened on first use."""
-        key = (colonyname, id_from_private_key(prvkey))
-        async with self._work_opening:
-            tickets = self._work.get(key)
-            if tickets is None:
-                me = await self.whoami(colonyname, prvkey)
-                nc = await self._connection.nats()
-                tickets = WorkTickets(nc, colonyname, me.executortype)
-                self._work[key] = tickets
-            return tickets
+                if error.status != 404 or not error.message.startswith(p.NOTHING_READY):
+                    raise
+            if loop.time() >= deadline:
+                raise ColoniesError(404, f"no process available within {timeout} s")
 
     async def close(
         self, processid: str, output: Sequence[Any], prvkey: str, attempt: int = 0
@@ -298,6 +265,23 @@ class AsyncColonies:
         attempt is over, even if the same executor holds the next one."""
         body = p.CloseProcess(processid=processid, out=list(output), attempt=attempt)
         await self._send("close", body, prvkey)
+
+    async def close_and_claim(
+        self,
+        processid: str,
+        output: Sequence[Any],
+        prvkey: str,
+        colonyname: str,
+        attempt: int = 0,
+    ) -> Process | None:
+        """:meth:`close`, and in the same round trip :meth:`claim` the next process the
+        caller may run in ``colonyname``: it is returned assigned to the caller, or None
+        when nothing is ready (then :meth:`assign` waits for work). The claim is decided
+        only once the close succeeded; a refused close raises as :meth:`close` does."""
+        claim = self._connection.seal("claim", p.Claim(colonyname=colonyname), prvkey)
+        body = p.CloseProcess(processid=processid, out=list(output), attempt=attempt, claim=claim)
+        reply = await self._call("close", body, prvkey, p.NextProcess)
+        return reply.next
 
     async def fail(
         self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0
@@ -341,32 +325,30 @@ class AsyncColonies:
         """Wait up to ``timeout`` seconds for the process (or process id) to end; return
         it as it ended (SUCCESS, FAILED or CANCELLED).
 
-        Raises ColoniesError 408 when it is still running after ``timeout`` seconds.
+        The engine holds the request until the process ends (``wait_process``, up to
+        :data:`~colonies_es.protocol.MAX_CLAIM_WAIT` seconds at a time) and answers with
+        it: one round trip, whatever the wait. Raises ColoniesError 408 when it is still
+        running after ``timeout`` seconds.
         """
-        if isinstance(process, str) or not process.spec.conditions.colonyname:
-            processid = process if isinstance(process, str) else process.processid
-            process = await self.get_process(processid, prvkey)
-        colonyname = process.spec.conditions.colonyname
-        nc = await self._connection.nats()
+        processid = process if isinstance(process, str) else process.processid
         loop = asyncio.get_running_loop()
-        # Listen before reading, so an end between the read and the wait is not missed.
-        ended = await nc.subscribe(p.ended_subject(colonyname, process.processid))
-        try:
-            deadline = loop.time() + timeout
-            while True:
-                current = await self.get_process(process.processid, prvkey)
-                if current.state in ENDED_STATES:
-                    return current
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise ColoniesError(
-                        408, f"process {process.processid} did not end within {timeout} s"
-                    )
-                with contextlib.suppress(nats.errors.TimeoutError):
-                    await ended.next_msg(timeout=min(_WAIT_POLL, remaining))
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await ended.unsubscribe()
+        deadline = loop.time() + timeout
+        while True:
+            wait = min(max(deadline - loop.time(), 0.0), p.MAX_CLAIM_WAIT)
+            body = p.WaitProcess(processid=processid, wait=wait)
+            try:
+                current = await self._call("wait_process", body, prvkey, Process, held=wait)
+            except ColoniesError as error:
+                # 503: the engine that answered has not applied the log as far as this
+                # client has seen yet (it lost NATS for a moment): ask again.
+                if error.status != 503 or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(_BEHIND_PAUSE)
+                continue
+            if current.state in ENDED_STATES:
+                return current
+            if loop.time() >= deadline:
+                raise ColoniesError(408, f"process {processid} did not end within {timeout} s")
 
     async def add_log(self, processid: str, logmsg: str, prvkey: str) -> None:
         """Append a log message to the process; assigned executor only."""
@@ -525,10 +507,3 @@ def _model(value: T | Mapping[str, Any], model: type[T]) -> T:
 
 def _executor_ref(colonyname: str, executorname: str) -> p.ExecutorRef:
     return p.ExecutorRef(colonyname=colonyname, executorname=executorname)
-
-
-async def _give_back(ticket: Msg) -> None:
-    """Nak a ticket so another executor gets it now; best effort (the ack wait is the
-    fallback)."""
-    with contextlib.suppress(Exception):
-        await ticket.nak()

@@ -14,6 +14,10 @@ decided it answers with the original reply instead of deciding twice.
 Commands go to the engine replica that showed the highest sequence (protocol.py, "Replica
 affinity": :class:`Affinity`), which then waits for nothing; when it does not answer, to
 the queue group.
+
+A claim the engine may hold (protocol.py, "Work") names where the engine asks whether it
+still waits before assigning it work that came meanwhile: :meth:`Connection.claiming`
+answers there "yes" while the claim's caller waits, "no" once it gave up.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+from collections.abc import AsyncIterator
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
@@ -34,6 +41,7 @@ from colonies_es.protocol import (
     AFTER_HEADER,
     REPLICA_HEADER,
     SEQUENCE_HEADER,
+    alive_subject,
     api_subject,
     replica_subject,
 )
@@ -119,6 +127,8 @@ class Connection:
         self.affinity = Affinity()
         """The replica commands go to, and the sequences seen (:class:`Affinity`)."""
         self._follows_replicas = affinity
+        self._claims: set[str] = set()  # tokens of the claims waiting for a reply
+        self._alive: tuple[NATS, Subscription, str] | None = None  # (its connection, it, inbox)
 
     @property
     def sequence(self) -> int:
@@ -174,26 +184,33 @@ class Connection:
         self._last_error = error
         log.debug("NATS connection to %s: %r", self.url, error)
 
-    async def command(self, op: str, body: msgspec.Struct, prvkey: str) -> bytes:
+    async def command(self, op: str, body: msgspec.Struct, prvkey: str, held: float = 0.0) -> bytes:
         """Send ``body`` as the command ``op`` signed by ``prvkey``; return the reply's body.
+
+        ``held``: seconds the engine may hold the command before it answers (a claim's
+        ``wait``), added to the time each attempt waits for the reply.
 
         Raises :class:`ColoniesError` when the engine refuses the command (its status and
         message), :class:`ColoniesConnectionError` when no engine answers or the reply
         does not come within ``timeout`` seconds, and ``ValueError`` for an invalid
         ``prvkey``.
         """
-        return await self.request(api_subject(op), op, body, prvkey)
+        return await self.request(api_subject(op), op, body, prvkey, held)
 
-    async def request(self, subject: str, op: str, body: msgspec.Struct, prvkey: str) -> bytes:
+    def seal(self, op: str, body: msgspec.Struct, prvkey: str) -> bytes:
+        """``body`` sealed as the command ``op`` by ``prvkey`` (to send inside another)."""
+        return seal(op, body, prvkey)  # the identity key itself (libsecp256k1, crypto.py)
+
+    async def request(
+        self, subject: str, op: str, body: msgspec.Struct, prvkey: str, held: float = 0.0
+    ) -> bytes:
         """Send ``body`` sealed for ``op`` as a request on ``subject`` (a command, or a
         query to the projectors); the same reply handling and errors as :meth:`command`."""
-        # Signed by the identity key itself: with libsecp256k1 that costs the client about
-        # what an Ed25519 session key did, and the engine less than half (crypto.py).
-        data = seal(op, body, prvkey)
+        data = self.seal(op, body, prvkey)
         nc = await self.nats()
         server = "colonies engine" if subject.startswith("colonies.api.") else "projector"
         try:
-            reply = await self._request(nc, subject, op, data)
+            reply = await self._request(nc, subject, op, data, held)
         except nats.errors.MaxPayloadError:
             raise ColoniesError(
                 413,
@@ -217,7 +234,7 @@ class Connection:
             raise ColoniesError(_status(code), headers.get(ERROR_HEADER, ""))
         return reply.data
 
-    async def _request(self, nc: NATS, subject: str, op: str, data: bytes) -> Msg:
+    async def _request(self, nc: NATS, subject: str, op: str, data: bytes, held: float) -> Msg:
         """Sends the signed ``data`` up to :data:`ATTEMPTS` times until a reply comes;
         raises the last attempt's ``nats.errors.TimeoutError`` if none does.
 
@@ -236,7 +253,7 @@ class Connection:
                 return await nc.request(
                     target,
                     data,
-                    timeout=self.timeout / ATTEMPTS,
+                    timeout=self.timeout / ATTEMPTS + held,
                     headers={AFTER_HEADER: str(after)},
                 )
             except nats.errors.NoRespondersError:
@@ -244,7 +261,7 @@ class Connection:
                     raise
                 log.info("engine replica %s is gone: sending %r to any", affinity.preferred, op)
                 affinity.forget()
-                return await self._request(nc, subject, op, data)
+                return await self._request(nc, subject, op, data, held)
             except nats.errors.TimeoutError:
                 if target != subject:
                     affinity.forget()
@@ -252,6 +269,37 @@ class Connection:
                     raise
                 log.info("no reply to %r in %.1f s: sending it again", op, self.timeout / ATTEMPTS)
         raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def claiming(self) -> AsyncIterator[str]:
+        """A claim waits for its reply for the duration of the block: yields the subject
+        (:attr:`colonies_es.protocol.Claim.alive`) where this connection answers the
+        engine "1" meanwhile, and "0" once the block is left (the caller gave up: a
+        cancelled ``assign``), so that work is never assigned to a claim nobody awaits.
+        """
+        inbox = await self._alive_inbox()
+        token = secrets.token_hex(8)
+        self._claims.add(token)
+        try:
+            yield alive_subject(inbox, token)
+        finally:
+            self._claims.discard(token)
+
+    async def _alive_inbox(self) -> str:
+        """The inbox under which this connection answers whether its claims still wait,
+        subscribed on first use (again after the connection was replaced)."""
+        nc = await self.nats()
+        if self._alive is None or self._alive[0] is not nc:
+            inbox = nc.new_inbox()
+            subscription = await nc.subscribe(alive_subject(inbox, "*"), cb=self._answer_alive)
+            await nc.flush()  # subscribed before any claim names it
+            self._alive = (nc, subscription, inbox)
+        return self._alive[2]
+
+    async def _answer_alive(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(b"1" if token in self._claims else b"0")
 
     def saw(self, sequence: str | int | None, replica: str | None = None) -> None:
         """Notes an event-log sequence shown by a reply or a ticket (header text or int)
@@ -270,6 +318,7 @@ class Connection:
         is nothing left to flush to, and the caller is only saying goodbye.
         """
         nc, self._nc = self._nc, None
+        self._alive = None
         if nc is not None and not nc.is_closed:
             try:
                 await nc.close()

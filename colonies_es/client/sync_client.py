@@ -178,6 +178,7 @@ class Colonies:
     claim = _blocking(AsyncColonies.claim)
     assign = _blocking(AsyncColonies.assign)
     close = _blocking(AsyncColonies.close)
+    close_and_claim = _blocking(AsyncColonies.close_and_claim)
     fail = _blocking(AsyncColonies.fail)
     set_output = _blocking(AsyncColonies.set_output)
     get_process = _blocking(AsyncColonies.get_process)

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from eventsourcing.persistence import IntegrityError, Mapper, Notification
+from nats.aio.client import Client as NATS
 
 from colonies_es import crypto
 from colonies_es.domain import (
@@ -43,6 +44,7 @@ from colonies_es.domain import (
     graph_aggregate_id,
 )
 from colonies_es.engine.counters import ReplicaCounters
+from colonies_es.engine.held import HeldClaims, ProcessEnds
 from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.replies import SeenCommands
 from colonies_es.engine.state import Effects, EngineState, NotNext
@@ -95,6 +97,15 @@ class Aggregates:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()  # a lock lives while a command holds or awaits it
         )
+        self.claims = HeldClaims()
+        """Claims this replica holds while nothing is ready for their executor."""
+        self.ends = ProcessEnds()
+        """``wait_process`` requests this replica holds until their process ends."""
+        state.ready.on_ready = self.claims.wake
+        state.on_ended = self.ends.ended
+        self.nc: NATS | None = None
+        """The engine's connection once attached: where it asks a claimer whether its
+        held claim still waits (:func:`colonies_es.engine.ops.work.claim`)."""
 
     # ------------------------------------------------------------------ lookups
 

@@ -52,6 +52,7 @@ from colonies_es.engine.replies import Applied, Decided, SeenCommands
 from colonies_es.engine.state import Effects, EngineState
 from colonies_es.engine.timers import Timers
 from colonies_es.models import encode
+from colonies_es.protocol import CloseProcess, NextProcess
 from colonies_es.store import JetStreamApplicationRecorder
 
 log = logging.getLogger("colonies.engine")
@@ -146,6 +147,7 @@ class ColoniesApp(Application[str]):
         """Writes from now on go through ``nc`` on the caller's event loop (the engine's),
         without crossing to the store's loop thread. Heads learnt at rebuild are kept."""
         self.aggregates.log = self.aggregates.log.rebound(nc)
+        self.aggregates.nc = nc
 
     def checkpoint_writer(self, nc: NATS, every: int, interval: float) -> CheckpointWriter:
         """What writes this replica's checkpoints through ``nc`` (:mod:`.checkpoint`)."""
@@ -172,7 +174,31 @@ class ColoniesApp(Application[str]):
         (at most :data:`CATCH_UP_WAIT` seconds, then 503) until this replica has applied
         the log that far. A retry of a command already decided (here or, through the
         log, on another replica) gets the original reply.
+
+        A close that carries a sealed claim (``CloseProcess.claim``) is decided first;
+        once it succeeded, the claim is decided as the command it is (its own signature,
+        role, replay key and event) and the reply is a :class:`NextProcess`.
         """
+        outcome, body = await self._handle_command(op, data, now, after)
+        claim = body.claim if isinstance(body, CloseProcess) else b""
+        if not claim or outcome.status != 200:
+            return outcome
+        claimed = await self.handle("claim", claim, now, after)
+        if claimed.status == 200:
+            reply = b'{"next":' + claimed.body + b"}"
+        else:
+            refused = "" if claimed.status == 404 else f"{claimed.status}: {claimed.message}"
+            reply = encode(NextProcess(refused=refused))
+        outcome.effects.merge(claimed.effects)
+        return Outcome(
+            200, reply, effects=outcome.effects, sequence=max(outcome.sequence, claimed.sequence)
+        )
+
+    async def _handle_command(
+        self, op: str, data: bytes, now: float, after: int
+    ) -> tuple[Outcome, Any]:
+        """:meth:`handle` for one command: its outcome, and its body once decoded."""
+        body: Any = None
         try:
             self.quotas.check_command_size(op, len(data))
             if op == colonyos.ENGINE_OP:  # a ColonyOS client's envelope, via the gateway
@@ -184,19 +210,20 @@ class ColoniesApp(Application[str]):
                     raise crypto.CommandRejected(400, f"command for {command.op!r} sent to {op!r}")
             body = command.decode_body(HANDLERS[op].body)
         except (crypto.CommandRejected, QuotaExceeded) as error:  # before any decision
-            return Outcome(error.status, message=error.message, sequence=self.state.reached)
+            outcome = Outcome(error.status, message=error.message, sequence=self.state.reached)
+            return outcome, body
         key = command.replay_key
         running = self._in_flight.get(key)
         if running is not None:  # a copy (a retry) of a command being handled here
             original = await asyncio.shield(running)
-            return dataclasses.replace(original, effects=Effects())  # published once
+            return dataclasses.replace(original, effects=Effects()), body  # published once
         # Registered before the first await: a copy arriving meanwhile waits for this one.
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
             outcome = await self._handle_once(op, command, body, now, after)
             future.set_result(outcome)
-            return outcome
+            return outcome, body
         finally:
             del self._in_flight[key]
             if not future.done():

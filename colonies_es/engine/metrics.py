@@ -10,9 +10,10 @@ What an operator watches (the names below are what Prometheus scrapes):
 - ``colonies_ready_processes{colony, executortype}``: processes ready and not yet
   assigned, per executor type (work waiting for executors);
 - ``colonies_executors_waiting{colony, executortype}``: requests for work executors
-  have open on the work consumer right now (each worker of a live executor keeps one
-  open while idle; a type whose gauge stays at 0 while work is ready has nobody alive
-  serving it);
+  have open right now: claims this engine holds (each worker of a live executor keeps
+  one open while idle, on one of the engines) plus pulls on the work consumer (the
+  gateway's); a type whose gauge stays at 0 on every engine while work is ready has
+  nobody alive serving it;
 - ``colonies_log_sequence`` and ``colonies_follower_lag_events``: the event log's last
   sequence and how many of its events this engine has not applied yet (when the engine
   tells its applied position);
@@ -127,13 +128,17 @@ class EngineMetrics:
         keys = set(counts) | app.executor_types()
         self._replace(self.ready, {key: float(counts.get(key, 0)) for key in keys})
         js = engine.nc.jetstream()
+        held = app.aggregates.claims.counts()  # executors' claims this replica holds (long polls)
         waiting: dict[tuple[str, str], float] = {}
         for colonyname, executortype in keys:
             try:
                 info = await js.consumer_info(WORK_STREAM, work_consumer(colonyname, executortype))
             except nats.js.errors.NotFoundError:
                 continue
-            waiting[(colonyname, executortype)] = float(info.num_waiting or 0)
+            pulling = info.num_waiting or 0  # clients pulling work tickets (the gateway)
+            waiting[(colonyname, executortype)] = float(
+                pulling + held.get((colonyname, executortype), 0)
+            )
         self._replace(self.waiting, waiting)
         last = (await js.stream_info(LOG_STREAM)).state.last_seq
         self.log_sequence.set(last)

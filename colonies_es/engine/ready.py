@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]
@@ -41,6 +41,9 @@ class ReadyIndex:
         self._counts: dict[Key, int] = {}
         self._counter = itertools.count()
         self._lock = threading.Lock()
+        self.on_ready: Callable[[Key, tuple[str, ...]], None] | None = None
+        """Called (on the caller's thread) after each :meth:`add` with the key and the
+        process's ``executornames``: the engine wakes a claim it holds (claims.py)."""
 
     def add(
         self,
@@ -61,6 +64,8 @@ class ReadyIndex:
             self._live[processid] = (key, entry)
             self._counts[key] = self._counts.get(key, 0) + 1
             heapq.heappush(self._heaps.setdefault(key, []), entry)
+        if self.on_ready is not None:
+            self.on_ready(key, executornames)
 
     def discard(self, processid: str) -> None:
         """Forgets a process (assigned, cancelled, removed); unknown ids are ignored."""

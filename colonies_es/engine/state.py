@@ -193,6 +193,9 @@ class EngineState:
         self._resident_of_colony: dict[str, dict[str, None]] = {}
         self._lock = threading.RLock()  # the rebuild runs in a thread, the rest on the loop
         self._progress: asyncio.Event | None = None
+        self.on_ended: Callable[[str], None] | None = None
+        """Called with the id of each process that ends, whoever's event ended it (the
+        engine answers the requests waiting for it, ``wait_process``)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -564,6 +567,8 @@ class EngineState:
                     self.ready.discard(processid)
                 if events is not None and node.state in _ENDED:
                     effects.ended.append((graph.colonyname, processid))
+                    if self.on_ended is not None:
+                        self.on_ended(processid)
             if graph.removed:
                 return effects
             for processid in touched:  # only what these events touched: no scan of the graph

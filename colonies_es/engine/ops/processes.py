@@ -11,11 +11,13 @@ from colonies_es.engine.ops.base import ENDED, Reply, name_of
 from colonies_es.engine.state import Effects
 from colonies_es.models import Workflow, encode
 from colonies_es.protocol import (
+    MAX_CLAIM_WAIT,
     AddAttribute,
     ListQuery,
     ProcessRef,
     SubmitFuncSpec,
     SubmitWorkflow,
+    WaitProcess,
 )
 
 
@@ -59,6 +61,22 @@ async def get_process(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
 ) -> Reply:
     graph = await aggregates.readable(cmd, aggregates.graph_id_of(body.processid))
+    return Reply(encode(graph.process_model(body.processid)))
+
+
+async def wait_process(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: WaitProcess, now: datetime
+) -> Reply:
+    """The process once it has ended (SUCCESS, FAILED, CANCELLED), or as it is after
+    ``body.wait`` seconds (at most :data:`MAX_CLAIM_WAIT`): the request is held
+    meanwhile (:class:`~colonies_es.engine.held.ProcessEnds`) and answered as soon as
+    this replica applies the event that ends it, its own or another replica's. Members
+    of the process's colony only, as ``get_process``."""
+    graph_id = aggregates.graph_id_of(body.processid)
+    graph = await aggregates.readable(cmd, graph_id)
+    if graph.nodes[body.processid].state not in ENDED:
+        await aggregates.ends.wait(body.processid, min(max(body.wait, 0.0), MAX_CLAIM_WAIT))
+        graph = await aggregates.readable(cmd, graph_id)
     return Reply(encode(graph.process_model(body.processid)))
 
 

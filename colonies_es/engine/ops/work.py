@@ -1,57 +1,119 @@
 """Executors' work: claim the best ready process, report its output, close or fail it.
 
-An attempt's reports name the attempt (0 for ColonyOS clients: whichever the caller
-holds), so a late report of an attempt that timed out is refused (see the domain)."""
+A claim with nothing ready for its caller may be held until work comes (protocol.py,
+"Work"; :mod:`colonies_es.engine.held`). An attempt's reports name the attempt (0 for
+ColonyOS clients: whichever the caller holds), so a late report of an attempt that timed
+out is refused (see the domain). A close that carries a claim is decided by the
+application in two steps (``ColoniesApp.handle``), each its own command."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+from datetime import UTC, datetime
+
+import nats.errors
 
 from colonies_es import crypto
 from colonies_es.domain import Conflict, Forbidden, NotFound, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, audit
 from colonies_es.engine.ops.base import Reply
 from colonies_es.engine.ready import ReadyProcess
-from colonies_es.models import encode
-from colonies_es.protocol import Claim, CloseProcess, FailProcess, SetOutput
+from colonies_es.models import Executor, encode
+from colonies_es.protocol import (
+    MAX_CLAIM_WAIT,
+    NOTHING_READY,
+    Claim,
+    CloseProcess,
+    FailProcess,
+    SetOutput,
+)
+
+CLAIM_RECHECK = 1.0
+"""Seconds a held claim waits at most before it looks at the ready index again (a wake
+it missed, or one that went to a claim that then took other work)."""
+
+ALIVE_TIMEOUT = 1.0
+"""Seconds the engine waits for a claimer to say it still waits before assigning it work
+that came while its claim was held."""
 
 
 async def claim(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: Claim, now: datetime
 ) -> Reply:
     """Assigns the best ready process of the caller's type to the caller (an APPROVED
-    executor); 404 when none is ready. A candidate another command or replica took
-    first is dropped from the ready index and the next best is tried."""
-    colony = aggregates.colony(body.colonyname)
-    executor = colony.executor_by_id(cmd.caller_id)
-    if executor is None or executor.state != 1:
-        raise Forbidden(f"only an APPROVED executor of colony {body.colonyname!r} can claim work")
-    key = (colony.name, executor.executortype)
+    executor). A candidate another command or replica took first is dropped from the
+    ready index and the next best is tried.
+
+    With none ready, the claim is held up to ``body.wait`` seconds (at most
+    :data:`MAX_CLAIM_WAIT`) and takes the first such process that becomes ready
+    meanwhile, once the claimer said it still waits (``body.alive``); then 404
+    (:data:`NOTHING_READY`). The assignment is stamped with the time it is made."""
+    executor = _claimer(aggregates, cmd, body.colonyname)
+    key = (body.colonyname, executor.executortype)
     ready = aggregates.state.ready
     claiming = aggregates.claiming
-    while True:
-        # The best process no other claim here is assigning; if every one is, the best
-        # (this claim then queues behind the other on the graph's lock).
-        best = ready.best_for(key, executor.executorname, claiming)
-        best = best or ready.best_for(key, executor.executorname)
-        if best is None:
-            raise NotFound(
-                f"no process ready for {executor.executorname!r} ({executor.executortype})"
-            )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(max(body.wait, 0.0), MAX_CLAIM_WAIT)
+    with aggregates.claims.holding(key, executor.executorname) as held:
+        waited = False
+        while True:
+            # The best process no other claim here is assigning; if every one is, the
+            # best (this claim then queues behind the other on the graph's lock).
+            best = ready.best_for(key, executor.executorname, claiming)
+            best = best or ready.best_for(key, executor.executorname)
+            if best is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise NotFound(
+                        f"{NOTHING_READY} for {executor.executorname!r} ({executor.executortype})"
+                    )
+                await held.wait(min(remaining, CLAIM_RECHECK))
+                waited = True
+                continue
+            if waited:  # time passed: is the claimer still there, and still allowed?
+                if body.alive and not await _still_waiting(aggregates, body.alive):
+                    raise NotFound(f"{executor.executorname!r} no longer waits for work")
+                executor = _claimer(aggregates, cmd, body.colonyname)
+                now = datetime.now(UTC)
 
-        def assign(graph: ProcessGraph, best: ReadyProcess = best) -> None:
-            graph.assign(best.processid, executor, best.attempt, **audit(cmd, now))
+            def assign(
+                graph: ProcessGraph,
+                best: ReadyProcess = best,
+                now: datetime = now,
+                executor: Executor = executor,
+            ) -> None:
+                graph.assign(best.processid, executor, best.attempt, **audit(cmd, now))
 
-        claiming.add(best.processid)
-        try:
-            graph, effects = await aggregates.change_graph(best.graph_id, assign)
-        except (Conflict, NotFound):
-            aggregates.counters.claim_races += 1
-            ready.discard(best.processid)  # raced or stale: try the next best
-            continue
-        finally:
-            claiming.discard(best.processid)
-        return Reply(encode(graph.process_model(best.processid)), effects)
+            claiming.add(best.processid)
+            try:
+                graph, effects = await aggregates.change_graph(best.graph_id, assign)
+            except (Conflict, NotFound):
+                aggregates.counters.claim_races += 1
+                ready.discard(best.processid)  # raced or stale: try the next best
+                continue
+            finally:
+                claiming.discard(best.processid)
+            return Reply(encode(graph.process_model(best.processid)), effects)
+
+
+def _claimer(aggregates: Aggregates, cmd: crypto.VerifiedCommand, colonyname: str) -> Executor:
+    """The caller as an APPROVED executor of the colony (else Forbidden)."""
+    executor = aggregates.colony(colonyname).executor_by_id(cmd.caller_id)
+    if executor is None or executor.state != 1:
+        raise Forbidden(f"only an APPROVED executor of colony {colonyname!r} can claim work")
+    return executor
+
+
+async def _still_waiting(aggregates: Aggregates, alive: str) -> bool:
+    """Asks the claimer's connection (core NATS, :data:`ALIVE_TIMEOUT`) whether its claim
+    still waits; False when it says no, is gone (no responders) or does not answer."""
+    if aggregates.nc is None:
+        return True
+    try:
+        answer = await aggregates.nc.request(alive, b"", timeout=ALIVE_TIMEOUT)
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return answer.data == b"1"
 
 
 async def close(

@@ -1,0 +1,115 @@
+"""Requests an engine replica holds until something happens: claims waiting for work,
+and ``wait_process`` requests waiting for a process to end (long polls).
+
+:class:`HeldClaims`. An idle executor sends a ``claim`` with ``wait`` seconds
+(protocol.py, "Work"). When no process is ready for it, the replica that received the
+claim keeps it here instead of answering 404 at once; whenever a process becomes ready
+(this replica's own decision, or another replica's through the follower: both go
+through the ready index), the claim that has waited longest among those that may take it
+is woken and tries to assign, with the graph's optimistic concurrency deciding between
+replicas and claims that race. So work is pushed to a waiting executor in the reply to
+its claim, without a ticket in between.
+
+:class:`ProcessEnds`. A ``wait_process`` request for a process still running waits here
+until the state sees the process end (``EngineState.on_ended``: this replica's decision
+or another replica's event applied by the follower), then answers with the process.
+
+Everything here runs on the engine's event loop (the hooks also run, with nothing held
+yet, during the rebuild in its thread: they then have nothing to wake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from colonies_es.engine.ready import Key
+
+__all__ = ["HeldClaim", "HeldClaims", "ProcessEnds"]
+
+
+@dataclass(eq=False)
+class HeldClaim:
+    """One claim held by this replica: whose it is, and the event that wakes it."""
+
+    executorname: str
+    waiting: bool = False
+    """True while it waits (a claim trying to assign is not woken for more work)."""
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self, seconds: float) -> None:
+        """Wait until woken or ``seconds`` passed, whichever comes first."""
+        self.waiting = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), seconds)
+        finally:
+            self.waiting = False
+            self.woken.clear()
+
+
+class HeldClaims:
+    """The claims this replica holds, per (colony, executor type), oldest first."""
+
+    def __init__(self) -> None:
+        self._held: dict[Key, list[HeldClaim]] = {}
+
+    @contextlib.contextmanager
+    def holding(self, key: Key, executorname: str) -> Iterator[HeldClaim]:
+        """Hold a claim of ``executorname`` (of ``key``) for the duration of the block."""
+        claim = HeldClaim(executorname)
+        held = self._held.setdefault(key, [])
+        held.append(claim)
+        try:
+            yield claim
+        finally:
+            held.remove(claim)
+            if not held:
+                del self._held[key]
+
+    def wake(self, key: Key, executornames: tuple[str, ...] = ()) -> None:
+        """A process of ``key`` became ready, for any executor or only those named in
+        ``executornames``: wake the longest-waiting claim that may take it and is not
+        woken already (one claim per ready process)."""
+        for claim in self._held.get(key, ()):
+            if not claim.waiting or claim.woken.is_set():
+                continue
+            if executornames and claim.executorname not in executornames:
+                continue
+            claim.woken.set()
+            return
+
+    def counts(self) -> dict[Key, int]:
+        """Claims waiting per key (the metrics' waiting executors)."""
+        return {
+            key: waiting
+            for key, claims in self._held.items()
+            if (waiting := sum(claim.waiting for claim in claims))
+        }
+
+
+class ProcessEnds:
+    """The ``wait_process`` requests this replica holds, per process."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[asyncio.Event]] = {}
+
+    async def wait(self, processid: str, seconds: float) -> None:
+        """Wait until :meth:`ended` is called for ``processid``, at most ``seconds``."""
+        ended = asyncio.Event()
+        waiting = self._waiting.setdefault(processid, [])
+        waiting.append(ended)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), seconds)
+        finally:
+            waiting.remove(ended)
+            if not waiting:
+                del self._waiting[processid]
+
+    def ended(self, processid: str) -> None:
+        """The process ended: wake whoever waits for it."""
+        for ended in self._waiting.get(processid, ()):
+            ended.set()
