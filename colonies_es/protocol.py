@@ -38,7 +38,7 @@ Work
     concurrency on the graph, so that a process is assigned once per attempt whatever the
     number of claims and engine replicas racing for it. A claim that finds nothing for
     its caller answers 404 (:data:`NOTHING_READY`) unless it says it may ``wait``: then
-    the replica that received it holds it (engine/claims.py) up to that many seconds (at
+    the replica that received it holds it (engine/held.py) up to that many seconds (at
     most :data:`MAX_CLAIM_WAIT`) and answers it with the first such process that becomes
     ready meanwhile, whichever replica's event made it ready (each follows the log).
     Before assigning work that came while it held the claim, the engine asks the

@@ -43,7 +43,7 @@ class ReadyIndex:
         self._lock = threading.Lock()
         self.on_ready: Callable[[Key, tuple[str, ...]], None] | None = None
         """Called (on the caller's thread) after each :meth:`add` with the key and the
-        process's ``executornames``: the engine wakes a claim it holds (claims.py)."""
+        process's ``executornames``: the engine wakes a claim it holds (held.py)."""
 
     def add(
         self,
