@@ -102,6 +102,8 @@ class _EndWatcher:
             except ColoniesConnectionError:
                 self._done.wait(BACKOFF_FIRST)
                 continue
+            except CancelledError:  # the client closed under the held wait: stopping
+                return
             if not self._done.is_set():
                 self.ended_as = ProcessState(ended.state).name
                 self._ended.set()
