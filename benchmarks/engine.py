@@ -18,10 +18,10 @@ Measured:
 * **claim latency**: with the executors idle and waiting, ``latency_samples`` processes
   submitted one at a time at ``latency_rate`` per second. Per process: ``starttime -
   submissiontime`` as the engine recorded them (a root is ready when submitted); the
-  executor's view, from its work ticket arriving to ``assign`` returning (measured by
-  wrapping ``WorkTickets.next`` in the executor processes; the client is not changed);
-  and end to end, from the submitter calling ``submit_func_spec`` to ``assign`` returning
-  in an executor (same machine, same wall clock).
+  executor's view, from the engine recording the assignment (``starttime``) to
+  ``assign`` returning in the executor (its claim was held by the engine: the reply is
+  the assignment); and end to end, from the submitter calling ``submit_func_spec`` to
+  ``assign`` returning in an executor (same machine, same wall clock).
 * references: one client's sequential ``get_process`` round trips (a signed read-only
   command), raw ``nc.request`` echo round trips, and sequential ``js.publish`` with its
   PubAck (the store group's raw measurement).
@@ -74,7 +74,6 @@ from benchmarks.harness import (
 )
 from colonies_es import crypto
 from colonies_es.client import AsyncColonies, Colonies, ColoniesError
-from colonies_es.client.work import WorkTickets
 from colonies_es.embedded import NatsServer
 from colonies_es.models import Conditions, FuncSpec, Process, Workflow
 from colonies_es.protocol import ENDED_PREFIX
@@ -482,7 +481,8 @@ class Assignment:
     assigned_at: float
     """Wall clock (``time.time()``) when ``assign`` returned it."""
     ticket_to_assigned: float
-    """Seconds from its work ticket arriving to ``assign`` returning."""
+    """Seconds from the engine recording the assignment to the executor having it (the
+    reply to its held claim, or to the close that claimed it)."""
     close_seconds: float
     """Seconds the ``close`` round trip took."""
 
@@ -497,40 +497,36 @@ def executor_main(
 ) -> None:
     """A no-op executor process: assign, close, until ``stop``; then its observations go
     to ``results``."""
-    ticket_arrived = [0.0]
-    fetch_ticket = WorkTickets.next
-
-    async def timed_next(self: WorkTickets, deadline: float) -> Msg | None:
-        ticket = await fetch_ticket(self, deadline)
-        if ticket is not None:
-            ticket_arrived[0] = time.perf_counter()
-        return ticket
-
-    WorkTickets.next = timed_next  # type: ignore[method-assign]
     client = Colonies(servers=[url])
     try:
-        with contextlib.suppress(ColoniesError):  # binds the work consumer: 404 expected
+        with contextlib.suppress(ColoniesError):  # connected, and the claimer is known
             client.assign(colonyname, 0.05, prvkey)
         ready.set()
         assignments: list[Assignment] = []
+        process: Process | None = None
         while not stop.is_set():
-            try:
-                process = client.assign(colonyname, ASSIGN_TIMEOUT, prvkey)
-            except ColoniesError as error:
-                if error.status == 404:
-                    continue
-                raise
+            if process is None:
+                try:
+                    process = client.assign(colonyname, ASSIGN_TIMEOUT, prvkey)
+                except ColoniesError as error:
+                    if error.status == 404:
+                        continue
+                    raise
             assigned = time.perf_counter()
             assigned_at = time.time()
-            client.close(process.processid, [], prvkey)
+            assert process.starttime is not None
+            recorded = process.starttime.timestamp()
+            # The close claims the next process in the same round trip (as PythonExecutor).
+            following = client.close_and_claim(process.processid, [], prvkey, colonyname)
             assignments.append(
                 Assignment(
                     process.processid,
                     assigned_at,
-                    assigned - ticket_arrived[0],
+                    assigned_at - recorded,
                     time.perf_counter() - assigned,
                 )
             )
+            process = following if not stop.is_set() else None
         results.put(assignments)
     finally:
         client.disconnect()
@@ -736,12 +732,12 @@ class EngineBenchmark:
         assignments = executors.assignments
         report.add_latency(
             f"{cpu_key}_ticket",
-            f"{cpu_key}, loaded: ticket arrives -> assign returns",
+            f"{cpu_key}, loaded: assignment recorded -> executor has it",
             [1000 * a.ticket_to_assigned for a in assignments],
         )
         report.add_latency(
             f"{cpu_key}_close",
-            f"{cpu_key}, loaded: close round trip",
+            f"{cpu_key}, loaded: close (and claim) round trip",
             [1000 * a.close_seconds for a in assignments],
         )
         return samples
@@ -781,11 +777,11 @@ class EngineBenchmark:
         ticket = [1000 * a.ticket_to_assigned for a in seen]
         e2e = [1000 * (a.assigned_at - submitted[a.processid]) for a in seen]
         report.add_latency("claim", "claim: starttime - submissiontime (engine)", claim)
-        report.add_latency("ticket", "executor: ticket arrives -> assign returns", ticket)
+        report.add_latency("ticket", "executor: assignment recorded -> has it", ticket)
         report.add_latency("e2e", "end to end: submit called -> assign returns", e2e)
         print(
             f"  {progress}  claim latency p50 {percentile(claim, 50):.1f} ms, "
-            f"p99 {percentile(claim, 99):.1f} ms; ticket->assigned p50 "
+            f"p99 {percentile(claim, 99):.1f} ms; recorded->executor p50 "
             f"{percentile(ticket, 50):.1f} ms; end to end p50 {percentile(e2e, 50):.1f} ms",
             flush=True,
         )
