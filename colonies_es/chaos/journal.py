@@ -75,8 +75,9 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 
 class JournalingColonies(Colonies):
-    """The synchronous client, recording each acknowledged claim, close, fail, add_child
-    and submission in a :class:`Journal`. An executor given this client (and the code it
+    """The synchronous client, recording each acknowledged claim (``assign``, or the next
+    process a ``close_and_claim`` took), close, fail, add_child and submission in a
+    :class:`Journal`. An executor given this client (and the code it
     runs, which sees it as ``colonies``) leaves the trail the checker needs."""
 
     def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
@@ -94,6 +95,10 @@ class JournalingColonies(Colonies):
 
     def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:
         process = super().assign(colonyname, timeout, prvkey)
+        self._claimed(process, prvkey)
+        return process
+
+    def _claimed(self, process: Process, prvkey: str) -> None:
         attempt = attempt_of(process)
         with self._attempts_lock:
             self._attempts[process.processid] = attempt
@@ -103,10 +108,26 @@ class JournalingColonies(Colonies):
             attempt=attempt,
             executor=id_from_private_key(prvkey),
         )
-        return process
 
     def close(self, processid: str, output: Sequence[Any], prvkey: str, attempt: int = 0) -> None:
         super().close(processid, output, prvkey, attempt)
+        self._closed(processid, output, prvkey, attempt)
+
+    def close_and_claim(
+        self,
+        processid: str,
+        output: Sequence[Any],
+        prvkey: str,
+        colonyname: str,
+        attempt: int = 0,
+    ) -> Process | None:
+        following = super().close_and_claim(processid, output, prvkey, colonyname, attempt)
+        self._closed(processid, output, prvkey, attempt)
+        if following is not None:
+            self._claimed(following, prvkey)
+        return following
+
+    def _closed(self, processid: str, output: Sequence[Any], prvkey: str, attempt: int) -> None:
         self.journal.record(
             "close",
             process=processid,
