@@ -61,7 +61,8 @@ ENDED_STATES = frozenset({ProcessState.SUCCESS, ProcessState.FAILED, ProcessStat
 
 
 _BEHIND_PAUSE = 0.2
-"""Seconds ``wait`` pauses before asking again an engine that answered 503 (behind the log)."""
+"""Seconds ``wait`` and ``assign`` pause before asking again when an engine answered 503:
+it has not applied the log as far as this client has seen yet (it lost NATS for a moment)."""
 
 
 def server_urls(host: str, port: int, tls: bool, servers: Sequence[str] | None) -> list[str]:
@@ -252,6 +253,9 @@ class AsyncColonies:
                     body = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
                     return await self._call("claim", body, prvkey, Process, held=wait)
             except ColoniesError as error:
+                if error.status == 503 and loop.time() < deadline:  # an engine behind the log
+                    await asyncio.sleep(_BEHIND_PAUSE)
+                    continue
                 if error.status != 404 or not error.message.startswith(p.NOTHING_READY):
                     raise
             if loop.time() >= deadline:
