@@ -21,9 +21,11 @@ Replica affinity
     Each engine replica also answers ``colonies.api.replica.<replica>.<op>``, the same
     ops for itself alone, and names itself in the header ``Colonies-Replica`` of its
     replies and of the work tickets it publishes. A client sends its next command to
-    the replica that named itself last (the one that wrote or made ready what the
-    client acts on next: the claim goes to the replica whose decision made the work
-    ready, the close to the replica that assigned it), with ``Colonies-After`` set to
+    the replica that named itself last (the one that wrote what the client acts on
+    next: the close goes to the replica that assigned the process, which also decides
+    the claim the close carries; an executor's held claims go to the replica that
+    answered its last command, which learns of work other replicas make ready through
+    its follower), with ``Colonies-After`` set to
     the highest sequence it saw from *other* replicas: that replica has everything it
     told the client itself, so nothing is waited for, and two replicas do not race for
     one graph. When that replica does not answer (no responders, or no reply in time)

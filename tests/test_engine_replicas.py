@@ -279,7 +279,7 @@ async def served_by_endpoint(url: str) -> dict[str, dict[str, tuple[int, int]]]:
         await nc.close()
 
 
-def test_a_client_keeps_to_its_replica_claims_follow_the_tickets_and_it_fails_over(
+def test_a_client_keeps_to_its_replica_and_it_fails_over(
     two: Replicas,
 ) -> None:
     colony = new_colony(two)
@@ -297,22 +297,22 @@ def test_a_client_keeps_to_its_replica_claims_follow_the_tickets_and_it_fails_ov
         served = asyncio.run(served_by_endpoint(two.nats.url))
         assert len(served) == 2
         # The first submit went to the queue group; it named the replica that took it,
-        # which got every later one directly, and published every ticket: the executor
-        # claimed there (no claim through the queue group) and closed there.
+        # which got every later one directly. The executor keeps to the replica its own
+        # first claim reached (it holds the claims; work submitted on the other replica
+        # reaches it through its follower), and closes there.
         [(home, endpoints)] = [
             (replica, endpoints)
             for replica, endpoints in served.items()
             if endpoints["submit_func_spec-here"][0] > 0
         ]
         assert endpoints["submit_func_spec-here"] == (rounds - 1, 0)
-        claims_ok = endpoints["claim-here"][0] - endpoints["claim-here"][1]
-        assert claims_ok == rounds
-        assert endpoints["close-here"][0] >= rounds - 1
         for replica, endpoints in served.items():
-            assert endpoints["claim"] == (0, 0), replica
             if replica != home:
                 assert endpoints["submit_func_spec-here"] == (0, 0)
-                assert endpoints["claim-here"][0] == endpoints["claim-here"][1]  # none won
+        assert sum(e["claim"][0] for e in served.values()) == 1  # the first, to any
+        [endpoints] = [e for e in served.values() if e["claim-here"][0] > 0]  # one replica
+        assert endpoints["claim-here"] == (rounds - 1, 0)
+        assert endpoints["close-here"][0] >= rounds - 1
 
         # The replica the client keeps to dies: its next commands go to the other one.
         [victim] = [e for e in two.engines if f"replica {home}" in e.log()]

@@ -62,8 +62,8 @@ attempt waits ``timeout / ATTEMPTS`` seconds for the reply."""
 class Affinity:
     """Which engine replica a client's next command goes to, and what it must wait for.
 
-    The replica that named itself last (in a reply, or on the work ticket just taken:
-    the replica whose decision made that work ready) is *preferred*. It has applied or
+    The replica that named itself last (in a reply: the one that assigned the process
+    an executor closes next, say) is *preferred*. It has applied or
     written everything it showed this client, so a command sent to it directly needs
     only what the client saw from the others (:attr:`elsewhere`, its
     ``Colonies-After``). A command to the queue group needs all of it
