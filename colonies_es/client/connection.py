@@ -58,6 +58,10 @@ ATTEMPTS = 2
 """Times a command is sent (the same signed bytes) before its timeout is reported; each
 attempt waits ``timeout / ATTEMPTS`` seconds for the reply."""
 
+HELD_MARGIN = 1.0
+"""Seconds past its hold that a held command (a claim, a ``wait_process``) waits for
+its reply before it is sent again."""
+
 
 class Affinity:
     """Which engine replica a client's next command goes to, and what it must wait for.
@@ -253,7 +257,7 @@ class Connection:
                 return await nc.request(
                     target,
                     data,
-                    timeout=self.timeout / ATTEMPTS + held,
+                    timeout=_attempt_timeout(self.timeout, held),
                     headers={AFTER_HEADER: str(after)},
                 )
             except nats.errors.NoRespondersError:
@@ -267,7 +271,8 @@ class Connection:
                     affinity.forget()
                 if attempt == ATTEMPTS:
                     raise
-                log.info("no reply to %r in %.1f s: sending it again", op, self.timeout / ATTEMPTS)
+                waited = _attempt_timeout(self.timeout, held)
+                log.info("no reply to %r in %.1f s: sending it again", op, waited)
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
@@ -329,6 +334,16 @@ class Connection:
 def _is_token(replica: str) -> bool:
     """A replica name that fits in a subject token (anything else is ignored)."""
     return replica.isascii() and replica.isalnum() and len(replica) <= 64
+
+
+def _attempt_timeout(timeout: float, held: float) -> float:
+    """Seconds one attempt waits for its reply: ``timeout / ATTEMPTS``, or for a command
+    the engine may hold ``held`` seconds, that plus at most :data:`HELD_MARGIN` (the
+    engine answers when the hold is over; a reply that did not come by then was lost, and
+    waiting long for it would hold up an executor that is stopping)."""
+    if held <= 0:
+        return timeout / ATTEMPTS
+    return held + min(timeout / ATTEMPTS, HELD_MARGIN)
 
 
 def _status(code: str) -> int:
