@@ -180,9 +180,10 @@ def measure(one: Run, runs: int) -> Measured:
             }
             settings = Settings.load(env)
             timed_env = {**env, "COLONIES_CHECKPOINT_EVENTS": "0"}  # every start alike
-            app = ColoniesApp(
-                settings.store_env(), server_id=settings.server_id, engine_prvkey=engine_prvkey
-            )
+            # The writer waits up to a minute for each append: a long log on a busy machine
+            # once took more than the default 5 s (nats-server compacting its files).
+            store_env = {**settings.store_env(), "JETSTREAM_TIMEOUT": "60"}
+            app = ColoniesApp(store_env, server_id=settings.server_id, engine_prvkey=engine_prvkey)
             try:
                 size = asyncio.run(build_log(app, server.url, one, Sealer(bytes.fromhex(seal_key))))
             finally:
