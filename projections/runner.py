@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from eventsourcing.persistence import Mapper
+from eventsourcing.persistence import ApplicationRecorder, Mapper, OperationalError
 from eventsourcing.utils import Environment
 
 from colonies_es.encryption import check_log_key
@@ -130,8 +130,7 @@ async def _project_and_serve(
             log.info("projector ready on %s at position %d", access.url, projector.position)
             if started is not None:
                 started(projector.position)
-            end = await anyio.to_thread.run_sync(recorder.max_notification_id)
-            catch_up = CatchUp(projector.position, end or 0)
+            catch_up = CatchUp(projector.position, await _log_end(recorder))
             tasks.start_soon(_follow, follower)
             try:
                 await anyio.sleep_forever()
@@ -143,6 +142,18 @@ async def _project_and_serve(
             with anyio.move_on_after(STOP_TIMEOUT):
                 await nc.drain()
             await nc.close()
+
+
+async def _log_end(recorder: ApplicationRecorder) -> int:
+    """The log's last sequence, for :class:`CatchUp` only: 0 when it cannot be read now
+    (a cluster still electing the stream's leader answers no direct get), and then the
+    catch-up is not reported; the follower does not need it."""
+    try:
+        end = await anyio.to_thread.run_sync(recorder.max_notification_id)
+    except OperationalError as error:
+        log.info("not reporting the catch-up: the log's end is unknown (%s)", error)
+        return 0
+    return end or 0
 
 
 async def _follow(follower: Follower) -> None:
