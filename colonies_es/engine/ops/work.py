@@ -32,6 +32,11 @@ CLAIM_RECHECK = 1.0
 """Seconds a held claim waits at most before it looks at the ready index again (a wake
 it missed, or one that went to a claim that then took other work)."""
 
+ALIVE_AFTER = 0.25
+"""Seconds a claim must have been held before the engine asks its claimer whether it
+still waits: a claim younger than that was sent a moment ago (asking would cost a round
+trip on every pushed assignment, for a window as short as a lost reply's)."""
+
 ALIVE_TIMEOUT = 1.0
 """Seconds the engine waits for a claimer to say it still waits before assigning it work
 that came while its claim was held."""
@@ -46,14 +51,16 @@ async def claim(
 
     With none ready, the claim is held up to ``body.wait`` seconds (at most
     :data:`MAX_CLAIM_WAIT`) and takes the first such process that becomes ready
-    meanwhile, once the claimer said it still waits (``body.alive``); then 404
+    meanwhile, once the claimer said it still waits (``body.alive``, asked when the
+    claim is older than :data:`ALIVE_AFTER`); then 404
     (:data:`NOTHING_READY`). The assignment is stamped with the time it is made."""
     executor = _claimer(aggregates, cmd, body.colonyname)
     key = (body.colonyname, executor.executortype)
     ready = aggregates.state.ready
     claiming = aggregates.claiming
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(max(body.wait, 0.0), MAX_CLAIM_WAIT)
+    arrived = loop.time()
+    deadline = arrived + min(max(body.wait, 0.0), MAX_CLAIM_WAIT)
     with aggregates.claims.holding(key, executor.executorname) as held:
         waited = False
         while True:
@@ -71,7 +78,8 @@ async def claim(
                 waited = True
                 continue
             if waited:  # time passed: is the claimer still there, and still allowed?
-                if body.alive and not await _still_waiting(aggregates, body.alive):
+                asks = body.alive and loop.time() - arrived >= ALIVE_AFTER
+                if asks and not await _still_waiting(aggregates, body.alive):
                     raise NotFound(f"{executor.executorname!r} no longer waits for work")
                 executor = _claimer(aggregates, cmd, body.colonyname)
                 now = datetime.now(UTC)
