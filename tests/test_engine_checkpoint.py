@@ -234,7 +234,8 @@ def _assert_same_state(expected: ColoniesApp, actual: ColoniesApp) -> None:
     for aggregate_id, aggregate in mine.aggregates.items():
         assert vars(theirs.aggregates[aggregate_id]) == vars(aggregate), aggregate_id
     assert any(isinstance(a, ProcessGraph) for a in mine.aggregates.values())
-    assert theirs._graph_of_process == mine._graph_of_process
+    assert theirs._legacy_graph_of == mine._legacy_graph_of
+    assert list(theirs._colony_names) == list(mine._colony_names)
     assert {c: list(g) for c, g in theirs._graphs_of_colony.items()} == {
         c: list(g) for c, g in mine._graphs_of_colony.items()
     }

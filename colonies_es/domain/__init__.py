@@ -38,8 +38,12 @@ from colonies_es.domain.base import (
     AuditedCreationEvent,
     AuditedEvent,
     colony_aggregate_id,
+    derives_graph,
     graph_aggregate_id,
+    graph_id_of_process,
+    new_graph_id,
     new_id,
+    new_process_id,
 )
 from colonies_es.domain.colony import (
     Colony,
@@ -119,7 +123,11 @@ __all__ = [
     "UserAdded",
     "WaitTimedOut",
     "colony_aggregate_id",
+    "derives_graph",
     "graph_aggregate_id",
+    "graph_id_of_process",
     "graph_state",
+    "new_graph_id",
     "new_id",
+    "new_process_id",
 ]

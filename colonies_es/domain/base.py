@@ -54,9 +54,13 @@ __all__ = [
     "clone",
     "clone_as",
     "colony_aggregate_id",
+    "derives_graph",
     "graph_aggregate_id",
+    "graph_id_of_process",
     "is_id",
+    "new_graph_id",
     "new_id",
+    "new_process_id",
 ]
 
 T = TypeVar("T")
@@ -84,9 +88,56 @@ _ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def new_id() -> str:
-    """A fresh id for a process or a graph: 64 lowercase hex characters (SHA3-256 of
-    32 random bytes, as ColonyOS makes them)."""
+    """A fresh random id (an attribute's, a log's): 64 lowercase hex characters (SHA3-256
+    of 32 random bytes, as ColonyOS makes them). Graphs and processes get ids that tell
+    their graph instead: :func:`new_graph_id`, :func:`new_process_id`."""
     return hashlib.sha3_256(os.urandom(32)).hexdigest()
+
+
+_HALF = 32
+"""Hex characters in each half of a graph or process id (128 bits)."""
+
+_GRAPH_ID_DOMAIN = b"colonies-es graph id v1\x00"
+"""Domain separation of :func:`_graph_check`: this hash serves no other purpose."""
+
+
+def _graph_check(prefix: str) -> str:
+    """The second half of the id of the graph whose ids start with ``prefix``."""
+    return hashlib.sha3_256(_GRAPH_ID_DOMAIN + prefix.encode()).hexdigest()[:_HALF]
+
+
+def new_graph_id() -> str:
+    """A fresh process graph id, ``p + H(p)``: ``p`` 32 random hex characters, ``H(p)``
+    the first 32 hex characters of a domain-separated SHA3-256 of ``p``. Every process
+    of the graph gets an id ``p + r`` (:func:`new_process_id`), so the graph of a
+    process follows from its id (:func:`graph_id_of_process`) with no index."""
+    prefix = os.urandom(_HALF // 2).hex()
+    return prefix + _graph_check(prefix)
+
+
+def new_process_id(processgraphid: str) -> str:
+    """A fresh id for a process of graph ``processgraphid``: the graph's first 32 hex
+    characters then 32 random ones (unique within the graph with overwhelming
+    probability; the graph still refuses a repeat)."""
+    return processgraphid[:_HALF] + os.urandom(_HALF // 2).hex()
+
+
+def graph_id_of_process(processid: str) -> str | None:
+    """The id of the graph a process of this id would belong to (``p + H(p)`` for
+    ``p = processid[:32]``), or None when ``processid`` is not an id. Whether that graph
+    exists and holds the process is for the caller to check: a process id made before
+    these ids (a *legacy* id, random) or a crafted one derives to a graph that does not
+    exist, or that does not hold it."""
+    if not is_id(processid):
+        return None
+    prefix = processid[:_HALF]
+    return prefix + _graph_check(prefix)
+
+
+def derives_graph(processgraphid: str) -> bool:
+    """True if ``processgraphid`` is of the form ``p + H(p)`` (made by
+    :func:`new_graph_id`), so its processes' ids may derive to it."""
+    return is_id(processgraphid) and _graph_check(processgraphid[:_HALF]) == processgraphid[_HALF:]
 
 
 def check_name(value: str, what: str) -> str:

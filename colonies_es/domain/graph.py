@@ -31,7 +31,9 @@ from colonies_es.domain.base import (
     clone_as,
     graph_aggregate_id,
     is_id,
+    new_graph_id,
     new_id,
+    new_process_id,
 )
 from colonies_es.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from colonies_es.domain.graph_events import (
@@ -174,12 +176,16 @@ class ProcessGraph(AuditedAggregate):
 
         Every process is recorded at once, WAITING; those without dependencies are
         ready with ``in=[]``. ``ids`` supplies fresh ids, the graph's first then one per
-        spec in order (default: random ids). Raises BadRequest, triggering nothing, for
-        a workflow SEMANTICS.md refuses (see :func:`.submission.plan_workflow`); the
-        engine checks that the colony exists and the initiator is a member.
+        spec in order. By default the graph's id is a :func:`~.base.new_graph_id` and
+        its processes' ids derive from it (:func:`~.base.new_process_id`), so the graph
+        of a process follows from its id; other ids (tests give some, logs written
+        before kept random ones) are *legacy* ids the engine indexes. Raises BadRequest,
+        triggering nothing, for a workflow SEMANTICS.md refuses (see
+        :func:`.submission.plan_workflow`); the engine checks that the colony exists and
+        the initiator is a member.
         """
         planned = plan_workflow(colonyname, workflow)
-        fresh = _checked_ids(ids if ids is not None else _random_ids(), 1 + len(planned))
+        fresh = _checked_ids(ids if ids is not None else _graph_ids(), 1 + len(planned))
         processgraphid = fresh[0]
         processids = {node.nodename: pid for node, pid in zip(planned, fresh[1:], strict=True)}
         processes = [
@@ -230,14 +236,15 @@ class ProcessGraph(AuditedAggregate):
         """A new graph re-running ``failed`` from its failure (GraphRerun): its processes
         and links (dynamically added ones included) under new ids; the ones that
         succeeded keep their recorded output and are not run again; the failed node and
-        everything depending on it run. Raises Conflict unless ``failed`` FAILED."""
+        everything depending on it run (new ids as :meth:`submit` makes them, or from
+        ``ids``). Raises Conflict unless ``failed`` FAILED."""
         if failed.state != _FAILED:
             raise Conflict(
                 f"process graph {failed.processgraphid} is {_state_name(failed.state)}: "
                 "only a FAILED graph can be re-run from its failure"
             )
         old_ids = list(failed.nodes)
-        fresh = _checked_ids(ids if ids is not None else _random_ids(), 1 + len(old_ids))
+        fresh = _checked_ids(ids if ids is not None else _graph_ids(), 1 + len(old_ids))
         renamed = dict(zip(old_ids, fresh[1:], strict=True))
         processes = []
         completed: dict[str, list[Any]] = {}
@@ -456,7 +463,9 @@ class ProcessGraph(AuditedAggregate):
         check_spec(self.colonyname, named, f"child {nodename!r}")
         if self.find_by_nodename(named.nodename) is not None:
             raise Conflict(f"nodename {named.nodename!r} is already used in this graph")
-        new = processid if processid is not None else new_id()
+        new = processid if processid is not None else new_process_id(self.processgraphid)
+        if new in self.nodes:
+            raise Conflict(f"process {new} is already in process graph {self.processgraphid}")
         if insert:
             children = list(parent.children)
         elif childprocessid:
@@ -877,9 +886,13 @@ def _checked_ids(ids: Iterator[str], count: int) -> list[str]:
     return taken
 
 
-def _random_ids() -> Iterator[str]:
+def _graph_ids() -> Iterator[str]:
+    """A new graph's id then ids for its processes, each telling the graph
+    (:func:`~.base.new_graph_id`, :func:`~.base.new_process_id`)."""
+    processgraphid = new_graph_id()
+    yield processgraphid
     while True:
-        yield new_id()
+        yield new_process_id(processgraphid)
 
 
 def _describe(node: ProcessNode) -> str:

@@ -42,6 +42,7 @@ from colonies_es.domain import (
     ProcessGraph,
     colony_aggregate_id,
     graph_aggregate_id,
+    graph_id_of_process,
 )
 from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.held import HeldClaims, ProcessEnds
@@ -131,12 +132,25 @@ class Aggregates:
         if cmd.caller_id != self.server_id:
             raise Forbidden("only the server owner can do this")
 
-    def graph_id_of(self, processid: str) -> str:
-        """The aggregate id of the graph holding the process, or NotFound."""
+    async def graph_id_of(self, processid: str) -> str:
+        """The aggregate id of the graph holding the process, or NotFound.
+
+        Memory answers for live work (a resident graph, one recently loaded, a legacy
+        id: :meth:`EngineState.graph_of`), so claims and closes never read the log.
+        Otherwise the process's id names its graph (``p + H(p)`` for ``p`` its first
+        half, :func:`~colonies_es.domain.graph_id_of_process`), which is read from its
+        own subject in each colony (few) until one holds the process: a crafted id,
+        whose graph does not exist or does not hold it, finds nothing."""
         graph_id = self.state.graph_of(processid)
-        if graph_id is None:
-            raise NotFound(f"process {processid} does not exist")
-        return graph_id
+        if graph_id is not None:
+            return graph_id
+        processgraphid = graph_id_of_process(processid)
+        if processgraphid is not None:
+            for colonyname in self.state.colony_names():
+                graph = await self.load(graph_aggregate_id(colonyname, processgraphid))
+                if isinstance(graph, ProcessGraph) and processid in graph.nodes:
+                    return graph.id
+        raise NotFound(f"process {processid} does not exist")
 
     def graph_id_by_graphid(self, processgraphid: str) -> str:
         """The aggregate id of the process graph with this (client-facing) id, or NotFound."""

@@ -70,8 +70,11 @@ __all__ = [
 
 log = logging.getLogger("colonies.engine")
 
-FORMAT = 1
-"""The checkpoint format; a head of another format is refused (the log is replayed)."""
+FORMAT = 2
+"""The checkpoint format; a head of another format is refused (the log is replayed, and
+the engine says why in one line). 2: process ids derive to their graph, so a
+checkpoint lists only the processes whose id does not (legacy ids); format 1 listed
+every process ever, and is refused rather than read."""
 
 CHUNK_BYTES = 512 * 1024
 """Bytes of body per chunk message (under NATS's default 1 MB message limit)."""

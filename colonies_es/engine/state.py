@@ -37,7 +37,7 @@ import sys
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -51,6 +51,9 @@ from colonies_es.domain import (
     GraphCancelled,
     GraphRemoved,
     ProcessGraph,
+    derives_graph,
+    graph_aggregate_id,
+    graph_id_of_process,
 )
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.models import ProcessState
@@ -135,7 +138,8 @@ class ColonyGraphs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     graphs: bytes
     """The colony's processgraph ids, 32 bytes each, oldest first."""
     processes: bytes
-    """Process ids, 32 bytes each."""
+    """The ids of the colony's processes whose id does not derive to their graph
+    (legacy ids, see :meth:`EngineState.graph_of`), 32 bytes each."""
     graph_of: bytes
     """Per process, the index of its graph in ``graphs`` (unsigned 32-bit little endian)."""
     evicted: list[int]
@@ -181,7 +185,11 @@ class EngineState:
         """The stream sequence the follower has applied the log up to."""
         self.written = 0
         """The highest stream sequence this replica has written or installed."""
-        self._graph_of_process: dict[str, str] = {}
+        self._legacy_graph_of: dict[str, str] = {}
+        """Process id -> graph aggregate id, only for the processes whose id does not
+        derive to their graph (:func:`~colonies_es.domain.graph_id_of_process`): ids made
+        before derived ids, or given by tests. Empty for a log written since."""
+        self._colony_names: dict[str, None] = {}
         self._graphs_of_colony: dict[str, dict[str, None]] = {}  # ordered: oldest first
         self._loaded: OrderedDict[str, ProcessGraph] = OrderedDict()
         self._ending: dict[str, int] = {}  # resident evictable graph -> its last sequence
@@ -288,8 +296,11 @@ class EngineState:
             totals[index] += sign * value
 
     def _settle(self, aggregate: AuditedAggregate, sequence: int) -> None:
-        """Notes whether a resident graph may be evicted once ``sequence`` is applied."""
+        """Notes whether a resident graph may be evicted once ``sequence`` is applied
+        (and the name of a colony)."""
         if not isinstance(aggregate, ProcessGraph):
+            if isinstance(aggregate, Colony):
+                self._colony_names[aggregate.name] = None
             return
         self._recount.add(aggregate.id)
         self._resident_of_colony.setdefault(aggregate.colonyname, {})[aggregate.id] = None
@@ -305,8 +316,23 @@ class EngineState:
         return max(self.applied, self.written)
 
     def graph_of(self, processid: str) -> str | None:
+        """The aggregate id of the graph holding ``processid``, if memory tells: a
+        legacy id's graph, or a resident (or recently loaded) graph its id derives to
+        that holds it. None otherwise: the graph may still be in the log
+        (:meth:`~.aggregates.Aggregates.graph_id_of` asks it)."""
         with self._lock:
-            return self._graph_of_process.get(processid)
+            legacy = self._legacy_graph_of.get(processid)
+            if legacy is not None:
+                return legacy
+            processgraphid = graph_id_of_process(processid)
+            if processgraphid is None:
+                return None
+            for colonyname in self._colony_names:
+                graph_id = graph_aggregate_id(colonyname, processgraphid)
+                graph = self.aggregates.get(graph_id) or self._loaded.get(graph_id)
+                if isinstance(graph, ProcessGraph) and processid in graph.nodes:
+                    return graph_id
+            return None
 
     def graph_ids(self, colonyname: str) -> list[str]:
         """The ids of the colony's graphs (resident or not), oldest first."""
@@ -322,8 +348,9 @@ class EngineState:
         return [g for g in graphs if isinstance(g, ProcessGraph) and not g.removed]
 
     def colony_names(self) -> list[str]:
+        """Every colony the log has (removed ones too): few, so lookups try each."""
         with self._lock:
-            return list(self._graphs_of_colony)
+            return list(self._colony_names)
 
     def executor_types(self) -> set[Key]:
         """(colony, executor type) of every APPROVED executor."""
@@ -410,7 +437,7 @@ class EngineState:
             applied = self.applied
             resident = list(self.aggregates)
             colonies = {name: list(ids) for name, ids in self._graphs_of_colony.items()}
-            graph_of_process = dict(self._graph_of_process)
+            legacy = dict(self._legacy_graph_of)
             evicted = {name: list(totals) for name, totals in self._evicted_counts.items()}
             last_heard = dict(self.last_heard)
 
@@ -418,7 +445,7 @@ class EngineState:
             return LiveState(
                 applied=applied,
                 resident=resident,
-                colonies=_pack_colonies(colonies, graph_of_process, evicted),
+                colonies=_pack_colonies(colonies, legacy, evicted),
                 last_heard=last_heard,
             )
 
@@ -430,7 +457,7 @@ class EngineState:
         loads the resident aggregates (:meth:`apply` with ``index=False``, up to
         ``live.applied``), calls :meth:`index_all` and applies the log after it."""
         graphs_of_colony: dict[str, dict[str, None]] = {}
-        graph_of_process: dict[str, str] = {}
+        legacy: dict[str, str] = {}
         for colony in live.colonies:
             prefix = f"{colony.colonyname}.graph."
             graphs = [prefix + hex_id for hex_id in _hex_ids(colony.graphs)]
@@ -442,12 +469,12 @@ class EngineState:
             processes = _hex_ids(colony.processes)
             if len(processes) != len(owners):
                 raise ValueError(f"{len(processes)} processes but {len(owners)} graphs of them")
-            graph_of_process.update(zip(processes, map(graphs.__getitem__, owners), strict=True))
+            legacy.update(zip(processes, map(graphs.__getitem__, owners), strict=True))
         with self._lock:
             if self.aggregates or self._graphs_of_colony:
                 raise RuntimeError("restore into a state that is not empty")
             self._graphs_of_colony = graphs_of_colony
-            self._graph_of_process = graph_of_process
+            self._legacy_graph_of = legacy
             self._evicted_counts = {
                 colony.colonyname: list(colony.evicted)
                 for colony in live.colonies
@@ -516,6 +543,14 @@ class EngineState:
             if node.assignedexecutorid and moment is not None:
                 self._heard(node.assignedexecutorid, moment)
 
+    def _index_legacy(self, graph: ProcessGraph, processids: Iterable[str]) -> None:
+        """Records which of ``processids`` (of ``graph``) have ids that do not derive
+        to it: only those need the legacy map (one hash per call, none per process)."""
+        prefix = graph.processgraphid[:32] if derives_graph(graph.processgraphid) else None
+        for processid in processids:
+            if prefix is None or not processid.startswith(prefix):
+                self._legacy_graph_of[processid] = graph.id
+
     def _index_graph(
         self,
         graph: ProcessGraph,
@@ -528,8 +563,8 @@ class EngineState:
         with self._lock:
             if events is None or any(e.originator_version == 1 for e in events):
                 self._graphs_of_colony.setdefault(graph.colonyname, {})[graph.id] = None
-                for processid in graph.nodes:
-                    self._graph_of_process[processid] = graph.id
+                self._colony_names[graph.colonyname] = None
+                self._index_legacy(graph, graph.nodes)
             # Ordered (a dict): processes made ready together keep the event's order.
             touched: dict[str, None] = dict.fromkeys(graph.nodes) if events is None else {}
             if events is None and heard_from_nodes:
@@ -538,7 +573,7 @@ class EngineState:
                 self._heard(event.actor, event.timestamp)
                 child = getattr(event, "child", None)
                 if child is not None:
-                    self._graph_of_process[child["processid"]] = graph.id
+                    self._index_legacy(graph, (child["processid"],))
                 touched.update(dict.fromkeys(r["processid"] for r in getattr(event, "ready", ())))
                 event_process: str | None = getattr(event, "processid", None)
                 if event_process:
@@ -607,7 +642,7 @@ def _packed(hex_ids: list[str]) -> bytes:
 
 def _pack_colonies(
     colonies: dict[str, list[str]],
-    graph_of_process: dict[str, str],
+    legacy: dict[str, str],
     evicted: dict[str, list[int]],
 ) -> list[ColonyGraphs]:
     """The graph indices, one :class:`ColonyGraphs` per colony (see :meth:`EngineState.capture`).
@@ -621,7 +656,7 @@ def _pack_colonies(
         colony_of.update(dict.fromkeys(graph_ids, colonyname))
     processes: dict[str, list[str]] = {name: [] for name in colonies}
     owners: dict[str, array[int]] = {name: array("I") for name in colonies}
-    for processid, graph_id in graph_of_process.items():
+    for processid, graph_id in legacy.items():
         colonyname = colony_of[graph_id]
         processes[colonyname].append(processid)
         owners[colonyname].append(position[graph_id])

@@ -42,7 +42,7 @@ async def add_child(
     """Adds a process under a parent of a running graph (within the pending quota);
     answers with the new process."""
     graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
-    if aggregates.graph_id_of(body.parentprocessid) != graph_id:
+    if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
         raise NotFound(
             f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
         )

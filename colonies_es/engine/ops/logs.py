@@ -16,7 +16,7 @@ async def add_log(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: AddLog, now: datetime
 ) -> Reply:
     """Appends a log line to a process, named after the caller's executor."""
-    graph_id = aggregates.graph_id_of(body.processid)
+    graph_id = await aggregates.graph_id_of(body.processid)
     graph = await aggregates.load(graph_id)
     if not isinstance(graph, ProcessGraph):
         raise NotFound(f"process {body.processid} does not exist")
@@ -33,7 +33,7 @@ async def get_process_log(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GetLogs, now: datetime
 ) -> Reply:
     """The process's log lines after ``since`` (unix ns), the last ``count`` if positive."""
-    graph_id = aggregates.graph_id_of(body.processid)
+    graph_id = await aggregates.graph_id_of(body.processid)
     graph = await aggregates.readable(cmd, graph_id)
     logs = [
         Log(

@@ -60,7 +60,7 @@ async def _submit(
 async def get_process(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
 ) -> Reply:
-    graph = await aggregates.readable(cmd, aggregates.graph_id_of(body.processid))
+    graph = await aggregates.readable(cmd, await aggregates.graph_id_of(body.processid))
     return Reply(encode(graph.process_model(body.processid)))
 
 
@@ -72,7 +72,7 @@ async def wait_process(
     meanwhile (:class:`~colonies_es.engine.held.ProcessEnds`) and answered as soon as
     this replica applies the event that ends it, its own or another replica's. Members
     of the process's colony only, as ``get_process``."""
-    graph_id = aggregates.graph_id_of(body.processid)
+    graph_id = await aggregates.graph_id_of(body.processid)
     graph = await aggregates.readable(cmd, graph_id)
     if graph.nodes[body.processid].state not in ENDED:
         await aggregates.ends.wait(body.processid, min(max(body.wait, 0.0), MAX_CLAIM_WAIT))
@@ -100,7 +100,7 @@ async def remove_process(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
 ) -> Reply:
     """Removes a process submitted alone (a graph of one); 409 for part of a workflow."""
-    graph_id = aggregates.graph_id_of(body.processid)
+    graph_id = await aggregates.graph_id_of(body.processid)
     graph = await aggregates.readable(cmd, graph_id)
     if len(graph.nodes) > 1:
         raise Conflict(
@@ -117,7 +117,7 @@ async def add_attribute(
     """Adds a key/value attribute to a process; answers with the attribute."""
     added: list[str] = []
     graph, effects = await aggregates.change_graph(
-        aggregates.graph_id_of(body.processid),
+        await aggregates.graph_id_of(body.processid),
         lambda g: added.append(
             g.add_attribute(body.processid, cmd.caller_id, body.key, body.value, **audit(cmd, now))
         ),

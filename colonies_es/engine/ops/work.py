@@ -129,7 +129,7 @@ async def close(
 ) -> Reply:
     """Ends the caller's attempt with SUCCESS and its output."""
     _, effects = await aggregates.change_graph(
-        aggregates.graph_id_of(body.processid),
+        await aggregates.graph_id_of(body.processid),
         lambda g: g.close(
             body.processid, cmd.caller_id, list(body.out), attempt=body.attempt, **audit(cmd, now)
         ),
@@ -142,7 +142,7 @@ async def fail(
 ) -> Reply:
     """Ends the caller's attempt as failed (retried while the function allows)."""
     _, effects = await aggregates.change_graph(
-        aggregates.graph_id_of(body.processid),
+        await aggregates.graph_id_of(body.processid),
         lambda g: g.fail(
             body.processid,
             cmd.caller_id,
@@ -159,7 +159,7 @@ async def set_output(
 ) -> Reply:
     """Records the output of the caller's running attempt without ending it."""
     _, effects = await aggregates.change_graph(
-        aggregates.graph_id_of(body.processid),
+        await aggregates.graph_id_of(body.processid),
         lambda g: g.set_output(
             body.processid, cmd.caller_id, list(body.out), attempt=body.attempt, **audit(cmd, now)
         ),
