@@ -3,10 +3,23 @@ graph from its failure, without NATS."""
 
 from __future__ import annotations
 
+import random
+from typing import NoReturn
+
+import pytest
 from eventsourcing.application import project_aggregate
 
-from colonies_es.domain import ChildAdded, Conflict, Forbidden, GraphRerun, ProcessGraph
+from colonies_es.domain import (
+    ChildAdded,
+    Conflict,
+    Forbidden,
+    GraphRerun,
+    ProcessGraph,
+    ProcessNode,
+    graph_state,
+)
 from tests.test_domain_graph import (
+    FAILED,
     SUCCESS,
     T0,
     USER_ID,
@@ -171,3 +184,89 @@ def test_a_decision_on_a_copy_clones_only_the_processes_it_changes() -> None:
     assert draft.process(pid(draft, "reduce")).is_ready
     changed = [p for p, node in draft.nodes.items() if dict.get(graph.nodes, p) is not node]
     assert sorted(changed) == sorted([pid(graph, children[-1]), pid(graph, "reduce")])
+
+
+class _NoWalk(dict[str, ProcessNode]):
+    """The processes of a graph, refusing to be walked: a decision that iterates them
+    (the cost of the graph, not of what changes) fails the test."""
+
+    def _walked(self, *args: object) -> NoReturn:
+        raise AssertionError("a decision walked every process of the graph")
+
+    __iter__ = values = items = keys = _walked  # type: ignore[assignment]
+
+
+def test_decisions_on_a_wide_graph_never_walk_its_processes() -> None:
+    """add_child, assign and close on a map of 300 children (and the reduce's readiness
+    after the last) read counts kept beside the processes, not the processes: each
+    decision costs what it changes, not the size of the graph."""
+    graph = submit(spec("map"), spec("reduce", "map"))
+    assign(graph, "map")
+    graph.collect_events()
+    graph.nodes = _NoWalk(graph.nodes)
+    children = [f"pair_{i}" for i in range(300)]
+    for i, name in enumerate(children):
+        add(graph, "map", name, i == 0, "reduce")
+    close(graph, "map", [])
+    assert len(last_event(graph).ready) == 300
+    for name in children:
+        run(graph, name, [1, 2])
+    assert state_of(graph, "reduce") == WAITING
+    assert graph.process(pid(graph, "reduce")).is_ready
+    assert graph.process(pid(graph, "reduce")).input == [1, 2] * 300
+    run(graph, "reduce", [900])
+    assert graph.state == SUCCESS
+    assert graph.count_in(SUCCESS) == 302
+
+
+def _counts_from_scratch(graph: ProcessGraph) -> tuple[list[int], int]:
+    states = [node.state for node in graph.nodes.values()]
+    return [states.count(state) for state in range(5)], graph_state(states)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kept_counts_match_the_processes_through_random_runs(seed: int) -> None:
+    """Through a random schedule on a wide map (children added, run in random order,
+    some failing with a retry, one failing for good in half the seeds), the counts a
+    decision reads equal a walk of the processes, and so does a replay of the log."""
+    rng = random.Random(seed)
+    graph = submit(spec("map"), spec("reduce", "map"), spec("after", "reduce"))
+    assign(graph, "map")
+    names = [f"pair_{i}" for i in range(60)]
+    for i, name in enumerate(names):
+        graph.add_child(
+            pid(graph, "map"),
+            WORKER.executorid,
+            spec("pair", maxretries=1),
+            name,
+            insert=i == 0,
+            childprocessid="" if i == 0 else pid(graph, "reduce"),
+            now=at(1),
+            actor=WORKER.executorid,
+            command=b"{}",
+        )
+    close(graph, "map", [])
+    pending = list(names)
+    rng.shuffle(pending)
+    for name in pending:
+        if graph.process(pid(graph, name)).state != WAITING:
+            continue  # cancelled by a failure
+        assign(graph, name)
+        roll = rng.random()
+        if roll < 0.1:
+            fail(graph, name, ["once"])  # retried: ready again
+            assign(graph, name)
+        if roll < 0.02 and seed % 2:
+            fail(graph, name, ["for good"])
+        else:
+            close(graph, name, [1])
+        counts, state = _counts_from_scratch(graph)
+        assert [graph.count_in(s) for s in range(5)] == counts
+        assert graph.state == state
+    replayed = project_aggregate(None, graph.collect_events())
+    assert isinstance(replayed, ProcessGraph)
+    assert [replayed.count_in(s) for s in range(5)] == _counts_from_scratch(graph)[0]
+    reduce = graph.process(pid(graph, "reduce"))
+    assert reduce.is_ready == (graph.count_in(FAILED) == 0)
+    assert graph.find_by_nodename("pair_7") is graph.process(pid(graph, "pair_7"))
+    assert graph.find_by_nodename("pair_999") is None

@@ -62,15 +62,22 @@ class GraphEvent(AuditedEvent):
     """The graph's state after this event (a ProcessState code)."""
 
     def apply(self, aggregate: ProcessGraph) -> None:
+        before = aggregate.states_of(self.state_changes())
         self.change_processes(aggregate)
         for ready in self.ready:
             aggregate.nodes[ready["processid"]].make_ready(ready)
+        aggregate.recount(before)
         aggregate.state = self.graphstate
         if aggregate.endtime is None and self.graphstate in _ENDED:
             aggregate.endtime = self.timestamp
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
         """The changes particular to this kind of event (before readiness and state)."""
+
+    def state_changes(self) -> list[str]:
+        """The processes (already in the graph) whose state this event may change: the
+        graph keeps its counts of states from them (:meth:`ProcessGraph.recount`)."""
+        return []
 
 
 class SubmittedProcess(TypedDict):
@@ -93,6 +100,10 @@ class GraphSubmitted(AuditedCreationEvent, GraphEvent):
     processes: list[SubmittedProcess]
     """Every process, in the workflow's order."""
     rootprocessids: list[str]
+
+    def apply(self, aggregate: ProcessGraph) -> None:
+        super().apply(aggregate)
+        aggregate.index_processes()
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
         aggregate.colonyname = self.colonyname
@@ -136,6 +147,9 @@ class ProcessAssigned(GraphEvent):
     attempt: int
     execdeadline: datetime | None
 
+    def state_changes(self) -> list[str]:
+        return [self.processid]
+
     def change_processes(self, aggregate: ProcessGraph) -> None:
         aggregate.nodes[self.processid].start(self.executorid, self.timestamp, self.execdeadline)
         if aggregate.starttime is None:
@@ -162,6 +176,9 @@ class ProcessClosed(GraphEvent):
     attempt: int
     output: list[Any]
 
+    def state_changes(self) -> list[str]:
+        return [self.processid]
+
     def change_processes(self, aggregate: ProcessGraph) -> None:
         aggregate.nodes[self.processid].succeed(self.output, self.timestamp)
 
@@ -182,6 +199,9 @@ class AttemptFailed(GraphEvent):
 
     outcome: ClassVar[Outcome] = "failed"
     """How the attempt ended, by kind of event (not a field)."""
+
+    def state_changes(self) -> list[str]:
+        return [self.processid, *self.cancelled]
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
         node = aggregate.nodes[self.processid]
@@ -214,6 +234,9 @@ class WaitTimedOut(GraphEvent):
     cancelled: list[str]
     cancelreason: str
 
+    def state_changes(self) -> list[str]:
+        return [self.processid, *self.cancelled]
+
     def change_processes(self, aggregate: ProcessGraph) -> None:
         aggregate.nodes[self.processid].fail("failed", self.errors, self.timestamp)
         aggregate.cancel_processes(self.cancelled, self.cancelreason, self.timestamp)
@@ -225,6 +248,9 @@ class GraphCancelled(GraphEvent):
 
     cancelled: list[str]
     cancelreason: str
+
+    def state_changes(self) -> list[str]:
+        return list(self.cancelled)
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
         aggregate.cancel_processes(self.cancelled, self.cancelreason, self.timestamp)
@@ -249,24 +275,28 @@ class ChildAdded(GraphEvent):
 
     def change_processes(self, aggregate: ProcessGraph) -> None:
         new = self.child["processid"]
-        aggregate.nodes[new] = ProcessNode(
-            processid=new,
-            spec=clone_as(self.child["spec"], FuncSpec),
-            parents=list(self.child["parents"]),
-            children=list(self.child["children"]),
-            submissiontime=self.timestamp,
+        aggregate.add_process(
+            ProcessNode(
+                processid=new,
+                spec=clone_as(self.child["spec"], FuncSpec),
+                parents=list(self.child["parents"]),
+                children=list(self.child["children"]),
+                submissiontime=self.timestamp,
+            )
         )
         parent = aggregate.nodes[self.parentprocessid]
         if self.insert:
+            # The parent (RUNNING: its executor adds) gives its place to the new
+            # process (WAITING): its children's parents left stay as they were.
             parent.children = [new]
             for processid in self.child["children"]:
                 node = aggregate.nodes[processid]
                 node.parents = [new if p == self.parentprocessid else p for p in node.parents]
         else:
-            parent.children = [*parent.children, new]
+            parent.children.append(new)  # parent is this graph's own clone
             for processid in self.child["children"]:
-                node = aggregate.nodes[processid]
-                node.parents = [*node.parents, new]
+                aggregate.nodes[processid].parents.append(new)
+                aggregate.parent_added(processid)
 
 
 class AttributeAdded(GraphEvent):

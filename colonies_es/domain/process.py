@@ -144,6 +144,20 @@ class ProcessNode(msgspec.Struct, kw_only=True):
         """True if a failed attempt may be retried: ``maxretries > 0`` not yet used up."""
         return self.retries < self.spec.maxretries
 
+    def own_copy(self) -> ProcessNode:
+        """A copy that a copied graph may change without touching this one. Only what
+        events change in place is copied (the links, the attempts, the attributes);
+        the user's data (spec, input, output, errors) is shared, because events only
+        ever replace it, never change it. Far cheaper than a deep clone for a process
+        with many parents (a reduce under a thousand pairs)."""
+        return msgspec.structs.replace(
+            self,
+            parents=list(self.parents),
+            children=list(self.children),
+            attempts=[msgspec.structs.replace(attempt) for attempt in self.attempts],
+            attributes=list(self.attributes),
+        )
+
     # --- changes, made only by events ----------------------------------------------------
 
     def make_ready(self, ready: ReadyProcess) -> None:

@@ -73,12 +73,11 @@ def graph_counts(graph: ProcessGraph) -> tuple[int, int, int, int]:
     """What ``graph`` adds to :data:`COUNTED` (nothing once removed)."""
     if graph.removed:
         return (0, 0, 0, 0)
-    states = [node.state for node in graph.nodes.values()]
     return (
         int(graph.state == ProcessState.SUCCESS),
         int(graph.state == ProcessState.FAILED),
-        states.count(ProcessState.SUCCESS),
-        states.count(ProcessState.FAILED),
+        graph.count_in(ProcessState.SUCCESS),
+        graph.count_in(ProcessState.FAILED),
     )
 
 
@@ -90,7 +89,7 @@ def pending_count(graph: ProcessGraph) -> int:
     graph that ended or was removed counts none): what the pending quota counts."""
     if graph.removed or graph.state not in _PENDING:
         return 0
-    return sum(1 for node in graph.nodes.values() if node.state in _PENDING)
+    return graph.count_in(*_PENDING)
 
 
 def evictable(graph: ProcessGraph) -> bool:
