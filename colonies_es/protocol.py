@@ -276,6 +276,19 @@ class AddChild(msgspec.Struct, kw_only=True):
     insert: bool = False
 
 
+class AddChildren(msgspec.Struct, kw_only=True):
+    """Several children of a running parent in one command (``add_children``): the
+    i-th runs ``specs[i]`` as ``nodenames[i]``; ``insert`` and ``childprocessid`` as in
+    :class:`AddChild`, for all of them together."""
+
+    processgraphid: str
+    parentprocessid: str
+    childprocessid: str = ""
+    specs: list[FuncSpec]
+    nodenames: list[str]
+    insert: bool = False
+
+
 class Empty(msgspec.Struct):
     pass
 
@@ -315,5 +328,6 @@ OPS: dict[str, type[msgspec.Struct]] = {
     "cancel_processgraph": GraphRef,
     "rerun_processgraph": GraphRef,
     "add_child": AddChild,
+    "add_children": AddChildren,
 }
 """Every op the engine serves, with the type of its body."""

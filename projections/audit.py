@@ -63,6 +63,7 @@ from colonies_es.domain import (
     AuditedEvent,
     BadRequest,
     ChildAdded,
+    ChildrenAdded,
     Colony,
     ColonyCreated,
     ColonyRemoved,
@@ -140,6 +141,7 @@ CAUSES: dict[type[AuditedEvent], frozenset[str]] = {
     WaitTimedOut: frozenset({"expire_wait"}),
     GraphCancelled: frozenset({"cancel_processgraph"}),
     ChildAdded: frozenset({"add_child"}),
+    ChildrenAdded: frozenset({"add_children"}),
     AttributeAdded: frozenset({"add_attribute"}),
     LogAdded: frozenset({"add_log"}),
     GraphRemoved: frozenset(
@@ -451,6 +453,20 @@ class Auditor:
                     "child spec",
                     event.child["spec"],
                     {**to_dict(body.spec), "nodename": body.nodename},
+                ),
+            ]
+        if isinstance(event, ChildrenAdded) and isinstance(body, p.AddChildren):
+            return [
+                *_holder(graph, event.parentprocessid, signer),
+                *_same("graph", graph.processgraphid, body.processgraphid),
+                *_same("parent", event.parentprocessid, body.parentprocessid),
+                *_same(
+                    "children's specs",
+                    [child["spec"] for child in event.children],
+                    [
+                        {**to_dict(spec), "nodename": nodename}
+                        for spec, nodename in zip(body.specs, body.nodenames, strict=False)
+                    ],
                 ),
             ]
         processid = getattr(event, "processid", "")

@@ -40,6 +40,7 @@ from colonies_es.domain import (
     AttributeAdded,
     AuditedEvent,
     ChildAdded,
+    ChildrenAdded,
     ColonyCreated,
     ExecutionTimedOut,
     ExecutorAdded,
@@ -403,6 +404,9 @@ class _Narrator:
                 self.nodenames[process["processid"]] = process["spec"].get("nodename", "")
         elif isinstance(event, ChildAdded):
             self.nodenames[event.child["processid"]] = event.child["spec"].get("nodename", "")
+        elif isinstance(event, ChildrenAdded):
+            for child in event.children:
+                self.nodenames[child["processid"]] = child["spec"].get("nodename", "")
         parts = [self._what(event)]
         ready = [r for r in event.ready if getattr(event, "processid", None) != r["processid"]]
         if ready:
@@ -449,6 +453,16 @@ class _Narrator:
                 what += " (insert)"
             if child["children"]:
                 what += " before " + ", ".join(self.name(pid) for pid in child["children"])
+            return what
+        if isinstance(event, ChildrenAdded):
+            names = [self.name(child["processid"]) for child in event.children]
+            what = f"{self.name(event.parentprocessid)} added {_count(names, 'process')} "
+            what += _listing(names, "(")
+            waiting = event.children[0]["children"] if event.children else []
+            if event.insert and waiting:
+                what += " (insert)"
+            if waiting:
+                what += " before " + ", ".join(self.name(pid) for pid in waiting)
             return what
         if isinstance(event, AttributeAdded):
             return f"{self.name(event.processid)} attribute {event.key}={_text(event.value)}"

@@ -71,6 +71,7 @@ from colonies_es.domain import (
     AuditedCreationEvent,
     AuditedEvent,
     ChildAdded,
+    ChildrenAdded,
     Colony,
     GraphEvent,
     LogAdded,
@@ -105,7 +106,7 @@ DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Events that name every process they change, in ``processid``, ``ready``, ``cancelled``,
-# ``parentprocessid`` or ``child`` (with the processes it relinks, its children). For any
+# ``parentprocessid``, ``child`` or ``children`` (with the processes they relink). For any
 # other event (submission, cancel, remove, kinds added later) every process of the graph
 # is rewritten.
 _NAMING_THEIR_PROCESSES = (
@@ -115,6 +116,7 @@ _NAMING_THEIR_PROCESSES = (
     AttemptFailed,
     WaitTimedOut,
     ChildAdded,
+    ChildrenAdded,
     AttributeAdded,
     LogAdded,
 )
@@ -464,6 +466,9 @@ def _named_processes(event: AuditedEvent) -> set[str] | None:
     if child is not None:  # the new process and those whose parents it changed
         named.add(child["processid"])
         named.update(child["children"])
+    for added in getattr(event, "children", ()):  # ChildrenAdded: several at once
+        named.add(added["processid"])
+        named.update(added["children"])
     return named
 
 

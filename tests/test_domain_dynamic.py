@@ -12,6 +12,7 @@ from eventsourcing.application import project_aggregate
 from colonies_es.domain import (
     ChildAdded,
     Conflict,
+    DomainError,
     Forbidden,
     GraphRerun,
     ProcessGraph,
@@ -20,6 +21,7 @@ from colonies_es.domain import (
 )
 from tests.test_domain_graph import (
     FAILED,
+    OTHER,
     SUCCESS,
     T0,
     USER_ID,
@@ -33,6 +35,7 @@ from tests.test_domain_graph import (
     fail,
     last_event,
     pid,
+    ready_names,
     refused,
     run,
     spec,
@@ -270,3 +273,99 @@ def test_kept_counts_match_the_processes_through_random_runs(seed: int) -> None:
     assert reduce.is_ready == (graph.count_in(FAILED) == 0)
     assert graph.find_by_nodename("pair_7") is graph.process(pid(graph, "pair_7"))
     assert graph.find_by_nodename("pair_999") is None
+
+
+def _add_all(
+    graph: ProcessGraph, names: list[str], insert: bool, child: str = "", by: str = ""
+) -> list[str]:
+    return graph.add_children(
+        pid(graph, "map"),
+        by or WORKER.executorid,
+        [(spec("pair"), name) for name in names],
+        insert=insert,
+        childprocessid=pid(graph, child) if child else "",
+        now=at(1),
+        actor=WORKER.executorid,
+        command=b"{}",
+    )
+
+
+def test_add_children_inserts_them_all_before_the_reduce_in_one_event() -> None:
+    """A map adding its pairs at once: one ChildrenAdded, the reduce waits for all of
+    them in order (and no longer for the map), and gets their outputs in that order."""
+    graph = submit(spec("map"), spec("reduce", "map"), spec("after", "reduce"))
+    assign(graph, "map")
+    graph.collect_events()
+    names = [f"pair_{i}" for i in range(5)]
+    ids = _add_all(graph, names, insert=True)
+    assert [type(e).__name__ for e in graph.collect_events()] == ["ChildrenAdded"]
+    assert graph.process(pid(graph, "map")).children == ids
+    assert graph.process(pid(graph, "reduce")).parents == ids
+    assert [graph.process(i).nodename for i in ids] == names
+    close(graph, "map", [])
+    assert ready_names(last_event(graph)) == names
+    for i, name in enumerate(reversed(names)):
+        run(graph, name, [i])
+    assert graph.process(pid(graph, "reduce")).input == [4, 3, 2, 1, 0]
+
+
+def test_add_children_appends_beside_and_makes_childprocessid_wait_for_each() -> None:
+    graph = submit(spec("map"), spec("reduce", "map"))
+    assign(graph, "map")
+    ids = _add_all(graph, ["a", "b"], insert=False, child="reduce")
+    reduce = graph.process(pid(graph, "reduce"))
+    assert reduce.parents == [pid(graph, "map"), *ids]
+    assert graph.process(pid(graph, "map")).children == [pid(graph, "reduce"), *ids]
+    close(graph, "map", [7])
+    assert not graph.process(pid(graph, "reduce")).is_ready
+    run(graph, "a", [1])
+    run(graph, "b", [2])
+    assert graph.process(pid(graph, "reduce")).input == [7, 1, 2]
+
+
+def test_one_child_at_once_is_add_child() -> None:
+    """add_children of one spec builds the same graph as add_child (ids aside)."""
+    shapes = []
+    for batch in (True, False):
+        graph = submit(spec("map"), spec("reduce", "map"), spec("other", "map"))
+        assign(graph, "map")
+        if batch:
+            _add_all(graph, ["x"], insert=True)
+        else:
+            add(graph, "map", "x", True)
+        name = {p: n.nodename for p, n in graph.nodes.items()}
+        shapes.append(
+            {
+                n.nodename: ([name[p] for p in n.parents], [name[c] for c in n.children])
+                for n in graph.nodes.values()
+            }
+        )
+    assert shapes[0] == shapes[1]
+
+
+@pytest.mark.parametrize(
+    ("names", "by", "status", "message"),
+    [
+        (["a", "b", "a"], "", 409, "nodename 'a' is already used"),
+        (["a", "reduce"], "", 409, "nodename 'reduce' is already used"),
+        (["a", ""], "", 400, "nodename is empty"),
+        ([], "", 400, "at least one child"),
+        (["a"], OTHER.executorid, 403, "held by another executor"),
+    ],
+)
+def test_add_children_is_all_or_nothing(
+    names: list[str], by: str, status: int, message: str
+) -> None:
+    """A batch with one bad child adds none: the graph and its event list stay as they
+    were, and the error names the rule."""
+    graph = submit(spec("map"), spec("reduce", "map"))
+    assign(graph, "map")
+    graph.collect_events()
+    before = dict(graph.nodes)
+    with pytest.raises(DomainError) as refused:
+        _add_all(graph, names, insert=True, by=by)
+    assert refused.value.status == status
+    assert message in refused.value.message
+    assert graph.collect_events() == []
+    assert graph.nodes == before
+    assert graph.find_by_nodename("a") is None

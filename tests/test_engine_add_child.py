@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from colonies_es import ColoniesError, Workflow, func_spec
+import msgspec
+import nats
+import pytest
+from nats.micro.request import ERROR_CODE_HEADER
+
+from colonies_es import ColoniesError, Workflow, crypto, func_spec
 from colonies_es.models import FuncSpec
+from colonies_es.projections.audit import Authorities, verify
+from colonies_es.protocol import AddChildren, api_subject
+from tests.eventlog import nothing_written, read_events
 from tests.stack import ColonyHandle, Stack
 
 
@@ -120,3 +128,72 @@ def test_shapes_of_insert_and_append(stack: Stack) -> None:
             graph.processgraphid, one.processid, "", spec(colony, "n8"), "n8", False, other
         )
     assert refused.value.status == 403
+
+
+def _send_again(url: str, op: str, sealed: bytes) -> tuple[str | None, bytes]:
+    async def send() -> tuple[str | None, bytes]:
+        nc = await nats.connect(url)
+        try:
+            reply = await nc.request(api_subject(op), sealed, timeout=10)
+            return (reply.headers or {}).get(ERROR_CODE_HEADER), reply.data
+        finally:
+            await nc.close()
+
+    return asyncio.run(send())
+
+
+def test_add_children_is_one_audited_event_all_or_nothing(stack: Stack) -> None:
+    """A map adds its pairs in one signed add_children: one ChildrenAdded in the log,
+    the reduce sums them, the graph's audit verifies the event against the command. A
+    batch with a clashing name is refused with 409 and writes nothing; the same signed
+    bytes sent again get the original ids and write nothing more."""
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    workflow = Workflow(
+        colonyname=colony.name, functionspecs=[spec(colony, "map"), spec(colony, "reduce", ["map"])]
+    )
+    graph = stack.client.submit_workflow(workflow, colony.owner_prvkey)
+    mapper = stack.client.assign(colony.name, 10, executor)
+    names = [f"pair_{i}" for i in range(20)]
+    pairs = [spec(colony, "pair") for _ in names]
+
+    with nothing_written(stack.nats.url), pytest.raises(ColoniesError) as clash:
+        stack.client.add_children(
+            graph.processgraphid, mapper.processid, "", pairs, [*names[:-1], "reduce"],
+            True, executor,
+        )  # fmt: skip
+    assert clash.value.status == 409
+    assert "nodename 'reduce' is already used" in str(clash.value)
+
+    body = AddChildren(
+        processgraphid=graph.processgraphid,
+        parentprocessid=mapper.processid,
+        specs=pairs,
+        nodenames=names,
+        insert=True,
+    )
+    sealed = crypto.seal("add_children", msgspec.to_builtins(body), executor)
+    code, data = _send_again(stack.nats.url, "add_children", sealed)
+    assert code is None, data
+    ids = msgspec.json.decode(data, type=list[str])
+    with nothing_written(stack.nats.url):
+        assert _send_again(stack.nats.url, "add_children", sealed) == (None, data)
+    added = read_events(stack.nats.url).of_kind("ChildrenAdded")
+    assert [e.aggregate_id.rsplit(".", 1)[-1] for e in added] == [graph.processgraphid]
+    assert [c["processid"] for c in added[0].state["children"]] == ids
+
+    stack.client.close(mapper.processid, [], executor)
+    order = run_until_done(stack, colony, executor, {"pair": [1, 2]})
+    assert order == [*names, "reduce"]
+    reduce = stack.client.find_process("reduce", graph.processids, executor)
+    assert reduce is not None
+    assert reduce.parents == ids
+    assert stack.client.get_process(reduce.processid, executor).output == [60]
+    engine_id = crypto.id_from_private_key(stack.engine.engine_prvkey)
+    report = verify(
+        stack.nats.url,
+        Authorities(engine_id=engine_id, server_id=stack.engine.server_id),
+        graph.processgraphid,
+        seal_key=stack.engine.seal_key,
+    )
+    assert report.ok, report

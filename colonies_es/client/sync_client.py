@@ -202,3 +202,4 @@ class Colonies:
     graph_events = _blocking(AsyncColonies.graph_events)
     state_at = _blocking(AsyncColonies.state_at)
     add_child = _blocking(AsyncColonies.add_child)
+    add_children = _blocking(AsyncColonies.add_children)

@@ -40,6 +40,7 @@ from colonies_es.domain.graph_events import (
     AttemptFailed,
     AttributeAdded,
     ChildAdded,
+    ChildrenAdded,
     ExecutionTimedOut,
     GraphCancelled,
     GraphRemoved,
@@ -479,18 +480,7 @@ class ProcessGraph(AuditedAggregate):
         new = processid if processid is not None else new_process_id(self.processgraphid)
         if new in self.nodes:
             raise Conflict(f"process {new} is already in process graph {self.processgraphid}")
-        if insert:
-            children = list(parent.children)
-        elif childprocessid:
-            waiting = self._process(childprocessid)
-            if waiting.state != _WAITING or waiting.readytime is not None:
-                raise Conflict(
-                    f"{_describe(waiting)} cannot wait for a new process: it is "
-                    + ("ready" if waiting.state == _WAITING else _state_name(waiting.state))
-                )
-            children = [childprocessid]
-        else:
-            children = []
+        children = self._links_of_new(parent, insert, childprocessid)
         self._trigger(
             ChildAdded(
                 **self._next_header(now=now, actor=actor, command=command),
@@ -507,6 +497,69 @@ class ProcessGraph(AuditedAggregate):
             )
         )
         return new
+
+    def add_children(
+        self,
+        parentprocessid: str,
+        executorid: str,
+        children: list[tuple[FuncSpec, str]],
+        *,
+        insert: bool,
+        childprocessid: str = "",
+        now: datetime,
+        actor: str,
+        command: bytes,
+        processids: list[str] | None = None,
+    ) -> list[str]:
+        """The executor holding ``parentprocessid`` adds several processes at once, each
+        ``(spec, nodename)`` of ``children`` in order, as children of the parent
+        (ChildrenAdded: one event, all or nothing); returns their ids, in order.
+
+        What :meth:`add_child` does for one, for all of them together:
+        ``insert=True``: together they take the parent's place among the parents of
+        each of the parent's children (each of those waits for all of them, where it
+        waited for the parent), and they become the parent's only children
+        (``childprocessid`` is ignored): a map adding its pairs before the reduce.
+        ``insert=False``: they are added to the parent's children; a
+        ``childprocessid`` also waits for every one of them. With one child, this is
+        exactly :meth:`add_child`. ``processids`` gives their ids (default: fresh ones).
+        Raises as :meth:`add_child` does, for the first child that breaks a rule
+        (nodenames must differ from each other too), and BadRequest for no children;
+        nothing is added then.
+        """
+        if not children:
+            raise BadRequest("add_children needs at least one child")
+        parent = self._held_process(parentprocessid, executorid)
+        links = self._links_of_new(parent, insert, childprocessid)
+        fresh = processids or [new_process_id(self.processgraphid) for _ in children]
+        if len(fresh) != len(children) or len(set(fresh)) != len(fresh):
+            raise ValueError("add_children needs one distinct id per child")
+        added: list[SubmittedProcess] = []
+        names: set[str] = set()
+        for index, ((spec, nodename), new) in enumerate(zip(children, fresh, strict=True)):
+            named = _renamed(spec, nodename)
+            check_spec(self.colonyname, named, f"children[{index}] {nodename!r}")
+            if named.nodename in names or self.find_by_nodename(named.nodename) is not None:
+                raise Conflict(f"nodename {named.nodename!r} is already used in this graph")
+            if new in self.nodes:
+                raise Conflict(f"process {new} is already in process graph {self.processgraphid}")
+            names.add(named.nodename)
+            added.append(
+                SubmittedProcess(
+                    processid=new, spec=to_dict(named), parents=[parentprocessid], children=links
+                )
+            )
+        self._trigger(
+            ChildrenAdded(
+                **self._next_header(now=now, actor=actor, command=command),
+                ready=[],
+                graphstate=self.state,
+                parentprocessid=parentprocessid,
+                children=added,
+                insert=insert,
+            )
+        )
+        return fresh
 
     def add_attribute(
         self,
@@ -788,9 +841,10 @@ class ProcessGraph(AuditedAggregate):
             1 for pid in node.parents if self._look_at(pid).state != _SUCCESS
         )
 
-    def parent_added(self, processid: str) -> None:
-        """Process ``processid`` waits for one more (new, so not succeeded) parent."""
-        self._parents_left[processid] += 1
+    def parent_added(self, processid: str, count: int = 1) -> None:
+        """Process ``processid`` waits for ``count`` more (new, so not succeeded)
+        parents."""
+        self._parents_left[processid] += count
 
     def states_of(self, processids: Iterable[str]) -> list[tuple[str, int]]:
         """The current state of each of these processes (before an event changes them:
@@ -857,6 +911,22 @@ class ProcessGraph(AuditedAggregate):
         if node.assignedexecutorid != executorid:
             raise Forbidden(f"{_describe(node)} is held by another executor, not {executorid}")
         return node
+
+    def _links_of_new(self, parent: ProcessNode, insert: bool, childprocessid: str) -> list[str]:
+        """The processes that will wait for a process added under ``parent``: its
+        children when inserting, else ``[childprocessid]`` (which must still wait for
+        its parents: NotFound, Conflict) or none."""
+        if insert:
+            return list(parent.children)
+        if not childprocessid:
+            return []
+        waiting = self._process(childprocessid)
+        if waiting.state != _WAITING or waiting.readytime is not None:
+            raise Conflict(
+                f"{_describe(waiting)} cannot wait for a new process: it is "
+                + ("ready" if waiting.state == _WAITING else _state_name(waiting.state))
+            )
+        return [childprocessid]
 
     def _state_after(self, changes: Mapping[str, int]) -> int:
         """The graph's state once the processes in ``changes`` are in their new state

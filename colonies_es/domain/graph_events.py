@@ -35,6 +35,7 @@ __all__ = [
     "AttemptFailed",
     "AttributeAdded",
     "ChildAdded",
+    "ChildrenAdded",
     "ExecutionTimedOut",
     "GraphCancelled",
     "GraphEvent",
@@ -297,6 +298,54 @@ class ChildAdded(GraphEvent):
             for processid in self.child["children"]:
                 aggregate.nodes[processid].parents.append(new)
                 aggregate.parent_added(processid)
+
+
+class ChildrenAdded(GraphEvent):
+    """The executor running ``parentprocessid`` added ``children`` at once (one
+    signed ``add_children`` command), each a new process WAITING for it. Every one
+    lists in ``children`` the same processes whose parents change:
+
+    - ``insert``: the parent's children; in their parents the new processes (in order)
+      take the parent's place, and they become the parent's only children;
+    - otherwise: ``[childprocessid]`` (or none), which also waits for every new process
+      (appended to its parents); the new processes are appended to the parent's
+      children.
+
+    With one child this is what :class:`ChildAdded` records. Only the change is recorded.
+    """
+
+    parentprocessid: str
+    children: list[SubmittedProcess]
+    insert: bool
+
+    def change_processes(self, aggregate: ProcessGraph) -> None:
+        new = [child["processid"] for child in self.children]
+        for child in self.children:
+            aggregate.add_process(
+                ProcessNode(
+                    processid=child["processid"],
+                    spec=clone_as(child["spec"], FuncSpec),
+                    parents=list(child["parents"]),
+                    children=list(child["children"]),
+                    submissiontime=self.timestamp,
+                )
+            )
+        waiting = self.children[0]["children"] if self.children else []
+        parent = aggregate.nodes[self.parentprocessid]
+        if self.insert:
+            # The parent (RUNNING: its executor adds) gives its place to the new
+            # processes (WAITING): one parent left becomes len(new).
+            parent.children = list(new)
+            for processid in waiting:
+                node = aggregate.nodes[processid]
+                at = node.parents.index(self.parentprocessid)
+                node.parents[at : at + 1] = new
+                aggregate.parent_added(processid, len(new) - 1)
+        else:
+            parent.children.extend(new)  # parent is this graph's own clone
+            for processid in waiting:
+                aggregate.nodes[processid].parents.extend(new)
+                aggregate.parent_added(processid, len(new))
 
 
 class AttributeAdded(GraphEvent):

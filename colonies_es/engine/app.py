@@ -40,7 +40,7 @@ from eventsourcing.utils import Environment, EnvType
 from nats.aio.client import Client as NATS
 
 from colonies_es import colonyos, crypto
-from colonies_es.domain import Colony, DomainError, ProcessGraph
+from colonies_es.domain import ChildrenAdded, Colony, DomainError, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, last_written
 from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
 from colonies_es.engine.counters import ReplicaCounters
@@ -321,6 +321,10 @@ class ColoniesApp(Application[str]):
                 return encode(aggregate.to_model())
             if known.op in ("claim", "add_child"):
                 return encode(aggregate.process_model(known.subject))
+            if known.op == "add_children":  # the ids its event added, read back
+                for event, sequence in await self.aggregates.events_of(known.aggregate_id):
+                    if sequence == known.sequence and isinstance(event, ChildrenAdded):
+                        return encode([child["processid"] for child in event.children])
             if known.op == "add_attribute":
                 processid, _, attributeid = known.subject.partition(":")
                 model = aggregate.process_model(processid)

@@ -47,6 +47,7 @@ import msgspec
 from colonies_es.domain import (
     AuditedAggregate,
     AuditedEvent,
+    ChildrenAdded,
     Colony,
     GraphCancelled,
     GraphRemoved,
@@ -573,6 +574,8 @@ class EngineState:
                 child = getattr(event, "child", None)
                 if child is not None:
                     self._index_legacy(graph, (child["processid"],))
+                if isinstance(event, ChildrenAdded):
+                    self._index_legacy(graph, (c["processid"] for c in event.children))
                 touched.update(dict.fromkeys(r["processid"] for r in getattr(event, "ready", ())))
                 event_process: str | None = getattr(event, "processid", None)
                 if event_process:

@@ -38,6 +38,7 @@ from colonies_es.domain import (
     AttemptFailed,
     AttributeAdded,
     ChildAdded,
+    ChildrenAdded,
     GraphCancelled,
     GraphEvent,
     GraphSubmitted,
@@ -61,6 +62,7 @@ _NAMED_ONLY = (
     WaitTimedOut,
     GraphCancelled,
     ChildAdded,
+    ChildrenAdded,
     AttributeAdded,
     LogAdded,
 )
@@ -116,7 +118,8 @@ class TimelineBuilder:
                 continue
             if processid not in self._index:
                 self._index[processid] = len(self.nodes)
-                kind = "child" if isinstance(entry.event, ChildAdded) else "submitted"
+                added = isinstance(entry.event, ChildAdded | ChildrenAdded)
+                kind = "child" if added else "submitted"
                 self.nodes.append(
                     {
                         "id": processid,
@@ -154,7 +157,7 @@ class TimelineBuilder:
         else:
             old, new = set(before), set(parents)
             added, removed = [p for p in parents if p not in old], list(old - new)
-        kind = "add_child" if isinstance(event, ChildAdded) else "dependency"
+        kind = "add_child" if isinstance(event, ChildAdded | ChildrenAdded) else "dependency"
         for parent in added:
             edge = {
                 "from": self._index[parent],
@@ -238,6 +241,10 @@ def _touched(event: GraphEvent, graph: ProcessGraph) -> Iterable[str]:
     if isinstance(event, ChildAdded):
         named.append(event.child["processid"])
         named.extend(event.child["children"])
+    if isinstance(event, ChildrenAdded):
+        for child in event.children:
+            named.append(child["processid"])
+            named.extend(child["children"])
     return dict.fromkeys(named)
 
 

@@ -62,4 +62,5 @@ HANDLERS: dict[str, Op[Any]] = {
     "cancel_processgraph": op(protocol.GraphRef, graphs.cancel_processgraph),
     "rerun_processgraph": op(protocol.GraphRef, graphs.rerun_processgraph),
     "add_child": op(protocol.AddChild, graphs.add_child),
+    "add_children": op(protocol.AddChildren, graphs.add_children),
 }

@@ -1,16 +1,17 @@
-"""Ops on process graphs: read, list, grow (add_child), rerun, cancel and remove."""
+"""Ops on process graphs: read, list, grow (add_child, add_children), rerun, cancel and
+remove."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from colonies_es import crypto
-from colonies_es.domain import Conflict, Forbidden, NotFound, ProcessGraph
+from colonies_es.domain import BadRequest, Conflict, Forbidden, NotFound, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, audit
 from colonies_es.engine.ops.base import ENDED, Reply, name_of
 from colonies_es.engine.state import Effects
 from colonies_es.models import ProcessState, encode
-from colonies_es.protocol import AddChild, GraphRef, ListQuery, RemoveAll
+from colonies_es.protocol import AddChild, AddChildren, GraphRef, ListQuery, RemoveAll
 
 
 async def get_processgraph(
@@ -65,6 +66,41 @@ async def add_child(
 
     graph, effects = await aggregates.change_graph(graph_id, add)
     return Reply(encode(graph.process_model(added[0])), effects)
+
+
+async def add_children(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: AddChildren, now: datetime
+) -> Reply:
+    """Adds several processes under a parent of a running graph in one event, all or
+    nothing (within the pending quota); answers with their ids, in order (a list of
+    a thousand processes would not fit in a reply)."""
+    if len(body.specs) != len(body.nodenames):
+        raise BadRequest(
+            f"add_children: {len(body.specs)} specs but {len(body.nodenames)} nodenames"
+        )
+    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
+        raise NotFound(
+            f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
+        )
+    added: list[str] = []
+    colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
+    aggregates.quotas.check_pending(
+        colonyname, aggregates.state.pending_processes(colonyname), len(body.specs)
+    )
+
+    def add(graph: ProcessGraph) -> None:
+        added[:] = graph.add_children(
+            body.parentprocessid,
+            cmd.caller_id,
+            list(zip(body.specs, body.nodenames, strict=True)),
+            insert=body.insert,
+            childprocessid=body.childprocessid,
+            **audit(cmd, now),
+        )
+
+    _, effects = await aggregates.change_graph(graph_id, add)
+    return Reply(encode(added), effects)
 
 
 async def rerun_processgraph(
@@ -128,6 +164,7 @@ async def remove_all(
 
 __all__ = [
     "add_child",
+    "add_children",
     "cancel_processgraph",
     "get_processgraph",
     "get_processgraphs",
