@@ -16,9 +16,9 @@ a Celery worker with :data:`CONCURRENCY` prefork processes, ``bench.py`` runs th
   children with ``add_child``, the reduce is the graph's last node), timed from
   ``submit_workflow`` to ``wait(reduce)``. Celery: a chord of 1,000 ``pair()`` into
   ``total()``. Measured twice here: the seed's map (one ``add_child`` per pair, as code
-  written for pycolonies does), and the same map with ``add_children`` (every pair in one
-  signed command: this project's addition, which is how Celery's chord sends its header;
-  a user writes it that way only when not bound to pycolonies' API). Each run prints
+  written for pycolonies does), and the same map with ``add_children`` (250 pairs per
+  signed command: this project's addition, closer to Celery's chord, which sends its
+  header in one call; a user writes it that way only when not bound to pycolonies' API). Each run prints
   where the time went (the map adding its children, the children running, the reduce).
 * **diamond**: ``a -> {b, c} -> d`` (``a`` returns ``(1, 2)``, the others sum their
   input: ``d`` = 6), one after the other, median of 20 (``--quick``: 5) per run.
@@ -148,20 +148,24 @@ def map(count, ctx={}):
     prvkey = ctx["executor_prvkey"]
     graph = colonies.get_processgraph(process.processgraphid, prvkey)
     reduce = colonies.find_process("reduce", graph.processids, prvkey)
-    children = [
-        func_spec(
-            func="pair", args=[], colonyname=ctx["colonyname"],
-            executortype=process.spec.conditions.executortype, code=PAIR,
+    for first in range(0, count, 250):
+        chunk = range(first, min(first + 250, count))
+        children = [
+            func_spec(
+                func="pair", args=[], colonyname=ctx["colonyname"],
+                executortype=process.spec.conditions.executortype, code=PAIR,
+            )
+            for _ in chunk
+        ]
+        colonies.add_children(
+            process.processgraphid, process.processid, reduce.processid, children,
+            [f"pair_{i}" for i in chunk], first == 0, prvkey,
         )
-        for _ in range(count)
-    ]
-    colonies.add_children(
-        process.processgraphid, process.processid, reduce.processid, children,
-        [f"pair_{i}" for i in range(count)], True, prvkey,
-    )
 """.replace("PAIR", repr(PAIR))
-"""The same map with ``add_children`` (this project's addition, not in pycolonies): all
-the pairs in one signed command, as Celery's chord sends its header in one call."""
+"""The same map with ``add_children`` (this project's addition, not in pycolonies): the
+pairs 250 per signed command (a command may take a quarter of the 1 MB max_payload), the
+first batch inserted before the reduce and the others beside it, as the seed's map does
+one by one. Celery's chord sends its header in one call."""
 REDUCE = "def reduce(*numbers, ctx={}):\n    return sum(numbers)\n"
 DIAMOND_A = "def a(ctx={}):\n    return 1, 2\n"
 SUM_OF = "def {name}(*numbers, ctx={{}}):\n    return sum(numbers)\n"
@@ -497,6 +501,9 @@ class Measured:
     """Checks every process of it from the engine's state; called after the CPU meter
     stopped (its round trips are not the workload's)."""
     note: str
+    breakdown: Callable[[], str] | None = None
+    """Where the time went, read from the engine's timestamps after the CPU meter
+    stopped (printed after the note)."""
 
 
 def _nothing_more() -> None:
@@ -693,7 +700,8 @@ class Workloads:
                 lambda process: outputs[process.spec.funcname],
             ),
             f"fan-out {count:,} + reduce {seconds:.2f} s "
-            f"({'add_children' if batch else 'add_child'}: {self._phases(done)})",
+            f"({'add_children' if batch else 'add_child'} map)",
+            partial(self._phases, done),
         )
 
     def _phases(self, reduce: Process) -> str:
@@ -712,12 +720,12 @@ class Workloads:
         )
         if any(moment is None for moment in times):
             return "timestamps missing"
-        names = ("to map", "map", "children", "reduce")
+        names = ("submitted -> map started", "map", "map closed -> reduce started", "reduce")
         spans = [
             f"{name} {(end - start).total_seconds():.2f}"  # type: ignore[operator]
             for name, start, end in zip(names, times, times[1:], strict=False)
         ]
-        return ", ".join(spans) + " s"
+        return "seconds: " + ", ".join(spans)
 
     # -- diamond
 
@@ -748,6 +756,40 @@ class Workloads:
             4 * len(graphs),
             verify,
             f"diamond median {median:.1f} ms ({min(samples):.1f}..{max(samples):.1f})",
+            partial(self._diamond_hops, graphs, samples),
+        )
+
+    def _diamond_hops(self, graphs: Sequence[str], samples: Sequence[float]) -> str:
+        """The diamond's critical path hop by hop (medians over the diamonds, ms), from
+        the engine's timestamps: submitted -> a started (assignment), a's run, a closed ->
+        the later of b and c started, their run, the later closed -> d started, d's run,
+        and d closed -> ``wait`` returned (the client's total minus the rest)."""
+        hops: dict[str, list[float]] = {}
+        for graphid, total in zip(graphs, samples, strict=True):
+            graph = self.client.get_processgraph(graphid, self.prvkey)
+            processes = [self.client.get_process(pid, self.prvkey) for pid in graph.processids]
+            nodes = {process.spec.nodename: process for process in processes}
+            a, b, c, d = (nodes[name] for name in "abcd")
+            later = max((b, c), key=lambda process: process.starttime or graph.submissiontime)
+            last = max((b, c), key=lambda process: process.endtime or graph.submissiontime)
+            moments = [
+                ("submitted -> a", graph.submissiontime, a.starttime),
+                ("a", a.starttime, a.endtime),
+                ("a -> b,c", a.endtime, later.starttime),
+                ("b,c", later.starttime, last.endtime),
+                ("b,c -> d", last.endtime, d.starttime),
+                ("d", d.starttime, d.endtime),
+            ]
+            engine_ms = 0.0
+            for name, start, end in moments:
+                if start is None or end is None:
+                    return "diamond hops: timestamps missing"
+                span = 1000 * (end - start).total_seconds()
+                engine_ms += span
+                hops.setdefault(name, []).append(span)
+            hops.setdefault("rest (client)", []).append(total - engine_ms)
+        return "diamond hops, median ms: " + ", ".join(
+            f"{name} {statistics.median(values):.1f}" for name, values in hops.items()
         )
 
     def _diamond(self) -> Workflow:
@@ -777,6 +819,8 @@ def measure_ours(report: PeersReport, workloads: Workloads, progress: str) -> No
             f"  {progress}  ours: {measured.note}; CPU {per_process['total']:.2f} ms/process",
             flush=True,
         )
+        if measured.breakdown is not None:
+            print(f"  {' ' * len(progress)}    {measured.breakdown()}", flush=True)
     report.loads.setdefault("ours_after", []).append(load_average())
 
 

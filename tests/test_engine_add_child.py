@@ -145,8 +145,9 @@ def _send_again(url: str, op: str, sealed: bytes) -> tuple[str | None, bytes]:
 def test_add_children_is_one_audited_event_all_or_nothing(stack: Stack) -> None:
     """A map adds its pairs in one signed add_children: one ChildrenAdded in the log,
     the reduce sums them, the graph's audit verifies the event against the command. A
-    batch with a clashing name is refused with 409 and writes nothing; the same signed
-    bytes sent again get the original ids and write nothing more."""
+    batch with a clashing name is refused with 409, one too big for its event to stay
+    readable with 400, and neither writes anything; the same signed bytes sent again get
+    the original ids and write nothing more."""
     colony = stack.new_colony()
     executor = stack.new_executor(colony)
     workflow = Workflow(
@@ -164,6 +165,14 @@ def test_add_children_is_one_audited_event_all_or_nothing(stack: Stack) -> None:
         )  # fmt: skip
     assert clash.value.status == 409
     assert "nodename 'reduce' is already used" in str(clash.value)
+    coded = func_spec("pair", [], colony.name, "python-executor", code="x = 1\n" * 60)
+    with nothing_written(stack.nats.url), pytest.raises(ColoniesError) as too_big:
+        stack.client.add_children(
+            graph.processgraphid, mapper.processid, "", [coded] * 600,
+            [f"big_{i}" for i in range(600)], True, executor,
+        )  # fmt: skip
+    assert too_big.value.status == 400
+    assert "add them in several add_children calls" in str(too_big.value)
 
     body = AddChildren(
         processgraphid=graph.processgraphid,

@@ -516,8 +516,10 @@ class AsyncColonies:
         the parent and its children (a map's pairs before its reduce), otherwise they
         become new children that ``childprocessid`` (if any) also waits for. With one
         spec it is :meth:`add_child`. Returns the new process ids, in order. The
-        command and its event must fit in the server's max_payload (1 MB by default:
-        about a thousand small specs); send more in several calls."""
+        engine refuses (400) a command over a quarter of the server's max_payload (at
+        the default 1 MB, about 600 small specs): add more in several calls, the first
+        with ``insert`` and the next beside them (``insert=False``, ``childprocessid``
+        the process they all feed)."""
         body = p.AddChildren(
             processgraphid=processgraphid,
             parentprocessid=parentprocessid,
