@@ -18,8 +18,9 @@ a Celery worker with :data:`CONCURRENCY` prefork processes, ``bench.py`` runs th
   ``total()``. Measured twice here: the seed's map (one ``add_child`` per pair, as code
   written for pycolonies does), and the same map with ``add_children`` (250 pairs per
   signed command: this project's addition, closer to Celery's chord, which sends its
-  header in one call; a user writes it that way only when not bound to pycolonies' API). Each run prints
-  where the time went (the map adding its children, the children running, the reduce).
+  header in one call; a user writes it that way only when not bound to pycolonies' API).
+  Each run prints where the time went (the map adding its children, the children running,
+  the reduce).
 * **diamond**: ``a -> {b, c} -> d`` (``a`` returns ``(1, 2)``, the others sum their
   input: ``d`` = 6), one after the other, median of 20 (``--quick``: 5) per run.
   Celery: ``a.s() | group(b.s(), c.s()) | d.s()``.
