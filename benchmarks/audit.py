@@ -1,5 +1,5 @@
 """The whole-log audit (``colonies audit verify``): 200,000 events in one process and
-with its signature workers.
+with its workers.
 
 The log is what clients make: a colony created by the server owner, an executor and a
 user added by the colony owner, then seed workflows (``gen_nums -> sum_nums``) submitted
@@ -12,9 +12,9 @@ envelope encoding (as in :mod:`benchmarks.projector`).
 Measured, each on a nats-py connection with the seal key (as ``colonies audit verify``
 does, through :func:`~colonies_es.projections.audit.verify_log`):
 
-- ``one_process``: ``workers=0``, every signature checked in the auditing process (how
-  the audit ran before it had workers);
-- ``parallel``: the default, one signature worker per core.
+- ``one_process``: ``workers=0``, everything checked in the auditing process;
+- ``parallel``: the default, one worker per core, each auditing a share of the log's
+  graphs (and every colony's events) while the auditing process reads the log.
 
 Each run also prints the CPU seconds of the auditing process and of the workers (read
 from the fork server's reaped children): on a shared machine they hold where wall-clock
@@ -93,8 +93,8 @@ def run(options: Options) -> Report:
         asyncio.run(_write_log(url, log.payloads))
         for number in range(1, options.runs + 1):  # interleaved
             for key, workers, label in (
-                ("one_process", 0, "verify_log, signatures in one process"),
-                ("parallel", None, "verify_log, signature workers (one per core)"),
+                ("one_process", 0, "verify_log, all in one process"),
+                ("parallel", None, "verify_log, workers auditing shares (one per core)"),
             ):
                 cpu, children = time.process_time(), _workers_cpu()
                 sample = asyncio.run(_audit(url, log, workers))
@@ -121,7 +121,7 @@ def run(options: Options) -> Report:
 
 def _workers_cpu() -> float:
     """CPU seconds of the processes multiprocessing's fork server started and reaped (the
-    audit's signature workers, once their pool is shut down): its children's times."""
+    audit's workers, once they ended): its children's times."""
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
     if pid is None:
         return 0.0

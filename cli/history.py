@@ -467,8 +467,9 @@ def audit_verify(
         typer.Option(
             "--workers",
             min=0,
-            help="Processes checking signatures in a whole-log audit, beside the one "
-            "checking the rest in log order (default: one per core; 0: none).",
+            help="Processes auditing a share of the workflows each in a whole-log audit, "
+            "while this one reads the log (default: one per core; 0: this one does it "
+            "all).",
             show_default=False,
         ),
     ] = None,
@@ -562,7 +563,7 @@ def audit_verify(
 
 def _workers_note(workers: int) -> str:
     if workers:
-        return f"signatures checked by {workers} worker processes"
+        return f"in {workers} worker processes"
     return "in one process"
 
 

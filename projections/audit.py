@@ -25,13 +25,16 @@ engine saw); without it, only the events that verify.
 
 Cost: checking signatures is most of it (ECDSA secp256k1 for commands signed with the
 identity's key, as clients sign; Ed25519 for session-signed ones, each session
-certificate once per process).
-They depend on nothing but the envelope, so :func:`verify_log` checks them in worker
-processes (:func:`signatures_hold`, a chunk of the log at a time, one worker per core)
-while this process reads the next chunk and decodes it; everything that depends on the
-order of the log (1, 3, 4, and the rest of 2) stays in this process, in log order, so
-findings are the same, reported the same way, whether signatures were checked here or
-there.
+certificate once per process), then decoding events and commands.
+Only a graph's own events and its colony's decide what is allowed in it, so
+:func:`verify_log` splits a long log by aggregate: each worker process (one per core)
+audits every colony's events and a share of the graphs (by a hash of the subject), in
+log order, with its own :class:`Auditor`; this process reads the log, hands each worker
+its share a chunk at a time, and merges the findings in log order. Two things cross the
+shares: a command used by events of two shares, and an event on another aggregate's
+subject. Neither happens in a log the engine wrote; when either is seen (or a worker
+fails), the log is audited again in this process alone, so the findings are always
+exactly those of the one-process audit.
 
 :func:`export_lines` writes a history as JSON lines, for archiving or other tools.
 """
@@ -40,15 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
@@ -117,7 +122,6 @@ __all__ = [
     "Authorities",
     "Finding",
     "export_lines",
-    "signatures_hold",
     "verify",
     "verify_graph",
     "verify_log",
@@ -202,7 +206,8 @@ class AuditReport:
     checked: int = 0
     findings: list[Finding] = field(default_factory=list)
     workers: int = field(default=0, compare=False)
-    """Processes that checked signatures beside the auditing one (0: it checked them)."""
+    """Worker processes that audited shares of the log (0: the auditing process did it
+    all)."""
 
     @property
     def ok(self) -> bool:
@@ -234,11 +239,8 @@ class Auditor:
         self.events_prefix = f"{prefix}.ev."
         self.aggregates: dict[str, AuditedAggregate] = {}
         self.report = AuditReport()
-        self.signatures: dict[int, bool] = {}
-        """Sequence -> whether the signature of its event's command holds, when that was
-        checked ahead (:func:`signatures_hold`, in other processes); the others are
-        checked by :meth:`check`. Entries are used once."""
-        self._commands: dict[str, int] = {}  # payload digest -> sequence of its first event
+        self._commands: dict[str, tuple[int, str]] = {}
+        """Payload digest of each command seen -> (sequence of its first event, its op)."""
 
     def decode(self, message: StoredMessage) -> AuditedEvent | Untrusted:
         """The event ``message`` holds, or why it is not one (not raised: returned)."""
@@ -326,11 +328,7 @@ class Auditor:
             if foreign:
                 command = colonyos.open_envelope(event.command)
             else:
-                signed = _decode_signed_command(event.command)
-                holds = self.signatures.pop(sequence, None)
-                if holds is False:
-                    raise crypto.CommandRejected(403, crypto.bad_signature_reason(signed))
-                command = crypto.authenticate(signed, signature_checked=holds is True)
+                command = crypto.authenticate(_decode_signed_command(event.command))
         except msgspec.DecodeError:
             reasons.append("its command is not a signed command envelope")
             return None
@@ -347,7 +345,7 @@ class Auditor:
             drift = abs(command.ts - event.timestamp.timestamp())
             if drift > self.max_skew:
                 reasons.append(f"its command was signed {drift:.0f} s away from the event's time")
-            first = self._commands.setdefault(command.payload_digest, sequence)
+            first, _ = self._commands.setdefault(command.payload_digest, (sequence, command.op))
             if first != sequence and command.op not in _ONE_COMMAND_MANY_EVENTS:
                 reasons.append(f"its command was already used by the event at sequence {first}")
         try:
@@ -656,28 +654,31 @@ async def verify_log(
     """Audits every event of the log (``cipher``: the log's, when it is encrypted); it
     reads the stream itself, so ``source`` is a NATS connection or the store's log.
 
-    Signatures are checked by ``workers`` processes (default: one per core; 0: all in
-    this process, as for a log shorter than :data:`PARALLEL_FROM` events), a chunk of
-    :data:`READ_CHUNK` messages ahead of the checks of order and permissions, which
-    stay here, in log order: the report is the same either way. A worker that fails
-    leaves its signatures to this process. ``progress`` is called after each chunk.
+    ``workers`` processes (default: one per core; 0: none, as for a log shorter than
+    :data:`PARALLEL_FROM` events) each audit a share of the log (see the module's
+    docstring), a chunk of :data:`READ_CHUNK` messages at a time, while this process
+    reads the next chunk. The report is the one a single :class:`Auditor` makes: when
+    the shares cannot give exactly that (a command used in two shares, an event on
+    another aggregate's subject) or a worker fails, this process audits the log again
+    alone, saying why in a warning. ``progress`` is called after each chunk.
     """
     reader = open_log(source)
-    auditor = Auditor(authorities, seal_key, cipher=cipher)
     head = await reader.last_message(f"{PREFIX}.ev.>")
     last = 0 if head is None else head.sequence
     count = (os.cpu_count() or 1) if workers is None else workers
     if last < PARALLEL_FROM:
         count = 0
-    auditor.report.workers = count
-    with _signature_workers(count) as pool:
-        previous: _Chunk | None = None
-        async for chunk in _read_ahead(reader, auditor, pool, count):
-            if previous is not None:
-                await previous.check(auditor, last, progress)
-            previous = chunk
-        if previous is not None:
-            await previous.check(auditor, last, progress)
+    audit = _AuditSettings(authorities, seal_key, cipher, os.getpid())
+    if count > 0:
+        try:
+            return await _audit_in_shares(reader, audit, count, last, progress)
+        except _NotInShares as why:
+            log.warning("auditing the log again in one process: %s", why)
+    auditor = audit.auditor()
+    async for messages in _chunks(reader):
+        for message in messages:
+            auditor.check(message)
+        _tell(progress, auditor.report.checked, messages, last)
     return auditor.report
 
 
@@ -686,48 +687,213 @@ PARALLEL_FROM = 5_000
 would cost more than they save."""
 
 
-def signatures_hold(commands: Sequence[bytes]) -> list[bool | None]:
-    """For each stored command (an event's ``command``): whether its signature holds
-    (:func:`colonies_es.crypto.signature_holds`); None when it is not one of this
-    system's signed command envelopes (a ColonyOS client's is checked by the auditor
-    itself; what is neither, the auditor says). Pure: :func:`verify_log` runs it in
-    worker processes."""
-    verdicts: list[bool | None] = []
-    for data in commands:
-        if colonyos.is_colonyos_command(data):
-            verdicts.append(None)
+@dataclass(frozen=True)
+class _AuditSettings:
+    """What every auditor of one audit is given (sent to the workers, so picklable)."""
+
+    authorities: Authorities
+    seal_key: str | bytes | None
+    cipher: Cipher | None
+    auditing_pid: int
+    """The process that reads the log: its workers end when it is gone."""
+
+    def auditor(self) -> Auditor:
+        return Auditor(self.authorities, self.seal_key, cipher=self.cipher)
+
+
+class _NotInShares(Exception):
+    """The log cannot be audited exactly in shares (the message says why)."""
+
+
+class _Share(msgspec.Struct, array_like=True):
+    """The messages of one chunk a worker audits, in log order."""
+
+    messages: list[StoredMessage]
+    context: list[int]
+    """Sequences of the messages it only reads for what they establish (colonies' events
+    that another worker reports)."""
+
+
+class _ShareReport(msgspec.Struct, array_like=True):
+    """What a worker found in its share of one chunk."""
+
+    checked: int
+    findings: list[tuple[int, str, str, list[str]]]
+    """(sequence, subject, kind, reasons) of each finding, in log order."""
+    first_uses: list[tuple[str, int, str]]
+    """(payload digest, sequence, op) of each command this worker saw first in the chunk."""
+    misplaced: list[int]
+    """Sequences of events on another aggregate's subject."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_share = msgspec.msgpack.Decoder(_Share).decode
+_decode_share_report = msgspec.msgpack.Decoder(_ShareReport).decode
+
+
+def _share_of(subject: str, count: int) -> int | None:
+    """The worker that audits the messages on ``subject``; None for a colony's (every
+    worker reads them: its graphs' rules need the colony; worker 0 reports them)."""
+    if subject.endswith(".colony"):
+        return None
+    return zlib.crc32(subject.encode()) % count
+
+
+def _split(messages: list[StoredMessage], count: int) -> list[_Share]:
+    shares = [_Share([], []) for _ in range(count)]
+    for message in messages:
+        owner = _share_of(message.subject, count)
+        if owner is not None:
+            shares[owner].messages.append(message)
             continue
-        try:
-            signed = _decode_signed_command(data)
-        except (msgspec.DecodeError, RecursionError):
-            verdicts.append(None)
-        else:
-            verdicts.append(crypto.signature_holds(signed))
-    return verdicts
+        for index, share in enumerate(shares):
+            share.messages.append(message)
+            if index > 0:
+                share.context.append(message.sequence)
+    return shares
+
+
+async def _audit_in_shares(
+    reader: JetStreamLog,
+    audit: _AuditSettings,
+    count: int,
+    last: int,
+    progress: Callable[[AuditProgress], object] | None,
+) -> AuditReport:
+    """The whole-log audit by ``count`` workers; raises :class:`_NotInShares`."""
+    report = AuditReport(workers=count)
+    first_uses: dict[str, tuple[int, int]] = {}  # payload digest -> (worker, sequence)
+    chunks = _chunks(reader)
+    with _share_workers(count, audit) as connections:
+        chunk = await anext(chunks, None)
+        if chunk is not None:
+            await _send(connections, _split(chunk, count))
+        while chunk is not None:
+            following = await anext(chunks, None)  # read while the workers audit
+            shares = await _receive(connections)
+            if following is not None:
+                await _send(connections, _split(following, count))
+            found: list[Finding] = []
+            for worker, share in enumerate(shares):
+                if share.misplaced:
+                    raise _NotInShares(
+                        f"the event at sequence {share.misplaced[0]} is on "
+                        "another aggregate's subject"
+                    )
+                for digest, sequence, op in share.first_uses:
+                    other, seen = first_uses.setdefault(digest, (worker, sequence))
+                    if other != worker and op not in _ONE_COMMAND_MANY_EVENTS:
+                        raise _NotInShares(
+                            f"the command of the event at sequence {max(sequence, seen)} "
+                            "was used before by an event of another share"
+                        )
+                report.checked += share.checked
+                found += (Finding(*finding) for finding in share.findings)
+            report.findings += sorted(found, key=lambda finding: finding.sequence)
+            _tell(progress, report.checked, chunk, last)
+            chunk = following
+    return report
+
+
+async def _send(connections: list[Connection], shares: list[_Share]) -> None:
+    """Gives each worker its share (each is waiting for one: nothing blocks for long)."""
+    try:
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(connection.send_bytes, _encode(share))
+                for connection, share in zip(connections, shares, strict=True)
+            )
+        )
+    except OSError as error:
+        raise _NotInShares(f"a worker failed ({error!r})") from None
+
+
+async def _receive(connections: list[Connection]) -> list[_ShareReport]:
+    """Each worker's report on the share it was given last."""
+    try:
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(connection.recv_bytes) for connection in connections)
+        )
+    except (EOFError, OSError) as error:
+        raise _NotInShares(f"a worker failed ({error!r})") from None
+    return [_decode_share_report(answer) for answer in answers]
 
 
 @contextlib.contextmanager
-def _signature_workers(count: int) -> Iterator[ProcessPoolExecutor | None]:
-    """``count`` worker processes (None for 0), from a fork server: this process has
-    threads (NATS, the store), which a plain fork would copy in an unknown state."""
-    if count <= 0:
-        yield None
-        return
-    pool = ProcessPoolExecutor(
-        count,
-        mp_context=multiprocessing.get_context("forkserver"),
-        initializer=_end_with,
-        initargs=(os.getpid(),),
-    )
+def _share_workers(count: int, audit: _AuditSettings) -> Iterator[list[Connection]]:
+    """``count`` worker processes running :func:`_audit_shares`, each on a pipe, started
+    by a fork server: this process has threads (NATS, the store), which a plain fork
+    would copy in an unknown state."""
+    context = multiprocessing.get_context("forkserver")
+    pipes = [context.Pipe() for _ in range(count)]
+    processes = [
+        context.Process(
+            target=_audit_shares, args=(theirs, audit), name=f"audit-worker-{index}", daemon=True
+        )
+        for index, (_, theirs) in enumerate(pipes)
+    ]
+    ended = False
     try:
-        yield pool
+        for process in processes:
+            process.start()
+        for _, theirs in pipes:
+            theirs.close()
+        yield [ours for ours, _ in pipes]
+        ended = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for ours, _ in pipes:
+            if ended:
+                with contextlib.suppress(OSError):
+                    ours.send_bytes(b"")  # the end
+            ours.close()
+        for process in processes:
+            if process.pid is None:
+                continue
+            if ended:  # else their work is of no use: end them now
+                process.join(STOP_WORKERS)
+            if process.is_alive():
+                process.kill()
+            process.join()
+
+
+STOP_WORKERS = 5.0
+"""Seconds a worker is given to end once told to (it is killed after)."""
+
+
+def _audit_shares(connection: Connection, audit: _AuditSettings) -> None:
+    """A worker: audits the shares it is sent, in order, with one :class:`Auditor`
+    (so with the state its share builds), and answers each with a :class:`_ShareReport`;
+    ends on an empty message or when the auditing process is gone."""
+    _end_with(audit.auditing_pid)
+    auditor = audit.auditor()
+    with contextlib.suppress(EOFError, BrokenPipeError):  # the auditing process is gone
+        while data := connection.recv_bytes():
+            connection.send_bytes(_encode(_audit_share(auditor, _decode_share(data))))
+
+
+def _audit_share(auditor: Auditor, share: _Share) -> _ShareReport:
+    context = set(share.context)
+    checked, known = auditor.report.checked, len(auditor._commands)
+    misplaced = []
+    for message in share.messages:
+        event = auditor.decode(message)
+        subject = None if isinstance(event, Untrusted) else event.originator_id
+        if subject is not None and message.subject != auditor.events_prefix + subject:
+            misplaced.append(message.sequence)
+        auditor.check(message, context=message.sequence in context, decoded=event)
+    first_uses = [
+        (digest, sequence, op)
+        for digest, (sequence, op) in itertools.islice(auditor._commands.items(), known, None)
+        if sequence not in context
+    ]
+    findings = [(f.sequence, f.subject, f.kind, f.reasons) for f in auditor.report.findings]
+    auditor.report.findings.clear()
+    return _ShareReport(auditor.report.checked - checked, findings, first_uses, misplaced)
 
 
 def _end_with(auditor: int) -> None:
     """Makes this worker exit once the auditing process ``auditor`` is gone: killed, it
-    could not shut its pool down, and a worker waiting for work would wait forever."""
+    could not tell its workers to end, and one busy with a share would go on."""
 
     def watch() -> None:
         while True:
@@ -742,64 +908,27 @@ def _end_with(auditor: int) -> None:
     threading.Thread(target=watch, name="audit-worker-watch", daemon=True).start()
 
 
-@dataclass
-class _Chunk:
-    """Messages read and decoded, whose signatures are being checked by the workers."""
-
-    messages: list[StoredMessage]
-    decoded: list[AuditedEvent | Untrusted]
-    verdicts: list[tuple[list[int], asyncio.Future[list[bool | None]]]]
-    """(sequences, the workers' answer for their commands, in the same order)."""
-
-    async def check(
-        self,
-        auditor: Auditor,
-        last: int,
-        progress: Callable[[AuditProgress], object] | None,
-    ) -> None:
-        """Hands the workers' verdicts to ``auditor``, then checks the messages in order."""
-        for sequences, answer in self.verdicts:
-            try:
-                verdicts = await answer
-            except Exception as error:  # a worker died: this process checks them
-                log.warning("checking signatures in a worker failed (%r): checking here", error)
-                continue
-            for sequence, verdict in zip(sequences, verdicts, strict=True):
-                if verdict is not None:
-                    auditor.signatures[sequence] = verdict
-        for message, decoded in zip(self.messages, self.decoded, strict=True):
-            auditor.check(message, decoded=decoded)
-        if progress is not None:
-            progress(AuditProgress(auditor.report.checked, self.messages[-1].sequence, last))
-
-
-async def _read_ahead(
-    reader: JetStreamLog, auditor: Auditor, pool: ProcessPoolExecutor | None, workers: int
-) -> AsyncIterator[_Chunk]:
-    """The log in chunks, each decoded and its signatures handed to ``pool`` (if any)."""
-    loop = asyncio.get_running_loop()
+async def _chunks(reader: JetStreamLog) -> AsyncIterator[list[StoredMessage]]:
+    """The log's event messages, :data:`READ_CHUNK` at a time, in order."""
     start = 1
     while True:
         messages = await reader.read_range(f"{PREFIX}.ev.>", start, READ_CHUNK)
         if not messages:
             return
-        decoded = [auditor.decode(message) for message in messages]
-        verdicts: list[tuple[list[int], asyncio.Future[list[bool | None]]]] = []
-        if pool is not None:
-            signed = [
-                (message.sequence, event.command)
-                for message, event in zip(messages, decoded, strict=True)
-                if not isinstance(event, Untrusted) and event.command
-            ]
-            share = -(-len(signed) // workers) or 1
-            for first in range(0, len(signed), share):
-                part = signed[first : first + share]
-                answer = loop.run_in_executor(pool, signatures_hold, [c for _, c in part])
-                verdicts.append(([sequence for sequence, _ in part], answer))
-        yield _Chunk(messages, decoded, verdicts)
+        yield messages
         if len(messages) < READ_CHUNK:
             return
         start = messages[-1].sequence + 1
+
+
+def _tell(
+    progress: Callable[[AuditProgress], object] | None,
+    checked: int,
+    chunk: list[StoredMessage],
+    last: int,
+) -> None:
+    if progress is not None:
+        progress(AuditProgress(checked, chunk[-1].sequence, last))
 
 
 def verify(

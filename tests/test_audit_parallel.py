@@ -1,7 +1,10 @@
-"""The whole-log audit with signature workers (``verify_log``'s parallel path): a log
-long enough to start them, read in several chunks, with one forged signature in the
-middle. The forgery is reported at its sequence, exactly as the one-process audit
-reports it, and nothing else is. The workers of an auditing process that is killed
+"""The whole-log audit by worker processes, each auditing a share of the log
+(``verify_log``'s parallel path): a log long enough to start them, read in several
+chunks, with one forged signature in the middle. The forgery is reported at its
+sequence, exactly as the one-process audit reports it, and nothing else is. What the
+shares cannot judge alone (a command used again in another share, an event copied onto
+another graph's subject) makes the audit start again in one process, with the same
+findings as the one-process audit. The workers of an auditing process that is killed
 exit with it."""
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from colonies_es import crypto
 from colonies_es.domain import ProcessClosed
 from colonies_es.embedded import NatsServer
 from colonies_es.projections import audit
-from colonies_es.projections.audit import AuditProgress, AuditReport, signatures_hold
+from colonies_es.projections.audit import AuditProgress, AuditReport, _share_of
 from colonies_es.projections.history import decode_event
 from colonies_es.store.codec import MsgspecTranscoder, Sealer, encode_envelope
 from colonies_es.store.jetstream import StoredMessage
@@ -101,15 +104,63 @@ def test_a_forged_signature_mid_log_is_reported_at_its_sequence_by_the_workers(
     assert progress[-1].position == progress[-1].last == len(log.payloads)
 
 
-def test_the_workers_verdicts_are_the_signature_checks() -> None:
-    key = crypto.new_private_key()
-    good = crypto.seal("close", {"processid": "p"}, key)
-    signed = msgspec.json.decode(good, type=crypto.SignedCommand)
-    bad = msgspec.json.encode(msgspec.structs.replace(signed, payload=signed.payload + b" "))
+def resealed(log: AuditLog, index: int, subject: str, command: bytes | None = None) -> None:
+    """Message ``index`` on ``subject`` instead (with ``command`` if given), sealed for
+    that subject with the log's key, as only the engine could."""
+    event = decode_event(StoredMessage(index + 1, *log.payloads[index], 0))
+    if command is not None:
+        event = dataclasses.replace(event, command=command)
+    stored = Mapper(transcoder=MsgspecTranscoder()).to_stored_event(event)
+    log.payloads[index] = (subject, encode_envelope(stored, subject, Sealer(log.seal_key)))
 
-    colonyos = b'{"payloadtype": "submitfuncspecmsg", "payload": "", "signature": ""}'
 
-    assert signatures_hold([good, bad, b"not a command", colonyos]) == [True, False, None, None]
+def closes_in_two_shares(log: AuditLog) -> tuple[int, int]:
+    """Indices of two ProcessClosed messages of graphs two workers share out, in order."""
+    first: dict[int | None, int] = {}
+    for index, (subject, payload) in enumerate(log.payloads):
+        event = decode_event(StoredMessage(index + 1, subject, payload, 0))
+        if isinstance(event, ProcessClosed):
+            first.setdefault(_share_of(subject, 2), index)
+        if len(first) == 2:
+            earlier, later = sorted(first.values())
+            return earlier, later
+    raise AssertionError("no two shares")
+
+
+@pytest.mark.parametrize("tampering", ["command used again", "event on another subject"])
+def test_what_the_shares_cannot_judge_alone_is_audited_again_in_one_process(
+    tampering: str,
+    nats_server_factory: Callable[..., NatsServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(audit, "PARALLEL_FROM", 500)  # a short log is enough
+    monkeypatch.setattr(audit, "READ_CHUNK", 300)
+    log = AuditLog.make(1_400, os.urandom(32))
+    first, second = closes_in_two_shares(log)
+    if tampering == "command used again":  # the first close's command, in the second's
+        command = decode_event(StoredMessage(first + 1, *log.payloads[first], 0)).command
+        resealed(log, second, log.payloads[second][0], command)
+    else:  # the second close, copied onto the first's graph
+        resealed(log, second, log.payloads[first][0])
+    server = nats_server_factory()
+    asyncio.run(_write_log(server.url, log.payloads))
+
+    with caplog.at_level(logging.WARNING, logger="colonies.audit"):
+        parallel = audit_log(server.url, log, 2, [])
+    alone = audit_log(server.url, log, 0, [])
+
+    assert [f.sequence for f in alone.findings] == [second + 1]
+    assert parallel == alone
+    assert [record.getMessage() for record in caplog.records] == [
+        "auditing the log again in one process: "
+        + (
+            f"the command of the event at sequence {second + 1} was used before by an event "
+            "of another share"
+            if tampering == "command used again"
+            else f"the event at sequence {second + 1} is on another aggregate's subject"
+        )
+    ]
 
 
 AUDITOR = """
