@@ -240,6 +240,31 @@ class ListQuery(msgspec.Struct, kw_only=True):
     state: int | None = None
 
 
+FORWARDED_LIST = "forwarded_list"
+"""The read-model query by which the engine forwards the listings it does not answer
+from memory (:mod:`colonies_es.engine.read_model`)."""
+FORWARDED_LIST_SUBJECT = f"colonies.q.{FORWARDED_LIST}"
+"""Its subject, among the read model's queries (``colonies.q.<op>``)."""
+
+
+class ForwardedList(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A listing the engine forwards to the read model for ``caller``, whom the engine
+    has found a member of the colony. Not signed by the caller: sealed with the log's
+    seal key (when there is one), which the projector checks."""
+
+    what: str
+    """``"graphs"`` or ``"processes"``."""
+    colonyname: str
+    state: int | None
+    count: int
+    caller: str
+    after: int
+    """The answer must reflect the log up to this stream sequence (what the engine has
+    applied or written)."""
+    wait: float
+    """Seconds the projector may wait for its view to get there."""
+
+
 class RemoveAll(msgspec.Struct, kw_only=True):
     colonyname: str
     state: int | None = None

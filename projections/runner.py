@@ -126,7 +126,9 @@ async def _project_and_serve(
             events = GraphEventReader(
                 nc, sealer_of(settings.event_seal_key), mapper.cipher, mapper.compressor
             )
-            service = await QueryService(nc, view, watch, events=events).start(tasks)
+            service = await QueryService(
+                nc, view, watch, events=events, sealer=sealer_of(settings.event_seal_key)
+            ).start(tasks)
             log.info("projector ready on %s at position %d", access.url, projector.position)
             if started is not None:
                 started(projector.position)

@@ -55,6 +55,8 @@ from colonies_es.projections.protocol import (
     signed_op,
 )
 from colonies_es.projections.view import ReadModel
+from colonies_es.protocol import FORWARDED_LIST, FORWARDED_LIST_SUBJECT, ForwardedList
+from colonies_es.store.codec import Sealer
 
 __all__ = ["PositionWatch", "QueryService"]
 
@@ -111,9 +113,13 @@ class QueryService:
         watch: PositionWatch,
         max_skew: float = crypto.DEFAULT_MAX_SKEW,
         events: GraphEventReader | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         """``events`` reads the graphs' events for ``graph_events`` (by default on
-        ``nc``, without seal key or cipher)."""
+        ``nc``, without seal key or cipher). ``sealer``: the log's seal key, which must
+        have sealed a listing the engine forwards (``forwarded_list``; any is taken
+        without one, as events are)."""
+        self.sealer = sealer
         self.nc = nc
         self.events = events or GraphEventReader(nc)
         self.view = view
@@ -134,7 +140,7 @@ class QueryService:
             ),
         )
         group = service.add_group(GroupConfig(name=QUERY_PREFIX, queue_group=QUERY_QUEUE_GROUP))
-        for op in QUERIES:
+        for op in [*QUERIES, FORWARDED_LIST]:
             await group.add_endpoint(EndpointConfig(name=op, handler=self._handler(tasks, op)))
         return service
 
@@ -161,9 +167,12 @@ class QueryService:
             log.warning("could not answer %s: %r", op, error)
 
     async def _reply(self, op: str, data: bytes) -> bytes:
-        caller, body = await anyio.to_thread.run_sync(
-            self._open, op, data, time.time(), limiter=self._limiter
-        )
+        if op == FORWARDED_LIST:
+            caller, body = self._open_forwarded(data)
+        else:
+            caller, body = await anyio.to_thread.run_sync(
+                self._open, op, data, time.time(), limiter=self._limiter
+            )
         if body.after > self.watch.position:
             wait = min(body.wait, MAX_WAIT) if body.wait > 0 else 0.0  # NaN: no wait
             with anyio.move_on_after(wait):
@@ -245,6 +254,28 @@ class QueryService:
             return command.caller_id, command.decode_body(QUERIES[op])
         except crypto.CommandRejected as rejected:
             raise QueryRefused(rejected.status, rejected.message) from None
+
+    def _open_forwarded(self, data: bytes) -> tuple[str, Query]:
+        """The caller and the listing of a ``forwarded_list`` from the engine (sealed
+        with the log's seal key, when this projector has one)."""
+        if self.sealer is not None:
+            if not self.sealer.is_sealed(FORWARDED_LIST_SUBJECT, data):
+                raise QueryRefused(403, "a forwarded listing not sealed by the engine")
+            data = data[: -Sealer.SIZE]
+        try:
+            forwarded = msgspec.json.decode(data, type=ForwardedList)
+        except msgspec.ValidationError as error:
+            raise QueryRefused(400, f"forwarded listing: {error}") from None
+        kind = {"graphs": ListGraphs, "processes": ListProcesses}.get(forwarded.what)
+        if kind is not None:
+            return forwarded.caller, kind(
+                colonyname=forwarded.colonyname,
+                state=forwarded.state,
+                count=forwarded.count,
+                after=forwarded.after,
+                wait=forwarded.wait,
+            )
+        raise QueryRefused(400, f"forwarded listing of {forwarded.what!r}: graphs or processes")
 
     def _answer(self, caller: str, body: Query) -> bytes:
         """The answer to ``body`` for ``caller``, from one snapshot of the view."""

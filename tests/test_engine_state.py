@@ -85,7 +85,8 @@ def test_an_ended_graph_leaves_memory_once_its_last_event_is_applied() -> None:
     assert state.sweep(never_busy) == [graph.id]
     assert not state.is_resident(graph.id)
     assert state.get(graph.id) is None
-    assert state.knows_graph(COLONY, graph.id)
+    [processid] = graph.nodes
+    assert state.graph_of(processid) == graph.id  # a legacy (counted) id: mapped
     assert state.evicted_counts(COLONY)["successfulprocesses"] == 1
     assert state.evicted_counts(COLONY)["successfulworkflows"] == 1
     assert state.resident_graphs(COLONY) == []

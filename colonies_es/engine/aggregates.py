@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from colonies_es.domain import (
     colony_aggregate_id,
     graph_aggregate_id,
     graph_id_of_process,
+    is_id,
 )
 from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.held import HeldClaims, ProcessEnds
@@ -152,12 +153,20 @@ class Aggregates:
                     return graph.id
         raise NotFound(f"process {processid} does not exist")
 
-    def graph_id_by_graphid(self, processgraphid: str) -> str:
-        """The aggregate id of the process graph with this (client-facing) id, or NotFound."""
-        for colonyname in self.state.colony_names():
-            graph_id = graph_aggregate_id(colonyname, processgraphid)
-            if self.state.knows_graph(colonyname, graph_id):
-                return graph_id
+    async def graph_id_by_graphid(self, processgraphid: str) -> str:
+        """The aggregate id of the process graph with this (client-facing) id, or
+        NotFound: memory first (every colony), then the graph's own subject in the log
+        of each colony (few)."""
+        if is_id(processgraphid):
+            colonies = self.state.colony_names()
+            for colonyname in colonies:
+                graph_id = graph_aggregate_id(colonyname, processgraphid)
+                if self.state.get(graph_id) is not None:
+                    return graph_id
+            for colonyname in colonies:
+                graph_id = graph_aggregate_id(colonyname, processgraphid)
+                if await self.load(graph_id) is not None:
+                    return graph_id
         raise NotFound(f"process graph {processgraphid} does not exist")
 
     async def readable(self, cmd: crypto.VerifiedCommand, graph_id: str) -> ProcessGraph:
@@ -168,17 +177,20 @@ class Aggregates:
         self.member_colony(cmd, graph.colonyname)
         return graph
 
-    async def graphs_newest_first(
-        self, colonyname: str, ended_too: bool
-    ) -> AsyncIterator[ProcessGraph]:
-        """The colony's graphs not removed, newest first; evicted (ended) graphs only
-        with ``ended_too``, each loaded from the log when the caller gets that far."""
-        for graph_id in reversed(self.state.graph_ids(colonyname)):
-            graph = self.state.get(graph_id)
-            if graph is None and ended_too:
-                graph = await self.load(graph_id)
-            if isinstance(graph, ProcessGraph) and not graph.removed:
-                yield graph
+    def live_graphs_newest_first(self, colonyname: str) -> list[ProcessGraph]:
+        """The colony's resident graphs not removed (every graph that has not ended, and
+        some that just did), newest first. Listings of ended graphs come from the read
+        model (:mod:`.read_model`), which holds the whole history on disk."""
+        graphs = list(reversed(self.state.resident_graphs(colonyname)))
+        return sorted(graphs, key=lambda graph: graph.created_on, reverse=True)
+
+    async def graph_ids_in_log(self, colonyname: str) -> list[str]:
+        """The aggregate ids of every graph the log has of the colony (removed ones too),
+        from the stream's subjects (JetStream stream info, page by page): what a command
+        over the colony's whole history (``remove_all``) works through, one at a time."""
+        base = self.store.subject_prefix
+        subjects = await self.log.subjects(f"{base}.{colonyname}.graph.*")
+        return [subject.removeprefix(f"{base}.") for subject in subjects]
 
     # ------------------------------------------------------------------ reading the log
 
@@ -208,29 +220,37 @@ class Aggregates:
                 events.append((event, message.sequence))
         return events
 
-    async def load(self, aggregate_id: str) -> AuditedAggregate | None:
-        """The aggregate from memory, or an evicted graph from its own subject (as far
-        as the follower has applied the log), kept in the state's LRU for a while."""
+    async def load(self, aggregate_id: str, keep_head: bool = False) -> AuditedAggregate | None:
+        """The aggregate from memory, or a graph that is not resident from its own
+        subject (as far as the follower has applied the log; None when the subject has
+        none), kept in the state's LRU for a while. Colonies are always resident.
+
+        The log forgets what it learnt of the subject's head unless ``keep_head`` (the
+        caller is about to change the graph): reading many ended graphs leaves nothing
+        behind but the LRU."""
         found = self.state.get(aggregate_id)
         if found is not None:
             return found
-        colonyname, _, rest = aggregate_id.partition(".")
-        if not rest.startswith("graph.") or not self.state.knows_graph(colonyname, aggregate_id):
+        _colonyname, _, rest = aggregate_id.partition(".")
+        kind, _, processgraphid = rest.partition(".")
+        if kind != "graph" or not is_id(processgraphid):
             return None
         applied = self.state.applied
         events = await self.events_of(aggregate_id)
         graph = replay_events(event for event, seq in events if seq <= applied)
-        if not isinstance(graph, ProcessGraph):
-            return None
         found = self.state.get(aggregate_id)  # the follower may have revived it meanwhile
         if found is not None:
             return found
+        if not keep_head:
+            self.log.forget_head(self.subject_of(aggregate_id))
+        if not isinstance(graph, ProcessGraph):
+            return None
         self.state.keep_loaded(graph)
         return graph
 
     async def resident(self, aggregate_id: str) -> AuditedAggregate | None:
         """The aggregate, made resident again if it was an evicted graph (to change it)."""
-        found = await self.load(aggregate_id)
+        found = await self.load(aggregate_id, keep_head=True)
         if isinstance(found, ProcessGraph) and not self.state.is_resident(aggregate_id):
             self.state.revive(found)
         return found

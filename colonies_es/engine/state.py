@@ -21,9 +21,12 @@ Memory is bounded by live work, not by history (issue 14). Colonies and graphs t
 have not ended are *resident* (``aggregates``). A graph that has ended (SUCCESS, FAILED,
 CANCELLED or removed) with no process ready or running is *evicted* by :meth:`sweep` once
 the follower has applied its last event: it leaves ``aggregates`` and its process counts
-move into per-colony totals (for ``stats``). What remains of it is its ids in two
-indices (which graph holds a process, the graphs of a colony). A command on an evicted
-graph loads it from its own subject (:class:`~.aggregates.Aggregates`); reads keep
+move into per-colony totals (for ``stats``). Nothing of it remains in memory: a
+process id tells its graph (``p + H(p)`` from the id's first half,
+:func:`~colonies_es.domain.graph_id_of_process`), so no index of ended graphs is needed,
+except a map of the processes whose ids do not derive to their graph (*legacy* ids,
+written before derived ids or given by tests; empty for a log written since). A command
+on an evicted graph loads it from its own subject (:class:`~.aggregates.Aggregates`); reads keep
 it in a small LRU (:data:`LOADED_CACHE`), a change makes it resident again
 (:meth:`revive`, which takes its counts out of the totals) until the next sweep. So a
 graph is always counted exactly once: by iterating resident graphs, or in the totals.
@@ -130,13 +133,13 @@ class Timer:
 
 
 class ColonyGraphs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One colony's part of a :class:`LiveState`: the ids of every graph the log has of
-    it (resident or evicted) and of their processes, packed (32 bytes an id) because
-    they grow with history while everything else is bounded by live work."""
+    """One colony's part of a :class:`LiveState`: its processes with legacy ids (ids
+    that do not derive to their graph) and their graphs, packed (32 bytes an id), and
+    the totals of its evicted graphs. Nothing here grows with a history of derived ids."""
 
     colonyname: str
     graphs: bytes
-    """The colony's processgraph ids, 32 bytes each, oldest first."""
+    """The processgraph ids of the graphs holding ``processes``, 32 bytes each."""
     processes: bytes
     """The ids of the colony's processes whose id does not derive to their graph
     (legacy ids, see :meth:`EngineState.graph_of`), 32 bytes each."""
@@ -190,7 +193,6 @@ class EngineState:
         derive to their graph (:func:`~colonies_es.domain.graph_id_of_process`): ids made
         before derived ids, or given by tests. Empty for a log written since."""
         self._colony_names: dict[str, None] = {}
-        self._graphs_of_colony: dict[str, dict[str, None]] = {}  # ordered: oldest first
         self._loaded: OrderedDict[str, ProcessGraph] = OrderedDict()
         self._ending: dict[str, int] = {}  # resident evictable graph -> its last sequence
         self._evicted_counts: dict[str, list[int]] = {}
@@ -219,11 +221,6 @@ class EngineState:
 
     def is_resident(self, aggregate_id: str) -> bool:
         return aggregate_id in self.aggregates
-
-    def knows_graph(self, colonyname: str, graph_id: str) -> bool:
-        """True if the log has this graph (resident or not)."""
-        with self._lock:
-            return graph_id in self._graphs_of_colony.get(colonyname, {})
 
     def evicted_counts(self, colonyname: str) -> dict[str, int]:
         """The :data:`COUNTED` statistics of the colony's evicted graphs."""
@@ -334,11 +331,6 @@ class EngineState:
                     return graph_id
             return None
 
-    def graph_ids(self, colonyname: str) -> list[str]:
-        """The ids of the colony's graphs (resident or not), oldest first."""
-        with self._lock:
-            return list(self._graphs_of_colony.get(colonyname, ()))
-
     def resident_graphs(self, colonyname: str) -> list[ProcessGraph]:
         """The colony's resident graphs not removed (the others are in its totals): as
         many as are live, however long the colony's history."""
@@ -436,7 +428,6 @@ class EngineState:
         with self._lock:
             applied = self.applied
             resident = list(self.aggregates)
-            colonies = {name: list(ids) for name, ids in self._graphs_of_colony.items()}
             legacy = dict(self._legacy_graph_of)
             evicted = {name: list(totals) for name, totals in self._evicted_counts.items()}
             last_heard = dict(self.last_heard)
@@ -445,7 +436,7 @@ class EngineState:
             return LiveState(
                 applied=applied,
                 resident=resident,
-                colonies=_pack_colonies(colonies, legacy, evicted),
+                colonies=_pack_colonies(legacy, evicted),
                 last_heard=last_heard,
             )
 
@@ -456,12 +447,10 @@ class EngineState:
         all (ValueError or IndexError for packed ids that do not fit). The caller then
         loads the resident aggregates (:meth:`apply` with ``index=False``, up to
         ``live.applied``), calls :meth:`index_all` and applies the log after it."""
-        graphs_of_colony: dict[str, dict[str, None]] = {}
         legacy: dict[str, str] = {}
         for colony in live.colonies:
             prefix = f"{colony.colonyname}.graph."
             graphs = [prefix + hex_id for hex_id in _hex_ids(colony.graphs)]
-            graphs_of_colony[colony.colonyname] = dict.fromkeys(graphs)
             owners = array("I")
             owners.frombytes(colony.graph_of)
             if sys.byteorder != "little":
@@ -471,9 +460,8 @@ class EngineState:
                 raise ValueError(f"{len(processes)} processes but {len(owners)} graphs of them")
             legacy.update(zip(processes, map(graphs.__getitem__, owners), strict=True))
         with self._lock:
-            if self.aggregates or self._graphs_of_colony:
+            if self.aggregates or self._legacy_graph_of:
                 raise RuntimeError("restore into a state that is not empty")
-            self._graphs_of_colony = graphs_of_colony
             self._legacy_graph_of = legacy
             self._evicted_counts = {
                 colony.colonyname: list(colony.evicted)
@@ -562,7 +550,6 @@ class EngineState:
         effects = Effects()
         with self._lock:
             if events is None or any(e.originator_version == 1 for e in events):
-                self._graphs_of_colony.setdefault(graph.colonyname, {})[graph.id] = None
                 self._colony_names[graph.colonyname] = None
                 self._index_legacy(graph, graph.nodes)
             # Ordered (a dict): processes made ready together keep the event's order.
@@ -642,33 +629,28 @@ def _packed(hex_ids: list[str]) -> bytes:
     return bytes.fromhex("".join(hex_ids))
 
 
-def _pack_colonies(
-    colonies: dict[str, list[str]],
-    legacy: dict[str, str],
-    evicted: dict[str, list[int]],
-) -> list[ColonyGraphs]:
-    """The graph indices, one :class:`ColonyGraphs` per colony (see :meth:`EngineState.capture`).
+def _pack_colonies(legacy: dict[str, str], evicted: dict[str, list[int]]) -> list[ColonyGraphs]:
+    """The legacy map and the totals, one :class:`ColonyGraphs` per colony that has
+    either (see :meth:`EngineState.capture`).
 
     Raises ValueError for an id that is not 64 hex characters (the domain makes no other).
     """
-    position: dict[str, int] = {}  # graph id -> its place among its colony's graphs
-    colony_of: dict[str, str] = {}
-    for colonyname, graph_ids in colonies.items():
-        position.update(zip(graph_ids, range(len(graph_ids)), strict=True))
-        colony_of.update(dict.fromkeys(graph_ids, colonyname))
-    processes: dict[str, list[str]] = {name: [] for name in colonies}
-    owners: dict[str, array[int]] = {name: array("I") for name in colonies}
+    graphs: dict[str, dict[str, int]] = {}  # colony -> graph aggregate id -> its position
+    processes: dict[str, list[str]] = {}
+    owners: dict[str, array[int]] = {}
     for processid, graph_id in legacy.items():
-        colonyname = colony_of[graph_id]
-        processes[colonyname].append(processid)
-        owners[colonyname].append(position[graph_id])
+        colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
+        of_colony = graphs.setdefault(colonyname, {})
+        position = of_colony.setdefault(graph_id, len(of_colony))
+        processes.setdefault(colonyname, []).append(processid)
+        owners.setdefault(colonyname, array("I")).append(position)
     if sys.byteorder != "little":
         for positions_of_colony in owners.values():
             positions_of_colony.byteswap()
     packed = []
-    for name in [*colonies, *(name for name in evicted if name not in colonies)]:
+    for name in [*graphs, *(name for name in evicted if name not in graphs)]:
         prefix = f"{name}.graph."
-        graph_ids = [graph_id.removeprefix(prefix) for graph_id in colonies.get(name, ())]
+        graph_ids = [graph_id.removeprefix(prefix) for graph_id in graphs.get(name, ())]
         packed.append(
             ColonyGraphs(
                 colonyname=name,

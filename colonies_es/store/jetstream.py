@@ -388,6 +388,21 @@ class JetStreamLog:
             raise OperationalError(f"direct get {subject}: {reply.headers}")
         return _direct_message(reply)
 
+    async def subjects(self, filter_subject: str) -> list[str]:
+        """The stream's subjects matching ``filter_subject`` that hold messages (stream
+        info with ``subjects_filter``, page by page: the server sends a bounded number
+        of subjects per reply)."""
+        found: list[str] = []
+        while True:
+            request = {"subjects_filter": filter_subject, "offset": len(found)}
+            info = await self._api(f"STREAM.INFO.{self.stream}", _json.encode(request))
+            if "error" in info:
+                raise OperationalError(f"stream info {self.stream}: {info['error']}")
+            page = (info.get("state") or {}).get("subjects") or {}
+            found.extend(page)
+            if not page or len(found) >= int(info.get("total") or 0):
+                return found
+
     async def read_subject(self, subject: str) -> list[StoredMessage]:
         """Every message on one subject, in order (batched direct get)."""
         messages: list[StoredMessage] = []

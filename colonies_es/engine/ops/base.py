@@ -22,9 +22,12 @@ from colonies_es.engine.aggregates import Aggregates
 from colonies_es.engine.state import Effects
 from colonies_es.models import ProcessState
 
-__all__ = ["EMPTY", "ENDED", "Op", "Reply", "name_of", "op"]
+__all__ = ["EMPTY", "ENDED", "LIVE", "Op", "Reply", "name_of", "op"]
 
 ENDED = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
+LIVE = (ProcessState.WAITING, ProcessState.RUNNING)
+"""The states of live work: the engine lists them from memory, the others from the read
+model (:mod:`~colonies_es.engine.read_model`)."""
 """The states a process or graph ends in."""
 
 EMPTY = b"{}"

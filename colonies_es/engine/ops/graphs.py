@@ -10,7 +10,8 @@ import msgspec
 from colonies_es import crypto
 from colonies_es.domain import BadRequest, Conflict, Forbidden, NotFound, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, audit
-from colonies_es.engine.ops.base import ENDED, Reply, name_of
+from colonies_es.engine.ops.base import LIVE, Reply, name_of
+from colonies_es.engine.read_model import forwarded_listing
 from colonies_es.engine.state import Effects
 from colonies_es.models import ProcessState, encode
 from colonies_es.protocol import AddChild, AddChildren, GraphRef, ListQuery, RemoveAll
@@ -19,7 +20,7 @@ from colonies_es.protocol import AddChild, AddChildren, GraphRef, ListQuery, Rem
 async def get_processgraph(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
 ) -> Reply:
-    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
     graph = await aggregates.readable(cmd, graph_id)
     return Reply(encode(graph.to_model()))
 
@@ -27,12 +28,15 @@ async def get_processgraph(
 async def get_processgraphs(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ListQuery, now: datetime
 ) -> Reply:
-    """The colony's newest ``count`` graphs in ``state`` (any state when negative)."""
+    """The colony's newest ``count`` graphs in ``state`` (any state when negative):
+    WAITING and RUNNING ones from memory, the others from the read model
+    (:mod:`~colonies_es.engine.read_model`)."""
     aggregates.member_colony(cmd, body.colonyname)
+    if body.state not in LIVE:
+        return Reply(await forwarded_listing(aggregates, "graphs", body, cmd.caller_id))
     found = []
-    ended_too = body.state is None or body.state < 0 or body.state in ENDED
-    async for graph in aggregates.graphs_newest_first(body.colonyname, ended_too):
-        if body.state is None or body.state < 0 or graph.state == body.state:
+    for graph in aggregates.live_graphs_newest_first(body.colonyname):
+        if graph.state == body.state:
             found.append(graph.to_model())
             if len(found) >= body.count:
                 break
@@ -44,7 +48,7 @@ async def add_child(
 ) -> Reply:
     """Adds a process under a parent of a running graph (within the pending quota);
     answers with the new process."""
-    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
     if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
         raise NotFound(
             f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
@@ -129,7 +133,9 @@ async def rerun_processgraph(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
 ) -> Reply:
     """A new graph re-running a failed one (its successful processes kept)."""
-    failed = await aggregates.readable(cmd, aggregates.graph_id_by_graphid(body.processgraphid))
+    failed = await aggregates.readable(
+        cmd, await aggregates.graph_id_by_graphid(body.processgraphid)
+    )
     colony = aggregates.colony(failed.colonyname)
     graph = ProcessGraph.rerun_from_failed(
         failed,
@@ -144,7 +150,7 @@ async def rerun_processgraph(
 async def cancel_processgraph(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
 ) -> Reply:
-    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
     await aggregates.readable(cmd, graph_id)
     _, effects = await aggregates.change_graph(graph_id, lambda g: g.cancel(**audit(cmd, now)))
     return Reply(effects=effects)
@@ -153,7 +159,7 @@ async def cancel_processgraph(
 async def remove_processgraph(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: GraphRef, now: datetime
 ) -> Reply:
-    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
     await aggregates.readable(cmd, graph_id)
     _, effects = await aggregates.change_graph(graph_id, lambda g: g.remove(**audit(cmd, now)))
     return Reply(effects=effects)
@@ -172,8 +178,10 @@ async def remove_all(
     if state == ProcessState.RUNNING:
         raise Conflict("RUNNING graphs cannot be removed: cancel them first")
     effects = Effects()
-    graphs = [graph async for graph in aggregates.graphs_newest_first(colony.name, True)]
-    for graph in reversed(graphs):
+    for graph_id in await aggregates.graph_ids_in_log(colony.name):
+        graph = await aggregates.load(graph_id)
+        if not isinstance(graph, ProcessGraph) or graph.removed:
+            continue
         if graph.state == ProcessState.RUNNING or (state is not None and graph.state != state):
             continue
         try:

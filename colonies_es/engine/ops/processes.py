@@ -7,7 +7,8 @@ from datetime import datetime
 from colonies_es import crypto
 from colonies_es.domain import Conflict, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, audit
-from colonies_es.engine.ops.base import ENDED, Reply, name_of
+from colonies_es.engine.ops.base import ENDED, LIVE, Reply, name_of
+from colonies_es.engine.read_model import forwarded_listing
 from colonies_es.engine.state import Effects
 from colonies_es.models import Workflow, encode
 from colonies_es.protocol import (
@@ -83,13 +84,16 @@ async def wait_process(
 async def list_processes(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ListQuery, now: datetime
 ) -> Reply:
-    """The colony's newest ``count`` processes in ``state`` (any state when negative)."""
+    """The colony's newest ``count`` processes in ``state`` (any state when negative):
+    WAITING and RUNNING ones from memory, the others from the read model
+    (:mod:`~colonies_es.engine.read_model`)."""
     aggregates.member_colony(cmd, body.colonyname)
+    if body.state not in LIVE:
+        return Reply(await forwarded_listing(aggregates, "processes", body, cmd.caller_id))
     found = []
-    ended_too = body.state is None or body.state < 0 or body.state in ENDED
-    async for graph in aggregates.graphs_newest_first(body.colonyname, ended_too):
+    for graph in aggregates.live_graphs_newest_first(body.colonyname):
         for node in reversed(list(graph.nodes.values())):
-            if body.state is None or body.state < 0 or node.state == body.state:
+            if node.state == body.state:
                 found.append(graph.process_model(node.processid))
                 if len(found) >= body.count:
                     return Reply(encode(found))
