@@ -140,3 +140,56 @@ def test_pending_processes_follow_each_change_and_leave_with_evicted_graphs() ->
     assert state.pending_processes(COLONY) == 1
     state.revive(first)  # ended: revived, it still counts nothing
     assert state.pending_processes(COLONY) == 1
+
+
+def _derived_graph(number: int) -> tuple[ProcessGraph, list[AuditedEvent]]:
+    """A single-process graph with ids as the engine makes them (derived, not legacy)."""
+    spec = func_spec(f"job{number}", [], COLONY, "python-executor")
+    graph = ProcessGraph.submit(
+        COLONY,
+        Workflow(colonyname=COLONY, functionspecs=[spec]),
+        initiatorid="u" * 64,
+        initiatorname="alice",
+        now=T0,
+        actor="u" * 64,
+        command=b"",
+    )
+    return graph, list(graph.collect_events())  # type: ignore[arg-type]
+
+
+def _sizes(state: EngineState) -> dict[str, int]:
+    """The number of entries of every container the state holds (its memory's shape)."""
+    sizes = {}
+    for owner, fields in (("", vars(state)), ("ready.", vars(state.ready))):
+        for name, value in fields.items():
+            if isinstance(value, dict | list | set):
+                nested = [v for v in (value.values() if isinstance(value, dict) else ()) if v]
+                sizes[owner + name] = len(value) + sum(
+                    len(v) for v in nested if isinstance(v, dict | list | set)
+                )
+    return sizes
+
+
+def test_nothing_of_an_ended_graph_with_derived_ids_stays_in_memory() -> None:
+    """Issue 14: after the sweep, no container of the state grows with ended graphs
+    (a legacy id would stay in the legacy map: tests/test_engine_ids.py)."""
+    state = EngineState()
+    sequence = 0
+
+    def run(graphs: int) -> None:
+        nonlocal sequence
+        for number in range(graphs):
+            graph, events = _derived_graph(number)
+            for event in events + run_to_success(graph):
+                sequence += 1
+                state.apply(event, sequence)
+        state.advance(sequence)
+        state.sweep(never_busy)
+
+    run(1100)
+    sizes = _sizes(state)
+    assert max(sizes.values()) < 100, sizes  # what each holds is bounded, not per graph
+    assert state.aggregates == {}
+    assert state.evicted_counts(COLONY)["successfulprocesses"] == 1100
+    capture = state.capture()()
+    assert [(c.graphs, c.processes) for c in capture.colonies] == [(b"", b"")]

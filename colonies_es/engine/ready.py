@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 Key = tuple[str, str]
 """(colony name, executor type)"""
 
+COMPACT_SLACK = 64
+"""Stale entries a heap may hold beyond twice its live ones before it is compacted."""
+
 
 @dataclass(order=True)
 class ReadyProcess:
@@ -75,7 +78,20 @@ class ReadyIndex:
     def _forget(self, processid: str) -> None:
         known = self._live.pop(processid, None)
         if known is not None:
-            self._counts[known[0]] -= 1
+            key = known[0]
+            self._counts[key] -= 1
+            heap = self._heaps.get(key)
+            if heap is not None and len(heap) > 2 * self._counts[key] + COMPACT_SLACK:
+                self._compact(key, heap)
+
+    def _compact(self, key: Key, heap: list[ReadyProcess]) -> None:
+        """Drops the stale entries of ``key``'s heap. Claims drop those they meet on top;
+        a replica whose processes other replicas assign (or a key nobody claims any
+        more) would otherwise keep one entry per process ever ready. Done when stale
+        entries outnumber live ones (plus :data:`COMPACT_SLACK`): amortised O(1)."""
+        live = [e for e in heap if self._live.get(e.processid, (None, None))[1] is e]
+        heapq.heapify(live)
+        self._heaps[key] = live
 
     def best_for(
         self, key: Key, executorname: str, passing: Container[str] = ()
