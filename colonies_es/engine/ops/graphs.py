@@ -104,7 +104,7 @@ async def add_children(
             f"over {limit:,} (a quarter of the server's max_payload, so that its event "
             "stays readable): add them in several add_children calls"
         )
-    graph_id = aggregates.graph_id_by_graphid(body.processgraphid)
+    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
     if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
         raise NotFound(
             f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
