@@ -140,18 +140,26 @@ class ChildProcess:
             f"{': ' + said.removeprefix('error: ') if said else ''} (see {self.log_file})"
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGINT, then SIGKILL after ``timeout`` seconds; returns once it is reaped.
+    def interrupt(self) -> None:
+        """Sends SIGINT without waiting (:meth:`stop` then waits): several components
+        asked at once stop in the time of the slowest, not of all of them in turn.
 
         SIGINT is the Ctrl-C the command would get in a terminal of its own (in its own
         session it does not get the user's): `colonies server` and `colonies executor`
         stop on it in order, and promptly.
         """
         process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGINT (see :meth:`interrupt`), then SIGKILL after ``timeout`` seconds;
+        returns once it is reaped."""
+        process = self._process
         if process is None or process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
+        self.interrupt()
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -216,13 +224,35 @@ class DevStack:
         return None
 
     def stop(self) -> None:
-        """Stop every component, last started first; a failing stop does not stop the rest."""
+        """Stop every component, last started first; a failing stop does not stop the rest.
+
+        The processes started after the last engine (executors, gateway, projector) are
+        interrupted together, then the engines together, then NATS: each layer still
+        stops before what it needs (an executor's last close reaches an engine), but
+        within a layer nobody waits for a neighbour's shutdown."""
         while self.components:
-            component = self.components.pop()
-            try:
-                component.stop()
-            except Exception as error:
-                self._report(f"stopping {component.name} failed: {error}")
+            layer = [self.components.pop()]
+            while (
+                self.components
+                and _layer(self.components[-1]) == _layer(layer[0])
+                and _layer(layer[0]) != "infrastructure"
+            ):
+                layer.append(self.components.pop())
+            for component in layer:
+                if isinstance(component, ChildProcess):
+                    component.interrupt()
+            for component in layer:
+                try:
+                    component.stop()
+                except Exception as error:
+                    self._report(f"stopping {component.name} failed: {error}")
+
+
+def _layer(component: Component) -> str:
+    """Which components may stop together (see :meth:`DevStack.stop`)."""
+    if not isinstance(component, ChildProcess):
+        return "infrastructure"  # NATS: stopped alone, last
+    return "engine" if component.name.startswith("engine") else "client"
 
 
 class StopSignals:

@@ -179,7 +179,12 @@ class Engine:
                     finally:
                         with anyio.CancelScope(shield=True):
                             await service.stop()
-                            if self.checkpoint_events > 0:
+                            if self.checkpoint_events > 0 and not self.nc.is_connected:
+                                log.warning(
+                                    "NATS unreachable: stopping without a final checkpoint "
+                                    "(the next start follows the log from the newest one)"
+                                )
+                            elif self.checkpoint_events > 0:
                                 with anyio.move_on_after(FINAL_CHECKPOINT_WAIT):
                                     await checkpoints.write_final()
             finally:
@@ -187,7 +192,10 @@ class Engine:
                     await anyio.to_thread.run_sync(self.app.close)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self.nc.drain()
+                if self.nc.is_connected:
+                    await self.nc.drain()
+                else:  # nothing to drain into: waiting would only wait for a timeout
+                    await self.nc.close()
 
     async def _connect(self) -> NATS:
         """The engine's connection (reconnecting forever once made); a NATS server that
