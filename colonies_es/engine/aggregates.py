@@ -103,11 +103,15 @@ class Aggregates:
         """Claims this replica holds while nothing is ready for their executor."""
         self.ends = ProcessEnds()
         """``wait_process`` requests this replica holds until their process ends."""
-        state.ready.on_ready = self.claims.wake
+        state.ready.on_ready = self._wake_claim
         state.on_ended = self.ends.ended
         self.nc: NATS | None = None
         """The engine's connection once attached: where it asks a claimer whether its
         held claim still waits (:func:`colonies_es.engine.ops.work.claim`)."""
+
+    def _wake_claim(self, key: tuple[str, str], executornames: tuple[str, ...]) -> None:
+        """A process became ready: wake a claim held here that may take it (held.py)."""
+        self.claims.wake(key, executornames)
 
     # ------------------------------------------------------------------ lookups
 

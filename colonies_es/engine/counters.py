@@ -16,7 +16,9 @@ since it started, served as ``colonies_replica_total{what}`` on the metrics port
 - ``behind``: commands answered 503 because that wait ran out;
 - ``followed``: events of other replicas the follower decoded and applied;
 - ``skipped``: events the follower found already in (this replica's own writes, or
-  what a catch-up read first), skipped without decoding.
+  what a catch-up read first), skipped without decoding;
+- ``tickets_spared``: work tickets not published because the decision that made the
+  process ready woke a claim this replica holds, which takes it (:mod:`.held`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ReplicaCounters:
     behind: int = 0
     followed: int = 0
     skipped: int = 0
+    tickets_spared: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Each count by its name."""

@@ -8,7 +8,10 @@ claim keeps it here instead of answering 404 at once; whenever a process becomes
 through the ready index), the claim that has waited longest among those that may take it
 is woken and tries to assign, with the graph's optimistic concurrency deciding between
 replicas and claims that race. So work is pushed to a waiting executor in the reply to
-its claim, without a ticket in between.
+its claim, without a ticket in between: a command whose decision made a process ready
+and woke a claim here publishes no work ticket for it (:data:`woken_claims`; a claim
+woken for nothing, whose claimer is gone, wakes the next one, and the service's
+reconciler issues a ticket for what stays ready longer than its grace).
 
 :class:`ProcessEnds`. A ``wait_process`` request for a process still running waits here
 until the state sees the process end (``EngineState.on_ended``: this replica's decision
@@ -23,11 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from colonies_es.engine.ready import Key
 
-__all__ = ["HeldClaim", "HeldClaims", "ProcessEnds"]
+__all__ = ["HeldClaim", "HeldClaims", "ProcessEnds", "woken_claims"]
+
+woken_claims: ContextVar[list[Key] | None] = ContextVar("woken_claims", default=None)
+"""Set by the service to an empty list around one command (each command is its own
+task): the key of every held claim that command's decision woke, once per ready process
+a claim of this replica will take. The service publishes no work ticket for those
+(``Engine._apply``). Unset (None) elsewhere: the follower's and the timers' wakes spare
+no ticket."""
 
 
 @dataclass(eq=False)
@@ -69,17 +80,22 @@ class HeldClaims:
             if not held:
                 del self._held[key]
 
-    def wake(self, key: Key, executornames: tuple[str, ...] = ()) -> None:
+    def wake(self, key: Key, executornames: tuple[str, ...] = ()) -> bool:
         """A process of ``key`` became ready, for any executor or only those named in
         ``executornames``: wake the longest-waiting claim that may take it and is not
-        woken already (one claim per ready process)."""
+        woken already (one claim per ready process). True if one was woken; it is then
+        noted in :data:`woken_claims` when the caller set that."""
         for claim in self._held.get(key, ()):
             if not claim.waiting or claim.woken.is_set():
                 continue
             if executornames and claim.executorname not in executornames:
                 continue
             claim.woken.set()
-            return
+            noted = woken_claims.get()
+            if noted is not None:
+                noted.append(key)
+            return True
+        return False
 
     def counts(self) -> dict[Key, int]:
         """Claims waiting per key (the metrics' waiting executors)."""

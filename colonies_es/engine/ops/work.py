@@ -80,6 +80,9 @@ async def claim(
             if waited:  # time passed: is the claimer still there, and still allowed?
                 asks = body.alive and loop.time() - arrived >= ALIVE_AFTER
                 if asks and not await _still_waiting(aggregates, body.alive):
+                    # It was woken for this process (and no ticket was published for
+                    # it): pass it on to the next claim held here that may take it.
+                    aggregates.claims.wake(key, best.executornames)
                     raise NotFound(f"{executor.executorname!r} no longer waits for work")
                 executor = _claimer(aggregates, cmd, body.colonyname)
                 now = datetime.now(UTC)
