@@ -8,14 +8,19 @@ and ``close`` with its return value as the output.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from colonies_es import ColoniesError, Process, Workflow, func_spec
+from colonies_es.client import AsyncColonies
 from colonies_es.models import FuncSpec
+from colonies_es.protocol import work_subject
 from colonies_es.states import ProcessState
 from tests.eventlog import read_events
 from tests.stack import ColonyHandle, Stack
@@ -270,3 +275,42 @@ def test_wait_times_out_cleanly_while_the_process_is_not_done(stack: Stack) -> N
     assert stack.client.get_process(submitted.processid, colony.owner_prvkey).state == (
         ProcessState.WAITING
     )
+
+
+async def test_work_a_held_claim_takes_gets_no_ticket_work_nobody_waits_for_does(
+    stack: Stack,
+) -> None:
+    """Tickets are for clients that pull (protocol.py, "Work"): a process made ready
+    while a claim waits in the engine goes to that claim with no ticket; one made ready
+    while no claim waits still gets its ticket. Both tickets would be published by the
+    one engine on one connection, in order: the second arriving alone proves the first
+    was never sent."""
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    tickets: list[str] = []
+    got_ticket = asyncio.Event()
+
+    async def seen(message: Msg) -> None:
+        tickets.append(message.subject)
+        got_ticket.set()
+
+    nc = await nats.connect(stack.nats.url)
+    async with AsyncColonies("127.0.0.1", stack.nats.port, timeout=20) as client:
+        try:
+            await nc.subscribe(work_subject(colony.name, EXECUTOR_TYPE), cb=seen)
+            await nc.flush()
+            held = asyncio.create_task(client.assign(colony.name, 20, executor))
+            await asyncio.sleep(0.5)  # the claim reaches the engine before there is work
+            first = await client.submit_func_spec(
+                func_spec("one", [], colony.name, EXECUTOR_TYPE), colony.owner_prvkey
+            )
+            assert (await asyncio.wait_for(held, 20)).processid == first.processid
+            second = await client.submit_func_spec(
+                func_spec("two", [], colony.name, EXECUTOR_TYPE), colony.owner_prvkey
+            )
+            await asyncio.wait_for(got_ticket.wait(), 20)
+            assert tickets == [work_subject(colony.name, EXECUTOR_TYPE)]
+            taken = await client.assign(colony.name, 5, executor)
+            assert taken.processid == second.processid
+        finally:
+            await nc.close()
