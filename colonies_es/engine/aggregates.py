@@ -66,6 +66,9 @@ DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 CONFLICT_RETRIES = 5
 """Times a decision is taken again after another replica changed the aggregate first."""
 
+INSTALLED_LIMIT = 100_000
+"""Sequences kept in :attr:`Aggregates.installed` at most (a follower far behind)."""
+
 last_written: ContextVar[int] = ContextVar("last_written", default=0)
 """The last stream sequence the command being decided (this task's) has written."""
 
@@ -93,6 +96,10 @@ class Aggregates:
         self.quotas = quotas
         self.counters = ReplicaCounters()
         """What coordinating with other replicas cost (:mod:`.counters`)."""
+        self.installed: set[int] = set()
+        """Stream sequences of events this replica wrote and installed that the follower
+        has not reached yet: it skips them by sequence, without decoding or checking
+        their seal (:meth:`Follower._follow_one`)."""
         self.claiming: set[str] = set()
         """Ready processes a claim of this replica is assigning right now: a concurrent
         claim takes the next best instead of queueing for the same one."""
@@ -302,8 +309,10 @@ class Aggregates:
     async def save_new(self, aggregate: AuditedAggregate) -> Effects:
         """Saves a new aggregate (IntegrityError if its id exists) and installs it."""
         async with self.lock(aggregate.id):
-            events = await self._save(aggregate)
-            return self.state.install(aggregate, events, last_written.get())
+            events, sequences = await self._save(aggregate)
+            effects = self.state.install(aggregate, events, last_written.get())
+            self._installed(sequences)
+            return effects
 
     async def change(
         self, aggregate_id: str, kind: type[A], decide: Callable[[A], None]
@@ -326,14 +335,16 @@ class Aggregates:
                 draft = cached.copy()
                 decide(draft)  # a DomainError triggers nothing
                 try:
-                    events = await self._save(draft)
+                    events, sequences = await self._save(draft)
                 except IntegrityError:
                     self.counters.conflicts += 1
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
                     await self.catch_up(aggregate_id)
                     continue
-                return draft, self.state.install(draft, events, last_written.get())
+                effects = self.state.install(draft, events, last_written.get())
+                self._installed(sequences)
+                return draft, effects
             raise AssertionError("unreachable")
 
     async def change_graph(
@@ -342,10 +353,17 @@ class Aggregates:
         """:meth:`change` on a process graph."""
         return await self.change(graph_id, ProcessGraph, decide)
 
-    async def _save(self, aggregate: AuditedAggregate) -> list[AuditedEvent]:
+    def _installed(self, sequences: list[int]) -> None:
+        """The events at ``sequences`` were written and installed by this replica."""
+        if len(self.installed) > INSTALLED_LIMIT:  # the follower fell far behind
+            self.installed.clear()  # it then decodes those events to skip them
+        self.installed.update(sequences)
+
+    async def _save(self, aggregate: AuditedAggregate) -> tuple[list[AuditedEvent], list[int]]:
         """Appends the aggregate's pending events to the log (atomically), notes the last
         sequence written for the reply (:data:`last_written`) and marks the commands as
-        applied (a retry's reply is computed again from the aggregate: :mod:`.replies`)."""
+        applied (a retry's reply is computed again from the aggregate: :mod:`.replies`).
+        Returns the events and their stream sequences."""
         pending: list[AuditedEvent] = list(aggregate.collect_events())  # type: ignore[arg-type]
         stored = [self.mapper.to_stored_event(event) for event in pending]
         sequences = await self.log.append(self.store.entries_for(stored))
@@ -353,7 +371,7 @@ class Aggregates:
         now = datetime.now(UTC)
         for event in pending:
             self.seen.remember(event, last_written.get(), now)
-        return pending
+        return pending, sequences
 
 
 def audit(cmd: crypto.VerifiedCommand, now: datetime) -> dict[str, Any]:

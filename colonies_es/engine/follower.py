@@ -6,10 +6,11 @@ and the recent commands (the replay guard and the replies of retries,
 (:mod:`.checkpoint`), or by replaying the whole log when there is no usable checkpoint.
 :meth:`Follower.catch_up_with_log` then applies what follows the checkpoint, as the
 follower does, before the engine serves. :meth:`Follower.follow` then applies
-every event appended after it, by any replica, forever: events this replica wrote itself
-are already in (their versions tell) and are skipped without decoding; an event that
-does not follow the cached aggregate (a gap) makes the aggregate catch up from its own
-subject (:meth:`~.aggregates.Aggregates.catch_up`).
+every event appended after it, by any replica, forever: events this replica wrote and
+installed itself are skipped by their sequence, without decoding or checking the seal
+(an own event whose install is still under way: by its version, once installed); an
+event that does not follow the cached aggregate (a gap) makes the aggregate catch up
+from its own subject (:meth:`~.aggregates.Aggregates.catch_up`).
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ class Follower:
             async for batch in batches:
                 now = datetime.now(UTC)
                 for message in batch:
+                    if self._installed_here(message.sequence):
+                        continue
                     envelope = store.connection.trusted(message)
                     if envelope is not None:
                         await self._follow_one(message, envelope, now)
@@ -204,12 +207,28 @@ class Follower:
         async for batch in self.aggregates.log.follow(store.events_filter, self.state.applied):
             now = datetime.now(UTC)
             for message in batch:
+                if self._installed_here(message.sequence):
+                    continue
                 envelope = store.connection.trusted(message)
                 if envelope is not None:
                     await self._follow_one(message, envelope, now)
             self.state.advance(batch[-1].sequence)
 
+    def _installed_here(self, sequence: int) -> bool:
+        """True (once) for an event this replica wrote and installed itself: skipped
+        without decoding its envelope or checking its seal (the append's acknowledgement
+        gave its sequence; the head of its subject was noted then). An own event whose
+        acknowledgement the command has not seen yet takes the general path: its
+        aggregate's lock, then the version says it is in."""
+        installed = self.aggregates.installed
+        if sequence not in installed:
+            return False
+        installed.discard(sequence)
+        self.aggregates.counters.skipped += 1
+        return True
+
     async def _follow_one(self, message: StoredMessage, envelope: Envelope, now: datetime) -> None:
+        """Applies one trusted event of the log, unless this replica has it already."""
         aggregates = self.aggregates
         aggregate_id = str(envelope.originator_id)
         version = envelope.originator_version
