@@ -6,27 +6,37 @@ source in ``spec.env["code"]``. :func:`execute_function` is the calling conventi
 ``spec.funcname`` with the process's input, turn the return value into ``out``.
 
 :class:`PythonExecutor` is one executor identity in one colony: it registers itself with
-the colony owner's key, then worker threads loop ``assign`` → :meth:`~PythonExecutor.run_one`
-(close with the output, or fail with the errors) until told to stop. A close also claims
-the worker's next process in the same round trip (``close_and_claim``), so a busy worker
+the colony owner's key, then its workers loop ``assign`` → run the function → close with
+the output (or fail with the errors) until told to stop. A close also claims the
+worker's next process in the same round trip (``close_and_claim``), so a busy worker
 goes from one process to the next without waiting in ``assign``. Lost connections and
 refusals are logged and retried; nothing a function does stops the executor.
+
+The workers are asyncio tasks on the client's own event loop (the synchronous client
+runs one in a thread; :meth:`~colonies_es.client.Colonies.submit`). Each runs its
+functions in a child process of its own (:class:`~colonies_es.function_runner.FunctionRunner`,
+so that a cancelled function can be killed) and waits for it on the loop, as it waits on
+NATS: the path assign → run → close crosses no thread. A function that runs longer
+than :data:`WATCH_AFTER` seconds is watched (``wait`` on its process), and killed when
+its process ends elsewhere (cancelled, timed out).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
-from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
+from colonies_es.client import AsyncColonies, Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
 from colonies_es.function_runner import FunctionFailed, FunctionRunner, execute_function
 from colonies_es.models import Executor, Process, attempt_of, func_spec
@@ -56,57 +66,50 @@ _REGISTER_ATTEMPTS = 5
 
 
 class _EndWatcher:
-    """Learns when a running process ends by someone else's doing (cancelled, timed
-    out) from the engine's end notification, so that its function can be stopped.
+    """Stops a running function when its process ends by someone else's doing
+    (cancelled, timed out), learnt from ``wait`` on the process.
 
-    Functions that end within :data:`WATCH_AFTER` seconds are never watched and cost no
-    thread: the function runner asks :meth:`ended_elsewhere` while the function runs,
-    and the first question after :data:`WATCH_AFTER` seconds starts a thread that waits
-    on the process's end.
+    Functions that end within :data:`WATCH_AFTER` seconds are never watched: the
+    watching task starts only then, and :meth:`stop` (the function is over) cancels it.
     """
 
-    def __init__(self, client: Colonies, processid: str, prvkey: str) -> None:
+    def __init__(
+        self, client: AsyncColonies, processid: str, prvkey: str, runner: FunctionRunner
+    ) -> None:
         self._client = client
         self._processid = processid
         self._prvkey = prvkey
-        self._watch_from = time.monotonic() + WATCH_AFTER
-        self._thread: threading.Thread | None = None
-        self._done = threading.Event()
-        self._ended = threading.Event()
+        self._runner = runner
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
         self.ended_as = ""
         """The state it ended in (``"CANCELLED"``...), once it did."""
 
-    def ended_elsewhere(self) -> bool:
-        if self._thread is None and time.monotonic() >= self._watch_from:
-            self._thread = threading.Thread(
-                target=self._watch, name=f"watch-{self._processid[:8]}", daemon=True
-            )
-            self._thread.start()
-        return self._ended.is_set()
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
-        """The function is over: stop watching (the thread ends within a wait)."""
-        self._done.set()
+        """The function is over: stop watching."""
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
-    def _watch(self) -> None:
-        while not self._done.is_set():
+    async def _watch(self) -> None:
+        while True:
             try:
-                ended = self._client.wait(self._processid, WATCH_SLICE, self._prvkey)
+                ended = await self._client.wait(self._processid, WATCH_SLICE, self._prvkey)
             except ColoniesError as error:
                 if error.status == 408:
                     continue  # still running: wait again
-                if error.status == 404 and not self._done.is_set():  # removed
+                if error.status == 404:  # removed
                     self.ended_as = "removed"
-                    self._ended.set()
+                    self._runner.stop()
                 return
             except ColoniesConnectionError:
-                self._done.wait(BACKOFF_FIRST)
+                await asyncio.sleep(BACKOFF_FIRST)
                 continue
-            except CancelledError:  # the client closed under the held wait: stopping
-                return
-            if not self._done.is_set():
-                self.ended_as = ProcessState(ended.state).name
-                self._ended.set()
+            self.ended_as = ProcessState(ended.state).name
+            self._runner.stop()
             return
 
 
@@ -121,11 +124,12 @@ class PythonExecutor:
 
     Its identity is ``prvkey`` (a fresh key unless given; ``executorid`` is its id) and
     ``executorname`` (``"<type>-<8 hex>"`` unless ``name`` is given). ``client`` is used
-    for everything, by every worker thread, and is the ``colonies`` global the executed
-    code sees; it must reach the engine. ``colony_prvkey`` (the colony owner's key) is
-    only used by :meth:`register`.
+    for everything (the workers use the asynchronous client it drives, on its loop; the
+    ``colonies`` global of the executed code has its calls made there too); it must
+    reach the engine. ``colony_prvkey`` (the colony owner's key) is only used by
+    :meth:`register`.
 
-    :meth:`run` takes work with ``concurrency`` threads, each waiting up to
+    :meth:`run` takes work with ``concurrency`` workers, each waiting up to
     ``poll_timeout`` seconds per ``assign``; on stop, a function still running ``grace``
     seconds later is abandoned (its process is failed).
     """
@@ -162,7 +166,6 @@ class PythonExecutor:
         self.executorname = name or f"{executortype}-{secrets.token_hex(4)}"
         self._colony_prvkey = colony_prvkey
         self._child_globals = {"func_spec": func_spec, "Crypto": Crypto}
-        self._local = threading.local()
         self._runners: list[FunctionRunner] = []
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
@@ -217,24 +220,20 @@ class PythonExecutor:
     # ------------------------------------------------------------------ running
 
     def run(self, stop: threading.Event) -> None:
-        """Take and run work with ``concurrency`` worker threads until ``stop`` is set.
+        """Take and run work with ``concurrency`` workers until ``stop`` is set.
 
-        Each worker loops ``assign`` → :meth:`run_one`. A lost connection or a refused
-        ``assign`` is logged once and retried after a pause (0.5 s, doubling up to 5 s);
-        this method only returns after ``stop``. Once it is set no new work is taken;
-        it returns when every worker is done, within about ``poll_timeout`` seconds if
-        no function is running. A function still running ``grace`` seconds after that is
-        abandoned: its process is failed ("the executor stopped") and its daemon thread
-        left behind.
+        The workers are tasks on the client's event loop (:meth:`Colonies.submit`): each
+        loops ``assign`` → run the function in its child process → close (claiming the
+        next process), waiting on NATS and on its child without any thread hand-off. A
+        lost connection or a refused ``assign`` is logged once and retried after a
+        pause (0.5 s, doubling up to 5 s); this method only returns after ``stop``. Once
+        it is set no new work is taken; it returns when every worker is done, within
+        about ``poll_timeout`` seconds if no function is running. A function still
+        running ``grace`` seconds after that is abandoned: its child is killed and its
+        process failed ("the executor stopped").
         """
-        workers = [
-            threading.Thread(
-                target=self._work, args=(stop,), name=f"{self.executorname}-{n}", daemon=True
-            )
-            for n in range(1, self.concurrency + 1)
-        ]
-        for worker in workers:
-            worker.start()
+        stopping = asyncio.Event()
+        serving = self.client.submit(lambda client: self._serve(client, stopping))
         stop.wait()
         with self._lock:
             running = len(self._running)
@@ -244,39 +243,64 @@ class PythonExecutor:
             if running
             else "",
         )
-        deadline = time.monotonic() + self.poll_timeout + self.grace
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        self._abandon_running()
+        with contextlib.suppress(RuntimeError):  # the client was disconnected meanwhile
+            self.client.call_soon(stopping.set)
+        with contextlib.suppress(CancelledError, concurrent.futures.TimeoutError):
+            serving.result(self.poll_timeout + self.grace + REPORT_PATIENCE)
         self.close_runners()
 
-    def _work(self, stop: threading.Event) -> None:
-        """One worker: take a process and run it, until ``stop``; pause after a problem."""
+    async def _serve(self, client: AsyncColonies, stopping: asyncio.Event) -> None:
+        """The workers, until ``stopping`` and they are done (or the grace is over)."""
+        workers = [
+            asyncio.create_task(self._work(client, stopping), name=f"{self.executorname}-{n}")
+            for n in range(1, self.concurrency + 1)
+        ]
+        try:
+            await stopping.wait()
+            _, late = await asyncio.wait(workers, timeout=self.poll_timeout + self.grace)
+            if late:
+                with self._lock:
+                    abandoned = dict(self._running)
+                for worker in late:
+                    worker.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                self.close_runners()  # their functions end here
+                await self._abandon(client, abandoned)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _work(self, client: AsyncColonies, stopping: asyncio.Event) -> None:
+        """One worker: take a process and run it, until ``stopping``; pause after a
+        problem. It has a function runner (a child process) of its own."""
+        runner = FunctionRunner(self.client, self._child_globals)
+        with self._lock:
+            self._runners.append(runner)
         pause = BACKOFF_FIRST
-        while not stop.is_set():
+        while not stopping.is_set():
             try:
-                problem = self._take_and_run(stop)
-            except CancelledError:
-                if stop.is_set():
-                    return  # the client closed under a call still waiting: we are stopping
-                raise
+                problem = await self._take_and_run(client, runner, stopping)
             except Exception as error:  # a bug: say so loudly, keep the executor alive
-                log.exception("unexpected error in %s", threading.current_thread().name)
+                log.exception("unexpected error in %s", self.executorname)
                 problem = (f"unexpected {type(error).__name__}", repr(error))
             if problem is None:
                 pause = BACKOFF_FIRST
                 continue
             self._trouble_seen(*problem, pause)
-            stop.wait(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
-    def _take_and_run(self, stop: threading.Event) -> tuple[str, str] | None:
+    async def _take_and_run(
+        self, client: AsyncColonies, runner: FunctionRunner, stopping: asyncio.Event
+    ) -> tuple[str, str] | None:
         """Take a process and run it, and the next ones its reports claim until none is
-        ready or ``stop`` is set; None when that went well or no work came, else the
+        ready or ``stopping`` is set; None when that went well or no work came, else the
         problem as (kind, message)."""
         started = time.monotonic()
         try:
-            process = self.client.assign(self.colonyname, self.poll_timeout, self.prvkey)
+            process = await client.assign(self.colonyname, self.poll_timeout, self.prvkey)
         except ColoniesError as error:
             # "No work" is a 404 when the wait is over (give or take a timer's slack); an
             # early 404 says something else, e.g. that this executor is not registered.
@@ -289,7 +313,9 @@ class PythonExecutor:
         self._trouble_over()
         following: Process | None = process
         while following is not None:
-            following = self.run_one(following, take_next=not stop.is_set())
+            following = await self._run_one(
+                client, runner, following, take_next=not stopping.is_set()
+            )
         return None
 
     def _trouble_seen(self, kind: str, message: str, pause: float) -> None:
@@ -320,8 +346,21 @@ class PythonExecutor:
         Never raises for what the function does or how the report goes: while no engine
         answers, the report is retried for up to :data:`REPORT_PATIENCE` seconds; a close
         that is refused (or too large to send) becomes a fail with the reason, unless the
-        process is no longer ours (403: timed out or cancelled meanwhile).
+        process is no longer ours (403: timed out or cancelled meanwhile). Blocks; not to
+        be called from the client's own loop.
         """
+        runner = FunctionRunner(self.client, self._child_globals)
+        try:
+            return self.client._run(
+                lambda client: self._run_one(client, runner, process, take_next)
+            )
+        finally:
+            runner.close()
+
+    async def _run_one(
+        self, client: AsyncColonies, runner: FunctionRunner, process: Process, take_next: bool
+    ) -> Process | None:
+        """:meth:`run_one` on the loop, with ``runner``'s child."""
         funcname = process.spec.funcname
         ctx: dict[str, Any] = {
             "process": process,
@@ -332,9 +371,9 @@ class PythonExecutor:
         with self._lock:
             self._running[process.processid] = _Running(funcname, time.monotonic())
         started = time.perf_counter()
-        watcher = _EndWatcher(self.client, process.processid, self.prvkey)
+        watcher = _EndWatcher(client, process.processid, self.prvkey, runner)
         try:
-            result = self._runner().run(process, ctx, watcher.ended_elsewhere)
+            result = await runner.run_async(process, ctx, client)
         finally:
             watcher.stop()
             duration = time.perf_counter() - started
@@ -351,52 +390,36 @@ class PythonExecutor:
             return None
         output, errors = result.output, result.errors
         if result.printed:
-            self._deliver_log(process.processid, result.printed)
+            await self._deliver_log(client, process.processid, result.printed)
         outcome, problem, following = "SUCCESS", None, None
+        attempt = attempt_of(process)
         if not errors:
-            close, taken = self._closer(process, take_next)
-            problem = self._deliver(close, process.processid, output)
+            taken: list[Process | None] = []
+
+            async def close(processid: str, output: list[Any], prvkey: str) -> None:
+                if take_next:
+                    taken[:] = [
+                        await client.close_and_claim(
+                            processid, output, prvkey, self.colonyname, attempt=attempt
+                        )
+                    ]
+                else:
+                    await client.close(processid, output, prvkey, attempt=attempt)
+
+            problem = await self._deliver(close, process.processid, output)
             following = taken[0] if taken and problem is None else None
             if isinstance(problem, ColoniesError) and problem.status != 403:
                 errors = [f"the output of {funcname} was refused: {problem}"]
         if errors:
             outcome = f"FAILED: {errors[0]}"
-            fail = functools.partial(self.client.fail, attempt=attempt_of(process))
-            problem = self._deliver(fail, process.processid, errors)
+            fail = functools.partial(client.fail, attempt=attempt)
+            problem = await self._deliver(fail, process.processid, errors)
         line = f"{funcname} {process.processid[:8]} {outcome} in {duration:.3f} s"
         if problem is None:
             log.info("%s", line)
         else:
             log.warning("%s, but the engine did not take the report: %s", line, problem)
         return following
-
-    def _closer(
-        self, process: Process, take_next: bool
-    ) -> tuple[Callable[[str, list[Any], str], None], list[Process | None]]:
-        """The close of ``process`` (for :meth:`_deliver`), and the list where a close
-        that also claims (``take_next``) leaves the next process (None: nothing ready)."""
-        attempt = attempt_of(process)
-        taken: list[Process | None] = []
-        if not take_next:
-            return functools.partial(self.client.close, attempt=attempt), taken
-
-        def close_and_claim(processid: str, output: list[Any], prvkey: str) -> None:
-            taken[:] = [
-                self.client.close_and_claim(
-                    processid, output, prvkey, self.colonyname, attempt=attempt
-                )
-            ]
-
-        return close_and_claim, taken
-
-    def _runner(self) -> FunctionRunner:
-        """The calling worker thread's function runner (made on its first use)."""
-        runner: FunctionRunner | None = getattr(self._local, "runner", None)
-        if runner is None:
-            runner = self._local.runner = FunctionRunner(self.client, self._child_globals)
-            with self._lock:
-                self._runners.append(runner)
-        return runner
 
     def close_runners(self) -> None:
         """Stop the child processes running functions (a function still running ends)."""
@@ -405,25 +428,28 @@ class PythonExecutor:
         for runner in runners:
             runner.close()
 
-    def _deliver_log(self, processid: str, printed: str) -> None:
+    async def _deliver_log(self, client: AsyncColonies, processid: str, printed: str) -> None:
         """Add what the function printed to the process's log (best effort)."""
         try:
-            self.client.add_log(processid, printed, self.prvkey)
+            await client.add_log(processid, printed, self.prvkey)
         except (ColoniesError, ColoniesConnectionError) as error:
             log.warning("cannot add the printed output of %s to its log: %s", processid[:8], error)
 
-    def _deliver(
-        self, report: Callable[[str, list[Any], str], None], processid: str, data: list[Any]
+    async def _deliver(
+        self,
+        report: Callable[[str, list[Any], str], Awaitable[None]],
+        processid: str,
+        data: list[Any],
     ) -> ColoniesError | ColoniesConnectionError | None:
-        """Call ``report(processid, data, prvkey)``, again while no engine answers, for up
-        to :data:`REPORT_PATIENCE` seconds. None when the engine took it, else why not:
+        """Await ``report(processid, data, prvkey)``, again while no engine answers, for
+        up to :data:`REPORT_PATIENCE` seconds. None when the engine took it, else why not:
         its refusal, the last connection error, or a 413 when the report is larger than
         NATS carries."""
         deadline = time.monotonic() + REPORT_PATIENCE
         pause = BACKOFF_FIRST
         while True:
             try:
-                report(processid, data, self.prvkey)
+                await report(processid, data, self.prvkey)
                 return None
             except ColoniesError as error:
                 if error.status == 413:  # the client found it over the NATS message limit
@@ -433,13 +459,12 @@ class PythonExecutor:
                 if time.monotonic() + pause > deadline:
                     return error
                 log.warning("cannot report %s yet: %s; retrying", processid[:8], error)
-            time.sleep(pause)
+            await asyncio.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
-    def _abandon_running(self) -> None:
-        """Fail the processes whose function still runs after the grace period."""
-        with self._lock:
-            running = dict(self._running)
+    async def _abandon(self, client: AsyncColonies, running: dict[str, _Running]) -> None:
+        """Fail the ``running`` processes, whose function still ran after the grace
+        period (they were stopped)."""
         for processid, entry in running.items():
             seconds = time.monotonic() - entry.started
             log.warning(
@@ -452,4 +477,4 @@ class PythonExecutor:
                 f"the executor stopped while {entry.funcname} was still running ({seconds:.0f} s)"
             )
             with contextlib.suppress(ColoniesError, ColoniesConnectionError):
-                self.client.fail(processid, [reason], self.prvkey)
+                await client.fail(processid, [reason], self.prvkey)

@@ -22,8 +22,10 @@ process group: the child ignores it and the executor decides.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
+import inspect
 import io
 import linecache
 import logging
@@ -212,6 +214,7 @@ class FunctionRunner:
         self._globals = globals_
         self._child: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
+        self._stopped = False  # stop() was called during run_async
 
     def run(
         self, process: Process, ctx: dict[str, Any], should_stop: Callable[[], bool]
@@ -245,6 +248,56 @@ class FunctionRunner:
                 )
             _, output, errors, printed = message
             return RunResult(output=output, errors=errors, printed=printed)
+
+    async def run_async(self, process: Process, ctx: dict[str, Any], calls: Any) -> RunResult:
+        """:meth:`run` for an asyncio caller, which waits for the child on its event loop
+        (no thread of its own): the function's ``colonies`` calls are made with
+        ``calls`` (an :class:`~colonies_es.client.AsyncColonies`: its coroutines are
+        awaited). It is stopped by :meth:`stop` (from another task of the loop), and
+        then the result says ``stopped``. In a daemonic process the function runs in a
+        thread of the loop's executor, as :meth:`run` runs it in the caller's."""
+        if multiprocessing.current_process().daemon:
+            return await asyncio.to_thread(self._run_here, process, ctx)
+        if not self.started:  # starting a child blocks (seconds, the first time): not here
+            await asyncio.to_thread(self.start)
+        conn = self._connection()
+        self._stopped = False
+        conn.send(_job(process, ctx))
+        while True:
+            await _readable(conn)
+            try:
+                message = conn.recv()
+                if message[0] == "call":  # the function calls its `colonies` client
+                    conn.send(await _call_async(calls, *message[1:]))
+                    continue
+            except (EOFError, OSError):
+                code = self._reap()
+                if self._stopped:
+                    return RunResult(stopped=True)
+                return RunResult(
+                    errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
+                )
+            _, output, errors, printed = message
+            return RunResult(output=output, errors=errors, printed=printed)
+
+    @property
+    def started(self) -> bool:
+        """Whether the child is there (started and not dead)."""
+        return self._child is not None and self._conn is not None and self._child.is_alive()
+
+    def start(self) -> None:
+        """Start the child now, so that the first function does not wait for it (nothing
+        in a daemonic process, where functions run in the caller's thread). Blocks: the
+        first child of a process starts multiprocessing's fork server, which imports the
+        executor (a second or more on a busy machine); later ones take milliseconds."""
+        if not multiprocessing.current_process().daemon:
+            self._connection()
+
+    def stop(self) -> None:
+        """Kill the child of a :meth:`run_async` in progress: it returns ``stopped``."""
+        self._stopped = True
+        if self._child is not None and self._child.is_alive():
+            self._child.kill()
 
     def _run_here(self, process: Process, ctx: dict[str, Any]) -> RunResult:
         global _warned_daemonic
@@ -284,7 +337,7 @@ class FunctionRunner:
         self.kill()
 
     def _connection(self) -> multiprocessing.connection.Connection:
-        if self._child is None or self._conn is None or not self._child.is_alive():
+        if not self.started:
             self._reap()
             parent, child = _CONTEXT.Pipe()
             self._child = _CONTEXT.Process(
@@ -296,6 +349,7 @@ class FunctionRunner:
             self._child.start()
             child.close()
             self._conn = parent
+        assert self._conn is not None
         return self._conn
 
     def _reap(self) -> int | None:
@@ -311,6 +365,43 @@ class FunctionRunner:
         with contextlib.suppress(ValueError):
             child.close()
         return code
+
+
+async def _readable(conn: multiprocessing.connection.Connection) -> None:
+    """Until ``conn`` has something to read (or was closed at the other end)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, _settle, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _call_async(
+    client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """A call of the child's :class:`ParentClient` made with the asynchronous ``client``,
+    answered as :meth:`FunctionRunner._call` answers."""
+    try:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        result = getattr(client, method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return ("ok", result)
+    except ColoniesError as error:
+        return ("error", "refused", error.status, error.message)
+    except ColoniesConnectionError as error:
+        return ("error", "connection", 0, str(error))
+    except Exception as error:  # e.g. a TypeError of a bad call: the function's to see
+        return ("error", "other", 0, f"{type(error).__name__}: {error}")
 
 
 class ParentClient:

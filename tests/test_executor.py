@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from colonies_es import Workflow, func_spec
+from colonies_es.chaos.journal import Journal, JournalingColonies, read_journals
 from colonies_es.cli.dev_seed import MAP_CODE  # the seed's map, sent as text
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.executor import FunctionFailed, PythonExecutor, execute_function
@@ -388,13 +389,45 @@ def test_a_function_running_past_the_grace_period_is_failed(
     done = stack.client.get_process(process.processid, colony.owner_prvkey)
     assert done.state == ProcessState.FAILED
     assert done.errors[0].startswith("the executor stopped while stuck was still running")
-    # The abandoned function ends later; its close is refused and its worker thread ends.
-    wait_until(
-        lambda: not any(t.name.startswith(executor.executorname) for t in threading.enumerate()),
-        WAIT,
-        "the abandoned worker ends",
-    )
+    # The abandoned function was killed with its child process: nothing of it is left.
+    assert executor._runners == []
+    assert not any(t.name.startswith(executor.executorname) for t in threading.enumerate())
     client.disconnect()
+
+
+def test_a_journaling_client_records_what_the_executor_and_its_caller_do(
+    stack: Stack, colony: ColonyHandle, tmp_path: Path
+) -> None:
+    """A subclass of the client (the chaos journal) is obeyed by the synchronous methods
+    and by the executor's workers, which use the asynchronous client it drives."""
+    journal = Journal(tmp_path / "journal")
+    client = JournalingColonies(journal, "127.0.0.1", stack.nats.port)
+    workflow = Workflow(
+        colonyname=colony.name,
+        functionspecs=[spec(colony, "one", "def one(ctx={}):\n    return 1\n")],
+    )
+    graph = client.submit_workflow(workflow, colony.owner_prvkey)  # a synchronous call
+    executor = PythonExecutor(client, colony.name, colony.owner_prvkey, poll_timeout=0.5)
+    executor.register()
+    stop = threading.Event()
+    thread = threading.Thread(target=executor.run, args=(stop,))
+    thread.start()
+    try:
+        [processid] = graph.processids
+        assert ended(stack, colony, processid).output == [1]
+    finally:
+        stop.set()
+        thread.join(5)
+        client.disconnect()
+        journal.close()
+    records, _ = read_journals([tmp_path / "journal"])
+    ops = [(r["op"], r.get("process") or r.get("graph")) for r in records]
+    assert ops == [
+        ("submit", graph.processgraphid),
+        ("claim", processid),
+        ("close", processid),
+    ], ops
+    assert {r["executor"] for r in records[1:]} == {executor.executorid}
 
 
 # --- registration -------------------------------------------------------------------------

@@ -3,7 +3,9 @@ process, which may not start children) the calling thread."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import time
 from typing import Any
 
 from colonies_es.function_runner import FunctionRunner
@@ -45,3 +47,74 @@ def test_an_executor_in_a_daemonic_process_runs_functions_in_its_thread() -> Non
     finally:
         daemon.join(10)
     assert daemon.exitcode == 0
+
+
+def _spec_process(funcname: str, code: str, *args: Any) -> Process:
+    return Process(processid="q" * 64, spec=func_spec(funcname, list(args), "c", "t", code=code))
+
+
+def test_a_function_of_the_same_name_with_other_code_runs_its_own_code() -> None:
+    """The child keeps compiled code per source: a changed function is not the old one."""
+    runner = FunctionRunner(None, {})
+    try:
+        first = runner.run(_spec_process("f", "def f(ctx=None):\n    return 1\n"), {}, bool)
+        again = runner.run(_spec_process("f", "def f(ctx=None):\n    return 1\n"), {}, bool)
+        changed = runner.run(_spec_process("f", "def f(ctx=None):\n    return 2\n"), {}, bool)
+        broken = runner.run(_spec_process("f", "def f(ctx=None):\n    return 1 +\n"), {}, bool)
+    finally:
+        runner.close()
+    assert (first.output, again.output, changed.output) == ([1], [1], [2])
+    assert broken.errors[0].startswith("the code of f does not compile"), broken.errors
+
+
+def test_the_ctx_process_is_the_process_the_function_runs_for() -> None:
+    """The process crosses to the child as JSON; ``ctx["process"]`` is that same process."""
+    code = "def who(ctx=None):\n    return ctx['process'].processid, ctx['extra']\n"
+    process = _spec_process("who", code)
+    runner = FunctionRunner(None, {})
+    try:
+        outcome = runner.run(process, {"process": process, "extra": 7}, bool)
+    finally:
+        runner.close()
+    assert outcome.output == ["q" * 64, 7], outcome.errors
+
+
+class _Calls:
+    """What a function's ``colonies`` calls reach in :meth:`FunctionRunner.run_async`."""
+
+    async def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+def test_run_async_awaits_the_child_and_its_calls_on_the_loop() -> None:
+    code = "def calls(ctx=None):\n    return colonies.add(2, 3)\n"
+    runner = FunctionRunner(None, {})
+
+    async def run() -> Any:
+        return await runner.run_async(_spec_process("calls", code), {}, _Calls())
+
+    try:
+        outcome = asyncio.run(run())
+    finally:
+        runner.close()
+    assert (outcome.output, outcome.errors, outcome.stopped) == ([5], [], False)
+
+
+def test_stop_kills_the_function_that_run_async_waits_for() -> None:
+    code = "import time\n\ndef forever(ctx=None):\n    time.sleep(600)\n"
+    runner = FunctionRunner(None, {})
+
+    async def run() -> tuple[Any, float]:
+        started = time.monotonic()
+        asyncio.get_running_loop().call_later(0.3, runner.stop)
+        outcome = await runner.run_async(_spec_process("forever", code), {}, _Calls())
+        return outcome, time.monotonic() - started
+
+    try:
+        outcome, seconds = asyncio.run(run())
+        after = runner.run(_process(), {}, bool)  # a new child for the next function
+    finally:
+        runner.close()
+    assert outcome.stopped
+    assert seconds < 30
+    assert after.output == [42]

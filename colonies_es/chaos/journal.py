@@ -27,12 +27,12 @@ from typing import Any
 
 import msgspec
 
-from colonies_es.client import Colonies
+from colonies_es.client import AsyncColonies, Colonies
 from colonies_es.crypto import id_from_private_key
 from colonies_es.models import FuncSpec, Process, Workflow, attempt_of
 from colonies_es.models import ProcessGraph as GraphModel
 
-__all__ = ["Journal", "JournalingColonies", "read_journals"]
+__all__ = ["Journal", "JournalingAsyncColonies", "JournalingColonies", "read_journals"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -78,14 +78,16 @@ class JournalingColonies(Colonies):
     """The synchronous client, recording each acknowledged claim (``assign``, or the next
     process a ``close_and_claim`` took), close, fail, add_child and submission in a
     :class:`Journal`. An executor given this client (and the code it
-    runs, which sees it as ``colonies``) leaves the trail the checker needs."""
+    runs, which sees it as ``colonies``) leaves the trail the checker needs.
+
+    The records are made by the asynchronous client it drives
+    (:class:`JournalingAsyncColonies`), so that the executor's workers, which use that
+    client on its loop, record them too."""
 
     def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal = journal
         self._arguments = (args, kwargs)
-        self._attempts: dict[str, int] = {}  # process id -> attempt this client holds
-        self._attempts_lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (the executor hands its client to the child process a function runs
@@ -93,8 +95,28 @@ class JournalingColonies(Colonies):
         args, kwargs = self._arguments
         return (_unpickle, (self.journal.path, args, kwargs))
 
-    def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:
-        process = super().assign(colonyname, timeout, prvkey)
+    def _new_async_client(self) -> AsyncColonies:
+        return JournalingAsyncColonies(
+            self.journal,
+            servers=self._servers,
+            timeout=self._timeout,
+            nkey_file=self._nkey_file,
+            tls_ca_file=self._tls_ca_file,
+            affinity=self._affinity,
+        )
+
+
+class JournalingAsyncColonies(AsyncColonies):
+    """The asynchronous client, recording what :class:`JournalingColonies` says."""
+
+    def __init__(self, journal: Journal, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.journal = journal
+        self._attempts: dict[str, int] = {}  # process id -> attempt this client holds
+        self._attempts_lock = threading.Lock()
+
+    async def assign(self, colonyname: str, timeout: float, prvkey: str) -> Process:  # noqa: ASYNC109
+        process = await super().assign(colonyname, timeout, prvkey)
         self._claimed(process, prvkey)
         return process
 
@@ -109,11 +131,13 @@ class JournalingColonies(Colonies):
             executor=id_from_private_key(prvkey),
         )
 
-    def close(self, processid: str, output: Sequence[Any], prvkey: str, attempt: int = 0) -> None:
-        super().close(processid, output, prvkey, attempt)
+    async def close(
+        self, processid: str, output: Sequence[Any], prvkey: str, attempt: int = 0
+    ) -> None:
+        await super().close(processid, output, prvkey, attempt)
         self._closed(processid, output, prvkey, attempt)
 
-    def close_and_claim(
+    async def close_and_claim(
         self,
         processid: str,
         output: Sequence[Any],
@@ -121,7 +145,7 @@ class JournalingColonies(Colonies):
         colonyname: str,
         attempt: int = 0,
     ) -> Process | None:
-        following = super().close_and_claim(processid, output, prvkey, colonyname, attempt)
+        following = await super().close_and_claim(processid, output, prvkey, colonyname, attempt)
         self._closed(processid, output, prvkey, attempt)
         if following is not None:
             self._claimed(following, prvkey)
@@ -136,8 +160,10 @@ class JournalingColonies(Colonies):
             out=list(output),
         )
 
-    def fail(self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0) -> None:
-        super().fail(processid, errors, prvkey, attempt)
+    async def fail(
+        self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0
+    ) -> None:
+        await super().fail(processid, errors, prvkey, attempt)
         self.journal.record(
             "fail",
             process=processid,
@@ -145,7 +171,7 @@ class JournalingColonies(Colonies):
             executor=id_from_private_key(prvkey),
         )
 
-    def add_child(
+    async def add_child(
         self,
         processgraphid: str,
         parentprocessid: str,
@@ -155,7 +181,7 @@ class JournalingColonies(Colonies):
         insert: bool,
         prvkey: str,
     ) -> Process:
-        child = super().add_child(
+        child = await super().add_child(
             processgraphid, parentprocessid, childprocessid, funcspec, nodename, insert, prvkey
         )
         self.journal.record(
@@ -167,8 +193,8 @@ class JournalingColonies(Colonies):
         )
         return child
 
-    def submit_workflow(self, workflow: Workflow, prvkey: str) -> GraphModel:
-        graph = super().submit_workflow(workflow, prvkey)
+    async def submit_workflow(self, workflow: Workflow, prvkey: str) -> GraphModel:
+        graph = await super().submit_workflow(workflow, prvkey)
         self.journal.record("submit", graph=graph.processgraphid, processes=list(graph.processids))
         return graph
 

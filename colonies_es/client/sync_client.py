@@ -5,7 +5,10 @@ Each method here is made by :func:`_blocking` from that coroutine (same name, si
 and docstring, typed through ``ParamSpec``) and runs it to completion on an event loop
 that this client owns in a background thread (:class:`~colonies_es.loop.LoopThread`).
 So the client works the same from a plain script, from a thread of an executor, or from
-code that already runs an event loop of its own.
+code that already runs an event loop of its own. A method calls the coroutine of that name
+on the asynchronous client :meth:`Colonies._new_async_client` made, so a subclass may
+add to every operation in one place (the chaos journal does), for its synchronous callers
+and for work started on the loop with :meth:`Colonies.submit` (the python executor) alike.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ def _blocking(
     """The blocking method of :class:`Colonies` that runs ``operation`` and returns its
     result (or raises its exception)."""
 
+    name = operation.__name__
+
     def method(self: Colonies, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._run(lambda client: operation(client, *args, **kwargs))
+        # by name: a subclass of AsyncColonies made by _new_async_client is obeyed
+        return self._run(lambda client: getattr(client, name)(*args, **kwargs))  # type: ignore[no-any-return]
 
     functools.update_wrapper(method, operation)
     method.__qualname__ = f"Colonies.{operation.__name__}"
@@ -142,11 +148,7 @@ class Colonies:
         operation cancelled under its caller (:meth:`disconnect` from another thread)
         raises ``concurrent.futures.CancelledError``.
         """
-        with self._lock:
-            if self._loop is None or self._client is None:
-                self._loop = LoopThread(name="colonies-client")
-                self._client = self._new_async_client()
-            loop, client = self._loop, self._client
+        loop, client = self._started()
         handoff = _Handoff(call(client))
         loop.loop.call_soon_threadsafe(handoff.start, loop.loop)
         try:
@@ -156,6 +158,32 @@ class Colonies:
             handoff.done.acquire(timeout=CANCEL_GRACE)
             raise
         return handoff.result()
+
+    def _started(self) -> tuple[LoopThread, AsyncColonies]:
+        """The loop thread and the asynchronous client, started if needed."""
+        with self._lock:
+            if self._loop is None or self._client is None:
+                self._loop = LoopThread(name="colonies-client")
+                self._client = self._new_async_client()
+            return self._loop, self._client
+
+    def submit(
+        self, call: Callable[[AsyncColonies], Coroutine[Any, Any, T]]
+    ) -> concurrent.futures.Future[T]:
+        """Start ``call(async_client)`` on this client's loop and return at once: its
+        future. For long-running work that lives on the loop (an executor's workers),
+        using the asynchronous client this one drives; :meth:`disconnect` cancels it."""
+        loop, client = self._started()
+        return asyncio.run_coroutine_threadsafe(call(client), loop.loop)
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` on this client's loop, from any thread (e.g. to tell work
+        started with :meth:`submit` to stop). Raises RuntimeError when the loop is not
+        running (never started, or disconnected)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the client's loop is not running")
+        loop.loop.call_soon_threadsafe(callback)
 
     def _new_async_client(self) -> AsyncColonies:
         """The asynchronous client this one drives (made on the first call, and again
