@@ -373,7 +373,7 @@ class PythonExecutor:
         started = time.perf_counter()
         watcher = _EndWatcher(client, process.processid, self.prvkey, runner)
         try:
-            result = await runner.run_async(process, ctx, client)
+            result = await runner.run(process, ctx, client)
         finally:
             watcher.stop()
             duration = time.perf_counter() - started

@@ -6,18 +6,19 @@ at best an exception is raised in it once it runs Python code again, which never
 while it sleeps or waits in C. A child process can always be killed.
 
 Why one persistent child per worker rather than one per function: starting a Python
-process costs tens of milliseconds; a child that lives across functions costs only the
-pickling of the process and its result (well under a millisecond). Children are forked
-from multiprocessing's fork server, which has imported this module once, so a
+process costs tens of milliseconds; a child that lives across functions costs only
+sending the process (its JSON) and the result (well under a millisecond). Children are
+forked from multiprocessing's fork server, which has imported this module once, so a
 replacement for a killed child starts in a few milliseconds and inherits no thread of
-the executor.
+the executor. A child keeps each source's compiled code (:data:`COMPILED_KEPT`).
 
 Each child runs :func:`execute_function` (defined here, used by the executor too) and
-sends back the output, the errors and what the function printed. The ``colonies`` the
-code sees is a :class:`ParentClient`: each of its calls is carried over the pipe and made
-by the executor's own client (its connection, its session keys, and whatever a subclass
-of it adds, such as a journal of acknowledged commands). Ctrl-C reaches the whole
-process group: the child ignores it and the executor decides.
+sends back the output, the errors and what the function printed. The executor waits for
+that on its event loop (:meth:`FunctionRunner.run` watches the pipe). The ``colonies``
+the code sees is a :class:`ParentClient`: each of its calls is carried over the pipe and
+made by the executor's own asynchronous client (its connection, its keys, and whatever
+a subclass of it adds, such as a journal of acknowledged commands). Ctrl-C reaches the
+whole process group: the child ignores it and the executor decides.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from colonies_es.client import ColoniesConnectionError, ColoniesError
 from colonies_es.models import Process, decode, encode
 
 __all__ = [
-    "POLL",
     "FunctionFailed",
     "FunctionRunner",
     "ParentClient",
@@ -53,8 +53,6 @@ __all__ = [
     "execute_function",
 ]
 
-POLL = 0.1
-"""Seconds between two checks, while a function runs, whether it must be stopped."""
 MAX_PRINTED = 64 * 1024
 """Characters of a function's printed output kept for the process log (the end is cut)."""
 
@@ -199,14 +197,15 @@ class RunResult:
     printed: str = ""
     """What it wrote to stdout and stderr (at most :data:`MAX_PRINTED` characters)."""
     stopped: bool = False
-    """True when it was stopped (``should_stop`` said so) before it ended."""
+    """True when it was stopped (:meth:`FunctionRunner.stop`) before it ended."""
 
 
 class FunctionRunner:
-    """A child process that runs functions one at a time, for one worker thread.
+    """A child process that runs functions one at a time, for one worker (a task).
 
-    ``globals_`` are the names the functions' code sees besides ``colonies`` (calls of
-    which ``client`` makes). Not thread-safe: one runner per worker thread.
+    ``globals_`` are the names the functions' code sees besides ``colonies``; ``client``
+    is the ``colonies`` of a function run in a daemonic process (see :meth:`run`). One
+    runner per worker: it runs one function at a time.
     """
 
     def __init__(self, client: Any, globals_: dict[str, Any]) -> None:
@@ -214,48 +213,22 @@ class FunctionRunner:
         self._globals = globals_
         self._child: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
-        self._stopped = False  # stop() was called during run_async
+        self._stopped = False  # stop() was called during run
 
-    def run(
-        self, process: Process, ctx: dict[str, Any], should_stop: Callable[[], bool]
-    ) -> RunResult:
+    async def run(self, process: Process, ctx: dict[str, Any], calls: Any) -> RunResult:
         """Run the function of ``process`` in the child (started if needed) and return
-        its result. Every :data:`POLL` seconds ``should_stop()`` is asked; when it says
-        yes the child is killed at once and the result says ``stopped``. A child that
-        dies on its own (a crash, ``os._exit``) fails the run with its exit code.
+        its result, waiting for it on the caller's event loop (no thread of its own).
+        The function's ``colonies`` calls are made with ``calls`` (an
+        :class:`~colonies_es.client.AsyncColonies`: its coroutines are awaited here).
+        :meth:`stop`, from another task, kills the child at once: the result then says
+        ``stopped``. A child that dies on its own (a crash, ``os._exit``) fails the run
+        with its exit code. Cancelling the call leaves the function running (stop or
+        :meth:`close` the runner).
 
         In a daemonic process (say an executor inside a ``multiprocessing.Process(daemon=
-        True)``), which may not start children, the function runs in the calling thread
-        instead: it then cannot be stopped and what it prints is not captured."""
-        if multiprocessing.current_process().daemon:
-            return self._run_here(process, ctx)
-        conn = self._connection()
-        conn.send(_job(process, ctx))
-        while True:
-            while not conn.poll(POLL):
-                if should_stop():
-                    self.kill()
-                    return RunResult(stopped=True)
-            try:
-                message = conn.recv()
-                if message[0] == "call":  # the function calls its `colonies` client
-                    conn.send(self._call(*message[1:]))
-                    continue
-            except (EOFError, OSError):
-                code = self._reap()
-                return RunResult(
-                    errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
-                )
-            _, output, errors, printed = message
-            return RunResult(output=output, errors=errors, printed=printed)
-
-    async def run_async(self, process: Process, ctx: dict[str, Any], calls: Any) -> RunResult:
-        """:meth:`run` for an asyncio caller, which waits for the child on its event loop
-        (no thread of its own): the function's ``colonies`` calls are made with
-        ``calls`` (an :class:`~colonies_es.client.AsyncColonies`: its coroutines are
-        awaited). It is stopped by :meth:`stop` (from another task of the loop), and
-        then the result says ``stopped``. In a daemonic process the function runs in a
-        thread of the loop's executor, as :meth:`run` runs it in the caller's."""
+        True)``), which may not start children, the function runs in a thread of the
+        loop's default executor instead, with the runner's ``client`` as its
+        ``colonies``: it then cannot be stopped and what it prints is not captured."""
         if multiprocessing.current_process().daemon:
             return await asyncio.to_thread(self._run_here, process, ctx)
         if not self.started:  # starting a child blocks (seconds, the first time): not here
@@ -294,7 +267,7 @@ class FunctionRunner:
             self._connection()
 
     def stop(self) -> None:
-        """Kill the child of a :meth:`run_async` in progress: it returns ``stopped``."""
+        """Kill the child of a :meth:`run` in progress: it returns ``stopped``."""
         self._stopped = True
         if self._child is not None and self._child.is_alive():
             self._child.kill()
@@ -312,18 +285,6 @@ class FunctionRunner:
         except FunctionFailed as failure:
             return RunResult(errors=failure.errors)
         return RunResult(output=output)
-
-    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        """Make a call of the child's :class:`ParentClient` with the executor's client:
-        ``("ok", result)`` or ``("error", kind, status, message)``."""
-        try:
-            return ("ok", getattr(self._client, method)(*args, **kwargs))
-        except ColoniesError as error:
-            return ("error", "refused", error.status, error.message)
-        except ColoniesConnectionError as error:
-            return ("error", "connection", 0, str(error))
-        except Exception as error:  # e.g. a TypeError of a bad call: the function's to see
-            return ("error", "other", 0, f"{type(error).__name__}: {error}")
 
     def kill(self) -> None:
         """Stop the child at once (a function it runs ends there); the next run starts
@@ -387,8 +348,8 @@ def _settle(future: asyncio.Future[None]) -> None:
 async def _call_async(
     client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, ...]:
-    """A call of the child's :class:`ParentClient` made with the asynchronous ``client``,
-    answered as :meth:`FunctionRunner._call` answers."""
+    """A call of the child's :class:`ParentClient` made with ``client`` (awaited if it is
+    a coroutine): ``("ok", result)`` or ``("error", kind, status, message)``."""
     try:
         if method.startswith("_"):
             raise AttributeError(method)

@@ -8,10 +8,15 @@ import multiprocessing
 import time
 from typing import Any
 
-from colonies_es.function_runner import FunctionRunner
+from colonies_es.function_runner import FunctionRunner, RunResult
 from colonies_es.models import Process, func_spec
 
 CODE = "def double(x, ctx=None):\n    return 2 * x\n"
+
+
+def run(runner: FunctionRunner, process: Process, ctx: dict[str, Any] | None = None) -> RunResult:
+    """The runner's run of ``process``, on an event loop of its own (no ``colonies``)."""
+    return asyncio.run(runner.run(process, ctx or {}, None))
 
 
 def _process() -> Process:
@@ -22,7 +27,7 @@ def _process() -> Process:
 def _run_in_this_process(results: Any) -> None:
     runner = FunctionRunner(None, {})
     try:
-        outcome = runner.run(_process(), {}, lambda: False)
+        outcome = run(runner, _process())
         results.put((outcome.output, outcome.errors))
     finally:
         runner.close()
@@ -31,7 +36,7 @@ def _run_in_this_process(results: Any) -> None:
 def test_a_function_runs_in_a_child_process_and_returns_its_output() -> None:
     runner = FunctionRunner(None, {})
     try:
-        outcome = runner.run(_process(), {}, lambda: False)
+        outcome = run(runner, _process())
     finally:
         runner.close()
     assert (outcome.output, outcome.errors) == ([42], [])
@@ -57,10 +62,10 @@ def test_a_function_of_the_same_name_with_other_code_runs_its_own_code() -> None
     """The child keeps compiled code per source: a changed function is not the old one."""
     runner = FunctionRunner(None, {})
     try:
-        first = runner.run(_spec_process("f", "def f(ctx=None):\n    return 1\n"), {}, bool)
-        again = runner.run(_spec_process("f", "def f(ctx=None):\n    return 1\n"), {}, bool)
-        changed = runner.run(_spec_process("f", "def f(ctx=None):\n    return 2\n"), {}, bool)
-        broken = runner.run(_spec_process("f", "def f(ctx=None):\n    return 1 +\n"), {}, bool)
+        first = run(runner, _spec_process("f", "def f(ctx=None):\n    return 1\n"))
+        again = run(runner, _spec_process("f", "def f(ctx=None):\n    return 1\n"))
+        changed = run(runner, _spec_process("f", "def f(ctx=None):\n    return 2\n"))
+        broken = run(runner, _spec_process("f", "def f(ctx=None):\n    return 1 +\n"))
     finally:
         runner.close()
     assert (first.output, again.output, changed.output) == ([1], [1], [2])
@@ -73,46 +78,46 @@ def test_the_ctx_process_is_the_process_the_function_runs_for() -> None:
     process = _spec_process("who", code)
     runner = FunctionRunner(None, {})
     try:
-        outcome = runner.run(process, {"process": process, "extra": 7}, bool)
+        outcome = run(runner, process, {"process": process, "extra": 7})
     finally:
         runner.close()
     assert outcome.output == ["q" * 64, 7], outcome.errors
 
 
 class _Calls:
-    """What a function's ``colonies`` calls reach in :meth:`FunctionRunner.run_async`."""
+    """What a function's ``colonies`` calls reach in :meth:`FunctionRunner.run`."""
 
     async def add(self, a: int, b: int) -> int:
         return a + b
 
 
-def test_run_async_awaits_the_child_and_its_calls_on_the_loop() -> None:
+def test_run_awaits_the_child_and_its_calls_on_the_loop() -> None:
     code = "def calls(ctx=None):\n    return colonies.add(2, 3)\n"
     runner = FunctionRunner(None, {})
 
-    async def run() -> Any:
-        return await runner.run_async(_spec_process("calls", code), {}, _Calls())
+    async def with_calls() -> Any:
+        return await runner.run(_spec_process("calls", code), {}, _Calls())
 
     try:
-        outcome = asyncio.run(run())
+        outcome = asyncio.run(with_calls())
     finally:
         runner.close()
     assert (outcome.output, outcome.errors, outcome.stopped) == ([5], [], False)
 
 
-def test_stop_kills_the_function_that_run_async_waits_for() -> None:
+def test_stop_kills_the_function_that_run_waits_for() -> None:
     code = "import time\n\ndef forever(ctx=None):\n    time.sleep(600)\n"
     runner = FunctionRunner(None, {})
 
-    async def run() -> tuple[Any, float]:
+    async def stopped_at_once() -> tuple[Any, float]:
         started = time.monotonic()
         asyncio.get_running_loop().call_later(0.3, runner.stop)
-        outcome = await runner.run_async(_spec_process("forever", code), {}, _Calls())
+        outcome = await runner.run(_spec_process("forever", code), {}, _Calls())
         return outcome, time.monotonic() - started
 
     try:
-        outcome, seconds = asyncio.run(run())
-        after = runner.run(_process(), {}, bool)  # a new child for the next function
+        outcome, seconds = asyncio.run(stopped_at_once())
+        after = run(runner, _process())  # a new child for the next function
     finally:
         runner.close()
     assert outcome.stopped
