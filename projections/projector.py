@@ -45,6 +45,7 @@ the batch size hardly matters (1,000 or 20,000 events a commit cost the same).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -52,7 +53,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Protocol, TypeGuard, TypeVar, cast
+from typing import NamedTuple, Protocol, cast
 
 from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from eventsourcing.persistence import (
@@ -97,8 +98,6 @@ from colonies_es.projections.view import (
 __all__ = ["DOMAIN_TOPIC_PREFIX", "BatchSubscription", "Follower", "Projector"]
 
 log = logging.getLogger("colonies.projector")
-
-T = TypeVar("T")
 
 DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 """Only events whose topic starts with this are ever decoded (as in the engine)."""
@@ -201,8 +200,9 @@ class Projector:
             return
         current = self._aggregate(event.originator_id)
         known = len(current.nodes) if isinstance(current, ProcessGraph) else 0
+        kind = _kind_of(type(event))
         try:
-            aggregate = _next_state(current, event)
+            aggregate = _next_state(current, event, kind)
         except _Spoiled:  # rebuild it as it was before the event
             assert current is not None
             self._graphs.pop(current.id, None)
@@ -216,7 +216,7 @@ class Projector:
         if isinstance(aggregate, Colony):
             self._dirty_colonies.add(aggregate.id)
         elif isinstance(aggregate, ProcessGraph):
-            self._graph_changed(aggregate, event, notification.id, known)
+            self._graph_changed(aggregate, event, kind, notification.id, known)
 
     def _decode(self, stored: StoredEvent) -> AuditedEvent | None:
         """The domain event, or None (with a warning) for a foreign or unreadable one."""
@@ -228,43 +228,46 @@ class Projector:
         except Exception as error:
             _skip(stored, f"cannot decode it: {error!r}")
             return None
-        if not _is_a(event, AuditedEvent):
+        if not _kind_of(type(event)).audited:
             _skip(stored, f"{stored.topic!r} is not a domain event")
             return None
-        return event
+        return cast(AuditedEvent, event)
 
     def _graph_changed(
-        self, graph: ProcessGraph, event: AuditedEvent, sequence: int, known: int
+        self, graph: ProcessGraph, event: AuditedEvent, kind: _Kind, sequence: int, known: int
     ) -> None:
-        if _is_a(event, AuditedCreationEvent):
+        graph_id = graph.id
+        if kind.creation:
             self._created[graph.processgraphid] = (sequence, 0)
         new = list(itertools.islice(graph.nodes, known, None)) if len(graph.nodes) > known else []
         for index, processid in enumerate(new, start=known):
             self._created[processid] = (sequence, index)
-        touched = _named_processes(event)
-        dirty = self._dirty_graphs.get(graph.id, set())
+        touched = _named_processes(event, kind)
+        dirty = self._dirty_graphs.get(graph_id, set())
         if touched is None or dirty is None:
-            self._dirty_graphs[graph.id] = None
+            self._dirty_graphs[graph_id] = None
         else:
             dirty.update(touched, new)
-            self._dirty_graphs[graph.id] = dirty
-        if _is_a(event, ProcessAssigned):
+            self._dirty_graphs[graph_id] = dirty
+        if kind.assigned:
+            assigned = cast(ProcessAssigned, event)
             colony = self._aggregate(colony_aggregate_id(graph.colonyname))
             executor = None
             if isinstance(colony, Colony):
-                executor = colony.executor_by_id(event.executorid)
+                executor = colony.executor_by_id(assigned.executorid)
             name = executor.executorname if executor is not None else ""
-            self._assignees[event.processid] = (event.executorid, name)
-        elif _is_a(event, LogAdded):
+            self._assignees[assigned.processid] = (assigned.executorid, name)
+        elif kind.logged:
+            logged = cast(LogAdded, event)
             self._logs.append(
                 LogRow(  # positional: seq, processid, graph, colony, executor, message, time
                     sequence,
-                    event.processid,
+                    logged.processid,
                     graph.processgraphid,
                     graph.colonyname,
-                    event.executorname,
-                    event.message,
-                    _unix_ns(event.timestamp),
+                    logged.executorname,
+                    logged.message,
+                    _unix_ns(logged.timestamp),
                 )
             )
 
@@ -308,7 +311,7 @@ class Projector:
         applied: list[AuditedEvent] = []
         for event in events:
             try:
-                after = _next_state(aggregate, event)
+                after = _next_state(aggregate, event, _kind_of(type(event)))
             except _Spoiled:
                 after = None
                 aggregate = _replay(applied)
@@ -414,15 +417,19 @@ class Projector:
         changes.versions.append((graph.id, graph.version))
 
 
-def _next_state(current: AuditedAggregate | None, event: AuditedEvent) -> AuditedAggregate | None:
-    """``current`` after ``event``; None (with a warning, ``current`` unchanged) when the
-    event does not apply to it. Raises ``_Spoiled`` when ``apply`` failed halfway."""
-    if _is_a(event, AuditedCreationEvent):
+def _next_state(
+    current: AuditedAggregate | None, event: AuditedEvent, kind: _Kind
+) -> AuditedAggregate | None:
+    """``current`` after ``event`` (of class ``kind``); None (with a warning, ``current``
+    unchanged) when the event does not apply to it. Raises ``_Spoiled`` when ``apply``
+    failed halfway."""
+    if kind.creation:
         if current is not None:
             _skip(event, "it creates an aggregate that exists")
             return None
-        if not event.originator_topic.startswith(DOMAIN_TOPIC_PREFIX):
-            _skip(event, f"foreign aggregate {event.originator_topic!r}")
+        topic = cast(AuditedCreationEvent, event).originator_topic
+        if not topic.startswith(DOMAIN_TOPIC_PREFIX):
+            _skip(event, f"foreign aggregate {topic!r}")
             return None
     elif current is None:
         _skip(event, "no such aggregate")
@@ -452,23 +459,23 @@ def _replay(events: Iterable[AuditedEvent]) -> AuditedAggregate | None:
     return aggregate
 
 
-def _named_processes(event: AuditedEvent) -> set[str] | None:
+def _named_processes(event: AuditedEvent, kind: _Kind) -> set[str] | None:
     """The processes ``event`` changed, or None when it may have changed any."""
-    if not _is_a(event, GraphEvent) or not _is_subclass(type(event), _NAMING_THEIR_PROCESSES):
+    if not kind.names_processes:
         return None
-    named = {ready["processid"] for ready in event.ready} if event.ready else set()
-    for attribute in ("processid", "parentprocessid"):
-        value = getattr(event, attribute, "")
-        if value:
+    graph_event = cast(GraphEvent, event)
+    named = {ready["processid"] for ready in graph_event.ready} if graph_event.ready else set()
+    for attribute in kind.naming:
+        value = getattr(event, attribute, None)
+        if not value:
+            continue
+        if attribute == "child":  # the new process and those whose parents it changed
+            named.add(value["processid"])
+            named.update(value["children"])
+        elif isinstance(value, str):
             named.add(value)
-    named.update(getattr(event, "cancelled", ()))
-    child = getattr(event, "child", None)
-    if child is not None:  # the new process and those whose parents it changed
-        named.add(child["processid"])
-        named.update(child["children"])
-    for added in getattr(event, "children", ()):  # ChildrenAdded: several at once
-        named.add(added["processid"])
-        named.update(added["children"])
+        else:
+            named.update(value)
     return named
 
 
@@ -482,21 +489,44 @@ def _unix_ns(moment: datetime) -> int:
     return ((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds) * 1000
 
 
-_SUBCLASSES: dict[tuple[type, type | tuple[type, ...]], bool] = {}
+class _Kind(NamedTuple):
+    """What the projector needs to know of an event class, worked out once per class:
+    ``isinstance`` on eventsourcing's abstract classes goes through ``ABCMeta`` each time,
+    several times an event."""
+
+    audited: bool
+    """One of the domain's events."""
+    creation: bool
+    """It creates its aggregate."""
+    names_processes: bool
+    """A graph event naming every process it changes (in ``ready`` and :attr:`naming`)."""
+    naming: tuple[str, ...]
+    """The attributes of the event that name processes it changes."""
+    assigned: bool
+    """A ProcessAssigned (its executor's name is recorded with the process)."""
+    logged: bool
+    """A LogAdded (a row of the logs table)."""
 
 
-def _is_subclass(kind: type, of: type | tuple[type, ...]) -> bool:
-    """``issubclass``, remembered: the event classes are few, and ``isinstance`` on
-    eventsourcing's abstract classes costs a lookup through ``ABCMeta`` each time."""
-    known = _SUBCLASSES.get((kind, of))
-    if known is None:
-        known = _SUBCLASSES[kind, of] = issubclass(kind, of)
-    return known
+_NAMING_ATTRIBUTES = ("processid", "parentprocessid", "cancelled", "child")
+_KINDS: dict[type, _Kind] = {}
 
 
-def _is_a(event: object, kind: type[T]) -> TypeGuard[T]:
-    """``isinstance(event, kind)``, through :func:`_is_subclass`."""
-    return _is_subclass(type(event), kind)
+def _kind_of(cls: type) -> _Kind:
+    """The :class:`_Kind` of the event class ``cls``."""
+    kind = _KINDS.get(cls)
+    if kind is None:
+        names = issubclass(cls, GraphEvent) and issubclass(cls, _NAMING_THEIR_PROCESSES)
+        fields = {field.name for field in dataclasses.fields(cls)} if names else set()
+        kind = _KINDS[cls] = _Kind(
+            audited=issubclass(cls, AuditedEvent),
+            creation=issubclass(cls, AuditedCreationEvent),
+            names_processes=names,
+            naming=tuple(name for name in _NAMING_ATTRIBUTES if name in fields),
+            assigned=issubclass(cls, ProcessAssigned),
+            logged=issubclass(cls, LogAdded),
+        )
+    return kind
 
 
 # ---------------------------------------------------------------------- following
