@@ -42,6 +42,7 @@ exactly those of the one-process audit.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -52,6 +53,7 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -760,67 +762,100 @@ async def _audit_in_shares(
     last: int,
     progress: Callable[[AuditProgress], object] | None,
 ) -> AuditReport:
-    """The whole-log audit by ``count`` workers; raises :class:`_NotInShares`."""
+    """The whole-log audit by ``count`` workers; raises :class:`_NotInShares`.
+
+    Each worker is handed its shares up to :data:`SHARES_AHEAD` chunks ahead, so it goes
+    on with its next share as soon as it is done, whatever the others do."""
     report = AuditReport(workers=count)
     first_uses: dict[str, tuple[int, int]] = {}  # payload digest -> (worker, sequence)
-    chunks = _chunks(reader)
-    with _share_workers(count, audit) as connections:
-        chunk = await anext(chunks, None)
-        if chunk is not None:
-            await _send(connections, _split(chunk, count))
-        while chunk is not None:
-            following = await anext(chunks, None)  # read while the workers audit
-            shares = await _receive(connections)
-            if following is not None:
-                await _send(connections, _split(following, count))
-            found: list[Finding] = []
-            for worker, share in enumerate(shares):
-                if share.misplaced:
-                    raise _NotInShares(
-                        f"the event at sequence {share.misplaced[0]} is on "
-                        "another aggregate's subject"
-                    )
-                for digest, sequence, op in share.first_uses:
-                    other, seen = first_uses.setdefault(digest, (worker, sequence))
-                    if other != worker and op not in _ONE_COMMAND_MANY_EVENTS:
-                        raise _NotInShares(
-                            f"the command of the event at sequence {max(sequence, seen)} "
-                            "was used before by an event of another share"
-                        )
-                report.checked += share.checked
-                found += (Finding(*finding) for finding in share.findings)
-            report.findings += sorted(found, key=lambda finding: finding.sequence)
-            _tell(progress, report.checked, chunk, last)
-            chunk = following
+    handed: collections.deque[list[StoredMessage]] = collections.deque()
+    async with _share_workers(count, audit) as workers:
+        async for chunk in _chunks(reader):
+            for worker, share in zip(workers, _split(chunk, count), strict=True):
+                worker.hand(share)
+            handed.append(chunk)
+            if len(handed) > SHARES_AHEAD:
+                await _merge(handed.popleft(), workers, report, first_uses, last, progress)
+        while handed:
+            await _merge(handed.popleft(), workers, report, first_uses, last, progress)
     return report
 
 
-async def _send(connections: list[Connection], shares: list[_Share]) -> None:
-    """Gives each worker its share (each is waiting for one: nothing blocks for long)."""
-    try:
-        await asyncio.gather(
-            *(
-                asyncio.to_thread(connection.send_bytes, _encode(share))
-                for connection, share in zip(connections, shares, strict=True)
+SHARES_AHEAD = 2
+"""Chunks handed to the workers beyond the one whose reports are awaited."""
+
+
+async def _merge(
+    chunk: list[StoredMessage],
+    workers: list[_Worker],
+    report: AuditReport,
+    first_uses: dict[str, tuple[int, int]],
+    last: int,
+    progress: Callable[[AuditProgress], object] | None,
+) -> None:
+    """Adds the workers' reports on their shares of ``chunk`` to ``report``, findings in
+    log order; raises :class:`_NotInShares` for what the shares cannot judge alone."""
+    shares = await asyncio.gather(*(worker.report() for worker in workers))
+    found: list[Finding] = []
+    for index, share in enumerate(shares):
+        if share.misplaced:
+            raise _NotInShares(
+                f"the event at sequence {share.misplaced[0]} is on another aggregate's subject"
             )
-        )
-    except OSError as error:
-        raise _NotInShares(f"a worker failed ({error!r})") from None
+        for digest, sequence, op in share.first_uses:
+            other, seen = first_uses.setdefault(digest, (index, sequence))
+            if other != index and op not in _ONE_COMMAND_MANY_EVENTS:
+                raise _NotInShares(
+                    f"the command of the event at sequence {max(sequence, seen)} "
+                    "was used before by an event of another share"
+                )
+        report.checked += share.checked
+        found += (Finding(*finding) for finding in share.findings)
+    report.findings += sorted(found, key=lambda finding: finding.sequence)
+    _tell(progress, report.checked, chunk, last)
 
 
-async def _receive(connections: list[Connection]) -> list[_ShareReport]:
-    """Each worker's report on the share it was given last."""
-    try:
-        answers = await asyncio.gather(
-            *(asyncio.to_thread(connection.recv_bytes) for connection in connections)
-        )
-    except (EOFError, OSError) as error:
-        raise _NotInShares(f"a worker failed ({error!r})") from None
-    return [_decode_share_report(answer) for answer in answers]
+class _Worker:
+    """One worker process as the auditing process sees it: shares are handed to it in
+    order (each sent once the one before is), its reports read in the same order, each
+    in a thread of a pool that has one for every send and every read under way."""
+
+    def __init__(self, connection: Connection, threads: ThreadPoolExecutor) -> None:
+        self.connection = connection
+        self.threads = threads
+        self._sent: asyncio.Future[None] | None = None
+
+    def hand(self, share: _Share) -> None:
+        """Sends ``share`` after those handed before (not waiting for it)."""
+        self._sent = asyncio.ensure_future(self._send(_encode(share), self._sent))
+
+    async def _send(self, data: bytes, before: asyncio.Future[None] | None) -> None:
+        if before is not None:
+            await before
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.threads, self.connection.send_bytes, data)
+        except OSError as error:
+            raise _NotInShares(f"a worker failed ({error!r})") from None
+
+    async def report(self) -> _ShareReport:
+        """The worker's report on the oldest share it has not reported on."""
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(self.threads, self.connection.recv_bytes)
+        except (EOFError, OSError) as error:
+            raise _NotInShares(f"a worker failed ({error!r})") from None
+        return _decode_share_report(data)
+
+    async def sent(self) -> None:
+        """Waits until what was handed is sent (or failed: then quietly)."""
+        if self._sent is not None:
+            with contextlib.suppress(_NotInShares):
+                await self._sent
 
 
-@contextlib.contextmanager
-def _share_workers(count: int, audit: _AuditSettings) -> Iterator[list[Connection]]:
+@contextlib.asynccontextmanager
+async def _share_workers(count: int, audit: _AuditSettings) -> AsyncIterator[list[_Worker]]:
     """``count`` worker processes running :func:`_audit_shares`, each on a pipe, started
     by a fork server: this process has threads (NATS, the store), which a plain fork
     would copy in an unknown state."""
@@ -832,20 +867,21 @@ def _share_workers(count: int, audit: _AuditSettings) -> Iterator[list[Connectio
         )
         for index, (_, theirs) in enumerate(pipes)
     ]
+    threads = ThreadPoolExecutor(2 * count, thread_name_prefix="audit-pipe")
+    workers = [_Worker(ours, threads) for ours, _ in pipes]
     ended = False
     try:
         for process in processes:
             process.start()
         for _, theirs in pipes:
             theirs.close()
-        yield [ours for ours, _ in pipes]
+        yield workers
         ended = True
     finally:
-        for ours, _ in pipes:
+        for worker in workers:
             if ended:
                 with contextlib.suppress(OSError):
-                    ours.send_bytes(b"")  # the end
-            ours.close()
+                    worker.connection.send_bytes(b"")  # the end
         for process in processes:
             if process.pid is None:
                 continue
@@ -854,6 +890,10 @@ def _share_workers(count: int, audit: _AuditSettings) -> Iterator[list[Connectio
             if process.is_alive():
                 process.kill()
             process.join()
+        for worker in workers:  # a send under way fails once its worker is gone
+            await worker.sent()
+            worker.connection.close()
+        threads.shutdown(wait=True)
 
 
 STOP_WORKERS = 5.0
