@@ -425,6 +425,32 @@ def test_a_subscription_hands_over_its_events_in_batches_and_says_when_it_ended(
     assert ended is None
 
 
+def test_a_subscription_reads_ahead_of_a_slow_reader_only_so_far_and_loses_nothing(
+    recorder: JetStreamApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(JetStreamSubscription, "READ_AHEAD", 2)
+    one = uuid4()
+    for first in (1, 501, 1001, 1501):
+        recorder.insert_events(history(one, 500, first))
+    subscription = recorder.subscribe()
+    assert isinstance(subscription, JetStreamSubscription)
+
+    # Not read for a while: the consumer stops at two batches (of up to 256).
+    wait_until(lambda: subscription._queue.qsize() == 2, BOUND, "two batches read ahead")
+    time.sleep(0.5)
+    assert subscription._queue.qsize() == 2  # the private queue: what is held in memory
+    got: list[Notification] = []
+    deadline = time.monotonic() + BOUND
+    while len(got) < 2000:
+        assert time.monotonic() < deadline, f"only {len(got)} arrived"
+        batch = subscription.next_batch(BOUND)
+        assert batch is not None
+        got += batch
+    subscription.stop()
+
+    assert [n.originator_version for n in got] == list(range(1, 2001))
+
+
 # ------------------------------------------------------------- 4: racing writers
 
 

@@ -25,6 +25,7 @@ dots (``colony.graph.<hex>`` gives one subject per graph) but no spaces, ``*`` o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import re
@@ -299,9 +300,17 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
 
 
 class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
-    """Live notifications after ``gt``: a consumer on the loop feeds a queue we iterate."""
+    """Live notifications after ``gt``: a consumer on the loop feeds a queue we iterate.
+
+    The consumer reads at most :attr:`READ_AHEAD` batches (of up to 256 notifications)
+    ahead of the reader, then waits for it: a reader far behind the log (a projector
+    rebuilding its view) holds a few megabytes of the log in memory, not the whole
+    backlog it has yet to read.
+    """
 
     _STOP = object()
+    READ_AHEAD = 32
+    """Batches read from the log and not yet taken by the reader, at most."""
 
     def __init__(
         self,
@@ -315,13 +324,14 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         self._buffer: list[Notification] = []
         self._index = 0
         self._stop_lock = threading.Lock()
-        self._task = asyncio.run_coroutine_threadsafe(
-            self._follow(recorder, gt or 0), recorder.connection.loop.loop
-        )
+        self._loop = recorder.connection.loop.loop
+        self._room = asyncio.Semaphore(self.READ_AHEAD)  # used on the loop only
+        self._task = asyncio.run_coroutine_threadsafe(self._follow(recorder, gt or 0), self._loop)
 
     async def _follow(self, recorder: JetStreamApplicationRecorder, after: int) -> None:
         try:
             async for batch in recorder.log.follow(recorder.events_filter, after):
+                await self._room.acquire()  # given back when the reader takes a batch
                 notifications = []
                 for message in batch:
                     envelope = recorder.connection.trusted(message)
@@ -331,6 +341,8 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
                         notifications.append(to_notification(envelope, message.sequence))
                 if notifications:
                     self._queue.put(notifications)
+                else:
+                    self._room.release()
         except BaseException as error:  # delivered to the iterating thread
             self._queue.put(error)
             raise
@@ -369,8 +381,14 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             if isinstance(item, Exception) and not isinstance(item, StopAsyncIteration):
                 raise item
             return None
+        self._taken()
         notifications: list[Notification] = item
         return None if self._has_been_stopped else notifications
+
+    def _taken(self) -> None:
+        """Makes room for the consumer to read one more batch (from the reader's thread)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the store is
+            self._loop.call_soon_threadsafe(self._room.release)
 
     def __next__(self) -> Notification:
         while self._index >= len(self._buffer):
@@ -384,6 +402,7 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
                 if isinstance(item, Exception) and not isinstance(item, StopAsyncIteration):
                     raise item
                 raise StopIteration
+            self._taken()
             self._buffer, self._index = item, 0
         if self._has_been_stopped:
             raise StopIteration
