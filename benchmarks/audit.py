@@ -18,8 +18,9 @@ does, through :func:`~colonies_es.projections.audit.verify_log`):
 
 Each run also prints the CPU seconds of the auditing process and of the workers (read
 from the fork server's reaped children): on a shared machine they hold where wall-clock
-rates do not. On an idle machine of ``C`` cores the wall time is about the larger of
-the auditing process's CPU time and the total divided by ``C``. Each run must check
+rates do not. From them it prints how long the audit would take on an idle machine
+(:func:`idle_seconds`: the largest of the auditing process's CPU time, a worker's share
+and the total divided by the cores). Each run must check
 every event and find nothing (a benchmark that found something
 would be measuring a broken log). Target: the whole log of 200,000 events in 20 s
 (``parallel / target`` >= 1). Run ``python -m benchmarks audit [--quick]``.
@@ -103,10 +104,13 @@ def run(options: Options) -> Report:
                 children = _workers_cpu() - children
                 report.add(key, label, "events/s", sample)
                 report.parameters.setdefault(f"cpu_s_{key}", []).append([cpu, children])
+                idle = idle_seconds(cpu, children, 0 if workers == 0 else os.cpu_count() or 1)
+                report.parameters.setdefault(f"idle_s_{key}", []).append(idle)
                 print(
                     f"  run {number}/{options.runs}: {key} {sample.seconds:.1f} s "
                     f"({sample.rate:,.0f} events/s); CPU: auditing process {cpu:.1f} s, "
-                    f"workers {children:.1f} s",
+                    f"workers {children:.1f} s; on an idle machine about {idle:.1f} s "
+                    f"(target {TARGET_SECONDS:.0f} s)",
                     flush=True,
                 )
     report.references["target"] = Reference(
@@ -117,6 +121,17 @@ def run(options: Options) -> Report:
     report.environment["load_average_after"] = environment()["load_average"]
     print(f"  load average after: {_load()}", flush=True)
     return report
+
+
+def idle_seconds(auditing: float, workers: float, count: int) -> float:
+    """About how long the audit takes on an idle machine with a core per process, from
+    the CPU seconds it used: the auditing process and ``count`` workers sharing
+    ``workers`` seconds evenly run side by side, on ``os.cpu_count()`` cores at most. A
+    bound that holds on a shared machine, where wall-clock seconds measure the load."""
+    cores = os.cpu_count() or 1
+    if count == 0:
+        return auditing + workers
+    return max(auditing, workers / count, (auditing + workers) / cores)
 
 
 def _workers_cpu() -> float:
