@@ -54,7 +54,14 @@ from colonies_es.store import JetStreamApplicationRecorder
 from colonies_es.store.codec import to_notification
 from colonies_es.store.jetstream import JetStreamLog
 
-__all__ = ["CONFLICT_RETRIES", "Aggregates", "audit", "last_written", "replay_events"]
+__all__ = [
+    "CONFLICT_RETRIES",
+    "Aggregates",
+    "audit",
+    "deciding",
+    "last_written",
+    "replay_events",
+]
 
 log = logging.getLogger("colonies.engine")
 
@@ -65,6 +72,10 @@ DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 
 CONFLICT_RETRIES = 5
 """Times a decision is taken again after another replica changed the aggregate first."""
+
+deciding: ContextVar[crypto.VerifiedCommand | None] = ContextVar("deciding", default=None)
+"""The command the current task is deciding (set by the application before its handler
+runs): the command the events it writes carry, noted without decoding them again."""
 
 INSTALLED_LIMIT = 100_000
 """Sequences kept in :attr:`Aggregates.installed` at most (a follower far behind)."""
@@ -369,8 +380,9 @@ class Aggregates:
         sequences = await self.log.append(self.store.entries_for(stored))
         last_written.set(max(last_written.get(), sequences[-1]))
         now = datetime.now(UTC)
+        command = deciding.get()
         for event in pending:
-            self.seen.remember(event, last_written.get(), now)
+            self.seen.remember(event, last_written.get(), now, command)
         return pending, sequences
 
 

@@ -41,7 +41,7 @@ from nats.aio.client import Client as NATS
 
 from colonies_es import colonyos, crypto
 from colonies_es.domain import ChildrenAdded, Colony, DomainError, ProcessGraph
-from colonies_es.engine.aggregates import Aggregates, last_written
+from colonies_es.engine.aggregates import Aggregates, deciding, last_written
 from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
 from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.follower import Follower
@@ -263,6 +263,7 @@ class ColoniesApp(Application[str]):
     ) -> Outcome:
         """Runs the op's handler; every failure becomes a one-line refusal."""
         last_written.set(0)
+        deciding.set(command)
         try:
             if check_replay:
                 self.seen.guard.check_and_remember(command.replay_key, command.ts, now)

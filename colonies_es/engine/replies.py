@@ -135,20 +135,34 @@ class SeenCommands:
         self.guard = crypto.ReplayGuard(window)
         self.replies = Replies(window)
 
-    def remember(self, event: AuditedEvent, sequence: int, now: datetime) -> None:
-        """Notes the signed command ``event`` carries, if it is recent enough to matter."""
+    def remember(
+        self,
+        event: AuditedEvent,
+        sequence: int,
+        now: datetime,
+        command: crypto.VerifiedCommand | None = None,
+    ) -> None:
+        """Notes the signed command ``event`` carries, if it is recent enough to matter.
+        ``command``: that command as this replica verified it (the replica writing the
+        event knows it): its fields are taken as they are instead of decoding the
+        stored bytes again (the same values: the event stores ``command.command``)."""
         if not event.command or (now - event.timestamp).total_seconds() > 2 * self.window:
             return
-        try:
-            signed = _decode_stored_command(event.command)
-            payload = _decode_stored_payload(signed.payload)
-            caller = _id_of_key(signed.public_key)
-        except (msgspec.DecodeError, ValueError):  # e.g. a ColonyOS envelope (no nonce)
+        if command is not None and isinstance(command.command, crypto.SignedCommand):
+            caller, op = _id_of_key(command.command.public_key), command.op
+            nonce, ts = command.nonce, command.ts
+        else:
+            try:
+                signed = _decode_stored_command(event.command)
+                payload = _decode_stored_payload(signed.payload)
+                caller = _id_of_key(signed.public_key)
+            except (msgspec.DecodeError, ValueError):  # e.g. a ColonyOS envelope (no nonce)
+                return
+            op, nonce, ts = payload.op, payload.nonce, payload.ts
+        if not nonce:
             return
-        if not payload.nonce:
-            return
-        replay_key = f"{caller}:{payload.nonce}"
-        self.guard.remember(replay_key, payload.ts, now.timestamp())
+        replay_key = f"{caller}:{nonce}"
+        self.guard.remember(replay_key, ts, now.timestamp())
         subject = getattr(event, "processid", None) or ""
         child = getattr(event, "child", None)
         if child is not None:
@@ -156,9 +170,7 @@ class SeenCommands:
         attribute = getattr(event, "attributeid", None)
         if attribute:
             subject = f"{subject}:{attribute}"
-        self.replies.remember(
-            replay_key, Applied(payload.op, event.originator_id, subject, sequence)
-        )
+        self.replies.remember(replay_key, Applied(op, event.originator_id, subject, sequence))
 
     def capture(self) -> list[RememberedCommand]:
         """The window's commands whose events are in the log, for a checkpoint."""
