@@ -45,6 +45,7 @@ from colonies_es.store import (
     StreamConfigurationError,
 )
 from colonies_es.store.codec import encode_envelope
+from colonies_es.store.jetstream import Entry, JetStreamLog
 from colonies_es.store.recorders import JetStreamSubscription
 
 T = TypeVar("T")
@@ -968,3 +969,19 @@ def test_a_process_event_and_its_tracking_are_written_together(
     assert recorder.max_tracking_id("upstream") == 3
     assert [n.id for n in all_notifications(recorder)] == list(ids or [])
     assert versions(recorder, aggregate) == [1, 2]
+
+
+async def test_an_append_no_stream_takes_is_an_operational_error_at_once(nats_url: str) -> None:
+    """An append whose subject no stream captures is answered "no responders" by the
+    server: a clear error well within the timeout, and the log keeps appending after it."""
+    nc = await nats.connect(nats_url)
+    try:
+        log = JetStreamLog(nc, f"nostream{uuid4().hex[:8]}", lambda _: None, timeout=TIMEOUT)
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match=r"no stream takes nobody\.listens"):
+            await log.append([Entry(f"nobody.listens.{uuid4().hex}", 1, b"x")])
+        assert time.monotonic() - started < TIMEOUT
+        with pytest.raises(OperationalError, match=r"no stream takes nobody\.listens"):
+            await log.append([Entry(f"nobody.listens.{uuid4().hex}", 1, b"y")])
+    finally:
+        await nc.close()
