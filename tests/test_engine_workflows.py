@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from colonies_es import ColoniesError, Process, Workflow, func_spec
 from colonies_es.client import AsyncColonies
 from colonies_es.models import FuncSpec
-from colonies_es.protocol import work_subject
+from colonies_es.protocol import WORK_STREAM, work_subject
 from colonies_es.states import ProcessState
 from tests.eventlog import read_events
 from tests.stack import ColonyHandle, Stack
@@ -312,5 +312,41 @@ async def test_work_a_held_claim_takes_gets_no_ticket_work_nobody_waits_for_does
             assert tickets == [work_subject(colony.name, EXECUTOR_TYPE)]
             taken = await client.assign(colony.name, 5, executor)
             assert taken.processid == second.processid
+        finally:
+            await nc.close()
+
+
+async def test_tickets_stay_while_their_work_is_ready_and_go_once_it_was_taken(
+    stack: Stack,
+) -> None:
+    """The reconciler (every second) keeps one ticket per ready process, also for work
+    made ready less than its grace ago, and removes the tickets of work executors took
+    without one (a claim needs no ticket)."""
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    subject = work_subject(colony.name, EXECUTOR_TYPE)
+    nc = await nats.connect(stack.nats.url)
+    js = nc.jetstream()
+
+    async def tickets() -> int:
+        info = await js.stream_info(WORK_STREAM, subjects_filter=subject)
+        return (info.state.subjects or {}).get(subject, 0)
+
+    async with AsyncColonies("127.0.0.1", stack.nats.port, timeout=20) as client:
+        try:
+            for name in ("one", "two", "three"):
+                await client.submit_func_spec(
+                    func_spec(name, [], colony.name, EXECUTOR_TYPE), colony.owner_prvkey
+                )
+            watched_until = time.monotonic() + 2.5  # two reconciler rounds at least
+            while time.monotonic() < watched_until:
+                assert await tickets() == 3
+                await asyncio.sleep(0.1)
+            for _ in range(3):
+                await client.assign(colony.name, 5, executor)
+            deadline = time.monotonic() + 20
+            while (left := await tickets()) > 0:
+                assert time.monotonic() < deadline, f"{left} tickets of work already taken"
+                await asyncio.sleep(0.1)
         finally:
             await nc.close()

@@ -397,16 +397,21 @@ class Engine:
     async def _top_up_tickets(self) -> None:
         """Issues tickets where fewer wait (unclaimed or unacked) than processes ready
         for more than :data:`TICKET_GRACE` seconds, and removes the surplus where more
-        wait: executors claim without tickets (protocol.py, "Work"), so the tickets of work
-        they took stay behind."""
+        wait than processes are ready: executors claim without tickets (protocol.py,
+        "Work"), so the tickets of work they took stay behind. (The surplus is counted
+        against every ready process, not only those past the grace: the tickets of work
+        made ready a moment ago were published with it, and removing them only to issue
+        them again once the grace passed cost a third of a ticket per process more.)"""
         assert self.nc is not None
         assert self.app is not None
         js = self.nc.jetstream()
         sequence = self.app.state.reached
         ready_before = time.time() - TICKET_GRACE
         counts = self.app.ready.counts(ready_before)
+        everyone = self.app.ready.counts()
         for colonyname, executortype in self._consumers | set(counts):
-            ready = counts.get((colonyname, executortype), 0)
+            old = counts.get((colonyname, executortype), 0)
+            ready = everyone.get((colonyname, executortype), 0)
             await self._ensure_consumer((colonyname, executortype))
             try:
                 info = await js.consumer_info(WORK_STREAM, work_consumer(colonyname, executortype))
@@ -414,10 +419,10 @@ class Engine:
                 self._consumers.discard((colonyname, executortype))
                 continue
             waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
-            if waiting > ready:  # keep the newest ``ready`` (purge keeps all when 0)
+            if waiting > ready:  # keep the newest ``ready`` (keep=None: purge them all)
                 subject = work_subject(colonyname, executortype)
                 await js.purge_stream(WORK_STREAM, subject=subject, keep=ready or None)
-            for _ in range(ready - waiting):
+            for _ in range(old - waiting):
                 await self._publish_ticket(colonyname, executortype, sequence)
 
     # ----------------------------------------------------------------- timers
