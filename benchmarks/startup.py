@@ -22,6 +22,11 @@ Runs: logs of 10k, 100k and 1M events (start-up), and of 10k, 100k and 1M finish
 processes (RSS; 1,000 more graphs live); ``--quick`` leaves out the 1M runs.
 Targets (issues 8 and 14): start-up <= 5 s at 1M events with 1,000 graphs live; RSS
 flat within 50 MB from 10k to 1M finished processes.
+
+The read side's memory (issue 14.4): on the logs of up to :data:`PROJECTOR_UP_TO`
+finished processes, a ``colonies projector`` builds its view from the whole log and its
+RSS is read once it has caught up (its view is on disk; it keeps at most 10,000 graphs
+in memory).
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ COLONY_EVENTS = 3
 REPLAY_UP_TO = 310_000
 """Logs up to this many events are also timed with the whole-log replay."""
 
+PROJECTOR_UP_TO = 100_000
+"""Logs of up to this many finished processes also get a projector's RSS measured."""
+
 STARTUP_TARGET = 5.0
 RSS_TARGET_MB = 50.0
 
@@ -102,6 +110,7 @@ class Measured:
     rss_swept: float
     replay: float | None
     replay_rss: float | None
+    projector_rss: float | None = None
 
 
 def run(options: Options) -> Report:
@@ -123,6 +132,9 @@ def run(options: Options) -> Report:
             if measured.replay is not None
             else ""
         )
+        if measured.projector_rss is not None:
+            replay += f"; a projector built its view: RSS {measured.projector_rss:.0f} MB"
+            report.parameters[f"projector_rss_mb_{one.name}"] = measured.projector_rss
         print(
             f"  {one.name} ({measured.events:,} events, checkpoint "
             f"{measured.checkpoint_mb:.1f} MB): ready in {measured.startup:.2f} s, RSS "
@@ -204,7 +216,12 @@ def measure(one: Run, runs: int) -> Measured:
                 ]
                 replay = statistics.median(r[0] for r in replays)
                 replay_rss = statistics.median(r[1] for r in replays)
-            return Measured(one.events, size / 1e6, startup, ready, swept, replay, replay_rss)
+            projector = None
+            if one.name.endswith("finished processes") and one.finished <= PROJECTOR_UP_TO:
+                projector = projector_rss(env, Path(tmp))
+            return Measured(
+                one.events, size / 1e6, startup, ready, swept, replay, replay_rss, projector
+            )
         finally:
             server.stop()
 
@@ -323,6 +340,29 @@ def time_start(env: dict[str, str], log_file: Path, expected: str) -> tuple[floa
             time.sleep(0.1)
         time.sleep(1.5)  # let the sweep finish and the allocator settle
         return seconds, ready, rss_mb(process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def projector_rss(env: dict[str, str], directory: Path) -> float:
+    """A new projector's RSS (MB) once it has built its view from the whole log."""
+    log_file = directory / "projector.log"
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "colonies_es.cli", "projector", "--db", str(directory / "v.db")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 1800
+        while b"caught up with the log" not in log_file.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log_file.read_text()[-2000:])
+            time.sleep(0.2)
+        time.sleep(1.5)
+        return rss_mb(process.pid)
     finally:
         process.terminate()
         process.wait(60)
