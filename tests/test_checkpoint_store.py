@@ -202,3 +202,36 @@ async def test_replicas_write_checkpoints_every_n_events_taking_turns(nc: NATS) 
             task.cancel()
     info = await nc.jetstream().stream_info(writers[0].store.stream)
     assert info.state.messages <= 1 + 2 * 1  # the head and two single-chunk checkpoints
+
+
+async def test_a_format_1_checkpoint_is_read_as_legacy_ids_and_an_unknown_format_refused(
+    nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 1 (before derived ids) listed every graph and process: restored, its
+    processes are the legacy map (they all have random ids), so an upgraded engine
+    starts from it. A format this engine does not know is refused with the reason."""
+    from colonies_es.engine import checkpoint as module
+
+    stream, prefix = await _log(nc)
+    store = CheckpointStore(nc, stream, prefix, sealer=Sealer(os.urandom(32)))
+    old = _checkpoint(4, graphs=3)
+    monkeypatch.setattr(module, "FORMAT", 1)
+    assert await store.write(old, "an engine of before")
+    monkeypatch.undo()
+    found, reason = await store.read()
+    assert found == old, reason
+    state = EngineState()
+    state.restore(found.state)
+    [colony] = old.state.colonies
+    processes = [colony.processes[n : n + 32].hex() for n in range(0, 96, 32)]
+    graphs = [f"c.graph.{colony.graphs[n : n + 32].hex()}" for n in range(0, 96, 32)]
+    for processid, graph_id in zip(processes, graphs, strict=True):
+        assert state.graph_of(processid) == graph_id
+
+    await nc.jetstream().purge_stream(store.stream)
+    monkeypatch.setattr(module, "FORMAT", 3)
+    assert await store.write(_checkpoint(4), "an engine of later")
+    monkeypatch.undo()
+    found, reason = await store.read()
+    assert found is None
+    assert reason == "it has format 3, this engine reads (1, 2)"

@@ -61,6 +61,7 @@ __all__ = [
     "CHECKPOINT_SECONDS",
     "CHUNK_BYTES",
     "FORMAT",
+    "READS",
     "Checkpoint",
     "CheckpointStore",
     "CheckpointWriter",
@@ -71,10 +72,15 @@ __all__ = [
 log = logging.getLogger("colonies.engine")
 
 FORMAT = 2
-"""The checkpoint format; a head of another format is refused (the log is replayed, and
-the engine says why in one line). 2: process ids derive to their graph, so a
-checkpoint lists only the processes whose id does not (legacy ids); format 1 listed
-every process ever, and is refused rather than read."""
+"""The checkpoint format written. 2: process ids derive to their graph, so a checkpoint
+lists only the processes whose id does not (legacy ids) and their graphs."""
+
+READS = (1, 2)
+"""The formats read; a head of another is refused (the log is replayed, and the engine
+says why in one line). Format 1, written before derived ids, listed every graph and
+every process: all of them legacy ids, so its process list is exactly the legacy map
+(its other graphs are not needed) and an upgraded engine starts from it instead of
+replaying the whole log."""
 
 CHUNK_BYTES = 512 * 1024
 """Bytes of body per chunk message (under NATS's default 1 MB message limit)."""
@@ -240,8 +246,8 @@ class CheckpointStore:
                 return None, "no checkpoint yet"
             head, _ = found
             created, last = await self._log_created()
-            if head.format != FORMAT:
-                raise Refused(f"it has format {head.format}, this engine reads {FORMAT}")
+            if head.format not in READS:
+                raise Refused(f"it has format {head.format}, this engine reads {READS}")
             if head.stream != self.log_stream or head.stream_created != created:
                 raise Refused(
                     f"it belongs to stream {head.stream!r} created {head.stream_created}, "
