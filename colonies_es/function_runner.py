@@ -231,11 +231,18 @@ class FunctionRunner:
         ``colonies``: it then cannot be stopped and what it prints is not captured."""
         if multiprocessing.current_process().daemon:
             return await asyncio.to_thread(self._run_here, process, ctx)
+        job = _job(process, ctx)
         if not self.started:  # starting a child blocks (seconds, the first time): not here
             await asyncio.to_thread(self.start)
         conn = self._connection()
         self._stopped = False
-        conn.send(_job(process, ctx))
+        try:
+            conn.send(job)
+        except OSError:  # the child died since its last function (EPIPE): a new one
+            self._reap()
+            await asyncio.to_thread(self.start)
+            conn = self._connection()
+            conn.send(job)
         while True:
             await _readable(conn)
             try:
@@ -255,8 +262,10 @@ class FunctionRunner:
 
     @property
     def started(self) -> bool:
-        """Whether the child is there (started and not dead)."""
-        return self._child is not None and self._conn is not None and self._child.is_alive()
+        """Whether the child is there: started, and its pipe not found closed. (Not
+        asked of the OS, which costs a system call per function: a child that died
+        since is found by :meth:`run` when it sends to it.)"""
+        return self._child is not None and self._conn is not None
 
     def start(self) -> None:
         """Start the child now, so that the first function does not wait for it (nothing

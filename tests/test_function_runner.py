@@ -123,3 +123,16 @@ def test_stop_kills_the_function_that_run_waits_for() -> None:
     assert outcome.stopped
     assert seconds < 30
     assert after.output == [42]
+
+
+def test_a_child_that_died_between_functions_is_replaced() -> None:
+    runner = FunctionRunner(None, {})
+    try:
+        assert run(runner, _process()).output == [42]
+        child = runner._child
+        assert child is not None
+        child.kill()  # from outside, while no function runs
+        child.join(10)
+        assert run(runner, _process()).output == [42]
+    finally:
+        runner.close()
