@@ -310,15 +310,20 @@ class FunctionRunner:
         if not self.started:
             self._reap()
             parent, child = _CONTEXT.Pipe()
-            self._child = _CONTEXT.Process(
+            process = _CONTEXT.Process(
                 target=_serve,
                 args=(child, self._globals),
                 name="colonies-function",
                 daemon=True,
             )
-            self._child.start()
-            child.close()
-            self._conn = parent
+            try:
+                process.start()
+            except BaseException:
+                parent.close()
+                raise
+            finally:
+                child.close()
+            self._child, self._conn = process, parent
         assert self._conn is not None
         return self._conn
 
