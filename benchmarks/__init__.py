@@ -12,6 +12,7 @@ GROUPS: dict[str, str] = {
     "gateway": "pycolonies via the ColonyOS gateway beside the native client: throughput, assign",
     "timetravel": "Time travel: replaying one graph costs its own length, not the log's",
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
+    "graphs": "One decision on a big graph (no server): add_child, assign, close at 100-5,000",
     "projector": "The projector rebuilding its view from the log, against a raw replay",
     "audit": "The whole-log audit of 200,000 events: in one process, with signature workers",
     "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
