@@ -12,6 +12,7 @@ from nats.micro.request import ERROR_CODE_HEADER
 from colonies_es import ColoniesError, Workflow, crypto, func_spec
 from colonies_es.models import FuncSpec
 from colonies_es.projections.audit import Authorities, verify
+from colonies_es.projections.history import history
 from colonies_es.protocol import AddChildren, api_subject
 from tests.eventlog import nothing_written, read_events
 from tests.stack import ColonyHandle, Stack
@@ -206,3 +207,7 @@ def test_add_children_is_one_audited_event_all_or_nothing(stack: Stack) -> None:
         seal_key=stack.engine.seal_key,
     )
     assert report.ok, report
+    told = history(stack.nats.url, graph.processgraphid, colony.name, stack.engine.seal_key)
+    [added_line] = [entry.summary for entry in told if entry.kind == "ChildrenAdded"]
+    assert added_line.startswith("map added 20 processes (pair_0, pair_1, ")
+    assert added_line.endswith(" (insert) before reduce")
