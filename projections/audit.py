@@ -859,8 +859,10 @@ class _Worker:
 async def _share_workers(count: int, audit: _AuditSettings) -> AsyncIterator[list[_Worker]]:
     """``count`` worker processes running :func:`_audit_shares`, each on a pipe, started
     by a fork server: this process has threads (NATS, the store), which a plain fork
-    would copy in an unknown state."""
+    would copy in an unknown state. The fork server imports this module once (when this
+    process starts it), so a worker starts without importing anything."""
     context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     pipes = [context.Pipe() for _ in range(count)]
     processes = [
         context.Process(
