@@ -164,9 +164,9 @@ def map(count, ctx={}):
         )
 """.replace("PAIR", repr(PAIR))
 """The same map with ``add_children`` (this project's addition, not in pycolonies): the
-pairs 250 per signed command (a command may take a quarter of the 1 MB max_payload), the
-first batch inserted before the reduce and the others beside it, as the seed's map does
-one by one. Celery's chord sends its header in one call."""
+pairs 250 per signed command (an event must stay readable in one reply: at 1 MB about
+850 pairs), the first batch inserted before the reduce and the others beside it, as the
+seed's map does one by one. Celery's chord sends its header in one call."""
 REDUCE = "def reduce(*numbers, ctx={}):\n    return sum(numbers)\n"
 DIAMOND_A = "def a(ctx={}):\n    return 1, 2\n"
 SUM_OF = "def {name}(*numbers, ctx={{}}):\n    return sum(numbers)\n"

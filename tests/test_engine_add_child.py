@@ -173,7 +173,7 @@ def test_add_children_is_one_audited_event_all_or_nothing(stack: Stack) -> None:
             [f"big_{i}" for i in range(600)], True, executor,
         )  # fmt: skip
     assert too_big.value.status == 400
-    assert "add them in several add_children calls" in str(too_big.value)
+    assert "could not read it back in one reply" in str(too_big.value)
 
     body = AddChildren(
         processgraphid=graph.processgraphid,

@@ -23,6 +23,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es import ColoniesError, Workflow, crypto, func_spec
 from colonies_es.models import FuncSpec
+from colonies_es.projections.history import history
 from colonies_es.protocol import api_subject
 from tests.eventlog import last_sequence, nothing_written
 from tests.stack import ColonyHandle, Stack
@@ -395,3 +396,33 @@ def test_a_command_whose_event_would_be_too_large_is_a_client_error(stack: Stack
     engine_still_answers(stack, colony)
     assert last_sequence(stack.nats.url) > 0
     assert 400 <= refused.value.status < 500, refused.value
+
+
+def test_a_workflow_whose_event_could_not_be_read_back_is_refused_and_writes_nothing(
+    stack: Stack,
+) -> None:
+    """760 one-line functions fit in a command and in the server's max_payload, but their
+    GraphSubmitted event would be too big for the read side's replies (history, audit,
+    the UI): refused with 400 and a message saying why, before anything is written;
+    700 go through and their history reads back."""
+    colony = stack.new_colony()
+
+    def workflow(count: int) -> Workflow:
+        specs = [
+            func_spec(
+                "pair", [], colony.name, "python-executor", code="def pair(ctx={}):\n    pass\n"
+            )
+            for _ in range(count)
+        ]
+        for number, spec in enumerate(specs):
+            spec.nodename = f"pair_{number}"
+        return Workflow(colonyname=colony.name, functionspecs=specs)
+
+    with nothing_written(stack.nats.url), pytest.raises(ColoniesError) as refused:
+        stack.client.submit_workflow(workflow(760), colony.owner_prvkey)
+    assert refused.value.status == 400
+    assert "could not read it back in one reply" in str(refused.value)
+    graph = stack.client.submit_workflow(workflow(700), colony.owner_prvkey)
+    assert (
+        len(history(stack.nats.url, graph.processgraphid, colony.name, stack.engine.seal_key)) == 1
+    )

@@ -516,10 +516,10 @@ class AsyncColonies:
         the parent and its children (a map's pairs before its reduce), otherwise they
         become new children that ``childprocessid`` (if any) also waits for. With one
         spec it is :meth:`add_child`. Returns the new process ids, in order. The
-        engine refuses (400) a command over a quarter of the server's max_payload (at
-        the default 1 MB, about 600 small specs): add more in several calls, the first
-        with ``insert`` and the next beside them (``insert=False``, ``childprocessid``
-        the process they all feed)."""
+        engine refuses (400) a batch whose event could not be read back in one reply
+        (about 3/4 of the server's max_payload: at the default 1 MB, about 800 small
+        specs): add more in several calls, the first with ``insert`` and the next beside
+        them (``insert=False``, ``childprocessid`` the process they all feed)."""
         body = p.AddChildren(
             processgraphid=processgraphid,
             parentprocessid=parentprocessid,

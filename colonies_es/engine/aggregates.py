@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-from eventsourcing.persistence import IntegrityError, Mapper, Notification
+from eventsourcing.persistence import DataError, IntegrityError, Mapper, Notification
 from nats.aio.client import Client as NATS
 
 from colonies_es import crypto
@@ -69,6 +69,9 @@ A = TypeVar("A", bound=AuditedAggregate)
 
 DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
 """Only event classes under this module are ever instantiated from the log."""
+
+READ_REPLY_FIELDS = 4096
+"""Bytes kept, in a read reply carrying one event, for everything but its payload."""
 
 CONFLICT_RETRIES = 5
 """Times a decision is taken again after another replica changed the aggregate first."""
@@ -377,13 +380,30 @@ class Aggregates:
         Returns the events and their stream sequences."""
         pending: list[AuditedEvent] = list(aggregate.collect_events())  # type: ignore[arg-type]
         stored = [self.mapper.to_stored_event(event) for event in pending]
-        sequences = await self.log.append(self.store.entries_for(stored))
+        entries = self.store.entries_for(stored)
+        limit = readable_limit(self.log.nc.max_payload)
+        for entry, event in zip(entries, pending, strict=True):
+            if len(entry.payload) > limit:
+                raise DataError(
+                    f"its {type(event).__name__} event would be {len(entry.payload):,} bytes, "
+                    f"over {limit:,}: the history, audit and UI could not read it back in one "
+                    "reply; make it smaller (fewer functions per workflow or per add_children)"
+                )
+        sequences = await self.log.append(entries)
         last_written.set(max(last_written.get(), sequences[-1]))
         now = datetime.now(UTC)
         command = deciding.get()
         for event in pending:
             self.seen.remember(event, last_written.get(), now, command)
         return pending, sequences
+
+
+def readable_limit(max_payload: int) -> int:
+    """The largest event payload the engine writes for a server of this ``max_payload``:
+    the read side's replies (``graph_events``: history, time travel, audit, the UI) carry
+    an event's payload in base64, a third bigger, with a few fields around it, in one
+    NATS message. A bigger event would be stored, and its graph's history then fail."""
+    return (max_payload - READ_REPLY_FIELDS) * 3 // 4
 
 
 def audit(cmd: crypto.VerifiedCommand, now: datetime) -> dict[str, Any]:

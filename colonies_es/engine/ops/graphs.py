@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import msgspec
-
 from colonies_es import crypto
 from colonies_es.domain import BadRequest, Conflict, Forbidden, NotFound, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, audit
@@ -74,35 +72,16 @@ async def add_child(
     return Reply(encode(graph.process_model(added[0])), effects)
 
 
-ADD_CHILDREN_SHARE = 4
-"""An ``add_children`` command may take at most this fraction (1/4) of the server's
-max_payload: its event holds the command and every child again (about twice the
-command), and the read side's replies (history, audit, the UI) carry an event in base64,
-a third bigger. A quarter keeps the event readable everywhere (at 1 MB: about 600 small
-specs per command)."""
-
-DEFAULT_MAX_PAYLOAD = 1024 * 1024
-"""NATS' default max_payload, for an engine not attached to a server yet."""
-
-
 async def add_children(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: AddChildren, now: datetime
 ) -> Reply:
     """Adds several processes under a parent of a running graph in one event, all or
-    nothing (within the pending quota and :data:`ADD_CHILDREN_SHARE` of the
-    max_payload); answers with their ids, in order (a list of a thousand processes would
-    not fit in a reply)."""
+    nothing (within the pending quota, and an event small enough to be read back:
+    :func:`~colonies_es.engine.aggregates.readable_limit`); answers with their ids, in
+    order (a list of a thousand processes would not fit in a reply)."""
     if len(body.specs) != len(body.nodenames):
         raise BadRequest(
             f"add_children: {len(body.specs)} specs but {len(body.nodenames)} nodenames"
-        )
-    max_payload = aggregates.nc.max_payload if aggregates.nc is not None else DEFAULT_MAX_PAYLOAD
-    size, limit = len(msgspec.json.encode(cmd.command)), max_payload // ADD_CHILDREN_SHARE
-    if size > limit:
-        raise BadRequest(
-            f"add_children: {len(body.specs)} children make a command of {size:,} bytes, "
-            f"over {limit:,} (a quarter of the server's max_payload, so that its event "
-            "stays readable): add them in several add_children calls"
         )
     graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
     if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
