@@ -74,6 +74,10 @@ _READ_AGAIN = 0
 """The status of a remembered reply meaning "a read: answer its retry by reading again"."""
 _READ_AGAIN_MARK = Decided(_READ_AGAIN, b"", "", 0)
 
+_HELD_OPS = frozenset({"claim", "wait_process"})
+"""Ops whose 404 means "nothing came while held" (never decided again, see
+:meth:`ColoniesApp._handle_once`)."""
+
 CATCH_UP_WAIT = 5.0
 """Seconds a command waits for this replica to apply the log up to the sequence its
 client has seen (read-your-writes) before the engine answers 503."""
@@ -249,6 +253,16 @@ class ColoniesApp(Application[str]):
         if known is not None:
             return await self._replay(known, body)
         outcome = await self._decide(op, command, body, now, check_replay=True)
+        if (
+            outcome.status == 404
+            and not outcome.sequence  # it wrote nothing
+            and op not in _HELD_OPS
+            and await self._caught_up_anew()
+        ):
+            # Not found here, but this replica was behind the log: what the command
+            # names may have been made on another replica a moment ago (a client that
+            # has seen nothing yet sends no Colonies-After). Decided again, once.
+            outcome = await self._decide(op, command, body, now, check_replay=False)
         wrote = outcome.sequence > 0
         if not wrote:
             outcome.sequence = self.state.reached
@@ -284,6 +298,16 @@ class ColoniesApp(Application[str]):
             log.exception("%s failed", op)
             return Outcome(500, message=f"internal error while handling {op}")
         return Outcome(200, body=reply.body, effects=reply.effects, sequence=last_written.get())
+
+    async def _caught_up_anew(self) -> bool:
+        """True when this replica had not applied the log up to its end and now has (it
+        waits at most :data:`CATCH_UP_WAIT` seconds); False when it was up to date, or
+        could not catch up in time."""
+        end = await self._log_end()
+        if self.state.applied >= end:
+            return False
+        self.counters.after_waits += 1
+        return await self.state.wait_applied(end, CATCH_UP_WAIT)
 
     def _behind(self, after: int) -> Outcome:
         return Outcome(
