@@ -22,6 +22,11 @@ time went, from the timestamps the engine recorded:
 with the CPU seconds of the engine, the nats-server and the executors, and the bytes the
 run added to the event stream.
 
+Each run measures the same map twice: with ``add_child`` (as above, the seed's map) and
+with ``add_children`` (this project's addition: the children 250 per signed command and
+event, the first batch inserted before the reduce, the others beside it), so the two are
+compared on the same stack, one right after the other.
+
 Target (absolute, PASS/MISS): the median run within :data:`TARGET_SECONDS` seconds. The
 engine's pid is printed for a profiler (``py-spy record -p PID``), and the load average
 before and after (the machine may be shared).
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import statistics
 import threading
@@ -94,6 +100,30 @@ def map(count, ctx={}):
         )
 """.replace("PAIR", repr(PAIR))
 
+MAP_BATCH = """
+def map(count, ctx={}):
+    process = ctx["process"]
+    prvkey = ctx["executor_prvkey"]
+    graph = colonies.get_processgraph(process.processgraphid, prvkey)
+    reduce = colonies.find_process("reduce", graph.processids, prvkey)
+    for first in range(0, count, 250):
+        chunk = range(first, min(first + 250, count))
+        children = [
+            func_spec(
+                func="pair", args=[i], colonyname=ctx["colonyname"],
+                executortype=process.spec.conditions.executortype, code=PAIR,
+            )
+            for i in chunk
+        ]
+        colonies.add_children(
+            process.processgraphid, process.processid, reduce.processid, children,
+            [f"pair_{i}" for i in chunk], first == 0, prvkey,
+        )
+""".replace("PAIR", repr(PAIR))
+
+MAPS = {"add_child": MAP, "add_children": MAP_BATCH}
+"""The two maps each run measures, by the call that adds the children."""
+
 REDUCE = "def reduce(*numbers, ctx={}):\n    return sum(numbers)\n"
 
 PHASES = ("claim", "map", "children", "reduce")
@@ -111,8 +141,10 @@ PARTIES = ("engine", "nats-server", "executors", "submitter")
 
 @dataclass
 class Run:
-    """What one run measured."""
+    """What one run of one map measured."""
 
+    map: str
+    """Which map (a key of :data:`MAPS`)."""
     seconds: float
     phases: dict[str, float]
     cpu: dict[str, float]
@@ -122,6 +154,7 @@ class Run:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "map": self.map,
             "seconds": self.seconds,
             "phases_s": self.phases,
             "cpu_s": self.cpu,
@@ -137,9 +170,10 @@ class MapReduceReport(Report):
     details: list[Run] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
-    def median(self, value: str) -> float:
-        """The median over the runs of ``seconds``, a phase or a party's CPU seconds."""
-        return statistics.median(_value(run, value) for run in self.details)
+    def median(self, value: str, map: str = "add_child") -> float:
+        """The median over the runs of ``map`` of ``seconds``, a phase or a party's CPU
+        seconds."""
+        return statistics.median(_value(run, value) for run in self.details if run.map == map)
 
     def to_json(self) -> dict[str, Any]:
         document = super().to_json()
@@ -236,8 +270,8 @@ class Executors:
 # ------------------------------------------------------------------------- measurement
 
 
-def workflow(colonyname: str, children: int) -> Workflow:
-    mapper = func_spec("map", [children], colonyname, EXECUTOR_TYPE, code=MAP)
+def workflow(colonyname: str, children: int, map: str = "add_child") -> Workflow:
+    mapper = func_spec("map", [children], colonyname, EXECUTOR_TYPE, code=MAPS[map])
     reducer = func_spec("reduce", [], colonyname, EXECUTOR_TYPE, code=REDUCE)
     reducer.conditions.dependencies.append("map")
     return Workflow(colonyname=colonyname, functionspecs=[mapper, reducer])
@@ -256,9 +290,11 @@ def stream_bytes(url: str) -> int:
     return asyncio.run(ask())
 
 
-def map_reduce(client: Colonies, colonyname: str, prvkey: str, children: int) -> Process:
+def map_reduce(
+    client: Colonies, colonyname: str, prvkey: str, children: int, map: str = "add_child"
+) -> Process:
     """Submits the map-reduce, returns reduce once it ended; checks its input."""
-    graph = client.submit_workflow(workflow(colonyname, children), prvkey)
+    graph = client.submit_workflow(workflow(colonyname, children, map), prvkey)
     reduce = client.find_process("reduce", graph.processids, prvkey)
     _check(reduce is not None, "no reduce in the submitted graph")
     assert reduce is not None
@@ -317,7 +353,7 @@ def run(options: Options) -> Report:
         },
         environment={**environment(), "nats_config": str(NATS_CONFIG)},
     )
-    label = f"map-reduce, {children:,} children -> reduce SUCCESS"
+    labels = {map: f"map-reduce ({map}), {children:,} children -> reduce SUCCESS" for map in MAPS}
     with Stack.started() as stack:
         report.environment["nats_server"] = server_version(stack.url)
         print(
@@ -329,39 +365,46 @@ def run(options: Options) -> Report:
         client = Colonies(servers=[stack.url], timeout=30.0)
         try:
             with Executors(stack.url, colony.name, colony.owner_prvkey) as executors:
-                map_reduce(client, colony.name, colony.owner_prvkey, WARMUP_CHILDREN)
+                for map in MAPS:
+                    map_reduce(client, colony.name, colony.owner_prvkey, WARMUP_CHILDREN, map)
                 pids = {
                     "engine": [stack.engine_pid],
                     "nats-server": [stack.nats_pid],
                     "executors": executors.pids,
                 }
-                for number in range(1, options.runs + 1):
+                for number, map in itertools.product(range(1, options.runs + 1), MAPS):
                     bytes_before = stream_bytes(stack.url)
                     with measuring_cpu(pids) as cpu:
                         started = time.perf_counter()
-                        reduce = map_reduce(client, colony.name, colony.owner_prvkey, children)
+                        reduce = map_reduce(client, colony.name, colony.owner_prvkey, children, map)
                         seconds = time.perf_counter() - started
                     measured = Run(
+                        map,
                         seconds,
                         phases(client, reduce, colony.owner_prvkey),
                         cpu,
                         stream_bytes(stack.url) - bytes_before,
                     )
                     report.details.append(measured)
-                    report.add("children", label, "child/s", Sample(children, seconds))
-                    print(f"  run {number}/{options.runs}  {describe(measured)}", flush=True)
+                    key = "children" if map == "add_child" else "children_batch"
+                    report.add(key, labels[map], "child/s", Sample(children, seconds))
+                    print(
+                        f"  run {number}/{options.runs}  {map:<12} {describe(measured)}",
+                        flush=True,
+                    )
         finally:
             client.disconnect()
     report.environment["load_average_after"] = environment()["load_average"]
     report.checks = [
         Check(
-            label,
-            report.median("seconds"),
+            labels[map],
+            report.median("seconds", map),
             TARGET_SECONDS,
             "s",
             at_least=False,
             applies=not options.quick,
-        ),
+        )
+        for map in MAPS
     ]
     print_details(report)
     return report
@@ -376,19 +419,23 @@ def describe(run: Run) -> str:
 def print_details(report: MapReduceReport) -> None:
     """Where the time went (medians over the runs), the target, the load average."""
     print()
-    print(f"mapreduce: median of {report.runs} run(s)")
-    header = f"{'phase':<48} {'median s':>9} {'runs min..max':>15}"
+    print(f"mapreduce: median of {report.runs} run(s), seconds (min..max)")
+    header = f"{'phase':<44}" + "".join(f"{map:>22}" for map in MAPS)
     print(header)
     print("-" * len(header))
     for phase in PHASES:
-        values = [run.phases[phase] for run in report.details]
-        spread = f"{min(values):.2f}..{max(values):.2f}"
-        print(f"{PHASE_LABELS[phase]:<48} {report.median(phase):>9.2f} {spread:>15}")
+        cells = ""
+        for map in MAPS:
+            values = [run.phases[phase] for run in report.details if run.map == map]
+            figure = f"{report.median(phase, map):.2f} ({min(values):.2f}..{max(values):.2f})"
+            cells += f"{figure:>22}"
+        print(f"{PHASE_LABELS[phase]:<44}{cells}")
     print()
-    cpu = ", ".join(f"{party} {report.median(party):.2f}" for party in PARTIES)
-    print(f"CPU seconds per run (median): {cpu}")
-    megabytes = statistics.median(run.stream_bytes for run in report.details) / 1e6
-    print(f"event stream written per run (median): {megabytes:.1f} MB")
+    for map in MAPS:
+        cpu = ", ".join(f"{party} {report.median(party, map):.2f}" for party in PARTIES)
+        mine = [run.stream_bytes for run in report.details if run.map == map]
+        megabytes = statistics.median(mine) / 1e6
+        print(f"{map}: CPU seconds per run (median) {cpu}; event stream {megabytes:.1f} MB")
     print()
     for check in report.checks:
         result = check.result
