@@ -4,6 +4,7 @@ on colonies.q.* until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -14,6 +15,11 @@ from typing import Annotated
 import typer
 
 from colonies_es.settings import Settings, SettingsError
+
+GC_THRESHOLDS = (20_000, 20, 20)
+"""The collector's thresholds in a projector process, as in the engine's: with the
+default (700, 10, 10) the full collections rescanning the graphs it keeps (up to
+10,000) took 16-23% of the follower's CPU on a log of many small workflows."""
 
 
 def projector(
@@ -64,6 +70,7 @@ def projector(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    gc.set_threshold(*GC_THRESHOLDS)
     if not settings.event_seal_key:
         logging.getLogger("colonies.projector").warning(
             "no event seal key (COLONIES_EVENT_SEAL_KEY): events appended to the stream by "
