@@ -46,7 +46,7 @@ from pathlib import Path
 import nats
 import nats.js.errors
 
-from benchmarks.harness import NATS_CONFIG, Options, Report, environment
+from benchmarks.harness import NATS_CONFIG, Options, Report, cpu_seconds, environment
 from colonies_es import crypto
 from colonies_es.domain import AuditedEvent, Colony, ProcessGraph
 from colonies_es.embedded import NatsServer
@@ -106,6 +106,7 @@ class Measured:
     events: int
     checkpoint_mb: float
     startup: float
+    startup_cpu: float
     rss_ready: float
     rss_swept: float
     replay: float | None
@@ -137,12 +138,14 @@ def run(options: Options) -> Report:
             report.parameters[f"projector_rss_mb_{one.name}"] = measured.projector_rss
         print(
             f"  {one.name} ({measured.events:,} events, checkpoint "
-            f"{measured.checkpoint_mb:.1f} MB): ready in {measured.startup:.2f} s, RSS "
+            f"{measured.checkpoint_mb:.1f} MB): ready in {measured.startup:.2f} s "
+            f"({measured.startup_cpu:.2f} s of CPU), RSS "
             f"{measured.rss_ready:.0f} MB when ready, {measured.rss_swept:.0f} MB after the "
             f"sweep{replay}",
             flush=True,
         )
         report.parameters[f"startup_seconds_{one.name}"] = measured.startup
+        report.parameters[f"startup_cpu_seconds_{one.name}"] = measured.startup_cpu
         report.parameters[f"rss_mb_{one.name}"] = [measured.rss_ready, measured.rss_swept]
         report.parameters[f"checkpoint_mb_{one.name}"] = measured.checkpoint_mb
         if measured.replay is not None:
@@ -207,6 +210,7 @@ def measure(one: Run, runs: int) -> Measured:
             startup = statistics.median(start[0] for start in starts)
             ready = statistics.median(start[1] for start in starts)
             swept = statistics.median(start[2] for start in starts)
+            startup_cpu = statistics.median(start[3] for start in starts)
             replay = replay_rss = None
             if one.events <= REPLAY_UP_TO:
                 asyncio.run(_drop_checkpoints(server.url))
@@ -220,7 +224,15 @@ def measure(one: Run, runs: int) -> Measured:
             if one.name.endswith("finished processes") and one.finished <= PROJECTOR_UP_TO:
                 projector = projector_rss(env, Path(tmp))
             return Measured(
-                one.events, size / 1e6, startup, ready, swept, replay, replay_rss, projector
+                one.events,
+                size / 1e6,
+                startup,
+                startup_cpu,
+                ready,
+                swept,
+                replay,
+                replay_rss,
+                projector,
             )
         finally:
             server.stop()
@@ -313,9 +325,12 @@ async def _drop_checkpoints(url: str) -> None:
         await nc.close()
 
 
-def time_start(env: dict[str, str], log_file: Path, expected: str) -> tuple[float, float, float]:
+def time_start(
+    env: dict[str, str], log_file: Path, expected: str
+) -> tuple[float, float, float, float]:
     """Seconds from starting ``colonies server`` to its ready line (which must follow a
-    line containing ``expected``), its RSS (MB) then, and once it evicted ended graphs."""
+    line containing ``expected``), its RSS (MB) then, and once it evicted ended graphs,
+    and the CPU seconds it had used when ready (what the load does not change)."""
     started = time.perf_counter()
     with log_file.open("wb") as out:
         process = subprocess.Popen(
@@ -330,6 +345,7 @@ def time_start(env: dict[str, str], log_file: Path, expected: str) -> tuple[floa
                 raise RuntimeError(log_file.read_text()[-2000:])
             time.sleep(0.01)
         seconds = time.perf_counter() - started
+        cpu = cpu_seconds(process.pid)
         ready = rss_mb(process.pid)
         if expected.encode() not in log_file.read_bytes():
             raise RuntimeError(f"the engine did not say {expected!r}:\n{log_file.read_text()}")
@@ -339,7 +355,7 @@ def time_start(env: dict[str, str], log_file: Path, expected: str) -> tuple[floa
                 raise RuntimeError("the engine evicted nothing within 300 s")
             time.sleep(0.1)
         time.sleep(1.5)  # let the sweep finish and the allocator settle
-        return seconds, ready, rss_mb(process.pid)
+        return seconds, ready, rss_mb(process.pid), cpu
     finally:
         process.terminate()
         process.wait(60)
