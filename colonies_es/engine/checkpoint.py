@@ -2,7 +2,7 @@
 it and reads only the log after it, instead of replaying the whole log.
 
 A checkpoint is a :class:`Checkpoint`: the state's :class:`~.state.LiveState` (the ids of
-the resident aggregates, the graph indices, who was heard from) and the commands of the
+the resident aggregates, the map of legacy process ids, who was heard from) and the commands of the
 retry window (replay guard and replies, :mod:`.replies`), taken at stream sequence
 ``sequence``. It names the resident aggregates instead of storing them: whoever restores
 reads each from its own subject up to ``sequence``, so aggregates always come from the

@@ -9,7 +9,7 @@ both consequences of events already in the log:
 - :meth:`EngineState.install`: a decision of this replica whose events the log has just
   acknowledged (the aggregate was decided on a copy; the copy replaces the cached one).
 
-Both update the derived indices (which graph holds a process, the graphs of a colony, the
+Both update the derived indices (the graphs of legacy process ids, the
 ready processes, the deadlines) from the events themselves, so every replica converges on
 the same state whoever wrote. Versions keep the two from applying an event twice: an
 event at or below the cached aggregate's version is already in.
