@@ -36,7 +36,7 @@ from colonies_es import Workflow, crypto, func_spec
 from colonies_es.client import Colonies
 from colonies_es.executor import PythonExecutor
 from colonies_es.models import FuncSpec, ProcessGraph
-from colonies_es.protocol import api_subject
+from colonies_es.protocol import api_subject, replica_subject
 from colonies_es.states import ProcessState
 from tests.eventlog import read_events
 from tests.processes import wait_until
@@ -363,6 +363,41 @@ def test_a_replica_killed_mid_load_stops_nothing_and_a_retried_submit_makes_one_
     log = read_events(three.nats.url)
     graphs = [e for e in log.of_kind("GraphSubmitted") if e.aggregate_id.endswith(graphid)]
     assert len(graphs) == 1
+
+
+async def _send_to_each(
+    url: str, replicas: list[str], op: str, sealed: bytes
+) -> list[tuple[str | None, bytes]]:
+    """The same signed bytes sent at the same moment to each replica by its own subject:
+    every replica decides the command before it can have applied another's event."""
+    nc = await nats.connect(url)
+    try:
+        replies = await asyncio.gather(
+            *(nc.request(replica_subject(name, op), sealed, timeout=10) for name in replicas)
+        )
+        return [((r.headers or {}).get(ERROR_CODE_HEADER), r.data) for r in replies]
+    finally:
+        await nc.close()
+
+
+def test_one_submission_decided_on_two_replicas_at_once_makes_one_graph(two: Replicas) -> None:
+    """A retry racing its original on another replica (the first reply was lost): the
+    graph is named after the command, so the second decision conflicts in the log and
+    is answered as a retry, with the same graph."""
+    colony = new_colony(two)
+    replicas = list(asyncio.run(served_by_endpoint(two.nats.url)))
+    assert len(replicas) == 2
+    workflow, _, _ = seed_workflows(colony.name)[0]
+    for _ in range(3):
+        body = {"workflow": msgspec.to_builtins(workflow)}
+        sealed = crypto.seal("submit_workflow", body, colony.owner_prvkey)
+        replies = asyncio.run(_send_to_each(two.nats.url, replicas, "submit_workflow", sealed))
+        assert [code for code, _ in replies] == [None, None], replies
+        [graphid] = {msgspec.json.decode(data)["processgraphid"] for _, data in replies}
+        log = read_events(two.nats.url)
+        graphs = [e for e in log.of_kind("GraphSubmitted") if e.aggregate_id.endswith(graphid)]
+        assert len(graphs) == 1
+    assert len(read_events(two.nats.url).of_kind("GraphSubmitted")) == 3
 
 
 # --- timers across replicas -----------------------------------------------------------------

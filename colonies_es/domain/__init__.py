@@ -61,6 +61,7 @@ from colonies_es.domain.graph import (
     EXEC_TIMEOUT_ERROR,
     WAIT_TIMEOUT_ERROR,
     ProcessGraph,
+    graph_ids,
     graph_state,
 )
 from colonies_es.domain.graph_events import (
@@ -129,6 +130,7 @@ __all__ = [
     "derives_graph",
     "graph_aggregate_id",
     "graph_id_of_process",
+    "graph_ids",
     "graph_state",
     "is_id",
     "new_graph_id",

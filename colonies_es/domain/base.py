@@ -106,12 +106,24 @@ def _graph_check(prefix: str) -> str:
     return hashlib.sha3_256(_GRAPH_ID_DOMAIN + prefix.encode()).hexdigest()[:_HALF]
 
 
-def new_graph_id() -> str:
+_GRAPH_SEED_DOMAIN = b"colonies-es graph id from a command v1\x00"
+"""Domain separation of a seeded :func:`new_graph_id`'s ``p``."""
+
+
+def new_graph_id(seed: str | None = None) -> str:
     """A fresh process graph id, ``p + H(p)``: ``p`` 32 random hex characters, ``H(p)``
     the first 32 hex characters of a domain-separated SHA3-256 of ``p``. Every process
     of the graph gets an id ``p + r`` (:func:`new_process_id`), so the graph of a
-    process follows from its id (:func:`graph_id_of_process`) with no index."""
-    prefix = os.urandom(_HALF // 2).hex()
+    process follows from its id (:func:`graph_id_of_process`) with no index.
+
+    With a ``seed`` (the engine gives the replay key of the command that makes the
+    graph: signer and nonce), ``p`` is a hash of it instead: the same command decided
+    twice, on two replicas, names the same graph, so the second decision conflicts in
+    the log instead of making a second graph."""
+    if seed is None:
+        prefix = os.urandom(_HALF // 2).hex()
+    else:
+        prefix = hashlib.sha3_256(_GRAPH_SEED_DOMAIN + seed.encode()).hexdigest()[:_HALF]
     return prefix + _graph_check(prefix)
 
 

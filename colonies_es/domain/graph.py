@@ -68,7 +68,7 @@ from colonies_es.models import (
 from colonies_es.models import ProcessGraph as ProcessGraphModel
 from colonies_es.states import ExecutorState, ProcessState
 
-__all__ = ["EXEC_TIMEOUT_ERROR", "WAIT_TIMEOUT_ERROR", "ProcessGraph", "graph_state"]
+__all__ = ["EXEC_TIMEOUT_ERROR", "WAIT_TIMEOUT_ERROR", "ProcessGraph", "graph_ids", "graph_state"]
 
 EXEC_TIMEOUT_ERROR = "maximum execution time exceeded"
 WAIT_TIMEOUT_ERROR = "maximum waiting time exceeded"
@@ -205,7 +205,7 @@ class ProcessGraph(AuditedAggregate):
         the initiator is a member.
         """
         planned = plan_workflow(colonyname, workflow)
-        fresh = _checked_ids(ids if ids is not None else _graph_ids(), 1 + len(planned))
+        fresh = _checked_ids(ids if ids is not None else graph_ids(), 1 + len(planned))
         processgraphid = fresh[0]
         processids = {node.nodename: pid for node, pid in zip(planned, fresh[1:], strict=True)}
         processes = [
@@ -264,7 +264,7 @@ class ProcessGraph(AuditedAggregate):
                 "only a FAILED graph can be re-run from its failure"
             )
         old_ids = list(failed.nodes)
-        fresh = _checked_ids(ids if ids is not None else _graph_ids(), 1 + len(old_ids))
+        fresh = _checked_ids(ids if ids is not None else graph_ids(), 1 + len(old_ids))
         renamed = dict(zip(old_ids, fresh[1:], strict=True))
         processes = []
         completed: dict[str, list[Any]] = {}
@@ -1046,10 +1046,11 @@ def _checked_ids(ids: Iterator[str], count: int) -> list[str]:
     return taken
 
 
-def _graph_ids() -> Iterator[str]:
+def graph_ids(seed: str | None = None) -> Iterator[str]:
     """A new graph's id then ids for its processes, each telling the graph
-    (:func:`~.base.new_graph_id`, :func:`~.base.new_process_id`)."""
-    processgraphid = new_graph_id()
+    (:func:`~.base.new_graph_id`, :func:`~.base.new_process_id`); the graph's id is
+    made from ``seed`` when given (the engine's: the replay key of the command)."""
+    processgraphid = new_graph_id(seed)
     yield processgraphid
     while True:
         yield new_process_id(processgraphid)

@@ -263,6 +263,15 @@ class ColoniesApp(Application[str]):
             # names may have been made on another replica a moment ago (a client that
             # has seen nothing yet sends no Colonies-After). Decided again, once.
             outcome = await self._decide(op, command, body, now, check_replay=False)
+        elif outcome.status == 409 and not outcome.sequence:
+            # Lost to a concurrent write: maybe this very command's, decided by another
+            # replica whose reply never reached the client (a submission names the graph
+            # after its command, so deciding it twice conflicts). Once this replica has
+            # applied the log, it answers as a retry of that decision.
+            await self._caught_up_anew()
+            applied = self.seen.replies.get(key)
+            if isinstance(applied, Applied):
+                return await self._replay(applied, body)
         wrote = outcome.sequence > 0
         if not wrote:
             outcome.sequence = self.state.reached

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from colonies_es import crypto
-from colonies_es.domain import BadRequest, Conflict, Forbidden, NotFound, ProcessGraph
+from colonies_es.domain import BadRequest, Conflict, Forbidden, NotFound, ProcessGraph, graph_ids
 from colonies_es.engine.aggregates import Aggregates, audit
 from colonies_es.engine.ops.base import LIVE, Reply, name_of
 from colonies_es.engine.read_model import forwarded_listing
@@ -120,6 +120,7 @@ async def rerun_processgraph(
         failed,
         initiatorid=cmd.caller_id,
         initiatorname=name_of(colony, cmd.caller_id),
+        ids=graph_ids(cmd.replay_key),  # a retry decided elsewhere names the same graph
         **audit(cmd, now),
     )
     effects = await aggregates.save_new(graph)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from colonies_es import crypto
-from colonies_es.domain import Conflict, ProcessGraph
+from colonies_es.domain import Conflict, ProcessGraph, graph_ids
 from colonies_es.engine.aggregates import Aggregates, audit
 from colonies_es.engine.ops.base import ENDED, LIVE, Reply, name_of
 from colonies_es.engine.read_model import forwarded_listing
@@ -53,6 +53,7 @@ async def _submit(
         workflow,
         initiatorid=cmd.caller_id,
         initiatorname=name_of(colony, cmd.caller_id),
+        ids=graph_ids(cmd.replay_key),  # a retry decided elsewhere names the same graph
         **audit(cmd, now),
     )
     return graph, await aggregates.save_new(graph)
