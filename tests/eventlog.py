@@ -23,6 +23,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from colonies_es.store.codec import MsgspecTranscoder, decode_envelope, to_stored_event
@@ -115,12 +116,32 @@ def last_sequence(url: str, stream: str = STREAM) -> int:
 
 
 @contextlib.contextmanager
-def nothing_written(url: str, stream: str = STREAM) -> Iterator[None]:
-    """Fails unless the stream's last sequence is the same after the block as before."""
-    before = last_sequence(url, stream)
+def nothing_written(url: str, stream: str = STREAM, colony: str = "") -> Iterator[None]:
+    """Fails unless the stream's last sequence is the same after the block as before;
+    with ``colony``, the last sequence of that colony's events (on a shared stack, other
+    tests' deadlines may append to other colonies meanwhile)."""
+    before = _last_of(url, stream, colony)
+    assert before or not colony, f"no event of colony {colony!r}: the filter matches nothing"
     yield
-    after = last_sequence(url, stream)
+    after = _last_of(url, stream, colony)
     assert after == before, f"the log moved from sequence {before} to {after}"
+
+
+def _last_of(url: str, stream: str, colony: str) -> int:
+    if not colony:
+        return last_sequence(url, stream)
+    return asyncio.run(_last_sequence_of(url, stream, EVENT_SUBJECTS[:-1] + colony + ".>"))
+
+
+async def _last_sequence_of(url: str, stream: str, subjects: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        last = await nc.jetstream().get_last_msg(stream, subjects)
+        return int(last.seq or 0)
+    except nats.js.errors.NotFoundError:
+        return 0
+    finally:
+        await nc.close()
 
 
 def read_events(url: str, stream: str = STREAM) -> EventLog:

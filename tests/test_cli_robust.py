@@ -193,7 +193,8 @@ def test_executor_start_reports_a_refused_connection_at_once() -> None:
     run = run_script(
         "executor", "start", "--type", "t", env=script_env(**env, COLONIES_PRVKEY=crypto.prvkey())
     )
-    assert time.monotonic() - started < 5.0
+    # At once: no retrying (a start-up on a loaded 2-core machine alone took 6-11 s).
+    assert time.monotonic() - started < 20.0
     assert run.returncode == 1
     assert run.stderr == (
         f"error: cannot reach NATS at nats://127.0.0.1:{port}: connection refused "

@@ -341,7 +341,8 @@ def test_a_child_that_3_waits_for_feeds_3_after_1(stack: Stack, colony: ColonyHa
 
 def refused(stack: Stack, status: int, *args: object) -> str:
     """add_child(*args) is refused with ``status`` and writes nothing; returns the message."""
-    with nothing_written(stack.nats.url), pytest.raises(ColoniesError) as error:
+    colonyname = args[3].conditions.colonyname  # type: ignore[attr-defined]
+    with nothing_written(stack.nats.url, colony=colonyname), pytest.raises(ColoniesError) as error:
         stack.client.add_child(*args)  # type: ignore[arg-type]
     assert error.value.status == status, error.value
     return error.value.message
