@@ -14,7 +14,7 @@ GROUPS: dict[str, str] = {
     "mapreduce": "A map adding 1,000 children end to end with 4 python executor processes",
     "graphs": "One decision on a big graph (no server): add_child, assign, close at 100-5,000",
     "projector": "The projector rebuilding its view from the log, against a raw replay",
-    "audit": "The whole-log audit of 200,000 events: in one process, with signature workers",
+    "audit": "The whole-log audit of 200,000 events: in one process, by workers auditing shares",
     "chaos": "Fault injection: faults/min, workflows, anomalies (target 0), recovery p50/p99",
     "replicas": "1, 2 and 3 engine replicas: throughput, claim latency, follower lag, failover",
     "startup": "An engine's start-up time and RSS with 10k, 100k (and 1M) events in the log",
