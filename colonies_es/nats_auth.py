@@ -34,7 +34,13 @@ from pathlib import Path
 
 import nkeys  # type: ignore[import-untyped]
 
-from colonies_es.protocol import API_PREFIX, ENDED_PREFIX, WORK_STREAM, work_consumer
+from colonies_es.protocol import (
+    API_PREFIX,
+    ENDED_PREFIX,
+    FORWARDED_LIST_SUBJECT,
+    WORK_STREAM,
+    work_consumer,
+)
 
 __all__ = [
     "ACCOUNT",
@@ -94,6 +100,8 @@ class Permissions:
     subscribe: tuple[str, ...]
     responses: bool = False
     """May answer the requests it receives (once each), wherever their reply goes."""
+    deny_publish: tuple[str, ...] = ()
+    """Subjects within ``publish``'s wildcards this user may not publish to."""
 
 
 def engine_permissions() -> Permissions:
@@ -119,15 +127,18 @@ def reader_permissions(public: str) -> Permissions:
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
         ]
     subscribe = [*client.subscribe, f"{QUERY_PREFIX}.>", "$SRV.>", "colonies.ev.>"]
-    return Permissions(tuple(publish), tuple(subscribe), client.responses)
+    return Permissions(tuple(publish), tuple(subscribe), client.responses, client.deny_publish)
 
 
 def client_permissions(public: str) -> Permissions:
-    """A client: requests to the engine and the projectors, replies in its own inbox."""
+    """A client: requests to the engine and the projectors, replies in its own inbox.
+    Not the listing the engine forwards to the projectors (``forwarded_list`` names its
+    caller instead of being signed by it: only the engine may send it)."""
     return Permissions(
         publish=(f"{API_PREFIX}.>", f"{QUERY_PREFIX}.>"),
         subscribe=(f"{inbox_prefix(public)}.>", f"{ENDED_PREFIX}.>"),
         responses=True,
+        deny_publish=(FORWARDED_LIST_SUBJECT,),
     )
 
 
@@ -147,7 +158,7 @@ def executor_permissions(public: str, work: Iterable[tuple[str, str]]) -> Permis
             f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{durable}",
             f"$JS.ACK.{WORK_STREAM}.{durable}.>",
         ]
-    return Permissions(tuple(publish), client.subscribe, client.responses)
+    return Permissions(tuple(publish), client.subscribe, client.responses, client.deny_publish)
 
 
 @dataclass(frozen=True)
@@ -179,7 +190,9 @@ def render_accounts(credentials: Iterable[Credential], account: str = ACCOUNT) -
         lines += [
             f"      # {credential.name}",
             f'      {{ nkey: "{credential.public}", permissions: {{',
-            f"          publish: {{ allow: [{_quoted(permissions.publish)}] }}",
+            f"          publish: {{ allow: [{_quoted(permissions.publish)}]"
+            + (f", deny: [{_quoted(permissions.deny_publish)}]" if permissions.deny_publish else "")
+            + " }",
             f"          subscribe: {{ allow: [{_quoted(permissions.subscribe)}] }}",
             *(["          allow_responses: true"] if permissions.responses else []),
             "      } }",

@@ -20,7 +20,7 @@ from nats.js.api import ConsumerConfig
 from colonies_es import crypto, func_spec
 from colonies_es.client import ColoniesConnectionError
 from colonies_es.client.queries import QueryClient
-from colonies_es.protocol import WORK_STREAM, work_consumer
+from colonies_es.protocol import FORWARDED_LIST_SUBJECT, WORK_STREAM, work_consumer
 from tests.secure_stack import ALPHA, BETA, COLONY, SecureStack, start_secure_stack
 from tests.test_projector_support import ProjectorProcess
 
@@ -130,7 +130,10 @@ async def test_a_client_cannot_touch_the_log_or_the_work(secure: SecureStack) ->
     async def read_replies(nc: Any) -> None:
         await nc.subscribe("_INBOX.>")
 
-    for action in (append, direct_get, consume_events, pull_work):
+    async def forward_a_listing(nc: Any) -> None:  # names its caller: the engine's alone
+        await nc.request(FORWARDED_LIST_SUBJECT, b"{}", timeout=1)
+
+    for action in (append, direct_get, consume_events, pull_work, forward_a_listing):
         assert "for publish to" in await _refused(secure, "client", action)
     assert "for subscription" in await _refused(secure, "client", read_replies)
     assert await _last_sequence(secure) == before
