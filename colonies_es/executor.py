@@ -55,6 +55,10 @@ BACKOFF_MAX = 5.0
 REPORT_PATIENCE = 60.0
 """Seconds to keep trying to deliver a result (close or fail) while no engine answers."""
 
+_STOP_CHECK = 1.0
+"""Seconds between looks at the stop flag while serving: a Ctrl-C or SIGTERM whose
+handler sets it runs on the main thread only between two of them at worst."""
+
 WATCH_AFTER = 0.5
 """Seconds a function runs before the executor starts watching for its process to end
 elsewhere (cancelled, timed out)."""
@@ -234,7 +238,8 @@ class PythonExecutor:
         """
         stopping = asyncio.Event()
         serving = self.client.submit(lambda client: self._serve(client, stopping))
-        stop.wait()
+        while not stop.wait(_STOP_CHECK):  # a timeout, so that signal handlers get to run
+            pass
         with self._lock:
             running = len(self._running)
         log.info(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 import threading
 from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+_MAIN_THREAD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class LoopThread:
@@ -26,6 +29,12 @@ class LoopThread:
         self._thread.start()
 
     def _run(self) -> None:
+        # Ctrl-C and SIGTERM are for the main thread: a process-directed signal the
+        # kernel delivers to this thread (or to the threads its loop starts, which
+        # inherit the mask) would leave a main thread blocked on a lock unaware of it,
+        # and its Python handler would not run until that lock is released.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 

@@ -181,9 +181,11 @@ def test_engine_memory_per_ended_graph_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default-run cut of the slow test below: RSS growth over 1,200 graphs after a
-    warm-up of 300, at most 3 MB (the allocator's step, about 2 MB whatever the count:
-    +2.1 to 2.4 MB over 1,200 graphs, +1.9 over 1,600, +1.4 over 4,800) plus 1,000 bytes
-    a graph. Keeping ended graphs (4.4 KB a process, issue 14) would exceed it; the index
+    warm-up of 300, at most 5 MB (the allocator's step, about 2 MB whatever the count:
+    +2.1 to 2.4 MB over 1,200 graphs, +1.9 over 1,600, +1.4 over 4,800 on a loaded
+    machine; +4.5 MB once on a quiet one, whose faster commands fill the commands' window
+    higher) plus 1,000 bytes a graph. Keeping ended graphs (4.4 KB a process, issue 14:
+    5.3 MB over 1,200 graphs, on top of that step) would exceed it; the index
     of every process id (~370 bytes a graph) is ruled out exactly by
     tests/test_engine_state.py, and the slow test measures the 10 MB target."""
     monkeypatch.setenv("COLONIES_COMMAND_WINDOW", "1")  # the commands' window: 2 s
@@ -200,7 +202,7 @@ def test_engine_memory_per_ended_graph_is_bounded(
         wait_until(lambda: evicted_so_far(stack) >= 1500, 30, "all graphs left memory")
         time.sleep(2.5)  # the commands' window (2 s) empties
         last = rss_mb(pid)
-        allowed = 3.0 + len(measured) * 1000 / 2**20
+        allowed = 5.0 + len(measured) * 1000 / 2**20
         print(f"engine RSS {first:.1f} -> {last:.1f} MB (at most +{allowed:.1f} MB)")
         assert last - first < allowed, (first, last)
         read = asyncio.run(read_all(stack, warm[:50] + measured[-50:], colony.owner_prvkey))
