@@ -12,12 +12,32 @@ import concurrent.futures
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 _MAIN_THREAD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+SIGNAL_CHECK = 0.25
+"""Seconds a thread waiting for the loop sleeps at most before it runs bytecode again."""
+
+
+def wait_for_lock(lock: threading.Lock, timeout: float | None = None) -> bool:
+    """``lock.acquire(timeout=...)`` (None: no limit) that wakes every
+    :data:`SIGNAL_CHECK` seconds: Python runs a signal handler (Ctrl-C's
+    KeyboardInterrupt) on the main thread between bytecodes, and a lock wait is only cut
+    short by a signal the kernel delivered to that very thread, which it need not be
+    (another thread of the process may take it). Returns whether the lock was taken."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = SIGNAL_CHECK if deadline is None else min(SIGNAL_CHECK, deadline - time.monotonic())
+        if lock.acquire(timeout=max(step, 0.0)):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 class LoopThread:
@@ -54,7 +74,7 @@ class LoopThread:
             raise RuntimeError(msg)
         handoff: _Handoff[T] = _Handoff(coro)
         self.loop.call_soon_threadsafe(handoff.start, self.loop)
-        if not handoff.done.acquire(timeout=-1 if timeout is None else timeout):
+        if not wait_for_lock(handoff.done, timeout):
             self.loop.call_soon_threadsafe(handoff.cancel)
             raise TimeoutError(f"operation did not complete within {timeout} s")
         assert handoff.task is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
-import os
 import signal
 import threading
 import time
@@ -467,11 +466,16 @@ def test_an_interrupted_sync_assign_stops_and_its_claim_takes_nothing(
     stub = threaded.engine
     stub.handlers["claim"] = nothing_ready
     stub.holds["claim"] = True  # held, as the engine holds a claim while nothing is ready
-    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    # Ctrl-C delivered to another thread than the blocked caller (the kernel may pick
+    # any thread of the process): Python still raises it in the main thread, which must
+    # not sleep through it in a lock wait.
+    ctrl_c = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
     with Colonies(servers=[server.url]) as colonies:
+        started = time.monotonic()
         ctrl_c.start()
         with pytest.raises(KeyboardInterrupt):
             colonies.assign("dev", 10, KEY)
+        assert time.monotonic() - started < 5.0  # at Ctrl-C, not when the claim ends
         alive = stub.received[0][2]["alive"]
         answer = threaded.loop.run(stub.nc.request(alive, b"", timeout=2))
         assert answer.data == b"0"  # the engine asking before it assigns gets "no longer"

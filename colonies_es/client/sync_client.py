@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from colonies_es.client.async_client import AsyncColonies, server_urls
-from colonies_es.loop import LoopThread
+from colonies_es.loop import LoopThread, wait_for_lock
 from colonies_es.settings import Settings
 
 __all__ = ["Colonies"]
@@ -152,7 +152,7 @@ class Colonies:
         handoff = _Handoff(call(client))
         loop.loop.call_soon_threadsafe(handoff.start, loop.loop)
         try:
-            handoff.done.acquire()
+            wait_for_lock(handoff.done)
         except BaseException:
             loop.loop.call_soon_threadsafe(handoff.cancel)
             handoff.done.acquire(timeout=CANCEL_GRACE)
