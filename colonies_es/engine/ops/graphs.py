@@ -41,19 +41,28 @@ async def get_processgraphs(
     return Reply(encode(found))
 
 
+async def _graph_to_grow(
+    aggregates: Aggregates, processgraphid: str, parentprocessid: str, adding: int
+) -> str:
+    """The aggregate id of graph ``processgraphid``, to add ``adding`` processes under
+    ``parentprocessid``: NotFound unless the parent is in that graph, 429 when the
+    colony's pending quota does not allow them."""
+    graph_id = await aggregates.graph_id_by_graphid(processgraphid)
+    if await aggregates.graph_id_of(parentprocessid) != graph_id:
+        raise NotFound(f"process {parentprocessid} is not in process graph {processgraphid}")
+    colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
+    pending = aggregates.state.pending_processes(colonyname)
+    aggregates.quotas.check_pending(colonyname, pending, adding)
+    return graph_id
+
+
 async def add_child(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: AddChild, now: datetime
 ) -> Reply:
     """Adds a process under a parent of a running graph (within the pending quota);
     answers with the new process."""
-    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
-    if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
-        raise NotFound(
-            f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
-        )
+    graph_id = await _graph_to_grow(aggregates, body.processgraphid, body.parentprocessid, 1)
     added: list[str] = []
-    colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
-    aggregates.quotas.check_pending(colonyname, aggregates.state.pending_processes(colonyname), 1)
 
     def add(graph: ProcessGraph) -> None:
         added.append(
@@ -83,16 +92,10 @@ async def add_children(
         raise BadRequest(
             f"add_children: {len(body.specs)} specs but {len(body.nodenames)} nodenames"
         )
-    graph_id = await aggregates.graph_id_by_graphid(body.processgraphid)
-    if await aggregates.graph_id_of(body.parentprocessid) != graph_id:
-        raise NotFound(
-            f"process {body.parentprocessid} is not in process graph {body.processgraphid}"
-        )
-    added: list[str] = []
-    colonyname = graph_id.split(".", 1)[0]  # graph ids are <colony>.graph.<id>
-    aggregates.quotas.check_pending(
-        colonyname, aggregates.state.pending_processes(colonyname), len(body.specs)
+    graph_id = await _graph_to_grow(
+        aggregates, body.processgraphid, body.parentprocessid, len(body.specs)
     )
+    added: list[str] = []
 
     def add(graph: ProcessGraph) -> None:
         added[:] = graph.add_children(
