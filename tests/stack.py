@@ -19,6 +19,8 @@ from pathlib import Path
 from colonies_es import crypto
 from colonies_es.client import Colonies
 from colonies_es.embedded import NatsServer
+from colonies_es.engine import ColoniesApp
+from colonies_es.settings import Settings
 
 _READY_LINES = (b"colonies engine ready", b"projector ready on")
 
@@ -233,3 +235,22 @@ def stop_stack(stack: Stack) -> None:
     stack.client.disconnect()
     stack.engine.stop()
     stack.nats.stop()
+
+
+def engine_app(stack: Stack) -> ColoniesApp:
+    """An engine application in this process on the stack's log, caught up with it as an
+    engine is before serving: to append events through the engine's own code path (as
+    an old engine, or a long history, would have) or to compare its state."""
+    engine = stack.engine
+    settings = Settings.load(
+        {
+            "COLONIES_NATS_URL": engine.nats_url,
+            "COLONIES_SERVER_ID": engine.server_id,
+            "COLONIES_EVENT_SEAL_KEY": engine.seal_key,
+        }
+    )
+    app = ColoniesApp(
+        settings.store_env(), server_id=engine.server_id, engine_prvkey=crypto.new_private_key()
+    )
+    app.aggregates.store.connection.run(app.catch_up_with_log())
+    return app

@@ -29,17 +29,16 @@ from typing import Any
 import nats
 import pytest
 
-from colonies_es import Workflow, crypto, func_spec
+from colonies_es import Workflow, func_spec
 from colonies_es.domain import ProcessGraph
 from colonies_es.engine import ColoniesApp
 from colonies_es.engine.checkpoint import Checkpoint, CheckpointStore
 from colonies_es.engine.state import EngineState, LiveState
 from colonies_es.models import FuncSpec
-from colonies_es.settings import Settings
 from colonies_es.states import ProcessState
 from colonies_es.store.codec import Sealer
 from tests.processes import wait_until
-from tests.stack import ColonyHandle, Stack, start_stack, stop_stack
+from tests.stack import ColonyHandle, Stack, engine_app, start_stack, stop_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -177,23 +176,6 @@ def test_an_engine_started_from_a_checkpoint_completes_running_work_and_reads_en
     assert [3] in scenario.observed["inputs"]  # gen got map's output
 
 
-def _app(stack: Stack) -> ColoniesApp:
-    engine = stack.engine
-    settings = Settings.load(
-        {
-            "COLONIES_NATS_URL": engine.nats_url,
-            "COLONIES_SERVER_ID": engine.server_id,
-            "COLONIES_EVENT_SEAL_KEY": engine.seal_key,
-        }
-    )
-    app = ColoniesApp(
-        settings.store_env(), server_id=engine.server_id, engine_prvkey=crypto.new_private_key()
-    )
-    recorder = app.aggregates.store
-    recorder.connection.run(app.catch_up_with_log())  # as the engine does before serving
-    return app
-
-
 async def _forge_head(stack: Stack, sequence: int) -> None:
     """A checkpoint newer than the real one, sealed with another key."""
     nc = await nats.connect(stack.engine.nats_url)
@@ -208,12 +190,12 @@ def test_the_state_from_a_checkpoint_and_the_log_after_it_equals_the_whole_repla
     scenario: Scenario, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "colonies.engine")
-    from_checkpoint = _app(scenario.stack)
+    from_checkpoint = engine_app(scenario.stack)
     try:
         assert f"started from the checkpoint at sequence {scenario.checkpoint_at}" in caplog.text
         caplog.clear()
         asyncio.run(_forge_head(scenario.stack, from_checkpoint.state.applied))
-        replayed = _app(scenario.stack)
+        replayed = engine_app(scenario.stack)
         try:
             assert "replaying the whole log: no usable checkpoint" in caplog.text
             assert "fails the seal check" in caplog.text

@@ -31,13 +31,11 @@ from colonies_es.domain import (
     new_id,
     new_process_id,
 )
-from colonies_es.engine import ColoniesApp
 from colonies_es.models import Executor
-from colonies_es.settings import Settings
 from colonies_es.states import ProcessState
 from tests.eventlog import nothing_written
 from tests.processes import wait_until
-from tests.stack import ColonyHandle, Stack
+from tests.stack import ColonyHandle, Stack, engine_app
 from tests.test_domain_graph import executor
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
@@ -155,26 +153,9 @@ def test_a_crafted_process_id_finds_nothing_and_writes_nothing(stack: Stack) -> 
     assert client.get_process(live.processid, owner).state == ProcessState.WAITING
 
 
-def _in_process_app(stack: Stack) -> ColoniesApp:
-    """An application on the stack's log, to append events as an old engine would."""
-    engine = stack.engine
-    settings = Settings.load(
-        {
-            "COLONIES_NATS_URL": engine.nats_url,
-            "COLONIES_SERVER_ID": engine.server_id,
-            "COLONIES_EVENT_SEAL_KEY": engine.seal_key,
-        }
-    )
-    app = ColoniesApp(
-        settings.store_env(), server_id=engine.server_id, engine_prvkey=crypto.new_private_key()
-    )
-    app.aggregates.store.connection.run(app.catch_up_with_log())
-    return app
-
-
 def append_legacy_graph(stack: Stack, colony: ColonyHandle, steps: int) -> ProcessGraph:
     """Appends a graph with random (legacy) ids to the log, as an engine of before did."""
-    app = _in_process_app(stack)
+    app = engine_app(stack)
     try:
         assert isinstance(app.state.get(colony_aggregate_id(colony.name)), Colony)
         ownerid = crypto.id_from_private_key(colony.owner_prvkey)

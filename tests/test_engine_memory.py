@@ -21,12 +21,10 @@ import pytest
 from colonies_es import Workflow, crypto, func_spec
 from colonies_es.client import AsyncColonies
 from colonies_es.domain import Colony, ProcessGraph, colony_aggregate_id
-from colonies_es.engine import ColoniesApp
 from colonies_es.models import FuncSpec, Process
-from colonies_es.settings import Settings
 from colonies_es.states import ProcessState
 from tests.processes import wait_until
-from tests.stack import ColonyHandle, EngineProcess, Stack, start_stack, stop_stack
+from tests.stack import ColonyHandle, EngineProcess, Stack, engine_app, start_stack, stop_stack
 
 EXECUTOR_TYPE = "python-executor"
 
@@ -292,20 +290,9 @@ def append_ended_graphs(
     """Appends ``count`` finished single-process graphs to the stack's log through the
     engine's own code path (domain, mapper, sealed entries, atomic batches of 300
     graphs), as an engine that ran them would have; returns their process ids."""
-    engine = stack.engine
-    settings = Settings.load(
-        {
-            "COLONIES_NATS_URL": engine.nats_url,
-            "COLONIES_SERVER_ID": engine.server_id,
-            "COLONIES_EVENT_SEAL_KEY": engine.seal_key,
-        }
-    )
-    app = ColoniesApp(
-        settings.store_env(), server_id=engine.server_id, engine_prvkey=crypto.new_private_key()
-    )
+    app = engine_app(stack)
     try:
         recorder = app.aggregates.store
-        recorder.connection.run(app.catch_up_with_log())
         found = app.state.get(colony_aggregate_id(colony.name))
         assert isinstance(found, Colony)
         executor = found.executor_by_name(executorname)
