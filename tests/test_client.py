@@ -466,10 +466,16 @@ def test_an_interrupted_sync_assign_stops_and_its_claim_takes_nothing(
     stub = threaded.engine
     stub.handlers["claim"] = nothing_ready
     stub.holds["claim"] = True  # held, as the engine holds a claim while nothing is ready
+
     # Ctrl-C delivered to another thread than the blocked caller (the kernel may pick
     # any thread of the process): Python still raises it in the main thread, which must
     # not sleep through it in a lock wait.
-    ctrl_c = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
+    # (The timer's thread takes it itself, whatever mask it inherited from the suite.)
+    def press_ctrl_c() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    ctrl_c = threading.Timer(0.5, press_ctrl_c)
     with Colonies(servers=[server.url]) as colonies:
         started = time.monotonic()
         ctrl_c.start()
