@@ -470,12 +470,24 @@ def test_an_interrupted_sync_assign_stops_and_its_claim_takes_nothing(
     # Ctrl-C delivered to another thread than the blocked caller (the kernel may pick
     # any thread of the process): Python still raises it in the main thread, which must
     # not sleep through it in a lock wait.
-    # (The timer's thread takes it itself, whatever mask it inherited from the suite.)
+    # (The timer's thread takes it itself.)
     def press_ctrl_c() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
     ctrl_c = threading.Timer(0.5, press_ctrl_c)
+    # Python's own Ctrl-C handler, as in a terminal: a pytest started in the background
+    # of a non-interactive shell inherits SIGINT ignored, and Python then keeps it so.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_assign(stub, threaded, server, ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_assign(
+    stub: StubEngine, threaded: ThreadedStub, server: NatsServer, ctrl_c: threading.Timer
+) -> None:
     with Colonies(servers=[server.url]) as colonies:
         started = time.monotonic()
         ctrl_c.start()
