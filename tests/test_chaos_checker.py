@@ -81,6 +81,72 @@ def test_a_clean_history_has_no_anomaly() -> None:
     assert (report.graphs, report.graphs_succeeded) == (1, 1)
 
 
+def run_mapreduce_workflow() -> tuple[list[LoggedEvent], list[dict[str, Any]], ProcessGraph]:
+    """The chaos workload's map-reduce run to its end: ``map`` adds its first child with
+    ``add_child`` and the other four with one ``add_children``, as its code does."""
+    clock = Clock()
+    graph = ProcessGraph.submit(
+        "c1",
+        make_workflow("mapreduce", "c1"),
+        initiatorid="u",
+        initiatorname="user",
+        **clock.audit(),
+    )
+    map_id, reduce_id = graph.processids
+    records: list[dict[str, Any]] = [
+        {"op": "submit", "graph": graph.processgraphid, "processes": graph.processids}
+    ]
+    spec = make_workflow("sum", "c1").functionspecs[0]  # gen_nums
+    graph.assign(map_id, EXECUTOR, 1, **clock.audit())
+    first = graph.add_child(
+        map_id,
+        EXECUTOR.executorid,
+        spec,
+        "gen_nums_0",
+        insert=True,
+        childprocessid=reduce_id,
+        **clock.audit(),
+    )
+    others = graph.add_children(
+        map_id,
+        EXECUTOR.executorid,
+        [(spec, f"gen_nums_{i}") for i in range(1, 5)],
+        insert=False,
+        childprocessid=reduce_id,
+        **clock.audit(),
+    )
+    common = {"graph": graph.processgraphid, "parent": map_id, "executor": EXECUTOR.executorid}
+    records += [
+        {"op": "add_child", **common, "child": first},
+        {"op": "add_children", **common, "children": others},
+    ]
+    for processid, output in [(map_id, []), *((c, [1, 2]) for c in [first, *others])]:
+        if processid != map_id:
+            graph.assign(processid, EXECUTOR, 1, **clock.audit())
+        graph.close(processid, EXECUTOR.executorid, output, **clock.audit())
+    graph.assign(reduce_id, EXECUTOR, 1, **clock.audit())
+    graph.close(reduce_id, EXECUTOR.executorid, [15], **clock.audit())
+    events: list[AuditedEvent] = list(graph.collect_events())  # type: ignore[arg-type]
+    logged = [LoggedEvent(sequence, event) for sequence, event in enumerate(events, 1)]
+    return logged, records, graph
+
+
+def test_a_map_reduce_with_add_children_is_clean_and_its_lost_children_are_reported() -> None:
+    events, records, graph = run_mapreduce_workflow()
+
+    clean = check(events, records)
+    assert clean.anomalies == [], clean.anomalies
+    assert clean.acknowledged["add_children"] == 1
+    assert (clean.graphs, clean.graphs_succeeded) == (1, 1)
+
+    children_added = [e for e in events if type(e.event).__name__ == "ChildrenAdded"]
+    assert len(children_added) == 1
+    lost = check([e for e in events if e is not children_added[0]], records)
+    lost_kinds = [a for a in lost.anomalies if a.kind == "lost acknowledged add_children"]
+    assert len(lost_kinds) == 1
+    assert lost_kinds[0].graph == graph.processgraphid[:16]
+
+
 def test_an_acknowledged_close_missing_from_the_log_is_reported_with_its_process() -> None:
     events, records, graph = run_sum_workflow()
     gen_nums = graph.processids[0]

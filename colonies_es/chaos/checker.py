@@ -8,7 +8,8 @@ the journals of acknowledged commands (:mod:`.journal`), and reports an
   its event: a submission its ``GraphSubmitted``; a claim the ``ProcessAssigned`` of
   that process and attempt, to that executor; a close the ``ProcessClosed`` of that
   process by that executor in that attempt; a fail its ``ProcessFailed``; an
-  ``add_child`` the ``ChildAdded`` of that child;
+  ``add_child`` the ``ChildAdded`` of that child, an ``add_children`` one
+  ``ChildrenAdded`` holding all its children;
 - **a history that does not add up:** an aggregate whose versions are not 1..n in
   stream order; a message the engine did not seal; two assignments of one attempt; two
   closes of one process;
@@ -39,6 +40,7 @@ from colonies_es.chaos.workload import expected_output, expected_result
 from colonies_es.domain import (
     AuditedAggregate,
     ChildAdded,
+    ChildrenAdded,
     GraphSubmitted,
     ProcessAssigned,
     ProcessClosed,
@@ -178,6 +180,10 @@ class _Index:
         elif isinstance(event, ChildAdded):
             self.children[event.child["processid"]].append(seq)
             self.graph_of[event.child["processid"]] = graph
+        elif isinstance(event, ChildrenAdded):
+            for child in event.children:
+                self.children[child["processid"]].append(seq)
+                self.graph_of[child["processid"]] = graph
 
 
 def check_log(
@@ -259,7 +265,7 @@ def _check_acknowledged(
         counts[op] += 1
         problem = _missing(index, record)
         if problem:
-            processid = record.get("process", record.get("child", ""))
+            processid = record.get("process") or record.get("child") or record.get("parent", "")
             graph = record.get("graph", "")[:16] or index.graph_of.get(processid, "")
             report.add(f"lost acknowledged {op}", problem, graph, process=processid)
     report.acknowledged = dict(sorted(counts.items()))
@@ -295,6 +301,15 @@ def _missing(index: _Index, record: dict[str, Any]) -> str:
         found = index.children.get(record["child"], [])
         if len(found) != 1:
             return f"child {record['child'][:16]}: {len(found)} ChildAdded events, expected 1"
+        return ""
+    if op == "add_children":
+        found_in = {child: index.children.get(child, []) for child in record["children"]}
+        wrong = {child: seqs for child, seqs in found_in.items() if len(seqs) != 1}
+        if wrong:
+            counts = ", ".join(f"{child[:16]} in {len(seqs)}" for child, seqs in wrong.items())
+            return f"add_children of {len(found_in)}: children not in exactly one event: {counts}"
+        if len({seqs[0] for seqs in found_in.values()}) != 1:
+            return f"add_children of {len(found_in)}: its children are in several events"
         return ""
     return f"unknown record {op!r}"
 

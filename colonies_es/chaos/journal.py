@@ -14,7 +14,9 @@ Records (``op`` and its fields):
 - ``claim``: ``process``, ``attempt``, ``executor`` (id);
 - ``close``: ``process``, ``attempt``, ``executor``, ``out``;
 - ``fail``: ``process``, ``attempt``, ``executor``;
-- ``add_child``: ``graph``, ``parent``, ``child`` (the new process id), ``executor``.
+- ``add_child``: ``graph``, ``parent``, ``child`` (the new process id), ``executor``;
+- ``add_children``: ``graph``, ``parent``, ``children`` (the new process ids),
+  ``executor``.
 """
 
 from __future__ import annotations
@@ -192,6 +194,28 @@ class JournalingAsyncColonies(AsyncColonies):
             executor=id_from_private_key(prvkey),
         )
         return child
+
+    async def add_children(
+        self,
+        processgraphid: str,
+        parentprocessid: str,
+        childprocessid: str | None,
+        funcspecs: Sequence[FuncSpec],
+        nodenames: Sequence[str],
+        insert: bool,
+        prvkey: str,
+    ) -> list[str]:
+        children = await super().add_children(
+            processgraphid, parentprocessid, childprocessid, funcspecs, nodenames, insert, prvkey
+        )
+        self.journal.record(
+            "add_children",
+            graph=processgraphid,
+            parent=parentprocessid,
+            children=children,
+            executor=id_from_private_key(prvkey),
+        )
+        return children
 
     async def submit_workflow(self, workflow: Workflow, prvkey: str) -> GraphModel:
         graph = await super().submit_workflow(workflow, prvkey)

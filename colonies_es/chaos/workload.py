@@ -5,7 +5,8 @@ Five shapes of workflow, picked in turn by the harness's random generator:
 - ``sum``: the seed's ``gen_nums -> sum_nums`` (result 3);
 - ``merge``: the seed's ``fetch_a, fetch_b -> merge`` (result 30);
 - ``mapreduce``: the seed's dynamic ``map -> reduce``, where ``map`` adds five
-  ``gen_nums`` children with ``add_child`` (result 15);
+  ``gen_nums`` children: the first with ``add_child`` (inserted before the reduce),
+  the other four in one ``add_children`` (result 15);
 - ``retry``: ``flaky`` fails its first attempt and succeeds on a retry (result 7);
 - ``timeout``: ``sleepy`` overruns its ``maxexectime`` on its first attempt, the engine
   takes it back and a retry succeeds (result 11).
@@ -16,7 +17,8 @@ executor comes back. Functions travel as source text and run on the python execu
 
 ``map`` differs from the seed's in one way: it is *resumable*. A retry of ``map`` (its
 executor was killed after adding some children) adds only the children not yet in the
-graph; the seed's version would add ``gen_nums_0`` again and fail on the nodename.
+graph (``add_children`` is all or nothing, so its four are either all there or none);
+the seed's version would add ``gen_nums_0`` again and fail on the nodename.
 """
 
 from __future__ import annotations
@@ -70,11 +72,10 @@ def map(ctx={{}}):
     names = {{}}
     for processid in graph.processids:
         names[colonies.get_process(processid, key).spec.nodename] = processid
-    first = True
+    specs, nodenames = [], []
     for i in range({MAP_CHILDREN}):
         nodename = "gen_nums_" + str(i)
         if nodename in names:  # added by an earlier attempt of this map
-            first = False
             continue
         spec = func_spec(
             func="gen_nums",
@@ -85,11 +86,19 @@ def map(ctx={{}}):
             maxretries={MAX_RETRIES},
             code={GEN_NUMS!r},
         )
-        colonies.add_child(
-            process.processgraphid, process.processid, names["reduce"], spec, nodename,
-            first, key,
+        if i == 0:  # the first child takes the map's place before the reduce
+            colonies.add_child(
+                process.processgraphid, process.processid, names["reduce"], spec, nodename,
+                True, key,
+            )
+        else:
+            specs.append(spec)
+            nodenames.append(nodename)
+    if specs:  # the others at once, beside the first, all feeding the reduce
+        colonies.add_children(
+            process.processgraphid, process.processid, names["reduce"], specs, nodenames,
+            False, key,
         )
-        first = False
 '''
 
 SHAPES = ("sum", "merge", "mapreduce", "retry", "timeout")
