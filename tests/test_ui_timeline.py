@@ -3,11 +3,13 @@ without NATS: per-event states agree with time travel, edges follow add_child.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from colonies_es.domain import GraphEvent, ProcessGraph
 from colonies_es.projections.history import HistoryEntry
 from colonies_es.projections.timetravel import Nth, state_at
+from colonies_es.ui.reader import KeyedLocks
 from colonies_es.ui.timeline import TimelineBuilder, moment_index
 from tests.test_domain_dynamic import add
 from tests.test_domain_graph import assign, close, fail, pid, run, spec, submit
@@ -187,3 +189,36 @@ def test_a_page_following_a_graph_gets_only_what_follows_what_it_has() -> None:
         page = _unpack(answer, page)
     assert page == _unpack(whole.to_json(), None)
     assert any(edge["died"] is not None for edge in page["edges"])
+
+
+async def test_keyed_locks_serialise_one_key_and_forget_it_when_released() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with locks.hold("g1"):
+            order.append("first in")
+            inside.set()
+            await release.wait()
+            order.append("first out")
+
+    async def second() -> None:
+        async with locks.hold("g1"):
+            order.append("second in")
+
+    async def other_graph() -> None:
+        async with locks.hold("g2"):  # another key: not blocked by g1's holder
+            order.append("other in")
+
+    holder = asyncio.create_task(first())
+    await inside.wait()
+    waiter = asyncio.create_task(second())
+    await asyncio.wait_for(other_graph(), timeout=5)
+    assert len(locks) == 1  # g1, held and waited for; g2 forgotten once released
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holder, waiter), timeout=5)
+
+    assert order == ["first in", "other in", "first out", "second in"]
+    assert len(locks) == 0

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,6 +93,33 @@ class Identity:
     server_id: str = ""
 
 
+class KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it (so a
+    long-running UI keeps no lock per graph ever viewed)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            users = self._locks[key][1] - 1
+            if users:
+                self._locks[key] = (lock, users)
+            else:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Reader:
     """The UI's reads and its one command, as :class:`Identity` (module docstring).
 
@@ -112,7 +140,7 @@ class Reader:
         )
         self._nc: NATS | None = None
         self._timelines: OrderedDict[str, TimelineBuilder] = OrderedDict()
-        self._refreshing: dict[str, asyncio.Lock] = {}
+        self._refreshing = KeyedLocks()
         self._warming: set[asyncio.Task[None]] = set()
         """Timelines being built ahead of the page's request (:meth:`warm`)."""
 
@@ -205,8 +233,7 @@ class Reader:
         holds only what follows ``since`` (counts of events, nodes and edges:
         :meth:`TimelineBuilder.to_json`)."""
         graph = await self.graph(processgraphid)
-        lock = self._refreshing.setdefault(processgraphid, asyncio.Lock())
-        async with lock:
+        async with self._refreshing.hold(processgraphid):
             builder = self._timelines.pop(processgraphid, None) or TimelineBuilder()
             unchanged = builder.graph is not None and (
                 await self._last_sequence(graph) == builder.last_sequence
