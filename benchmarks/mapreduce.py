@@ -52,6 +52,7 @@ from typing import Any
 import nats
 
 from benchmarks.engine import Check, Stack
+from benchmarks.fanout_code import REDUCE, fanout_times, map_source
 from benchmarks.harness import (
     NATS_CONFIG,
     Options,
@@ -83,48 +84,11 @@ STREAM = "COLONIES"
 
 PAIR = "def pair(i, ctx={}):\n    return i, i\n"
 
-MAP = """
-def map(count, ctx={}):
-    process = ctx["process"]
-    prvkey = ctx["executor_prvkey"]
-    graph = colonies.get_processgraph(process.processgraphid, prvkey)
-    reduce = colonies.find_process("reduce", graph.processids, prvkey)
-    for i in range(count):
-        child = func_spec(
-            func="pair", args=[i], colonyname=ctx["colonyname"],
-            executortype=process.spec.conditions.executortype, code=PAIR,
-        )
-        colonies.add_child(
-            process.processgraphid, process.processid, reduce.processid, child,
-            f"pair_{i}", i == 0, prvkey,
-        )
-""".replace("PAIR", repr(PAIR))
-
-MAP_BATCH = """
-def map(count, ctx={}):
-    process = ctx["process"]
-    prvkey = ctx["executor_prvkey"]
-    graph = colonies.get_processgraph(process.processgraphid, prvkey)
-    reduce = colonies.find_process("reduce", graph.processids, prvkey)
-    for first in range(0, count, 250):
-        chunk = range(first, min(first + 250, count))
-        children = [
-            func_spec(
-                func="pair", args=[i], colonyname=ctx["colonyname"],
-                executortype=process.spec.conditions.executortype, code=PAIR,
-            )
-            for i in chunk
-        ]
-        colonies.add_children(
-            process.processgraphid, process.processid, reduce.processid, children,
-            [f"pair_{i}" for i in chunk], first == 0, prvkey,
-        )
-""".replace("PAIR", repr(PAIR))
+MAP = map_source(PAIR, "[i]")
+MAP_BATCH = map_source(PAIR, "[i]", batch=True)
 
 MAPS = {"add_child": MAP, "add_children": MAP_BATCH}
 """The two maps each run measures, by the call that adds the children."""
-
-REDUCE = "def reduce(*numbers, ctx={}):\n    return sum(numbers)\n"
 
 PHASES = ("claim", "map", "children", "reduce")
 PHASE_LABELS = {
@@ -309,19 +273,11 @@ def map_reduce(
 
 def phases(client: Colonies, reduce: Process, prvkey: str) -> dict[str, float]:
     """Seconds of each phase, from the engine's timestamps."""
-    graph = client.get_processgraph(reduce.processgraphid, prvkey)
-    mapper = client.find_process("map", graph.processids, prvkey)
-    assert mapper is not None
-    times = (
-        graph.submissiontime,
-        mapper.starttime,
-        mapper.endtime,
-        reduce.starttime,
-        reduce.endtime,
-    )
-    _check(all(t is not None for t in times), f"missing timestamps: {times}")
+    times = fanout_times(client, reduce, prvkey)
+    _check(times is not None, "missing timestamps")
+    assert times is not None
     return {
-        phase: (end - start).total_seconds()  # type: ignore[operator]
+        phase: (end - start).total_seconds()
         for phase, start, end in zip(PHASES, times, times[1:], strict=False)
     }
 

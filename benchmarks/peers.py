@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.engine import Check, percentile
+from benchmarks.fanout_code import REDUCE, fanout_times, map_source
 from benchmarks.harness import Options, Report, Sample, environment
 from colonies_es.client import AsyncColonies, Colonies
 from colonies_es.models import Process, Workflow, func_spec
@@ -127,47 +128,10 @@ PEER_TIMEOUT = 900.0
 
 NOOP = "def noop(ctx={}):\n    return None\n"
 PAIR = "def pair(ctx={}):\n    return 1, 2\n"
-MAP = """
-def map(count, ctx={}):
-    process = ctx["process"]
-    prvkey = ctx["executor_prvkey"]
-    graph = colonies.get_processgraph(process.processgraphid, prvkey)
-    reduce = colonies.find_process("reduce", graph.processids, prvkey)
-    for i in range(count):
-        child = func_spec(
-            func="pair", args=[], colonyname=ctx["colonyname"],
-            executortype=process.spec.conditions.executortype, code=PAIR,
-        )
-        colonies.add_child(
-            process.processgraphid, process.processid, reduce.processid, child,
-            f"pair_{i}", i == 0, prvkey,
-        )
-""".replace("PAIR", repr(PAIR))
-MAP_BATCH = """
-def map(count, ctx={}):
-    process = ctx["process"]
-    prvkey = ctx["executor_prvkey"]
-    graph = colonies.get_processgraph(process.processgraphid, prvkey)
-    reduce = colonies.find_process("reduce", graph.processids, prvkey)
-    for first in range(0, count, 250):
-        chunk = range(first, min(first + 250, count))
-        children = [
-            func_spec(
-                func="pair", args=[], colonyname=ctx["colonyname"],
-                executortype=process.spec.conditions.executortype, code=PAIR,
-            )
-            for _ in chunk
-        ]
-        colonies.add_children(
-            process.processgraphid, process.processid, reduce.processid, children,
-            [f"pair_{i}" for i in chunk], first == 0, prvkey,
-        )
-""".replace("PAIR", repr(PAIR))
-"""The same map with ``add_children`` (this project's addition, not in pycolonies): the
-pairs 250 per signed command (an event must stay readable in one reply: at 1 MB about
-850 pairs), the first batch inserted before the reduce and the others beside it, as the
+MAP = map_source(PAIR, "[]")
+MAP_BATCH = map_source(PAIR, "[]", batch=True)
+"""The same map with ``add_children`` (this project's addition, not in pycolonies), as the
 seed's map does one by one. Celery's chord sends its header in one call."""
-REDUCE = "def reduce(*numbers, ctx={}):\n    return sum(numbers)\n"
 DIAMOND_A = "def a(ctx={}):\n    return 1, 2\n"
 SUM_OF = "def {name}(*numbers, ctx={{}}):\n    return sum(numbers)\n"
 
@@ -709,21 +673,12 @@ class Workloads:
         """Where a fan-out's time went, from the engine's timestamps: submission -> map
         started, the map's run (adding the children), map closed -> reduce started (the
         children run), the reduce's run."""
-        graph = self.client.get_processgraph(reduce.processgraphid, self.prvkey)
-        mapper = self.client.find_process("map", graph.processids, self.prvkey)
-        assert mapper is not None
-        times = (
-            graph.submissiontime,
-            mapper.starttime,
-            mapper.endtime,
-            reduce.starttime,
-            reduce.endtime,
-        )
-        if any(moment is None for moment in times):
+        times = fanout_times(self.client, reduce, self.prvkey)
+        if times is None:
             return "timestamps missing"
         names = ("submitted -> map started", "map", "map closed -> reduce started", "reduce")
         spans = [
-            f"{name} {(end - start).total_seconds():.2f}"  # type: ignore[operator]
+            f"{name} {(end - start).total_seconds():.2f}"
             for name, start, end in zip(names, times, times[1:], strict=False)
         ]
         return "seconds: " + ", ".join(spans)
