@@ -12,15 +12,23 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
+import msgspec
 import pytest
+from eventsourcing.cipher import AESCipher
 from eventsourcing.persistence import (
     DataError,
+    Mapper,
+    MapperDeserialisationError,
     StoredEvent,
     Transcoding,
     TranscodingNotRegisteredError,
 )
+from eventsourcing.utils import Environment
 
+from colonies_es.domain import Colony, ProcessGraph
+from colonies_es.models import Workflow, func_spec
 from colonies_es.store.codec import (
+    EventMapper,
     MsgspecTranscoder,
     decode_envelope,
     encode_envelope,
@@ -225,3 +233,89 @@ def test_the_envelope_round_trips_a_stored_event(originator_id: UUID | str) -> N
 def test_a_payload_that_is_not_an_envelope_is_a_data_error() -> None:
     with pytest.raises(DataError, match="not a stored event envelope"):
         decode_envelope(b"\x93garbage")
+
+
+def test_utc_times_are_msgpack_timestamps_decoded_to_the_same_utc_datetime(
+    transcoder: MsgspecTranscoder,
+) -> None:
+    """The domain's times (UTC) need no Python hook to decode: msgpack's timestamp."""
+    value = dt.datetime(2026, 3, 1, 12, 30, 45, 123456, tzinfo=dt.UTC)
+
+    encoded = transcoder.encode({"at": value})
+    decoded = transcoder.decode(encoded)["at"]
+
+    assert msgspec.msgpack.decode(encoded, type=dict[str, msgspec.msgpack.Ext | dt.datetime]) == {
+        "at": value
+    }
+    assert decoded == value
+    assert decoded.tzinfo is dt.UTC
+
+
+def test_times_written_as_iso_extensions_by_earlier_versions_still_decode(
+    transcoder: MsgspecTranscoder,
+) -> None:
+    """Logs written before UTC times were timestamps hold every time as ISO text."""
+    at = dt.datetime(2026, 3, 1, 12, 30, 45, 123456, tzinfo=dt.UTC)
+    old = msgspec.msgpack.encode(
+        {"at": msgspec.msgpack.Ext(2, at.isoformat().encode()), "ready": [{"t": None}]}
+    )
+
+    decoded = transcoder.decode(old)
+
+    assert decoded == {"at": at, "ready": [{"t": None}]}
+    assert decoded["at"].tzinfo == dt.UTC
+
+
+def _domain_events() -> list[StoredEvent]:
+    """A colony's and a two-step graph's events, stored as the engine stores them."""
+    owner, executorid = "0" * 64, "e" * 64
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    by_owner = {"now": now, "actor": owner, "command": b"{}"}
+    by_executor = {"now": now, "actor": executorid, "command": b"{}"}
+    colony = Colony.create("c", owner, **by_owner)
+    colony.add_executor(executorid, "ex-1", "python-executor", **by_owner)
+    colony.approve_executor("ex-1", **by_owner)
+    executor = colony.executor_by_id(executorid)
+    assert executor is not None
+    specs = [
+        func_spec(func=name, args=[1], colonyname="c", executortype="python-executor")
+        for name in ("a", "b")
+    ]
+    specs[1].conditions.dependencies.append("a")
+    workflow = Workflow(colonyname="c", functionspecs=specs)
+    graph = ProcessGraph.submit("c", workflow, initiatorid=owner, initiatorname="owner", **by_owner)
+    for processid in graph.processids:
+        graph.assign(processid, executor, 1, **by_executor)
+        graph.close(processid, executorid, [2], **by_executor)
+    mapper: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
+    events = [*colony.collect_events(), *graph.collect_events()]
+    return [mapper.to_stored_event(event) for event in events]
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_the_event_mapper_makes_the_events_eventsourcings_mapper_makes(encrypted: bool) -> None:
+    cipher = None
+    if encrypted:
+        key = AESCipher.create_key(32)
+        cipher = AESCipher(Environment(env={AESCipher.CIPHER_KEY: key}))
+    library: Mapper[str] = Mapper(transcoder=MsgspecTranscoder(), cipher=cipher)
+    ours = EventMapper(transcoder=MsgspecTranscoder(), cipher=cipher)
+    plain: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
+    stored = [library.to_stored_event(plain.to_domain_event(e)) for e in _domain_events()]
+
+    for event in stored:
+        theirs, mine = library.to_domain_event(event), ours.to_domain_event(event)
+        assert type(mine) is type(theirs)
+        assert vars(mine) == vars(theirs)
+
+
+def test_the_event_mapper_refuses_state_that_does_not_decrypt_as_the_library_does() -> None:
+    key = AESCipher.create_key(32)
+    cipher = AESCipher(Environment(env={AESCipher.CIPHER_KEY: key}))
+    other = AESCipher(Environment(env={AESCipher.CIPHER_KEY: AESCipher.create_key(32)}))
+    event = Mapper(transcoder=MsgspecTranscoder(), cipher=other).to_stored_event(
+        Mapper(transcoder=MsgspecTranscoder()).to_domain_event(_domain_events()[0])
+    )
+
+    with pytest.raises(MapperDeserialisationError, match="Failed to deserialise"):
+        EventMapper(transcoder=MsgspecTranscoder(), cipher=cipher).to_domain_event(event)

@@ -41,6 +41,7 @@ from eventsourcing.persistence import (
     ApplicationRecorder,
     DataError,
     InfrastructureFactory,
+    Mapper,
     Notification,
     OperationalError,
     ProcessRecorder,
@@ -57,6 +58,7 @@ from colonies_es.loop import LoopClosedError, LoopThread
 from colonies_es.settings import NatsAccess
 from colonies_es.store.codec import (
     Envelope,
+    EventMapper,
     MsgspecTranscoder,
     Sealer,
     decode_envelope,
@@ -522,6 +524,17 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         if self.env.get(self.TRANSCODER_TOPIC):
             return super().transcoder()
         return MsgspecTranscoder()
+
+    def mapper(
+        self,
+        transcoder: Transcoder | None = None,
+        mapper_class: type[Mapper[Any]] | None = None,
+    ) -> Mapper[Any]:
+        """An :class:`~colonies_es.store.codec.EventMapper` unless ``MAPPER_TOPIC`` or
+        ``mapper_class`` names another mapper."""
+        if mapper_class is None and not self.env.get(self.MAPPER_TOPIC):
+            mapper_class = EventMapper
+        return super().mapper(transcoder, mapper_class)
 
     def _create(self) -> bool:
         return strtobool(self.env.get(self.CREATE_TABLE) or "yes")
