@@ -1,9 +1,19 @@
 """The projector: rebuilding its view from the whole log, against a raw replay.
 
-A log of real events is written to a fresh server: a colony and ``graphs`` chains of 100
-processes, each assigned, logging 8 lines and closed (1,001 events per graph, signed
-commands and sealed envelopes, made by the domain as in :mod:`benchmarks.timetravel`).
-Then, each run:
+Two logs of real events (signed commands, sealed envelopes, made by the domain as in
+:mod:`benchmarks.timetravel`) are written, each to a fresh server, after a colony's
+events:
+
+- *chains*: ``graphs`` chains of 100 processes, each assigned, logging 8 lines and
+  closed (1,001 events per graph, one graph after the other). Long graphs, one in
+  memory at a time: the cheap case.
+- *workflows*: many small workflows (a -> b: submitted, each step assigned and closed,
+  5 events a graph), :data:`CONCURRENT` of them running side by side: what a colony
+  running short workflows writes. Every event touches another graph, and a graph's
+  rows are written several times: the expensive case, and the one the target is
+  judged on (both are printed).
+
+Then, each run and for each log:
 
 - ``raw_replay``: an ordered push consumer delivering every event message of the stream
   to a counting callback (nats-py, no decoding): the most a reader of the log can do;
@@ -17,7 +27,9 @@ on a machine shared with other work the CPU ratio holds where the wall-clock rat
 moves with the load (the rebuild's two threads share one interpreter lock, so it loses
 more to a loaded machine than the one-threaded replay).
 
-Target: ``rebuild / raw_replay`` >= 0.30. Run ``python -m benchmarks projector [--quick]``.
+Targets: ``rebuild / raw_replay`` >= 0.30 on both logs (``rebuild_workflows /
+raw_replay_workflows`` for the small workflows). Run ``python -m benchmarks projector
+[--quick]``.
 """
 
 from __future__ import annotations
@@ -46,56 +58,87 @@ from benchmarks.harness import (
 from benchmarks.timetravel import COLONY, GRAPH_EVENTS, Clock, chain_graph, sealed_payloads
 from colonies_es import crypto
 from colonies_es.chaos.stack import view_position
-from colonies_es.domain import Colony
+from colonies_es.domain import Colony, ProcessGraph
+from colonies_es.models import Executor, Workflow, func_spec
 from colonies_es.projections.runner import run_projector
 from colonies_es.settings import Settings
 from colonies_es.store.jetstream import JetStreamLog, StreamSpec
 
 FULL_GRAPHS = 100
 QUICK_GRAPHS = 10
+FULL_WORKFLOWS = 20_000
+QUICK_WORKFLOWS = 2_000
+WORKFLOW_EVENTS = 5
+"""A two-step workflow: submitted, then each step assigned and closed."""
+CONCURRENT = 20
+"""Small workflows running side by side (their events interleave in the log)."""
 CATCH_UP_TIMEOUT = 600.0
 
-TARGETS = [Target("rebuild", "raw_replay", 0.30)]
+TARGETS = [
+    Target("rebuild", "raw_replay", 0.30),
+    Target("rebuild_workflows", "raw_replay_workflows", 0.30),
+]
 
 
 def run(options: Options) -> Report:
     graphs = QUICK_GRAPHS if options.quick else FULL_GRAPHS
+    workflows = QUICK_WORKFLOWS if options.quick else FULL_WORKFLOWS
     report = Report(
         group="projector",
         runs=options.runs,
-        parameters={"graphs": graphs, "events_per_graph": GRAPH_EVENTS},
+        parameters={
+            "graphs": graphs,
+            "events_per_graph": GRAPH_EVENTS,
+            "workflows": workflows,
+            "events_per_workflow": WORKFLOW_EVENTS,
+        },
         environment=environment(),
         targets=TARGETS,
     )
     print(f"  load average before: {_load()}", flush=True)
     seal_key = os.urandom(32)
-    print(f"  making {graphs} graphs of {GRAPH_EVENTS:,} events (signed, sealed)", flush=True)
-    payloads = _log_payloads(graphs, seal_key)
-    with nats_server() as url, tempfile.TemporaryDirectory(prefix="colonies-bench-") as tmp:
-        report.environment["nats_server"] = server_version(url)
-        events = asyncio.run(_write_log(url, payloads))
-        report.parameters["events"] = events
+    print(f"  making {graphs} chains of {GRAPH_EVENTS:,} events (signed, sealed)", flush=True)
+    chains = _log_payloads(seal_key, chains=graphs)
+    print(f"  making {workflows:,} workflows of {WORKFLOW_EVENTS} events", flush=True)
+    small = _log_payloads(seal_key, workflows=workflows)
+    with (
+        nats_server() as chains_url,
+        nats_server() as workflows_url,
+        tempfile.TemporaryDirectory(prefix="colonies-bench-") as tmp,
+    ):
+        report.environment["nats_server"] = server_version(chains_url)
+        logs = []
+        for suffix, url, payloads in (
+            ("", chains_url, chains),
+            ("_workflows", workflows_url, small),
+        ):
+            events = asyncio.run(_write_log(url, payloads))
+            report.parameters[f"events{suffix}"] = events
+            logs.append((suffix, url, events))
         for number in range(1, options.runs + 1):  # interleaved
-            raw_cpu = time.process_time()
-            raw = asyncio.run(_raw_replay(url, events))
-            raw_cpu = (time.process_time() - raw_cpu) / events
-            report.add("raw_replay", "raw: ordered consumer replay", "events/s", raw)
-            db = Path(tmp) / f"view-{number}.sqlite"
-            rebuild_cpu = time.process_time()
-            rebuilt = anyio.run(_rebuild, url, seal_key.hex(), db, events)
-            rebuild_cpu = (time.process_time() - rebuild_cpu) / events
-            label = "projector rebuild (run_projector, new view)"
-            report.add("rebuild", label, "events/s", rebuilt)
-            report.parameters.setdefault("cpu_us_per_event", []).append(
-                {"raw_replay": raw_cpu * 1e6, "rebuild": rebuild_cpu * 1e6}
-            )
-            print(
-                f"  run {number}/{options.runs}: raw {raw.rate:,.0f}/s, "
-                f"rebuild {rebuilt.rate:,.0f}/s (this run's ratio {rebuilt.rate / raw.rate:.2f}); "
-                f"CPU per event: raw {raw_cpu * 1e6:.1f} us, rebuild {rebuild_cpu * 1e6:.1f} us "
-                f"(ratio {raw_cpu / rebuild_cpu:.2f}); load {_load()}",
-                flush=True,
-            )
+            for suffix, url, events in logs:
+                what = "small workflows" if suffix else "chains"
+                raw_cpu = time.process_time()
+                raw = asyncio.run(_raw_replay(url, events))
+                raw_cpu = (time.process_time() - raw_cpu) / events
+                report.add(f"raw_replay{suffix}", f"raw: ordered consumer, {what}", "events/s", raw)
+                db = Path(tmp) / f"view{suffix}-{number}.sqlite"
+                rebuild_cpu = time.process_time()
+                rebuilt = anyio.run(_rebuild, url, seal_key.hex(), db, events)
+                rebuild_cpu = (time.process_time() - rebuild_cpu) / events
+                label = f"projector rebuild, {what}"
+                report.add(f"rebuild{suffix}", label, "events/s", rebuilt)
+                report.parameters.setdefault(f"cpu_us_per_event{suffix}", []).append(
+                    {"raw_replay": raw_cpu * 1e6, "rebuild": rebuild_cpu * 1e6}
+                )
+                print(
+                    f"  run {number}/{options.runs}, {what}: raw {raw.rate:,.0f}/s, "
+                    f"rebuild {rebuilt.rate:,.0f}/s (ratio {rebuilt.rate / raw.rate:.2f}); "
+                    f"CPU per event: raw {raw_cpu * 1e6:.1f} us, rebuild "
+                    f"{rebuild_cpu * 1e6:.1f} us (ratio {raw_cpu / rebuild_cpu:.2f}); "
+                    f"load {_load()}",
+                    flush=True,
+                )
     report.environment["load_average_after"] = environment()["load_average"]
     print(f"  load average after: {_load()}", flush=True)
     return report
@@ -105,8 +148,11 @@ def _load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def _log_payloads(graphs: int, seal_key: bytes) -> list[tuple[str, bytes]]:
-    """(subject, sealed payload) of a colony and ``graphs`` chains, in log order."""
+def _log_payloads(
+    seal_key: bytes, *, chains: int = 0, workflows: int = 0
+) -> list[tuple[str, bytes]]:
+    """(subject, sealed payload) of a colony, ``chains`` chains and ``workflows`` small
+    workflows (:data:`CONCURRENT` at a time, their events interleaved), in log order."""
     owner, executor_key = crypto.new_private_key(), crypto.new_private_key()
     clock = Clock()
     colony = Colony.create(
@@ -121,11 +167,42 @@ def _log_payloads(graphs: int, seal_key: bytes) -> list[tuple[str, bytes]]:
     executor = colony.executor_by_id(executorid)
     assert executor is not None
     payloads = [(f"colonies.ev.{COLONY}.colony", p) for p in sealed_payloads(colony, seal_key)]
-    for _ in range(graphs):
+    for _ in range(chains):
         graph = chain_graph(owner, executor, executor_key, clock)
         subject = f"colonies.ev.{graph.id}"
         payloads += [(subject, p) for p in sealed_payloads(graph, seal_key)]
+    for start in range(0, workflows, CONCURRENT):
+        running = [
+            _small_workflow(owner, executor, executor_key, clock)
+            for _ in range(min(CONCURRENT, workflows - start))
+        ]
+        each = [
+            [(f"colonies.ev.{graph.id}", p) for p in sealed_payloads(graph, seal_key)]
+            for graph in running
+        ]
+        for step in range(WORKFLOW_EVENTS):  # round robin: one event of each in turn
+            payloads += [events[step] for events in each]
     return payloads
+
+
+def _small_workflow(owner: str, executor: Executor, key: str, clock: Clock) -> ProcessGraph:
+    """A two-step workflow (a -> b) run to SUCCESS: :data:`WORKFLOW_EVENTS` events."""
+    first = func_spec(func="a", args=[1], colonyname=COLONY, executortype="python-executor")
+    second = func_spec(func="b", args=[], colonyname=COLONY, executortype="python-executor")
+    second.conditions.dependencies.append("a")
+    workflow = Workflow(colonyname=COLONY, functionspecs=[first, second])
+    graph = ProcessGraph.submit(
+        COLONY,
+        workflow,
+        initiatorid=crypto.id_from_private_key(owner),
+        initiatorname="colony owner",
+        **clock.audit("submit_workflow", {"workflow": workflow}, owner),
+    )
+    for processid in graph.processids:
+        graph.assign(processid, executor, 1, **clock.audit("claim", {"colonyname": COLONY}, key))
+        audit = clock.audit("close", {"processid": processid, "out": [2]}, key)
+        graph.close(processid, executor.executorid, [2], **audit)
+    return graph
 
 
 async def _write_log(url: str, payloads: list[tuple[str, bytes]]) -> int:
