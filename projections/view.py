@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -209,6 +209,10 @@ _UPSERT_PROCESS = """INSERT INTO processes
         starttime = excluded.starttime, endtime = excluded.endtime,
         removed = excluded.removed, model = excluded.model"""
 
+_IDS_PER_QUERY = 500
+"""Ids in one ``IN (...)`` of :meth:`ReadModel.versions_of` (SQLite allows 32,766
+parameters)."""
+
 _UPSERT_VERSION = """INSERT INTO aggregates VALUES (?, ?)
     ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
 
@@ -294,6 +298,21 @@ class ReadModel(SQLiteTrackingRecorder):
             .fetchone()
         )
         return None if row is None else int(row[0])
+
+    def versions_of(self, aggregate_ids: Collection[str]) -> dict[str, int]:
+        """:meth:`version_of` of many aggregates in one query: those with rows only."""
+        found: dict[str, int] = {}
+        ids = list(aggregate_ids)
+        connection = self._connection()
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows = connection.execute(
+                f"SELECT aggregate_id, version FROM aggregates WHERE aggregate_id IN ({marks})",
+                chunk,
+            )
+            found.update((aggregate_id, int(version)) for aggregate_id, version in rows)
+        return found
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
