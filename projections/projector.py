@@ -187,9 +187,14 @@ class Projector:
         """Looks up, in one query, the view's versions of the aggregates of these
         notifications that are not in memory (for :meth:`process` to come): a log of
         many small workflows would otherwise cost a query per new graph."""
-        wanted = {str(n.originator_id) for n in notifications}
-        wanted.difference_update(self._graphs, self._colonies)
-        wanted.difference_update(self._looked_up)
+        graphs, colonies, looked_up = self._graphs, self._colonies, self._looked_up
+        wanted = {
+            aggregate_id
+            for n in notifications
+            if (aggregate_id := str(n.originator_id)) not in graphs
+            and aggregate_id not in colonies
+            and aggregate_id not in looked_up
+        }
         if not wanted:
             return
         found = self.view.versions_of(wanted)
