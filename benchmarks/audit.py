@@ -155,6 +155,8 @@ class AuditLog:
         self.payloads = payloads
         self.authorities = authorities
         self.seal_key = b""
+        self.keys: dict[str, str] = {}
+        """The private keys that signed its commands: "user" (submits), "executor"."""
 
     @classmethod
     def make(cls, events: int, seal_key: bytes) -> AuditLog:
@@ -192,6 +194,7 @@ class AuditLog:
         assert approved is not None
         log = cls([], Authorities(server_id=crypto.id_from_private_key(server)))
         log.seal_key = seal_key
+        log.keys = {"user": user, "executor": executor_key}
         writer = _Writer(seal_key)
         log.payloads += writer.payloads(colony)
         for _ in range(max(1, events // EVENTS_PER_WORKFLOW)):
