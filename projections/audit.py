@@ -56,6 +56,7 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 import zlib
@@ -63,7 +64,7 @@ from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 from eventsourcing.persistence import Cipher, DataError
@@ -241,8 +242,10 @@ class Aggregates:
 
     With ``spill``, a process graph leaves memory as soon as an event leaves it ended
     (SUCCESS, FAILED or CANCELLED, or removed): what is kept of it is the payloads of the
-    events applied to it, as the log holds them (no re-encoding), in a temporary SQLite
-    file (private to this process, deleted when closed). If a later event names it (a
+    events applied to it, as the log holds them (no re-encoding), appended to a
+    temporary file, and where they are in it, in a temporary SQLite index (both private
+    to this process and deleted when closed: about the log's size on disk, nothing in
+    memory). If a later event names it (a
     removal, or whatever else was appended to its subject), it is rebuilt by applying
     those events again, in order, as they were applied the first time: the aggregate is
     exactly the one memory would have held. Memory then holds the colonies, the graphs
@@ -258,6 +261,8 @@ class Aggregates:
         self._resident: dict[str, AuditedAggregate] = {}
         self._decode = decode
         self._ended: sqlite3.Connection | None = None
+        """Where each ended graph's payloads are in :attr:`_file` (offset, length)."""
+        self._file: IO[bytes] | None = None
         self._applied: dict[str, list[bytes]] = {}
         """With ``spill``: the payloads of the events applied to each resident graph."""
         self._unwritten: dict[str, list[bytes]] = {}
@@ -270,8 +275,10 @@ class Aggregates:
             self._ended.execute("PRAGMA journal_mode = OFF")
             self._ended.execute("PRAGMA synchronous = OFF")
             self._ended.execute(
-                "CREATE TABLE ended (id TEXT PRIMARY KEY, payloads BLOB) WITHOUT ROWID"
+                "CREATE TABLE ended (id TEXT PRIMARY KEY, offset INTEGER, length INTEGER)"
+                " WITHOUT ROWID"
             )
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self.spilled = 0
         """How many times an ended graph left memory."""
 
@@ -331,10 +338,15 @@ class Aggregates:
 
     def write(self) -> None:
         """Writes the ended graphs still in memory to the file."""
-        if self._ended is None or not self._unwritten:
+        if self._ended is None or self._file is None or not self._unwritten:
             return
-        rows = [(key, _encode(payloads)) for key, payloads in self._unwritten.items()]
-        self._ended.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?)", rows)
+        rows = []
+        for key, payloads in self._unwritten.items():
+            data = _encode(payloads)
+            rows.append((key, self._file.tell(), len(data)))
+            self._file.write(data)
+        self._file.flush()
+        self._ended.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?)", rows)
         for key in self._unwritten:
             for bit in _filter_bits(key):
                 self._written[bit >> 3] |= 1 << (bit & 7)
@@ -342,22 +354,25 @@ class Aggregates:
 
     def close(self) -> None:
         """Deletes the file of ended graphs (the aggregates are not read after this)."""
-        if self._ended is not None:
+        if self._ended is not None and self._file is not None:
             self._ended.close()
+            self._file.close()
 
     def _payloads_of_ended(self, originator_id: str) -> list[bytes]:
         """The payloads of the events applied to an ended graph (empty: none)."""
         unwritten = self._unwritten.get(originator_id)
         if unwritten is not None:
             return list(unwritten)
-        if self._ended is None or not all(
-            self._written[bit >> 3] & (1 << (bit & 7)) for bit in _filter_bits(originator_id)
-        ):
+        if self._ended is None or self._file is None:
             return []
+        if not all(self._written[bit >> 3] >> (bit & 7) & 1 for bit in _filter_bits(originator_id)):
+            return []  # never written: a new graph (nearly always), spared a look-up
         row = self._ended.execute(
-            "SELECT payloads FROM ended WHERE id = ?", (originator_id,)
+            "SELECT offset, length FROM ended WHERE id = ?", (originator_id,)
         ).fetchone()
-        return [] if row is None else _decode_payloads(row[0])
+        if row is None:
+            return []
+        return _decode_payloads(os.pread(self._file.fileno(), row[1], row[0]))
 
 
 _WRITE_BATCH = 256

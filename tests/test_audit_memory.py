@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import pytest
 from eventsourcing.persistence import Mapper
 
 from benchmarks.audit import AuditLog, _Clock, _Writer
 from colonies_es import crypto
 from colonies_es.domain import GraphSubmitted, ProcessClosed, ProcessGraph
+from colonies_es.projections import audit
 from colonies_es.projections.audit import Auditor
 from colonies_es.projections.history import decode_event
 from colonies_es.store.codec import MsgspecTranscoder, Sealer, encode_envelope
@@ -46,7 +48,13 @@ def sealed_copy(log: AuditLog, event: object, subject: str, **changes: object) -
     return subject, encode_envelope(stored, subject, Sealer(log.seal_key))
 
 
-def test_ended_graphs_leave_memory_and_are_rebuilt_exactly_when_named_again() -> None:
+@pytest.mark.parametrize("batch", [8, 1_000])
+def test_ended_graphs_leave_memory_and_are_rebuilt_exactly_when_named_again(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``batch``: ended graphs written to the file at a time (1,000: none is written, the
+    200 graphs stay in the batch in memory; 8: they are read back from the file)."""
+    monkeypatch.setattr(audit, "_WRITE_BATCH", batch)
     log = AuditLog.make(1_400, os.urandom(32))
     events = [decode_event(message) for message in messages_of(log)]
     submitted = [(i, e) for i, e in enumerate(events) if isinstance(e, GraphSubmitted)]
