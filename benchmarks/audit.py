@@ -17,7 +17,8 @@ does, through :func:`~colonies_es.projections.audit.verify_log`):
   graphs (and every colony's events) while the auditing process reads the log.
 
 Each run also prints the CPU seconds of the auditing process and of the workers (read
-from the fork server's reaped children): on a shared machine they hold where wall-clock
+from the fork server's reaped children), and their peak RSS (sampled: the auditing
+process's growth, the workers' sum): on a shared machine they hold where wall-clock
 rates do not. From them it prints how long the audit would take on an idle machine
 (:func:`idle_seconds`: the largest of the auditing process's CPU time, a worker's share
 and the total divided by the cores). Each run must check
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing import forkserver
@@ -98,7 +100,8 @@ def run(options: Options) -> Report:
                 ("parallel", None, "verify_log, workers auditing shares (one per core)"),
             ):
                 cpu, children = time.process_time(), _workers_cpu()
-                sample = asyncio.run(_audit(url, log, workers))
+                with _PeakRss() as rss:
+                    sample = asyncio.run(_audit(url, log, workers))
                 cpu = time.process_time() - cpu
                 time.sleep(0.5)  # the fork server reaps the workers: then their time counts
                 children = _workers_cpu() - children
@@ -106,11 +109,15 @@ def run(options: Options) -> Report:
                 report.parameters.setdefault(f"cpu_s_{key}", []).append([cpu, children])
                 idle = idle_seconds(cpu, children, 0 if workers == 0 else os.cpu_count() or 1)
                 report.parameters.setdefault(f"idle_s_{key}", []).append(idle)
+                report.parameters.setdefault(f"rss_mb_{key}", []).append(
+                    [rss.auditing_growth, rss.workers]
+                )
                 print(
                     f"  run {number}/{options.runs}: {key} {sample.seconds:.1f} s "
                     f"({sample.rate:,.0f} events/s); CPU: auditing process {cpu:.1f} s, "
                     f"workers {children:.1f} s; on an idle machine about {idle:.1f} s "
-                    f"(target {TARGET_SECONDS:.0f} s)",
+                    f"(target {TARGET_SECONDS:.0f} s); peak RSS: auditing process "
+                    f"+{rss.auditing_growth:.0f} MB, workers {rss.workers:.0f} MB in all",
                     flush=True,
                 )
     report.references["target"] = Reference(
@@ -142,6 +149,56 @@ def _workers_cpu() -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+class _PeakRss:
+    """Samples, every 0.1 s while in its block, the RSS of this process (the auditing
+    one, which also holds the benchmark's log: its growth is what the audit adds) and
+    the sum of its workers' (the processes the fork server started), keeping the peaks
+    in MB."""
+
+    def __init__(self) -> None:
+        self.auditing_growth = 0.0
+        self.workers = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _PeakRss:
+        self._start = _rss_mb(os.getpid())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.1):
+            self.auditing_growth = max(self.auditing_growth, _rss_mb(os.getpid()) - self._start)
+            workers = sum(
+                _rss_mb(worker) for server in _children(os.getpid()) for worker in _children(server)
+            )
+            self.workers = max(self.workers, workers)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (its main thread's children, from /proc)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in listed.split()]
+
+
+def _rss_mb(pid: int) -> float:
+    """The resident set of process ``pid`` in MB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _load() -> str:
