@@ -214,6 +214,10 @@ class FunctionRunner:
         self._child: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._stopped = False  # stop() was called during run
+        self._watched: tuple[asyncio.AbstractEventLoop, int] | None = None
+        """(loop, fd) where the child's pipe is watched for reading (:meth:`_readable`)."""
+        self._readable_now: asyncio.Future[None] | None = None
+        """What :meth:`_readable` awaits while it waits."""
 
     async def run(self, process: Process, ctx: dict[str, Any], calls: Any) -> RunResult:
         """Run the function of ``process`` in the child (started if needed) and return
@@ -244,7 +248,7 @@ class FunctionRunner:
             conn = self._connection()
             conn.send(job)
         while True:
-            await _readable(conn)
+            await self._readable(conn)
             try:
                 message = conn.recv()
                 if message[0] == "call":  # the function calls its `colonies` client
@@ -259,6 +263,51 @@ class FunctionRunner:
                 )
             _, output, errors, printed = message
             return RunResult(output=output, errors=errors, printed=printed)
+
+    async def _readable(self, conn: multiprocessing.connection.Connection) -> None:
+        """Until ``conn`` (the child's pipe) has something to read or was closed at the
+        other end. The pipe stays registered with the loop from one function to the
+        next (adding and removing the reader for each message cost two system calls
+        and a tenth of the executor's work per process); when it becomes readable
+        while nothing waits (the child died between functions), it is unregistered
+        until the next wait."""
+        loop = asyncio.get_running_loop()
+        fd = conn.fileno()
+        if self._watched != (loop, fd):
+            self._unwatch()
+            loop.add_reader(fd, self._on_readable)
+            self._watched = (loop, fd)
+        ready = self._readable_now = loop.create_future()
+        try:
+            await ready
+        finally:
+            self._readable_now = None
+
+    def _on_readable(self) -> None:
+        ready = self._readable_now
+        if ready is None:  # nothing waits: an end of file, say; not again and again
+            self._unwatch()
+        elif not ready.done():
+            ready.set_result(None)
+
+    def _unwatch(self) -> None:
+        """Stop watching the pipe, before it is closed: at once on the watching loop's
+        own thread, else through that loop (nothing registered on it in between)."""
+        watched, self._watched = self._watched, None
+        if watched is None:
+            return
+        loop, fd = watched
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.remove_reader(fd)
+        else:
+            with contextlib.suppress(RuntimeError):  # it closed meanwhile
+                loop.call_soon_threadsafe(loop.remove_reader, fd)
 
     @property
     def started(self) -> bool:
@@ -331,6 +380,7 @@ class FunctionRunner:
         """Forget the child (waiting for it to be gone); its exit code."""
         child, conn = self._child, self._conn
         self._child = self._conn = None
+        self._unwatch()
         if conn is not None:
             conn.close()
         if child is None:
@@ -340,23 +390,6 @@ class FunctionRunner:
         with contextlib.suppress(ValueError):
             child.close()
         return code
-
-
-async def _readable(conn: multiprocessing.connection.Connection) -> None:
-    """Until ``conn`` has something to read (or was closed at the other end)."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    fd = conn.fileno()
-    loop.add_reader(fd, _settle, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 async def _call_async(

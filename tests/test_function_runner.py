@@ -136,3 +136,34 @@ def test_a_child_that_died_between_functions_is_replaced() -> None:
         assert run(runner, _process()).output == [42]
     finally:
         runner.close()
+
+
+def test_on_one_loop_the_pipe_stays_watched_and_a_dead_child_does_not_keep_it_busy() -> None:
+    """The child's pipe is registered with the loop once for many functions; when the
+    child dies between functions, its end of file is seen once (the loop does not spin
+    on it) and the next function gets a new child."""
+    runner = FunctionRunner(None, {})
+
+    async def on_one_loop() -> tuple[list[Any], float, list[Any]]:
+        outputs = [(await runner.run(_process(), {}, None)).output for _ in range(3)]
+        watched = runner._watched
+        assert watched is not None
+        assert (await runner.run(_process(), {}, None)).output == [42]
+        assert runner._watched == watched  # not registered again for each function
+        child = runner._child
+        assert child is not None
+        child.kill()
+        await asyncio.to_thread(child.join, 10)
+        cpu = time.process_time()
+        await asyncio.sleep(1.0)  # the pipe's end of file arrives meanwhile
+        busy = time.process_time() - cpu
+        after = (await runner.run(_process(), {}, None)).output
+        return outputs, busy, after
+
+    try:
+        outputs, busy, after = asyncio.run(on_one_loop())
+    finally:
+        runner.close()
+    assert outputs == [[42], [42], [42]]
+    assert busy < 0.1, f"the loop used {busy:.2f} s of CPU in 1 s with nothing to do"
+    assert after == [42]
