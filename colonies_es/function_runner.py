@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import gc
 import inspect
 import io
 import linecache
@@ -439,8 +440,14 @@ class ParentClient:
 
 
 def _serve(conn: multiprocessing.connection.Connection, globals_: dict[str, Any]) -> None:
-    """The child's loop: run each (process, ctx) received, send back the result."""
+    """The child's loop: run each (process, ctx) received, send back the result.
+
+    What the child inherited from the fork server (the executor's modules) is frozen
+    out of the collector's sight (``gc.freeze``): each function's fresh module is a
+    reference cycle (its functions point back at its globals), so collections come
+    regularly, and they walked all of it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()
     names = {**globals_, "colonies": ParentClient(conn)}
     while True:
         try:
