@@ -8,8 +8,9 @@ source in ``spec.env["code"]``. :func:`execute_function` is the calling conventi
 :class:`PythonExecutor` is one executor identity in one colony: it registers itself with
 the colony owner's key, then its workers loop ``assign`` → run the function → close with
 the output (or fail with the errors) until told to stop. A close also claims the
-worker's next process in the same round trip (``close_and_claim``), so a busy worker
-goes from one process to the next without waiting in ``assign``. Lost connections and
+worker's next process in the same round trip (``close_and_claim``), held in the engine
+until work comes as ``assign`` is, so a worker goes from one process to the next with
+one request per process, busy or idle. Lost connections and
 refusals are logged and retried; nothing a function does stops the executor.
 
 The workers are asyncio tasks on the client's own event loop (the synchronous client
@@ -319,7 +320,7 @@ class PythonExecutor:
         following: Process | None = process
         while following is not None:
             following = await self._run_one(
-                client, runner, following, take_next=not stopping.is_set()
+                client, runner, following, not stopping.is_set(), self.poll_timeout
             )
         return None
 
@@ -363,9 +364,16 @@ class PythonExecutor:
             runner.close()
 
     async def _run_one(
-        self, client: AsyncColonies, runner: FunctionRunner, process: Process, take_next: bool
+        self,
+        client: AsyncColonies,
+        runner: FunctionRunner,
+        process: Process,
+        take_next: bool,
+        hold: float = 0.0,
     ) -> Process | None:
-        """:meth:`run_one` on the loop, with ``runner``'s child."""
+        """:meth:`run_one` on the loop, with ``runner``'s child; the claim a close
+        carries (``take_next``) waits up to ``hold`` seconds in the engine for work to
+        come, as ``assign`` would (a worker's loop: one request per process when idle)."""
         funcname = process.spec.funcname
         ctx: dict[str, Any] = {
             "process": process,
@@ -405,7 +413,7 @@ class PythonExecutor:
                 if take_next:
                     taken[:] = [
                         await client.close_and_claim(
-                            processid, output, prvkey, self.colonyname, attempt=attempt
+                            processid, output, prvkey, self.colonyname, attempt, hold
                         )
                     ]
                 else:

@@ -49,10 +49,16 @@ Work
     responder) is given nothing. ``assign`` is a loop of such claims. One round trip per
     process for an idle executor: the reply to its claim is the assignment.
 
-    A busy executor does not go back to claiming: its ``close`` carries a second sealed
+    An executor does not go back to claiming: its ``close`` carries a second sealed
     command, a ``claim`` (:attr:`CloseProcess.claim`), which the engine decides as its own
     command (signature, role, replay key, event) once the close succeeded; the reply is a
-    :class:`NextProcess`, the next assignment or none. One round trip per process.
+    :class:`NextProcess`, the next assignment or none. That claim may ``wait`` (and name
+    its ``alive`` subject) like any other: the engine then holds it, and the close's
+    reply, until work comes or the wait is over, so an idle executor too sends one
+    request per process. What the close itself causes does not wait for its claim: the
+    engine publishes the close's end notification and tickets, and answers the
+    ``wait_process`` requests held for the closed process, before it decides the claim
+    (whose signature it checks while the close's event is being appended).
 
     Work tickets remain for clients that pull (the ColonyOS gateway's long poll): for
     every process that becomes ready the engine publishes a :class:`WorkTicket` to the

@@ -5,7 +5,9 @@
   get the same process;
 - a claim whose caller gave up (a cancelled ``assign``) is given nothing;
 - a close that carries a claim assigns the next process once per attempt, each assignment
-  caused by a signed ``claim`` command of its own.
+  caused by a signed ``claim`` command of its own;
+- a close whose claim is held (an idle executor: one request per process) publishes its
+  end notification and answers ``wait`` at once, and its claim gets the next process.
 
 Every "exactly once" is read from the raw log (tests/eventlog.py). The replicas share one
 queue group, so each command (a held claim included) goes to either of them.
@@ -188,3 +190,50 @@ async def test_closes_claim_the_next_processes_once_each_by_their_own_claim_comm
     for event in log.of_kind("ProcessAssigned"):
         if event.processid in ids:  # each caused by a claim of its own, not by the close
             assert command_op(event.state["command"]) == "claim"
+
+
+async def test_a_close_holds_its_claim_until_work_comes_after_answering_for_the_closed(
+    replicas: Replicas,
+) -> None:
+    """An idle executor's close carries a held claim: one request per process. The close's
+    effects (end notification, ``wait``) do not wait for the claim; the claim is given
+    the next process submitted, by a claim command of its own."""
+    colony = replicas.new_colony()
+    key = replicas.new_executor(colony)
+    nc = await nats.connect(replicas.nats.url)
+    claims_sent: list[str] = []
+    ended: asyncio.Queue[str] = asyncio.Queue()
+
+    async def claim_seen(msg: Msg) -> None:
+        if msg.subject.endswith(".claim"):
+            claims_sent.append(msg.subject)
+
+    async def end_seen(msg: Msg) -> None:
+        await ended.put(msg.data.decode())
+
+    async with client(replicas) as me, client(replicas) as submitter:
+        first = await submitter.submit_func_spec(noop_spec(colony), colony.owner_prvkey)
+        taken = await me.assign(colony.name, WAIT, key)
+        assert taken.processid == first.processid
+        await nc.subscribe("colonies.api.>", cb=claim_seen)
+        await nc.subscribe(f"colonies.ended.{colony.name}.*", cb=end_seen)
+        await nc.flush()
+        closing = asyncio.create_task(
+            me.close_and_claim(first.processid, [1], key, colony.name, wait=WAIT)
+        )
+        async with asyncio.timeout(WAIT):
+            assert await ended.get() == first.processid
+        done = await submitter.wait(first, WAIT, colony.owner_prvkey)
+        assert done.state == ProcessState.SUCCESS
+        assert not closing.done()  # its claim is held: nothing ready for it yet
+        second = await submitter.submit_func_spec(noop_spec(colony), colony.owner_prvkey)
+        following = await asyncio.wait_for(closing, WAIT)
+        assert following is not None
+        assert following.processid == second.processid
+        assert following.state == ProcessState.RUNNING
+    await nc.close()
+    assert claims_sent == []  # no claim of its own: the close's was the only one
+    log = await asyncio.to_thread(read_events, replicas.nats.url)
+    assert assignments(log, {second.processid}) == {(second.processid, 1): 1}
+    [assigned] = [e for e in log.of_kind("ProcessAssigned") if e.processid == second.processid]
+    assert command_op(assigned.state["command"]) == "claim"

@@ -146,8 +146,11 @@ class JournalingAsyncColonies(AsyncColonies):
         prvkey: str,
         colonyname: str,
         attempt: int = 0,
+        wait: float = 0.0,
     ) -> Process | None:
-        following = await super().close_and_claim(processid, output, prvkey, colonyname, attempt)
+        following = await super().close_and_claim(
+            processid, output, prvkey, colonyname, attempt, wait
+        )
         self._closed(processid, output, prvkey, attempt)
         if following is not None:
             self._claimed(following, prvkey)

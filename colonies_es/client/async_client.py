@@ -277,15 +277,31 @@ class AsyncColonies:
         prvkey: str,
         colonyname: str,
         attempt: int = 0,
+        wait: float = 0.0,
     ) -> Process | None:
         """:meth:`close`, and in the same round trip :meth:`claim` the next process the
         caller may run in ``colonyname``: it is returned assigned to the caller, or None
         when nothing is ready (then :meth:`assign` waits for work). The claim is decided
-        only once the close succeeded; a refused close raises as :meth:`close` does."""
-        claim = self._connection.seal("claim", p.Claim(colonyname=colonyname), prvkey)
-        body = p.CloseProcess(processid=processid, out=list(output), attempt=attempt, claim=claim)
-        reply = await self._call("close", body, prvkey, p.NextProcess)
-        return reply.next
+        only once the close succeeded; a refused close raises as :meth:`close` does.
+
+        With ``wait`` (seconds, at most :data:`~colonies_es.protocol.MAX_CLAIM_WAIT`)
+        the engine holds the claim until work comes, as :meth:`assign` does: the reply,
+        and so this call, then comes when a process is assigned to the caller or the
+        wait is over (None). An idle executor sends one request per process that way."""
+        wait = min(max(wait, 0.0), p.MAX_CLAIM_WAIT)
+        if wait == 0:
+            claim = self._connection.seal("claim", p.Claim(colonyname=colonyname), prvkey)
+            body = p.CloseProcess(
+                processid=processid, out=list(output), attempt=attempt, claim=claim
+            )
+            return (await self._call("close", body, prvkey, p.NextProcess)).next
+        async with self._connection.claiming() as alive:
+            held = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
+            claim = self._connection.seal("claim", held, prvkey)
+            body = p.CloseProcess(
+                processid=processid, out=list(output), attempt=attempt, claim=claim
+            )
+            return (await self._call("close", body, prvkey, p.NextProcess, held=wait)).next
 
     async def fail(
         self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0

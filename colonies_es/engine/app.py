@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -171,7 +172,14 @@ class ColoniesApp(Application[str]):
 
     # ------------------------------------------------------------------ commands
 
-    async def handle(self, op: str, data: bytes, now: float, after: int = 0) -> Outcome:
+    async def handle(
+        self,
+        op: str,
+        data: bytes,
+        now: float,
+        after: int = 0,
+        publish: Callable[[Effects, int], Awaitable[None]] | None = None,
+    ) -> Outcome:
         """Decides one signed command; never raises (errors become an Outcome).
 
         ``after`` is the highest stream sequence the client has seen: the command waits
@@ -181,13 +189,38 @@ class ColoniesApp(Application[str]):
 
         A close that carries a sealed claim (``CloseProcess.claim``) is decided first;
         once it succeeded, the claim is decided as the command it is (its own signature,
-        role, replay key and event) and the reply is a :class:`NextProcess`.
+        role, replay key and event) and the reply is a :class:`NextProcess`. The claim's
+        signature is checked while the close waits for the log (a task of its own: the
+        engine's one thread is otherwise idle then), and the requests held for the
+        closed process (``wait_process``) are answered before the claim is decided: both
+        keep the claim off the critical path of whoever waits for the result. The claim
+        may be held (its ``wait``) until work comes: ``publish`` (the service's) is then
+        given the close's effects and sequence before it is decided, so that the end
+        notification and the tickets of what the close made ready do not wait for it.
         """
-        outcome, body = await self._handle_command(op, data, now, after)
+        opened = self._open(op, data, now)
+        if isinstance(opened, Outcome):
+            return opened
+        command, body = opened
         claim = body.claim if isinstance(body, CloseProcess) else b""
-        if not claim or outcome.status != 200:
+        if not claim:
+            return await self._handle_opened(command, body, now, after)
+        opening = asyncio.get_running_loop().create_task(self._open_soon("claim", claim, now))
+        try:
+            outcome = await self._handle_opened(command, body, now, after)
+        finally:
+            opened_claim = await opening
+        if outcome.status != 200:
             return outcome
-        claimed = await self.handle("claim", claim, now, after)
+        await asyncio.sleep(0)  # the close woke wait_process requests: they answer first
+        if publish is not None:
+            await publish(outcome.effects, outcome.sequence)
+            outcome.effects = Effects()
+        claimed = (
+            opened_claim
+            if isinstance(opened_claim, Outcome)
+            else await self._handle_opened(*opened_claim, now, after)
+        )
         if claimed.status == 200:
             reply = b'{"next":' + claimed.body + b"}"
         else:
@@ -198,11 +231,11 @@ class ColoniesApp(Application[str]):
             200, reply, effects=outcome.effects, sequence=max(outcome.sequence, claimed.sequence)
         )
 
-    async def _handle_command(
-        self, op: str, data: bytes, now: float, after: int
-    ) -> tuple[Outcome, Any]:
-        """:meth:`handle` for one command: its outcome, and its body once decoded."""
-        body: Any = None
+    def _open(
+        self, op: str, data: bytes, now: float
+    ) -> tuple[crypto.VerifiedCommand, Any] | Outcome:
+        """The command sent to ``op`` with its decoded body, once its size, signature and
+        freshness checked out (nothing decided yet); else the refusal."""
         try:
             self.quotas.check_command_size(op, len(data))
             if op == colonyos.ENGINE_OP:  # a ColonyOS client's envelope, via the gateway
@@ -212,22 +245,33 @@ class ColoniesApp(Application[str]):
                 command = crypto.open_command(data, now, self.max_skew)
                 if command.op != op:
                     raise crypto.CommandRejected(400, f"command for {command.op!r} sent to {op!r}")
-            body = command.decode_body(HANDLERS[op].body)
+            return command, command.decode_body(HANDLERS[op].body)
         except (crypto.CommandRejected, QuotaExceeded) as error:  # before any decision
-            outcome = Outcome(error.status, message=error.message, sequence=self.state.reached)
-            return outcome, body
+            return Outcome(error.status, message=error.message, sequence=self.state.reached)
+
+    async def _open_soon(
+        self, op: str, data: bytes, now: float
+    ) -> tuple[crypto.VerifiedCommand, Any] | Outcome:
+        """:meth:`_open` as a task's step (it runs when the loop has nothing else to do)."""
+        return self._open(op, data, now)
+
+    async def _handle_opened(
+        self, command: crypto.VerifiedCommand, body: Any, now: float, after: int
+    ) -> Outcome:
+        """:meth:`handle` for one opened command (:meth:`_open`): a copy of a command
+        being handled here waits for that one's outcome; otherwise it is decided once."""
         key = command.replay_key
         running = self._in_flight.get(key)
         if running is not None:  # a copy (a retry) of a command being handled here
             original = await asyncio.shield(running)
-            return dataclasses.replace(original, effects=Effects()), body  # published once
+            return dataclasses.replace(original, effects=Effects())  # published once
         # Registered before the first await: a copy arriving meanwhile waits for this one.
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            outcome = await self._handle_once(op, command, body, now, after)
+            outcome = await self._handle_once(command.op, command, body, now, after)
             future.set_result(outcome)
-            return outcome, body
+            return outcome
         finally:
             del self._in_flight[key]
             if not future.done():

@@ -55,7 +55,8 @@ class HeldClaim:
         self.waiting = True
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.woken.wait(), seconds)
+                async with asyncio.timeout(seconds):  # no task of its own: woken in one step
+                    await self.woken.wait()
         finally:
             self.waiting = False
             self.woken.clear()
@@ -119,7 +120,8 @@ class ProcessEnds:
         waiting.append(ended)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), seconds)
+                async with asyncio.timeout(seconds):  # woken in one step of the loop
+                    await ended.wait()
         finally:
             waiting.remove(ended)
             if not waiting:

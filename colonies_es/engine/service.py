@@ -277,7 +277,13 @@ class Engine:
         arrived = time.perf_counter_ns()
         woken: list[Key] = []  # claims this command's decision woke: no ticket for those
         woken_claims.set(woken)
-        outcome = await self.app.handle(op, request.data, time.time(), _after(request))
+
+        async def publish(effects: Effects, sequence: int) -> None:
+            """A close's effects, before the claim it carries is decided (maybe held)."""
+            await self._apply(effects, sequence, woken)
+            woken.clear()
+
+        outcome = await self.app.handle(op, request.data, time.time(), _after(request), publish)
         if self.metrics is not None:
             self.metrics.command(op, outcome.status, (time.perf_counter_ns() - arrived) / 1e9)
         headers = {SEQUENCE_HEADER: str(outcome.sequence), REPLICA_HEADER: self.replica}
