@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
 from colonies_es import crypto
 from colonies_es.cli.app import main
-from colonies_es.engine.app import ColoniesApp, Outcome
+from colonies_es.engine.app import ColoniesApp, Effects, Outcome
 from colonies_es.protocol import CloseProcess
 
 DROP_RATE = 0.2
@@ -33,7 +34,12 @@ _dropped: set[str] = set()
 
 
 async def _handle_dropping_closes(
-    self: ColoniesApp, op: str, data: bytes, now: float, after: int = 0
+    self: ColoniesApp,
+    op: str,
+    data: bytes,
+    now: float,
+    after: int = 0,
+    publish: Callable[[Effects, int], Awaitable[None]] | None = None,
 ) -> Outcome:
     if op == "close" and _rng.random() < DROP_RATE:
         signed = msgspec.json.decode(data, type=crypto.SignedCommand)
@@ -45,7 +51,7 @@ async def _handle_dropping_closes(
             _dropped.add(close.processid)
             print(f"DROPPED CLOSE {close.processid}", flush=True)
             return Outcome(200, body=b"{}")  # acknowledged, never written
-    return await _handle(self, op, data, now, after)
+    return await _handle(self, op, data, now, after, publish)
 
 
 ColoniesApp.handle = _handle_dropping_closes  # type: ignore[method-assign]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import msgspec
 
 from colonies_es import protocol as p
-from colonies_es.client.connection import Connection
+from colonies_es.client.connection import ATTEMPTS, Connection
 from colonies_es.client.errors import ColoniesError
 from colonies_es.client.read_side import ReadSide
 from colonies_es.models import (
@@ -295,13 +295,14 @@ class AsyncColonies:
                 processid=processid, out=list(output), attempt=attempt, claim=claim
             )
             return (await self._call("close", body, prvkey, p.NextProcess)).next
+        budget = wait + self._connection.timeout / ATTEMPTS  # the close's, then the hold
         async with self._connection.claiming() as alive:
             held = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
             claim = self._connection.seal("claim", held, prvkey)
             body = p.CloseProcess(
                 processid=processid, out=list(output), attempt=attempt, claim=claim
             )
-            return (await self._call("close", body, prvkey, p.NextProcess, held=wait)).next
+            return (await self._call("close", body, prvkey, p.NextProcess, held=budget)).next
 
     async def fail(
         self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0
