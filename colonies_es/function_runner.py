@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import gc
 import inspect
@@ -216,9 +217,11 @@ class FunctionRunner:
         self._conn: multiprocessing.connection.Connection | None = None
         self._stopped = False  # stop() was called during run
         self._watched: tuple[asyncio.AbstractEventLoop, int] | None = None
-        """(loop, fd) where the child's pipe is watched for reading (:meth:`_readable`)."""
-        self._readable_now: asyncio.Future[None] | None = None
-        """What :meth:`_readable` awaits while it waits."""
+        """(loop, fd) where the child's pipe is watched for reading (:meth:`_receive`)."""
+        self._receiving: asyncio.Future[Any] | None = None
+        """What :meth:`_receive` awaits while it waits."""
+        self._unclaimed: collections.deque[Any] = collections.deque()
+        """Messages that came while nothing waited (a run that was cancelled)."""
 
     async def run(self, process: Process, ctx: dict[str, Any], calls: Any) -> RunResult:
         """Run the function of ``process`` in the child (started if needed) and return
@@ -249,9 +252,8 @@ class FunctionRunner:
             conn = self._connection()
             conn.send(job)
         while True:
-            await self._readable(conn)
             try:
-                message = conn.recv()
+                message = await self._receive(conn)
                 if message[0] == "call":  # the function calls its `colonies` client
                     conn.send(await _call_async(calls, *message[1:]))
                     continue
@@ -265,31 +267,42 @@ class FunctionRunner:
             _, output, errors, printed = message
             return RunResult(output=output, errors=errors, printed=printed)
 
-    async def _readable(self, conn: multiprocessing.connection.Connection) -> None:
-        """Until ``conn`` (the child's pipe) has something to read or was closed at the
-        other end. The pipe stays registered with the loop from one function to the
-        next (adding and removing the reader for each message cost two system calls
-        and a tenth of the executor's work per process); when it becomes readable
-        while nothing waits (the child died between functions), it is unregistered
-        until the next wait."""
+    async def _receive(self, conn: multiprocessing.connection.Connection) -> Any:
+        """The child's next message; EOFError (or OSError) once its end is closed.
+
+        The pipe stays registered with the loop from one function to the next (adding
+        and removing the reader for each message cost two system calls and a tenth of
+        the executor's work per process), and each message is read as soon as the loop
+        sees it (:meth:`_on_readable`): read later, by the task it wakes, the loop's
+        next look at the pipe would still find it readable. An end of file seen while
+        nothing waits (the child died between functions) unregisters the pipe."""
+        if self._unclaimed:
+            return self._unclaimed.popleft()
         loop = asyncio.get_running_loop()
         fd = conn.fileno()
         if self._watched != (loop, fd):
             self._unwatch()
-            loop.add_reader(fd, self._on_readable)
+            loop.add_reader(fd, self._on_readable, conn)
             self._watched = (loop, fd)
-        ready = self._readable_now = loop.create_future()
+        received = self._receiving = loop.create_future()
         try:
-            await ready
+            return await received
         finally:
-            self._readable_now = None
+            self._receiving = None
 
-    def _on_readable(self) -> None:
-        ready = self._readable_now
-        if ready is None:  # nothing waits: an end of file, say; not again and again
-            self._unwatch()
-        elif not ready.done():
-            ready.set_result(None)
+    def _on_readable(self, conn: multiprocessing.connection.Connection) -> None:
+        received = self._receiving
+        try:
+            message = conn.recv()
+        except (EOFError, OSError) as error:
+            self._unwatch()  # not again and again
+            if received is not None and not received.done():
+                received.set_exception(error)
+            return
+        if received is not None and not received.done():
+            received.set_result(message)
+        else:
+            self._unclaimed.append(message)
 
     def _unwatch(self) -> None:
         """Stop watching the pipe, before it is closed: at once on the watching loop's
@@ -382,6 +395,7 @@ class FunctionRunner:
         child, conn = self._child, self._conn
         self._child = self._conn = None
         self._unwatch()
+        self._unclaimed.clear()
         if conn is not None:
             conn.close()
         if child is None:
