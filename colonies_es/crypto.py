@@ -119,6 +119,7 @@ def public_key(prvkey: str) -> str:
     return _load_private_key(prvkey).public_key.format(compressed=False).hex()
 
 
+@functools.lru_cache(maxsize=_KEY_CACHE_SIZE)  # pure, and asked for every command checked
 def id_from_public_key(public_key_hex: str) -> str:
     """Return the id (64 lowercase hex) owned by an uncompressed public key.
 
