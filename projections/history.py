@@ -28,11 +28,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Protocol, overload
+from typing import Any, Protocol, cast, overload
 
 import msgspec
 import nats
-from eventsourcing.persistence import Cipher, DataError, Mapper
+from eventsourcing.persistence import Cipher, DataError
 from nats.aio.client import Client as NATS
 
 from colonies_es.domain import (
@@ -59,7 +59,13 @@ from colonies_es.domain import (
 )
 from colonies_es.settings import NatsAccess
 from colonies_es.states import ProcessState
-from colonies_es.store.codec import MsgspecTranscoder, Sealer, decode_envelope, to_stored_event
+from colonies_es.store.codec import (
+    EventMapper,
+    MsgspecTranscoder,
+    Sealer,
+    decode_envelope,
+    to_stored_event,
+)
 from colonies_es.store.jetstream import JetStreamLog, StoredMessage
 
 __all__ = [
@@ -106,7 +112,7 @@ EventSource = NATS | JetStreamLog | SubjectReader
 events fetched through a membership-checked query."""
 
 _DOMAIN_TOPIC_PREFIX = "colonies_es.domain."
-_mapper: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
+_mapper = EventMapper(transcoder=MsgspecTranscoder())
 _MAX_NAMES = 5
 _MAX_TEXT = 80
 
@@ -242,16 +248,22 @@ def decode_event(
         event = _mapper.to_domain_event(to_stored_event(envelope))
     except Exception as error:  # unknown class, undecodable state
         raise Untrusted(f"cannot decode the event: {error}") from None
-    if not isinstance(event, AuditedEvent):
+    fields = _field_names(type(event))
+    if fields is None:
         raise Untrusted(f"{envelope.topic!r} is not an event class")
-    missing = _field_names(type(event)) - vars(event).keys()
-    if missing:
+    if not fields <= vars(event).keys():
+        missing = fields - vars(event).keys()
         raise Untrusted(f"{type(event).__name__} without {', '.join(sorted(missing))}")
-    return event
+    return cast(AuditedEvent, event)
 
 
 @cache
-def _field_names(cls: type[AuditedEvent]) -> frozenset[str]:
+def _field_names(cls: type[Any]) -> frozenset[str] | None:
+    """The fields of event class ``cls``; None if it is not one of this system's events
+    (found once per class: ``isinstance`` on an event class goes through its ABC
+    metaclass)."""
+    if not issubclass(cls, AuditedEvent):
+        return None
     return frozenset(field.name for field in dataclasses.fields(cls))
 
 
