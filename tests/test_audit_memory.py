@@ -5,7 +5,9 @@ one process or workers) lets an ended graph leave memory and keeps only the payl
 the events applied to it, in a temporary file. When a later event names such a graph
 (an honest removal, or something forged onto its subject), the graph is rebuilt from
 them, so the findings are exactly those of an auditor keeping everything in memory.
-Offline: the log's real signed and sealed messages, given to the auditors in log order.
+Plans of submitted workflows are remembered by command body, which must not hide a
+graph that differs from its command. Offline: the log's real signed and sealed
+messages, given to the auditors in log order.
 """
 
 from __future__ import annotations
@@ -102,3 +104,40 @@ def test_ended_graphs_leave_memory_and_are_rebuilt_exactly_when_named_again(
     assert whole.aggregates.resident == graphs + 1  # every graph and the colony
     assert spilled.aggregates.resident == 1  # the colony: every graph had ended
     assert spilled.aggregates.spilled >= graphs + 1  # the removed one left twice
+
+
+def test_a_remembered_plan_still_finds_a_graph_that_is_not_the_submitted_one() -> None:
+    """Every workflow of the log is the same (one body): its plan is made once and
+    remembered; a graph recorded with other processes for that very command is found."""
+    log = AuditLog.make(700, os.urandom(32))
+    events = [decode_event(message) for message in messages_of(log)]
+    index, submitted = next(
+        (i, e) for i, e in enumerate(events) if isinstance(e, GraphSubmitted) and i > 40
+    )
+    processes = [dict(process) for process in submitted.processes]
+    processes[0]["spec"] = {**processes[0]["spec"], "args": ["not", "submitted"]}
+    subject = log.payloads[index][0]
+    other = subject.replace(submitted.processgraphid[:8], "0" * 8)
+    log.payloads.append(
+        sealed_copy(
+            log,
+            submitted,
+            other,
+            originator_id=other.removeprefix("colonies.ev."),
+            processgraphid=other.rsplit(".", 1)[1],
+            processes=processes,
+        )
+    )
+
+    auditor = audited(log, spill=True)
+
+    assert [(f.sequence, f.reasons) for f in auditor.report.findings] == [
+        (
+            len(log.payloads),
+            [
+                f"its command was already used by the event at sequence {index + 1}",
+                "its processes are not the ones the command submitted",
+            ],
+        )
+    ]
+    assert len(auditor._plans) == 1
