@@ -19,6 +19,7 @@ from eventsourcing.persistence import (
     DataError,
     Mapper,
     MapperDeserialisationError,
+    Notification,
     StoredEvent,
     Transcoding,
     TranscodingNotRegisteredError,
@@ -32,6 +33,7 @@ from colonies_es.store.codec import (
     MsgspecTranscoder,
     decode_envelope,
     encode_envelope,
+    to_notification,
     to_stored_event,
 )
 
@@ -319,3 +321,24 @@ def test_the_event_mapper_refuses_state_that_does_not_decrypt_as_the_library_doe
 
     with pytest.raises(MapperDeserialisationError, match="Failed to deserialise"):
         EventMapper(transcoder=MsgspecTranscoder(), cipher=cipher).to_domain_event(event)
+
+
+def test_notifications_and_stored_events_from_envelopes_are_the_librarys_frozen_dataclasses() -> (
+    None
+):
+    stored = StoredEvent("c.graph.x", 3, "colonies_es.domain:Event", b"state")
+    envelope = decode_envelope(encode_envelope(stored))
+
+    notification = to_notification(envelope, 42)
+
+    assert notification == Notification(
+        originator_id="c.graph.x",
+        originator_version=3,
+        topic="colonies_es.domain:Event",
+        state=b"state",
+        id=42,
+    )
+    assert to_stored_event(envelope) == stored
+    assert hash(to_stored_event(envelope)) == hash(stored)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        notification.id = 43  # type: ignore[misc]

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -59,6 +59,8 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
         """The originator id with the type it was recorded with."""
         return self.uuid if self.uuid is not None else (self.name or "")
 
+
+_Frozen = TypeVar("_Frozen", StoredEvent, Notification)
 
 _envelope_encoder = msgspec.msgpack.Encoder()
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
@@ -152,22 +154,40 @@ def decode_envelope(payload: bytes) -> Envelope:
 
 
 def to_stored_event(envelope: Envelope) -> StoredEvent:
-    return StoredEvent(
-        originator_id=envelope.originator_id,
-        originator_version=envelope.originator_version,
-        topic=envelope.topic,
-        state=envelope.state,
+    """The stored event an envelope holds."""
+    return _frozen(
+        StoredEvent,
+        {
+            "originator_id": envelope.originator_id,
+            "originator_version": envelope.originator_version,
+            "topic": envelope.topic,
+            "state": envelope.state,
+        },
     )
 
 
 def to_notification(envelope: Envelope, sequence: int) -> Notification:
-    return Notification(
-        id=sequence,
-        originator_id=envelope.originator_id,
-        originator_version=envelope.originator_version,
-        topic=envelope.topic,
-        state=envelope.state,
+    """The notification of the envelope at stream sequence ``sequence``."""
+    return _frozen(
+        Notification,
+        {
+            "originator_id": envelope.originator_id,
+            "originator_version": envelope.originator_version,
+            "topic": envelope.topic,
+            "state": envelope.state,
+            "id": sequence,
+        },
     )
+
+
+def _frozen(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:
+    """An instance of the frozen dataclass ``cls`` with ``fields`` (all of them), made as
+    eventsourcing's mapper makes events: without the generated ``__init__``, whose
+    ``object.__setattr__`` per field cost most of a notification (every event read pays
+    it, in the engine's follower and in the projector's loop thread)."""
+    instance = object.__new__(cls)
+    object.__setattr__(instance, "__dict__", fields)
+    return instance
 
 
 # msgpack extension type codes used by the transcoder.
