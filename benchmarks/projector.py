@@ -76,8 +76,6 @@ WORKFLOW_EVENTS = 5
 CONCURRENT = 20
 """Small workflows running side by side (their events interleave in the log)."""
 CATCH_UP_TIMEOUT = 600.0
-POLL = 0.05
-"""Seconds between two looks at the view's position (a rebuild takes seconds)."""
 
 TARGETS = [
     Target("rebuild", "raw_replay", 0.30),
@@ -268,11 +266,9 @@ async def _catch_up(url: str, seal_key: str, db: Path, last: int) -> Sample:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(run_projector, settings)
         with anyio.fail_after(CATCH_UP_TIMEOUT):
-            # The view's file is the projector's only outside signal of progress: poll it,
-            # every POLL seconds (each poll opens the file: at 0.01 s, the polls cost
-            # 2-12 us of this process's CPU per event, counted as the rebuild's).
+            # The view's file is the projector's only outside signal of progress: poll it.
             while await anyio.to_thread.run_sync(view_position, db) < last:  # noqa: ASYNC110
-                await anyio.sleep(POLL)
+                await anyio.sleep(0.01)
         seconds = time.perf_counter() - started
         tasks.cancel_scope.cancel()
     return Sample(last, seconds)
