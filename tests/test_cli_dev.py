@@ -297,7 +297,7 @@ async def test_dev_uses_nats_conf_from_the_working_directory(
 
 def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    dev = start_dev("--data-dir", str(data_dir), "--port", "0", cwd=tmp_path)
+    dev = start_dev("--data-dir", str(data_dir), "--port", "0", "--concurrency", "2", cwd=tmp_path)
     url = dev.expect(r"listening on (nats://\S+)", timeout=STARTUP).group(1)
     gateway = dev.expect(r"ColonyOS gateway \(pycolonies\) on (http://\S+)", timeout=STARTUP)
     dev.expect(r"engine ready", timeout=STARTUP)
@@ -334,6 +334,7 @@ def test_dev_runs_the_whole_stack_for_the_examples(start_dev: StartDev, tmp_path
     example = run_sourced(env_file, sys.executable, str(EXAMPLES / "workflow_example.py"))
     assert example.returncode == 0, example.stderr
     assert example.stdout.splitlines()[-1] == "Result: 3"
+    assert ", 2 at a time" in (data_dir / "executor.log").read_text()  # --concurrency 2
     pycolonies = EXAMPLES / "pycolonies" / "workflow_example.py"  # same dev.env, over HTTP
     example = run_sourced(env_file, sys.executable, str(pycolonies))
     assert example.returncode == 0, example.stderr
