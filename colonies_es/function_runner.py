@@ -34,6 +34,7 @@ import linecache
 import logging
 import multiprocessing
 import multiprocessing.connection
+import pickle
 import signal
 import traceback
 import types
@@ -245,17 +246,17 @@ class FunctionRunner:
         conn = self._connection()
         self._stopped = False
         try:
-            conn.send(job)
+            _send(conn, job)
         except OSError:  # the child died since its last function (EPIPE): a new one
             self._reap()
             await asyncio.to_thread(self.start)
             conn = self._connection()
-            conn.send(job)
+            _send(conn, job)
         while True:
             try:
                 message = await self._receive(conn)
                 if message[0] == "call":  # the function calls its `colonies` client
-                    conn.send(await _call_async(calls, *message[1:]))
+                    _send(conn, await _call_async(calls, *message[1:]))
                     continue
             except (EOFError, OSError):
                 code = self._reap()
@@ -407,6 +408,14 @@ class FunctionRunner:
         return code
 
 
+def _send(conn: multiprocessing.connection.Connection, message: object) -> None:
+    """Send ``message`` to the other end of the pipe, which reads it with ``recv``: a
+    plain pickle (``conn.send`` makes a ``ForkingPickler``, which copies the copyreg
+    table for each message: 2.1 against 0.4 us for a job; what crosses here is data,
+    never a socket or a file descriptor for which its reducers are there)."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
 async def _call_async(
     client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, ...]:
@@ -439,7 +448,7 @@ class ParentClient:
             raise AttributeError(method)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._conn.send(("call", method, args, kwargs))
+            _send(self._conn, ("call", method, args, kwargs))
             answer = self._conn.recv()
             if answer[0] == "ok":
                 return answer[1]
@@ -477,7 +486,7 @@ def _serve(conn: multiprocessing.connection.Connection, globals_: dict[str, Any]
         text = printed.getvalue()
         if len(text) > MAX_PRINTED:
             text = text[: MAX_PRINTED - 40] + "\n... (cut: the function printed more)\n"
-        conn.send(("done", output, errors, text))
+        _send(conn, ("done", output, errors, text))
 
 
 def _job(process: Process, ctx: dict[str, Any]) -> tuple[bytes, dict[str, Any], bool]:
