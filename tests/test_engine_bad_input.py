@@ -401,7 +401,7 @@ def test_a_command_whose_event_would_be_too_large_is_a_client_error(stack: Stack
 def test_a_workflow_whose_event_could_not_be_read_back_is_refused_and_writes_nothing(
     stack: Stack,
 ) -> None:
-    """760 one-line functions fit in a command and in the server's max_payload, but their
+    """900 one-line functions fit in a command and in the server's max_payload, but their
     GraphSubmitted event would be too big for the read side's replies (history, audit,
     the UI): refused with 400 and a message saying why, before anything is written;
     700 go through and their history reads back."""
@@ -419,7 +419,7 @@ def test_a_workflow_whose_event_could_not_be_read_back_is_refused_and_writes_not
         return Workflow(colonyname=colony.name, functionspecs=specs)
 
     with nothing_written(stack.nats.url), pytest.raises(ColoniesError) as refused:
-        stack.client.submit_workflow(workflow(760), colony.owner_prvkey)
+        stack.client.submit_workflow(workflow(900), colony.owner_prvkey)
     assert refused.value.status == 400
     assert "could not read it back in one reply" in str(refused.value)
     graph = stack.client.submit_workflow(workflow(700), colony.owner_prvkey)
