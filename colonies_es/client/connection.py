@@ -16,9 +16,8 @@ affinity": :class:`Affinity`), which then waits for nothing; when it does not an
 the queue group.
 
 Replies come back on one wildcard subscription of the connection's own inbox, each
-request named by a counter (:class:`_ReplyInbox`): nats-py's ``request`` draws a NUID and
-random bytes, adds a done-callback and waits through ``asyncio.wait_for`` for each, about
-a third of its client-side cost per command.
+request named by a counter (:class:`~colonies_es.reply_inbox.ReplyInbox`), cheaper than
+nats-py's ``request``.
 
 A claim the engine may hold (protocol.py, "Work") names where the engine asks whether it
 still waits before assigning it work that came meanwhile: :meth:`Connection.claiming`
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -51,6 +49,7 @@ from colonies_es.protocol import (
     api_subject,
     replica_subject,
 )
+from colonies_es.reply_inbox import ReplyInbox
 from colonies_es.settings import NatsAccess
 
 __all__ = ["Affinity", "Connection"]
@@ -139,7 +138,7 @@ class Connection:
         self._follows_replicas = affinity
         self._claims: set[str] = set()  # tokens of the claims waiting for a reply
         self._alive: tuple[NATS, Subscription, str] | None = None  # (its connection, it, inbox)
-        self._replies: _ReplyInbox | None = None  # of the connection it was made on
+        self._replies: ReplyInbox | None = None  # of the connection it was made on
 
     @property
     def sequence(self) -> int:
@@ -254,7 +253,7 @@ class Connection:
         the same bytes go to the queue group, and the replica is forgotten."""
         affinity = self.affinity
         direct = affinity.preferred is not None and subject == api_subject(op)
-        replies = await self._reply_inbox(nc)
+        replies = self._reply_inbox(nc)
         seconds = _attempt_timeout(self.timeout, held)
         for attempt in range(1, ATTEMPTS + 1):
             if direct and affinity.preferred is not None:
@@ -278,12 +277,11 @@ class Connection:
                 log.info("no reply to %r in %.1f s: sending it again", op, seconds)
         raise AssertionError("unreachable")
 
-    async def _reply_inbox(self, nc: NATS) -> _ReplyInbox:
-        """The reply inbox of ``nc`` (subscribed on first use, again for a new connection)."""
+    def _reply_inbox(self, nc: NATS) -> ReplyInbox:
+        """The reply inbox of ``nc`` (a new one for a new connection)."""
         replies = self._replies
         if replies is None or replies.nc is not nc:
-            replies = await _ReplyInbox.subscribed(nc)
-            self._replies = replies
+            replies = self._replies = ReplyInbox(nc)
         return replies
 
     @contextlib.asynccontextmanager
@@ -340,59 +338,6 @@ class Connection:
                 await nc.close()
             except (OSError, TimeoutError, nats.errors.Error) as error:
                 log.debug("closing the NATS connection to %s: %r", self.url, error)
-
-
-class _ReplyInbox:
-    """Requests of one NATS connection whose replies come to one wildcard subscription
-    under its inbox (``<inbox>.<n>``, ``n`` a counter), each awaited on a future of its
-    own with a timer: what ``nc.request`` does, without its per-request NUID, random
-    bytes, done-callback and ``asyncio.wait_for``."""
-
-    def __init__(self, nc: NATS, prefix: str) -> None:
-        self.nc = nc
-        self._prefix = prefix + "."
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._numbers = itertools.count()
-
-    @classmethod
-    async def subscribed(cls, nc: NATS) -> _ReplyInbox:
-        """An inbox of ``nc`` whose subscription is in place before the first request."""
-        prefix = nc.new_inbox()
-        replies = cls(nc, prefix)
-        await nc.subscribe(f"{prefix}.*", cb=replies._answered)
-        return replies
-
-    async def request(
-        self, subject: str, payload: bytes, headers: dict[str, str], seconds: float
-    ) -> Msg:
-        """Publish ``payload`` on ``subject`` and return the reply. Raises nats-py's
-        ``TimeoutError`` when none came within ``seconds``, ``NoRespondersError`` when
-        nothing listens on ``subject``, and what ``publish`` raises (``MaxPayloadError``,
-        a closed connection...)."""
-        loop = asyncio.get_running_loop()
-        token = str(next(self._numbers))
-        reply: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = reply
-        timer = loop.call_later(seconds, _time_out, reply)
-        try:
-            await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            msg = await reply
-        finally:
-            timer.cancel()
-            del self._waiting[token]
-        if msg.headers and msg.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        return msg
-
-    async def _answered(self, msg: Msg) -> None:
-        reply = self._waiting.get(msg.subject[len(self._prefix) :])
-        if reply is not None and not reply.done():
-            reply.set_result(msg)
-
-
-def _time_out(reply: asyncio.Future[Msg]) -> None:
-    if not reply.done():
-        reply.set_exception(nats.errors.TimeoutError())
 
 
 def _is_token(replica: str) -> bool:

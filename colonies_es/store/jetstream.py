@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,6 +36,8 @@ import nats.errors
 from eventsourcing.persistence import DataError, IntegrityError, OperationalError, ProgrammingError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+from colonies_es.reply_inbox import ReplyInbox
 
 MAX_ATOMIC_BATCH = 1000
 """The server's limit of messages in one atomic batch (ADR-50)."""
@@ -212,7 +213,7 @@ class JetStreamLog:
         self.timeout = timeout
         self._version_of = version_of
         self._heads: dict[str, tuple[int, int]] = {}  # subject -> (version, sequence)
-        self._acks: _AckInbox | None = None  # made by the first append
+        self._acks: ReplyInbox | None = None  # made by the first append
 
     def rebound(self, nc: NATS) -> JetStreamLog:
         """This log on another connection (and so that connection's event loop), sharing
@@ -345,9 +346,9 @@ class JetStreamLog:
                 await self.nc.publish(entry.subject, entry.payload, headers=headers)
             entry, headers = messages[-1]
             if self._acks is None or self._acks.nc is not self.nc:
-                self._acks = _AckInbox(self.nc)
+                self._acks = ReplyInbox(self.nc)
             reply = await self._acks.request(entry.subject, entry.payload, headers, self.timeout)
-            return _pub_ack.decode(reply)
+            return _pub_ack.decode(reply.data)
         except nats.errors.MaxPayloadError as error:
             raise DataError(f"event over the server's max_payload: {error}") from error
         except nats.errors.NoRespondersError as error:
@@ -613,56 +614,6 @@ class JetStreamLog:
         reply = await self._request(f"$JS.API.{endpoint}", payload)
         decoded: dict[str, Any] = msgspec.json.decode(reply.data)
         return decoded
-
-
-class _AckInbox:
-    """Publishes with a reply inbox and waits for the one answer: ``nc.request`` for the
-    append path, cheaper. One wildcard subscription of the connection's inbox prefix
-    takes the answers; a request is named by a counter (nats-py's request draws a NUID
-    and random bytes per request and waits through ``asyncio.wait_for``, together about
-    a third of an append's client-side cost)."""
-
-    def __init__(self, nc: NATS) -> None:
-        self.nc = nc
-        self._prefix = ""
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._numbers = itertools.count()
-
-    async def request(
-        self, subject: str, payload: bytes, headers: dict[str, str], seconds: float
-    ) -> bytes:
-        """The answer's payload; nats-py's ``TimeoutError`` when none came in
-        ``seconds``, ``NoRespondersError`` when nothing listens on ``subject``."""
-        if not self._prefix:
-            prefix = self.nc.new_inbox()
-            await self.nc.subscribe(f"{prefix}.*", cb=self._answered)
-            self._prefix = prefix
-        loop = asyncio.get_running_loop()
-        token = str(next(self._numbers))
-        answer: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = answer
-        timer = loop.call_later(seconds, _time_out, answer)
-        try:
-            await self.nc.publish(
-                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
-            )
-            msg = await answer
-        finally:
-            timer.cancel()
-            del self._waiting[token]
-        if msg.headers and msg.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        return msg.data
-
-    async def _answered(self, msg: Msg) -> None:
-        answer = self._waiting.get(msg.subject.rpartition(".")[2])
-        if answer is not None and not answer.done():
-            answer.set_result(msg)
-
-
-def _time_out(answer: asyncio.Future[Msg]) -> None:
-    if not answer.done():
-        answer.set_exception(nats.errors.TimeoutError())
 
 
 def _header_size(headers: dict[str, str]) -> int:
