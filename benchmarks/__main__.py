@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="peers group: measure this project's side only (faster, for iterating)",
     )
+    parser.add_argument(
+        "--one-executor",
+        action="store_true",
+        help="peers group: one python executor running 4 functions at a time (Celery's "
+        "layout: one process taking work for 4 children) instead of 4 executors of one",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.groups if name not in GROUPS]
     if unknown:
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_dir=args.peer_dir,
         install_peer=args.install_peer,
         no_peer=args.no_peer,
+        one_executor=args.one_executor,
     )
 
     reports: list[Report] = []

@@ -32,14 +32,15 @@ RESULTS_DIR = Path(__file__).parent / "results"
 @dataclass(frozen=True)
 class Options:
     """How a group should run: ``quick`` shrinks the work, ``runs`` repeats each rate.
-    ``peer_dir``, ``install_peer`` and ``no_peer`` concern the peers group only (see
-    :mod:`benchmarks.peers`)."""
+    ``peer_dir``, ``install_peer``, ``no_peer`` and ``one_executor`` concern the peers
+    group only (see :mod:`benchmarks.peers`)."""
 
     quick: bool = False
     runs: int = 3
     peer_dir: Path | None = None
     install_peer: bool = False
     no_peer: bool = False
+    one_executor: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,11 @@ the venv ``build/peers/celery-venv`` that ``--install-peer`` creates (it downloa
 ``celery[redis]`` from PyPI; a plain run never downloads). ``redis-server`` must be on the
 PATH. Without the peer, this project's side is measured and the missing piece named.
 
-Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer] [--no-peer]``
-(``--no-peer``: this project's side only, to iterate on a change).
+Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer] [--no-peer]
+[--one-executor]`` (``--no-peer``: this project's side only, to iterate on a change;
+``--one-executor``: one executor running :data:`CONCURRENCY` functions at a time, as
+Celery's one worker with its prefork children, instead of :data:`CONCURRENCY` executors
+of one: it wakes once for several messages, so it costs less CPU per process).
 """
 
 from __future__ import annotations
@@ -301,7 +304,8 @@ def role_of(pid: int) -> str:
 
 class DevStack:
     """``colonies dev`` as a user starts it, in a data directory of its own: NATS
-    authorization on, :data:`CONCURRENCY` python executors, no web UI, free ports."""
+    authorization on, :data:`CONCURRENCY` python executors (or one that runs
+    :data:`CONCURRENCY` functions at a time), no web UI, free ports."""
 
     def __init__(self, process: subprocess.Popen[bytes], settings: Settings) -> None:
         self.process = process
@@ -313,8 +317,10 @@ class DevStack:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, directory: Path) -> Iterator[DevStack]:
-        """The stack, running until the block ends (then stopped as Ctrl-C stops it)."""
+    def started(cls, directory: Path, one_executor: bool = False) -> Iterator[DevStack]:
+        """The stack, running until the block ends (then stopped as Ctrl-C stops it);
+        with ``one_executor``, one executor of :data:`CONCURRENCY` workers."""
+        executors, workers = (1, CONCURRENCY) if one_executor else (CONCURRENCY, 1)
         data_dir = directory / "dev"
         log_file = directory / "colonies-dev.log"
         command = [
@@ -328,7 +334,9 @@ class DevStack:
             "0",
             "--no-ui",
             "--executors",
-            str(CONCURRENCY),
+            str(executors),
+            "--concurrency",
+            str(workers),
             "--data-dir",
             str(data_dir),
         ]
@@ -958,6 +966,7 @@ def run(options: Options) -> Report:
             "concurrency": CONCURRENCY,
             "submit_window": SUBMIT_WINDOW,
             "stack": "colonies dev (NATS authorization on), python executors",
+            "executors": f"1 x {CONCURRENCY}" if options.one_executor else f"{CONCURRENCY} x 1",
         },
         environment=environment(),
     )
@@ -969,7 +978,7 @@ def run(options: Options) -> Report:
         print(f"  Celery + Redis: {peer.directory}/run.sh with {peer.python}", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="colonies-bench-peers-") as tmp,
-        DevStack.started(Path(tmp)) as stack,
+        DevStack.started(Path(tmp), options.one_executor) as stack,
     ):
         authorization = bool(stack.settings.nats.nkey_file)
         report.parameters["nats_authorization"] = authorization
