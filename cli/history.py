@@ -64,6 +64,7 @@ from colonies_es.encryption import cipher_of
 from colonies_es.projections.audit import (
     AuditReport,
     Authorities,
+    SpillFailed,
     export_lines,
     verify,
     verify_graph,
@@ -682,6 +683,8 @@ def _reading(server: Server) -> Iterator[None]:
         fail(f"cannot read the event log at {server.url}: {error}")
     except SettingsError as error:
         fail(str(error), status=2)
+    except SpillFailed as error:  # the audit's own files, not the log
+        fail(str(error))
 
 
 class _IgnoredMessages(logging.Handler):

@@ -131,6 +131,7 @@ __all__ = [
     "Auditor",
     "Authorities",
     "Finding",
+    "SpillFailed",
     "export_lines",
     "verify",
     "verify_graph",
@@ -238,6 +239,26 @@ class AuditReport:
 _ENDED_STATES = frozenset({ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED})
 
 
+class SpillFailed(Exception):
+    """The temporary files keeping ended graphs failed (a full disk, an unwritable
+    temporary directory): the message says which directory and why."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(
+            f"the audit's temporary files in {tempfile.gettempdir()} failed: {error} "
+            "(TMPDIR chooses where they go)"
+        )
+
+
+@contextlib.contextmanager
+def _spilling() -> Iterator[None]:
+    """Turns a failure of the temporary files into :class:`SpillFailed`."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as error:
+        raise SpillFailed(error) from error
+
+
 class Aggregates:
     """The aggregates an :class:`Auditor` built, by originator id, and how events are
     applied to them.
@@ -273,16 +294,19 @@ class Aggregates:
         """Bits set from the hash of each id written: an id whose bits are not all set
         was never written, so looking for it in the file is spared (new graphs)."""
         if spill:
-            self._ended = sqlite3.connect("", isolation_level=None)  # "": a temporary file
-            self._ended.execute("PRAGMA journal_mode = OFF")
-            self._ended.execute("PRAGMA synchronous = OFF")
-            self._ended.execute(
-                "CREATE TABLE ended (id TEXT PRIMARY KEY, offset INTEGER, length INTEGER)"
-                " WITHOUT ROWID"
-            )
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+            with _spilling():
+                self._open_files()
         self.spilled = 0
         """How many times an ended graph left memory."""
+
+    def _open_files(self) -> None:
+        self._ended = sqlite3.connect("", isolation_level=None)  # "": a temporary file
+        self._ended.execute("PRAGMA journal_mode = OFF")
+        self._ended.execute("PRAGMA synchronous = OFF")
+        self._ended.execute(
+            "CREATE TABLE ended (id TEXT PRIMARY KEY, offset INTEGER, length INTEGER) WITHOUT ROWID"
+        )
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
 
     @property
     def resident(self) -> int:
@@ -343,12 +367,13 @@ class Aggregates:
         if self._ended is None or self._file is None or not self._unwritten:
             return
         rows = []
-        for key, payloads in self._unwritten.items():
-            data = _encode(payloads)
-            rows.append((key, self._file.tell(), len(data)))
-            self._file.write(data)
-        self._file.flush()
-        self._ended.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?)", rows)
+        with _spilling():
+            for key, payloads in self._unwritten.items():
+                data = _encode(payloads)
+                rows.append((key, self._file.tell(), len(data)))
+                self._file.write(data)
+            self._file.flush()
+            self._ended.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?)", rows)
         for key in self._unwritten:
             for bit in _filter_bits(key):
                 self._written[bit >> 3] |= 1 << (bit & 7)
@@ -357,8 +382,11 @@ class Aggregates:
     def close(self) -> None:
         """Deletes the file of ended graphs (the aggregates are not read after this)."""
         if self._ended is not None and self._file is not None:
-            self._ended.close()
-            self._file.close()
+            # They are discarded: a failure to flush them (a full disk) does not matter.
+            with contextlib.suppress(OSError, sqlite3.Error):
+                self._ended.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
 
     def _payloads_of_ended(self, originator_id: str) -> list[bytes]:
         """The payloads of the events applied to an ended graph (empty: none)."""
@@ -369,12 +397,13 @@ class Aggregates:
             return []
         if not all(self._written[bit >> 3] >> (bit & 7) & 1 for bit in _filter_bits(originator_id)):
             return []  # never written: a new graph (nearly always), spared a look-up
-        row = self._ended.execute(
-            "SELECT offset, length FROM ended WHERE id = ?", (originator_id,)
-        ).fetchone()
-        if row is None:
-            return []
-        return _decode_payloads(os.pread(self._file.fileno(), row[1], row[0]))
+        with _spilling():
+            row = self._ended.execute(
+                "SELECT offset, length FROM ended WHERE id = ?", (originator_id,)
+            ).fetchone()
+            if row is None:
+                return []
+            return _decode_payloads(os.pread(self._file.fileno(), row[1], row[0]))
 
 
 _WRITE_BATCH = 256
@@ -1144,11 +1173,15 @@ def _audit_shares(connection: Connection, audit: _AuditSettings) -> None:
     # written to disk), and what is left after it (the running graphs, the commands)
     # is frozen, out of later scans, which otherwise grow with it.
     gc.disable()
-    with contextlib.suppress(EOFError, BrokenPipeError):  # the auditing process is gone
+    try:
         while data := connection.recv_bytes():
             connection.send_bytes(_encode(_audit_share(auditor, _decode_share(data))))
             gc.collect()
             gc.freeze()
+    except (EOFError, BrokenPipeError):  # the auditing process is gone
+        pass
+    except SpillFailed:  # no traceback: the auditing process, alone, says why
+        os._exit(1)
     auditor.aggregates.close()
 
 

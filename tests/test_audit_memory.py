@@ -5,6 +5,7 @@ one process or workers) lets an ended graph leave memory and keeps only the payl
 the events applied to it, in a temporary file. When a later event names such a graph
 (an honest removal, or something forged onto its subject), the graph is rebuilt from
 them, so the findings are exactly those of an auditor keeping everything in memory.
+When those files fail (a full disk), the audit ends with one line saying so.
 Plans of submitted workflows are remembered by command body, which must not hide a
 graph that differs from its command. Offline: the log's real signed and sealed
 messages, given to the auditors in log order.
@@ -12,15 +13,23 @@ messages, given to the auditors in log order.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 
 import pytest
 from eventsourcing.persistence import Mapper
 
-from benchmarks.audit import AuditLog, _Clock, _Writer
+from benchmarks.audit import AuditLog, _Clock, _write_log, _Writer
 from colonies_es import crypto
 from colonies_es.domain import GraphSubmitted, ProcessClosed, ProcessGraph
+from colonies_es.embedded import NatsServer
 from colonies_es.projections import audit
 from colonies_es.projections.audit import Auditor
 from colonies_es.projections.history import decode_event
@@ -141,3 +150,33 @@ def test_a_remembered_plan_still_finds_a_graph_that_is_not_the_submitted_one() -
         )
     ]
     assert len(auditor._plans) == 1
+
+
+def limited_file_size() -> None:
+    """In the child: files may not grow past 1 MB (a write beyond fails with EFBIG
+    instead of killing the process with SIGXFSZ): a full disk, as the audit sees it."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_temporary_files_that_fail_end_the_audit_with_one_line(
+    nats_server_factory: Callable[..., NatsServer],
+) -> None:
+    log = AuditLog.make(2_100, os.urandom(32))  # 300 graphs: a batch is written
+    server = nats_server_factory()
+    asyncio.run(_write_log(server.url, log.payloads))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLONIES_")}
+    command = [sys.executable, "-m", "colonies_es.cli", "audit", "verify", "--port"]
+    command += [str(server.port), "--seal-key", log.seal_key.hex()]
+    command += ["--server-id", log.authorities.server_id]
+
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, preexec_fn=limited_file_size
+    )
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "temporary files" in line]
+    assert len(lines) == 1, done.stderr
+    assert f"the audit's temporary files in {tempfile.gettempdir()} failed" in lines[0]
+    assert "File too large" in lines[0]
