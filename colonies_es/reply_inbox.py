@@ -17,7 +17,15 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-__all__ = ["ReplyInbox"]
+__all__ = ["ConnectionInterrupted", "ReplyInbox"]
+
+
+class ConnectionInterrupted(nats.errors.TimeoutError):
+    """The connection was lost and made again while the request waited: its reply, if
+    any, went to the old connection. A timeout, only earlier: send the request again."""
+
+    def __str__(self) -> str:
+        return "nats: the connection was interrupted while waiting for the reply"
 
 
 class ReplyInbox:
@@ -60,6 +68,13 @@ class ReplyInbox:
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
         return msg
+
+    def interrupted(self) -> None:
+        """The connection came back after a loss: every request still waiting fails at
+        once with :class:`ConnectionInterrupted` instead of waiting out its timeout."""
+        for reply in self._waiting.values():
+            if not reply.done():
+                reply.set_exception(ConnectionInterrupted())
 
     async def _answered(self, msg: Msg) -> None:
         reply = self._waiting.get(msg.subject.rpartition(".")[2])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import signal
 import threading
@@ -193,6 +194,43 @@ async def test_the_client_carries_on_after_nats_restarts(
         assert engine.ops()[-1] == "del_colony"
         assert engine.received[-1][2] == {"colonyname": "after"}
         await nc.close()
+
+
+async def test_a_request_the_connection_loss_interrupted_is_sent_again_at_once(
+    nats_server_factory: Callable[..., NatsServer],
+) -> None:
+    """A held claim waits for its reply up to its hold (10 s, then 1 s of margin). When
+    NATS restarts meanwhile, that reply can never come: the client sends the same signed
+    claim again as soon as its connection is back (it reconnects every 0.5 s), not once
+    the hold is over."""
+    nats_server = nats_server_factory()
+    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.05)
+    claims: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def hold_forever(msg: Msg) -> None:  # an engine that never answers
+        claims.append(msg.data)
+        arrived.set()
+
+    await nc.subscribe("colonies.api.*", queue=ENGINE_QUEUE_GROUP, cb=hold_forever)
+    await nc.flush()
+    async with AsyncColonies(servers=[nats_server.url], timeout=10) as colonies:
+        assigning = asyncio.create_task(colonies.assign("c1", 30, KEY))
+        await asyncio.wait_for(arrived.wait(), 10)
+        arrived.clear()
+        restarted = time.monotonic()
+        nats_server.kill()
+        nats_server.start()
+        await asyncio.wait_for(arrived.wait(), 15)
+
+        assert time.monotonic() - restarted < 5, "sent again only when its hold was over"
+        assert len(claims) == 2
+        assert claims[1] == claims[0]  # the same signed bytes: the engine replays it
+        assert not assigning.done()
+        assigning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await assigning
+    await nc.close()
 
 
 # ---------------------------------------------------------------------------- the wire

@@ -49,7 +49,7 @@ from colonies_es.protocol import (
     api_subject,
     replica_subject,
 )
-from colonies_es.reply_inbox import ReplyInbox
+from colonies_es.reply_inbox import ConnectionInterrupted, ReplyInbox
 from colonies_es.settings import NatsAccess
 
 __all__ = ["Affinity", "Connection"]
@@ -175,6 +175,7 @@ class Connection:
                     **options,
                     name="colonies-es client",
                     error_cb=self._remember_error,
+                    reconnected_cb=self._reconnected,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
                 ),
@@ -188,6 +189,13 @@ class Connection:
                 f"cannot connect to NATS at {self.url} within {self.timeout} s: {_describe(reason)}"
             ) from error
         return nc
+
+    async def _reconnected(self) -> None:
+        """nats-py's reconnection callback: replies to requests sent before the loss will
+        not come (the engine answered the old connection, or never got them), so those
+        requests are sent again now rather than after their timeout."""
+        if self._replies is not None:
+            self._replies.interrupted()
 
     async def _remember_error(self, error: Exception) -> None:
         """nats-py's error callback: keep the latest error to explain a failure with."""
@@ -246,7 +254,9 @@ class Connection:
 
     async def _request(self, nc: NATS, subject: str, op: str, data: bytes, held: float) -> Msg:
         """Sends the signed ``data`` up to :data:`ATTEMPTS` times until a reply comes;
-        raises the last attempt's ``nats.errors.TimeoutError`` if none does.
+        raises the last attempt's ``nats.errors.TimeoutError`` if none does. A request
+        the connection's loss interrupted is sent again at once, without counting as an
+        attempt (at most :data:`ATTEMPTS` times).
 
         A command (``colonies.api.<op>``) goes first to the preferred replica
         (:class:`Affinity`); if that one has no responder or does not answer in time,
@@ -255,7 +265,8 @@ class Connection:
         direct = affinity.preferred is not None and subject == api_subject(op)
         replies = self._reply_inbox(nc)
         seconds = _attempt_timeout(self.timeout, held)
-        for attempt in range(1, ATTEMPTS + 1):
+        attempt = interruptions = 0
+        while True:
             if direct and affinity.preferred is not None:
                 target = replica_subject(affinity.preferred, op)
                 after = affinity.elsewhere
@@ -269,13 +280,18 @@ class Connection:
                 log.info("engine replica %s is gone: sending %r to any", affinity.preferred, op)
                 affinity.forget()
                 return await self._request(nc, subject, op, data, held)
+            except ConnectionInterrupted:  # not an attempt: the reply could not come
+                interruptions += 1
+                if interruptions > ATTEMPTS:
+                    raise
+                log.info("the connection to NATS came back: sending %r again", op)
             except nats.errors.TimeoutError:
                 if target != subject:
                     affinity.forget()
+                attempt += 1
                 if attempt == ATTEMPTS:
                     raise
                 log.info("no reply to %r in %.1f s: sending it again", op, seconds)
-        raise AssertionError("unreachable")
 
     def _reply_inbox(self, nc: NATS) -> ReplyInbox:
         """The reply inbox of ``nc`` (a new one for a new connection)."""
