@@ -31,7 +31,7 @@ import pytest
 
 from colonies_es import Workflow, func_spec
 from colonies_es.domain import ProcessGraph
-from colonies_es.engine import ColoniesApp
+from colonies_es.engine import ColoniesApp, follower
 from colonies_es.engine.checkpoint import Checkpoint, CheckpointStore
 from colonies_es.engine.state import EngineState, LiveState
 from colonies_es.models import FuncSpec
@@ -187,8 +187,11 @@ async def _forge_head(stack: Stack, sequence: int) -> None:
 
 
 def test_the_state_from_a_checkpoint_and_the_log_after_it_equals_the_whole_replay(
-    scenario: Scenario, caplog: pytest.LogCaptureFixture
+    scenario: Scenario, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both equal, field by field, a whole replay that evicts ended graphs on the way
+    (every 2 events here), where the removal of an evicted graph reads it back from its
+    subject."""
     caplog.set_level(logging.INFO, "colonies.engine")
     from_checkpoint = engine_app(scenario.stack)
     try:
@@ -202,6 +205,16 @@ def test_the_state_from_a_checkpoint_and_the_log_after_it_equals_the_whole_repla
             _assert_same_state(replayed, from_checkpoint)
         finally:
             replayed.close()
+        caplog.clear()
+        monkeypatch.setattr(follower, "REPLAY_EVICTS_EVERY", 2)
+        evicting = engine_app(scenario.stack)
+        try:
+            [on_the_way] = re.findall(r"(\d+) ended graphs left memory on the way", caplog.text)
+            assert int(on_the_way) >= 8
+            assert evicting.counters.catch_ups >= 1  # the removed graph, evicted before
+            _assert_same_state(evicting, from_checkpoint)
+        finally:
+            evicting.close()
     finally:
         from_checkpoint.close()
 

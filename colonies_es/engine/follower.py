@@ -41,6 +41,10 @@ PAGE = 1000
 LOG_END_WAIT = 30.0
 """Seconds start-up keeps asking for the log's last event (see ``_log_end``)."""
 
+REPLAY_EVICTS_EVERY = 10_000
+"""Events between two evictions of ended graphs while the whole log is replayed
+(:meth:`EngineState.evict_ended_while_rebuilding`)."""
+
 PARALLEL_READS = 64
 """Aggregates read from their subjects at once when starting from a checkpoint."""
 
@@ -79,9 +83,12 @@ class Follower:
         return checkpoint, ""
 
     def _replay_all(self) -> None:
-        """Replays the whole log into memory: aggregates, indices, timers, seen commands."""
+        """Replays the whole log into memory: aggregates, indices, timers, seen commands.
+        Ended graphs leave memory every :data:`REPLAY_EVICTS_EVERY` events; an event on
+        one of them brings it back from its own subject (``Aggregates.catch_up``)."""
+        store = self.aggregates.store
         now = datetime.now(UTC)
-        count = 0
+        count = evicted = 0
         last = 0
         for notification in self._notifications_after(0):
             last = notification.id
@@ -90,19 +97,25 @@ class Follower:
                 continue
             try:
                 self.state.apply(event, notification.id, index=False)
+            except NotNext:  # a graph evicted earlier in this replay: read it whole
+                store.connection.run(self.aggregates.catch_up(event.originator_id))
             except Exception as error:  # an event that does not fit: not ours
                 log.warning("skipping event %s: %r", notification.id, error)
                 continue
             self._remember_head(event, notification.id)
             self.seen.remember(event, notification.id, now)
             count += 1
+            if count % REPLAY_EVICTS_EVERY == 0:
+                evicted += len(self.state.evict_ended_while_rebuilding(last))
         self.state.index_all(last)
         self.state.advance(last)
         log.info(
-            "rebuilt %d aggregates from %d events (log at %d)",
+            "rebuilt %d aggregates from %d events (log at %d; %d ended graphs left memory "
+            "on the way)",
             len(self.state.aggregates),
             count,
             last,
+            evicted,
         )
 
     def _restore(self, checkpoint: Checkpoint) -> None:

@@ -287,6 +287,20 @@ class EngineState:
                 evicted.append(graph_id)
         return evicted
 
+    def evict_ended_while_rebuilding(self, sequence: int) -> list[str]:
+        """During a whole-log replay (events applied with ``index=False``), once it is
+        applied up to ``sequence``: every graph that has ended by then is indexed (its
+        legacy ids) and evicted, so that the replay holds the graphs live at one time,
+        not the whole history. A later event on one of them is a gap (:class:`NotNext`),
+        which the replay fills by reading that graph from the log, as the follower does."""
+        with self._lock:
+            for graph_id in list(self._ending):
+                graph = self.aggregates.get(graph_id)
+                if isinstance(graph, ProcessGraph):
+                    self._index_graph(graph, None, heard_from_nodes=False)
+            self.applied = max(self.applied, sequence)  # nobody waits during the replay
+            return self.sweep(lambda _: False)
+
     def _count(self, graph: ProcessGraph, sign: int) -> None:
         totals = self._evicted_counts.setdefault(graph.colonyname, [0, 0, 0, 0])
         for index, value in enumerate(graph_counts(graph)):
