@@ -44,23 +44,19 @@ from pathlib import Path
 import nats
 
 from benchmarks.peers import (
-    DEV_READY,
     DIAMOND_A,
     EXECUTOR_TYPE,
     NOOP,
     SUM_OF,
+    DevStack,
     children,
     free_port,
     load_average,
-    read_env_file,
     role_of,
-    stop,
 )
 from colonies_es.client import Colonies
 from colonies_es.models import Workflow, func_spec
 from colonies_es.settings import Settings
-
-DEV_START_TIMEOUT = 60.0
 
 
 @dataclass
@@ -158,45 +154,11 @@ def dev_stack(directory: Path, executors: int) -> Iterator[tuple[Settings, int, 
     packaged = (resources.files("colonies_es") / "nats.conf").read_text()
     config = directory / "nats.conf"
     config.write_text(f"{packaged}\nhttp: 127.0.0.1:{http_port}\n")
-    data_dir = directory / "dev"
-    log_file = directory / "colonies-dev.log"
-    command = [
-        sys.executable,
-        "-m",
-        "colonies_es.cli",
-        "dev",
-        "--no-auth",
-        "--port",
-        "0",
-        "--gateway-port",
-        "0",
-        "--no-ui",
-        "--executors",
-        str(executors),
-        "--data-dir",
-        str(data_dir),
-        "--config",
-        str(config),
-    ]
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + DEV_START_TIMEOUT
-        while DEV_READY not in log_file.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"colonies dev did not start:\n{log_file.read_text()[-3000:]}")
-            time.sleep(0.1)
-        roles = {role_of(pid): pid for pid in children(process.pid)}
-        yield Settings.load(read_env_file(data_dir / "dev.env")), http_port, roles
-    finally:
-        stop(process)
+    with DevStack.started(
+        directory, executors=executors, options=["--no-auth", "--config", str(config)]
+    ) as stack:
+        roles = {role_of(pid): pid for pid in children(stack.process.pid)}
+        yield stack.settings, http_port, roles
 
 
 def user_system(pid: int) -> tuple[float, float]:

@@ -317,10 +317,17 @@ class DevStack:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, directory: Path, one_executor: bool = False) -> Iterator[DevStack]:
-        """The stack, running until the block ends (then stopped as Ctrl-C stops it);
-        with ``one_executor``, one executor of :data:`CONCURRENCY` workers."""
-        executors, workers = (1, CONCURRENCY) if one_executor else (CONCURRENCY, 1)
+    def started(
+        cls,
+        directory: Path,
+        one_executor: bool = False,
+        executors: int = CONCURRENCY,
+        options: Sequence[str] = (),
+    ) -> Iterator[DevStack]:
+        """The stack, running until the block ends (then stopped as Ctrl-C stops it):
+        ``executors`` of one worker, or with ``one_executor`` one executor of
+        :data:`CONCURRENCY` workers; ``options``: more of ``colonies dev``'s."""
+        executors, workers = (1, CONCURRENCY) if one_executor else (executors, 1)
         data_dir = directory / "dev"
         log_file = directory / "colonies-dev.log"
         command = [
@@ -339,6 +346,7 @@ class DevStack:
             str(workers),
             "--data-dir",
             str(data_dir),
+            *options,
         ]
         with log_file.open("wb") as log:
             process = subprocess.Popen(
