@@ -1067,8 +1067,9 @@ def print_details(report: PeersReport) -> None:
     sizes = report.parameters
     print()
     print(
-        f"peers: median of {report.runs} run(s) (min..max); {sizes['concurrency']} executors "
-        f"/ prefork workers; {sizes['tasks']:,} tasks, {sizes['round_trips']} round trips, "
+        f"peers: median of {report.runs} run(s) (min..max); python executors "
+        f"{sizes['executors']} (executors x functions each) / {sizes['concurrency']} prefork "
+        f"workers; {sizes['tasks']:,} tasks, {sizes['round_trips']} round trips, "
         f"fan-out {sizes['children']:,}, {sizes['diamonds_per_run']} diamonds per run"
     )
     header = (
