@@ -51,6 +51,7 @@ import msgspec
 import nats
 import nats.errors
 import nats.micro
+from eventsourcing.persistence import OperationalError
 from nats.aio.client import Client as NATS
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.micro.request import Request
@@ -101,6 +102,12 @@ from another replica, a claim that races the owner's)."""
 
 CONNECT_TIMEOUT = 5.0
 """Seconds the engine tries to reach NATS at start before giving up."""
+
+START_PATIENCE = 60.0
+"""Seconds start-up keeps trying while JetStream's API does not answer (a cluster electing
+its leaders after a node's loss answers nothing for a few seconds): reading the log's
+stream to build the application, then setting up the work stream; then it fails."""
+
 
 _ticket_encoder = msgspec.json.Encoder()
 _REPLY_HEADROOM = 1024  # bytes kept for the reply's headers
@@ -163,14 +170,14 @@ class Engine:
         """Serves until the calling task is cancelled; ``started()`` once ready."""
         self.nc = await self._connect()
         try:
-            self.app = await anyio.to_thread.run_sync(self._app_factory)
+            self.app = await self._build_app_patiently()
             self.app.attach(self.nc)
             await self.app.catch_up_with_log()  # what follows the start-up's checkpoint
             checkpoints = self.app.checkpoint_writer(
                 self.nc, self.checkpoint_events, self.checkpoint_seconds
             )
             try:
-                await self._reset_work()
+                await self._reset_work_patiently()
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self.app.follow)
                     if self.checkpoint_events > 0:
@@ -359,6 +366,34 @@ class Engine:
         for key in self.app.executor_types():
             await self._ensure_consumer(key)
         await self._top_up_tickets()
+
+    async def _build_app_patiently(self) -> ColoniesApp:
+        """The application (its start-up reads the log), built again every second while
+        a read of the log times out, up to :data:`START_PATIENCE` seconds."""
+        deadline = time.monotonic() + START_PATIENCE
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(self._app_factory)
+            except OperationalError as error:
+                timed_out = isinstance(error.__cause__, nats.errors.TimeoutError)
+                if not timed_out or time.monotonic() > deadline:
+                    raise
+                log.warning("the log does not answer yet (%s): starting again", error)
+                await anyio.sleep(1.0)
+
+    async def _reset_work_patiently(self) -> None:
+        """:meth:`_reset_work`, again every second while JetStream's API times out or
+        says it is unavailable, up to :data:`START_PATIENCE` seconds."""
+        deadline = time.monotonic() + START_PATIENCE
+        while True:
+            try:
+                await self._reset_work()
+                return
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("JetStream does not answer yet (%r): setting up work again", error)
+                await anyio.sleep(1.0)
 
     async def _ensure_consumer(self, key: tuple[str, str]) -> None:
         if key in self._consumers:
