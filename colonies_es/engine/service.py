@@ -44,7 +44,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -102,6 +102,8 @@ from another replica, a claim that races the owner's)."""
 
 CONNECT_TIMEOUT = 5.0
 """Seconds the engine tries to reach NATS at start before giving up."""
+
+_T = TypeVar("_T")
 
 START_PATIENCE = 60.0
 """Seconds start-up keeps trying while JetStream's API does not answer (a cluster electing
@@ -170,14 +172,14 @@ class Engine:
         """Serves until the calling task is cancelled; ``started()`` once ready."""
         self.nc = await self._connect()
         try:
-            self.app = await self._build_app_patiently()
+            self.app = await _patiently(lambda: anyio.to_thread.run_sync(self._app_factory))
             self.app.attach(self.nc)
             await self.app.catch_up_with_log()  # what follows the start-up's checkpoint
             checkpoints = self.app.checkpoint_writer(
                 self.nc, self.checkpoint_events, self.checkpoint_seconds
             )
             try:
-                await self._reset_work_patiently()
+                await _patiently(self._reset_work)
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self.app.follow)
                     if self.checkpoint_events > 0:
@@ -367,34 +369,6 @@ class Engine:
             await self._ensure_consumer(key)
         await self._top_up_tickets()
 
-    async def _build_app_patiently(self) -> ColoniesApp:
-        """The application (its start-up reads the log), built again every second while
-        a read of the log times out, up to :data:`START_PATIENCE` seconds."""
-        deadline = time.monotonic() + START_PATIENCE
-        while True:
-            try:
-                return await anyio.to_thread.run_sync(self._app_factory)
-            except OperationalError as error:
-                timed_out = isinstance(error.__cause__, nats.errors.TimeoutError)
-                if not timed_out or time.monotonic() > deadline:
-                    raise
-                log.warning("the log does not answer yet (%s): starting again", error)
-                await anyio.sleep(1.0)
-
-    async def _reset_work_patiently(self) -> None:
-        """:meth:`_reset_work`, again every second while JetStream's API times out or
-        says it is unavailable, up to :data:`START_PATIENCE` seconds."""
-        deadline = time.monotonic() + START_PATIENCE
-        while True:
-            try:
-                await self._reset_work()
-                return
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as error:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("JetStream does not answer yet (%r): setting up work again", error)
-                await anyio.sleep(1.0)
-
     async def _ensure_consumer(self, key: tuple[str, str]) -> None:
         if key in self._consumers:
             return
@@ -500,3 +474,20 @@ def _after(request: Request) -> int:
         return max(int(value), 0)
     except ValueError:
         return 0
+
+
+async def _patiently(attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """``attempt()``, again every second while JetStream does not answer (a timeout, also
+    as the cause of the store's OperationalError, or "temporarily unavailable"), up to
+    :data:`START_PATIENCE` seconds; any other error at once."""
+    deadline = time.monotonic() + START_PATIENCE
+    while True:
+        try:
+            return await attempt()
+        except (OperationalError, nats.errors.Error) as error:
+            cause = error.__cause__ if isinstance(error, OperationalError) else error
+            unanswered = (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
+            if not isinstance(cause, unanswered) or time.monotonic() > deadline:
+                raise
+            log.warning("JetStream does not answer yet (%s): trying again", error)
+            await anyio.sleep(1.0)
