@@ -411,10 +411,20 @@ def _until_engine_answers(prober: Colonies, stack: ChaosStack) -> None:
 
 
 def _last_sequence(servers: list[str]) -> int:
+    """The log's last sequence, asked again while a cluster that just lost a node elects
+    the stream's leader (its API times out or says it is unavailable meanwhile)."""
+
     async def ask() -> int:
         nc = await nats.connect(servers)
+        deadline = time.monotonic() + 60
         try:
-            return int((await nc.jetstream().stream_info("COLONIES")).state.last_seq)
+            while True:
+                try:
+                    return int((await nc.jetstream().stream_info("COLONIES")).state.last_seq)
+                except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         finally:
             await nc.close()
 
