@@ -186,6 +186,10 @@ PLANS_KEPT = 1_024
 READ_CHUNK = 10_000
 """Messages read (and given to the workers) at a time."""
 
+READ_PATIENCE = 30.0
+"""Seconds a read of the log waits while JetStream does not answer (a cluster electing
+the stream's leader after a node's loss) before the audit gives up."""
+
 log = logging.getLogger("colonies.audit")
 
 
@@ -1224,7 +1228,9 @@ async def _chunks(reader: JetStreamLog) -> AsyncIterator[list[StoredMessage]]:
     """The log's event messages, :data:`READ_CHUNK` at a time, in order."""
     start = 1
     while True:
-        messages = await reader.read_range(f"{PREFIX}.ev.>", start, READ_CHUNK)
+        messages = await reader.read_range(
+            f"{PREFIX}.ev.>", start, READ_CHUNK, patience=READ_PATIENCE
+        )
         if not messages:
             return
         yield messages

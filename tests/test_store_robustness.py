@@ -45,7 +45,7 @@ from colonies_es.store import (
     StreamConfigurationError,
 )
 from colonies_es.store.codec import encode_envelope
-from colonies_es.store.jetstream import Entry, JetStreamLog
+from colonies_es.store.jetstream import Entry, JetStreamLog, StreamSpec
 from colonies_es.store.recorders import JetStreamSubscription
 
 T = TypeVar("T")
@@ -983,5 +983,31 @@ async def test_an_append_no_stream_takes_is_an_operational_error_at_once(nats_ur
         assert time.monotonic() - started < TIMEOUT
         with pytest.raises(OperationalError, match=r"no stream takes nobody\.listens"):
             await log.append([Entry(f"nobody.listens.{uuid4().hex}", 1, b"y")])
+    finally:
+        await nc.close()
+
+
+async def test_a_patient_read_of_the_log_waits_out_a_server_that_does_not_answer(
+    crashable: NatsServer,
+) -> None:
+    """A whole-log reader (the audit, the chaos checker) reads with ``patience``: while
+    JetStream does not answer (here a killed server, as during a cluster's leader
+    election) the read starts again until it does, and returns every message once; a read
+    without patience fails at once."""
+    nc = await nats.connect(crashable.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        log = JetStreamLog(nc, "PATIENT", lambda _: None, timeout=TIMEOUT)
+        await log.ensure_stream(StreamSpec("PATIENT", ("patient.>",)))
+        await log.append([Entry(f"patient.{n}", 1, b"x") for n in range(20)])
+
+        crashable.kill()
+        with pytest.raises(OperationalError):
+            await log.read_range("patient.>", 1, 100)
+
+        # Started again from the loop's thread: a server started from a thread dies with
+        # that thread (the parent-death signal is per thread).
+        asyncio.get_running_loop().call_later(1.0, crashable.start)
+        messages = await log.read_range("patient.>", 1, 100, patience=6 * BOUND)
+        assert [m.sequence for m in messages] == list(range(1, 21))
     finally:
         await nc.close()

@@ -69,6 +69,9 @@ READ_ATTEMPTS = 5
 """Reads of the whole log tried before giving up (a server may not answer for a moment)."""
 _CHUNK = 1000
 
+_READ_PATIENCE = 30.0
+"""Seconds a read of the log waits out a cluster electing the stream's leader."""
+
 
 @dataclass(frozen=True)
 class Anomaly:
@@ -136,7 +139,9 @@ async def read_log(servers: Sequence[str], seal_key: str, report: CheckReport) -
         events: list[LoggedEvent] = []
         start = 1
         while True:
-            messages = await reader.read_range("colonies.ev.>", start, _CHUNK)
+            messages = await reader.read_range(
+                "colonies.ev.>", start, _CHUNK, patience=_READ_PATIENCE
+            )
             for message in messages:
                 try:
                     events.append(LoggedEvent(message.sequence, decode_event(message, sealer)))

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ from nats.aio.msg import Msg
 
 from colonies_es.reply_inbox import ReplyInbox
 
+log = logging.getLogger("colonies.store")
+
 MAX_ATOMIC_BATCH = 1000
 """The server's limit of messages in one atomic batch (ADR-50)."""
 
@@ -52,6 +56,11 @@ _ERR_BATCH_WRONG_LAST_SEQUENCE = 10164
 
 class _ConsumerLost(Exception):
     """A pull went unanswered or the server dropped the consumer: recreate it."""
+
+
+class JetStreamUnavailable(OperationalError):
+    """JetStream answered "temporarily unavailable" (503): a cluster electing a leader,
+    a server starting up. Worth asking again; any other refusal is not."""
 
 
 class StreamConfigurationError(ProgrammingError):
@@ -461,10 +470,36 @@ class JetStreamLog:
         return messages
 
     async def read_range(
-        self, filter_subject: str, start: int, limit: int, stop: int | None = None
+        self,
+        filter_subject: str,
+        start: int,
+        limit: int,
+        stop: int | None = None,
+        *,
+        patience: float = 0.0,
     ) -> list[StoredMessage]:
         """Up to ``limit`` messages matching ``filter_subject`` with sequences from ``start``
-        (inclusive) to ``stop`` (inclusive, if given), in order."""
+        (inclusive) to ``stop`` (inclusive, if given), in order.
+
+        Fails at once (OperationalError) when JetStream does not answer, unless
+        ``patience`` is given: then the read starts again, every half second, while
+        JetStream does not answer or says it is temporarily unavailable (a cluster
+        electing a stream leader takes several seconds), for up to that many seconds. It
+        is for long one-shot reads of the whole log (the audit, the chaos checker); a
+        refusal, or a closed connection, still fails at once."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return await self._read_range(filter_subject, start, limit, stop)
+            except OperationalError as error:
+                if not _unanswered(error) or time.monotonic() + 0.5 > deadline:
+                    raise
+                log.warning("JetStream does not answer (%s): reading again", error)
+                await asyncio.sleep(0.5)
+
+    async def _read_range(
+        self, filter_subject: str, start: int, limit: int, stop: int | None
+    ) -> list[StoredMessage]:
         if limit <= 0 or (stop is not None and stop < start):
             return []
         name, pending = await self._create_consumer(filter_subject, start)
@@ -674,7 +709,18 @@ def _api_error_to_exception(error: _ApiError) -> Exception:
     text = f"JetStream refused the request: {error.description} (error {error.err_code})"
     if error.code in (400, 413):
         return DataError(text)
+    if error.code == 503:
+        return JetStreamUnavailable(text)
     return OperationalError(text)
+
+
+def _unanswered(error: OperationalError) -> bool:
+    """True when ``error`` says JetStream did not answer (a pull or request timed out, or
+    "temporarily unavailable"), rather than that it refused or the connection is closed."""
+    cause = error.__cause__
+    return isinstance(error, JetStreamUnavailable) or isinstance(
+        cause, _ConsumerLost | nats.errors.TimeoutError
+    )
 
 
 def _connection_error(what: str, error: BaseException) -> OperationalError:
