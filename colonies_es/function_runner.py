@@ -27,6 +27,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import contextvars
 import gc
 import inspect
 import io
@@ -36,9 +37,10 @@ import multiprocessing
 import multiprocessing.connection
 import pickle
 import signal
+import sys
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -46,7 +48,14 @@ from typing import Any
 import msgspec
 
 from colonies_es.client import ColoniesConnectionError, ColoniesError
-from colonies_es.models import Process, decode, encode
+from colonies_es.deferred_children import (
+    DeferredProcess,
+    QueuedChildren,
+    Refused,
+    deferrable_call_site,
+    guarded_lines,
+)
+from colonies_es.models import FuncSpec, Process, decode, encode
 
 __all__ = [
     "FunctionFailed",
@@ -63,8 +72,14 @@ COMPILED_KEPT = 256
 """Sources whose compiled code a process running functions keeps (then it starts over)."""
 
 log = logging.getLogger("colonies.executor")
-_COMPILED: dict[tuple[str, str], types.CodeType] = {}
-"""(filename, source) -> its code: what :func:`_compiled` keeps."""
+_COMPILED: dict[tuple[str, str], tuple[types.CodeType, frozenset[int]]] = {}
+"""(filename, source) -> its code and its guarded lines: what :func:`_compiled` keeps."""
+_RUNNING: contextvars.ContextVar[tuple[str, frozenset[int]] | None] = contextvars.ContextVar(
+    "colonies_running_function", default=None
+)
+"""The file name and guarded lines (:func:`~colonies_es.deferred_children.guarded_lines`)
+of the function :func:`execute_function` runs in this thread: which of its ``add_child``
+calls a :class:`ParentClient` may defer."""
 _warned_daemonic = False
 
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -107,7 +122,7 @@ def execute_function(process: Process, ctx: dict[str, Any], globals_: dict[str, 
         raise FunctionFailed([f'no code for {spec.funcname}: spec.env["code"] is missing'])
     filename = f"<colonies {spec.funcname}>"
     with _source_lines(filename, source):
-        code = _compiled(source, filename, spec.funcname)
+        code, guarded = _compiled(source, filename, spec.funcname)
         namespace: dict[str, Any] = {
             **globals_,
             "__name__": "colonies_function",
@@ -127,21 +142,28 @@ def execute_function(process: Process, ctx: dict[str, Any], globals_: dict[str, 
                 ]
             )
         args = process.input if process.input else spec.args
+        running = _RUNNING.set((filename, guarded))
         try:
             result = function(*args, ctx=ctx, **spec.kwargs)
         except (Exception, SystemExit) as error:
             raise FunctionFailed(_raised(error)) from None
+        finally:
+            _RUNNING.reset(running)
     return _output(result, spec.funcname)
 
 
-def _compiled(source: str, filename: str, funcname: str) -> types.CodeType:
-    """``source`` compiled as a module named ``filename``: from :data:`_COMPILED` when the
-    same source ran before (a function's processes all carry the same code; compiling
-    it again cost two thirds of a no-op's run, 65 of 94 us). Raises FunctionFailed when
-    it does not compile."""
+_ENTRY = execute_function.__code__
+"""The code that calls a function: where :func:`deferrable_call_site` stops looking."""
+
+
+def _compiled(source: str, filename: str, funcname: str) -> tuple[types.CodeType, frozenset[int]]:
+    """``source`` compiled as a module named ``filename``, and its guarded lines: from
+    :data:`_COMPILED` when the same source ran before (a function's processes all carry
+    the same code; compiling it again cost two thirds of a no-op's run, 65 of 94 us).
+    Raises FunctionFailed when it does not compile."""
     key = (filename, source)
-    code = _COMPILED.get(key)
-    if code is None:
+    compiled = _COMPILED.get(key)
+    if compiled is None:
         try:
             code = compile(source, filename, "exec")
         except (SyntaxError, ValueError) as error:  # ValueError: null bytes in the source
@@ -150,8 +172,8 @@ def _compiled(source: str, filename: str, funcname: str) -> types.CodeType:
             ) from None
         if len(_COMPILED) >= COMPILED_KEPT:
             _COMPILED.clear()
-        _COMPILED[key] = code
-    return code
+        compiled = _COMPILED[key] = (code, guarded_lines(source))
+    return compiled
 
 
 def _output(result: object, funcname: str) -> list[Any]:
@@ -252,11 +274,24 @@ class FunctionRunner:
             await asyncio.to_thread(self.start)
             conn = self._connection()
             _send(conn, job)
+        queued = QueuedChildren(calls)  # its deferred add_child calls
         while True:
             try:
                 message = await self._receive(conn)
+                if message[0] == "defer":  # an add_child that may wait (ParentClient)
+                    if queued.add(message[1], message[2]):
+                        refused = await queued.send()
+                        if refused is not None:
+                            return self._refused(refused)
+                    continue
                 if message[0] == "call":  # the function calls its `colonies` client
-                    _send(conn, await _call_async(calls, *message[1:]))
+                    refused = await queued.send()  # what it asked before goes first
+                    if refused is not None:
+                        return self._refused(refused)
+                    if message[1] == DEFERRED_RESULT:
+                        _send(conn, await _outcome(queued.result(*message[2])))
+                    else:
+                        _send(conn, await _call_async(calls, *message[1:]))
                     continue
             except (EOFError, OSError):
                 code = self._reap()
@@ -266,7 +301,16 @@ class FunctionRunner:
                     errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
                 )
             _, output, errors, printed = message
+            refused = await queued.send()  # made before it returned (or raised)
+            if refused is not None:
+                return RunResult(errors=refused.errors(), printed=printed)
             return RunResult(output=output, errors=errors, printed=printed)
+
+    def _refused(self, refused: Refused) -> RunResult:
+        """End a run whose deferred call was refused while the function still runs: it
+        stops there, as the uncaught error would have stopped it."""
+        self.kill()
+        return RunResult(errors=refused.errors())
 
     async def _receive(self, conn: multiprocessing.connection.Connection) -> Any:
         """The child's next message; EOFError (or OSError) once its end is closed.
@@ -416,18 +460,33 @@ def _send(conn: multiprocessing.connection.Connection, message: object) -> None:
     conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
 
+DEFERRED_RESULT = "_deferred_result"
+"""The call a :class:`~colonies_es.deferred_children.DeferredProcess` makes to become the
+process its ``add_child`` added (a name no client method has: they never start with _)."""
+
+
 async def _call_async(
     client: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, ...]:
     """A call of the child's :class:`ParentClient` made with ``client`` (awaited if it is
     a coroutine): ``("ok", result)`` or ``("error", kind, status, message)``."""
-    try:
+
+    async def call() -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
         result = getattr(client, method)(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
-        return ("ok", result)
+        return result
+
+    return await _outcome(call())
+
+
+async def _outcome(result: Awaitable[Any]) -> tuple[Any, ...]:
+    """``("ok", what result gives)`` or ``("error", kind, status, message)``: what
+    :class:`ParentClient` reads back."""
+    try:
+        return ("ok", await result)
     except ColoniesError as error:
         return ("error", "refused", error.status, error.message)
     except ColoniesConnectionError as error:
@@ -438,28 +497,62 @@ async def _call_async(
 
 class ParentClient:
     """The ``colonies`` client a function sees in the child: every method call is made
-    by the executor's client, over the pipe (one at a time; the function waits)."""
+    by the executor's client, over the pipe (one at a time; the function waits), except
+    the ``add_child`` calls that may be deferred (:meth:`add_child`)."""
 
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
         self._conn = conn
+        self._deferred = 0
+        """add_child calls deferred in the current run."""
+
+    def new_run(self) -> None:
+        """A new function starts: its deferred calls are counted from 0 again."""
+        self._deferred = 0
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_"):
             raise AttributeError(method)
+        return lambda *args, **kwargs: self._call(method, args, kwargs)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            _send(self._conn, ("call", method, args, kwargs))
-            answer = self._conn.recv()
-            if answer[0] == "ok":
-                return answer[1]
-            _, kind, status, message = answer
-            if kind == "refused":
-                raise ColoniesError(status, message)
-            if kind == "connection":
-                raise ColoniesConnectionError(message)
-            raise RuntimeError(message)
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        _send(self._conn, ("call", method, args, kwargs))
+        answer = self._conn.recv()
+        if answer[0] == "ok":
+            return answer[1]
+        _, kind, status, message = answer
+        if kind == "refused":
+            raise ColoniesError(status, message)
+        if kind == "connection":
+            raise ColoniesConnectionError(message)
+        raise RuntimeError(message)
 
-        return call
+    def add_child(
+        self,
+        processgraphid: str,
+        parentprocessid: str,
+        childprocessid: str | None,
+        funcspec: FuncSpec,
+        nodename: str,
+        insert: bool,
+        prvkey: str,
+    ) -> Process | DeferredProcess:
+        """pycolonies' ``add_child``. When the function's own code could not catch its
+        refusal (no ``try`` or ``with`` around the call in any of its frames), the call
+        is deferred: the executor sends it with the calls that follow, as one
+        ``add_children`` (DESIGN.md, "Fan-out and the diamond", sixth session), and
+        this returns a :class:`DeferredProcess` that becomes the new process when used.
+        Otherwise it is made at once, as every other call is."""
+        args = (processgraphid, parentprocessid, childprocessid, funcspec, nodename, insert, prvkey)
+        running = _RUNNING.get()
+        site = None
+        if running is not None and isinstance(funcspec, FuncSpec):
+            site = deferrable_call_site(sys._getframe(1), *running, _ENTRY)
+        if site is None:
+            return self._call("add_child", args, {})  # type: ignore[no-any-return]
+        _send(self._conn, ("defer", args, site))
+        index = self._deferred
+        self._deferred += 1
+        return DeferredProcess(lambda: self._call(DEFERRED_RESULT, (index,), {}))
 
 
 def _serve(conn: multiprocessing.connection.Connection, globals_: dict[str, Any]) -> None:
@@ -471,12 +564,14 @@ def _serve(conn: multiprocessing.connection.Connection, globals_: dict[str, Any]
     regularly, and they walked all of it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()
-    names = {**globals_, "colonies": ParentClient(conn)}
+    client = ParentClient(conn)
+    names = {**globals_, "colonies": client}
     while True:
         try:
             process, ctx = _unpack_job(conn.recv())
         except (EOFError, OSError):
             return
+        client.new_run()
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             try:
