@@ -2,9 +2,9 @@
 ``mapreduce``): its functions' source, as executors receive it, and where its time goes.
 
 ``map(count)`` adds ``count`` processes of ``pair`` between itself and ``reduce``, as the
-seed's map does: one ``add_child`` each (as code written for pycolonies does) or
-``add_children`` of a batch at a time (this project's addition); ``reduce`` sums what the
-pairs returned.
+seed's map does: one ``add_child`` each (as code written for pycolonies does; the
+executor sends them together, :mod:`colonies_es.deferred_children`) or ``add_children``
+of a batch at a time (this project's addition); ``reduce`` sums what the pairs returned.
 """
 
 from __future__ import annotations

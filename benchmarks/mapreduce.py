@@ -7,15 +7,16 @@ real :class:`~colonies_es.executor.PythonExecutor` with the synchronous client: 
 functions travel as source and run as users' functions do.
 
 The workflow is the seed's map-reduce, scaled up: ``map`` adds :data:`CHILDREN` children
-from inside (``add_child``, one command each, the first with ``insert=True``, the others
-with ``childprocessid=reduce``), child ``i`` returns ``(i, i)``, and ``reduce`` gets the
-2,000 numbers in the children's order. One run is timed from ``submit_workflow`` to
-``wait(reduce)`` returning, in one colony served by the same executors throughout (after
-an untimed warm-up of :data:`WARMUP_CHILDREN` children). Each run also reports where the
-time went, from the timestamps the engine recorded:
+from inside (``add_child``, the first with ``insert=True``, the others with
+``childprocessid=reduce``; the executor sends such calls together, siblings as one
+``add_children``: :mod:`colonies_es.deferred_children`), child ``i`` returns ``(i, i)``,
+and ``reduce`` gets the 2,000 numbers in the children's order. One run is timed from
+``submit_workflow`` to ``wait(reduce)`` returning, in one colony served by the same
+executors throughout (after an untimed warm-up of :data:`WARMUP_CHILDREN` children).
+Each run also reports where the time went, from the timestamps the engine recorded:
 
 * ``claim``: submission -> map assigned;
-* ``map``: map assigned -> map closed (the add_child loop, one round trip per child);
+* ``map``: map assigned -> map closed (the add_child loop);
 * ``children``: map closed -> reduce assigned (the children run by the executors);
 * ``reduce``: reduce assigned -> reduce closed;
 

@@ -133,6 +133,9 @@ class DeferredProcess:
     def __repr__(self) -> str:
         return repr(self._resolved())
 
+    def __reduce_ex__(self, protocol: Any) -> Any:  # passed to another call: the Process
+        return self._resolved().__reduce_ex__(protocol)
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:

@@ -179,6 +179,7 @@ def _compiled(source: str, filename: str, funcname: str) -> tuple[types.CodeType
 def _output(result: object, funcname: str) -> list[Any]:
     """The process output for a function's return value, checked to encode as JSON."""
     output = list(result) if isinstance(result, tuple) else [] if result is None else [result]
+    output = [_encodable(item) for item in output]
     try:
         encode(output)
     except (TypeError, ValueError, msgspec.EncodeError) as error:
@@ -186,6 +187,12 @@ def _output(result: object, funcname: str) -> list[Any]:
             [f"{funcname} returned a value that cannot be sent as JSON: {error}"]
         ) from None
     return output
+
+
+def _encodable(item: object) -> object:
+    """``item``, or the process a :class:`DeferredProcess` (what a deferred ``add_child``
+    returns) stands for: the function may return it as it may return a Process."""
+    return item._resolved() if isinstance(item, DeferredProcess) else item
 
 
 def _raised(error: BaseException, prefix: str = "") -> list[str]:
@@ -278,6 +285,8 @@ class FunctionRunner:
         while True:
             try:
                 message = await self._receive(conn)
+                if self._stopped:  # its process ended: what it still sends is moot
+                    raise EOFError
                 if message[0] == "defer":  # an add_child that may wait (ParentClient)
                     if queued.add(message[1], message[2]):
                         refused = await queued.send()

@@ -101,10 +101,11 @@ RETURNED = (
 def grow(ctx={}):
     alone = add("alone", ctx)
     first, second = add("s0", ctx), add("s1", ctx)
-    return [
+    described = [
         alone.processid, alone.spec.nodename, alone.__class__.__name__,
         second.processid, second.spec.nodename, first.spec.nodename,
     ]
+    return described, add("returned", ctx)  # returned as add_child's Process would be
 """
 )
 
@@ -203,7 +204,8 @@ def test_what_a_deferred_call_returns_becomes_the_process_it_added(
     grown = next(process for process in processes if process.spec.nodename == "grow")
     assert grown.state == ProcessState.SUCCESS, grown.errors
     ids = {process.spec.nodename: process.processid for process in processes}
-    assert grown.output == [[ids["alone"], "alone", "Process", ids["s1"], "s1", "s0"]]
+    assert grown.output[0] == [ids["alone"], "alone", "Process", ids["s1"], "s1", "s0"]
+    assert grown.output[1]["processid"] == ids["returned"]
 
 
 def test_guarded_lines_are_the_bodies_of_try_and_with() -> None:
