@@ -33,7 +33,7 @@ from eventsourcing.utils import Environment
 from colonies_es.encryption import check_log_key
 from colonies_es.projections.graph_events import GraphEventReader
 from colonies_es.projections.history import sealer_of
-from colonies_es.projections.projector import Follower, Projector
+from colonies_es.projections.projector import BATCH_SIZE, Follower, Projector
 from colonies_es.projections.service import PositionWatch, QueryService
 from colonies_es.projections.view import UPSTREAM, ReadModel, open_view
 from colonies_es.settings import Settings
@@ -51,7 +51,7 @@ async def run_projector(
     settings: Settings,
     started: Callable[[int], Any] | None = None,
     *,
-    batch_size: int = 1000,
+    batch_size: int = BATCH_SIZE,
     batch_interval: float = 0.1,
     cache_size: int = 10_000,
 ) -> None:
@@ -63,7 +63,8 @@ async def run_projector(
     engine: without it, events anyone appended to the stream are projected too), cipher
     and replicas come from ``settings``.
     ``batch_size`` / ``batch_interval`` bound a commit (events / seconds after the first
-    uncommitted event); ``cache_size`` is how many graphs stay in memory.
+    uncommitted event, up to a second while catching up: :class:`Follower`);
+    ``cache_size`` is how many graphs stay in memory.
 
     Raises what stops the projection: NATS unreachable at start, an unusable SQLite file,
     a failing store.
