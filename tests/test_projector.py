@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,17 @@ import anyio
 import anyio.to_thread
 import nats
 import pytest
+from eventsourcing.utils import Environment
 
 from colonies_es import ColoniesError, crypto, func_spec
 from colonies_es.client.queries import QueryClient
+from colonies_es.projections.projector import Follower, Projector
 from colonies_es.projections.protocol import query_subject
 from colonies_es.projections.runner import run_projector
+from colonies_es.projections.view import UPSTREAM, open_view
 from colonies_es.settings import Settings
 from colonies_es.states import ProcessState
+from colonies_es.store import JetStreamFactory
 from tests.stack import ColonyHandle, Stack, start_stack, stop_stack
 from tests.test_projector_support import (
     EXECUTOR_TYPE,
@@ -365,6 +370,49 @@ async def test_run_projector_serves_until_cancelled_then_stops_with_everything_c
 
 
 # ---------------------------------------------------------------------------- rebuild
+
+
+def test_a_follower_keeps_its_batch_open_only_while_events_wait(
+    stack: Stack, projector: ProjectorProcess, colony: Members, tmp_path: Path
+) -> None:
+    """A follower catching up with the whole log (a batch closes only when nothing more
+    waits, here) ends with the projector's view, row for row; once caught up, a new
+    event is committed at once, not after ``catch_up_interval``."""
+    run_seed(stack, colony.handle, colony.executor)
+    caught_up(colony.query)
+    db = tmp_path / "follower.sqlite"
+    settings = Settings(nats_url=stack.nats.url, event_seal_key=stack.engine.seal_key)
+    factory = JetStreamFactory(Environment(UPSTREAM, settings.store_env()))
+    view = open_view(db)
+    recorder = factory.application_recorder()
+    commits: list[int] = []
+    follower = Follower(
+        Projector(view, recorder, factory.mapper(factory.transcoder())),
+        recorder,
+        batch_interval=0.0,
+        catch_up_interval=600.0,
+        on_commit=commits.append,
+    )
+    thread = threading.Thread(target=follower.run)
+    thread.start()
+    try:
+        wait_for_view(db, colony.query.log_position())
+        run_seed(stack, colony.handle, colony.executor)  # live events, one at a time
+        end = caught_up(colony.query)
+        started = time.monotonic()
+        wait_for_view(db, end)
+        live = time.monotonic() - started
+    finally:
+        follower.stop()
+        thread.join(30)
+        view.close()
+        factory.close()
+
+    assert not thread.is_alive()
+    assert live < 30  # far from the 600 s a batch may stay open while events wait
+    assert commits == sorted(set(commits))
+    assert commits[-1] == end
+    assert dump_view(db) == dump_view(projector.db)
 
 
 def test_deleting_the_view_and_replaying_the_log_gives_identical_answers(
