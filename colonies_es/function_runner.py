@@ -311,6 +311,8 @@ class FunctionRunner:
                 )
             _, output, errors, printed = message
             refused = await queued.send()  # made before it returned (or raised)
+            if self._stopped:  # its process was cancelled or timed out meanwhile
+                return RunResult(stopped=True)
             if refused is not None:
                 return RunResult(errors=refused.errors(), printed=printed)
             return RunResult(output=output, errors=errors, printed=printed)
