@@ -4,7 +4,8 @@ session), on a real stack with a real python executor (its functions in a child
 process), the log read straight from JetStream:
 
 - the seed's map: its calls reach the log as few commands, in order (the insert first,
-  the siblings beside it), and a call the function makes in between sees them;
+  the siblings beside it), a call the function makes in between sees them, and the
+  graph's history verifies against the signed commands;
 - a call in a ``try`` is made at once, so the function catches its refusal where it
   made it;
 - a deferred call that is refused ends the function there: the calls before it are in
@@ -20,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from colonies_es import Workflow, func_spec
+from colonies_es import Workflow, crypto, func_spec
 from colonies_es.deferred_children import guarded_lines
 from colonies_es.executor import PythonExecutor
 from colonies_es.models import Process
+from colonies_es.projections.audit import Authorities, verify
 from colonies_es.states import ProcessState
 from tests.eventlog import read_events
 from tests.stack import ColonyHandle, Stack
@@ -165,6 +167,17 @@ def test_the_seeds_map_reaches_the_log_as_few_commands_in_order(
     assert kinds.count("ChildAdded") == 1
     assert kinds.count("ChildrenAdded") == 2
     assert kinds.index("ChildAdded") < kinds.index("ChildrenAdded")
+    # each event tied to its signed command: the graph's history verifies offline
+    report = verify(
+        stack.nats.url,
+        Authorities(
+            engine_id=crypto.id_from_private_key(stack.engine.engine_prvkey),
+            server_id=stack.engine.server_id,
+        ),
+        reduce.processgraphid,
+        seal_key=stack.engine.seal_key,
+    )
+    assert report.ok, report
 
 
 def test_a_call_in_a_try_is_made_at_once_and_its_refusal_caught_there(
