@@ -3,7 +3,8 @@
 ``nc.request`` (nats-py) draws a NUID and random bytes for each request, adds a done
 callback to its future and waits through ``asyncio.wait_for``: together about a third of
 the client-side cost of a command or an append. :class:`ReplyInbox` names each request
-by a counter under one inbox of the connection and waits on a plain future with a timer.
+by a counter under one inbox of the connection and waits on a plain future with a timer;
+the replies are handed to their futures as nats-py reads them (:mod:`.inline_delivery`).
 The engine's appends (``store/jetstream.py``) and the client's commands
 (``client/connection.py``) use it.
 """
@@ -16,6 +17,8 @@ import itertools
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+from colonies_es.inline_delivery import deliver_inline
 
 __all__ = ["ConnectionInterrupted", "ReplyInbox"]
 
@@ -52,7 +55,8 @@ class ReplyInbox:
         raises (``MaxPayloadError``, a closed or draining connection...)."""
         if not self._prefix:
             prefix = self.nc.new_inbox() + "."
-            await self.nc.subscribe(prefix + "*", cb=self._answered)
+            subscription = await self.nc.subscribe(prefix + "*", cb=self._answered_later)
+            deliver_inline(subscription, self._answered)
             self._prefix = prefix
         loop = asyncio.get_running_loop()
         token = str(next(self._numbers))
@@ -76,10 +80,14 @@ class ReplyInbox:
             if not reply.done():
                 reply.set_exception(ConnectionInterrupted())
 
-    async def _answered(self, msg: Msg) -> None:
+    def _answered(self, msg: Msg) -> None:
         reply = self._waiting.get(msg.subject.rpartition(".")[2])
         if reply is not None and not reply.done():
             reply.set_result(msg)
+
+    async def _answered_later(self, msg: Msg) -> None:
+        """The subscription's callback where nats-py's delivery stays (another nats-py)."""
+        self._answered(msg)
 
 
 def _time_out(reply: asyncio.Future[Msg]) -> None:

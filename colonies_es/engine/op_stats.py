@@ -8,7 +8,8 @@ time to start a task, and no errors. Instead the service records each command wh
 reply has been sent (:meth:`OpStats.record`), and :meth:`OpStats.fill`, the service's
 ``stats_handler``, puts those figures in the standard fields of each endpoint's stats:
 
-- ``num_requests``: commands received (the library's count);
+- ``num_requests``: commands received (:meth:`OpStats.received`: the engine takes its
+  requests from nats-py itself, so the library does not see them all);
 - ``num_errors``, ``last_error``: answers other than 200 (refusals included: a 404 of
   ``claim`` means "no work"; ``data.errors_by_status`` tells them apart);
 - ``processing_time``, ``average_processing_time`` (ns): from the request's arrival to
@@ -31,6 +32,7 @@ __all__ = ["OpStats"]
 
 @dataclass
 class _OpRecord:
+    received: int = 0
     answered: int = 0
     errors: int = 0
     processing_ns: int = 0
@@ -43,6 +45,13 @@ class OpStats:
 
     def __init__(self) -> None:
         self._ops: dict[str, _OpRecord] = {}
+
+    def received(self, op: str) -> None:
+        """A command of endpoint ``op`` arrived."""
+        record = self._ops.get(op)
+        if record is None:
+            record = self._ops[op] = _OpRecord()
+        record.received += 1
 
     def record(
         self, op: str, status: int, elapsed_ns: int, message: str = "", replied: bool = True
@@ -64,6 +73,7 @@ class OpStats:
         from the records (the stats object is built afresh for each request) and
         returns its ``data``."""
         record = self._ops.get(endpoint.name, _OpRecord())
+        endpoint.num_requests = record.received
         endpoint.num_errors = record.errors
         endpoint.last_error = record.last_error or None
         endpoint.processing_time = record.processing_ns
@@ -72,6 +82,6 @@ class OpStats:
         )
         return {
             "answered": record.answered,
-            "in_flight": max(endpoint.num_requests - record.answered, 0),
+            "in_flight": max(record.received - record.answered, 0),
             "errors_by_status": dict(record.errors_by_status),
         }

@@ -65,6 +65,7 @@ from colonies_es.engine.held import woken_claims
 from colonies_es.engine.metrics import EngineMetrics
 from colonies_es.engine.op_stats import OpStats
 from colonies_es.engine.ready import Key
+from colonies_es.inline_delivery import deliver_inline
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -251,24 +252,40 @@ class Engine:
         group = service.add_group(GroupConfig(name=API_PREFIX, queue_group=ENGINE_QUEUE_GROUP))
         own = service.add_group(GroupConfig(name=f"{REPLICA_PREFIX}.{self.replica}"))
         for op in (*OPS, COLONYOS_OP):
-            await group.add_endpoint(EndpointConfig(name=op, handler=self._handler(op)))
+            await group.add_endpoint(EndpointConfig(name=op, handler=self._handler(op, op)))
+            self._take_inline(service, op, op)
             here = f"{op}-here"  # its own endpoint name: $SRV.STATS tell the two apart
             await own.add_endpoint(
                 EndpointConfig(name=here, subject=op, handler=self._handler(op, here))
             )
+            self._take_inline(service, op, here)
         return service
 
-    def _handler(
-        self, op: str, endpoint: str | None = None
-    ) -> Callable[[Request], Awaitable[None]]:
+    def _handler(self, op: str, endpoint: str) -> Callable[[Request], Awaitable[None]]:
+        """The endpoint's handler where nats-py delivers its requests (see
+        :meth:`_take_inline`): it returns at once, so that the endpoint takes the next."""
+
         async def receive(request: Request) -> None:
-            # Return at once so the endpoint takes the next request; the request's task
-            # is kept until done, and cancelled when the engine stops.
-            task = asyncio.get_running_loop().create_task(self._serve(op, request, endpoint or op))
-            self._requests.add(task)
-            task.add_done_callback(self._served)
+            self._start(op, request, endpoint)
 
         return receive
+
+    def _take_inline(self, service: Service, op: str, endpoint: str) -> None:
+        """Each request of the endpoint just added starts its task as nats-py reads it
+        (:mod:`colonies_es.inline_delivery`): one step of the event loop and a queue
+        less per command than through the endpoint's own task."""
+        added = service._endpoints[-1]
+        subscription = added._subscription
+        if subscription is not None:
+            deliver_inline(subscription, lambda msg: self._start(op, Request(msg), endpoint))
+
+    def _start(self, op: str, request: Request, endpoint: str) -> None:
+        """Starts the task that serves one request; kept until done, cancelled when the
+        engine stops."""
+        self.op_stats.received(endpoint)
+        task = asyncio.get_running_loop().create_task(self._serve(op, request, endpoint))
+        self._requests.add(task)
+        task.add_done_callback(self._served)
 
     def _served(self, task: asyncio.Task[None]) -> None:
         """A request's task ended: forget it; log what it raised (``_serve`` answers

@@ -39,6 +39,7 @@ from eventsourcing.persistence import DataError, IntegrityError, OperationalErro
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from colonies_es.inline_delivery import deliver_inline
 from colonies_es.reply_inbox import ReplyInbox
 
 log = logging.getLogger("colonies.store")
@@ -326,7 +327,7 @@ class JetStreamLog:
         """
         messages = []
         expecting: set[str] = set()
-        batch_id = uuid.uuid4().hex
+        batch_id = uuid.uuid4().hex if len(entries) > 1 else ""
         for number, entry in enumerate(entries, start=1):
             headers: dict[str, str] = {}
             if entry.subject not in expecting:
@@ -585,7 +586,7 @@ class JetStreamLog:
         ended = False
         lost = False
 
-        async def on_message(msg: Msg) -> None:
+        def on_message(msg: Msg) -> None:  # inline, as nats-py reads it
             nonlocal ended, lost
             if msg.reply:
                 arrived.append(_consumed_message(msg))
@@ -599,8 +600,12 @@ class JetStreamLog:
                 lost = status not in ("404", "408")
             wake.set()
 
+        async def on_message_later(msg: Msg) -> None:  # where inline delivery is not had
+            on_message(msg)
+
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=on_message)
+        sub = await self.nc.subscribe(inbox, cb=on_message_later)
+        deliver_inline(sub, on_message)
         request: dict[str, object] = {"batch": batch}
         if no_wait:
             request["no_wait"] = True
@@ -616,7 +621,8 @@ class JetStreamLog:
             received = 0
             while received < batch and not ended:
                 try:
-                    await asyncio.wait_for(wake.wait(), wait)
+                    async with asyncio.timeout(wait):  # no task per wait, as wait_for makes
+                        await wake.wait()
                 except TimeoutError:
                     raise _ConsumerLost from None
                 wake.clear()

@@ -1,0 +1,66 @@
+"""Messages handed to a plain function as nats-py reads them, without a task in between.
+
+nats-py delivers a subscription's messages through an ``asyncio.Queue`` read by a task
+of the subscription (``Subscription._wait_for_msgs``), which awaits the callback: every
+message costs a queue put, a wake-up of that task (one more step of the event loop
+before anything happens) and a queue get. For the subscriptions on a hot path whose
+work per message is a few lines that never wait (set a request's future, note a log
+message, start the task that handles a command), that machinery is most of the cost.
+:func:`deliver_inline` replaces the subscription's queue with one that calls a function
+at once, inside nats-py's read of the socket.
+
+This reaches into nats-py's ``Subscription`` (its ``_pending_queue`` and
+``_pending_size``, as nats-py 2.16 has them): where those are not found the
+subscription keeps its ordinary delivery, and :func:`deliver_inline` says so (False).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["deliver_inline"]
+
+log = logging.getLogger("colonies.nats")
+
+
+class _Inline(asyncio.Queue[Msg]):
+    """A subscription's pending queue that hands each message to ``deliver`` at once.
+
+    Nothing is ever queued: the subscription's own task waits on it forever (until the
+    subscription ends), ``qsize()`` is 0 and ``join()`` (a drain) returns at once."""
+
+    def __init__(self, subscription: Subscription, deliver: Callable[[Msg], None]) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._deliver = deliver
+
+    def put_nowait(self, item: Msg) -> None:
+        # nats-py counted the bytes as pending (its slow-consumer limit): they are not.
+        self._subscription._pending_size -= len(item.data)
+        try:
+            self._deliver(item)
+        except Exception:  # never into nats-py's read loop, which would drop the connection
+            log.exception("delivering a message on %s failed", item.subject)
+
+
+def deliver_inline(subscription: Subscription, deliver: Callable[[Msg], None]) -> bool:
+    """From now on, each message of ``subscription`` is given to ``deliver(msg)`` while
+    nats-py reads it from the socket (in order, on the connection's event loop), instead
+    of to the subscription's callback. ``deliver`` must be quick and must not block: it
+    holds up every other message of the connection. What it raises is logged.
+
+    Call it right after subscribing, before the event loop runs again (so that no
+    message went the ordinary way). Returns False, changing nothing, when this nats-py
+    does not keep the attributes it relies on."""
+    queue = getattr(subscription, "_pending_queue", None)
+    if not isinstance(queue, asyncio.Queue) or not isinstance(
+        getattr(subscription, "_pending_size", None), int
+    ):
+        return False
+    subscription._pending_queue = _Inline(subscription, deliver)
+    return True
