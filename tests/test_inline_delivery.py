@@ -1,0 +1,72 @@
+"""Messages handed over as nats-py reads them (colonies_es/inline_delivery.py), on a real
+nats-server: in order, none lost to nats-py's slow-consumer limit, and a subscription so
+served still drains and ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+from nats.aio.msg import Msg
+
+from colonies_es.inline_delivery import deliver_inline
+
+
+async def _never(msg: Msg) -> None:
+    raise AssertionError(f"the ordinary delivery got {msg.subject}")
+
+
+async def test_every_message_arrives_in_order_past_the_pending_limit(nats_url: str) -> None:
+    """3,000 messages of 1 KB through a subscription whose pending limit is 64 KB: the
+    ordinary delivery, its callback held up, would drop most of them as a slow consumer;
+    inline, each is handed over as it is read (and the callback never runs)."""
+    nc = await nats.connect(nats_url)
+    try:
+        got: list[bytes] = []
+        done = asyncio.Event()
+        total = 3000
+
+        def deliver(msg: Msg) -> None:
+            got.append(msg.data)
+            if len(got) == total:
+                done.set()
+
+        sub = await nc.subscribe("inline.test", cb=_never, pending_bytes_limit=64 * 1024)
+        assert deliver_inline(sub, deliver)
+        publisher = await nats.connect(nats_url)
+        try:
+            for number in range(total):
+                await publisher.publish("inline.test", str(number).encode().ljust(1024))
+            await publisher.flush()
+        finally:
+            await publisher.close()
+        await asyncio.wait_for(done.wait(), 10)
+        assert [int(data) for data in got] == list(range(total))
+        assert sub.pending_bytes == 0
+        assert sub.pending_msgs == 0
+    finally:
+        await nc.drain()  # returns: nothing is left queued in the subscription
+
+
+async def test_a_failing_delivery_is_logged_and_the_connection_goes_on(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        got: list[bytes] = []
+        second = asyncio.Event()
+
+        def deliver(msg: Msg) -> None:
+            if msg.data == b"bad":
+                raise ValueError("a bug in the delivery")
+            got.append(msg.data)
+            second.set()
+
+        sub = await nc.subscribe("inline.fails", cb=_never)
+        assert deliver_inline(sub, deliver)
+        await nc.publish("inline.fails", b"bad")
+        await nc.publish("inline.fails", b"good")
+        await asyncio.wait_for(second.wait(), 5)
+        assert got == [b"good"]
+        assert nc.is_connected
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
