@@ -4,7 +4,7 @@
 callback to its future and waits through ``asyncio.wait_for``: together about a third of
 the client-side cost of a command or an append. :class:`ReplyInbox` names each request
 by a counter under one inbox of the connection and waits on a plain future with a timer;
-the replies are handed to their futures as nats-py reads them (:mod:`.inline_delivery`).
+the replies are handed to their futures as nats-py reads them (:mod:`.nats_hot_path`).
 The engine's appends (``store/jetstream.py``) and the client's commands
 (``client/connection.py``) use it.
 """
@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from colonies_es.inline_delivery import deliver_inline
+from colonies_es.nats_hot_path import deliver_inline, write_now
 
 __all__ = ["ConnectionInterrupted", "ReplyInbox"]
 
@@ -39,8 +39,12 @@ class ReplyInbox:
     after a reconnection; a new connection needs a new inbox.
     """
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, immediate: bool = False) -> None:
+        """``immediate``: each request is written to the socket as it is published
+        (:func:`~colonies_es.nats_hot_path.write_now`), not in the next step of the
+        event loop (the engine's appends, which are on the critical path)."""
         self.nc = nc
+        self.immediate = immediate
         self._prefix = ""
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._numbers = itertools.count()
@@ -65,6 +69,8 @@ class ReplyInbox:
         timer = loop.call_later(seconds, _time_out, reply)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            if self.immediate:
+                write_now(self.nc)
             msg = await reply
         finally:
             timer.cancel()

@@ -65,7 +65,7 @@ from colonies_es.engine.held import woken_claims
 from colonies_es.engine.metrics import EngineMetrics
 from colonies_es.engine.op_stats import OpStats
 from colonies_es.engine.ready import Key
-from colonies_es.inline_delivery import deliver_inline
+from colonies_es.nats_hot_path import deliver_inline, write_now
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -272,7 +272,7 @@ class Engine:
 
     def _take_inline(self, service: Service, op: str, endpoint: str) -> None:
         """Each request of the endpoint just added starts its task as nats-py reads it
-        (:mod:`colonies_es.inline_delivery`): one step of the event loop and a queue
+        (:mod:`colonies_es.nats_hot_path`): one step of the event loop and a queue
         less per command than through the endpoint's own task."""
         added = service._endpoints[-1]
         subscription = added._subscription
@@ -332,6 +332,7 @@ class Engine:
                 await request.respond(outcome.body, headers=headers)
             else:
                 await request.respond_error(str(status), message, headers=headers)
+            write_now(self.nc)  # the reply ends a hop: it does not wait for this step's rest
         except nats.errors.Error as error:  # the caller is gone; the decision stands
             log.warning("could not answer %s: %r", op, error)
             replied, message = False, f"could not answer: {error!r}"

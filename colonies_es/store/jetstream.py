@@ -39,7 +39,7 @@ from eventsourcing.persistence import DataError, IntegrityError, OperationalErro
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from colonies_es.inline_delivery import deliver_inline
+from colonies_es.nats_hot_path import deliver_inline
 from colonies_es.reply_inbox import ReplyInbox
 
 log = logging.getLogger("colonies.store")
@@ -356,7 +356,7 @@ class JetStreamLog:
                 await self.nc.publish(entry.subject, entry.payload, headers=headers)
             entry, headers = messages[-1]
             if self._acks is None or self._acks.nc is not self.nc:
-                self._acks = ReplyInbox(self.nc)
+                self._acks = ReplyInbox(self.nc, immediate=True)
             reply = await self._acks.request(entry.subject, entry.payload, headers, self.timeout)
             return _pub_ack.decode(reply.data)
         except nats.errors.MaxPayloadError as error:

@@ -1,0 +1,89 @@
+"""Two shortcuts through nats-py for the messages on the critical path.
+
+**Inline delivery.** nats-py delivers a subscription's messages through an
+``asyncio.Queue`` read by a task of the subscription (``Subscription._wait_for_msgs``),
+which awaits the callback: every message costs a queue put, a wake-up of that task (one
+more step of the event loop before anything happens) and a queue get. For the
+subscriptions on a hot path whose work per message is a few lines that never wait (set a
+request's future, note a log message, start the task that handles a command), that
+machinery is most of the cost. :func:`deliver_inline` replaces the subscription's queue
+with one that calls a function at once, inside nats-py's read of the socket.
+
+**Writing now.** ``publish`` appends the message to the connection's pending buffer and
+wakes nats-py's flusher task, which writes the buffer to the socket once every callback
+already due in this step of the event loop has run. A message that ends a hop of the
+critical path (a reply to a held claim or wait, an assignment's append) then waits for
+whatever else the engine does in that step. :func:`write_now` writes the pending buffer
+at once (the flusher, woken anyway, then finds it empty).
+
+Both reach into nats-py's ``Subscription`` (``_pending_queue``, ``_pending_size``) and
+``Client`` (``_pending``, ``_pending_data_size``, ``_transport``) as nats-py 2.16 has
+them: where those are not found, nats-py's own path is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
+
+__all__ = ["deliver_inline", "write_now"]
+
+log = logging.getLogger("colonies.nats")
+
+
+class _Inline(asyncio.Queue[Msg]):
+    """A subscription's pending queue that hands each message to ``deliver`` at once.
+
+    Nothing is ever queued: the subscription's own task waits on it forever (until the
+    subscription ends), ``qsize()`` is 0 and ``join()`` (a drain) returns at once."""
+
+    def __init__(self, subscription: Subscription, deliver: Callable[[Msg], None]) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._deliver = deliver
+
+    def put_nowait(self, item: Msg) -> None:
+        # nats-py counted the bytes as pending (its slow-consumer limit): they are not.
+        self._subscription._pending_size -= len(item.data)
+        try:
+            self._deliver(item)
+        except Exception:  # never into nats-py's read loop, which would drop the connection
+            log.exception("delivering a message on %s failed", item.subject)
+
+
+def deliver_inline(subscription: Subscription, deliver: Callable[[Msg], None]) -> bool:
+    """From now on, each message of ``subscription`` is given to ``deliver(msg)`` while
+    nats-py reads it from the socket (in order, on the connection's event loop), instead
+    of to the subscription's callback. ``deliver`` must be quick and must not block: it
+    holds up every other message of the connection. What it raises is logged.
+
+    Call it right after subscribing, before the event loop runs again (so that no
+    message went the ordinary way). Returns False, changing nothing, when this nats-py
+    does not keep the attributes it relies on."""
+    queue = getattr(subscription, "_pending_queue", None)
+    if not isinstance(queue, asyncio.Queue) or not isinstance(
+        getattr(subscription, "_pending_size", None), int
+    ):
+        return False
+    subscription._pending_queue = _Inline(subscription, deliver)
+    return True
+
+
+def write_now(nc: NATS) -> None:
+    """Writes what ``nc`` has pending (the messages published so far) to its socket now,
+    in order, instead of when nats-py's flusher task runs. Does nothing while ``nc`` is
+    not connected (nats-py keeps the buffer for the reconnection) or on a transport
+    other than TCP (a WebSocket writes in its own task)."""
+    transport = getattr(nc, "_transport", None)
+    pending = getattr(nc, "_pending", None)
+    if not pending or not isinstance(transport, TcpTransport) or not nc.is_connected:
+        return
+    transport.writelines(pending)  # type: ignore[no-untyped-call]  # sent at once if it fits
+    nc._pending = []
+    nc._pending_data_size = 0
