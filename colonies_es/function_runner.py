@@ -17,8 +17,11 @@ sends back the output, the errors and what the function printed. The executor wa
 that on its event loop (:meth:`FunctionRunner.run` watches the pipe). The ``colonies``
 the code sees is a :class:`ParentClient`: each of its calls is carried over the pipe and
 made by the executor's own asynchronous client (its connection, its keys, and whatever
-a subclass of it adds, such as a journal of acknowledged commands). Ctrl-C reaches the
-whole process group: the child ignores it and the executor decides.
+a subclass of it adds, such as a journal of acknowledged commands), one at a time,
+except the ``add_child`` calls whose refusal the function could not catch: those cross
+the pipe without waiting and the executor sends them together
+(:mod:`~colonies_es.deferred_children`). Ctrl-C reaches the whole process group: the
+child ignores it and the executor decides.
 """
 
 from __future__ import annotations

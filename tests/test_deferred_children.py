@@ -11,6 +11,8 @@ process), the log read straight from JetStream:
 - a deferred call that is refused ends the function there: the calls before it are in
   the log, the refused one and everything after it are not, and the process fails
   with the engine's message and the call's line;
+- a function that raises after deferred calls fails with its own error, its calls
+  made;
 - what a deferred call returns becomes the engine's process when it is used.
 """
 
@@ -94,6 +96,15 @@ def grow(ctx={}):
     except Exception:
         pass
     return 1
+"""
+)
+
+RAISES = (
+    _ADD
+    + """
+def grow(ctx={}):
+    add("kept", ctx)  # deferred: made all the same, as it was before the raise
+    raise ValueError("after adding")
 """
 )
 
@@ -207,6 +218,17 @@ def test_a_refused_deferred_call_ends_the_function_there_and_what_follows_is_not
     kinds = graph_event_kinds(stack, colony, grown.processgraphid)
     assert kinds.count("ChildAdded") == 2  # the refused batch wrote nothing; then one by one
     assert "ChildrenAdded" not in kinds
+
+
+def test_the_calls_a_function_made_before_it_raised_are_made(
+    stack: Stack, colony: ColonyHandle, executor: PythonExecutor
+) -> None:
+    processes = run_graph(stack, colony, grow(colony, RAISES))
+
+    grown = next(process for process in processes if process.spec.nodename == "grow")
+    assert grown.state == ProcessState.FAILED
+    assert grown.errors[0] == "ValueError: after adding"
+    assert sorted(process.spec.nodename for process in processes) == ["grow", "kept"]
 
 
 def test_what_a_deferred_call_returns_becomes_the_process_it_added(
