@@ -322,8 +322,11 @@ class FunctionRunner:
 
     def _refused(self, refused: Refused) -> RunResult:
         """End a run whose deferred call was refused while the function still runs: it
-        stops there, as the uncaught error would have stopped it."""
+        stops there, as the uncaught error would have stopped it (a run stopped meanwhile
+        is reported stopped: its process had ended, which is why the engine refused)."""
         self.kill()
+        if self._stopped:
+            return RunResult(stopped=True)
         return RunResult(errors=refused.errors())
 
     async def _receive(self, conn: multiprocessing.connection.Connection) -> Any:
