@@ -51,7 +51,24 @@ def main(argv: list[str] | None = None) -> int:
         help="peers group: one python executor running 4 functions at a time (Celery's "
         "layout: one process taking work for 4 children) instead of 4 executors of one",
     )
+    parser.add_argument(
+        "--layout",
+        type=_layout,
+        metavar="EXECUTORSxFUNCTIONS",
+        help="peers group: the python executors of the dev stack, e.g. 4x2 for 4 executors "
+        "running 2 functions at a time each (default 4x1; --one-executor is 1x4)",
+    )
+    parser.add_argument(
+        "--dev-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="peers group: one more option for colonies dev, e.g. --dev-option=--prefetch=0 "
+        "(repeatable)",
+    )
     args = parser.parse_args(argv)
+    if args.one_executor and args.layout:
+        parser.error("--one-executor is the layout 1x4: give one of them")
     unknown = [name for name in args.groups if name not in GROUPS]
     if unknown:
         parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
@@ -64,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         install_peer=args.install_peer,
         no_peer=args.no_peer,
         one_executor=args.one_executor,
+        layout=args.layout,
+        dev_options=tuple(args.dev_option),
     )
 
     reports: list[Report] = []
@@ -78,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(reports, args.json)
     print(f"\nresults written to {path}")
     return 0
+
+
+def _layout(text: str) -> tuple[int, int]:
+    """``"4x2"`` -> (4, 2): executors, functions each (both at least 1)."""
+    executors, _, functions = text.lower().partition("x")
+    try:
+        layout = int(executors), int(functions)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not EXECUTORSxFUNCTIONS, e.g. 4x2") from None
+    if min(layout) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both numbers must be at least 1")
+    return layout
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ RESULTS_DIR = Path(__file__).parent / "results"
 @dataclass(frozen=True)
 class Options:
     """How a group should run: ``quick`` shrinks the work, ``runs`` repeats each rate.
-    ``peer_dir``, ``install_peer``, ``no_peer`` and ``one_executor`` concern the peers
-    group only (see :mod:`benchmarks.peers`)."""
+    ``peer_dir``, ``install_peer``, ``no_peer``, ``one_executor``, ``layout`` and
+    ``dev_options`` concern the peers group only (see :mod:`benchmarks.peers`)."""
 
     quick: bool = False
     runs: int = 3
@@ -41,6 +41,10 @@ class Options:
     install_peer: bool = False
     no_peer: bool = False
     one_executor: bool = False
+    layout: tuple[int, int] | None = None
+    """(executors, functions each) of the dev stack; None: the group's default."""
+    dev_options: tuple[str, ...] = ()
+    """More of ``colonies dev``'s options for the stack."""
 
 
 @dataclass(frozen=True)

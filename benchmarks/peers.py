@@ -52,10 +52,12 @@ the venv ``build/peers/celery-venv`` that ``--install-peer`` creates (it downloa
 PATH. Without the peer, this project's side is measured and the missing piece named.
 
 Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer] [--no-peer]
-[--one-executor]`` (``--no-peer``: this project's side only, to iterate on a change;
-``--one-executor``: one executor running :data:`CONCURRENCY` functions at a time, as
-Celery's one worker with its prefork children, instead of :data:`CONCURRENCY` executors
-of one: it wakes once for several messages, so it costs less CPU per process).
+[--one-executor | --layout EXECUTORSxFUNCTIONS] [--dev-option OPTION ...]`` (``--no-peer``:
+this project's side only, to iterate on a change; ``--one-executor``: one executor running
+:data:`CONCURRENCY` functions at a time, as Celery's one worker with its prefork children,
+instead of :data:`CONCURRENCY` executors of one: it wakes once for several messages, so
+it costs less CPU per process; ``--layout 4x2``: 4 executors of 2 functions each;
+``--dev-option``: one more option for ``colonies dev``, e.g. ``--dev-option=--prefetch=0``).
 """
 
 from __future__ import annotations
@@ -323,11 +325,13 @@ class DevStack:
         one_executor: bool = False,
         executors: int = CONCURRENCY,
         options: Sequence[str] = (),
+        workers: int = 1,
     ) -> Iterator[DevStack]:
         """The stack, running until the block ends (then stopped as Ctrl-C stops it):
-        ``executors`` of one worker, or with ``one_executor`` one executor of
-        :data:`CONCURRENCY` workers; ``options``: more of ``colonies dev``'s."""
-        executors, workers = (1, CONCURRENCY) if one_executor else (executors, 1)
+        ``executors`` of ``workers`` workers each, or with ``one_executor`` one executor
+        of :data:`CONCURRENCY` workers; ``options``: more of ``colonies dev``'s."""
+        if one_executor:
+            executors, workers = 1, CONCURRENCY
         data_dir = directory / "dev"
         log_file = directory / "colonies-dev.log"
         command = [
@@ -963,6 +967,9 @@ def checks(report: PeersReport, quick: bool) -> list[Check]:
 
 def run(options: Options) -> Report:
     sizes = QUICK if options.quick else FULL
+    executors, workers = options.layout or (
+        (1, CONCURRENCY) if options.one_executor else (CONCURRENCY, 1)
+    )
     report = PeersReport(
         group="peers",
         runs=options.runs,
@@ -974,7 +981,8 @@ def run(options: Options) -> Report:
             "concurrency": CONCURRENCY,
             "submit_window": SUBMIT_WINDOW,
             "stack": "colonies dev (NATS authorization on), python executors",
-            "executors": f"1 x {CONCURRENCY}" if options.one_executor else f"{CONCURRENCY} x 1",
+            "executors": f"{executors} x {workers}",
+            "dev_options": " ".join(options.dev_options),
         },
         environment=environment(),
     )
@@ -986,7 +994,9 @@ def run(options: Options) -> Report:
         print(f"  Celery + Redis: {peer.directory}/run.sh with {peer.python}", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="colonies-bench-peers-") as tmp,
-        DevStack.started(Path(tmp), options.one_executor) as stack,
+        DevStack.started(
+            Path(tmp), executors=executors, workers=workers, options=options.dev_options
+        ) as stack,
     ):
         authorization = bool(stack.settings.nats.nkey_file)
         report.parameters["nats_authorization"] = authorization
