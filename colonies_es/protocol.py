@@ -69,6 +69,24 @@ Work
     are ready processes: it re-issues missing ones and removes the surplus left by work
     that was claimed without a ticket.
 
+Prefetch
+    A busy executor may claim its next process while its function runs, so that it
+    starts as soon as the function ends: a claim with ``prefetch`` (alone, or carried by
+    a close). The engine never holds it and never makes it queue behind another claim:
+    it assigns the best ready process that no claim is assigning, unless a claim this
+    replica holds waits and may take that process (an idle executor is served first;
+    work a held claim was woken for counts as being assigned from the moment the claim
+    wakes, through the ``alive`` question); else 404 (:data:`NOTHING_READY`). Its reply
+    is a :class:`NextProcess` whose ``more`` says how many processes of the claimer's
+    type are still ready beyond what the claims held here will take; a close's reply
+    carries the same hint for the claim it carried. An executor claims ahead only while
+    that hint is positive, so an executor that keeps up with the work sends no prefetch
+    claims. A prefetched process is assigned (RUNNING, its ``maxexectime`` counting) from
+    the moment of its claim: it is the executor's to run, or to give up by failing it.
+    Each replica applies the rule to the claims it holds; a prefetch claim on one replica
+    may take a process an idle executor waits for on another (the same race two held
+    claims on two replicas run, decided by the graph's optimistic concurrency).
+
 Notifications
     When a process ends (SUCCESS, FAILED, CANCELLED) the engine publishes its id on
     ``colonies.ended.<colony>.<processid>`` (core NATS, no persistence; any client may
@@ -193,6 +211,10 @@ class Claim(msgspec.Struct, kw_only=True):
     alive: str = ""
     """Where the engine asks, before it assigns work that came while it held the claim,
     whether the caller still wants it (:func:`alive_subject`); empty: it does not ask."""
+    prefetch: bool = False
+    """The caller is busy and claims work to start when it is done ("Prefetch"): never
+    held (``wait`` is ignored), answered with a :class:`NextProcess`, and given a process
+    only when no claim the engine holds may take it."""
 
 
 class CloseProcess(msgspec.Struct, kw_only=True):
@@ -213,12 +235,16 @@ class FailProcess(msgspec.Struct, kw_only=True):
 
 
 class NextProcess(msgspec.Struct, kw_only=True):
-    """The reply to a close that carried a claim: the process assigned to the
-    caller by that claim, or None when nothing was ready for it (``refused`` says why
-    when the claim was refused for another reason)."""
+    """The reply to a close that carried a claim, and to a prefetch claim: the process
+    assigned to the caller by that claim, or None when nothing was ready for it
+    (``refused`` says why when a carried claim was refused for another reason)."""
 
     next: Process | None = None
     refused: str = ""
+    more: int = 0
+    """A hint: how many processes of the caller's type were still ready, beyond what
+    the claims the deciding engine held would take, once this one was assigned (0 when
+    none, or not counted)."""
 
 
 class SetOutput(msgspec.Struct, kw_only=True):

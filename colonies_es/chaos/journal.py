@@ -33,6 +33,7 @@ from colonies_es.client import AsyncColonies, Colonies
 from colonies_es.crypto import id_from_private_key
 from colonies_es.models import FuncSpec, Process, Workflow, attempt_of
 from colonies_es.models import ProcessGraph as GraphModel
+from colonies_es.protocol import NextProcess
 
 __all__ = ["Journal", "JournalingAsyncColonies", "JournalingColonies", "read_journals"]
 
@@ -78,9 +79,10 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 class JournalingColonies(Colonies):
     """The synchronous client, recording each acknowledged claim (``assign``, or the next
-    process a ``close_and_claim`` took), close, fail, add_child and submission in a
-    :class:`Journal`. An executor given this client (and the code it
-    runs, which sees it as ``colonies``) leaves the trail the checker needs.
+    process a ``close_and_claim``, ``close_and_next`` or ``prefetch_claim`` took), close,
+    fail, add_child and submission in a :class:`Journal`. An executor given this client
+    (and the code it runs, which sees it as ``colonies``) leaves the trail the checker
+    needs.
 
     The records are made by the asynchronous client it drives
     (:class:`JournalingAsyncColonies`), so that the executor's workers, which use that
@@ -139,7 +141,7 @@ class JournalingAsyncColonies(AsyncColonies):
         await super().close(processid, output, prvkey, attempt)
         self._closed(processid, output, prvkey, attempt)
 
-    async def close_and_claim(
+    async def close_and_next(
         self,
         processid: str,
         output: Sequence[Any],
@@ -147,13 +149,20 @@ class JournalingAsyncColonies(AsyncColonies):
         colonyname: str,
         attempt: int = 0,
         wait: float = 0.0,
-    ) -> Process | None:
-        following = await super().close_and_claim(
-            processid, output, prvkey, colonyname, attempt, wait
+        prefetch: bool = False,
+    ) -> NextProcess:
+        following = await super().close_and_next(
+            processid, output, prvkey, colonyname, attempt, wait, prefetch
         )
         self._closed(processid, output, prvkey, attempt)
-        if following is not None:
-            self._claimed(following, prvkey)
+        if following.next is not None:
+            self._claimed(following.next, prvkey)
+        return following
+
+    async def prefetch_claim(self, colonyname: str, prvkey: str) -> NextProcess:
+        following = await super().prefetch_claim(colonyname, prvkey)
+        if following.next is not None:
+            self._claimed(following.next, prvkey)
         return following
 
     def _closed(self, processid: str, output: Sequence[Any], prvkey: str, attempt: int) -> None:

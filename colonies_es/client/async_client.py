@@ -288,21 +288,54 @@ class AsyncColonies:
         the engine holds the claim until work comes, as :meth:`assign` does: the reply,
         and so this call, then comes when a process is assigned to the caller or the
         wait is over (None). An idle executor sends one request per process that way."""
-        wait = min(max(wait, 0.0), p.MAX_CLAIM_WAIT)
+        return (
+            await self.close_and_next(processid, output, prvkey, colonyname, attempt, wait)
+        ).next
+
+    async def close_and_next(
+        self,
+        processid: str,
+        output: Sequence[Any],
+        prvkey: str,
+        colonyname: str,
+        attempt: int = 0,
+        wait: float = 0.0,
+        prefetch: bool = False,
+    ) -> p.NextProcess:
+        """:meth:`close_and_claim`, answered with the whole
+        :class:`~colonies_es.protocol.NextProcess` (the next process and the hint
+        ``more``). With ``prefetch`` the claim is a prefetch claim
+        (:meth:`prefetch_claim`: the caller is busy; ``wait`` is then ignored)."""
+        wait = 0.0 if prefetch else min(max(wait, 0.0), p.MAX_CLAIM_WAIT)
         if wait == 0:
-            claim = self._connection.seal("claim", p.Claim(colonyname=colonyname), prvkey)
-            body = p.CloseProcess(
+            body = p.Claim(colonyname=colonyname, prefetch=prefetch)
+            claim = self._connection.seal("claim", body, prvkey)
+            close = p.CloseProcess(
                 processid=processid, out=list(output), attempt=attempt, claim=claim
             )
-            return (await self._call("close", body, prvkey, p.NextProcess)).next
+            return await self._call("close", close, prvkey, p.NextProcess)
         budget = wait + self._connection.timeout / ATTEMPTS  # the close's, then the hold
         async with self._connection.claiming() as alive:
             held = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
             claim = self._connection.seal("claim", held, prvkey)
-            body = p.CloseProcess(
+            close = p.CloseProcess(
                 processid=processid, out=list(output), attempt=attempt, claim=claim
             )
-            return (await self._call("close", body, prvkey, p.NextProcess, held=budget)).next
+            return await self._call("close", close, prvkey, p.NextProcess, held=budget)
+
+    async def prefetch_claim(self, colonyname: str, prvkey: str) -> p.NextProcess:
+        """Claim, now, a process for the caller (an executor) to run once it is done with
+        what it runs: the engine assigns one only if no claim it holds for an idle
+        executor may take it (protocol.py, "Prefetch"). Returns the
+        :class:`~colonies_es.protocol.NextProcess`: the process assigned to the caller
+        (RUNNING from now on: its ``maxexectime`` counts), or None, and the hint ``more``."""
+        body = p.Claim(colonyname=colonyname, prefetch=True)
+        try:
+            return await self._call("claim", body, prvkey, p.NextProcess)
+        except ColoniesError as error:
+            if error.status == 404 and error.message.startswith(p.NOTHING_READY):
+                return p.NextProcess()
+            raise
 
     async def fail(
         self, processid: str, errors: Sequence[str], prvkey: str, attempt: int = 0

@@ -250,6 +250,8 @@ class Colonies:
     assign = _blocking(AsyncColonies.assign)
     close = _blocking(AsyncColonies.close)
     close_and_claim = _blocking(AsyncColonies.close_and_claim)
+    close_and_next = _blocking(AsyncColonies.close_and_next)
+    prefetch_claim = _blocking(AsyncColonies.prefetch_claim)
     fail = _blocking(AsyncColonies.fail)
     set_output = _blocking(AsyncColonies.set_output)
     get_process = _blocking(AsyncColonies.get_process)

@@ -47,13 +47,14 @@ from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
 from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.follower import Follower
 from colonies_es.engine.ops import EMPTY, HANDLERS
+from colonies_es.engine.ops.work import ready_hint
 from colonies_es.engine.quotas import QuotaExceeded, Quotas
 from colonies_es.engine.ready import Key, ReadyIndex
 from colonies_es.engine.replies import Applied, Decided, SeenCommands
 from colonies_es.engine.state import Effects, EngineState
 from colonies_es.engine.timers import Timers
 from colonies_es.models import encode
-from colonies_es.protocol import CloseProcess, NextProcess
+from colonies_es.protocol import Claim, CloseProcess, NextProcess
 from colonies_es.store import JetStreamApplicationRecorder
 
 log = logging.getLogger("colonies.engine")
@@ -221,8 +222,13 @@ class ColoniesApp(Application[str]):
             if isinstance(opened_claim, Outcome)
             else await self._handle_opened(*opened_claim, now, after)
         )
-        if claimed.status == 200:
-            reply = b'{"next":' + claimed.body + b"}"
+        if claimed.status == 200 and not isinstance(opened_claim, Outcome):
+            claim_command, claim_body = opened_claim
+            if isinstance(claim_body, Claim) and claim_body.prefetch:  # a NextProcess already
+                reply = claimed.body
+            else:
+                more = ready_hint(self.aggregates, claim_command.caller_id, claim_body.colonyname)
+                reply = b'{"next":%b,"more":%d}' % (claimed.body, more)
         else:
             refused = "" if claimed.status == 404 else f"{claimed.status}: {claimed.message}"
             reply = encode(NextProcess(refused=refused))
@@ -397,6 +403,8 @@ class ColoniesApp(Application[str]):
                 return encode(aggregate.process_model(aggregate.rootprocessids[0]))
             if known.op in ("submit_workflow", "rerun_processgraph"):
                 return encode(aggregate.to_model())
+            if known.op == "claim" and isinstance(body, Claim) and body.prefetch:
+                return encode(NextProcess(next=aggregate.process_model(known.subject)))
             if known.op in ("claim", "add_child"):
                 return encode(aggregate.process_model(known.subject))
             if known.op == "add_children":  # the ids its event added, read back

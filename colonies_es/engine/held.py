@@ -98,6 +98,19 @@ class HeldClaims:
             return True
         return False
 
+    def waiting_for(self, key: Key, executornames: tuple[str, ...] = ()) -> bool:
+        """True if a claim held here waits (woken or not) and may take a process of
+        ``key`` for any executor, or only those in ``executornames``: a prefetch claim
+        then leaves the process to it (protocol.py, "Prefetch")."""
+        return any(
+            claim.waiting and (not executornames or claim.executorname in executornames)
+            for claim in self._held.get(key, ())
+        )
+
+    def waiting(self, key: Key) -> int:
+        """Claims of ``key`` held here that wait."""
+        return sum(claim.waiting for claim in self._held.get(key, ()))
+
     def counts(self) -> dict[Key, int]:
         """Claims waiting per key (the metrics' waiting executors)."""
         return {

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 import nats.errors
 
 from colonies_es import crypto
-from colonies_es.domain import Conflict, Forbidden, NotFound, ProcessGraph
+from colonies_es.domain import Conflict, DomainError, Forbidden, NotFound, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, audit
 from colonies_es.engine.ops.base import Reply
-from colonies_es.engine.ready import ReadyProcess
+from colonies_es.engine.ready import Key, ReadyProcess
 from colonies_es.models import Executor, encode
 from colonies_es.protocol import (
     MAX_CLAIM_WAIT,
@@ -25,6 +25,7 @@ from colonies_es.protocol import (
     Claim,
     CloseProcess,
     FailProcess,
+    NextProcess,
     SetOutput,
 )
 
@@ -53,11 +54,18 @@ async def claim(
     :data:`MAX_CLAIM_WAIT`) and takes the first such process that becomes ready
     meanwhile, once the claimer said it still waits (``body.alive``, asked when the
     claim is older than :data:`ALIVE_AFTER`); then 404
-    (:data:`NOTHING_READY`). The assignment is stamped with the time it is made."""
+    (:data:`NOTHING_READY`). The assignment is stamped with the time it is made.
+
+    A prefetch claim (``body.prefetch``, from an executor busy with other work) is never
+    held and never queues behind another claim: it takes the best ready process no claim
+    is assigning, unless a claim held here waits that may take it (an idle executor is
+    served first), else 404. Its reply is a :class:`NextProcess` with the hint ``more``."""
     executor = _claimer(aggregates, cmd, body.colonyname)
     key = (body.colonyname, executor.executortype)
     ready = aggregates.state.ready
     claiming = aggregates.claiming
+    if body.prefetch:
+        return await _prefetch(aggregates, cmd, key, executor)
     loop = asyncio.get_running_loop()
     arrived = loop.time()
     deadline = arrived + min(max(body.wait, 0.0), MAX_CLAIM_WAIT)
@@ -77,34 +85,84 @@ async def claim(
                 await held.wait(min(remaining, CLAIM_RECHECK))
                 waited = True
                 continue
-            if waited:  # time passed: is the claimer still there, and still allowed?
-                asks = body.alive and loop.time() - arrived >= ALIVE_AFTER
-                if asks and not await _still_waiting(aggregates, body.alive):
-                    # It was woken for this process (and no ticket was published for
-                    # it): pass it on to the next claim held here that may take it.
-                    aggregates.claims.wake(key, best.executornames)
-                    raise NotFound(f"{executor.executorname!r} no longer waits for work")
-                executor = _claimer(aggregates, cmd, body.colonyname)
-                now = datetime.now(UTC)
-
-            def assign(
-                graph: ProcessGraph,
-                best: ReadyProcess = best,
-                now: datetime = now,
-                executor: Executor = executor,
-            ) -> None:
-                graph.assign(best.processid, executor, best.attempt, **audit(cmd, now))
-
+            # Marked as being claimed from here on, the alive question included, so
+            # that a prefetch claim (or another claim) does not take it meanwhile.
             claiming.add(best.processid)
+            gave_up = False
             try:
-                graph, effects = await aggregates.change_graph(best.graph_id, assign)
+                if waited:  # time passed: is the claimer still there, and still allowed?
+                    asks = bool(body.alive) and loop.time() - arrived >= ALIVE_AFTER
+                    gave_up = asks and not await _still_waiting(aggregates, body.alive)
+                    if not gave_up:
+                        executor = _claimer(aggregates, cmd, body.colonyname)
+                        now = datetime.now(UTC)
+                if not gave_up:
+
+                    def assign(
+                        graph: ProcessGraph,
+                        best: ReadyProcess = best,
+                        now: datetime = now,
+                        executor: Executor = executor,
+                    ) -> None:
+                        graph.assign(best.processid, executor, best.attempt, **audit(cmd, now))
+
+                    graph, effects = await aggregates.change_graph(best.graph_id, assign)
             except (Conflict, NotFound):
                 aggregates.counters.claim_races += 1
                 ready.discard(best.processid)  # raced or stale: try the next best
                 continue
             finally:
                 claiming.discard(best.processid)
+            if gave_up:
+                # It was woken for this process (and no ticket was published for it):
+                # pass it on to the next claim held here that may take it.
+                aggregates.claims.wake(key, best.executornames)
+                raise NotFound(f"{executor.executorname!r} no longer waits for work")
             return Reply(encode(graph.process_model(best.processid)), effects)
+
+
+async def _prefetch(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, key: Key, executor: Executor
+) -> Reply:
+    """:func:`claim` for a prefetch claim (protocol.py, "Prefetch")."""
+    ready = aggregates.state.ready
+    while True:
+        best = ready.best_for(key, executor.executorname, aggregates.claiming)
+        if best is None or aggregates.claims.waiting_for(key, best.executornames):
+            raise NotFound(f"{NOTHING_READY} to prefetch for {executor.executorname!r}")
+        now = datetime.now(UTC)
+
+        def assign(graph: ProcessGraph, best: ReadyProcess = best, now: datetime = now) -> None:
+            graph.assign(best.processid, executor, best.attempt, **audit(cmd, now))
+
+        aggregates.claiming.add(best.processid)
+        try:
+            graph, effects = await aggregates.change_graph(best.graph_id, assign)
+        except (Conflict, NotFound):
+            aggregates.counters.claim_races += 1
+            ready.discard(best.processid)  # raced or stale: try the next best
+            continue
+        finally:
+            aggregates.claiming.discard(best.processid)
+        assigned = NextProcess(
+            next=graph.process_model(best.processid), more=more_ready(aggregates, key)
+        )
+        return Reply(encode(assigned), effects)
+
+
+def more_ready(aggregates: Aggregates, key: Key) -> int:
+    """The hint :attr:`NextProcess.more`: processes of ``key`` ready on this replica
+    beyond those the claims it holds will take."""
+    return max(0, aggregates.state.ready.count(key) - aggregates.claims.waiting(key))
+
+
+def ready_hint(aggregates: Aggregates, caller_id: str, colonyname: str) -> int:
+    """:func:`more_ready` for the executor ``caller_id`` of ``colonyname`` (0 if unknown)."""
+    try:
+        executor = aggregates.colony(colonyname).executor_by_id(caller_id)
+    except DomainError:
+        return 0
+    return 0 if executor is None else more_ready(aggregates, (colonyname, executor.executortype))
 
 
 def _claimer(aggregates: Aggregates, cmd: crypto.VerifiedCommand, colonyname: str) -> Executor:
@@ -170,4 +228,4 @@ async def set_output(
     return Reply(effects=effects)
 
 
-__all__ = ["claim", "close", "fail", "set_output"]
+__all__ = ["claim", "close", "fail", "more_ready", "ready_hint", "set_output"]
