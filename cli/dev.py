@@ -58,6 +58,7 @@ from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
 from colonies_es.crypto import id_from_private_key
 from colonies_es.embedded import NatsServer, NatsServerError
 from colonies_es.embedded_cluster import NatsCluster
+from colonies_es.executor import DEFAULT_PREFETCH
 from colonies_es.gateway import DEFAULT_PORT as DEFAULT_GATEWAY_PORT
 from colonies_es.settings import Settings
 from colonies_es.states import ExecutorState
@@ -99,6 +100,8 @@ class DevOptions:
     """NATS over TLS only, with a CA and certificate of the stack's own."""
     concurrency: int = 1
     """Workers of each python executor (its ``--concurrency``)."""
+    prefetch: int = DEFAULT_PREFETCH
+    """Processes each worker of a python executor claims ahead (its ``--prefetch``)."""
 
     @property
     def replicas(self) -> int:
@@ -331,6 +334,7 @@ def _start_executors(
             [
                 *("executor", "start", "--type", EXECUTOR_TYPE, *EXECUTOR_OPTIONS),
                 *("--concurrency", str(options.concurrency)),
+                *("--prefetch", str(options.prefetch)),
             ],
             executor_environment(environment),
             options.data_dir / f"executor{suffix}.log",
@@ -572,6 +576,15 @@ def dev(
             "of one (it wakes once for several messages).",
         ),
     ] = 1,
+    prefetch: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes each worker of a python executor claims ahead while its "
+            "function runs, when there is more work than idle executors (see `colonies "
+            "executor start --help`); 0: claim only when idle.",
+        ),
+    ] = DEFAULT_PREFETCH,
     demo: Annotated[
         bool,
         typer.Option(
@@ -677,6 +690,7 @@ def dev(
                 auth=auth,
                 tls=tls,
                 concurrency=concurrency,
+                prefetch=prefetch,
             )
             code = _run(options, stop, config_file)
     except (DevError, NatsServerError, ColoniesError, ColoniesConnectionError) as error:

@@ -15,7 +15,7 @@ import typer
 
 from colonies_es.cli.common import COLONY_OWNER, Server, probe, refusal
 from colonies_es.client import ColoniesConnectionError, ColoniesError, colonies_client
-from colonies_es.executor import PythonExecutor
+from colonies_es.executor import DEFAULT_PREFETCH, PREFETCH_PATIENCE, PythonExecutor
 
 GC_THRESHOLDS = (20_000, 20, 20)
 """The collector's thresholds in an executor process, as in the engine's. With Python's
@@ -73,6 +73,17 @@ def start(
             "a process still running then is failed.",
         ),
     ] = 30.0,
+    prefetch: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes each worker claims ahead while its function runs, when more "
+            "work is ready than idle executors take, so the next one starts at once; a "
+            "claimed process is RUNNING (its maxexectime counts). Past "
+            f"{PREFETCH_PATIENCE:g} s of a function, what waits behind it starts in a "
+            "child process of its own. 0: claim only when idle.",
+        ),
+    ] = DEFAULT_PREFETCH,
 ) -> None:
     """Run a python executor until Ctrl-C or SIGTERM (help: :data:`_START_HELP`)."""
     try:
@@ -104,6 +115,7 @@ def start(
         concurrency=concurrency,
         poll_timeout=poll_timeout,
         grace=grace,
+        prefetch=prefetch,
     )
     with client:  # disconnects at the end, whatever happens
         try:

@@ -13,6 +13,14 @@ until work comes as ``assign`` is, so a worker goes from one process to the next
 one request per process, busy or idle. Lost connections and
 refusals are logged and retried; nothing a function does stops the executor.
 
+Prefetch (``prefetch=N``, protocol.py "Prefetch"): while more work is ready than idle
+executors take (the engine's hint), a worker claims up to N processes ahead while its
+function runs, and a report's claim is a prefetch claim; when the function ends with a
+process in hand, that one starts at once and the report goes out without its reply being
+awaited (still retried, a refused close still becoming a fail). A process claimed ahead
+waits at most :data:`PREFETCH_PATIENCE` behind a long function: then it starts in a
+runner of its own (:class:`_Ahead`).
+
 The workers are asyncio tasks on the client's own event loop (the synchronous client
 runs one in a thread; :meth:`~colonies_es.client.Colonies.submit`). Each runs its
 functions in a child process of its own (:class:`~colonies_es.function_runner.FunctionRunner`,
@@ -25,6 +33,7 @@ its process ends elsewhere (cancelled, timed out).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -32,7 +41,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +50,7 @@ from colonies_es.client import AsyncColonies, Colonies, ColoniesConnectionError,
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
 from colonies_es.function_runner import FunctionFailed, FunctionRunner, execute_function
 from colonies_es.models import Executor, Process, attempt_of, func_spec
+from colonies_es.protocol import NextProcess
 from colonies_es.states import ProcessState
 
 __all__ = ["FunctionFailed", "PythonExecutor", "execute_function"]
@@ -65,6 +75,14 @@ WATCH_AFTER = 0.5
 elsewhere (cancelled, timed out)."""
 WATCH_SLICE = 5.0
 """Seconds of each wait for the end of a watched process."""
+
+DEFAULT_PREFETCH = 1
+"""Processes each worker claims ahead while its function runs (``PythonExecutor(prefetch=)``)."""
+
+PREFETCH_PATIENCE = 0.2
+"""Seconds a worker's function may run while processes it claimed ahead wait behind it:
+then they start in runners of their own, and the worker claims nothing ahead until one
+of its functions ends within this time again."""
 
 _REGISTER_ATTEMPTS = 5
 """Tries of add_executor when the colony changed concurrently (409 with the name free)."""
@@ -124,6 +142,147 @@ class _Running:
     started: float  # time.monotonic()
 
 
+@dataclass(frozen=True)
+class _Ran:
+    """What a function's run gave, to report."""
+
+    output: list[Any]
+    errors: list[str]
+    printed: str
+    duration: float  # seconds
+
+
+class _Ahead:
+    """One worker's work claimed ahead (prefetched): processes assigned to the executor
+    and not started yet (:attr:`queue`), the prefetch claims awaiting their reply
+    (:attr:`claims`) and the reports sent without awaiting theirs.
+
+    Rules (DESIGN.md, "Executor prefetch"): claims ahead are sent only while the engine's
+    last hint (:attr:`more`) said that work was left over for busy executors, and while
+    the worker's functions end within :data:`PREFETCH_PATIENCE`; at most ``prefetch``
+    processes are queued or claimed at once. A process still queued when the running
+    function has run :data:`PREFETCH_PATIENCE` seconds starts at once in a runner of its
+    own (:meth:`PythonExecutor._run_aside`), as does one that arrives after that.
+    """
+
+    def __init__(self, executor: PythonExecutor, client: AsyncColonies) -> None:
+        self._executor = executor
+        self._client = client
+        self.queue: collections.deque[Process] = collections.deque()
+        self.claims = 0
+        self.more = 0
+        """The engine's last hint (:attr:`NextProcess.more`): work left for busy executors."""
+        self.short = True
+        """The worker's last function ended within :data:`PREFETCH_PATIENCE`."""
+        self._started = 0.0  # time.monotonic() when the running function started
+        self._spilling = False  # the running function is past its patience
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def may_claim(self, stopping: asyncio.Event) -> bool:
+        """Whether to claim ahead now (see the class's rules)."""
+        return (
+            self._executor.prefetch > 0 and self.more > 0 and self.short and not stopping.is_set()
+        )
+
+    def room(self) -> int:
+        """How many more processes may be claimed ahead."""
+        return self._executor.prefetch - len(self.queue) - self.claims
+
+    def top_up(self) -> None:
+        """Send prefetch claims until :meth:`room` is 0 (not awaiting their replies)."""
+        for _ in range(self.room()):
+            self.claims += 1
+            self._spawn(self._claim_ahead())
+
+    def function_started(self) -> asyncio.TimerHandle:
+        """The worker starts a function: the timer that spills the queue to runners of
+        their own once it has run :data:`PREFETCH_PATIENCE` seconds (to cancel when it
+        ends)."""
+        self._started = time.monotonic()
+        return asyncio.get_running_loop().call_later(PREFETCH_PATIENCE, self._start_spilling)
+
+    def function_ended(self) -> None:
+        self._spilling = False
+        self.short = time.monotonic() - self._started < PREFETCH_PATIENCE
+
+    def report_aside(self, process: Process, ran: _Ran, carry: bool) -> None:
+        """Report ``process`` without awaiting the reply; with ``carry`` the close
+        carries a prefetch claim, whose process is queued when it comes."""
+        if carry:
+            self.claims += 1
+        self._spawn(self._report(process, ran, carry))
+
+    async def next_or_none(self) -> Process | None:
+        """The next queued process, once the claims in flight brought one; None when
+        they all came back without."""
+        while not self.queue and self.claims:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.queue.popleft() if self.queue else None
+
+    async def settle(self) -> None:
+        """Wait for the reports, claims and runs aside still in flight (not cancelled
+        when this wait is: a report still gets through)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _claim_ahead(self) -> None:
+        executor = self._executor
+        following = None
+        try:
+            following = await self._client.prefetch_claim(executor.colonyname, executor.prvkey)
+        except (ColoniesError, ColoniesConnectionError) as error:
+            log.debug("claiming ahead: %s", error)
+        finally:
+            self._arrived(following)
+
+    async def _report(self, process: Process, ran: _Ran, carry: bool) -> None:
+        following = None
+        try:
+            hold = 0.0 if carry else None
+            following = await self._executor._report(
+                self._client, process, ran, hold=hold, prefetch=carry
+            )
+        finally:
+            if carry:
+                self._arrived(following)
+
+    def _arrived(self, following: NextProcess | None) -> None:
+        """The reply to a claim ahead came (None: it failed)."""
+        self.claims -= 1
+        if following is not None:
+            self.more = following.more
+            if following.next is not None:
+                process = following.next
+                self._executor._note_prefetched(process)
+                self.queue.append(process)
+                if self._spilling:
+                    self._spill()
+        self._changed.set()
+
+    def _start_spilling(self) -> None:
+        self._spilling = True
+        self._spill()
+
+    def _spill(self) -> None:
+        while self.queue:
+            process = self.queue.popleft()
+            log.info(
+                "%s %s would wait behind a function running %.1f s: running it in a runner "
+                "of its own",
+                process.spec.funcname,
+                process.processid[:8],
+                time.monotonic() - self._started,
+            )
+            self._spawn(self._executor._run_aside(self._client, process))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 class PythonExecutor:
     """An executor of ``executortype`` in ``colonyname`` that runs Python functions.
 
@@ -135,8 +294,10 @@ class PythonExecutor:
     :meth:`register`.
 
     :meth:`run` takes work with ``concurrency`` workers, each waiting up to
-    ``poll_timeout`` seconds per ``assign``; on stop, a function still running ``grace``
-    seconds later is abandoned (its process is failed).
+    ``poll_timeout`` seconds per ``assign`` and claiming up to ``prefetch`` processes
+    ahead while its function runs (0: none; see the module); on stop, the processes
+    claimed ahead are run, and a function still running ``grace`` seconds later is
+    abandoned (its process is failed, as is one claimed ahead that never started).
     """
 
     def __init__(
@@ -151,11 +312,14 @@ class PythonExecutor:
         prvkey: str | None = None,
         poll_timeout: float = 5.0,
         grace: float = 30.0,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         """Raises ValueError for a ``concurrency`` below 1, a ``poll_timeout`` that is not
-        positive, a negative ``grace`` or an invalid ``prvkey``."""
+        positive, a negative ``grace`` or ``prefetch``, or an invalid ``prvkey``."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must not be negative, not {prefetch}")
         if poll_timeout <= 0:
             raise ValueError(f"poll_timeout must be positive, not {poll_timeout}")
         if grace < 0:
@@ -166,6 +330,7 @@ class PythonExecutor:
         self.concurrency = concurrency
         self.poll_timeout = poll_timeout
         self.grace = grace
+        self.prefetch = prefetch
         self.prvkey = prvkey or new_private_key()
         self.executorid = id_from_private_key(self.prvkey)
         self.executorname = name or f"{executortype}-{secrets.token_hex(4)}"
@@ -174,6 +339,7 @@ class PythonExecutor:
         self._runners: list[FunctionRunner] = []
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
+        self._prefetched: dict[str, _Running] = {}  # claimed ahead, not started (when)
         self._trouble: str | None = None
 
     # ------------------------------------------------------------------ registration
@@ -267,11 +433,13 @@ class PythonExecutor:
             if late:
                 with self._lock:
                     abandoned = dict(self._running)
+                    queued = dict(self._prefetched)
                 for worker in late:
                     worker.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
                 self.close_runners()  # their functions end here
                 await self._abandon(client, abandoned)
+                await self._abandon(client, queued, started=False)
         finally:
             for worker in workers:
                 worker.cancel()
@@ -301,9 +469,9 @@ class PythonExecutor:
     async def _take_and_run(
         self, client: AsyncColonies, runner: FunctionRunner, stopping: asyncio.Event
     ) -> tuple[str, str] | None:
-        """Take a process and run it, and the next ones its reports claim until none is
-        ready or ``stopping`` is set; None when that went well or no work came, else the
-        problem as (kind, message)."""
+        """Take a process and run it, and the next ones its reports (and prefetch claims)
+        bring until none is ready or ``stopping`` is set; None when that went well or no
+        work came, else the problem as (kind, message)."""
         started = time.monotonic()
         try:
             process = await client.assign(self.colonyname, self.poll_timeout, self.prvkey)
@@ -317,11 +485,48 @@ class PythonExecutor:
         except ColoniesConnectionError as error:
             return "connection", f"lost the connection: {error}"
         self._trouble_over()
-        following: Process | None = process
-        while following is not None:
-            following = await self._run_one(
-                client, runner, following, not stopping.is_set(), self.poll_timeout
-            )
+        ahead = _Ahead(self, client)
+        try:
+            following: Process | None = process
+            while following is not None:
+                following = await self._run_next(client, runner, following, ahead, stopping)
+        finally:
+            await ahead.settle()
+        return None
+
+    async def _run_next(
+        self,
+        client: AsyncColonies,
+        runner: FunctionRunner,
+        process: Process,
+        ahead: _Ahead,
+        stopping: asyncio.Event,
+    ) -> Process | None:
+        """Run ``process`` in ``runner`` and report it; the process to run next (None:
+        back to ``assign``). While the function runs, processes are claimed ahead up to
+        ``prefetch`` (:class:`_Ahead`); with one in hand when the function ends, its
+        report is sent without awaiting the reply, carrying the next prefetch claim."""
+        if ahead.may_claim(stopping):
+            ahead.top_up()
+        patience = ahead.function_started() if self.prefetch else None
+        try:
+            ran = await self._execute(client, runner, process)
+        finally:
+            if patience is not None:
+                patience.cancel()
+                ahead.function_ended()
+        if ran is None:  # stopped elsewhere: nothing to report
+            return ahead.queue.popleft() if ahead.queue else await ahead.next_or_none()
+        if ahead.queue or ahead.claims:
+            # The ended function's slot is free until the next one starts: room for one more.
+            carry = ahead.may_claim(stopping) and ahead.room() + 1 > 0
+            ahead.report_aside(process, ran, carry)
+            return ahead.queue.popleft() if ahead.queue else await ahead.next_or_none()
+        hold = self.poll_timeout if not stopping.is_set() else None
+        following = await self._report(client, process, ran, hold=hold)
+        if following is not None:
+            ahead.more = following.more
+            return following.next
         return None
 
     def _trouble_seen(self, kind: str, message: str, pause: float) -> None:
@@ -364,16 +569,21 @@ class PythonExecutor:
             runner.close()
 
     async def _run_one(
-        self,
-        client: AsyncColonies,
-        runner: FunctionRunner,
-        process: Process,
-        take_next: bool,
-        hold: float = 0.0,
+        self, client: AsyncColonies, runner: FunctionRunner, process: Process, take_next: bool
     ) -> Process | None:
-        """:meth:`run_one` on the loop, with ``runner``'s child; the claim a close
-        carries (``take_next``) waits up to ``hold`` seconds in the engine for work to
-        come, as ``assign`` would (a worker's loop: one request per process when idle)."""
+        """:meth:`run_one` on the loop, with ``runner``'s child; the claim a close carries
+        (``take_next``) is answered at once."""
+        ran = await self._execute(client, runner, process)
+        if ran is None:
+            return None
+        following = await self._report(client, process, ran, hold=0.0 if take_next else None)
+        return None if following is None else following.next
+
+    async def _execute(
+        self, client: AsyncColonies, runner: FunctionRunner, process: Process
+    ) -> _Ran | None:
+        """Run the function of ``process`` in ``runner``'s child; None when it was stopped
+        because its process ended elsewhere (cancelled, timed out: logged here)."""
         funcname = process.spec.funcname
         ctx: dict[str, Any] = {
             "process": process,
@@ -382,6 +592,7 @@ class PythonExecutor:
             "executor_prvkey": self.prvkey,
         }
         with self._lock:
+            self._prefetched.pop(process.processid, None)
             self._running[process.processid] = _Running(funcname, time.monotonic())
         started = time.perf_counter()
         watcher = _EndWatcher(client, process.processid, self.prvkey, runner)
@@ -401,25 +612,42 @@ class PythonExecutor:
                 duration,
             )
             return None
-        output, errors = result.output, result.errors
-        if result.printed:
-            await self._deliver_log(client, process.processid, result.printed)
+        return _Ran(result.output, result.errors, result.printed, duration)
+
+    async def _report(
+        self,
+        client: AsyncColonies,
+        process: Process,
+        ran: _Ran,
+        hold: float | None = None,
+        prefetch: bool = False,
+    ) -> NextProcess | None:
+        """Close ``process`` with the output of its run, or fail it with the errors (a
+        refused close becomes a fail, but for a 403: the process is no longer ours), and
+        log the outcome. The close carries a claim unless ``hold`` is None: held up to
+        ``hold`` seconds in the engine for work to come, as ``assign`` would (a worker's
+        loop: one request per process when idle), or a prefetch claim (``prefetch``).
+        The reply to that claim (None when there was none, or the close failed)."""
+        funcname = process.spec.funcname
+        errors = ran.errors
+        if ran.printed:
+            await self._deliver_log(client, process.processid, ran.printed)
         outcome, problem, following = "SUCCESS", None, None
         attempt = attempt_of(process)
         if not errors:
-            taken: list[Process | None] = []
+            taken: list[NextProcess] = []
 
             async def close(processid: str, output: list[Any], prvkey: str) -> None:
-                if take_next:
-                    taken[:] = [
-                        await client.close_and_claim(
-                            processid, output, prvkey, self.colonyname, attempt, hold
-                        )
-                    ]
-                else:
+                if hold is None:
                     await client.close(processid, output, prvkey, attempt=attempt)
+                    return
+                taken[:] = [
+                    await client.close_and_next(
+                        processid, output, prvkey, self.colonyname, attempt, hold, prefetch
+                    )
+                ]
 
-            problem = await self._deliver(close, process.processid, output)
+            problem = await self._deliver(close, process.processid, ran.output)
             following = taken[0] if taken and problem is None else None
             if isinstance(problem, ColoniesError) and problem.status != 403:
                 errors = [f"the output of {funcname} was refused: {problem}"]
@@ -427,12 +655,30 @@ class PythonExecutor:
             outcome = f"FAILED: {errors[0]}"
             fail = functools.partial(client.fail, attempt=attempt)
             problem = await self._deliver(fail, process.processid, errors)
-        line = f"{funcname} {process.processid[:8]} {outcome} in {duration:.3f} s"
+        line = f"{funcname} {process.processid[:8]} {outcome} in {ran.duration:.3f} s"
         if problem is None:
             log.info("%s", line)
         else:
             log.warning("%s, but the engine did not take the report: %s", line, problem)
         return following
+
+    async def _run_aside(self, client: AsyncColonies, process: Process) -> None:
+        """Run a prefetched ``process`` that would wait too long behind its worker's
+        function in a runner of its own (made for it, closed after), and report it."""
+        runner = FunctionRunner(self.client, self._child_globals)
+        with self._lock:
+            self._runners.append(runner)
+        try:
+            await self._run_one(client, runner, process, take_next=False)
+        finally:
+            with self._lock:
+                if runner in self._runners:
+                    self._runners.remove(runner)
+            await asyncio.to_thread(runner.close)
+
+    def _note_prefetched(self, process: Process) -> None:
+        with self._lock:
+            self._prefetched[process.processid] = _Running(process.spec.funcname, time.monotonic())
 
     def close_runners(self) -> None:
         """Stop the child processes running functions (a function still running ends)."""
@@ -475,19 +721,25 @@ class PythonExecutor:
             await asyncio.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
-    async def _abandon(self, client: AsyncColonies, running: dict[str, _Running]) -> None:
+    async def _abandon(
+        self, client: AsyncColonies, running: dict[str, _Running], started: bool = True
+    ) -> None:
         """Fail the ``running`` processes, whose function still ran after the grace
-        period (they were stopped)."""
+        period (they were stopped), or, not ``started``, that were claimed ahead and
+        never ran."""
         for processid, entry in running.items():
             seconds = time.monotonic() - entry.started
             log.warning(
-                "%s %s still running after %.0f s: failing it and stopping",
+                "%s %s %s after %.0f s: failing it and stopping",
                 entry.funcname,
                 processid[:8],
+                "still running" if started else "still waiting to run",
                 seconds,
             )
             reason = (
                 f"the executor stopped while {entry.funcname} was still running ({seconds:.0f} s)"
+                if started
+                else f"the executor stopped before it ran {entry.funcname}"
             )
             with contextlib.suppress(ColoniesError, ColoniesConnectionError):
                 await client.fail(processid, [reason], self.prvkey)
