@@ -4,7 +4,8 @@
 callback to its future and waits through ``asyncio.wait_for``: together about a third of
 the client-side cost of a command or an append. :class:`ReplyInbox` names each request
 by a counter under one inbox of the connection and waits on a plain future with a timer;
-the replies are handed to their futures as nats-py reads them (:mod:`.nats_hot_path`).
+the request is written to the socket as it is published and the replies are handed to
+their futures as nats-py reads them (:mod:`.nats_hot_path`).
 The engine's appends (``store/jetstream.py``) and the client's commands
 (``client/connection.py``) use it.
 """
@@ -39,12 +40,8 @@ class ReplyInbox:
     after a reconnection; a new connection needs a new inbox.
     """
 
-    def __init__(self, nc: NATS, immediate: bool = False) -> None:
-        """``immediate``: each request is written to the socket as it is published
-        (:func:`~colonies_es.nats_hot_path.write_now`), not in the next step of the
-        event loop (the engine's appends, which are on the critical path)."""
+    def __init__(self, nc: NATS) -> None:
         self.nc = nc
-        self.immediate = immediate
         self._prefix = ""
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._numbers = itertools.count()
@@ -69,8 +66,7 @@ class ReplyInbox:
         timer = loop.call_later(seconds, _time_out, reply)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            if self.immediate:
-                write_now(self.nc)
+            write_now(self.nc)  # a request is someone's critical path: out now
             msg = await reply
         finally:
             timer.cancel()

@@ -356,7 +356,7 @@ class JetStreamLog:
                 await self.nc.publish(entry.subject, entry.payload, headers=headers)
             entry, headers = messages[-1]
             if self._acks is None or self._acks.nc is not self.nc:
-                self._acks = ReplyInbox(self.nc, immediate=True)
+                self._acks = ReplyInbox(self.nc)
             reply = await self._acks.request(entry.subject, entry.payload, headers, self.timeout)
             return _pub_ack.decode(reply.data)
         except nats.errors.MaxPayloadError as error:
