@@ -16,9 +16,12 @@ One asyncio task owns everything here (structured with an anyio task group):
   each op's processing time and errors, recorded when the reply is sent
   (:mod:`.op_stats`).
 - a command whose decision woke claims held here lets them decide first (they run up to
-  their append) and only then replies: the assignment is on an executor's critical
-  path, the reply to a submission is not (its client's next request, ``wait_process``,
-  is held anyway).
+  their append) as soon as its change is installed, before it builds its reply
+  (:mod:`.aggregates`, "work first"): the assignment is on an executor's critical path,
+  the reply to a submission less so (its client's next request, ``wait_process``, is
+  held anyway).
+- the requests come from nats-py as it reads them, and the replies and the log's appends
+  go to the socket as they are published (:mod:`colonies_es.nats_hot_path`).
 - after a command, its effects go out: a work ticket per process that became ready
   (none for one a claim held here was woken to take: :mod:`.held`), an end
   notification per process that ended, a work consumer per new executor type.
@@ -324,8 +327,6 @@ class Engine:
                 f"the answer ({len(outcome.body)} bytes) is over the NATS message limit "
                 f"({self.nc.max_payload}): ask for fewer (count)",
             )
-        if woken:  # work first: the woken claims assign (up to their append) before this
-            await asyncio.sleep(0)  # reply, which is on nobody's critical path
         replied = True
         try:
             if status == 200:
