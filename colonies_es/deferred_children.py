@@ -10,10 +10,10 @@ its calls coalesced instead, when nothing in it could tell the difference:
   function's own code could not catch (no ``try`` or ``with`` around them), and it
   returns a :class:`DeferredProcess` for each;
 - the executor queues them (:class:`QueuedChildren`) and sends them, in call order,
-  before any other call of the function, when the queue is full and when the function
-  returns: runs of calls that are siblings (same graph, parent, ``childprocessid``,
-  key, ``insert=False``) as one ``add_children``, any other call as its own
-  ``add_child``;
+  before any other call of the function, when the queue is full, :data:`SEND_AFTER`
+  after the first was queued, and when the function returns: runs of calls that are
+  siblings (same graph, parent, ``childprocessid``, key, ``insert=False``) as one
+  ``add_children``, any other call as its own ``add_child``;
 - a refused batch wrote nothing; its calls are sent again one by one, so the children
   before the refused one are added and the later ones are not: the log a function that
   raised at the refused call leaves. The executor then ends the run as that uncaught
@@ -34,6 +34,7 @@ from colonies_es.models import FuncSpec, Process, encode
 __all__ = [
     "BATCH_BYTES",
     "BATCH_CHILDREN",
+    "SEND_AFTER",
     "DeferredProcess",
     "QueuedChildren",
     "Refused",
@@ -51,6 +52,12 @@ event that could not be read back in one reply (about 780 KB at NATS' default 1 
 max_payload), and an ``add_children`` event holds the specs twice (the command and the
 children); a batch refused for its size is sent again one call at a time, so this
 bound is for speed, not correctness."""
+
+SEND_AFTER = 0.1
+"""Seconds a deferred call waits at most before the executor sends it (with whatever
+was queued since): a function that adds children and then works on, or waits, has them
+in its graph for everyone to see within this time, as it would with one call each. A map
+adding children in a loop fills a batch long before (250 calls take about 10 ms)."""
 
 CallSite = tuple[str, int, str]
 """(file name, line, function name) of a deferred call, for the error that refuses it."""

@@ -52,6 +52,7 @@ import msgspec
 
 from colonies_es.client import ColoniesConnectionError, ColoniesError
 from colonies_es.deferred_children import (
+    SEND_AFTER,
     DeferredProcess,
     QueuedChildren,
     Refused,
@@ -285,40 +286,59 @@ class FunctionRunner:
             conn = self._connection()
             _send(conn, job)
         queued = QueuedChildren(calls)  # its deferred add_child calls
-        while True:
-            try:
-                message = await self._receive(conn)
-                if self._stopped:  # its process ended: what it still sends is moot
-                    raise EOFError
-                if message[0] == "defer":  # an add_child that may wait (ParentClient)
-                    if queued.add(message[1], message[2]):
-                        refused = await queued.send()
+        timer: asyncio.TimerHandle | None = None  # sends them SEND_AFTER after the first
+
+        async def send_queued() -> Refused | None:
+            nonlocal timer
+            if timer is not None:
+                timer.cancel()
+                timer = None
+            return await queued.send()
+
+        try:
+            while True:
+                try:
+                    message = await self._receive(conn)
+                    if self._stopped:  # its process ended: what it still sends is moot
+                        raise EOFError
+                    if message[0] == "defer":  # an add_child that may wait (ParentClient)
+                        if queued.add(message[1], message[2]):
+                            refused = await send_queued()
+                            if refused is not None:
+                                return self._refused(refused)
+                        elif timer is None:  # seen by others soon, even if the function waits
+                            loop = asyncio.get_running_loop()
+                            timer = loop.call_later(SEND_AFTER, self._deliver, _SEND_QUEUED)
+                        continue
+                    if message is _SEND_QUEUED or message[0] == "call":
+                        refused = await send_queued()  # what it asked before goes first
                         if refused is not None:
                             return self._refused(refused)
-                    continue
-                if message[0] == "call":  # the function calls its `colonies` client
-                    refused = await queued.send()  # what it asked before goes first
-                    if refused is not None:
-                        return self._refused(refused)
-                    if message[1] == DEFERRED_RESULT:
-                        _send(conn, await _outcome(queued.result(*message[2])))
-                    else:
-                        _send(conn, await _call_async(calls, *message[1:]))
-                    continue
-            except (EOFError, OSError):
-                code = self._reap()
-                if self._stopped:
+                        if message is _SEND_QUEUED:
+                            continue
+                        if message[1] == DEFERRED_RESULT:
+                            _send(conn, await _outcome(queued.result(*message[2])))
+                        else:
+                            _send(conn, await _call_async(calls, *message[1:]))
+                        continue
+                except (EOFError, OSError):
+                    code = self._reap()
+                    if self._stopped:
+                        return RunResult(stopped=True)
+                    funcname = process.spec.funcname
+                    return RunResult(
+                        errors=[f"the process running {funcname} died (exit code {code})"]
+                    )
+                _, output, errors, printed = message
+                refused = await send_queued()  # made before it returned (or raised)
+                if self._stopped:  # its process was cancelled or timed out meanwhile
                     return RunResult(stopped=True)
-                return RunResult(
-                    errors=[f"the process running {process.spec.funcname} died (exit code {code})"]
-                )
-            _, output, errors, printed = message
-            refused = await queued.send()  # made before it returned (or raised)
-            if self._stopped:  # its process was cancelled or timed out meanwhile
-                return RunResult(stopped=True)
-            if refused is not None:
-                return RunResult(errors=refused.errors(), printed=printed)
-            return RunResult(output=output, errors=errors, printed=printed)
+                if refused is not None:
+                    return RunResult(errors=refused.errors(), printed=printed)
+                return RunResult(output=output, errors=errors, printed=printed)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _refused(self, refused: Refused) -> RunResult:
         """End a run whose deferred call was refused while the function still runs: it
@@ -353,14 +373,19 @@ class FunctionRunner:
             self._receiving = None
 
     def _on_readable(self, conn: multiprocessing.connection.Connection) -> None:
-        received = self._receiving
         try:
             message = conn.recv()
         except (EOFError, OSError) as error:
             self._unwatch()  # not again and again
+            received = self._receiving
             if received is not None and not received.done():
                 received.set_exception(error)
             return
+        self._deliver(message)
+
+    def _deliver(self, message: Any) -> None:
+        """Give ``message`` to :meth:`_receive`: now if it waits, else when next called."""
+        received = self._receiving
         if received is not None and not received.done():
             received.set_result(message)
         else:
@@ -476,6 +501,10 @@ def _send(conn: multiprocessing.connection.Connection, message: object) -> None:
     never a socket or a file descriptor for which its reducers are there)."""
     conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
+
+_SEND_QUEUED = ("send queued",)
+"""What :meth:`FunctionRunner.run` receives, beside the child's messages, when the first
+of the deferred calls it queued has waited :data:`SEND_AFTER` seconds."""
 
 DEFERRED_RESULT = "_deferred_result"
 """The call a :class:`~colonies_es.deferred_children.DeferredProcess` makes to become the

@@ -12,19 +12,22 @@ process), the log read straight from JetStream:
   the log, the refused one and everything after it are not, and the process fails
   with the engine's message and the call's line;
 - a function that raises after deferred calls fails with its own error, its calls
-  made;
+  made; one that works on (or waits) after a deferred call has the child in its graph
+  within ``SEND_AFTER``;
 - what a deferred call returns becomes the engine's process when it is used.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from colonies_es import Workflow, crypto, func_spec
-from colonies_es.deferred_children import guarded_lines
+from colonies_es.deferred_children import SEND_AFTER, guarded_lines
 from colonies_es.executor import PythonExecutor
 from colonies_es.models import Process
 from colonies_es.projections.audit import Authorities, verify
@@ -105,6 +108,18 @@ RAISES = (
 def grow(ctx={}):
     add("kept", ctx)  # deferred: made all the same, as it was before the raise
     raise ValueError("after adding")
+"""
+)
+
+WAITS = (
+    _ADD
+    + """
+def grow(release, ctx={}):
+    import os, time
+    add("early", ctx)  # deferred, then the function waits: sent within SEND_AFTER
+    while not os.path.exists(release):
+        time.sleep(0.02)
+    return 1
 """
 )
 
@@ -229,6 +244,29 @@ def test_the_calls_a_function_made_before_it_raised_are_made(
     assert grown.state == ProcessState.FAILED
     assert grown.errors[0] == "ValueError: after adding"
     assert sorted(process.spec.nodename for process in processes) == ["grow", "kept"]
+
+
+def test_a_deferred_call_is_in_the_graph_soon_while_the_function_works_on(
+    stack: Stack, colony: ColonyHandle, executor: PythonExecutor, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    spec = func_spec("grow", [str(release)], colony.name, EXECUTOR_TYPE, code=WAITS)
+    graph = stack.client.submit_workflow(
+        Workflow(colonyname=colony.name, functionspecs=[spec]), colony.owner_prvkey
+    )
+    try:
+        deadline = time.monotonic() + 10 * SEND_AFTER + WAIT / 6
+        while (
+            len(stack.client.get_processgraph(graph.processgraphid, colony.owner_prvkey).processids)
+            < 2
+        ):
+            assert time.monotonic() < deadline, "the deferred child never reached the graph"
+            time.sleep(0.02)
+        [grown] = graph.processids
+        assert stack.client.get_process(grown, colony.owner_prvkey).state == ProcessState.RUNNING
+    finally:
+        release.touch()
+    assert stack.client.wait(grown, WAIT, colony.owner_prvkey).state == ProcessState.SUCCESS
 
 
 def test_what_a_deferred_call_returns_becomes_the_process_it_added(

@@ -63,6 +63,25 @@ def map(ctx={}):
             f"gen_nums_{i}", i == 0, prvkey,
         )
 """
+MAP_AT_ONCE = MAP.replace(
+    """        colonies.add_child(
+            process.processgraphid, process.processid, reduce.processid, child,
+            f"gen_nums_{i}", i == 0, prvkey,
+        )
+""",
+    """        try:  # made at once, each child its own event (else sent together)
+            colonies.add_child(
+                process.processgraphid, process.processid, reduce.processid, child,
+                f"gen_nums_{i}", i == 0, prvkey,
+            )
+        except Exception:
+            raise
+""",
+)
+"""The same map with each ``add_child`` in a ``try``: the executor makes such calls at
+once (:mod:`colonies_es.deferred_children`), so the log has one event per child, always
+(the calls of MAP are sent together: in one or, on a stalled machine, more events)."""
+assert MAP_AT_ONCE != MAP
 REDUCE = "def reduce(*nums, ctx={}):\n    return sum(nums)\n"
 
 
@@ -169,15 +188,18 @@ def seed(stack: Stack, colony: ColonyHandle) -> str:
     )
 
 
-def failed_map_reduce(stack: Stack, colony: ColonyHandle, fixed: Path) -> str:
+def failed_map_reduce(
+    stack: Stack, colony: ColonyHandle, fixed: Path, at_once: bool = False
+) -> str:
     """The seed's map-reduce where gen_nums_2 fails (while the file ``fixed`` does not
     exist): map, gen_nums_0 and gen_nums_1 succeed, gen_nums_3, gen_nums_4 and reduce are
-    cancelled, the graph FAILS. Returns its id."""
+    cancelled, the graph FAILS. Returns its id. ``at_once``: :data:`MAP_AT_ONCE`, one
+    event per child."""
     child = GEN_NUMS_CHILD.replace("FIXED", repr(str(fixed)))
     return run_workflow(
         stack,
         colony,
-        spec(colony, "map", MAP.replace("CHILD", repr(child))),
+        spec(colony, "map", (MAP_AT_ONCE if at_once else MAP).replace("CHILD", repr(child))),
         spec(colony, "reduce", REDUCE, ("map",)),
     )
 

@@ -1,7 +1,8 @@
 """Time travel on a real stack: a graph's state at each of its events, by replay.
 
-The graph is the seed's map-reduce with a failing gen_nums_2 (``failed_map_reduce``): 14
-events, from the submission to the failure that cancels what still waited.
+The graph is the seed's map-reduce with a failing gen_nums_2 (``failed_map_reduce``, its
+``add_child`` calls made at once): 14 events, from the submission to the failure that
+cancels what still waited.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def failed(
     stack: Stack, colony: ColonyHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, list[HistoryEntry]]:
     """The failed map-reduce's id and history (one graph for the whole module)."""
-    graphid = failed_map_reduce(stack, colony, tmp_path_factory.mktemp("never") / "fixed")
+    graphid = failed_map_reduce(
+        stack, colony, tmp_path_factory.mktemp("never") / "fixed", at_once=True
+    )
     return graphid, read_history(stack, graphid)
 
 

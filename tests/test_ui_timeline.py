@@ -11,7 +11,7 @@ from colonies_es.projections.history import HistoryEntry
 from colonies_es.projections.timetravel import Nth, state_at
 from colonies_es.ui.reader import KeyedLocks
 from colonies_es.ui.timeline import TimelineBuilder, moment_index
-from tests.test_domain_dynamic import add
+from tests.test_domain_dynamic import _add_all, add
 from tests.test_domain_graph import assign, close, fail, pid, run, spec, submit
 
 
@@ -89,6 +89,27 @@ def test_edges_follow_add_child_insert_and_append() -> None:
         **{f"gen_nums_{i}": "child" for i in range(3)},
     }
     assert builder.to_json()["processgraphid"] == graph.processgraphid
+
+
+def test_children_added_at_once_beside_the_first_are_linked_to_the_reduce() -> None:
+    """The seed's map as the executor sends it: the first child inserted, the others in
+    one ChildrenAdded with the reduce waiting for each (the reduce, an older process,
+    gains parents born in the same event)."""
+    graph = submit(spec("map"), spec("reduce", "map"))
+    assign(graph, "map")
+    add(graph, "map", "pair_0", True)
+    _add_all(graph, ["pair_1", "pair_2"], insert=False, child="reduce")
+    builder = TimelineBuilder()
+    builder.extend(_entries(graph))
+    names = [node["name"] for node in builder.nodes]
+    live = {(names[e["from"]], names[e["to"]]) for e in builder.edges if e["died"] is None}
+    assert live == {
+        *{("map", f"pair_{i}") for i in range(3)},
+        *{(f"pair_{i}", "reduce") for i in range(3)},
+    }
+    added_at_once = builder.events[-1]
+    assert added_at_once["kind"] == "ChildrenAdded"
+    assert {names[node] for node, _ in added_at_once["changes"]} == {"pair_1", "pair_2"}
 
 
 def test_extending_applies_only_what_is_new() -> None:

@@ -112,12 +112,14 @@ class TimelineBuilder:
         graph = self.graph = apply_entry(self.graph, entry)
         self.entries.append(entry)
         changes: list[list[Any]] = []
-        for processid in _touched(entry.event, graph):
-            node = graph.nodes.get(processid)
-            if node is None:
-                continue
-            if processid not in self._index:
-                self._index[processid] = len(self.nodes)
+        touched = [
+            (processid, node)
+            for processid in _touched(entry.event, graph)
+            if (node := graph.nodes.get(processid)) is not None
+        ]
+        for processid, node in touched:  # the new ones first: an edge may join two of them,
+            if processid not in self._index:  # or an older process to one (a reduce waiting
+                self._index[processid] = len(self.nodes)  # for children added beside it)
                 added = isinstance(entry.event, ChildAdded | ChildrenAdded)
                 kind = "child" if added else "submitted"
                 self.nodes.append(
@@ -129,6 +131,7 @@ class TimelineBuilder:
                         "kind": kind,
                     }
                 )
+        for processid, node in touched:
             if self._states.get(processid) != node.state:
                 self._states[processid] = node.state
                 changes.append([self._index[processid], node.state])
