@@ -1,24 +1,22 @@
-"""Two shortcuts through nats-py for the messages on the critical path.
+"""Messages handed to a plain function as nats-py reads them, without a task in between.
 
-**Inline delivery.** nats-py delivers a subscription's messages through an
-``asyncio.Queue`` read by a task of the subscription (``Subscription._wait_for_msgs``),
-which awaits the callback: every message costs a queue put, a wake-up of that task (one
-more step of the event loop before anything happens) and a queue get. For the
-subscriptions on a hot path whose work per message is a few lines that never wait (set a
-request's future, note a log message, start the task that handles a command), that
-machinery is most of the cost. :func:`deliver_inline` replaces the subscription's queue
-with one that calls a function at once, inside nats-py's read of the socket.
+nats-py delivers a subscription's messages through an ``asyncio.Queue`` read by a task
+of the subscription (``Subscription._wait_for_msgs``), which awaits the callback: every
+message costs a queue put, a wake-up of that task (one more step of the event loop
+before anything happens) and a queue get. For the subscriptions on a hot path whose
+work per message is a few lines that never wait (set a request's future, note a log
+message, start the task that handles a command), that machinery is most of the cost.
+:func:`deliver_inline` replaces the subscription's queue with one that calls a function
+at once, inside nats-py's read of the socket.
 
-**Writing now.** ``publish`` appends the message to the connection's pending buffer and
-wakes nats-py's flusher task, which writes the buffer to the socket once every callback
-already due in this step of the event loop has run. A message that ends a hop of the
-critical path (a reply to a held claim or wait, an assignment's append) then waits for
-whatever else the engine does in that step. :func:`write_now` writes the pending buffer
-at once (the flusher, woken anyway, then finds it empty).
+It reaches into nats-py's ``Subscription`` (``_pending_queue``, ``_pending_size``, as
+nats-py 2.16 has them): where those are not found, the subscription keeps nats-py's own
+delivery.
 
-Both reach into nats-py's ``Subscription`` (``_pending_queue``, ``_pending_size``) and
-``Client`` (``_pending``, ``_pending_data_size``, ``_transport``) as nats-py 2.16 has
-them: where those are not found, nats-py's own path is kept.
+(Writing each reply or append to the socket at once, instead of when nats-py's flusher
+task runs later in the same step of the event loop, was measured and dropped: at
+throughput it split the writes the flusher batches, and nats-server's CPU per process
+doubled. DESIGN.md, "The engine's critical path", sixth session.)
 """
 
 from __future__ import annotations
@@ -27,12 +25,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.aio.transport import TcpTransport
 
-__all__ = ["deliver_inline", "write_now"]
+__all__ = ["deliver_inline"]
 
 log = logging.getLogger("colonies.nats")
 
@@ -73,17 +69,3 @@ def deliver_inline(subscription: Subscription, deliver: Callable[[Msg], None]) -
         return False
     subscription._pending_queue = _Inline(subscription, deliver)
     return True
-
-
-def write_now(nc: NATS) -> None:
-    """Writes what ``nc`` has pending (the messages published so far) to its socket now,
-    in order, instead of when nats-py's flusher task runs. Does nothing while ``nc`` is
-    not connected (nats-py keeps the buffer for the reconnection) or on a transport
-    other than TCP (a WebSocket writes in its own task)."""
-    transport = getattr(nc, "_transport", None)
-    pending = getattr(nc, "_pending", None)
-    if not pending or not isinstance(transport, TcpTransport) or not nc.is_connected:
-        return
-    transport.writelines(pending)  # type: ignore[no-untyped-call]  # sent at once if it fits
-    nc._pending = []
-    nc._pending_data_size = 0

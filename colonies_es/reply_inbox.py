@@ -4,8 +4,7 @@
 callback to its future and waits through ``asyncio.wait_for``: together about a third of
 the client-side cost of a command or an append. :class:`ReplyInbox` names each request
 by a counter under one inbox of the connection and waits on a plain future with a timer;
-the request is written to the socket as it is published and the replies are handed to
-their futures as nats-py reads them (:mod:`.nats_hot_path`).
+the replies are handed to their futures as nats-py reads them (:mod:`.nats_hot_path`).
 The engine's appends (``store/jetstream.py``) and the client's commands
 (``client/connection.py``) use it.
 """
@@ -19,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from colonies_es.nats_hot_path import deliver_inline, write_now
+from colonies_es.nats_hot_path import deliver_inline
 
 __all__ = ["ConnectionInterrupted", "ReplyInbox"]
 
@@ -66,7 +65,6 @@ class ReplyInbox:
         timer = loop.call_later(seconds, _time_out, reply)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            write_now(self.nc)  # a request is someone's critical path: out now
             msg = await reply
         finally:
             timer.cancel()

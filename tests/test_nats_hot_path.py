@@ -1,6 +1,6 @@
-"""The shortcuts through nats-py (colonies_es/nats_hot_path.py), on a real nats-server:
-messages delivered inline arrive in order, none lost to nats-py's slow-consumer limit, and
-such a subscription still drains and ends; messages written at once keep their order."""
+"""Messages handed over as nats-py reads them (colonies_es/nats_hot_path.py), on a real
+nats-server: in order, none lost to nats-py's slow-consumer limit, a failing delivery
+logged, and such a subscription still drains and ends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 import nats
 from nats.aio.msg import Msg
 
-from colonies_es.nats_hot_path import deliver_inline, write_now
+from colonies_es.nats_hot_path import deliver_inline
 
 
 async def _never(msg: Msg) -> None:
@@ -70,33 +70,3 @@ async def test_a_failing_delivery_is_logged_and_the_connection_goes_on(nats_url:
         await sub.unsubscribe()
     finally:
         await nc.close()
-
-
-async def test_messages_written_now_arrive_in_order_with_the_others(nats_url: str) -> None:
-    """Publications written at once (write_now) and left to nats-py's flusher, mixed:
-    every one arrives, in the order published."""
-    nc = await nats.connect(nats_url)
-    listener = await nats.connect(nats_url)
-    try:
-        got: list[int] = []
-        done = asyncio.Event()
-        total = 1000
-
-        def deliver(msg: Msg) -> None:
-            got.append(int(msg.data))
-            if len(got) == total:
-                done.set()
-
-        sub = await listener.subscribe("now.test", cb=_never)
-        assert deliver_inline(sub, deliver)
-        await listener.flush()
-        for number in range(total):
-            await nc.publish("now.test", str(number).encode())
-            if number % 3 == 0:
-                write_now(nc)
-        await nc.flush()
-        await asyncio.wait_for(done.wait(), 10)
-        assert got == list(range(total))
-    finally:
-        await nc.close()
-        await listener.close()

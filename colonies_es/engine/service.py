@@ -20,8 +20,8 @@ One asyncio task owns everything here (structured with an anyio task group):
   (:mod:`.aggregates`, "work first"): the assignment is on an executor's critical path,
   the reply to a submission less so (its client's next request, ``wait_process``, is
   held anyway).
-- the requests come from nats-py as it reads them, and the replies and the log's appends
-  go to the socket as they are published (:mod:`colonies_es.nats_hot_path`).
+- the requests, the appends' acknowledgements and the followed log come from nats-py as
+  it reads them, without a task step per message (:mod:`colonies_es.nats_hot_path`).
 - after a command, its effects go out: a work ticket per process that became ready
   (none for one a claim held here was woken to take: :mod:`.held`), an end
   notification per process that ended, a work consumer per new executor type.
@@ -68,7 +68,7 @@ from colonies_es.engine.held import woken_claims
 from colonies_es.engine.metrics import EngineMetrics
 from colonies_es.engine.op_stats import OpStats
 from colonies_es.engine.ready import Key
-from colonies_es.nats_hot_path import deliver_inline, write_now
+from colonies_es.nats_hot_path import deliver_inline
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -333,7 +333,6 @@ class Engine:
                 await request.respond(outcome.body, headers=headers)
             else:
                 await request.respond_error(str(status), message, headers=headers)
-            write_now(self.nc)  # the reply ends a hop: it does not wait for this step's rest
         except nats.errors.Error as error:  # the caller is gone; the decision stands
             log.warning("could not answer %s: %r", op, error)
             replied, message = False, f"could not answer: {error!r}"
