@@ -107,11 +107,19 @@ def spec(
 @contextlib.contextmanager
 def executor(stack: Stack, colony: ColonyHandle, name: str = "ex-1") -> Iterator[PythonExecutor]:
     """A python executor called ``name`` taking the colony's work until the block ends
-    (the same identity each time in a colony, as an executor restarted)."""
+    (the same identity each time in a colony, as an executor restarted). It claims one
+    process at a time (no prefetch), so a graph's history is the one order a lone
+    executor makes: the tests read it event by event."""
     client = Colonies("127.0.0.1", stack.nats.port)
     key = colony.executors.setdefault(name, crypto.new_private_key())
     running = PythonExecutor(
-        client, colony.name, colony.owner_prvkey, name=name, prvkey=key, poll_timeout=0.5
+        client,
+        colony.name,
+        colony.owner_prvkey,
+        name=name,
+        prvkey=key,
+        poll_timeout=0.5,
+        prefetch=0,
     )
     running.register()
     stop = threading.Event()
