@@ -78,12 +78,28 @@ COMPILED_KEPT = 256
 log = logging.getLogger("colonies.executor")
 _COMPILED: dict[tuple[str, str], tuple[types.CodeType, frozenset[int]]] = {}
 """(filename, source) -> its code and its guarded lines: what :func:`_compiled` keeps."""
-_RUNNING: contextvars.ContextVar[tuple[str, frozenset[int]] | None] = contextvars.ContextVar(
+
+
+@dataclass(frozen=True)
+class _RunningFunction:
+    """The function :func:`execute_function` runs in this thread, as far as deciding which
+    of its ``add_child`` calls a :class:`ParentClient` may defer needs it."""
+
+    filename: str
+    guarded: frozenset[int]
+    """Its guarded lines (:func:`~colonies_es.deferred_children.guarded_lines`)."""
+    processid: str
+    """Its process: only children of this process may wait (they cannot start before it
+    ends, and it ends only after they are sent)."""
+    children: frozenset[str]
+    """Its process's children when it was assigned: the only processes a deferred call
+    may make wait for the new child (``childprocessid``), since they wait for this
+    process too; any other could become ready before the call is sent."""
+
+
+_RUNNING: contextvars.ContextVar[_RunningFunction | None] = contextvars.ContextVar(
     "colonies_running_function", default=None
 )
-"""The file name and guarded lines (:func:`~colonies_es.deferred_children.guarded_lines`)
-of the function :func:`execute_function` runs in this thread: which of its ``add_child``
-calls a :class:`ParentClient` may defer."""
 _warned_daemonic = False
 
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -146,7 +162,9 @@ def execute_function(process: Process, ctx: dict[str, Any], globals_: dict[str, 
                 ]
             )
         args = process.input if process.input else spec.args
-        running = _RUNNING.set((filename, guarded))
+        running = _RUNNING.set(
+            _RunningFunction(filename, guarded, process.processid, frozenset(process.children))
+        )
         try:
             result = function(*args, ctx=ctx, **spec.kwargs)
         except (Exception, SystemExit) as error:
@@ -584,15 +602,22 @@ class ParentClient:
     ) -> Process | DeferredProcess:
         """pycolonies' ``add_child``. When the function's own code could not catch its
         refusal (no ``try`` or ``with`` around the call in any of its frames), the call
-        is deferred: the executor sends it with the calls that follow, as one
+        is deferred (and only when it adds a child to the function's own process, which
+        the new child and any ``childprocessid`` among that process's children wait for
+        anyway): the executor sends it with the calls that follow, as one
         ``add_children`` (DESIGN.md, "Fan-out and the diamond", sixth session), and
         this returns a :class:`DeferredProcess` that becomes the new process when used.
         Otherwise it is made at once, as every other call is."""
         args = (processgraphid, parentprocessid, childprocessid, funcspec, nodename, insert, prvkey)
         running = _RUNNING.get()
         site = None
-        if running is not None and isinstance(funcspec, FuncSpec):
-            site = deferrable_call_site(sys._getframe(1), *running, _ENTRY)
+        if (
+            running is not None
+            and isinstance(funcspec, FuncSpec)
+            and parentprocessid == running.processid
+            and (insert or not childprocessid or childprocessid in running.children)
+        ):
+            site = deferrable_call_site(sys._getframe(1), running.filename, running.guarded, _ENTRY)
         if site is None:
             return self._call("add_child", args, {})  # type: ignore[no-any-return]
         _send(self._conn, ("defer", args, site))

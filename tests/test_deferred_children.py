@@ -123,6 +123,20 @@ def grow(release, ctx={}):
 """
 )
 
+ELSEWHERE = (
+    _ADD.replace("process.processid, None", "process.processid, waiting").replace(
+        "def add(name, ctx={}):", "def add(name, waiting, ctx={}):"
+    )
+    + """
+def grow(ctx={}):
+    graph = colonies.get_processgraph(ctx["process"].processgraphid, ctx["executor_prvkey"])
+    waiting = colonies.find_process("elsewhere", graph.processids, ctx["executor_prvkey"])
+    add("x0", waiting.processid, ctx)  # elsewhere is not grow's child: made at once
+    add("x1", waiting.processid, ctx)
+    return 1
+"""
+)
+
 RETURNED = (
     _ADD
     + """
@@ -267,6 +281,31 @@ def test_a_deferred_call_is_in_the_graph_soon_while_the_function_works_on(
     finally:
         release.touch()
     assert stack.client.wait(grown, WAIT, colony.owner_prvkey).state == ProcessState.SUCCESS
+
+
+def test_a_call_that_makes_a_process_outside_the_functions_children_wait_is_made_at_once(
+    stack: Stack, colony: ColonyHandle, executor: PythonExecutor
+) -> None:
+    """``elsewhere`` does not wait for ``grow``: were the calls deferred, it could become
+    ready before they are sent. (Its parent is of a type nobody runs, so it waits.)"""
+    blocker = func_spec("blocker", [], colony.name, "nobody-runs-this-type")
+    elsewhere = func_spec("step", [], colony.name, EXECUTOR_TYPE)
+    elsewhere.nodename = "elsewhere"
+    elsewhere.conditions.dependencies.append("blocker")
+    graph = stack.client.submit_workflow(
+        Workflow(
+            colonyname=colony.name, functionspecs=[blocker, elsewhere, grow(colony, ELSEWHERE)]
+        ),
+        colony.owner_prvkey,
+    )
+    grown = stack.client.find_process("grow", graph.processids, colony.owner_prvkey)
+    assert grown is not None
+    ended = stack.client.wait(grown, WAIT, colony.owner_prvkey)
+    assert ended.state == ProcessState.SUCCESS, ended.errors
+
+    kinds = graph_event_kinds(stack, colony, graph.processgraphid)
+    assert kinds.count("ChildAdded") == 2  # one command each, as made
+    assert "ChildrenAdded" not in kinds
 
 
 def test_what_a_deferred_call_returns_becomes_the_process_it_added(
