@@ -76,7 +76,7 @@ elsewhere (cancelled, timed out)."""
 WATCH_SLICE = 5.0
 """Seconds of each wait for the end of a watched process."""
 
-DEFAULT_PREFETCH = 1
+DEFAULT_PREFETCH = 2
 """Processes each worker claims ahead while its function runs (``PythonExecutor(prefetch=)``)."""
 
 PREFETCH_PATIENCE = 0.2
