@@ -214,8 +214,8 @@ class _Ahead:
         self._spawn(self._report(process, ran, carry))
 
     async def next_or_none(self) -> Process | None:
-        """The next queued process, once the claims in flight brought one; None when
-        they all came back without."""
+        """The next queued process: at once if one is queued, else once the claims in
+        flight brought one; None when they all came back without."""
         while not self.queue and self.claims:
             self._changed.clear()
             await self._changed.wait()
@@ -516,12 +516,12 @@ class PythonExecutor:
                 patience.cancel()
                 ahead.function_ended()
         if ran is None:  # stopped elsewhere: nothing to report
-            return ahead.queue.popleft() if ahead.queue else await ahead.next_or_none()
+            return await ahead.next_or_none()
         if ahead.queue or ahead.claims:
             # The ended function's slot is free until the next one starts: room for one more.
             carry = ahead.may_claim(stopping) and ahead.room() + 1 > 0
             ahead.report_aside(process, ran, carry)
-            return ahead.queue.popleft() if ahead.queue else await ahead.next_or_none()
+            return await ahead.next_or_none()
         hold = self.poll_timeout if not stopping.is_set() else None
         following = await self._report(client, process, ran, hold=hold)
         if following is not None:

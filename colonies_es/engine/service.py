@@ -85,6 +85,7 @@ from colonies_es.protocol import (
     work_subject,
 )
 from colonies_es.settings import NatsAccess
+from colonies_es.store.jetstream import unanswered
 
 log = logging.getLogger("colonies.engine")
 
@@ -503,9 +504,7 @@ async def _patiently(attempt: Callable[[], Awaitable[_T]]) -> _T:
         try:
             return await attempt()
         except (OperationalError, nats.errors.Error) as error:
-            cause = error.__cause__ if isinstance(error, OperationalError) else error
-            unanswered = (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
-            if not isinstance(cause, unanswered) or time.monotonic() > deadline:
+            if not unanswered(error) or time.monotonic() > deadline:
                 raise
             log.warning("JetStream does not answer yet (%s): trying again", error)
             await anyio.sleep(1.0)

@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from eventsourcing.persistence import DataError, IntegrityError, OperationalError, ProgrammingError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -493,7 +494,7 @@ class JetStreamLog:
             try:
                 return await self._read_range(filter_subject, start, limit, stop)
             except OperationalError as error:
-                if not _unanswered(error) or time.monotonic() + 0.5 > deadline:
+                if not unanswered(error) or time.monotonic() + 0.5 > deadline:
                     raise
                 log.warning("JetStream does not answer (%s): reading again", error)
                 await asyncio.sleep(0.5)
@@ -720,12 +721,16 @@ def _api_error_to_exception(error: _ApiError) -> Exception:
     return OperationalError(text)
 
 
-def _unanswered(error: OperationalError) -> bool:
+def unanswered(error: BaseException) -> bool:
     """True when ``error`` says JetStream did not answer (a pull or request timed out, or
-    "temporarily unavailable"), rather than that it refused or the connection is closed."""
-    cause = error.__cause__
-    return isinstance(error, JetStreamUnavailable) or isinstance(
-        cause, _ConsumerLost | nats.errors.TimeoutError
+    "temporarily unavailable": a cluster electing a leader, a server starting), rather
+    than that it refused or the connection is closed. ``error`` is this module's
+    OperationalError (its cause tells) or one of nats-py's own errors."""
+    if isinstance(error, JetStreamUnavailable):
+        return True
+    cause = error.__cause__ if isinstance(error, OperationalError) else error
+    return isinstance(
+        cause, _ConsumerLost | nats.errors.TimeoutError | nats.js.errors.ServiceUnavailableError
     )
 
 
