@@ -6,18 +6,23 @@ event of the colony, read from the COLONIES stream.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import pytest
 
-from colonies_es import Colonies, ColoniesError, Workflow, func_spec
+from colonies_es import Colonies, ColoniesError, Workflow, crypto, func_spec
+from colonies_es.engine.app import Outcome
 from colonies_es.models import FuncSpec
+from colonies_es.protocol import Claim
 from colonies_es.states import ProcessState
 from tests.eventlog import read_events
-from tests.stack import ColonyHandle, Stack
+from tests.stack import ColonyHandle, Stack, engine_app
 
 EXECUTOR_TYPE = "python-executor"
 
@@ -198,3 +203,45 @@ def test_high_priority_work_submitted_later_overtakes_queued_work(stack: Stack) 
         stack.client.close(process.processid, [], executor)
 
     assert order == ["low1", "urgent", "low2", "low3"]
+
+
+# --- a replica that has not followed the log yet -----------------------------------------
+
+
+def test_a_claim_naming_a_colony_this_replica_has_not_followed_yet_is_decided_again(
+    stack: Stack,
+) -> None:
+    """A second engine (in this process, caught up once, not yet following) is asked for
+    work in a colony the stack's engine made a moment ago. The claim's first decision
+    finds no such colony there: the engine catches up with the log and decides it again,
+    so the executor gets the process instead of "colony does not exist". (A claim that
+    waited and found nothing is never decided again: that would wait twice.)"""
+    replica = engine_app(stack)
+    try:
+        colony = stack.new_colony()
+        executor_key = stack.new_executor(colony)
+        submitted = stack.client.submit_func_spec(spec(colony), colony.owner_prvkey)
+        claim = crypto.seal("claim", Claim(colonyname=colony.name, wait=5.0), executor_key)
+
+        async def claim_while_following() -> Outcome:
+            following = asyncio.create_task(replica.follow())
+            try:  # decided once before the follower has read anything
+                return await replica.handle("claim", claim, time.time())
+            finally:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
+
+        outcome = replica.aggregates.store.connection.run(claim_while_following())
+        assert outcome.status == 200, outcome.message
+        assert msgspec.json.decode(outcome.body)["processid"] == submitted.processid
+        assert replica.counters.after_waits == 1  # it did catch up for this claim
+
+        nothing = crypto.seal("claim", Claim(colonyname=colony.name, wait=0.2), executor_key)
+        outcome = replica.aggregates.store.connection.run(
+            replica.handle("claim", nothing, time.time())
+        )
+        assert (outcome.status, outcome.nothing_came) == (404, True), outcome.message
+        assert replica.counters.after_waits == 1  # no catch-up for a claim that found nothing
+    finally:
+        replica.close()

@@ -56,7 +56,14 @@ from colonies_es.domain.colony import (
     ExecutorRemoved,
     UserAdded,
 )
-from colonies_es.domain.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
+from colonies_es.domain.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    Forbidden,
+    NotFound,
+    NothingCame,
+)
 from colonies_es.domain.graph import (
     EXEC_TIMEOUT_ERROR,
     WAIT_TIMEOUT_ERROR,
@@ -116,6 +123,7 @@ __all__ = [
     "GraphSubmitted",
     "LogAdded",
     "NotFound",
+    "NothingCame",
     "OutputSet",
     "ProcessAssigned",
     "ProcessClosed",

@@ -7,7 +7,7 @@ found, 409 conflict. ``str(error)`` is the message, written for the person who s
 command.
 """
 
-__all__ = ["BadRequest", "Conflict", "DomainError", "Forbidden", "NotFound"]
+__all__ = ["BadRequest", "Conflict", "DomainError", "Forbidden", "NotFound", "NothingCame"]
 
 
 class DomainError(Exception):
@@ -38,6 +38,12 @@ class NotFound(DomainError):
 
     def __init__(self, message: str) -> None:
         super().__init__(404, message)
+
+
+class NothingCame(NotFound):
+    """A request that waits for something (a claim for work, held or not) found nothing
+    for it (404). Unlike the other 404s it names nothing that could be missing because this
+    engine has not followed the log that far: deciding it again would only wait again."""
 
 
 class Conflict(DomainError):

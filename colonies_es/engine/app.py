@@ -41,7 +41,7 @@ from eventsourcing.utils import Environment, EnvType
 from nats.aio.client import Client as NATS
 
 from colonies_es import colonyos, crypto
-from colonies_es.domain import ChildrenAdded, Colony, DomainError, ProcessGraph
+from colonies_es.domain import ChildrenAdded, Colony, DomainError, NothingCame, ProcessGraph
 from colonies_es.engine.aggregates import Aggregates, deciding, last_written
 from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
 from colonies_es.engine.counters import ReplicaCounters
@@ -70,15 +70,14 @@ class Outcome:
     message: str = ""
     effects: Effects = field(default_factory=Effects)
     sequence: int = 0
+    nothing_came: bool = False
+    """A 404 that says the request waited for something and none came
+    (:class:`~colonies_es.domain.NothingCame`), not that something it names is missing."""
 
 
 _READ_AGAIN = 0
 """The status of a remembered reply meaning "a read: answer its retry by reading again"."""
 _READ_AGAIN_MARK = Decided(_READ_AGAIN, b"", "", 0)
-
-_HELD_OPS = frozenset({"claim", "wait_process"})
-"""Ops whose 404 means "nothing came while held" (never decided again, see
-:meth:`ColoniesApp._handle_once`)."""
 
 CATCH_UP_WAIT = 5.0
 """Seconds a command waits for this replica to apply the log up to the sequence its
@@ -306,12 +305,13 @@ class ColoniesApp(Application[str]):
         if (
             outcome.status == 404
             and not outcome.sequence  # it wrote nothing
-            and op not in _HELD_OPS
+            and not outcome.nothing_came  # a claim that found no work: it would wait again
             and await self._caught_up_anew()
         ):
             # Not found here, but this replica was behind the log: what the command
-            # names may have been made on another replica a moment ago (a client that
-            # has seen nothing yet sends no Colonies-After). Decided again, once.
+            # names (a colony, an executor, a process) may have been made on another
+            # replica a moment ago (a client that has seen nothing yet sends no
+            # Colonies-After). Decided again, once.
             outcome = await self._decide(op, command, body, now, check_replay=False)
         elif outcome.status == 409 and not outcome.sequence:
             # Lost to a concurrent write: maybe this very command's, decided by another
@@ -345,7 +345,12 @@ class ColoniesApp(Application[str]):
         except crypto.CommandRejected as error:
             return Outcome(error.status, message=error.message)
         except DomainError as error:
-            return Outcome(error.status, message=error.message, sequence=last_written.get())
+            return Outcome(
+                error.status,
+                message=error.message,
+                sequence=last_written.get(),
+                nothing_came=isinstance(error, NothingCame),
+            )
         except IntegrityError:
             return Outcome(409, message="a concurrent change kept winning: try again")
         except DataError as error:  # the event cannot be stored as it is: never retry

@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 import nats.errors
 
 from colonies_es import crypto
-from colonies_es.domain import Conflict, DomainError, Forbidden, NotFound, ProcessGraph
+from colonies_es.domain import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    NotFound,
+    NothingCame,
+    ProcessGraph,
+)
 from colonies_es.engine.aggregates import Aggregates, audit
 from colonies_es.engine.ops.base import Reply
 from colonies_es.engine.ready import Key, ReadyProcess
@@ -79,7 +86,7 @@ async def claim(
             if best is None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise NotFound(
+                    raise NothingCame(
                         f"{NOTHING_READY} for {executor.executorname!r} ({executor.executortype})"
                     )
                 await held.wait(min(remaining, CLAIM_RECHECK))
@@ -117,7 +124,7 @@ async def claim(
                 # It was woken for this process (and no ticket was published for it):
                 # pass it on to the next claim held here that may take it.
                 aggregates.claims.wake(key, best.executornames)
-                raise NotFound(f"{executor.executorname!r} no longer waits for work")
+                raise NothingCame(f"{executor.executorname!r} no longer waits for work")
             return Reply(encode(graph.process_model(best.processid)), effects)
 
 
@@ -129,7 +136,7 @@ async def _prefetch(
     while True:
         best = ready.best_for(key, executor.executorname, aggregates.claiming)
         if best is None or aggregates.claims.waiting_for(key, best.executornames):
-            raise NotFound(f"{NOTHING_READY} to prefetch for {executor.executorname!r}")
+            raise NothingCame(f"{NOTHING_READY} to prefetch for {executor.executorname!r}")
         now = datetime.now(UTC)
 
         def assign(graph: ProcessGraph, best: ReadyProcess = best, now: datetime = now) -> None:
