@@ -36,7 +36,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from colonies_es import crypto
 from colonies_es.embedded import NatsServer, free_port
+from colonies_es.engine import ColoniesApp
 from colonies_es.store import (
     JetStreamApplicationRecorder,
     JetStreamFactory,
@@ -1011,3 +1013,18 @@ async def test_a_patient_read_of_the_log_waits_out_a_server_that_does_not_answer
         assert [m.sequence for m in messages] == list(range(1, 21))
     finally:
         await nc.close()
+
+
+def test_an_engine_that_cannot_open_its_log_leaves_no_connection_behind(nats_url: str) -> None:
+    """The engine's start-up builds its application again after each failure; a failed
+    build closes the store's NATS connection and loop thread instead of leaving them."""
+
+    def store_threads() -> int:
+        return sum(thread.name == "colonies-store" for thread in threading.enumerate())
+
+    before = store_threads()
+    env = fresh_env(nats_url, CREATE_TABLE="f")  # the stream is missing: refused
+    for _ in range(3):
+        with pytest.raises(StreamConfigurationError, match="does not exist"):
+            ColoniesApp(env, server_id="s", engine_prvkey=crypto.new_private_key())
+    assert store_threads() == before

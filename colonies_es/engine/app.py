@@ -114,7 +114,27 @@ class ColoniesApp(Application[str]):
         max_skew: float = crypto.DEFAULT_MAX_SKEW,
         quotas: Quotas | None = None,
     ) -> None:
-        """Opens the store and rebuilds the state from the whole log (this blocks)."""
+        """Opens the store and rebuilds the state from the whole log (this blocks).
+
+        When that fails (NATS or JetStream not answering, a stream configured too weakly),
+        the store's connection and its loop thread are closed before the error goes on:
+        the engine's start-up tries again, and each try would otherwise leave both."""
+        try:
+            self._build(env, server_id, engine_prvkey, max_skew, quotas)
+        except BaseException:
+            factory = self.__dict__.get("factory")  # missing: it failed before a connection
+            if factory is not None:
+                factory.close()
+            raise
+
+    def _build(
+        self,
+        env: EnvType | None,
+        server_id: str,
+        engine_prvkey: str,
+        max_skew: float,
+        quotas: Quotas | None,
+    ) -> None:
         super().__init__(env)
         recorder = self.recorder
         if not isinstance(recorder, JetStreamApplicationRecorder):
