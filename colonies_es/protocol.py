@@ -258,6 +258,14 @@ class ProcessRef(msgspec.Struct, kw_only=True):
     processid: str
 
 
+class FindProcess(msgspec.Struct, kw_only=True):
+    """The first of ``processids`` whose spec's nodename is ``nodename`` (pycolonies'
+    ``find_process``, which reads each process in turn), in one request."""
+
+    nodename: str
+    processids: list[str]
+
+
 class WaitProcess(msgspec.Struct, kw_only=True):
     """The process once it has ended, or as it is after ``wait`` seconds (at most
     :data:`MAX_CLAIM_WAIT`): the engine holds the request meanwhile."""
@@ -371,6 +379,7 @@ OPS: dict[str, type[msgspec.Struct]] = {
     "fail": FailProcess,
     "set_output": SetOutput,
     "get_process": ProcessRef,
+    "find_process": FindProcess,
     "wait_process": WaitProcess,
     "list_processes": ListQuery,
     "remove_process": ProcessRef,

@@ -296,15 +296,22 @@ async def test_pycolonies_arguments_become_the_protocol_bodies(
 async def test_find_process_returns_the_first_process_with_the_nodename(
     engine: StubEngine, client: AsyncColonies
 ) -> None:
-    def get(body: dict[str, Any]) -> bytes:
-        pid = body["processid"]
-        return encode(Process(processid=pid, spec=func_spec(pid.split("-")[0], [], "c", "t")))
+    """One request (the engine searches: tests/test_engine_workflows.py); its null
+    reply is None."""
 
-    engine.handlers["get_process"] = get
+    def find(body: dict[str, Any]) -> bytes:
+        for pid in body["processids"]:
+            name = pid.split("-")[0]
+            if name == body["nodename"]:
+                return encode(Process(processid=pid, spec=func_spec(name, [], "c", "t")))
+        return b"null"
+
+    engine.handlers["find_process"] = find
     found = await client.find_process("reduce", ["map-1", "reduce-2", "reduce-3"], KEY)
     assert found is not None
     assert found.processid == "reduce-2"
     assert await client.find_process("other", ["map-1"], KEY) is None
+    assert engine.ops() == ["find_process", "find_process"]
 
 
 # ---------------------------------------------------------------------------- assign
@@ -432,7 +439,7 @@ async def test_wait_raises_408_when_the_process_does_not_end_in_time(
 
 
 def test_the_sync_client_has_every_op_with_the_async_signature() -> None:
-    ops = set(OPS) - {"wait_process"} | {"assign", "close_and_claim", "wait", "find_process"}
+    ops = set(OPS) - {"wait_process"} | {"assign", "close_and_claim", "wait"}
     for op in ops:
         sync, coroutine = getattr(Colonies, op), getattr(AsyncColonies, op)
         assert inspect.signature(sync) == inspect.signature(coroutine), op

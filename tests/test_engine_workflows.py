@@ -110,6 +110,34 @@ def process_of(stack: Stack, colony: ColonyHandle, processids: list[str], nodena
     return found
 
 
+def test_find_process_answers_in_one_request_as_reading_each_in_turn_would(
+    stack: Stack,
+) -> None:
+    """The first process with the nodename, or None; a process before the match that
+    does not exist is refused (404), as its get_process would be, and a caller outside
+    the colony is refused (403); a missing one after the match is never looked at."""
+    colony = stack.new_colony()
+    workflow = Workflow(colonyname=colony.name)
+    for name, *parents in (["a"], ["b", "a"], ["c", "a"], ["d", "b", "c"]):
+        workflow.functionspecs.append(named(name, *parents, colonyname=colony.name))
+    graph = stack.client.submit_workflow(workflow, colony.owner_prvkey)
+    ids = graph.processids
+    by_name = {stack.client.get_process(pid, colony.owner_prvkey).spec.nodename: pid for pid in ids}
+    assert process_of(stack, colony, ids, "d").processid == by_name["d"]
+    assert process_of(stack, colony, ids[::-1], "c").processid == by_name["c"]
+    assert stack.client.find_process("e", ids, colony.owner_prvkey) is None
+    assert stack.client.find_process("a", [], colony.owner_prvkey) is None
+    missing = "0" * len(ids[0])
+    assert stack.client.find_process("a", [by_name["a"], missing], colony.owner_prvkey)
+    with pytest.raises(ColoniesError) as refused:
+        stack.client.find_process("a", [missing, by_name["a"]], colony.owner_prvkey)
+    assert refused.value.status == 404, refused.value
+    stranger = stack.new_colony()
+    with pytest.raises(ColoniesError) as refused:
+        stack.client.find_process("a", ids, stranger.owner_prvkey)
+    assert refused.value.status == 403, refused.value
+
+
 # --- the seed ------------------------------------------------------------------------------
 
 

@@ -146,6 +146,11 @@ class AsyncColonies:
         """Send the command and decode its reply as ``result`` (``held``: seconds the
         engine may hold it, see :meth:`Connection.command`)."""
         data = await self._connection.command(op, body, prvkey, held)
+        return self._decoded(op, data, result)
+
+    @staticmethod
+    def _decoded(op: str, data: bytes, result: type[T]) -> T:
+        """``data`` (the reply to ``op``) decoded as ``result``; 500 if it is not one."""
         try:
             return decode(data, result)
         except ModelValidationError as error:
@@ -519,12 +524,11 @@ class AsyncColonies:
     async def find_process(
         self, nodename: str, processids: Sequence[str], prvkey: str
     ) -> Process | None:
-        """The first of ``processids`` whose spec's nodename is ``nodename``, or None."""
-        for processid in processids:
-            process = await self.get_process(processid, prvkey)
-            if process.spec.nodename == nodename:
-                return process
-        return None
+        """The first of ``processids`` whose spec's nodename is ``nodename``, or None (one
+        request; refused as ``get_process`` would refuse one of those before it)."""
+        body = p.FindProcess(nodename=nodename, processids=list(processids))
+        data = await self._connection.command("find_process", body, prvkey)
+        return None if data == b"null" else self._decoded("find_process", data, Process)
 
     async def add_child(
         self,

@@ -41,6 +41,7 @@ HANDLERS: dict[str, Op[Any]] = {
     "submit_func_spec": op(protocol.SubmitFuncSpec, processes.submit_func_spec),
     "submit_workflow": op(protocol.SubmitWorkflow, processes.submit_workflow),
     "get_process": op(protocol.ProcessRef, processes.get_process),
+    "find_process": op(protocol.FindProcess, processes.find_process),
     "wait_process": op(protocol.WaitProcess, processes.wait_process),
     "list_processes": op(protocol.ListQuery, processes.list_processes),
     "remove_process": op(protocol.ProcessRef, processes.remove_process),

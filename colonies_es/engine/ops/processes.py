@@ -14,6 +14,7 @@ from colonies_es.models import Workflow, encode
 from colonies_es.protocol import (
     MAX_CLAIM_WAIT,
     AddAttribute,
+    FindProcess,
     ListQuery,
     ProcessRef,
     SubmitFuncSpec,
@@ -64,6 +65,20 @@ async def get_process(
 ) -> Reply:
     graph = await aggregates.readable(cmd, await aggregates.graph_id_of(body.processid))
     return Reply(encode(graph.process_model(body.processid)))
+
+
+async def find_process(
+    aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: FindProcess, now: datetime
+) -> Reply:
+    """The first of ``body.processids`` whose nodename is ``body.nodename``, or null: what
+    a ``get_process`` of each in turn finds, with the same refusals (the first process
+    before the match that does not exist, or that the caller may not read), in one
+    request instead of one per process."""
+    for processid in body.processids:
+        graph = await aggregates.readable(cmd, await aggregates.graph_id_of(processid))
+        if graph.process(processid).nodename == body.nodename:  # NotFound if not there
+            return Reply(encode(graph.process_model(processid)))
+    return Reply(b"null")
 
 
 async def wait_process(
