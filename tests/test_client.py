@@ -16,7 +16,7 @@ import inspect
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,10 @@ class StubEngine:
         self.arrived = asyncio.Event()
         """Set when a command arrives."""
 
-    async def start(self) -> None:
-        await self.nc.subscribe("colonies.api.*", queue=ENGINE_QUEUE_GROUP, cb=self._answer)
+    async def start(self, only: Sequence[str] = ()) -> None:
+        """Serves every op, or ``only`` those (an engine of an older version)."""
+        for subject in [f"colonies.api.{op}" for op in only] or ["colonies.api.*"]:
+            await self.nc.subscribe(subject, queue=ENGINE_QUEUE_GROUP, cb=self._answer)
         await self.nc.flush()  # the server knows the subscription before anyone asks
 
     async def _answer(self, msg: Msg) -> None:
@@ -312,6 +314,29 @@ async def test_find_process_returns_the_first_process_with_the_nodename(
     assert found.processid == "reduce-2"
     assert await client.find_process("other", ["map-1"], KEY) is None
     assert engine.ops() == ["find_process", "find_process"]
+
+
+async def test_find_process_reads_each_in_turn_from_an_engine_without_the_op(
+    server: NatsServer, client: AsyncColonies
+) -> None:
+    """An engine from before ``find_process`` does not serve it (no responders): the
+    client falls back to a ``get_process`` per id, as it did before."""
+    nc = await nats.connect(server.url)
+    try:
+        old = StubEngine(nc)
+        await old.start(only=["get_process"])
+
+        def get(body: dict[str, Any]) -> bytes:
+            pid = body["processid"]
+            return encode(Process(processid=pid, spec=func_spec(pid.split("-")[0], [], "c", "t")))
+
+        old.handlers["get_process"] = get
+        found = await client.find_process("reduce", ["map-1", "reduce-2", "reduce-3"], KEY)
+        assert found is not None
+        assert found.processid == "reduce-2"
+        assert old.ops() == ["get_process", "get_process"]
+    finally:
+        await nc.close()
 
 
 # ---------------------------------------------------------------------------- assign

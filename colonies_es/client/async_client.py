@@ -27,7 +27,7 @@ import msgspec
 
 from colonies_es import protocol as p
 from colonies_es.client.connection import ATTEMPTS, Connection
-from colonies_es.client.errors import ColoniesError
+from colonies_es.client.errors import ColoniesError, NoEngineAnswering
 from colonies_es.client.read_side import ReadSide
 from colonies_es.models import (
     Attribute,
@@ -527,7 +527,14 @@ class AsyncColonies:
         """The first of ``processids`` whose spec's nodename is ``nodename``, or None (one
         request; refused as ``get_process`` would refuse one of those before it)."""
         body = p.FindProcess(nodename=nodename, processids=list(processids))
-        data = await self._connection.command("find_process", body, prvkey)
+        try:
+            data = await self._connection.command("find_process", body, prvkey)
+        except NoEngineAnswering:  # maybe engines older than this op: read each in turn
+            for processid in processids:
+                process = await self.get_process(processid, prvkey)
+                if process.spec.nodename == nodename:
+                    return process
+            return None
         return None if data == b"null" else self._decoded("find_process", data, Process)
 
     async def add_child(

@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from colonies_es.client.errors import ColoniesConnectionError, ColoniesError
+from colonies_es.client.errors import ColoniesConnectionError, ColoniesError, NoEngineAnswering
 from colonies_es.crypto import seal
 from colonies_es.protocol import (
     AFTER_HEADER,
@@ -236,7 +236,7 @@ class Connection:
                 f"({nc.max_payload} bytes)",
             ) from None
         except nats.errors.NoRespondersError:
-            raise ColoniesConnectionError(f"no {server} is answering on {self.url}") from None
+            raise NoEngineAnswering(f"no {server} is answering on {self.url}") from None
         except nats.errors.TimeoutError:
             raise ColoniesConnectionError(
                 f"the {server} on {self.url} did not answer {op!r} within {self.timeout} s"

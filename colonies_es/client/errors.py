@@ -24,3 +24,8 @@ class ColoniesError(Exception):
 class ColoniesConnectionError(Exception):
     """The command could not be delivered or answered: NATS is unreachable, no engine
     is serving, or the engine did not reply in time. The message names the NATS URL."""
+
+
+class NoEngineAnswering(ColoniesConnectionError):
+    """Nobody serves the request's subject: no engine runs, or the engines that run are
+    of a version without this op (a client newer than its engines)."""
