@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 
 from colonies_es.nats_hot_path import deliver_inline
 from colonies_es.reply_inbox import ReplyInbox
+from colonies_es.store.frames import deliver_frames, stop_frames
 
 log = logging.getLogger("colonies.store")
 
@@ -587,6 +588,15 @@ class JetStreamLog:
         ended = False
         lost = False
 
+        def on_frame(subject: bytes, reply: bytes, payload: bytes) -> None:  # see frames
+            nonlocal ended, lost
+            if reply:
+                sequence, stamp = _sequence_and_time(reply.split(b"."))
+                arrived.append(StoredMessage(sequence, subject.decode(), payload, stamp))
+            else:  # not a message of the stream: the pull cannot go on
+                ended = lost = True
+            wake.set()
+
         def on_message(msg: Msg) -> None:  # inline, as nats-py reads it
             nonlocal ended, lost
             if msg.reply:
@@ -607,6 +617,7 @@ class JetStreamLog:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=on_message_later)
         deliver_inline(sub, on_message)
+        deliver_frames(sub, on_frame)
         request: dict[str, object] = {"batch": batch}
         if no_wait:
             request["no_wait"] = True
@@ -639,6 +650,7 @@ class JetStreamLog:
         except nats.errors.Error as error:
             raise _connection_error("read", error) from error
         finally:
+            stop_frames(sub)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
@@ -693,16 +705,19 @@ def _direct_message(msg: Msg) -> StoredMessage:
 
 
 def _consumed_message(msg: Msg) -> StoredMessage:
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or the v2 form
-    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>.<x>
-    tokens = msg.reply.split(".")
+    sequence, stamp = _sequence_and_time(msg.reply.split("."))
+    return StoredMessage(sequence, msg.subject, msg.data, stamp)
+
+
+def _sequence_and_time(tokens: list[str] | list[bytes]) -> tuple[int, int]:
+    """The stream sequence and time stamp of a consumed message, from its reply subject
+    split at dots (as text or bytes):
+    $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or the v2 form
+    $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>.<x>
+    """
     if len(tokens) == 9:
-        sequence, stamp = tokens[5], tokens[7]
-    else:
-        sequence, stamp = tokens[7], tokens[9]
-    return StoredMessage(
-        sequence=int(sequence), subject=msg.subject, payload=msg.data, timestamp_ns=int(stamp)
-    )
+        return int(tokens[5]), int(tokens[7])
+    return int(tokens[7]), int(tokens[9])
 
 
 def _rfc3339_ns(stamp: str) -> int:
