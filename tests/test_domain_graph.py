@@ -7,7 +7,7 @@ import itertools
 import pathlib
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -39,7 +39,7 @@ from colonies_es.domain import (
 )
 from colonies_es.models import Executor, FuncSpec, Workflow, func_spec
 from colonies_es.states import ExecutorState, ProcessState
-from colonies_es.store.codec import MsgspecTranscoder
+from colonies_es.store.codec import EventMapper, MsgspecTranscoder
 
 WAITING, RUNNING, SUCCESS, FAILED, CANCELLED = (int(s) for s in ProcessState)
 
@@ -1173,9 +1173,27 @@ def test_event_fields_are_plain_data() -> None:
                 check(item, f"{where}[{index}]")
         else:
             assert isinstance(value, plain), f"{where} is a {type(value).__name__}"
+            if isinstance(value, datetime):  # what plain_state promises the store
+                assert value.tzinfo is UTC, f"{where} is not in UTC: {value!r}"
 
     for event in _scenario().collect_events():
+        assert event.plain_state
         check(event.__dict__, type(event).__name__)
+
+
+def test_the_store_writes_plain_events_as_the_transcoder_does_without_walking_them() -> None:
+    careful: Mapper[str] = Mapper(transcoder=MsgspecTranscoder())
+    direct = EventMapper(transcoder=MsgspecTranscoder())
+    graph = _scenario()
+    events = graph.collect_events()
+    again = submit(spec("a"), spec("b", "a"))
+    east = timezone(timedelta(hours=2))  # another offset: the event holds the same moment in UTC
+    again.cancel(now=at(3).astimezone(east), actor=USER_ID, command=b"cancel")
+    events += again.collect_events()
+    assert events[-1].timestamp == at(3)
+    assert events[-1].timestamp.tzinfo is UTC
+    for event in events:
+        assert direct.to_stored_event(event) == careful.to_stored_event(event), type(event)
 
 
 def test_events_do_not_share_data_with_the_graph() -> None:

@@ -30,8 +30,8 @@ import copy
 import hashlib
 import os
 import re
-from datetime import datetime
-from typing import Any, Self, TypedDict, TypeVar, dataclass_transform
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self, TypedDict, TypeVar, dataclass_transform
 
 import msgspec
 from eventsourcing.domain import (
@@ -40,7 +40,7 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     MetaDomainEvent,
 )
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 
 from colonies_es.domain.errors import BadRequest
 
@@ -208,12 +208,34 @@ class AuditedEvent(CanMutateAggregate[str], metaclass=_EventMeta):
     command: bytes
     """The signed command envelope it came from, byte for byte (``b""`` if none)."""
 
+    plain_state: ClassVar[bool] = True
+    """A promise to the store: the event's fields hold only str, int, float, bool, None,
+    bytes, lists and dicts of these, and UTC datetimes, so its state is encoded without
+    a walk over every value (:meth:`colonies_es.store.codec.EventMapper.to_stored_event`).
+    It holds because times come from the ``now`` a command is given, made UTC by the
+    event's header, and user data is copied through msgpack (:func:`clone`), which
+    leaves nothing else. An event class that breaks it sets it to False."""
+
 
 class AuditedCreationEvent(CanInitAggregate[str], AuditedEvent):
     """The first event of an aggregate: replaying it constructs the aggregate."""
 
     originator_topic: str
     """The aggregate's class, as an eventsourcing topic."""
+
+    def mutate(self, aggregate: Any) -> Any:
+        """The aggregate this event creates, as eventsourcing's ``CanInitAggregate.mutate``
+        makes it, for aggregates whose ``__init__`` takes no arguments (every
+        :class:`AuditedAggregate`): the library's picks the arguments of both
+        initialisers out of the event's fields on every creation, a sixth of the cost
+        of a one-process submission."""
+        assert aggregate is None
+        cls = resolve_topic(self.originator_topic)
+        made = cls.__new__(cls)
+        made.__base_init__(self.originator_id, self.originator_version, self.timestamp)
+        made.__init__()
+        self.apply(made)
+        return made
 
 
 class EventHeader(TypedDict):
@@ -231,6 +253,8 @@ def _header(
 ) -> EventHeader:
     if now.tzinfo is None:
         raise ValueError(f"now must be a timezone-aware datetime, got {now!r}")
+    if now.tzinfo is not UTC:  # the same moment; events hold UTC times (plain_state)
+        now = now.astimezone(UTC)
     return EventHeader(
         originator_id=aggregate_id,
         originator_version=version,

@@ -780,9 +780,16 @@ class ProcessGraph(AuditedAggregate):
                 )
         return timers
 
-    def process_model(self, processid: str) -> Process:
-        """The process as clients see it (CLIENT_API.md). Raises NotFound if unknown."""
+    def process_model(self, processid: str, shared: bool = False) -> Process:
+        """The process as clients see it (CLIENT_API.md). Raises NotFound if unknown.
+
+        Its spec, input and output are copies, unless ``shared``: then they are the
+        graph's own, for a caller that encodes the model at once and never changes it
+        (a reply; the copies cost more than the encoding)."""
         node = self.process(processid)
+        spec = node.spec if shared else clone_as(node.spec, FuncSpec)
+        input = node.input if shared else clone(node.input)
+        output = node.output if shared else clone(node.output)
         return Process(
             processid=node.processid,
             initiatorid=self.initiatorid,
@@ -797,13 +804,13 @@ class ProcessGraph(AuditedAggregate):
             waitdeadline=node.waitdeadline,
             execdeadline=node.execdeadline,
             retries=node.retries,
-            spec=clone_as(node.spec, FuncSpec),
+            spec=spec,
             waitforparents=bool(node.parents) and node.readytime is None,
             parents=list(node.parents),
             children=list(node.children),
             processgraphid=self.processgraphid,
-            input=clone(node.input),
-            output=clone(node.output),
+            input=input,
+            output=output,
             errors=list(node.errors),
             attributes=[
                 Attribute(

@@ -425,13 +425,13 @@ class ColoniesApp(Application[str]):
         aggregate = await self.aggregates.load(known.aggregate_id)
         if isinstance(aggregate, ProcessGraph):
             if known.op == "submit_func_spec":
-                return encode(aggregate.process_model(aggregate.rootprocessids[0]))
+                return encode(aggregate.process_model(aggregate.rootprocessids[0], shared=True))
             if known.op in ("submit_workflow", "rerun_processgraph"):
                 return encode(aggregate.to_model())
             if known.op == "claim" and isinstance(body, Claim) and body.prefetch:
-                return encode(NextProcess(next=aggregate.process_model(known.subject)))
+                return encode(NextProcess(next=aggregate.process_model(known.subject, shared=True)))
             if known.op in ("claim", "add_child"):
-                return encode(aggregate.process_model(known.subject))
+                return encode(aggregate.process_model(known.subject, shared=True))
             if known.op == "add_children":  # the ids its event added, read back
                 for event, sequence in await self.aggregates.events_of(known.aggregate_id):
                     if sequence == known.sequence and isinstance(event, ChildrenAdded):

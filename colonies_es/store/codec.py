@@ -35,7 +35,7 @@ from eventsourcing.persistence import (
     TranscodingNotRegisteredError,
     find_id_convertor,
 )
-from eventsourcing.utils import resolve_topic
+from eventsourcing.utils import get_topic, resolve_topic
 
 
 class Envelope(msgspec.Struct, array_like=True, frozen=True):
@@ -296,6 +296,9 @@ class MsgspecTranscoder(JSONTranscoder):
 
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes})
 
+_plain_encoder = msgspec.msgpack.Encoder()
+"""Encodes the state of events that promise plain values (:meth:`EventMapper.to_stored_event`)."""
+
 
 class _EventClass(NamedTuple):
     """What :class:`EventMapper` needs of a topic's event class, resolved once."""
@@ -321,6 +324,47 @@ class EventMapper(Mapper[Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._classes: dict[tuple[str, type], _EventClass] = {}
+        self._topics: dict[type, str] = {}
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
+        """The stored event of ``domain_event``, as eventsourcing's mapper makes it.
+
+        An event whose class says ``plain_state = True`` promises that its state holds
+        only what msgpack carries natively: str, int, float, bool, None, bytes, lists and
+        dicts of these, and UTC datetimes (``tzinfo`` is ``datetime.UTC``). Its state is
+        then encoded by msgspec directly, without :meth:`MsgspecTranscoder._tag` walking
+        every value in Python: the bytes are the same (``_tag`` returns such values as
+        they are), for a third to a fifth of the cost. Any other event, or another
+        transcoder, goes the library's way."""
+        cls = type(domain_event)
+        if not (getattr(cls, "plain_state", False) and type(self.transcoder) is MsgspecTranscoder):
+            return super().to_stored_event(domain_event)
+        topic = self._topics.get(cls)
+        if topic is None:
+            topic = self._topics[cls] = get_topic(cls)
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        try:
+            stored_state = _plain_encoder.encode(state)
+        except (TypeError, msgspec.EncodeError):  # it broke its promise: the careful way
+            stored_state = self.transcoder.encode(state)
+        if self.compressor:
+            stored_state = self.compressor.compress(stored_state)
+        if self.cipher:
+            stored_state = self.cipher.encrypt(stored_state)
+        return _frozen(
+            StoredEvent,
+            {
+                "originator_id": originator_id,
+                "originator_version": originator_version,
+                "topic": topic,
+                "state": stored_state,
+            },
+        )
 
     def _event_class(self, topic: str, id_type: type) -> _EventClass:
         key = (topic, id_type)

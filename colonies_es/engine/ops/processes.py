@@ -29,7 +29,7 @@ async def submit_func_spec(
     """Submits one function as a graph of one process; answers with the process."""
     workflow = Workflow(colonyname=body.spec.conditions.colonyname, functionspecs=[body.spec])
     graph, effects = await _submit(aggregates, cmd, workflow, now)
-    return Reply(encode(graph.process_model(graph.rootprocessids[0])), effects)
+    return Reply(encode(graph.process_model(graph.rootprocessids[0], shared=True)), effects)
 
 
 async def submit_workflow(
@@ -64,7 +64,7 @@ async def get_process(
     aggregates: Aggregates, cmd: crypto.VerifiedCommand, body: ProcessRef, now: datetime
 ) -> Reply:
     graph = await aggregates.readable(cmd, await aggregates.graph_id_of(body.processid))
-    return Reply(encode(graph.process_model(body.processid)))
+    return Reply(encode(graph.process_model(body.processid, shared=True)))
 
 
 async def find_process(
@@ -94,7 +94,7 @@ async def wait_process(
     if graph.nodes[body.processid].state not in ENDED:
         await aggregates.ends.wait(body.processid, min(max(body.wait, 0.0), MAX_CLAIM_WAIT))
         graph = await aggregates.readable(cmd, graph_id)
-    return Reply(encode(graph.process_model(body.processid)))
+    return Reply(encode(graph.process_model(body.processid, shared=True)))
 
 
 async def list_processes(

@@ -125,7 +125,7 @@ async def claim(
                 # pass it on to the next claim held here that may take it.
                 aggregates.claims.wake(key, best.executornames)
                 raise NothingCame(f"{executor.executorname!r} no longer waits for work")
-            return Reply(encode(graph.process_model(best.processid)), effects)
+            return Reply(encode(graph.process_model(best.processid, shared=True)), effects)
 
 
 async def _prefetch(
@@ -152,7 +152,7 @@ async def _prefetch(
         finally:
             aggregates.claiming.discard(best.processid)
         assigned = NextProcess(
-            next=graph.process_model(best.processid), more=more_ready(aggregates, key)
+            next=graph.process_model(best.processid, shared=True), more=more_ready(aggregates, key)
         )
         return Reply(encode(assigned), effects)
 
