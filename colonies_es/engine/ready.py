@@ -35,11 +35,16 @@ class ReadyProcess:
         return not self.executornames or executorname in self.executornames
 
 
+_Entry = tuple[tuple[int, float, int], ReadyProcess]
+"""A heap's item: the process's sort key beside it, so that the heap compares tuples in C
+(the key's counter is unique: the processes themselves are never compared)."""
+
+
 class ReadyIndex:
     """Thread-safe priority queues of ready processes (lazy deletion)."""
 
     def __init__(self) -> None:
-        self._heaps: dict[Key, list[ReadyProcess]] = {}
+        self._heaps: dict[Key, list[_Entry]] = {}
         self._live: dict[str, tuple[Key, ReadyProcess]] = {}
         self._counts: dict[Key, int] = {}
         self._counter = itertools.count()
@@ -66,7 +71,7 @@ class ReadyIndex:
             self._forget(processid)
             self._live[processid] = (key, entry)
             self._counts[key] = self._counts.get(key, 0) + 1
-            heapq.heappush(self._heaps.setdefault(key, []), entry)
+            heapq.heappush(self._heaps.setdefault(key, []), (entry.sort_key, entry))
         if self.on_ready is not None:
             self.on_ready(key, executornames)
 
@@ -84,12 +89,14 @@ class ReadyIndex:
             if heap is not None and len(heap) > 2 * self._counts[key] + COMPACT_SLACK:
                 self._compact(key, heap)
 
-    def _compact(self, key: Key, heap: list[ReadyProcess]) -> None:
+    def _compact(self, key: Key, heap: list[_Entry]) -> None:
         """Drops the stale entries of ``key``'s heap. Claims drop those they meet on top;
         a replica whose processes other replicas assign (or a key nobody claims any
         more) would otherwise keep one entry per process ever ready. Done when stale
         entries outnumber live ones (plus :data:`COMPACT_SLACK`): amortised O(1)."""
-        live = [e for e in heap if self._live.get(e.processid, (None, None))[1] is e]
+        live = [
+            item for item in heap if self._live.get(item[1].processid, (None, None))[1] is item[1]
+        ]
         heapq.heapify(live)
         self._heaps[key] = live
 
@@ -102,10 +109,10 @@ class ReadyIndex:
             heap = self._heaps.get(key)
             if not heap:
                 return None
-            skipped: list[ReadyProcess] = []
+            skipped: list[_Entry] = []
             found = None
             while heap:
-                entry = heap[0]
+                entry = heap[0][1]
                 if self._live.get(entry.processid, (None, None))[1] is not entry:
                     heapq.heappop(heap)  # stale: discarded or replaced
                     continue
@@ -113,8 +120,8 @@ class ReadyIndex:
                     found = entry
                     break
                 skipped.append(heapq.heappop(heap))
-            for entry in skipped:
-                heapq.heappush(heap, entry)
+            for item in skipped:
+                heapq.heappush(heap, item)
             return found
 
     def count(self, key: Key) -> int:

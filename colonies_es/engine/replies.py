@@ -148,8 +148,9 @@ class SeenCommands:
         stored bytes again (the same values: the event stores ``command.command``)."""
         if not event.command or (now - event.timestamp).total_seconds() > 2 * self.window:
             return
-        if command is not None and isinstance(command.command, crypto.SignedCommand):
-            caller, op = _id_of_key(command.command.public_key), command.op
+        checked = command is not None and isinstance(command.command, crypto.SignedCommand)
+        if command is not None and checked:
+            caller, op = command.caller_id, command.op
             nonce, ts = command.nonce, command.ts
         else:
             try:
@@ -162,7 +163,8 @@ class SeenCommands:
         if not nonce:
             return
         replay_key = f"{caller}:{nonce}"
-        self.guard.remember(replay_key, ts, now.timestamp())
+        if not checked:  # a command this replica decided is in the guard since its check
+            self.guard.remember(replay_key, ts, now.timestamp())
         subject = getattr(event, "processid", None) or ""
         child = getattr(event, "child", None)
         if child is not None:
