@@ -65,6 +65,7 @@ from colonies_es.models import ProcessState
 __all__ = ["LOADED_CACHE", "ColonyGraphs", "Effects", "EngineState", "LiveState", "Timer"]
 
 _ENDED = (ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED)
+_ENDED_CODES = frozenset(int(state) for state in _ENDED)
 
 LOADED_CACHE = 512
 """Evicted graphs kept after a command loaded them from the log (least recently used go)."""
@@ -582,13 +583,15 @@ class EngineState:
                 if event_process:
                     touched[event_process] = None
                 touched.update(dict.fromkeys(getattr(event, "cancelled", ())))
-                if isinstance(event, GraphRemoved | GraphCancelled):
+                if isinstance(event, (GraphRemoved, GraphCancelled)):
                     touched.update(dict.fromkeys(graph.nodes))
+            removed = graph.removed
             for processid in touched:
                 node = graph.nodes[processid]
-                key = (graph.colonyname, node.spec.conditions.executortype)
-                if node.is_ready and not graph.removed:
+                ready = node.is_ready
+                if ready and not removed:
                     assert node.readytime is not None
+                    key = (graph.colonyname, node.spec.conditions.executortype)
                     newly = processid not in self.ready
                     self.ready.add(
                         key,
@@ -603,15 +606,13 @@ class EngineState:
                         effects.ready.append(key)
                 else:
                     self.ready.discard(processid)
-                if events is not None and node.state in _ENDED:
+                if events is not None and node.state in _ENDED_CODES:
                     effects.ended.append((graph.colonyname, processid))
                     if self.on_ended is not None:
                         self.on_ended(processid)
-            if graph.removed:
-                return effects
-            for processid in touched:  # only what these events touched: no scan of the graph
-                node = graph.nodes[processid]
-                if node.is_ready and node.waitdeadline is not None:
+                if removed:  # only what these events touched: no scan of the graph
+                    continue
+                if ready and node.waitdeadline is not None:
                     timer = Timer(
                         node.waitdeadline.timestamp(), processid, graph.id, node.attempt, "wait"
                     )
