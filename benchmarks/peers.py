@@ -613,9 +613,13 @@ class Workloads:
         none came for 2 s, the engine is asked about the ones not seen to end."""
         deadline = time.monotonic() + WORKLOAD_TIMEOUT
         while not ended.issuperset(submitted):
+            seen = len(ended)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), 2.0)
                 return
+            _check(time.monotonic() < deadline, f"{len(ended)} of {len(submitted)} ended")
+            if len(ended) > seen:  # notifications still coming: none lost yet
+                continue
             for processid in set(submitted) - ended:
                 process = await client.get_process(processid, self.prvkey)
                 if process.state in (ProcessState.SUCCESS, ProcessState.FAILED):
