@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from colonies_es.client import AsyncColonies, Colonies, ColoniesConnectionError, ColoniesError
+from colonies_es.client.async_client import SealedClaim
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
 from colonies_es.function_runner import FunctionFailed, FunctionRunner, execute_function
 from colonies_es.models import Executor, Process, attempt_of, func_spec
@@ -155,7 +156,8 @@ class _Ran:
 class _Ahead:
     """One worker's work claimed ahead (prefetched): processes assigned to the executor
     and not started yet (:attr:`queue`), the prefetch claims awaiting their reply
-    (:attr:`claims`) and the reports sent without awaiting theirs.
+    (:attr:`claims`) and the reports sent without awaiting theirs; and the held claim
+    its next close will carry, sealed while it waits for work (:meth:`seal_claim_ahead`).
 
     Rules (DESIGN.md, "Executor prefetch"): claims ahead are sent only while the engine's
     last hint (:attr:`more`) said that work was left over for busy executors, and while
@@ -178,6 +180,7 @@ class _Ahead:
         self._spilling = False  # the running function is past its patience
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sealing: asyncio.Task[SealedClaim] | None = None
 
     def may_claim(self, stopping: asyncio.Event) -> bool:
         """Whether to claim ahead now (see the class's rules)."""
@@ -223,9 +226,39 @@ class _Ahead:
 
     async def settle(self) -> None:
         """Wait for the reports, claims and runs aside still in flight (not cancelled
-        when this wait is: a report still gets through)."""
+        when this wait is: a report still gets through); a claim sealed ahead is dropped."""
+        self.sealed_claim()
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+
+    def seal_claim_ahead(self) -> None:
+        """The worker's close is about to wait for work (it carries a held claim): seal
+        meanwhile the held claim of the close after its next function, so that this one
+        needs one signature after the function, not two (:meth:`sealed_claim`). The
+        sealing runs two steps of the event loop later, once the close is written."""
+        self.sealed_claim()
+        task = asyncio.get_running_loop().create_task(self._seal_claim())
+        task.add_done_callback(_retrieve)
+        self._sealing = task
+
+    def sealed_claim(self) -> SealedClaim | None:
+        """The held claim sealed ahead (:meth:`seal_claim_ahead`) if it is ready, once;
+        None when there is none yet (the close seals its own, as it did before)."""
+        task, self._sealing = self._sealing, None
+        if task is None or not task.done():
+            if task is not None:
+                task.cancel()
+            return None
+        if task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+    async def _seal_claim(self) -> SealedClaim:
+        await asyncio.sleep(0)  # nats-py's flusher, woken by the close, writes it first
+        executor = self._executor
+        return await self._client.seal_held_claim(
+            executor.colonyname, executor.poll_timeout, executor.prvkey
+        )
 
     async def _claim_ahead(self) -> None:
         executor = self._executor
@@ -523,7 +556,10 @@ class PythonExecutor:
             ahead.report_aside(process, ran, carry)
             return await ahead.next_or_none()
         hold = self.poll_timeout if not stopping.is_set() else None
-        following = await self._report(client, process, ran, hold=hold)
+        sealed = ahead.sealed_claim()
+        if hold is not None:
+            ahead.seal_claim_ahead()  # for the close after the next function, if one comes
+        following = await self._report(client, process, ran, hold=hold, sealed=sealed)
         if following is not None:
             ahead.more = following.more
             return following.next
@@ -621,13 +657,17 @@ class PythonExecutor:
         ran: _Ran,
         hold: float | None = None,
         prefetch: bool = False,
+        sealed: SealedClaim | None = None,
     ) -> NextProcess | None:
         """Close ``process`` with the output of its run, or fail it with the errors (a
         refused close becomes a fail, but for a 403: the process is no longer ours), and
         log the outcome. The close carries a claim unless ``hold`` is None: held up to
         ``hold`` seconds in the engine for work to come, as ``assign`` would (a worker's
-        loop: one request per process when idle), or a prefetch claim (``prefetch``).
-        The reply to that claim (None when there was none, or the close failed)."""
+        loop: one request per process when idle), or a prefetch claim (``prefetch``);
+        ``sealed``, a held claim sealed ahead, is carried by the first attempt (a retry
+        seals its own). The reply to that claim (None when there was none, or the close
+        failed). When it brings a process to run, the outcome's log line is written one
+        step of the event loop later (once that process is on its way to its runner)."""
         funcname = process.spec.funcname
         errors = ran.errors
         if ran.printed:
@@ -636,6 +676,7 @@ class PythonExecutor:
         attempt = attempt_of(process)
         if not errors:
             taken: list[NextProcess] = []
+            carried = [sealed] if sealed is not None else []
 
             async def close(processid: str, output: list[Any], prvkey: str) -> None:
                 if hold is None:
@@ -643,7 +684,14 @@ class PythonExecutor:
                     return
                 taken[:] = [
                     await client.close_and_next(
-                        processid, output, prvkey, self.colonyname, attempt, hold, prefetch
+                        processid,
+                        output,
+                        prvkey,
+                        self.colonyname,
+                        attempt,
+                        hold,
+                        prefetch,
+                        sealed=carried.pop() if carried else None,
                     )
                 ]
 
@@ -656,7 +704,9 @@ class PythonExecutor:
             fail = functools.partial(client.fail, attempt=attempt)
             problem = await self._deliver(fail, process.processid, errors)
         line = f"{funcname} {process.processid[:8]} {outcome} in {ran.duration:.3f} s"
-        if problem is None:
+        if problem is None and following is not None and following.next is not None:
+            asyncio.get_running_loop().call_soon(log.info, "%s", line)
+        elif problem is None:
             log.info("%s", line)
         else:
             log.warning("%s, but the engine did not take the report: %s", line, problem)
@@ -743,3 +793,10 @@ class PythonExecutor:
             )
             with contextlib.suppress(ColoniesError, ColoniesConnectionError):
                 await client.fail(processid, [reason], self.prvkey)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A done callback that retrieves ``task``'s exception (a claim sealed ahead that
+    nobody used failed: it is sealed again when needed), so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()

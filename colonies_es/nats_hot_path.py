@@ -9,14 +9,18 @@ message, start the task that handles a command), that machinery is most of the c
 :func:`deliver_inline` replaces the subscription's queue with one that calls a function
 at once, inside nats-py's read of the socket.
 
-It reaches into nats-py's ``Subscription`` (``_pending_queue``, ``_pending_size``, as
-nats-py 2.16 has them): where those are not found, the subscription keeps nats-py's own
-delivery.
-
-(Writing each reply or append to the socket at once, instead of when nats-py's flusher
-task runs later in the same step of the event loop, was measured and dropped: at
+**Writing a lone request at once** (:func:`write_now`). ``publish`` appends a message to
+the connection's pending buffer and wakes nats-py's flusher task, which writes the buffer
+one step of the event loop later. A client that has one request in flight and nothing
+else to send (a script's ``submit`` then ``wait``, an idle executor's close) gains
+nothing from that wait; :class:`~colonies_es.reply_inbox.ReplyInbox` writes such a
+request at once. Writing *every* reply or append at once was measured and dropped: at
 throughput it split the writes the flusher batches, and nats-server's CPU per process
-doubled. DESIGN.md, "The engine's critical path", sixth session.)
+doubled (DESIGN.md, "The engine's critical path", sixth session).
+
+Both reach into nats-py (``Subscription._pending_queue`` and ``_pending_size``;
+``Client._pending``, ``_pending_data_size`` and ``_transport``, as nats-py 2.16 has them):
+where those are not found, nats-py's own path is kept.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 
-__all__ = ["deliver_inline"]
+__all__ = ["deliver_inline", "write_now"]
 
 log = logging.getLogger("colonies.nats")
 
@@ -69,3 +75,24 @@ def deliver_inline(subscription: Subscription, deliver: Callable[[Msg], None]) -
         return False
     subscription._pending_queue = _Inline(subscription, deliver)
     return True
+
+
+def write_now(nc: NATS) -> None:
+    """Write what ``nc`` has pending (the messages published so far, in order) to its
+    socket now instead of when nats-py's flusher task runs (it then finds nothing to
+    write). Does nothing while ``nc`` is not connected (nats-py keeps the buffer for the
+    reconnection), on a transport other than TCP (a WebSocket writes in a task of its
+    own), or on a nats-py without the attributes it relies on."""
+    transport = getattr(nc, "_transport", None)
+    pending = getattr(nc, "_pending", None)
+    if (
+        not pending
+        or not isinstance(pending, list)
+        or not isinstance(transport, TcpTransport)
+        or not isinstance(getattr(nc, "_pending_data_size", None), int)
+        or not nc.is_connected
+    ):
+        return
+    transport.writelines(pending)  # type: ignore[no-untyped-call]  # sent at once if it fits
+    nc._pending = []
+    nc._pending_data_size = 0

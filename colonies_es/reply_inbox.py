@@ -6,7 +6,8 @@ the client-side cost of a command or an append. :class:`ReplyInbox` names each r
 by a counter under one inbox of the connection and waits on a plain future with a timer;
 the replies are handed to their futures as nats-py reads them (:mod:`.nats_hot_path`).
 The engine's appends (``store/jetstream.py``) and the client's commands
-(``client/connection.py``) use it.
+(``client/connection.py``) use it; the client's command that is the only one awaiting a
+reply is written to the socket at once (``write_alone``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from colonies_es.nats_hot_path import deliver_inline
+from colonies_es.nats_hot_path import deliver_inline, write_now
 
 __all__ = ["ConnectionInterrupted", "ReplyInbox"]
 
@@ -46,9 +47,21 @@ class ReplyInbox:
         self._numbers = itertools.count()
 
     async def request(
-        self, subject: str, payload: bytes, headers: dict[str, str], seconds: float
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        seconds: float,
+        write_alone: bool = False,
     ) -> Msg:
         """Publish ``payload`` (with ``headers``) on ``subject`` and return the reply.
+
+        With ``write_alone``, a request that no other request of this inbox is awaiting a
+        reply beside is written to the socket at once
+        (:func:`~colonies_es.nats_hot_path.write_now`), one step of the event loop before
+        nats-py's flusher would: a caller with one request in flight (a script's
+        ``submit`` then ``wait``, an idle executor's close) has nothing to batch it with.
+        With others in flight (a client at throughput) the flusher batches as before.
 
         Raises nats-py's ``TimeoutError`` when none came within ``seconds``,
         ``NoRespondersError`` when nothing listens on ``subject``, and what ``publish``
@@ -65,6 +78,8 @@ class ReplyInbox:
         timer = loop.call_later(seconds, _time_out, reply)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            if write_alone and len(self._waiting) == 1:
+                write_now(self.nc)
             msg = await reply
         finally:
             timer.cancel()

@@ -8,6 +8,7 @@ sent with ``func_spec(func=...)``; the others as source text (``code=``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -19,12 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from colonies_es import Workflow, func_spec
 from colonies_es.chaos.journal import Journal, JournalingColonies, read_journals
 from colonies_es.cli.dev_seed import MAP_CODE  # the seed's map, sent as text
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
+from colonies_es.crypto import SignedCommand
 from colonies_es.executor import FunctionFailed, PythonExecutor, execute_function
 from colonies_es.models import FuncSpec, Process
 from colonies_es.states import ProcessState
@@ -358,6 +361,35 @@ def test_eight_workers_share_one_client_and_run_each_process_once(
         done = [ended(stack, colony, p) for p in processes]
     assert [p.output for p in done] == [[n * n, p.processid] for n, p in enumerate(processes)]
     assert all(p.retries == 0 for p in done)
+
+
+def test_an_idle_executors_close_carries_the_claim_it_sealed_while_it_waited(
+    stack: Stack, colony: ColonyHandle
+) -> None:
+    """An idle worker's close carries a held claim sealed while it waited for the reply
+    to its previous close (one signature after a function, not two): in a run of round
+    trips, the claim that brings process n+1 was signed before process n was submitted.
+    Sealing races the engine's answer, so most, not all, of the claims must show it."""
+    code = "def one(ctx={}):\n    return 1\n"
+    rounds = 8
+    with running_executor(stack, colony, poll_timeout=1.0):
+        submitted = []
+        for _ in range(rounds):
+            process = stack.client.submit_func_spec(spec(colony, "one", code), colony.owner_prvkey)
+            assert ended(stack, colony, process).output == [1]
+            submitted.append(process)
+    log = read_events(stack.nats.url)
+    signed_at: dict[str, float] = {}
+    for event in log.of_kind("ProcessAssigned"):
+        stored = event.state["command"]
+        raw = stored if isinstance(stored, bytes) else str(stored).encode()
+        command = msgspec.json.decode(raw, type=SignedCommand)
+        signed_at[event.processid or ""] = msgspec.json.decode(command.payload)["ts"]
+    ahead = [
+        signed_at[following.processid] < before.submissiontime.timestamp()
+        for before, following in itertools.pairwise(submitted[1:])
+    ]
+    assert sum(ahead) >= len(ahead) // 2, ahead
 
 
 def test_stop_lets_a_running_function_finish(stack: Stack, colony: ColonyHandle) -> None:

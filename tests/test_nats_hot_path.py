@@ -1,6 +1,8 @@
 """Messages handed over as nats-py reads them (colonies_es/nats_hot_path.py), on a real
 nats-server: in order, none lost to nats-py's slow-consumer limit, a failing delivery
-logged, and such a subscription still drains and ends."""
+logged, and such a subscription still drains and ends. A lone request of a
+:class:`~colonies_es.reply_inbox.ReplyInbox` is written at once; one beside others waits
+for nats-py's flusher (which batches)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import nats
 from nats.aio.msg import Msg
 
 from colonies_es.nats_hot_path import deliver_inline
+from colonies_es.reply_inbox import ReplyInbox
 
 
 async def _never(msg: Msg) -> None:
@@ -70,3 +73,46 @@ async def test_a_failing_delivery_is_logged_and_the_connection_goes_on(nats_url:
         await sub.unsubscribe()
     finally:
         await nc.close()
+
+
+async def test_a_lone_request_is_written_at_once_and_one_beside_others_is_batched(
+    nats_url: str,
+) -> None:
+    """``write_alone``: the request no other awaits a reply beside is on its way to the
+    server when its task first yields (nothing left in nats-py's pending buffer); with a
+    second request waiting, it stays pending until the flusher's turn, as before."""
+    responder = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url)
+    try:
+        held: list[Msg] = []
+        holds = asyncio.Event()
+
+        async def answer(msg: Msg) -> None:
+            if msg.data == b"hold":
+                held.append(msg)  # answered at the end
+                holds.set()
+            else:
+                await msg.respond(b"re: " + msg.data)
+
+        await responder.subscribe("lone.test", cb=answer)
+        await responder.flush()
+        replies = ReplyInbox(nc)
+        headers = {"k": "v"}
+        assert (await replies.request("lone.test", b"warm", headers, 5)).data == b"re: warm"
+
+        lone = asyncio.create_task(replies.request("lone.test", b"one", headers, 5, True))
+        await asyncio.sleep(0)  # the request's first step ran: published, awaiting
+        assert nc.pending_data_size == 0  # written at once
+        assert (await lone).data == b"re: one"
+
+        holding = asyncio.create_task(replies.request("lone.test", b"hold", headers, 5, True))
+        await asyncio.wait_for(holds.wait(), 5)  # it reached the responder: it waits beside
+        beside = asyncio.create_task(replies.request("lone.test", b"two", headers, 5, True))
+        await asyncio.sleep(0)
+        assert nc.pending_data_size > 0  # left to the flusher
+        assert (await beside).data == b"re: two"
+        await held[0].respond(b"done")
+        assert (await holding).data == b"done"
+    finally:
+        await nc.close()
+        await responder.close()

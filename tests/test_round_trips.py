@@ -7,7 +7,10 @@
 - a close that carries a claim assigns the next process once per attempt, each assignment
   caused by a signed ``claim`` command of its own;
 - a close whose claim is held (an idle executor: one request per process) publishes its
-  end notification and answers ``wait`` at once, and its claim gets the next process.
+  end notification and answers ``wait`` at once, and its claim gets the next process;
+- a close carries the held claim sealed ahead while it is fresh (the engine's "still
+  waiting?" is answered yes, the assignment is caused by that very claim), a stale one is
+  sealed anew.
 
 Every "exactly once" is read from the raw log (tests/eventlog.py). The replicas share one
 queue group, so each command (a held claim included) goes to either of them.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +31,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from colonies_es.client import AsyncColonies
+from colonies_es.client.async_client import SEALED_CLAIM_FRESH
 from colonies_es.crypto import SignedCommand
 from colonies_es.models import FuncSpec, Process, func_spec
 from colonies_es.states import ProcessState
@@ -98,12 +103,18 @@ def assignments(log: EventLog, processids: set[str]) -> Counter[tuple[str, int]]
     )
 
 
-def command_op(event_command: object) -> str:
-    """The op of the signed command an event stores."""
+def command_payload(event_command: object) -> dict[str, object]:
+    """The payload (op, nonce, ts, body) of the signed command an event stores, or of
+    sealed command bytes."""
     raw = event_command if isinstance(event_command, bytes) else str(event_command).encode()
     signed = msgspec.json.decode(raw, type=SignedCommand)
     payload: dict[str, object] = msgspec.json.decode(signed.payload)
-    return str(payload["op"])
+    return payload
+
+
+def command_op(event_command: object) -> str:
+    """The op of the signed command an event stores."""
+    return str(command_payload(event_command)["op"])
 
 
 async def test_work_goes_to_one_held_claim_and_the_other_keeps_waiting(
@@ -237,3 +248,48 @@ async def test_a_close_holds_its_claim_until_work_comes_after_answering_for_the_
     assert assignments(log, {second.processid}) == {(second.processid, 1): 1}
     [assigned] = [e for e in log.of_kind("ProcessAssigned") if e.processid == second.processid]
     assert command_op(assigned.state["command"]) == "claim"
+
+
+async def test_a_close_carries_the_claim_sealed_ahead_while_it_is_fresh(
+    replicas: Replicas, questions: AliveQuestions
+) -> None:
+    """An idle executor seals its next held claim while it waits (``seal_held_claim``):
+    the close carries it, the engine's "still waiting?" about it is answered yes (work
+    that came later is assigned to it), and the assignment is caused by that claim. A
+    claim sealed too long ago is not carried: the close seals a fresh one."""
+    colony = replicas.new_colony()
+    key = replicas.new_executor(colony)
+    hold = 5.0
+    async with client(replicas) as me, client(replicas) as submitter:
+        first = await submitter.submit_func_spec(noop_spec(colony), colony.owner_prvkey)
+        assert (await me.assign(colony.name, WAIT, key)).processid == first.processid
+        sealed = await me.seal_held_claim(colony.name, hold, key)
+        closing = asyncio.create_task(
+            me.close_and_next(first.processid, [1], key, colony.name, wait=hold, sealed=sealed)
+        )
+        await asyncio.sleep(0.5)  # held past ALIVE_AFTER: the engine asks before assigning
+        second = await submitter.submit_func_spec(noop_spec(colony), colony.owner_prvkey)
+        following = await asyncio.wait_for(closing, WAIT)
+        assert following.next is not None
+        assert following.next.processid == second.processid
+        await questions.until(1)
+
+        stale = await me.seal_held_claim(colony.name, hold, key)
+        stale = dataclasses.replace(stale, sealed_at=stale.sealed_at - SEALED_CLAIM_FRESH)
+        third = await submitter.submit_func_spec(noop_spec(colony), colony.owner_prvkey)
+        after = await me.close_and_next(
+            second.processid, [1], key, colony.name, wait=hold, sealed=stale
+        )
+        assert after.next is not None
+        assert after.next.processid == third.processid
+    log = await asyncio.to_thread(read_events, replicas.nats.url)
+    ids = {second.processid, third.processid}
+    assert assignments(log, ids) == {(second.processid, 1): 1, (third.processid, 1): 1}
+    causes = {
+        event.processid: command_payload(event.state["command"])
+        for event in log.of_kind("ProcessAssigned")
+        if event.processid in ids
+    }
+    assert causes[second.processid]["nonce"] == command_payload(sealed.data)["nonce"]
+    assert causes[third.processid]["op"] == "claim"
+    assert causes[third.processid]["nonce"] != command_payload(stale.data)["nonce"]

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from colonies_es.client import AsyncColonies, Colonies
+from colonies_es.client.async_client import SealedClaim
 from colonies_es.crypto import id_from_private_key
 from colonies_es.models import FuncSpec, Process, Workflow, attempt_of
 from colonies_es.models import ProcessGraph as GraphModel
@@ -150,9 +151,10 @@ class JournalingAsyncColonies(AsyncColonies):
         attempt: int = 0,
         wait: float = 0.0,
         prefetch: bool = False,
+        sealed: SealedClaim | None = None,
     ) -> NextProcess:
         following = await super().close_and_next(
-            processid, output, prvkey, colonyname, attempt, wait, prefetch
+            processid, output, prvkey, colonyname, attempt, wait, prefetch, sealed
         )
         self._closed(processid, output, prvkey, attempt)
         if following.next is not None:

@@ -19,7 +19,9 @@ projector's view did not catch up in time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -52,12 +54,35 @@ if TYPE_CHECKING:
     from colonies_es.projections.history import HistoryEntry
     from colonies_es.projections.timetravel import GraphState
 
-__all__ = ["ENDED_STATES", "AsyncColonies", "server_urls"]
+__all__ = ["ENDED_STATES", "AsyncColonies", "SealedClaim", "server_urls"]
 
 T = TypeVar("T")
 
 ENDED_STATES = frozenset({ProcessState.SUCCESS, ProcessState.FAILED, ProcessState.CANCELLED})
 """Process states ``wait`` returns on."""
+
+
+SEALED_CLAIM_FRESH = 0.5
+"""Seconds a claim sealed ahead (:meth:`AsyncColonies.seal_held_claim`) may be carried
+by a close: an engine reads the log's end before deciding a command signed more than a
+second ago (it may be a retry, ``RETRY_AGE``), which a fresher claim spares it."""
+
+
+@dataclass(frozen=True)
+class SealedClaim:
+    """A held claim sealed ahead of the close that will carry it
+    (:meth:`AsyncColonies.seal_held_claim`)."""
+
+    colonyname: str
+    wait: float
+    """Seconds the engine may hold it."""
+    alive: str
+    """Where the engine asks whether it still waits (answered "1" only while a close
+    carrying it awaits its reply)."""
+    data: bytes
+    """The sealed command."""
+    sealed_at: float
+    """``time.monotonic()`` when it was sealed."""
 
 
 _BEHIND_PAUSE = 0.2
@@ -306,11 +331,17 @@ class AsyncColonies:
         attempt: int = 0,
         wait: float = 0.0,
         prefetch: bool = False,
+        sealed: SealedClaim | None = None,
     ) -> p.NextProcess:
         """:meth:`close_and_claim`, answered with the whole
         :class:`~colonies_es.protocol.NextProcess` (the next process and the hint
         ``more``). With ``prefetch`` the claim is a prefetch claim
-        (:meth:`prefetch_claim`: the caller is busy; ``wait`` is then ignored)."""
+        (:meth:`prefetch_claim`: the caller is busy; ``wait`` is then ignored).
+
+        ``sealed``: the held claim to carry, sealed ahead by :meth:`seal_held_claim`
+        with the same ``prvkey``; used once, and only when it is the claim this call
+        would make (same colony and ``wait``) and still fresh, else a new one is sealed.
+        """
         wait = 0.0 if prefetch else min(max(wait, 0.0), p.MAX_CLAIM_WAIT)
         if wait == 0:
             body = p.Claim(colonyname=colonyname, prefetch=prefetch)
@@ -319,14 +350,37 @@ class AsyncColonies:
                 processid=processid, out=list(output), attempt=attempt, claim=claim
             )
             return await self._call("close", close, prvkey, p.NextProcess)
+        if sealed is None or not self._fits(sealed, colonyname, wait):
+            sealed = await self.seal_held_claim(colonyname, wait, prvkey)
         budget = wait + self._connection.timeout / ATTEMPTS  # the close's, then the hold
-        async with self._connection.claiming() as alive:
-            held = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
-            claim = self._connection.seal("claim", held, prvkey)
+        with self._connection.awaiting(sealed.alive):
             close = p.CloseProcess(
-                processid=processid, out=list(output), attempt=attempt, claim=claim
+                processid=processid, out=list(output), attempt=attempt, claim=sealed.data
             )
             return await self._call("close", close, prvkey, p.NextProcess, held=budget)
+
+    def _fits(self, sealed: SealedClaim, colonyname: str, wait: float) -> bool:
+        """Whether ``sealed`` is the held claim a close would carry now: same colony and
+        wait, sealed less than :data:`SEALED_CLAIM_FRESH` seconds ago, and its ``alive``
+        subject still answered by this connection."""
+        return (
+            sealed.colonyname == colonyname
+            and sealed.wait == wait
+            and time.monotonic() - sealed.sealed_at < SEALED_CLAIM_FRESH
+            and self._connection.answers_at(sealed.alive)
+        )
+
+    async def seal_held_claim(self, colonyname: str, wait: float, prvkey: str) -> SealedClaim:
+        """A claim for the next process the caller may run in ``colonyname``, held up to
+        ``wait`` seconds, sealed now for a :meth:`close_and_next` to carry later (its
+        ``sealed``): an executor seals it while it waits for work, so that the close
+        after its next function needs one signature, not two. Still good for
+        :data:`SEALED_CLAIM_FRESH` seconds (then :meth:`close_and_next` seals another)."""
+        wait = min(max(wait, 0.0), p.MAX_CLAIM_WAIT)
+        alive = await self._connection.alive_subject()
+        body = p.Claim(colonyname=colonyname, wait=wait, alive=alive)
+        data = self._connection.seal("claim", body, prvkey)
+        return SealedClaim(colonyname, wait, alive, data, time.monotonic())
 
     async def prefetch_claim(self, colonyname: str, prvkey: str) -> p.NextProcess:
         """Claim, now, a process for the caller (an executor) to run once it is done with

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import nats.errors
@@ -273,7 +273,9 @@ class Connection:
             else:
                 target, after = subject, affinity.sequence
             try:
-                return await replies.request(target, data, {AFTER_HEADER: str(after)}, seconds)
+                return await replies.request(
+                    target, data, {AFTER_HEADER: str(after)}, seconds, write_alone=True
+                )
             except nats.errors.NoRespondersError:
                 if target == subject:
                     raise
@@ -307,13 +309,36 @@ class Connection:
         engine "1" meanwhile, and "0" once the block is left (the caller gave up: a
         cancelled ``assign``), so that work is never assigned to a claim nobody awaits.
         """
-        inbox = await self._alive_inbox()
-        token = secrets.token_hex(8)
+        subject = await self.alive_subject()
+        with self.awaiting(subject):
+            yield subject
+
+    async def alive_subject(self) -> str:
+        """A new subject where this connection answers the engine whether a claim still
+        waits (:attr:`colonies_es.protocol.Claim.alive`): "0" until the claim naming it
+        is awaited (:meth:`awaiting`), so it may be made (and the claim sealed) ahead."""
+        return alive_subject(await self._alive_inbox(), secrets.token_hex(8))
+
+    @contextlib.contextmanager
+    def awaiting(self, subject: str) -> Iterator[None]:
+        """The claim naming ``subject`` (from :meth:`alive_subject`) waits for its reply
+        for the duration of the block: the engine is answered "1" meanwhile."""
+        token = subject.rsplit(".", 1)[-1]
         self._claims.add(token)
         try:
-            yield alive_subject(inbox, token)
+            yield
         finally:
             self._claims.discard(token)
+
+    def answers_at(self, subject: str) -> bool:
+        """Whether ``subject`` (from :meth:`alive_subject`) is still answered: False once
+        the connection it was made on was replaced (closed and opened again)."""
+        alive = self._alive
+        return (
+            alive is not None
+            and alive[0] is self._nc
+            and subject.startswith(alive_subject(alive[2], ""))
+        )
 
     async def _alive_inbox(self) -> str:
         """The inbox under which this connection answers whether its claims still wait,
