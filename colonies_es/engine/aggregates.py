@@ -14,6 +14,17 @@ timers (:mod:`.timers`) work with. It gives
   aggregate catches up from its subject (:meth:`Aggregates.catch_up`) and the decision is
   taken again, up to :data:`CONFLICT_RETRIES` times.
 
+Chained writes (:class:`_Writers`): while a decision's one event is on its way to the log,
+another command on the same aggregate need not wait for the acknowledgement. It decides
+on the in-flight decision's copy and sends its own one event chained to it
+(:meth:`JetStreamLog.append` with ``after``: stored only if the message before it is the
+stream's last). Each is installed in order, once the log has it and the one before it is
+installed; each command is still answered only after its own event is stored. A chained
+write that the server refuses (the one before it was refused, or another message came in
+between) wrote nothing: its command is decided again the ordinary way. The aggregate's
+lock stays held until the last write of the chain is installed, so the follower and
+everything else that waits for the lock sees the same as before.
+
 The last stream sequence the current command wrote is kept in :data:`last_written` (a
 context variable: each command is its own task), for the reply's ``Colonies-Sequence``.
 """
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -29,7 +41,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-from eventsourcing.persistence import DataError, IntegrityError, Mapper, Notification
+from eventsourcing.persistence import (
+    DataError,
+    IntegrityError,
+    Mapper,
+    Notification,
+    OperationalError,
+)
 from nats.aio.client import Client as NATS
 
 from colonies_es import crypto
@@ -52,7 +70,7 @@ from colonies_es.engine.replies import SeenCommands
 from colonies_es.engine.state import Effects, EngineState, NotNext
 from colonies_es.store import JetStreamApplicationRecorder
 from colonies_es.store.codec import to_notification
-from colonies_es.store.jetstream import JetStreamLog
+from colonies_es.store.jetstream import ChainBroken, JetStreamLog
 
 __all__ = [
     "CONFLICT_RETRIES",
@@ -80,11 +98,52 @@ deciding: ContextVar[crypto.VerifiedCommand | None] = ContextVar("deciding", def
 """The command the current task is deciding (set by the application before its handler
 runs): the command the events it writes carry, noted without decoding them again."""
 
+CHAIN_LIMIT = 16
+"""Writes that may join one aggregate's chain (:class:`_Writers`) before it closes:
+commands waiting for the aggregate's lock are served after at most that many."""
+
 INSTALLED_LIMIT = 100_000
 """Sequences kept in :attr:`Aggregates.installed` at most (a follower far behind)."""
 
 last_written: ContextVar[int] = ContextVar("last_written", default=0)
 """The last stream sequence the command being decided (this task's) has written."""
+
+
+class _Link:
+    """One write of a chain: the aggregate as it will be once the write is installed,
+    the name of its message, and its outcome (True once installed, False when it
+    wrote nothing or its outcome is not known)."""
+
+    __slots__ = ("draft", "message_id", "outcome")
+
+    def __init__(self, draft: AuditedAggregate) -> None:
+        self.draft = draft
+        self.message_id = uuid.uuid4().hex
+        self.outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(self, installed: bool) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(installed)
+
+
+class _Writers:
+    """The writes in flight on one aggregate while a command of this replica holds its
+    lock: the lock is released when the last of them (``holders``) is done."""
+
+    __slots__ = ("holders", "joined", "lock", "tail")
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+        self.holders = 1
+        self.joined = 0
+        self.tail: _Link | None = None
+        """The last write sent: the next one may chain to it while its outcome is open."""
+
+    def joinable(self) -> _Link | None:
+        tail = self.tail
+        if tail is None or tail.outcome.done() or self.joined >= CHAIN_LIMIT:
+            return None
+        return tail
 
 
 class Aggregates:
@@ -120,6 +179,8 @@ class Aggregates:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()  # a lock lives while a command holds or awaits it
         )
+        self._writers: dict[str, _Writers] = {}
+        """Per aggregate whose lock a :meth:`change` holds: its writes in flight."""
         self.claims = HeldClaims()
         """Claims this replica holds while nothing is ready for their executor."""
         self.ends = ProcessEnds()
@@ -338,9 +399,17 @@ class Aggregates:
         A refused or failed write leaves the cached aggregate as it was. When another
         replica changed the aggregate first (``IntegrityError``), this one catches up
         from the aggregate's subject and decides again, up to :data:`CONFLICT_RETRIES`
-        times.
+        times. While another command's one-event write on the aggregate is in flight,
+        a one-event decision is chained to it instead (module doc, :meth:`_join`).
         """
-        async with self.lock(aggregate_id):
+        joined = await self._join(aggregate_id, kind, decide)
+        if joined is not None:
+            await _work_first()
+            return joined
+        lock = self.lock(aggregate_id)
+        await lock.acquire()
+        writers = self._writers[aggregate_id] = _Writers(lock)
+        try:
             for attempt in range(CONFLICT_RETRIES):
                 cached = await self.resident(aggregate_id)
                 if not isinstance(cached, kind):
@@ -349,21 +418,94 @@ class Aggregates:
                     raise NotFound(f"{what} {name!r} does not exist")
                 draft = cached.copy()
                 decide(draft)  # a DomainError triggers nothing
+                link = _Link(draft) if len(draft.pending_events) == 1 else None
+                writers.tail = link
                 try:
-                    events, sequences = await self._save(draft)
+                    events, sequences = await self._save(
+                        draft, message_id=link.message_id if link else None
+                    )
                 except IntegrityError:
+                    if link is not None:
+                        link.settle(False)
                     self.counters.conflicts += 1
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
                     await self.catch_up(aggregate_id)
                     continue
+                except BaseException:
+                    if link is not None:
+                        link.settle(False)
+                    raise
                 effects = self.state.install(draft, events, last_written.get())
                 self._installed(sequences)
+                if link is not None:
+                    link.settle(True)
                 break
             else:
                 raise AssertionError("unreachable")
+        finally:
+            self._leave(aggregate_id, writers)
         await _work_first()
         return draft, effects
+
+    async def _join(
+        self, aggregate_id: str, kind: type[A], decide: Callable[[A], None]
+    ) -> tuple[A, Effects] | None:
+        """Decides on the aggregate's write in flight and sends the one event chained to
+        it; installs it once stored and the write before it is installed. None when
+        there is nothing to chain to, the decision is not one event or is refused on the
+        in-flight copy, or the server refused the chained write: the caller then decides
+        the ordinary way (under the lock, on what the log has)."""
+        writers = self._writers.get(aggregate_id)
+        before = writers.joinable() if writers is not None else None
+        if writers is None or before is None or not isinstance(before.draft, kind):
+            return None
+        draft = before.draft.copy()
+        try:
+            decide(draft)
+        except Exception:  # decided again on the installed aggregate, answered from there
+            return None
+        if len(draft.pending_events) != 1:
+            return None
+        link = _Link(draft)
+        writers.tail = link
+        writers.holders += 1
+        writers.joined += 1
+        try:
+            try:
+                events, sequences = await self._save(
+                    draft, message_id=link.message_id, after=before.message_id
+                )
+            except (ChainBroken, IntegrityError):
+                link.settle(False)
+                self.counters.chains_broken += 1
+                return None
+            except BaseException:
+                link.settle(False)
+                raise
+            if not await before.outcome:
+                # Stored after a write whose sender does not know it was stored (it timed
+                # out): take both in from the log; this command's outcome is unknown too.
+                link.settle(False)
+                await self.catch_up(aggregate_id)
+                raise OperationalError("the write before this one went unanswered; retry")
+            effects = self.state.install(draft, events, last_written.get())
+            self._installed(sequences)
+            link.settle(True)
+            self.counters.chained += 1
+            return draft, effects
+        finally:
+            self._leave(aggregate_id, writers)
+
+    def _leave(self, aggregate_id: str, writers: _Writers) -> None:
+        """One write of the aggregate is done; the last one releases its lock."""
+        if writers.tail is not None and writers.holders == 1:
+            writers.tail.settle(False)  # never left open to a joiner once all are done
+        writers.holders -= 1
+        if writers.holders == 0:
+            if self._writers.get(aggregate_id) is writers:
+                del self._writers[aggregate_id]
+            writers.lock.release()
 
     async def change_graph(
         self, graph_id: str, decide: Callable[[ProcessGraph], None]
@@ -377,11 +519,18 @@ class Aggregates:
             self.installed.clear()  # it then decodes those events to skip them
         self.installed.update(sequences)
 
-    async def _save(self, aggregate: AuditedAggregate) -> tuple[list[AuditedEvent], list[int]]:
+    async def _save(
+        self,
+        aggregate: AuditedAggregate,
+        *,
+        message_id: str | None = None,
+        after: str | None = None,
+    ) -> tuple[list[AuditedEvent], list[int]]:
         """Appends the aggregate's pending events to the log (atomically), notes the last
         sequence written for the reply (:data:`last_written`) and marks the commands as
         applied (a retry's reply is computed again from the aggregate: :mod:`.replies`).
-        Returns the events and their stream sequences."""
+        Returns the events and their stream sequences. ``message_id`` and ``after`` name
+        and chain a one-event write (:meth:`JetStreamLog.append`)."""
         pending: list[AuditedEvent] = list(aggregate.collect_events())  # type: ignore[arg-type]
         stored = [self.mapper.to_stored_event(event) for event in pending]
         entries = self.store.entries_for(stored)
@@ -393,7 +542,7 @@ class Aggregates:
                     f"over {limit:,}: the history, audit and UI could not read it back in one "
                     "reply; make it smaller (fewer functions per workflow or per add_children)"
                 )
-        sequences = await self.log.append(entries)
+        sequences = await self.log.append(entries, message_id=message_id, after=after)
         last_written.set(max(last_written.get(), sequences[-1]))
         now = datetime.now(UTC)
         command = deciding.get()

@@ -18,7 +18,11 @@ since it started, served as ``colonies_replica_total{what}`` on the metrics port
 - ``skipped``: events the follower found already in (this replica's own writes, or
   what a catch-up read first), skipped without decoding;
 - ``tickets_spared``: work tickets not published because the decision that made the
-  process ready woke a claim this replica holds, which takes it (:mod:`.held`).
+  process ready woke a claim this replica holds, which takes it (:mod:`.held`);
+- ``chained``: one-event writes sent chained to another write of the same aggregate still
+  in flight, and installed (:mod:`.aggregates`);
+- ``chains_broken``: chained writes the server refused (the write before was refused, or
+  another message came in between), decided again the ordinary way.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class ReplicaCounters:
     followed: int = 0
     skipped: int = 0
     tickets_spared: int = 0
+    chained: int = 0
+    chains_broken: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Each count by its name."""

@@ -1,0 +1,118 @@
+"""Chained writes on one aggregate (engine/aggregates.py, store/jetstream.py ``after``).
+
+While one command's event is on its way to the log, a second command on the same graph
+decides on that in-flight copy and sends its event chained to it (stored only if the
+first is the stream's last message). Proven here on a real nats-server, with an engine
+application in this process beside the stack's engine (a second replica):
+
+- commands on one graph that arrive together are chained, each event stored once and
+  carrying its own signed command, in contiguous versions;
+- a chained write the server refuses (another message came in between) wrote nothing,
+  and its command is decided again and stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import msgspec
+
+from colonies_es import crypto
+from colonies_es.engine.app import ColoniesApp
+from colonies_es.models import func_spec
+from colonies_es.protocol import AddLog
+from tests.eventlog import read_events
+from tests.stack import ColonyHandle, Stack, engine_app
+
+
+@contextmanager
+def replica_here(stack: Stack) -> Iterator[ColoniesApp]:
+    """An engine application in this process, caught up with the stack's log."""
+    made = engine_app(stack)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def running_process(stack: Stack, colony: ColonyHandle, executor: str) -> str:
+    """A process of its own graph, assigned to ``executor`` (RUNNING)."""
+    spec = func_spec("noop", [], colony.name, "python-executor")
+    submitted = stack.client.submit_func_spec(spec, colony.owner_prvkey)
+    assigned = stack.client.assign(colony.name, 10, executor)
+    assert assigned.processid == submitted.processid
+    return submitted.processid
+
+
+def add_log(processid: str, message: str, executor: str) -> bytes:
+    return crypto.seal("add_log", AddLog(processid=processid, message=message), executor)
+
+
+def handle_in_order(app: ColoniesApp, commands: list[bytes]) -> list[int]:
+    """Hands the commands to the application as tasks started in this order (each runs
+    up to its append before the next starts); their statuses."""
+
+    async def run() -> list[int]:
+        tasks = [asyncio.create_task(app.handle("add_log", data, time.time())) for data in commands]
+        return [outcome.status for outcome in await asyncio.gather(*tasks)]
+
+    return app.aggregates.store.connection.run(run())
+
+
+def stored_logs(stack: Stack, processid: str) -> list[tuple[int, str, crypto.SignedCommand]]:
+    """(version, message, the signed command it carries) of each LogAdded event of
+    ``processid``, read from the raw log."""
+    return [
+        (event.version, event.state["message"], signed(event.state["command"]))
+        for event in read_events(stack.nats.url).of_kind("LogAdded")
+        if event.state.get("processid") == processid
+    ]
+
+
+def signed(data: bytes) -> crypto.SignedCommand:
+    return msgspec.json.decode(data, type=crypto.SignedCommand)
+
+
+def test_commands_on_one_graph_are_chained_each_event_with_its_own_command(
+    stack: Stack,
+) -> None:
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    processid = running_process(stack, colony, executor)
+    messages = [f"line {n}" for n in range(4)]
+    commands = [add_log(processid, message, executor) for message in messages]
+
+    with replica_here(stack) as app:
+        assert handle_in_order(app, commands) == [200] * 4
+        assert app.aggregates.counters.chained == 3  # all but the first
+    stored = stored_logs(stack, processid)
+    assert [message for _, message, _ in stored] == messages  # each once, in order
+    versions = [version for version, _, _ in stored]
+    assert versions == list(range(versions[0], versions[0] + 4))
+    assert [command for _, _, command in stored] == [signed(data) for data in commands]
+
+
+def test_a_chained_write_refused_writes_nothing_and_its_command_is_decided_again(
+    stack: Stack,
+) -> None:
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    first = running_process(stack, colony, executor)
+    other = running_process(stack, colony, executor)
+    on_first = [add_log(first, "a", executor), add_log(first, "b", executor)]
+    between = add_log(other, "between", executor)
+
+    # "a" is sent, then the other graph's line, then "b" chained to "a": the server
+    # refuses "b" ("a" is no longer the stream's last message).
+    with replica_here(stack) as app:
+        assert handle_in_order(app, [on_first[0], between, on_first[1]]) == [200] * 3
+        assert app.aggregates.counters.chains_broken == 1
+        assert app.aggregates.counters.chained == 0
+    stored = stored_logs(stack, first)
+    assert [message for _, message, _ in stored] == ["a", "b"]  # "b" once, decided again
+    assert [command for _, _, command in stored] == [signed(data) for data in on_first]
+    assert stored[1][0] == stored[0][0] + 1
+    assert [message for _, message, _ in stored_logs(stack, other)] == ["between"]
