@@ -8,22 +8,26 @@ application in this process beside the stack's engine (a second replica):
 - commands on one graph that arrive together are chained, each event stored once and
   carrying its own signed command, in contiguous versions;
 - a chained write the server refuses (another message came in between) wrote nothing,
-  and its command is decided again and stored once.
+  and its command is decided again and stored once;
+- a submission hands the process it makes ready to a claim held here before its own
+  write is acknowledged (held.py, ``offer``): the assignment is chained to the
+  submission, stored once, carrying the claim's own signed command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import msgspec
 
 from colonies_es import crypto
 from colonies_es.engine.app import ColoniesApp
 from colonies_es.models import func_spec
-from colonies_es.protocol import AddLog
+from colonies_es.protocol import AddLog, Claim, SubmitFuncSpec
 from tests.eventlog import read_events
 from tests.stack import ColonyHandle, Stack, engine_app
 
@@ -60,6 +64,15 @@ def handle_in_order(app: ColoniesApp, commands: list[bytes]) -> list[int]:
         return [outcome.status for outcome in await asyncio.gather(*tasks)]
 
     return app.aggregates.store.connection.run(run())
+
+
+async def until(condition: Callable[[], object], seconds: float = 20.0) -> None:
+    """Returns once ``condition()`` is true (looked at every 10 ms), at most ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
 
 
 def stored_logs(stack: Stack, processid: str) -> list[tuple[int, str, crypto.SignedCommand]]:
@@ -116,3 +129,34 @@ def test_a_chained_write_refused_writes_nothing_and_its_command_is_decided_again
     assert [command for _, _, command in stored] == [signed(data) for data in on_first]
     assert stored[1][0] == stored[0][0] + 1
     assert [message for _, message, _ in stored_logs(stack, other)] == ["between"]
+
+
+def test_a_submission_hands_its_process_to_a_held_claim_and_the_assignment_is_chained(
+    stack: Stack,
+) -> None:
+    colony = stack.new_colony()
+    executor = stack.new_executor(colony)
+    spec = func_spec("noop", [], colony.name, "python-executor")
+    claim = crypto.seal("claim", Claim(colonyname=colony.name, wait=20), executor)
+    submit = crypto.seal("submit_func_spec", SubmitFuncSpec(spec=spec), colony.owner_prvkey)
+
+    with replica_here(stack) as app:
+
+        async def run() -> tuple[Any, Any]:
+            claiming = asyncio.create_task(app.handle("claim", claim, time.time()))
+            await until(lambda: app.aggregates.claims.waiting((colony.name, "python-executor")))
+            submitted = await app.handle("submit_func_spec", submit, time.time())
+            return submitted, await claiming
+
+        submitted, claimed = app.aggregates.store.connection.run(run())
+        assert (submitted.status, claimed.status) == (200, 200), (submitted, claimed)
+        assert app.aggregates.counters.chained == 1  # the assignment, sent before the ack
+        processid = msgspec.json.decode(submitted.body)["processid"]
+        assert msgspec.json.decode(claimed.body)["processid"] == processid
+
+    log = read_events(stack.nats.url)
+    graph = next(e.aggregate_id for e in log.of_kind("ProcessAssigned") if e.processid == processid)
+    events = [e for e in log if e.aggregate_id == graph]
+    assert [e.kind for e in events] == ["GraphSubmitted", "ProcessAssigned"]
+    assert events[1].sequence == events[0].sequence + 1
+    assert [signed(e.state["command"]) for e in events] == [signed(submit), signed(claim)]

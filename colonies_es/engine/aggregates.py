@@ -35,6 +35,7 @@ import asyncio
 import logging
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -66,6 +67,7 @@ from colonies_es.domain import (
 from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.held import HeldClaims, ProcessEnds, woken_claims
 from colonies_es.engine.quotas import Quotas
+from colonies_es.engine.ready import Key, ReadyProcess
 from colonies_es.engine.replies import SeenCommands
 from colonies_es.engine.state import Effects, EngineState, NotNext
 from colonies_es.store import JetStreamApplicationRecorder
@@ -181,6 +183,8 @@ class Aggregates:
         )
         self._writers: dict[str, _Writers] = {}
         """Per aggregate whose lock a :meth:`change` holds: its writes in flight."""
+        self._spared_wakes: Counter[Key] | None = None
+        """While a decision is installed: the wakes per key its offers made already."""
         self.claims = HeldClaims()
         """Claims this replica holds while nothing is ready for their executor."""
         self.ends = ProcessEnds()
@@ -192,7 +196,12 @@ class Aggregates:
         held claim still waits (:func:`colonies_es.engine.ops.work.claim`)."""
 
     def _wake_claim(self, key: tuple[str, str], executornames: tuple[str, ...]) -> None:
-        """A process became ready: wake a claim held here that may take it (held.py)."""
+        """A process became ready: wake a claim held here that may take it (held.py),
+        unless the decision being installed offered it to one already (:meth:`_write`)."""
+        spared = self._spared_wakes
+        if spared is not None and spared[key] > 0:
+            spared[key] -= 1
+            return
         self.claims.wake(key, executornames)
 
     # ------------------------------------------------------------------ lookups
@@ -382,11 +391,15 @@ class Aggregates:
         return lock is not None and lock.locked()
 
     async def save_new(self, aggregate: AuditedAggregate) -> Effects:
-        """Saves a new aggregate (IntegrityError if its id exists) and installs it."""
-        async with self.lock(aggregate.id):
-            events, sequences = await self._save(aggregate)
-            effects = self.state.install(aggregate, events, last_written.get())
-            self._installed(sequences)
+        """Saves a new aggregate (IntegrityError if its id exists) and installs it. A
+        one-event write may have others chained to it (module doc)."""
+        lock = self.lock(aggregate.id)
+        await lock.acquire()
+        writers = self._writers[aggregate.id] = _Writers(lock)
+        try:
+            effects = await self._write(writers, aggregate)
+        finally:
+            self._leave(aggregate.id, writers)
         await _work_first()
         return effects
 
@@ -418,28 +431,14 @@ class Aggregates:
                     raise NotFound(f"{what} {name!r} does not exist")
                 draft = cached.copy()
                 decide(draft)  # a DomainError triggers nothing
-                link = _Link(draft) if len(draft.pending_events) == 1 else None
-                writers.tail = link
                 try:
-                    events, sequences = await self._save(
-                        draft, message_id=link.message_id if link else None
-                    )
+                    effects = await self._write(writers, draft)
                 except IntegrityError:
-                    if link is not None:
-                        link.settle(False)
                     self.counters.conflicts += 1
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
                     await self.catch_up(aggregate_id)
                     continue
-                except BaseException:
-                    if link is not None:
-                        link.settle(False)
-                    raise
-                effects = self.state.install(draft, events, last_written.get())
-                self._installed(sequences)
-                if link is not None:
-                    link.settle(True)
                 break
             else:
                 raise AssertionError("unreachable")
@@ -467,35 +466,84 @@ class Aggregates:
             return None
         if len(draft.pending_events) != 1:
             return None
-        link = _Link(draft)
-        writers.tail = link
         writers.holders += 1
         writers.joined += 1
         try:
             try:
-                events, sequences = await self._save(
-                    draft, message_id=link.message_id, after=before.message_id
-                )
+                effects = await self._write(writers, draft, before)
             except (ChainBroken, IntegrityError):
-                link.settle(False)
                 self.counters.chains_broken += 1
                 return None
-            except BaseException:
-                link.settle(False)
-                raise
-            if not await before.outcome:
-                # Stored after a write whose sender does not know it was stored (it timed
-                # out): take both in from the log; this command's outcome is unknown too.
-                link.settle(False)
-                await self.catch_up(aggregate_id)
-                raise OperationalError("the write before this one went unanswered; retry")
-            effects = self.state.install(draft, events, last_written.get())
-            self._installed(sequences)
-            link.settle(True)
             self.counters.chained += 1
             return draft, effects
         finally:
             self._leave(aggregate_id, writers)
+
+    async def _write(
+        self, writers: _Writers, draft: AuditedAggregate, before: _Link | None = None
+    ) -> Effects:
+        """Writes the draft's pending events (chained to ``before`` when given) and
+        installs the draft once the log has them (and ``before`` is installed). A
+        one-event write becomes the aggregate's tail, open to chained writes while in
+        flight; the processes it makes ready are offered to claims held here before it
+        is sent (:meth:`_offer_ready`). Raises what :meth:`_save` raises (nothing
+        installed), :class:`ChainBroken` for a refused chained write."""
+        link = _Link(draft) if len(draft.pending_events) == 1 else None
+        writers.tail = link
+        offered = self._offer_ready(draft)
+        try:
+            events, sequences = await self._save(
+                draft,
+                message_id=link.message_id if link is not None else None,
+                after=before.message_id if before is not None else None,
+            )
+            if before is not None and not await before.outcome:
+                # Stored after a write whose sender does not know it was stored (it timed
+                # out): take both in from the log; this command's outcome is unknown too.
+                await self.catch_up(draft.id)
+                raise OperationalError("the write before this one went unanswered; retry")
+            self._spared_wakes = offered
+            try:
+                effects = self.state.install(draft, events, last_written.get())
+            finally:
+                self._spared_wakes = None
+            self._installed(sequences)
+        except BaseException:
+            if link is not None:
+                link.settle(False)
+            raise
+        if link is not None:
+            link.settle(True)
+        return effects
+
+    def _offer_ready(self, draft: AuditedAggregate) -> Counter[Key] | None:
+        """Hands each process the draft's pending events make ready to a claim held here
+        that may take it (:meth:`HeldClaims.offer`), before the write is sent: the claim
+        decides on this draft and chains its assignment to the write. Returns how many
+        were offered per key: the ready index's wakes for them at the install are spared
+        (the claims have them already)."""
+        if not isinstance(draft, ProcessGraph) or draft.removed or not self.claims.holds_any():
+            return None
+        offered: Counter[Key] | None = None
+        for event in draft.pending_events:
+            for made_ready in getattr(event, "ready", ()):
+                processid = made_ready["processid"]
+                node = draft.nodes.get(processid)
+                if node is None or not node.is_ready or node.readytime is None:
+                    continue
+                conditions = node.spec.conditions
+                key = (draft.colonyname, conditions.executortype)
+                ready = ReadyProcess(
+                    (-node.spec.priority, node.readytime.timestamp(), 0),
+                    processid,
+                    draft.id,
+                    node.attempt,
+                    tuple(conditions.executornames),
+                )
+                if self.claims.offer(key, ready):
+                    offered = offered if offered is not None else Counter()
+                    offered[key] += 1
+        return offered
 
     def _leave(self, aggregate_id: str, writers: _Writers) -> None:
         """One write of the aggregate is done; the last one releases its lock."""

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from colonies_es.engine.ready import Key
+from colonies_es.engine.ready import Key, ReadyProcess
 
 __all__ = ["HeldClaim", "HeldClaims", "ProcessEnds", "woken_claims"]
 
@@ -49,6 +49,15 @@ class HeldClaim:
     waiting: bool = False
     """True while it waits (a claim trying to assign is not woken for more work)."""
     woken: asyncio.Event = field(default_factory=asyncio.Event)
+    offered: ReadyProcess | None = None
+    """A process handed to it with the wake (:meth:`HeldClaims.offer`): made ready by a
+    decision whose write may still be on its way to the log, so not in the ready index
+    yet. The claim takes it first (:meth:`take_offer`)."""
+
+    def take_offer(self) -> ReadyProcess | None:
+        """The process offered with the last wake, once; None if none was."""
+        offered, self.offered = self.offered, None
+        return offered
 
     async def wait(self, seconds: float) -> None:
         """Wait until woken or ``seconds`` passed, whichever comes first."""
@@ -86,17 +95,43 @@ class HeldClaims:
         ``executornames``: wake the longest-waiting claim that may take it and is not
         woken already (one claim per ready process). True if one was woken; it is then
         noted in :data:`woken_claims` when the caller set that."""
+        claim = self._next_to_wake(key, executornames)
+        if claim is None:
+            return False
+        self._wake(key, claim)
+        return True
+
+    def offer(self, key: Key, ready: ReadyProcess) -> bool:
+        """:meth:`wake` for a process a decision made ready whose write is still in
+        flight, handed over with the wake: the claim decides its assignment on that
+        decision's copy and chains its write to it (aggregates.py), instead of waiting
+        for the write to be installed and the ready index to have it. True if a claim
+        was offered it (and noted in :data:`woken_claims`)."""
+        claim = self._next_to_wake(key, ready.executornames)
+        if claim is None:
+            return False
+        claim.offered = ready
+        self._wake(key, claim)
+        return True
+
+    def _next_to_wake(self, key: Key, executornames: tuple[str, ...]) -> HeldClaim | None:
         for claim in self._held.get(key, ()):
             if not claim.waiting or claim.woken.is_set():
                 continue
             if executornames and claim.executorname not in executornames:
                 continue
-            claim.woken.set()
-            noted = woken_claims.get()
-            if noted is not None:
-                noted.append(key)
-            return True
-        return False
+            return claim
+        return None
+
+    def _wake(self, key: Key, claim: HeldClaim) -> None:
+        claim.woken.set()
+        noted = woken_claims.get()
+        if noted is not None:
+            noted.append(key)
+
+    def holds_any(self) -> bool:
+        """True if any claim is held here."""
+        return bool(self._held)
 
     def waiting_for(self, key: Key, executornames: tuple[str, ...] = ()) -> bool:
         """True if a claim held here waits (woken or not) and may take a process of

@@ -79,9 +79,10 @@ async def claim(
     with aggregates.claims.holding(key, executor.executorname) as held:
         waited = False
         while True:
-            # The best process no other claim here is assigning; if every one is, the
-            # best (this claim then queues behind the other on the graph's lock).
-            best = ready.best_for(key, executor.executorname, claiming)
+            # The process offered with the wake (made ready by a write still in flight:
+            # held.py), else the best no other claim here is assigning; if every one
+            # is, the best (this claim then queues behind the other on the graph's lock).
+            best = held.take_offer() or ready.best_for(key, executor.executorname, claiming)
             best = best or ready.best_for(key, executor.executorname)
             if best is None:
                 remaining = deadline - loop.time()
