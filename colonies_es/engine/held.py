@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from colonies_es.engine.ready import Key, ReadyProcess
 
-__all__ = ["HeldClaim", "HeldClaims", "ProcessEnds", "woken_claims"]
+__all__ = ["HeldClaim", "HeldClaims", "ProcessEnds", "held_reply", "woken_claims"]
 
 woken_claims: ContextVar[list[Key] | None] = ContextVar("woken_claims", default=None)
 """Set by the service to an empty list around one command (each command is its own
@@ -39,6 +39,16 @@ task): the key of every held claim that command's decision woke, once per ready 
 a claim of this replica will take. The service publishes no work ticket for those
 (``Engine._apply``). Unset (None) elsewhere: the follower's and the timers' wakes spare
 no ticket."""
+
+
+held_reply: ContextVar[bool] = ContextVar("held_reply", default=False)
+"""Set by an op whose request was held and then found what it waited for (a claim woken
+for work, a ``wait_process`` for an end): its reply ends a hop of someone's critical path,
+so the service writes it to the socket at once instead of when nats-py's flusher task
+runs, after whatever else is due in that step of the event loop
+(``nats_hot_path.write_now``). Each request is its own task, so the mark is the request's.
+Requests answered without waiting never set it: at throughput, where nothing waits, the
+flusher still batches every write."""
 
 
 @dataclass(eq=False)

@@ -64,11 +64,11 @@ from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
 from colonies_es.engine.checkpoint import CHECKPOINT_EVENTS, CHECKPOINT_SECONDS
-from colonies_es.engine.held import woken_claims
+from colonies_es.engine.held import held_reply, woken_claims
 from colonies_es.engine.metrics import EngineMetrics
 from colonies_es.engine.op_stats import OpStats
 from colonies_es.engine.ready import Key
-from colonies_es.nats_hot_path import deliver_inline
+from colonies_es.nats_hot_path import deliver_inline, write_now
 from colonies_es.protocol import (
     AFTER_HEADER,
     API_PREFIX,
@@ -332,6 +332,8 @@ class Engine:
         try:
             if status == 200:
                 await request.respond(outcome.body, headers=headers)
+                if held_reply.get():  # someone waited for this: not after the rest
+                    write_now(self.nc)
             else:
                 await request.respond_error(str(status), message, headers=headers)
         except nats.errors.Error as error:  # the caller is gone; the decision stands

@@ -7,6 +7,7 @@ from datetime import datetime
 from colonies_es import crypto
 from colonies_es.domain import Conflict, ProcessGraph, graph_ids
 from colonies_es.engine.aggregates import Aggregates, audit
+from colonies_es.engine.held import held_reply
 from colonies_es.engine.ops.base import ENDED, LIVE, Reply, name_of
 from colonies_es.engine.read_model import forwarded_listing
 from colonies_es.engine.state import Effects
@@ -94,6 +95,7 @@ async def wait_process(
     if graph.nodes[body.processid].state not in ENDED:
         await aggregates.ends.wait(body.processid, min(max(body.wait, 0.0), MAX_CLAIM_WAIT))
         graph = await aggregates.readable(cmd, graph_id)
+        held_reply.set(True)
     return Reply(encode(graph.process_model(body.processid, shared=True)))
 
 

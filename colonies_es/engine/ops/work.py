@@ -23,6 +23,7 @@ from colonies_es.domain import (
     ProcessGraph,
 )
 from colonies_es.engine.aggregates import Aggregates, audit
+from colonies_es.engine.held import held_reply
 from colonies_es.engine.ops.base import Reply
 from colonies_es.engine.ready import Key, ReadyProcess
 from colonies_es.models import Executor, encode
@@ -126,6 +127,7 @@ async def claim(
                 # pass it on to the next claim held here that may take it.
                 aggregates.claims.wake(key, best.executornames)
                 raise NothingCame(f"{executor.executorname!r} no longer waits for work")
+            held_reply.set(waited)
             return Reply(encode(graph.process_model(best.processid, shared=True)), effects)
 
 
