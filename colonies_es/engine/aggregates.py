@@ -518,13 +518,15 @@ class Aggregates:
 
     def _offer_ready(self, draft: AuditedAggregate) -> Counter[Key] | None:
         """Hands each process the draft's pending events make ready to a claim held here
-        that may take it (:meth:`HeldClaims.offer`), before the write is sent: the claim
-        decides on this draft and chains its assignment to the write. Returns how many
-        were offered per key: the ready index's wakes for them at the install are spared
-        (the claims have them already)."""
+        that may take it (:meth:`HeldClaims.offer`): the claim decides on this draft and
+        chains its assignment to the draft's write. The offers are made by a callback
+        that runs once the write is published and its task waits (so that nats-py's
+        flusher, woken by the publish, sends the write before the claim decides).
+        Returns the count per key, filled by then: the ready index's wakes for those
+        processes at the install are spared (the claims have them already)."""
         if not isinstance(draft, ProcessGraph) or draft.removed or not self.claims.holds_any():
             return None
-        offered: Counter[Key] | None = None
+        offers: list[tuple[Key, ReadyProcess]] = []
         for event in draft.pending_events:
             for made_ready in getattr(event, "ready", ()):
                 processid = made_ready["processid"]
@@ -532,7 +534,6 @@ class Aggregates:
                 if node is None or not node.is_ready or node.readytime is None:
                     continue
                 conditions = node.spec.conditions
-                key = (draft.colonyname, conditions.executortype)
                 ready = ReadyProcess(
                     (-node.spec.priority, node.readytime.timestamp(), 0),
                     processid,
@@ -540,9 +541,17 @@ class Aggregates:
                     node.attempt,
                     tuple(conditions.executornames),
                 )
+                offers.append(((draft.colonyname, conditions.executortype), ready))
+        if not offers:
+            return None
+        offered: Counter[Key] = Counter()
+
+        def offer() -> None:  # in a copy of this context: noted for the deciding command
+            for key, ready in offers:
                 if self.claims.offer(key, ready):
-                    offered = offered if offered is not None else Counter()
                     offered[key] += 1
+
+        asyncio.get_running_loop().call_soon(offer)
         return offered
 
     def _leave(self, aggregate_id: str, writers: _Writers) -> None:
