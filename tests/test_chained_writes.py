@@ -26,7 +26,7 @@ import msgspec
 
 from colonies_es import crypto
 from colonies_es.engine.app import ColoniesApp
-from colonies_es.models import func_spec
+from colonies_es.models import Workflow, func_spec
 from colonies_es.protocol import AddLog, Claim, SubmitFuncSpec
 from tests.eventlog import read_events
 from tests.stack import ColonyHandle, Stack, engine_app
@@ -43,12 +43,17 @@ def replica_here(stack: Stack) -> Iterator[ColoniesApp]:
 
 
 def running_process(stack: Stack, colony: ColonyHandle, executor: str) -> str:
-    """A process of its own graph, assigned to ``executor`` (RUNNING)."""
-    spec = func_spec("noop", [], colony.name, "python-executor")
-    submitted = stack.client.submit_func_spec(spec, colony.owner_prvkey)
+    """The first process of a graph of two (the second waits for it), assigned to
+    ``executor`` (RUNNING). Writes on a graph of one process are not named for chaining
+    unless they offer work to a held claim (aggregates.py, ``_may_be_followed``)."""
+    first = func_spec("first", [], colony.name, "python-executor")
+    second = func_spec("second", [], colony.name, "python-executor")
+    second.conditions.dependencies.append(first.nodename)
+    workflow = Workflow(colonyname=colony.name, functionspecs=[first, second])
+    graph = stack.client.submit_workflow(workflow, colony.owner_prvkey)
     assigned = stack.client.assign(colony.name, 10, executor)
-    assert assigned.processid == submitted.processid
-    return submitted.processid
+    assert assigned.processid in graph.processids
+    return assigned.processid
 
 
 def add_log(processid: str, message: str, executor: str) -> bytes:

@@ -487,10 +487,13 @@ class Aggregates:
         one-event write becomes the aggregate's tail, open to chained writes while in
         flight; the processes it makes ready are offered to claims held here before it
         is sent (:meth:`_offer_ready`). Raises what :meth:`_save` raises (nothing
-        installed), :class:`ChainBroken` for a refused chained write."""
-        link = _Link(draft) if len(draft.pending_events) == 1 else None
-        writers.tail = link
+        installed), :class:`ChainBroken` for a refused chained write.
+
+        Only a write that may well be followed is named (``Nats-Msg-Id``, which the
+        server keeps for its duplicate window, about 200 bytes each for 2 minutes)."""
         offered = self._offer_ready(draft)
+        link = _Link(draft) if _may_be_followed(draft, offered) else None
+        writers.tail = link
         try:
             events, sequences = await self._save(
                 draft,
@@ -606,6 +609,16 @@ class Aggregates:
         for event in pending:
             self.seen.remember(event, last_written.get(), now, command)
         return pending, sequences
+
+
+def _may_be_followed(draft: AuditedAggregate, offered: Counter[Key] | None) -> bool:
+    """True for a one-event write that other commands may chain to while it is in
+    flight: one whose newly ready processes are offered to held claims, or one on a
+    graph of several processes (its executors report concurrently). A graph of one
+    process sees one command at a time but for its submission's offer."""
+    if len(draft.pending_events) != 1:
+        return False
+    return offered is not None or (isinstance(draft, ProcessGraph) and len(draft.nodes) > 1)
 
 
 async def _work_first() -> None:
