@@ -23,7 +23,9 @@ installed; each command is still answered only after its own event is stored. A 
 write that the server refuses (the one before it was refused, or another message came in
 between) wrote nothing: its command is decided again the ordinary way. The aggregate's
 lock stays held until the last write of the chain is installed, so the follower and
-everything else that waits for the lock sees the same as before.
+everything else that waits for the lock sees the same as before. Only on a stream of one
+replica (:attr:`JetStreamLog.chainable`); on a replicated one an atomic batch is the
+cheap way (DESIGN.md), not built yet.
 
 The last stream sequence the current command wrote is kept in :data:`last_written` (a
 context variable: each command is its own task), for the reply's ``Colonies-Sequence``.
@@ -492,7 +494,7 @@ class Aggregates:
         Only a write that may well be followed is named (``Nats-Msg-Id``, which the
         server keeps for its duplicate window, about 200 bytes each for 2 minutes)."""
         offered = self._offer_ready(draft)
-        link = _Link(draft) if _may_be_followed(draft, offered) else None
+        link = _Link(draft) if self.log.chainable and _may_be_followed(draft, offered) else None
         writers.tail = link
         try:
             events, sequences = await self._save(

@@ -16,7 +16,8 @@ Model:
   We then read the real last message of each subject: if its version is at or beyond the
   first version we write, the write conflicts (``IntegrityError``); otherwise it is retried
   with the new expectation. Known heads are cached, so the usual write is one round trip.
-- Chained writes (``append(..., message_id=..., after=...)``): a one-message write may be
+- Chained writes (``append(..., message_id=..., after=...)``, on a stream of one replica
+  only: :attr:`JetStreamLog.chainable`): a one-message write may be
   sent before the write it follows on the same subject is acknowledged. It carries
   ``Nats-Expected-Last-Msg-Id`` (the ``Nats-Msg-Id`` of the write before it) instead of a
   subject sequence: the server stores it only if that message is the stream's last, which
@@ -244,12 +245,19 @@ class JetStreamLog:
         self._version_of = version_of
         self._heads: dict[str, tuple[int, int]] = {}  # subject -> (version, sequence)
         self._acks: ReplyInbox | None = None  # made by the first append
+        self.chainable = False
+        """True once :meth:`ensure_stream` found or made a stream of one replica: only
+        there may writes be chained (:meth:`append` with ``after``). On a replicated
+        stream nats-server 2.15 checks ``Nats-Expected-Last-Msg-Id`` only when it applies
+        the Raft entry, and a mismatch there is a "critical write error" that stops the
+        stream (seen in tests/test_chaos.py's three-node run; DESIGN.md)."""
 
     def rebound(self, nc: NATS) -> JetStreamLog:
         """This log on another connection (and so that connection's event loop), sharing
         what it knows of the subjects' heads: for a writer living on its own loop."""
         other = JetStreamLog(nc, self.stream, self._version_of, self.timeout)
         other._heads = self._heads
+        other.chainable = self.chainable
         return other
 
     def remember_head(self, subject: str, version: int, sequence: int) -> None:
@@ -282,6 +290,7 @@ class JetStreamLog:
                     + " (it is never reconfigured automatically)"
                 )
                 raise StreamConfigurationError(msg)
+            self.chainable = info["config"].get("num_replicas", 1) == 1
             return
         if error.get("err_code") != 10059:  # stream not found
             raise OperationalError(f"stream info {spec.name!r}: {error.get('description')}")
@@ -294,6 +303,7 @@ class JetStreamLog:
             raise StreamConfigurationError(
                 f"cannot create stream {spec.name!r}: {error.get('description')}"
             )
+        self.chainable = spec.replicas == 1
 
     # ----------------------------------------------------------------- append
 
@@ -324,6 +334,8 @@ class JetStreamLog:
         if (message_id is not None or after is not None) and len(entries) != 1:
             raise ProgrammingError("only a one-message write is named or chained")
         if after is not None:
+            if not self.chainable:
+                raise ProgrammingError("writes are chained only on a stream of one replica")
             return [await self._append_chained(entries[0], message_id, after)]
         if len(entries) > MAX_ATOMIC_BATCH:
             msg = (

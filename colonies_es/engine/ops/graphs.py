@@ -78,7 +78,7 @@ async def add_child(
         )
 
     graph, effects = await aggregates.change_graph(graph_id, add)
-    return Reply(encode(graph.process_model(added[0])), effects)
+    return Reply(encode(graph.process_model(added[-1])), effects)  # the decision stored
 
 
 async def add_children(

@@ -145,7 +145,7 @@ async def add_attribute(
         ),
     )
     model = graph.process_model(body.processid)
-    attribute = next(a for a in model.attributes if a.attributeid == added[0])
+    attribute = next(a for a in model.attributes if a.attributeid == added[-1])
     return Reply(encode(attribute), effects)
 
 
