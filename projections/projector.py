@@ -455,7 +455,7 @@ class Projector:
                     iso(node.starttime),
                     iso(node.endtime),
                     removed,
-                    encode(graph.process_model(processid)),
+                    encode(graph.process_model(processid, shared=True)),
                     # the executor's name if this batch assigned it to its executor now
                     assignee[1]
                     if assignee is not None and assignee[0] == node.assignedexecutorid
@@ -562,6 +562,8 @@ def _kind_of(cls: type) -> _Kind:
     if kind is None:
         names = issubclass(cls, GraphEvent) and issubclass(cls, _NAMING_THEIR_PROCESSES)
         fields = {field.name for field in dataclasses.fields(cls)} if names else set()
+        if issubclass(cls, LogAdded):  # a log line changes nothing its process's row holds
+            fields.discard("processid")
         kind = _KINDS[cls] = _Kind(
             audited=issubclass(cls, AuditedEvent),
             creation=issubclass(cls, AuditedCreationEvent),

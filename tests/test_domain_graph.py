@@ -37,7 +37,7 @@ from colonies_es.domain import (
     WaitTimedOut,
     graph_state,
 )
-from colonies_es.models import Executor, FuncSpec, Workflow, func_spec
+from colonies_es.models import Executor, FuncSpec, Workflow, encode, func_spec
 from colonies_es.states import ExecutorState, ProcessState
 from colonies_es.store.codec import EventMapper, MsgspecTranscoder
 
@@ -1011,6 +1011,24 @@ def test_process_model_is_a_copy() -> None:
     model.spec.args.append(1)
     model.parents.append("x")
     assert graph.process(pid(graph, "a")).spec.args == []
+
+
+def test_a_shared_process_model_encodes_as_the_copy() -> None:
+    """``shared=True`` (replies, the projector's rows) gives the same model, holding the
+    aggregate's own spec and data instead of copies."""
+    graph = submit(spec("gen"), spec("sum", "gen"), now=at(0))
+    run(graph, "gen", [1, {"two": [2]}], now=at(1))
+    total = assign(graph, "sum", now=at(2))
+    for processid in (pid(graph, "gen"), total):
+        copied = graph.process_model(processid)
+        shared = graph.process_model(processid, shared=True)
+        assert encode(shared) == encode(copied)
+        node = graph.process(processid)
+        assert (shared.spec, shared.input) == (node.spec, node.input)
+        assert shared.spec is node.spec
+        assert shared.input is node.input
+        assert copied.spec is not node.spec
+        assert copied.input is not node.input
 
 
 def test_to_model_describes_the_graph() -> None:

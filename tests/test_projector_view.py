@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from eventsourcing.persistence import Mapper, Notification
+
+from colonies_es.projections.projector import Projector
 from colonies_es.projections.view import ViewChanges, open_view
+from colonies_es.store.codec import MsgspecTranscoder
+from tests.test_domain_graph import WORKER, assign, at, spec, submit
+from tests.test_projector_support import dump_view
 
 
 def test_versions_of_many_aggregates_answer_as_version_of_each(tmp_path: Path) -> None:
@@ -24,3 +31,67 @@ def test_versions_of_many_aggregates_answer_as_version_of_each(tmp_path: Path) -
         assert view.versions_of([]) == {}
     finally:
         view.close()
+
+
+def test_a_log_line_writes_its_row_and_the_graph_version_not_its_process_row(
+    tmp_path: Path,
+) -> None:
+    """A ``LogAdded`` changes nothing a process row holds: a batch of only log lines
+    writes the log rows, the graph's row and version, and no process row; the view
+    then reads as one committed in a single batch."""
+    graph = submit(spec("gen"), now=at(0))
+    processid = assign(graph, "gen", now=at(1))
+    for number in range(3):
+        graph.add_log(
+            processid,
+            WORKER.executorid,
+            WORKER.executorname,
+            f"line {number}",
+            now=at(2 + number),
+            actor=WORKER.executorid,
+            command=b"add_log",
+        )
+    mapper = Mapper(transcoder=MsgspecTranscoder())
+    stored = [mapper.to_stored_event(event) for event in graph.collect_events()]
+    notifications = [
+        Notification(
+            id=sequence,
+            originator_id=event.originator_id,
+            originator_version=event.originator_version,
+            topic=event.topic,
+            state=event.state,
+        )
+        for sequence, event in enumerate(stored, start=1)
+    ]
+    written: list[ViewChanges] = []
+
+    def project(path: Path, cuts: set[int]) -> dict[str, list[tuple[Any, ...]]]:
+        view = open_view(path)
+        write = view.write
+
+        def record(changes: ViewChanges, position: int) -> None:
+            written.append(changes)
+            write(changes, position)
+
+        view.write = record  # type: ignore[method-assign]
+        projector = Projector(view, view, mapper)  # no aggregate is read back here
+        try:
+            for notification in notifications:
+                projector.process(notification)
+                if notification.id in cuts:
+                    projector.commit()
+            projector.commit()
+        finally:
+            view.close()
+        return dump_view(path)
+
+    whole = project(tmp_path / "whole.sqlite", cuts=set())
+    written.clear()
+    cut = project(tmp_path / "cut.sqlite", cuts={2})  # submitted + assigned, then logs
+
+    assert cut == whole
+    logs_only = written[-1]
+    assert [row.message for row in logs_only.logs] == ["line 0", "line 1", "line 2"]
+    assert logs_only.processes == []
+    assert [row.processgraphid for row in logs_only.graphs] == [graph.processgraphid]
+    assert logs_only.versions == [(graph.id, graph.version)]
