@@ -9,6 +9,7 @@ it leads the stream).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,14 +18,18 @@ import time
 import uuid
 from pathlib import Path
 
+import nats
 import nats.errors
 import nats.js.errors
+import pytest
+from eventsourcing.persistence import ProgrammingError
 
 from colonies_es import Colonies, ColoniesConnectionError, ColoniesError, Workflow, crypto
 from colonies_es.embedded_cluster import NatsCluster
 from colonies_es.models import FuncSpec
 from colonies_es.protocol import WORK_STREAM
 from colonies_es.states import ProcessState
+from colonies_es.store.jetstream import Entry, JetStreamLog, StoredMessage, StreamSpec
 from tests.eventlog import STREAM, EventLog, read_events
 from tests.processes import wait_until
 from tests.stack import EngineProcess
@@ -178,8 +183,33 @@ def test_streams_have_three_replicas_on_the_cluster(
             cluster = info["cluster"]
             names = {cluster["leader"], *(peer["name"] for peer in cluster["replicas"])}
             assert names == {"colonies-1", "colonies-2", "colonies-3"}, stream
+        assert not asyncio.run(_log_chains_writes(nats_cluster.urls, replicas=3))
     finally:
         engine.stop()
+
+
+async def _log_chains_writes(urls: list[str], replicas: int) -> bool:
+    """Whether the engine's log would chain writes on the event stream (a replicated
+    stream must not: nats-server stops it at the first refused chained write,
+    DESIGN.md "chained writes"); a chained append is then refused before it is sent."""
+    nc = await nats.connect(servers=urls)
+    try:
+        log = JetStreamLog(nc, STREAM, lambda _: None)
+        spec = StreamSpec(STREAM, ("colonies.ev.>", "colonies.trk.>"), replicas)
+        await log.ensure_stream(spec, create=False)
+        if not log.chainable:
+            before = nats_stream_last(await log.last_message("colonies.ev.>"))
+            entry = Entry("colonies.ev.x.graph.y", 1, b"{}")
+            with pytest.raises(ProgrammingError):
+                await log.append([entry], message_id="b", after="a")
+            assert nats_stream_last(await log.last_message("colonies.ev.>")) == before
+        return log.chainable
+    finally:
+        await nc.close()
+
+
+def nats_stream_last(message: StoredMessage | None) -> int:
+    return message.sequence if message is not None else 0
 
 
 def test_a_projector_takes_the_replica_count_from_the_one_setting(
