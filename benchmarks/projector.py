@@ -210,12 +210,21 @@ def _small_workflow(owner: str, executor: Executor, key: str, clock: Clock) -> P
 
 
 async def _write_log(url: str, payloads: list[tuple[str, bytes]]) -> int:
+    """Writes the log to a new stream, each message with the header the engine's append
+    stores it with (the sequence it expects its subject's last message at), so that a
+    reader meets the messages the engine's log holds (a pull delivers them with their
+    headers)."""
     nc = await nats.connect(url)
     try:
         spec = StreamSpec("COLONIES", ("colonies.ev.>", "colonies.trk.>"))
         await JetStreamLog(nc, "COLONIES", lambda m: None).ensure_stream(spec)
         js = nc.jetstream(publish_async_max_pending=1024)
-        acks = [await js.publish_async(subject, payload) for subject, payload in payloads]
+        last: dict[str, int] = {}  # subject -> sequence of its last message
+        acks = []
+        for sequence, (subject, payload) in enumerate(payloads, start=1):
+            expected = {"Nats-Expected-Last-Subject-Sequence": str(last.get(subject, 0))}
+            last[subject] = sequence
+            acks.append(await js.publish_async(subject, payload, headers=expected))
         await asyncio.gather(*acks)
         return int((await js.stream_info("COLONIES")).state.last_seq)
     finally:

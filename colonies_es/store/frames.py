@@ -5,19 +5,22 @@ control line, an argument dict), an ``await`` of ``Client._process_msg`` (statis
 subscription's lookup, a header parse, a ``Msg`` object with its subject and reply
 decoded) and the subscription's queue: about 6 us a message on this project's 2-core
 machine, which is what a reader of the whole log (a projector rebuilding its view, an
-engine catching up) pays per event before any work of its own. For a subscription whose
-messages are plain ``MSG`` frames (the messages a pull consumer delivers have no
-headers), :func:`deliver_frames` hands each one to a function as ``(subject, reply,
-payload)`` bytes, sliced straight from the read buffer.
+engine catching up) pays per event before any work of its own. :func:`deliver_frames`
+hands each message of a subscription that has a reply subject (every message a pull
+consumer delivers: ``$JS.ACK...``) to a function as ``(subject, reply, payload)`` bytes,
+sliced straight from the read buffer, *without its headers* (the store never reads the
+headers a message was stored with: the engine's ``Nats-Expected-Last-Subject-Sequence``,
+batch and message ids).
 
 While a subscription takes frames, the connection's parser takes every whole ``MSG``
-and ``HMSG`` frame itself: the other subscriptions' frames, and any frame with headers
-(a pull's status messages: 404, 408, 409, heartbeats), go to nats-py's
-``Client._process_msg`` as its own parser hands them; so a subscription taking frames
-must also take its messages as ``Msg`` objects (its callback, or
-:func:`~colonies_es.nats_hot_path.deliver_inline`) and treat both alike. A frame not
-all read yet waits in the buffer for the next read; any other operation (``PING``,
-``+OK``, ``-ERR``, ``INFO``) and what follows it in the buffer go to nats-py's parser.
+and ``HMSG`` frame itself: the other subscriptions' frames, and the subscription's
+messages without a reply subject (a pull's status messages: 404, 408, 409, heartbeats,
+which have headers and no reply), go to nats-py's ``Client._process_msg`` as its own
+parser hands them; so a subscription taking frames must also take its messages as
+``Msg`` objects (its callback, or :func:`~colonies_es.nats_hot_path.deliver_inline`)
+and treat both alike. A frame not all read yet waits in the buffer for the next read;
+any other operation (``PING``, ``+OK``, ``-ERR``, ``INFO``) and what follows it in the
+buffer go to nats-py's parser.
 
 It wraps the connection's parser object (``Client._ps``, as nats-py 2.16 has it) and
 works on that parser's own buffer and state: nats-py keeps calling ``_ps.parse`` from
@@ -63,11 +66,11 @@ class _FrameParser:
         self._inner.reset()
 
     async def parse(self, data: bytes = b"") -> None:
-        """Takes the whole ``MSG`` and ``HMSG`` frames at the front of the buffer (the
-        ``MSG`` frames of :attr:`handlers` to their handler, the others to nats-py's
-        ``_process_msg``, as its parser would), then lets nats-py's parser go on from
-        the first other operation (with everything after it). A frame not all read yet
-        waits in the buffer for the next read."""
+        """Takes the whole ``MSG`` and ``HMSG`` frames at the front of the buffer (those
+        of :attr:`handlers` with a reply subject to their handler, without headers; the
+        others to nats-py's ``_process_msg``, as its parser would), then lets nats-py's
+        parser go on from the first other operation (with everything after it). A frame
+        not all read yet waits in the buffer for the next read."""
         inner = self._inner
         buffer = inner.buf
         buffer.extend(data)
@@ -103,18 +106,19 @@ class _FrameParser:
             if len(buffer) < stop + 2:
                 return  # the payload is not all here yet: wait for more bytes
             sid = int(sid_text)
-            handler = None if header_size else handlers.get(sid)
+            # Messages with no reply subject (a pull's statuses) go nats-py's way.
+            handler = handlers.get(sid) if reply else None
             if handler is None:
                 headers = bytes(buffer[start : start + header_size]) if header_size else None
                 payload = bytes(buffer[start + header_size : stop])
                 del buffer[: stop + 2]
                 await client._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
                 continue
-            payload = bytes(buffer[start:stop])
+            payload = bytes(buffer[start + header_size : stop])
             del buffer[: stop + 2]
             stats = client.stats
             stats["in_msgs"] += 1
-            stats["in_bytes"] += stop - start
+            stats["in_bytes"] += stop - start - header_size
             try:
                 handler(subject, reply, payload)
             except Exception:  # never into nats-py's read loop, which would drop the link
@@ -123,13 +127,13 @@ class _FrameParser:
 
 
 def deliver_frames(subscription: Subscription, handler: FrameHandler) -> bool:
-    """From now on, each ``MSG`` frame (a message without headers) of ``subscription``
-    that arrives whole in a read of the socket is given to ``handler(subject, reply,
-    payload)`` at once, on the connection's event loop, instead of becoming a ``Msg``
-    (others still do: see the module doc). ``handler`` must be quick and must not
-    block; what it raises is logged. Undo with :func:`stop_frames` (before or after
-    unsubscribing). Returns False, changing nothing, when this nats-py does not have
-    the attributes it relies on."""
+    """From now on, each message of ``subscription`` with a reply subject is given to
+    ``handler(subject, reply, payload)`` (its headers left out) at once, on the
+    connection's event loop, instead of becoming a ``Msg``; messages without a reply
+    subject still become ``Msg`` objects (see the module doc). ``handler`` must be quick
+    and must not block; what it raises is logged. Undo with :func:`stop_frames` (before
+    or after unsubscribing). Returns False, changing nothing, when this nats-py does not
+    have the attributes it relies on."""
     client = getattr(subscription, "_conn", None)
     sid = getattr(subscription, "_id", None)
     if not isinstance(client, NATS) or not isinstance(sid, int):

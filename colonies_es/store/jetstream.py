@@ -663,12 +663,8 @@ class JetStreamLog:
         lost = False
 
         def on_frame(subject: bytes, reply: bytes, payload: bytes) -> None:  # see frames
-            nonlocal ended, lost
-            if reply:
-                sequence, stamp = _sequence_and_time(reply.split(b"."))
-                arrived.append(StoredMessage(sequence, subject.decode(), payload, stamp))
-            else:  # not a message of the stream: the pull cannot go on
-                ended = lost = True
+            sequence, stamp = _sequence_and_time(reply.split(b"."))
+            arrived.append(StoredMessage(sequence, subject.decode(), payload, stamp))
             wake.set()
 
         def on_message(msg: Msg) -> None:  # inline, as nats-py reads it
