@@ -48,15 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--one-executor",
         action="store_true",
-        help="peers group: one python executor running 4 functions at a time (Celery's "
-        "layout: one process taking work for 4 children) instead of 4 executors of one",
+        help="peers group: the layout 1x4, one python executor running 4 functions at a "
+        "time (Celery's layout: one process taking work for 4 children); the default",
     )
     parser.add_argument(
         "--layout",
         type=_layout,
         metavar="EXECUTORSxFUNCTIONS",
         help="peers group: the python executors of the dev stack, e.g. 4x2 for 4 executors "
-        "running 2 functions at a time each (default 4x1; --one-executor is 1x4)",
+        "running 2 functions at a time each (default 1x4, Celery's layout; 4x1 was the "
+        "default until the seventh session)",
     )
     parser.add_argument(
         "--dev-option",

@@ -52,11 +52,12 @@ the venv ``build/peers/celery-venv`` that ``--install-peer`` creates (it downloa
 PATH. Without the peer, this project's side is measured and the missing piece named.
 
 Run ``python -m benchmarks peers [--quick] [--runs N] [--install-peer] [--no-peer]
-[--one-executor | --layout EXECUTORSxFUNCTIONS] [--dev-option OPTION ...]`` (``--no-peer``:
-this project's side only, to iterate on a change; ``--one-executor``: one executor running
-:data:`CONCURRENCY` functions at a time, as Celery's one worker with its prefork children,
-instead of :data:`CONCURRENCY` executors of one: it wakes once for several messages, so
-it costs less CPU per process; ``--layout 4x2``: 4 executors of 2 functions each;
+[--layout EXECUTORSxFUNCTIONS] [--dev-option OPTION ...]`` (``--no-peer``: this project's
+side only, to iterate on a change; ``--layout``: our python executors, by default ``1x4``,
+one executor running :data:`CONCURRENCY` functions at a time, as Celery's one worker with
+its :data:`CONCURRENCY` prefork children (like for like: one process taking the work, one
+child per function running); ``--layout 4x1``, four executors of one function each, was
+the default until the seventh session (``--one-executor``, now the default, is kept);
 ``--dev-option``: one more option for ``colonies dev``, e.g. ``--dev-option=--prefetch=0``).
 """
 
@@ -971,9 +972,8 @@ def checks(report: PeersReport, quick: bool) -> list[Check]:
 
 def run(options: Options) -> Report:
     sizes = QUICK if options.quick else FULL
-    executors, workers = options.layout or (
-        (1, CONCURRENCY) if options.one_executor else (CONCURRENCY, 1)
-    )
+    # Celery's layout by default: one process taking work for CONCURRENCY children.
+    executors, workers = options.layout or (1, CONCURRENCY)
     report = PeersReport(
         group="peers",
         runs=options.runs,
