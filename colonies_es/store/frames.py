@@ -44,14 +44,15 @@ __all__ = ["FrameHandler", "deliver_frames", "stop_frames"]
 log = logging.getLogger("colonies.nats")
 
 FrameHandler = Callable[[bytes, bytes, bytes], None]
-"""Called with a message's subject, reply subject (``b""`` for none) and payload."""
+"""Called with a message's subject, reply subject and payload (without headers)."""
 
 _CRLF = b"\r\n"
 
 
 class _FrameParser:
-    """Wraps a connection's nats-py parser: ``MSG`` frames of the subscriptions in
-    :attr:`handlers` go to their handler, everything else to the wrapped parser."""
+    """Wraps a connection's nats-py parser: the messages with a reply subject of the
+    subscriptions in :attr:`handlers` go to their handler, everything else the way
+    nats-py's parser sends it."""
 
     def __init__(self, client: NATS, inner: Parser) -> None:
         self._client = client
@@ -89,23 +90,21 @@ class _FrameParser:
                     return  # the control line is not all here yet: wait for more bytes
                 break  # nats-py's parser says what is wrong
             arguments = [bytes(argument) for argument in buffer[skip:end].split()]
-            header_size = 0
-            if skip == 5:  # HMSG <subject> <sid> [reply] <header size> <total size>
-                if len(arguments) < 4:
-                    break  # malformed: nats-py's parser says so
-                header_size = int(arguments.pop(-2))
-            if len(arguments) == 4:
-                subject, sid_text, reply, size = arguments
-            elif len(arguments) == 3:
-                subject, sid_text, size = arguments
-                reply = b""
-            else:
+            try:  # MSG <subject> <sid> [reply] <size>, HMSG ... [reply] <header size> <size>
+                header_size = int(arguments.pop(-2)) if skip == 5 else 0
+                size, sid = int(arguments.pop()), int(arguments[1])
+            except (IndexError, ValueError):
                 break  # malformed: nats-py's parser says so
+            if len(arguments) == 3:
+                subject, _, reply = arguments
+            elif len(arguments) == 2:
+                subject, reply = arguments[0], b""
+            else:
+                break
             start = end + 2
-            stop = start + int(size)
+            stop = start + size
             if len(buffer) < stop + 2:
                 return  # the payload is not all here yet: wait for more bytes
-            sid = int(sid_text)
             # Messages with no reply subject (a pull's statuses) go nats-py's way.
             handler = handlers.get(sid) if reply else None
             if handler is None:
