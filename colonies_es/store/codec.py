@@ -324,7 +324,6 @@ class EventMapper(Mapper[Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._classes: dict[tuple[str, type], _EventClass] = {}
-        self._topics: dict[type, str] = {}
 
     def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
         """The stored event of ``domain_event``, as eventsourcing's mapper makes it.
@@ -339,9 +338,7 @@ class EventMapper(Mapper[Any]):
         cls = type(domain_event)
         if not (getattr(cls, "plain_state", False) and type(self.transcoder) is MsgspecTranscoder):
             return super().to_stored_event(domain_event)
-        topic = self._topics.get(cls)
-        if topic is None:
-            topic = self._topics[cls] = get_topic(cls)
+        topic = get_topic(cls)  # the library keeps a cache per class
         state = dict(vars(domain_event))
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")

@@ -63,9 +63,6 @@ class _FrameParser:
     def __getattr__(self, name: str) -> Any:  # the rest of nats-py's parser
         return getattr(self._inner, name)
 
-    def reset(self) -> None:
-        self._inner.reset()
-
     async def parse(self, data: bytes = b"") -> None:
         """Takes the whole ``MSG`` and ``HMSG`` frames at the front of the buffer (those
         of :attr:`handlers` with a reply subject to their handler, without headers; the
@@ -89,7 +86,7 @@ class _FrameParser:
                 if len(buffer) < MAX_CONTROL_LINE_SIZE:
                     return  # the control line is not all here yet: wait for more bytes
                 break  # nats-py's parser says what is wrong
-            arguments = [bytes(argument) for argument in buffer[skip:end].split()]
+            arguments = bytes(buffer[skip:end]).split()
             try:  # MSG <subject> <sid> [reply] <size>, HMSG ... [reply] <header size> <size>
                 header_size = int(arguments.pop(-2)) if skip == 5 else 0
                 size, sid = int(arguments.pop()), int(arguments[1])

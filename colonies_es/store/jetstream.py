@@ -350,10 +350,7 @@ class JetStreamLog:
                 raise DataError(msg)
         for _attempt in range(10):
             for subject, version in first_versions.items():
-                head = self._heads.get(subject)
-                if head is not None and head[0] >= version:
-                    msg = f"{subject}: version {version} is not after recorded version {head[0]}"
-                    raise IntegrityError(msg)
+                self._check_head(subject, version)
             ack = await self._publish(self._messages(entries, message_id))
             if ack.error is None:
                 last = ack.seq
@@ -367,12 +364,16 @@ class JetStreamLog:
                 await self.refresh_head(subject)
         raise OperationalError("append kept conflicting with concurrent writers; gave up")
 
+    def _check_head(self, subject: str, version: int) -> None:
+        """IntegrityError when the known head of ``subject`` is at or past ``version``."""
+        head = self._heads.get(subject)
+        if head is not None and head[0] >= version:
+            msg = f"{subject}: version {version} is not after recorded version {head[0]}"
+            raise IntegrityError(msg)
+
     async def _append_chained(self, entry: Entry, message_id: str | None, after: str) -> int:
         """One chained write (see :meth:`append`)."""
-        head = self._heads.get(entry.subject)
-        if head is not None and head[0] >= entry.version:
-            msg = f"{entry.subject}: version {entry.version} is not after recorded {head[0]}"
-            raise IntegrityError(msg)
+        self._check_head(entry.subject, entry.version)
         headers = {_EXPECTED_LAST_MSG_ID: after}
         if message_id is not None:
             headers[_MSG_ID] = message_id
