@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_dir=args.peer_dir,
         install_peer=args.install_peer,
         no_peer=args.no_peer,
-        one_executor=args.one_executor,
-        layout=args.layout,
+        layout=(1, 4) if args.one_executor else args.layout,  # 1x4: the default anyway
         dev_options=tuple(args.dev_option),
     )
 

@@ -32,7 +32,7 @@ RESULTS_DIR = Path(__file__).parent / "results"
 @dataclass(frozen=True)
 class Options:
     """How a group should run: ``quick`` shrinks the work, ``runs`` repeats each rate.
-    ``peer_dir``, ``install_peer``, ``no_peer``, ``one_executor``, ``layout`` and
+    ``peer_dir``, ``install_peer``, ``no_peer``, ``layout`` and
     ``dev_options`` concern the peers group only (see :mod:`benchmarks.peers`)."""
 
     quick: bool = False
@@ -40,7 +40,6 @@ class Options:
     peer_dir: Path | None = None
     install_peer: bool = False
     no_peer: bool = False
-    one_executor: bool = False
     layout: tuple[int, int] | None = None
     """(executors, functions each) of the dev stack; None: the group's default."""
     dev_options: tuple[str, ...] = ()

@@ -323,16 +323,12 @@ class DevStack:
     def started(
         cls,
         directory: Path,
-        one_executor: bool = False,
         executors: int = CONCURRENCY,
         options: Sequence[str] = (),
         workers: int = 1,
     ) -> Iterator[DevStack]:
         """The stack, running until the block ends (then stopped as Ctrl-C stops it):
-        ``executors`` of ``workers`` workers each, or with ``one_executor`` one executor
-        of :data:`CONCURRENCY` workers; ``options``: more of ``colonies dev``'s."""
-        if one_executor:
-            executors, workers = 1, CONCURRENCY
+        ``executors`` of ``workers`` workers each; ``options``: more of ``colonies dev``'s."""
         data_dir = directory / "dev"
         log_file = directory / "colonies-dev.log"
         command = [
@@ -625,7 +621,6 @@ class Workloads:
                 process = await client.get_process(processid, self.prvkey)
                 if process.state in (ProcessState.SUCCESS, ProcessState.FAILED):
                     ended.add(processid)
-            _check(time.monotonic() < deadline, f"{len(ended)} of {len(submitted)} ended")
 
     # -- round trip
 
