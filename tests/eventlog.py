@@ -21,11 +21,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from colonies_es.crypto import SignedCommand
 from colonies_es.store.codec import MsgspecTranscoder, decode_envelope, to_stored_event
 
 STREAM = "COLONIES"
@@ -108,6 +110,15 @@ async def _read_events(url: str, stream: str) -> list[LoggedEvent]:
         return events
     finally:
         await nc.close()
+
+
+def command_payload(event_command: object) -> dict[str, Any]:
+    """The payload (op, nonce, ts, body) of the signed command an event stores, or of
+    sealed command bytes."""
+    raw = event_command if isinstance(event_command, bytes) else str(event_command).encode()
+    signed = msgspec.json.decode(raw, type=SignedCommand)
+    payload: dict[str, Any] = msgspec.json.decode(signed.payload)
+    return payload
 
 
 def last_sequence(url: str, stream: str = STREAM) -> int:

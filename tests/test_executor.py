@@ -20,18 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from colonies_es import Workflow, func_spec
 from colonies_es.chaos.journal import Journal, JournalingColonies, read_journals
 from colonies_es.cli.dev_seed import MAP_CODE  # the seed's map, sent as text
 from colonies_es.client import Colonies, ColoniesConnectionError, ColoniesError
-from colonies_es.crypto import SignedCommand
 from colonies_es.executor import FunctionFailed, PythonExecutor, execute_function
 from colonies_es.models import FuncSpec, Process
 from colonies_es.states import ProcessState
-from tests.eventlog import read_events
+from tests.eventlog import command_payload, read_events
 from tests.processes import wait_until
 from tests.stack import ColonyHandle, Stack
 
@@ -381,10 +379,7 @@ def test_an_idle_executors_close_carries_the_claim_it_sealed_while_it_waited(
     log = read_events(stack.nats.url)
     signed_at: dict[str, float] = {}
     for event in log.of_kind("ProcessAssigned"):
-        stored = event.state["command"]
-        raw = stored if isinstance(stored, bytes) else str(stored).encode()
-        command = msgspec.json.decode(raw, type=SignedCommand)
-        signed_at[event.processid or ""] = msgspec.json.decode(command.payload)["ts"]
+        signed_at[event.processid or ""] = command_payload(event.state["command"])["ts"]
     ahead = [
         signed_at[following.processid] < before.submissiontime.timestamp()
         for before, following in itertools.pairwise(submitted[1:])

@@ -24,11 +24,10 @@ from nats.aio.msg import Msg
 
 from colonies_es import Workflow, func_spec
 from colonies_es.client import AsyncColonies
-from colonies_es.crypto import SignedCommand
 from colonies_es.models import FuncSpec, Process
 from colonies_es.protocol import Claim
 from colonies_es.states import ProcessState
-from tests.eventlog import EventLog, read_events
+from tests.eventlog import EventLog, command_payload, read_events
 from tests.stack import ColonyHandle, Stack
 from tests.test_executor import running_executor
 
@@ -56,9 +55,7 @@ def assignments(log: EventLog, processids: set[str]) -> Counter[tuple[str, int]]
 
 def claim_of(event_command: object) -> Claim:
     """The body of the signed claim command an assignment stores."""
-    raw = event_command if isinstance(event_command, bytes) else str(event_command).encode()
-    signed = msgspec.json.decode(raw, type=SignedCommand)
-    payload: dict[str, Any] = msgspec.json.decode(signed.payload)
+    payload = command_payload(event_command)
     assert payload["op"] == "claim"
     return msgspec.convert(payload["body"], Claim)
 

@@ -25,17 +25,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import msgspec
 import nats
 import pytest
 from nats.aio.msg import Msg
 
 from colonies_es.client import AsyncColonies
 from colonies_es.client.async_client import SEALED_CLAIM_FRESH
-from colonies_es.crypto import SignedCommand
 from colonies_es.models import FuncSpec, Process, func_spec
 from colonies_es.states import ProcessState
-from tests.eventlog import EventLog, read_events
+from tests.eventlog import EventLog, command_payload, read_events
 from tests.stack import ColonyHandle, Replicas, start_replicas, stop_replicas
 
 WAIT = 20.0
@@ -101,15 +99,6 @@ def assignments(log: EventLog, processids: set[str]) -> Counter[tuple[str, int]]
         for event in log.of_kind("ProcessAssigned")
         if event.processid in processids
     )
-
-
-def command_payload(event_command: object) -> dict[str, object]:
-    """The payload (op, nonce, ts, body) of the signed command an event stores, or of
-    sealed command bytes."""
-    raw = event_command if isinstance(event_command, bytes) else str(event_command).encode()
-    signed = msgspec.json.decode(raw, type=SignedCommand)
-    payload: dict[str, object] = msgspec.json.decode(signed.payload)
-    return payload
 
 
 def command_op(event_command: object) -> str:
