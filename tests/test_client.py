@@ -335,6 +335,9 @@ async def test_find_process_reads_each_in_turn_from_an_engine_without_the_op(
         assert found is not None
         assert found.processid == "reduce-2"
         assert old.ops() == ["get_process", "get_process"]
+        # Known now: the next call reads each in turn at once.
+        assert await client.find_process("other", ["map-1"], KEY) is None
+        assert old.ops() == ["get_process", "get_process", "get_process"]
     finally:
         await nc.close()
 

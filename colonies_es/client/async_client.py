@@ -132,6 +132,8 @@ class AsyncColonies:
         urls = server_urls(host, port, tls, servers)
         access = NatsAccess(tuple(urls), nkey_file, tls_ca_file)
         self._connection = Connection(urls, timeout, access, affinity=affinity)
+        self._engines_find = True
+        """False once the engines turned out to be older than ``find_process``."""
         self._read_side = ReadSide(self._connection)
 
     @property
@@ -580,16 +582,20 @@ class AsyncColonies:
     ) -> Process | None:
         """The first of ``processids`` whose spec's nodename is ``nodename``, or None (one
         request; refused as ``get_process`` would refuse one of those before it)."""
-        body = p.FindProcess(nodename=nodename, processids=list(processids))
-        try:
-            data = await self._connection.command("find_process", body, prvkey)
-        except NoEngineAnswering:  # maybe engines older than this op: read each in turn
-            for processid in processids:
-                process = await self.get_process(processid, prvkey)
-                if process.spec.nodename == nodename:
-                    return process
-            return None
-        return None if data == b"null" else self._decoded("find_process", data, Process)
+        if self._engines_find:
+            body = p.FindProcess(nodename=nodename, processids=list(processids))
+            try:
+                data = await self._connection.command("find_process", body, prvkey)
+            except NoEngineAnswering:  # maybe engines older than this op: read each in turn
+                pass
+            else:
+                return None if data == b"null" else self._decoded("find_process", data, Process)
+        for processid in processids:
+            process = await self.get_process(processid, prvkey)
+            self._engines_find = False  # engines answer, not this op: no need to ask again
+            if process.spec.nodename == nodename:
+                return process
+        return None
 
     async def add_child(
         self,
