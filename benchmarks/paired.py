@@ -54,6 +54,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="stacks per side (default 3)")
     parser.add_argument("--per-stack", type=int, default=2, help="measurements per stack")
     parser.add_argument("--quick", action="store_true", help="peers' --quick sizes")
+    parser.add_argument(
+        "--layout",
+        choices=("4x1", "1x4"),
+        default="4x1",
+        help="4x1: four executors of one worker each (the default); 1x4: one executor of "
+        "four workers (Celery's layout, the peers group's default)",
+    )
     options = parser.parse_args()
     for tree in (options.base, options.new):
         if not (tree / "colonies_es").is_dir():
@@ -62,13 +69,15 @@ def main() -> None:
     trees = {"A": options.base.resolve(), "B": options.new.resolve()}
     figures: dict[str, list[float]] = {side: [] for side in trees}
     cpu: dict[str, list[float]] = {side: [] for side in trees}
-    print(f"A = {trees['A']}\nB = {trees['B']}\nload average before {load_average()}")
+    executors, workers = (1, 4) if options.layout == "1x4" else (4, 1)
+    print(f"A = {trees['A']}\nB = {trees['B']}\nlayout {options.layout}")
+    print(f"load average before {load_average()}")
     for number in range(options.rounds):
         for side in ("A", "B") if number % 2 == 0 else ("B", "A"):
             os.environ["PYTHONPATH"] = str(trees[side])
             with (
                 tempfile.TemporaryDirectory(prefix="colonies-bench-paired-") as tmp,
-                DevStack.started(Path(tmp)) as stack,
+                DevStack.started(Path(tmp), executors, workers=workers) as stack,
             ):
                 workloads = Workloads(stack, QUICK if options.quick else FULL)
                 try:

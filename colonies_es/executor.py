@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import multiprocessing
 import secrets
 import threading
 import time
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from colonies_es.client import AsyncColonies, Colonies, ColoniesConnectionError, ColoniesError
-from colonies_es.client.async_client import SealedClaim
+from colonies_es.client.async_client import ChildClose, SealedClaim
 from colonies_es.crypto import Crypto, id_from_private_key, new_private_key
 from colonies_es.function_runner import FunctionFailed, FunctionRunner, execute_function
 from colonies_es.models import Executor, Process, attempt_of, func_spec
@@ -151,6 +152,13 @@ class _Ran:
     errors: list[str]
     printed: str
     duration: float  # seconds
+    sent: bytes | None = None
+    """The close its child sent itself (:mod:`~colonies_es.child_close`), as sent."""
+    maybe_sent: bool = False
+    """Its child was to send the close and died before saying whether it did."""
+    ended_as: str = ""
+    """When its function was stopped because its process ended (only reported when
+    the child was to send the close): the state it ended in."""
 
 
 class _Ahead:
@@ -346,6 +354,7 @@ class PythonExecutor:
         poll_timeout: float = 5.0,
         grace: float = 30.0,
         prefetch: int = DEFAULT_PREFETCH,
+        child_closes: bool = True,
     ) -> None:
         """Raises ValueError for a ``concurrency`` below 1, a ``poll_timeout`` that is not
         positive, a negative ``grace`` or ``prefetch``, or an invalid ``prvkey``."""
@@ -364,6 +373,11 @@ class PythonExecutor:
         self.poll_timeout = poll_timeout
         self.grace = grace
         self.prefetch = prefetch
+        self.child_closes = child_closes
+        """Whether a function's child may send its process's close itself
+        (:meth:`_child_close`)."""
+        self.closed_by_children = 0
+        """Closes the engine took that a function's child had sent itself."""
         self.prvkey = prvkey or new_private_key()
         self.executorid = id_from_private_key(self.prvkey)
         self.executorname = name or f"{executortype}-{secrets.token_hex(4)}"
@@ -541,13 +555,24 @@ class PythonExecutor:
         report is sent without awaiting the reply, carrying the next prefetch claim."""
         if ahead.may_claim(stopping):
             ahead.top_up()
+        child_close = await self._child_close(client, process, ahead, stopping)
         patience = ahead.function_started() if self.prefetch else None
         try:
-            ran = await self._execute(client, runner, process)
+            ran = await self._execute(client, runner, process, child_close)
         finally:
             if patience is not None:
                 patience.cancel()
                 ahead.function_ended()
+        if child_close is not None:
+            assert ran is not None
+            if not stopping.is_set():
+                ahead.seal_claim_ahead()  # for the close after the next function
+            following = await self._report_child_close(client, process, ran, child_close)
+            if following is not None:
+                ahead.more = following.more
+                if following.next is not None:
+                    return following.next
+            return await ahead.next_or_none()
         if ran is None:  # stopped elsewhere: nothing to report
             return await ahead.next_or_none()
         if ahead.queue or ahead.claims:
@@ -564,6 +589,81 @@ class PythonExecutor:
             ahead.more = following.more
             return following.next
         return None
+
+    async def _child_close(
+        self, client: AsyncColonies, process: Process, ahead: _Ahead, stopping: asyncio.Event
+    ) -> ChildClose | None:
+        """The close ``process``'s child is to send itself (:mod:`~colonies_es.child_close`),
+        carrying the held claim the worker's close would carry: only when the worker has
+        nothing queued or claimed ahead (its close will wait for work: the round trip,
+        the diamond) and is not stopping. A worker with work ahead reports from here, its
+        closes batched with the other workers' in the executor's socket writes; so does
+        every worker when ``child_closes`` is off. None: the executor closes."""
+        if (
+            not self.child_closes
+            or ahead.queue
+            or ahead.claims
+            or stopping.is_set()
+            or multiprocessing.current_process().daemon  # functions run in its threads
+        ):
+            return None
+        try:
+            return await client.prepare_child_close(
+                process.processid,
+                self.prvkey,
+                self.colonyname,
+                attempt_of(process),
+                self.poll_timeout,
+                sealed=ahead.sealed_claim(),
+            )
+        except (ColoniesError, ColoniesConnectionError) as error:
+            log.debug("the close of %s stays with the executor: %s", process.processid[:8], error)
+            return None
+
+    async def _report_child_close(
+        self, client: AsyncColonies, process: Process, ran: _Ran, child_close: ChildClose
+    ) -> NextProcess | None:
+        """Report ``process``, whose child was to send its close (``child_close``): await
+        the reply to the close it sent (sending the same bytes again if none comes), or
+        report as :meth:`_report` does when it did not. The reply to the claim the close
+        carried (None: none, or the report failed)."""
+        if ran.ended_as:  # its process ended while it ran: by this close, or elsewhere
+            if ran.ended_as == "SUCCESS" and (ran.sent is not None or ran.maybe_sent):
+                return await self._reply_to_lost_close(client, process, child_close)
+            client.drop_child_close(child_close)  # a close now would be refused: no claim
+            return None
+        if ran.errors:
+            if not ran.maybe_sent:
+                client.drop_child_close(child_close)  # the child sends no failure
+                return await self._report(client, process, ran)
+            # Its child died, maybe after sending the close: the fail finds out (refused,
+            # 403, when the close was there first; the process ends once either way).
+            fail = functools.partial(client.fail, attempt=attempt_of(process))
+            problem = await self._deliver(fail, process.processid, ran.errors)
+            line = f"{process.spec.funcname} {process.processid[:8]}"
+            if isinstance(problem, ColoniesError) and problem.status == 403:
+                log.info("%s SUCCESS: its child sent the close before it died", line)
+                return await self._reply_to_lost_close(client, process, child_close)
+            client.drop_child_close(child_close)
+            if problem is None:
+                log.info("%s FAILED: %s in %.3f s", line, ran.errors[0], ran.duration)
+            else:
+                log.warning("%s FAILED, but the engine did not take the report: %s", line, problem)
+            return None
+        return await self._report(
+            client, process, ran, hold=self.poll_timeout, child_close=child_close
+        )
+
+    async def _reply_to_lost_close(
+        self, client: AsyncColonies, process: Process, child_close: ChildClose
+    ) -> NextProcess | None:
+        """The reply to the close ``process``'s child sent (the process ended SUCCESS by
+        it) though the executor never got its bytes: the next process its claim took."""
+        try:
+            return await client.await_child_close(child_close, self.prvkey)
+        except (ColoniesError, ColoniesConnectionError) as error:
+            log.debug("no reply to the close of %s: %s", process.processid[:8], error)
+            return None
 
     def _trouble_seen(self, kind: str, message: str, pause: float) -> None:
         """Log ``message`` as a warning unless a problem of this ``kind`` is already
@@ -616,10 +716,16 @@ class PythonExecutor:
         return None if following is None else following.next
 
     async def _execute(
-        self, client: AsyncColonies, runner: FunctionRunner, process: Process
+        self,
+        client: AsyncColonies,
+        runner: FunctionRunner,
+        process: Process,
+        child_close: ChildClose | None = None,
     ) -> _Ran | None:
         """Run the function of ``process`` in ``runner``'s child; None when it was stopped
-        because its process ended elsewhere (cancelled, timed out: logged here)."""
+        because its process ended elsewhere (cancelled, timed out: logged here), unless
+        the child was to send the close (``child_close``): then what it ran is said with
+        the state its process ended in (:attr:`_Ran.ended_as`)."""
         funcname = process.spec.funcname
         ctx: dict[str, Any] = {
             "process": process,
@@ -633,7 +739,8 @@ class PythonExecutor:
         started = time.perf_counter()
         watcher = _EndWatcher(client, process.processid, self.prvkey, runner)
         try:
-            result = await runner.run(process, ctx, client)
+            close = None if child_close is None else (child_close.order, self.prvkey)
+            result = await runner.run(process, ctx, client, close)
         finally:
             watcher.stop()
             duration = time.perf_counter() - started
@@ -647,8 +754,19 @@ class PythonExecutor:
                 watcher.ended_as,
                 duration,
             )
-            return None
-        return _Ran(result.output, result.errors, result.printed, duration)
+            if child_close is None:
+                return None
+            return _Ran(
+                [], [], "", duration, result.sent, result.maybe_sent, watcher.ended_as or "?"
+            )
+        return _Ran(
+            result.output,
+            result.errors,
+            result.printed,
+            duration,
+            result.sent,
+            result.maybe_sent,
+        )
 
     async def _report(
         self,
@@ -658,6 +776,7 @@ class PythonExecutor:
         hold: float | None = None,
         prefetch: bool = False,
         sealed: SealedClaim | None = None,
+        child_close: ChildClose | None = None,
     ) -> NextProcess | None:
         """Close ``process`` with the output of its run, or fail it with the errors (a
         refused close becomes a fail, but for a 403: the process is no longer ours), and
@@ -667,7 +786,10 @@ class PythonExecutor:
         ``sealed``, a held claim sealed ahead, is carried by the first attempt (a retry
         seals its own). The reply to that claim (None when there was none, or the close
         failed). When it brings a process to run, the outcome's log line is written one
-        step of the event loop later (once that process is on its way to its runner)."""
+        step of the event loop later (once that process is on its way to its runner).
+
+        ``child_close``: the close its child was to send (with ``hold``), which the first
+        attempt awaits (``ran.sent``) or sends now; a retry closes anew."""
         funcname = process.spec.funcname
         errors = ran.errors
         if ran.printed:
@@ -679,6 +801,11 @@ class PythonExecutor:
             carried = [sealed] if sealed is not None else []
 
             async def close(processid: str, output: list[Any], prvkey: str) -> None:
+                if child_close is not None:
+                    taken[:] = [
+                        await client.finish_child_close(child_close, output, prvkey, ran.sent)
+                    ]
+                    return
                 if hold is None:
                     await client.close(processid, output, prvkey, attempt=attempt)
                     return
@@ -697,6 +824,8 @@ class PythonExecutor:
 
             problem = await self._deliver(close, process.processid, ran.output)
             following = taken[0] if taken and problem is None else None
+            if child_close is not None and ran.sent is not None and problem is None:
+                self.closed_by_children += 1
             if isinstance(problem, ColoniesError) and problem.status != 403:
                 errors = [f"the output of {funcname} was refused: {problem}"]
         if errors:

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 
 from colonies_es.nats_hot_path import deliver_inline, write_now
 
-__all__ = ["ConnectionInterrupted", "ReplyInbox"]
+__all__ = ["ConnectionInterrupted", "ReplyInbox", "Reservation"]
 
 
 class ConnectionInterrupted(nats.errors.TimeoutError):
@@ -30,6 +30,17 @@ class ConnectionInterrupted(nats.errors.TimeoutError):
 
     def __str__(self) -> str:
         return "nats: the connection was interrupted while waiting for the reply"
+
+
+class Reservation:
+    """A reply awaited at :attr:`subject` for a request someone else publishes (a
+    function's child sending its close itself: :meth:`ReplyInbox.reserve`)."""
+
+    def __init__(self, subject: str, token: str, reply: asyncio.Future[Msg]) -> None:
+        self.subject = subject
+        """The reply subject the request must name."""
+        self.token = token
+        self.reply = reply
 
 
 class ReplyInbox:
@@ -45,6 +56,7 @@ class ReplyInbox:
         self._prefix = ""
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._numbers = itertools.count()
+        self._reserved = 0  # reservations among _waiting (not requests this inbox wrote)
 
     async def request(
         self,
@@ -66,11 +78,7 @@ class ReplyInbox:
         Raises nats-py's ``TimeoutError`` when none came within ``seconds``,
         ``NoRespondersError`` when nothing listens on ``subject``, and what ``publish``
         raises (``MaxPayloadError``, a closed or draining connection...)."""
-        if not self._prefix:
-            prefix = self.nc.new_inbox() + "."
-            subscription = await self.nc.subscribe(prefix + "*", cb=self._answered_later)
-            deliver_inline(subscription, self._answered)
-            self._prefix = prefix
+        await self._subscribed()
         loop = asyncio.get_running_loop()
         token = str(next(self._numbers))
         reply: asyncio.Future[Msg] = loop.create_future()
@@ -78,7 +86,7 @@ class ReplyInbox:
         timer = loop.call_later(seconds, _time_out, reply)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            if write_alone and len(self._waiting) == 1:
+            if write_alone and len(self._waiting) - self._reserved == 1:
                 write_now(self.nc)
             msg = await reply
         finally:
@@ -87,6 +95,47 @@ class ReplyInbox:
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
         return msg
+
+    async def _subscribed(self) -> None:
+        if not self._prefix:
+            prefix = self.nc.new_inbox() + "."
+            subscription = await self.nc.subscribe(prefix + "*", cb=self._answered_later)
+            deliver_inline(subscription, self._answered)
+            self._prefix = prefix
+
+    async def reserve(self) -> Reservation:
+        """A reply subject of this inbox for a request that another connection publishes
+        (a function's child, with the same credential): its reply is awaited with
+        :meth:`reply_to`, and :meth:`release` must follow either way. A reservation does
+        not count as a request awaited beside others (``write_alone``)."""
+        await self._subscribed()
+        token = str(next(self._numbers))
+        reservation = Reservation(
+            self._prefix + token, token, asyncio.get_running_loop().create_future()
+        )
+        self._waiting[token] = reservation.reply
+        self._reserved += 1
+        return reservation
+
+    async def reply_to(self, reservation: Reservation, seconds: float) -> Msg:
+        """The reply at ``reservation``'s subject, once it came (maybe before this call);
+        the errors of :meth:`request` (the same request may then be sent again with
+        :meth:`request`, which waits at a subject of its own)."""
+        timer = asyncio.get_running_loop().call_later(seconds, _time_out, reservation.reply)
+        try:
+            msg = await reservation.reply
+        finally:
+            timer.cancel()
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
+    def release(self, reservation: Reservation) -> None:
+        """Stop awaiting a reply at ``reservation``'s subject (a late one is dropped)."""
+        if self._waiting.pop(reservation.token, None) is not None:
+            self._reserved -= 1
+        if not reservation.reply.done():
+            reservation.reply.cancel()
 
     def interrupted(self) -> None:
         """The connection came back after a loss: every request still waiting fails at

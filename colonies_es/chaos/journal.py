@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from colonies_es.client import AsyncColonies, Colonies
-from colonies_es.client.async_client import SealedClaim
+from colonies_es.client.async_client import ChildClose, SealedClaim
 from colonies_es.crypto import id_from_private_key
 from colonies_es.models import FuncSpec, Process, Workflow, attempt_of
 from colonies_es.models import ProcessGraph as GraphModel
@@ -157,6 +157,24 @@ class JournalingAsyncColonies(AsyncColonies):
             processid, output, prvkey, colonyname, attempt, wait, prefetch, sealed
         )
         self._closed(processid, output, prvkey, attempt)
+        if following.next is not None:
+            self._claimed(following.next, prvkey)
+        return following
+
+    async def finish_child_close(
+        self, handle: ChildClose, output: Sequence[Any], prvkey: str, sent: bytes | None
+    ) -> NextProcess:
+        by_child = sent is not None and handle.prepared is not None  # else close_and_next
+        following = await super().finish_child_close(handle, output, prvkey, sent)
+        if by_child:
+            self._closed(handle.order.processid, output, prvkey, handle.order.attempt)
+            if following.next is not None:
+                self._claimed(following.next, prvkey)
+        return following
+
+    async def await_child_close(self, handle: ChildClose, prvkey: str) -> NextProcess:
+        """The close's output is unknown here (its child died): only the claim is noted."""
+        following = await super().await_child_close(handle, prvkey)
         if following.next is not None:
             self._claimed(following.next, prvkey)
         return following

@@ -19,6 +19,7 @@ projector's view did not catch up in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import msgspec
 
 from colonies_es import protocol as p
-from colonies_es.client.connection import ATTEMPTS, Connection
+from colonies_es.client.connection import ATTEMPTS, Connection, Prepared
 from colonies_es.client.errors import ColoniesError, NoEngineAnswering
 from colonies_es.client.read_side import ReadSide
 from colonies_es.models import (
@@ -54,7 +55,14 @@ if TYPE_CHECKING:
     from colonies_es.projections.history import HistoryEntry
     from colonies_es.projections.timetravel import GraphState
 
-__all__ = ["ENDED_STATES", "AsyncColonies", "SealedClaim", "server_urls"]
+__all__ = [
+    "ENDED_STATES",
+    "AsyncColonies",
+    "ChildClose",
+    "CloseOrder",
+    "SealedClaim",
+    "server_urls",
+]
 
 T = TypeVar("T")
 
@@ -83,6 +91,46 @@ class SealedClaim:
     """The sealed command."""
     sealed_at: float
     """``time.monotonic()`` when it was sealed."""
+
+
+@dataclass(frozen=True)
+class CloseOrder:
+    """What a function's child needs to send its process's close itself (it crosses the
+    pipe; :mod:`colonies_es.child_close`): where to, with which reply subject and
+    headers, the claim the close carries, and until when that claim is fresh enough
+    (``time.monotonic()``, the clock every process of the machine shares) to be sent;
+    ``access`` is the NATS credential and TLS of the executor's connection."""
+
+    subject: str
+    reply: str
+    headers: dict[str, str]
+    processid: str
+    attempt: int
+    claim: bytes
+    fresh_until: float
+    access: NatsAccess
+
+
+class ChildClose:
+    """The executor's side of a close its function's child sends itself
+    (:meth:`AsyncColonies.prepare_child_close`)."""
+
+    def __init__(
+        self,
+        order: CloseOrder,
+        sealed: SealedClaim,
+        prepared: Prepared,
+        awaiting: contextlib.ExitStack,
+    ) -> None:
+        self.order = order
+        """What the child is handed."""
+        self.sealed: SealedClaim | None = sealed
+        """The claim inside, while no close carrying it may have been sent."""
+        self.prepared: Prepared | None = prepared
+        """Its reply's reservation, until awaited or dropped."""
+        self.awaiting = awaiting
+        self.colonyname = sealed.colonyname
+        self.wait = sealed.wait
 
 
 _BEHIND_PAUSE = 0.2
@@ -360,6 +408,98 @@ class AsyncColonies:
                 processid=processid, out=list(output), attempt=attempt, claim=sealed.data
             )
             return await self._call("close", close, prvkey, p.NextProcess, held=budget)
+
+    async def prepare_child_close(
+        self,
+        processid: str,
+        prvkey: str,
+        colonyname: str,
+        attempt: int,
+        wait: float,
+        sealed: SealedClaim | None = None,
+    ) -> ChildClose:
+        """Everything a function's child needs to send the close of ``processid`` itself
+        (:class:`ChildClose`; its :attr:`~ChildClose.order` crosses the pipe), carrying a
+        held claim as :meth:`close_and_next` with ``wait`` (``sealed`` if it fits, else
+        one sealed now) whose reply comes to this client: :meth:`finish_child_close`
+        awaits it, and must follow. From now on the claim's ``alive`` subject is
+        answered "1" (until :meth:`finish_child_close`)."""
+        wait = min(max(wait, 0.0), p.MAX_CLAIM_WAIT)
+        if sealed is None or not self._fits(sealed, colonyname, wait):
+            sealed = await self.seal_held_claim(colonyname, wait, prvkey)
+        budget = wait + self._connection.timeout / ATTEMPTS  # the close's, then the hold
+        prepared = await self._connection.prepare("close", held=budget)
+        awaiting = contextlib.ExitStack()
+        awaiting.enter_context(self._connection.awaiting(sealed.alive))
+        order = CloseOrder(
+            subject=prepared.subject,
+            reply=prepared.reply,
+            headers=prepared.headers,
+            processid=processid,
+            attempt=attempt,
+            claim=sealed.data,
+            fresh_until=sealed.sealed_at + SEALED_CLAIM_FRESH,
+            access=self._connection.access,
+        )
+        return ChildClose(order, sealed, prepared, awaiting)
+
+    async def finish_child_close(
+        self, handle: ChildClose, output: Sequence[Any], prvkey: str, sent: bytes | None
+    ) -> p.NextProcess:
+        """The reply to the close ``handle`` prepared (:meth:`prepare_child_close`).
+
+        ``sent``: the close's bytes as the child published them; awaited here, and sent
+        again (the same bytes) when no reply comes in time. ``None``: the child did not
+        send it; this sends the close now with ``output`` (:meth:`close_and_next`,
+        carrying the claim sealed for it, which was never sent). A second call (a
+        retried report) closes anew, as :meth:`close_and_next` does. Raises as
+        :meth:`close_and_next`."""
+        prepared, handle.prepared = handle.prepared, None
+        order = handle.order
+        if prepared is None or sent is None:
+            if prepared is not None:
+                self._connection.discard(prepared)
+            handle.awaiting.close()
+            sealed, handle.sealed = handle.sealed, None
+            return await self.close_and_next(
+                order.processid,
+                output,
+                prvkey,
+                sealed.colonyname if sealed is not None else handle.colonyname,
+                order.attempt,
+                handle.wait,
+                sealed=sealed,
+            )
+        handle.sealed = None  # inside the close the child sent: never in another one
+        try:
+            data = await self._connection.complete(prepared, sent)
+        finally:
+            handle.awaiting.close()
+        return self._decoded("close", data, p.NextProcess)
+
+    async def await_child_close(self, handle: ChildClose, prvkey: str) -> p.NextProcess:
+        """The reply to the close ``handle`` prepared, which the child may have sent
+        before it died (nothing is sent from here; ColoniesConnectionError when no
+        reply comes within the claim's hold and an attempt's time). ``prvkey``: the
+        caller's (a subclass may note what it took)."""
+        prepared, handle.prepared = handle.prepared, None
+        handle.sealed = None
+        try:
+            if prepared is None:
+                return p.NextProcess()
+            data = await self._connection.complete(prepared, None)
+        finally:
+            handle.awaiting.close()
+        return self._decoded("close", data, p.NextProcess)
+
+    def drop_child_close(self, handle: ChildClose) -> None:
+        """The close ``handle`` prepared was not sent and will not be (or its reply
+        cannot bring anything): stop awaiting it."""
+        prepared, handle.prepared = handle.prepared, None
+        handle.sealed = None
+        if prepared is not None:
+            self._connection.discard(prepared)
+        handle.awaiting.close()
 
     def _fits(self, sealed: SealedClaim, colonyname: str, wait: float) -> bool:
         """Whether ``sealed`` is the held claim a close would carry now: same colony and

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -49,10 +50,10 @@ from colonies_es.protocol import (
     api_subject,
     replica_subject,
 )
-from colonies_es.reply_inbox import ConnectionInterrupted, ReplyInbox
+from colonies_es.reply_inbox import ConnectionInterrupted, ReplyInbox, Reservation
 from colonies_es.settings import NatsAccess
 
-__all__ = ["Affinity", "Connection"]
+__all__ = ["Affinity", "Connection", "Prepared"]
 
 log = logging.getLogger("colonies.client")
 
@@ -108,6 +109,26 @@ class Affinity:
         """The preferred replica did not answer: from now on the queue group."""
         self.elsewhere = self.sequence
         self.preferred, self.from_preferred = None, 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A command that another connection publishes, its reply awaited by this one
+    (:meth:`Connection.prepare`)."""
+
+    op: str
+    subject: str
+    """Where to publish it."""
+    headers: dict[str, str]
+    """The headers to publish it with."""
+    held: float
+    replies: ReplyInbox
+    reservation: Reservation
+
+    @property
+    def reply(self) -> str:
+        """The reply subject to publish it with."""
+        return self.reservation.subject
 
 
 class Connection:
@@ -224,7 +245,10 @@ class Connection:
     ) -> bytes:
         """Send ``body`` sealed for ``op`` as a request on ``subject`` (a command, or a
         query to the projectors); the same reply handling and errors as :meth:`command`."""
-        data = self.seal(op, body, prvkey)
+        return await self.send_sealed(subject, op, self.seal(op, body, prvkey), held)
+
+    async def send_sealed(self, subject: str, op: str, data: bytes, held: float = 0.0) -> bytes:
+        """:meth:`request` with the command already sealed (``data``): sent as it is."""
         nc = await self.nats()
         server = "colonies engine" if subject.startswith("colonies.api.") else "projector"
         try:
@@ -245,6 +269,11 @@ class Connection:
             raise ColoniesConnectionError(
                 f"cannot send {op!r} to {self.url}: {_describe(error)}"
             ) from error
+        return self._reply_body(reply)
+
+    def _reply_body(self, reply: Msg) -> bytes:
+        """The body of a command's ``reply``, its sequence and replica noted; raises
+        :class:`ColoniesError` for a refusal."""
         headers = reply.headers or {}
         self.saw(headers.get(SEQUENCE_HEADER), headers.get(REPLICA_HEADER))
         code = headers.get(ERROR_CODE_HEADER)
@@ -294,6 +323,55 @@ class Connection:
                 if attempt == ATTEMPTS:
                     raise
                 log.info("no reply to %r in %.1f s: sending it again", op, seconds)
+
+    async def prepare(self, op: str, held: float = 0.0) -> Prepared:
+        """Where and how a command ``op`` that another connection publishes (a function's
+        child, with the same credential: its close) is sent, its reply awaited here
+        (:meth:`complete`, or :meth:`discard` if it is not sent after all): the subject
+        (the preferred replica's, as :meth:`request` would pick), the reply subject and
+        the ``Colonies-After`` header. ``held`` as for :meth:`command`."""
+        nc = await self.nats()
+        replies = self._reply_inbox(nc)
+        reservation = await replies.reserve()
+        affinity = self.affinity
+        if affinity.preferred is not None:
+            subject, after = replica_subject(affinity.preferred, op), affinity.elsewhere
+        else:
+            subject, after = api_subject(op), affinity.sequence
+        return Prepared(op, subject, {AFTER_HEADER: str(after)}, held, replies, reservation)
+
+    async def complete(self, prepared: Prepared, data: bytes | None) -> bytes:
+        """The reply to the command ``prepared`` was for, which another connection
+        published as ``data``: what :meth:`command` returns and raises. When no reply
+        comes within an attempt's time (or no replica answered there), ``data`` is sent
+        again from here, the same bytes, as :meth:`command` would (``None``: the bytes
+        are not known, and a missing reply is a :class:`ColoniesConnectionError`)."""
+        op = prepared.op
+        seconds = _attempt_timeout(self.timeout, prepared.held)
+        try:
+            reply = await prepared.replies.reply_to(prepared.reservation, seconds)
+        except nats.errors.TimeoutError:  # ConnectionInterrupted too
+            if prepared.subject != api_subject(op):
+                self.affinity.forget()
+            if data is None:
+                raise ColoniesConnectionError(
+                    f"the colonies engine on {self.url} did not answer {op!r} within "
+                    f"{seconds:.1f} s"
+                ) from None
+            log.info("no reply to %r in %.1f s: sending it again", op, seconds)
+            return await self.send_sealed(api_subject(op), op, data, prepared.held)
+        except nats.errors.NoRespondersError:
+            if prepared.subject == api_subject(op) or data is None:
+                raise NoEngineAnswering(f"no colonies engine is answering on {self.url}") from None
+            self.affinity.forget()
+            return await self.send_sealed(api_subject(op), op, data, prepared.held)
+        finally:
+            prepared.replies.release(prepared.reservation)
+        return self._reply_body(reply)
+
+    def discard(self, prepared: Prepared) -> None:
+        """The command ``prepared`` was for was not sent: stop awaiting its reply."""
+        prepared.replies.release(prepared.reservation)
 
     def _reply_inbox(self, nc: NATS) -> ReplyInbox:
         """The reply inbox of ``nc`` (a new one for a new connection)."""

@@ -1,0 +1,160 @@
+"""A function's child sends its process's close itself (colonies_es/child_close.py).
+
+Real stack, real executor processes: the fast path is taken for a plain function and not
+for one that prints or calls ``colonies``; a close whose reply is lost is sent again, the
+same bytes, and the engine decides it once; a child killed between sending the close and
+telling the executor loses nothing, and the process ends once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import pytest
+
+from colonies_es.child_close import ChildCloser
+from colonies_es.client import AsyncColonies
+from colonies_es.executor import PythonExecutor
+from colonies_es.models import Process, attempt_of
+from colonies_es.states import ProcessState
+from tests.eventlog import read_events
+from tests.processes import wait_until
+from tests.stack import ColonyHandle, Stack
+from tests.test_executor import colony, ended, running_executor, spec
+
+__all__ = ["colony"]  # the fixture, shared with the executor's tests
+
+ONE = "def one(ctx={}):\n    return 1\n"
+
+
+def round_trips(stack: Stack, colony: ColonyHandle, code: str, funcname: str, n: int) -> None:
+    for _ in range(n):
+        process = stack.client.submit_func_spec(spec(colony, funcname, code), colony.owner_prvkey)
+        assert ended(stack, colony, process).state == ProcessState.SUCCESS
+
+
+def closed_by_children(executor: PythonExecutor, expected: int) -> None:
+    wait_until(
+        lambda: executor.closed_by_children >= expected, 5.0, f"{expected} closes by children"
+    )
+    assert executor.closed_by_children == expected
+
+
+def test_a_plain_functions_child_closes_and_one_that_prints_or_calls_leaves_it_to_the_executor(
+    stack: Stack, colony: ColonyHandle
+) -> None:
+    """An idle worker's child sends the close of a function that only returned (the
+    first one excepted: the child connects after it); a function that printed or made a
+    ``colonies`` call is closed by the executor, its log line and calls first."""
+    printing = "def loud(ctx={}):\n    print('hello')\n    return 2\n"
+    calling = (
+        "def asks(ctx={}):\n"
+        "    p = ctx['process']\n"
+        "    colonies.add_log(p.processid, 'from asks', ctx['executor_prvkey'])\n"
+        "    return 3\n"
+    )
+    with running_executor(stack, colony, poll_timeout=1.0) as executor:
+        round_trips(stack, colony, ONE, "one", 4)
+        # (counted once the reply came, which may be after the caller's wait returned)
+        closed_by_children(executor, 3)  # the first child had no connection yet
+        for code, funcname in ((printing, "loud"), (calling, "asks")):
+            process = stack.client.submit_func_spec(
+                spec(colony, funcname, code), colony.owner_prvkey
+            )
+            assert ended(stack, colony, process).state == ProcessState.SUCCESS
+            logs = stack.client.get_process_log(
+                colony.name, process.processid, 10, 0, colony.owner_prvkey
+            )
+            assert [log.message.strip() for log in logs] == [
+                "hello" if funcname == "loud" else "from asks"
+            ]
+        assert executor.closed_by_children == 3
+        round_trips(stack, colony, ONE, "one", 1)
+        closed_by_children(executor, 4)
+    with running_executor(stack, colony, poll_timeout=1.0, child_closes=False) as executor:
+        round_trips(stack, colony, ONE, "one", 3)
+        assert executor.closed_by_children == 0
+
+
+def test_a_close_whose_reply_is_lost_is_sent_again_and_decided_once(
+    stack: Stack, colony: ColonyHandle
+) -> None:
+    """The child's close goes out, its reply does not come back (here: sent to a subject
+    nobody reads); the executor's client sends the same bytes again after an attempt's
+    time and gets the engine's original reply, and the log holds one close."""
+    executor = stack.new_executor(colony)
+    process = stack.client.submit_func_spec(spec(colony, "one", ONE), colony.owner_prvkey)
+    assigned = stack.client.claim(colony.name, executor)
+    assert assigned.processid == process.processid
+    closer = ChildCloser()
+
+    async def close_lost_then_retried() -> tuple[Process | None, float]:
+        async with AsyncColonies("127.0.0.1", stack.nats.port, timeout=1.0) as client:
+            handle = await client.prepare_child_close(
+                process.processid, executor, colony.name, attempt_of(assigned), 0.2
+            )
+            lost = dataclasses.replace(handle.order, reply="nobody.reads.this")
+            await asyncio.to_thread(closer.connect, lost.access)  # it runs a loop of its own
+            sent = await asyncio.to_thread(closer.send, lost, [1], executor)
+            assert sent is not None
+            started = time.monotonic()
+            following = await client.finish_child_close(handle, [1], executor, sent)
+            return following.next, time.monotonic() - started
+
+    try:
+        following, waited = asyncio.run(close_lost_then_retried())
+    finally:
+        closer.close()
+    assert waited < 5.0
+    assert following is None  # nothing else was ready for the claim it carried
+    assert waited >= 0.5, "the reply came without the bytes being sent again?"
+    done = stack.client.get_process(process.processid, colony.owner_prvkey)
+    assert done.state == ProcessState.SUCCESS
+    assert done.output == [1]
+    closes = read_events(stack.nats.url).of_kind("ProcessClosed")
+    assert [e for e in closes if e.processid == process.processid] != []
+    assert len([e for e in closes if e.processid == process.processid]) == 1
+
+
+def test_a_child_killed_between_sending_the_close_and_telling_loses_nothing(
+    stack: Stack, colony: ColonyHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The function patches its own child so that it dies (``os._exit``) right after
+    sending the close, before the executor hears of it: the process ends SUCCESS once
+    (the executor's fail after the child's death is refused), the claim the close carried
+    still brings the next process to the executor, which runs it in a new child."""
+    dies = (
+        "import os\n"
+        "import colonies_es.function_runner as runner\n"
+        "def dies(ctx={}):\n"
+        "    send = runner._send\n"
+        "    def die_after_sending(conn, message):\n"
+        "        if message[0] == 'done' and message[4] is not None:\n"
+        "            os._exit(7)\n"
+        "        send(conn, message)\n"
+        "    runner._send = die_after_sending\n"
+        "    return 'sent'\n"
+    )
+    caplog.set_level(logging.INFO, "colonies.executor")
+    with running_executor(stack, colony, poll_timeout=2.0) as executor:
+        round_trips(stack, colony, ONE, "one", 2)  # the child is connected
+        victim = stack.client.submit_func_spec(spec(colony, "dies", dies), colony.owner_prvkey)
+        done = ended(stack, colony, victim)
+        assert done.state == ProcessState.SUCCESS
+        assert done.output == ["sent"]
+        after = stack.client.submit_func_spec(spec(colony, "one", ONE), colony.owner_prvkey)
+        assert ended(stack, colony, after).output == [1]
+        assert executor.closed_by_children >= 1
+    log = read_events(stack.nats.url)
+    ends = [
+        e.kind
+        for e in log
+        if e.processid == victim.processid and e.kind in ("ProcessClosed", "ProcessFailed")
+    ]
+    assert ends == ["ProcessClosed"]
+    told = f"dies {victim.processid[:8]} SUCCESS: its child sent the close before it died"
+    assert told in caplog.messages
+    assert not [e for e in log.of_kind("AttemptFailed") if e.processid == victim.processid]
