@@ -84,6 +84,14 @@ def start(
             "child process of its own. 0: claim only when idle.",
         ),
     ] = DEFAULT_PREFETCH,
+    child_close: Annotated[
+        bool,
+        typer.Option(
+            help="An idle worker's function child sends its process's close itself, over "
+            "a NATS connection of its own (same credential and TLS), which spares the "
+            "close a process wake-up; --no-child-close: the executor sends every close.",
+        ),
+    ] = True,
 ) -> None:
     """Run a python executor until Ctrl-C or SIGTERM (help: :data:`_START_HELP`)."""
     try:
@@ -116,6 +124,7 @@ def start(
         poll_timeout=poll_timeout,
         grace=grace,
         prefetch=prefetch,
+        child_closes=child_close,
     )
     with client:  # disconnects at the end, whatever happens
         try:

@@ -378,6 +378,8 @@ class PythonExecutor:
         (:meth:`_child_close`)."""
         self.closed_by_children = 0
         """Closes the engine took that a function's child had sent itself."""
+        self.reported = 0
+        """Closes and fails the engine took."""
         self.prvkey = prvkey or new_private_key()
         self.executorid = id_from_private_key(self.prvkey)
         self.executorname = name or f"{executortype}-{secrets.token_hex(4)}"
@@ -467,6 +469,11 @@ class PythonExecutor:
         with contextlib.suppress(CancelledError, concurrent.futures.TimeoutError):
             serving.result(self.poll_timeout + self.grace + REPORT_PATIENCE)
         self.close_runners()
+        log.info(
+            "stopped: %d processes reported, %d of them closed by their function's child",
+            self.reported,
+            self.closed_by_children,
+        )
 
     async def _serve(self, client: AsyncColonies, stopping: asyncio.Event) -> None:
         """The workers, until ``stopping`` and they are done (or the grace is over)."""
@@ -833,6 +840,8 @@ class PythonExecutor:
             fail = functools.partial(client.fail, attempt=attempt)
             problem = await self._deliver(fail, process.processid, errors)
         line = f"{funcname} {process.processid[:8]} {outcome} in {ran.duration:.3f} s"
+        if problem is None:
+            self.reported += 1
         if problem is None and following is not None and following.next is not None:
             asyncio.get_running_loop().call_soon(log.info, "%s", line)
         elif problem is None:
