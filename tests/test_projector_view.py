@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from eventsourcing.persistence import Mapper, Notification
 
-from colonies_es.projections.projector import Projector
+from colonies_es.projections.projector import Projector, _iso
 from colonies_es.projections.view import ViewChanges, open_view
 from colonies_es.store.codec import MsgspecTranscoder
 from tests.test_domain_graph import WORKER, assign, at, spec, submit
@@ -95,3 +96,24 @@ def test_a_log_line_writes_its_row_and_the_graph_version_not_its_process_row(
     assert logs_only.processes == []
     assert [row.processgraphid for row in logs_only.graphs] == [graph.processgraphid]
     assert logs_only.versions == [(graph.id, graph.version)]
+
+
+def test_row_times_read_as_isoformat_writes_them() -> None:
+    """The rows' times are cut from msgspec's text for UTC times: the same text as
+    ``isoformat`` (microseconds only when not zero), other offsets as ``isoformat``."""
+    utc_times = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 12, 6, 22, 1, 33, tzinfo=UTC),
+        datetime(2026, 12, 6, 22, 1, 33, 1_000, tzinfo=UTC),
+        datetime(2026, 12, 6, 22, 1, 33, 712_618, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+    ]
+    others = [
+        datetime(2026, 12, 6, 23, 1, 33, 5, tzinfo=timezone(timedelta(hours=1))),
+        datetime(2026, 12, 6, 22, 1, 33),
+    ]
+
+    for moment in utc_times + others:
+        assert _iso(moment) == moment.isoformat()
+    assert _iso(None) is None
