@@ -45,6 +45,7 @@ the batch size hardly matters (1,000 or 20,000 events a commit cost the same).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -150,6 +151,9 @@ class Projector:
         self._position: int = view.position()
         self._pending = 0
         self._failed = False
+        self._write_failed = False
+        self._writing: int | None = None
+        """The position of the commit in flight (:meth:`commit_later`)."""
         self._colonies: dict[str, Colony] = {}
         self._graphs: OrderedDict[str, ProcessGraph] = OrderedDict()
         self._dirty_colonies: set[str] = set()
@@ -170,16 +174,25 @@ class Projector:
         return self._position
 
     @property
+    def writing(self) -> bool:
+        """True while a commit is in flight (:meth:`commit_later`)."""
+        return self._writing is not None
+
+    @property
     def pending(self) -> int:
         """Notifications processed since the last commit."""
         return self._pending
 
     def restart(self) -> None:
         """Forgets all that is not committed: resumes from the view's position with no
-        aggregate in memory."""
+        aggregate in memory (after the commit in flight, whatever became of it)."""
+        self._writing = None
+        with contextlib.suppress(Exception):
+            self.view.finish_write()
         self._position = self.view.position()
         self._pending = 0
         self._failed = False
+        self._write_failed = False
         self._colonies.clear()
         self._graphs.clear()
         self._forget_changes()
@@ -355,22 +368,66 @@ class Projector:
 
     def commit(self) -> int:
         """Writes the rows changed since the last commit with the position, in one
-        transaction, and returns the position. Does nothing if nothing was processed."""
-        if self._failed:
-            raise RuntimeError("a notification failed halfway: restart() the projector")
+        transaction, and returns the position once stored (after the write in flight,
+        if any). Does nothing if nothing was processed."""
+        self.finish_commit()
+        self.commit_later()
+        self.finish_commit()
+        return self._position
+
+    def commit_later(self) -> None:
+        """Starts writing the rows changed since the last commit with the position (one
+        transaction, in the view's thread: :meth:`ReadModel.start_write`) and returns,
+        so that more notifications can be processed meanwhile. :meth:`finish_commit`
+        waits for it, and must be called before the next commit. Does nothing if nothing
+        was processed."""
+        if self._failed or self._write_failed:
+            raise RuntimeError("a notification or a write failed: restart() the projector")
+        if self._writing is not None:
+            raise RuntimeError("a commit is in flight: finish_commit() first")
         if self._pending == 0:
-            return self._position
+            return
+        self._evict()
         changes = ViewChanges(logs=self._logs)
         for colony_id in self._dirty_colonies:
             self._colony_rows(self._colonies[colony_id], changes)
         for graph_id, touched in self._dirty_graphs.items():
             self._graph_rows(self._graphs[graph_id], touched, changes)
-        self.view.write(changes, self._position)
+        self.view.start_write(changes, self._position)
+        self._writing = self._position
         self._pending = 0
         self._forget_changes()
-        while len(self._graphs) > self.cache_size:
-            self._graphs.popitem(last=False)
-        return self._position
+
+    def finish_commit(self) -> int | None:
+        """Waits for the commit in flight and returns its position (None when there was
+        none). Raises what the write raised: nothing of it was stored, and the projector
+        refuses to commit until :meth:`restart`."""
+        position, self._writing = self._writing, None
+        if position is None:
+            return None
+        try:
+            self.view.finish_write()
+        except BaseException:
+            self._write_failed = True
+            raise
+        return position
+
+    def _evict(self) -> None:
+        """Drops the least recently used graphs beyond ``cache_size`` whose rows are all
+        stored (none with changes to commit; the commit before is finished): an
+        aggregate not in memory is rebuilt to the version the committed view holds."""
+        graphs, dirty = self._graphs, self._dirty_graphs
+        excess = len(graphs) - self.cache_size
+        if excess <= 0:
+            return
+        evicted = []
+        for graph_id in graphs:  # least recently used first
+            if graph_id not in dirty:
+                evicted.append(graph_id)
+                if len(evicted) == excess:
+                    break
+        for graph_id in evicted:
+            del graphs[graph_id]
 
     def _forget_changes(self) -> None:
         self._looked_up.clear()  # the view moves on, and the cache may evict
@@ -692,7 +749,10 @@ class Follower:
                 batch = None
             else:
                 timeout = None if first is None else self._wait_left(first)
-                batch = self._next_batch(subscription, timeout)
+                batch = self._next_batch(subscription, 0) if self._writing else []
+                if not batch:  # nothing waiting: the commit in flight ends first
+                    self._finish_commit()
+                    batch = self._next_batch(subscription, timeout)
             if batch is None:
                 self._commit()
                 if not self._stopped.is_set():
@@ -702,7 +762,7 @@ class Follower:
             for notification in batch:
                 projector.process(notification)
                 if projector.pending >= self.batch_size:
-                    self._commit()
+                    self._commit_later()
                     first = None
             if projector.pending == 0:
                 continue
@@ -714,7 +774,7 @@ class Follower:
                     ahead = self._next_batch(subscription, 0)
                     if ahead:  # more is waiting: still catching up, keep the batch open
                         continue
-                self._commit()
+                self._commit_later()
                 first = None
 
     def _wait_left(self, first: float) -> float:
@@ -731,7 +791,25 @@ class Follower:
             self._commit()
             raise
 
+    @property
+    def _writing(self) -> bool:
+        return self.projector.writing
+
+    def _commit_later(self) -> None:
+        """Starts committing what was processed (after the commit before has ended): the
+        next events are applied while it is written."""
+        self._finish_commit()
+        self.projector.commit_later()
+
+    def _finish_commit(self) -> None:
+        """Waits for the commit in flight, if any, and reports it."""
+        position = self.projector.finish_commit()
+        if position is not None and self.on_commit is not None:
+            self.on_commit(position)
+
     def _commit(self) -> None:
+        """Commits what was processed and waits for it (and for the commit before)."""
+        self._finish_commit()
         had_pending = self.projector.pending > 0
         position = self.projector.commit()
         if had_pending and self.on_commit is not None:

@@ -36,10 +36,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
 
@@ -49,6 +51,7 @@ from colonies_es.states import ExecutorState, ProcessState
 
 __all__ = [
     "UPSTREAM",
+    "WRITER_THREAD",
     "ColonyRow",
     "ExecutorRow",
     "GraphRow",
@@ -193,23 +196,48 @@ _TABLES = [
 _UPSERT_COLONY = """INSERT INTO colonies VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET ownerid = excluded.ownerid, removed = excluded.removed"""
 
-_UPSERT_GRAPH = """INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_ROWS = "FROM json_each(?) WHERE true"
+"""Where the bulk statements take their rows: one JSON array of rows (each an array in
+its row type's field order), read by SQLite in one statement (``WHERE true`` lets an
+upsert follow a SELECT)."""
+
+_UPSERT_GRAPHS = f"""INSERT INTO graphs SELECT value->>0, value->>1, value->>2, value->>3,
+        value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,
+        CAST(value->>10 AS BLOB) {_ROWS}
     ON CONFLICT (processgraphid) DO UPDATE SET
         state = excluded.state, starttime = excluded.starttime, endtime = excluded.endtime,
         removed = excluded.removed, model = excluded.model"""
+""":class:`GraphRow` rows, the model as JSON text (stored as the same bytes)."""
 
-_UPSERT_PROCESS = """INSERT INTO processes VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-        ?10, ?11, ?12, ?13, COALESCE(?19, ''), ?14, ?15, ?16, ?17, ?18)
+_UPSERT_PROCESSES = """INSERT INTO processes SELECT value->>0, value->>1, value->>2,
+        value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,
+        value->>10, value->>11, value->>12, {name}, value->>13, value->>14, value->>15,
+        value->>16, CAST(value->>17 AS BLOB) {rows}
     ON CONFLICT (processid) DO UPDATE SET
         state = excluded.state, attempt = excluded.attempt, retries = excluded.retries,
         assignedexecutorid = excluded.assignedexecutorid,
         assignedexecutorname = CASE WHEN excluded.assignedexecutorid = ''
-            THEN '' ELSE COALESCE(?19, processes.assignedexecutorname) END,
+            THEN '' ELSE {kept_name} END,
         starttime = excluded.starttime, endtime = excluded.endtime,
         removed = excluded.removed, model = excluded.model"""
-"""A :class:`ProcessRow` (parameters numbered in its field order): the executor's name
-kept while the process has an assigned executor, set by the batch that assigned it
-(``?19``), cleared with the assignment."""
+
+_UPSERT_NAMED_PROCESSES = _UPSERT_PROCESSES.format(
+    name="value->>18", kept_name="excluded.assignedexecutorname", rows=_ROWS
+)
+""":class:`ProcessRow` rows whose batch assigned them to their current executor: its
+name (``assignedexecutorname``) is stored."""
+
+_UPSERT_UNNAMED_PROCESSES = _UPSERT_PROCESSES.format(
+    name="''", kept_name="processes.assignedexecutorname", rows=_ROWS
+)
+""":class:`ProcessRow` rows without a name: the stored name is kept while the process
+has an assigned executor, and cleared with the assignment."""
+
+_INSERT_LOGS = f"""INSERT INTO logs SELECT value->>0, value->>1, value->>2, value->>3,
+    value->>4, value->>5, value->>6 {_ROWS}"""
+
+_UPSERT_VERSIONS = f"""INSERT INTO aggregates SELECT value->>0, value->>1 {_ROWS}
+    ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
 
 WRITER_CACHE_KIB = 16_384
 """The projector's connection keeps up to this many KiB of pages (SQLite's default is
@@ -217,12 +245,12 @@ WRITER_CACHE_KIB = 16_384
 random-id indexes, and a bigger cache writes fewer of them out before the commit (a
 rebuild of 20,000 small workflows: about 13 -> 11 us of SQLite CPU per event)."""
 
+WRITER_THREAD = "colonies-view-writer"
+"""The name of the thread that writes the view (:meth:`ReadModel.start_write`)."""
+
 _IDS_PER_QUERY = 500
 """Ids in one ``IN (...)`` of :meth:`ReadModel.versions_of` (SQLite allows 32,766
 parameters)."""
-
-_UPSERT_VERSION = """INSERT INTO aggregates VALUES (?, ?)
-    ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
 
 
 def open_view(path: str | Path) -> ReadModel:
@@ -236,15 +264,29 @@ class ReadModel(SQLiteTrackingRecorder):
     """The view's tables and its position, written together.
 
     Queries read through the datastore's pool (:meth:`snapshot`, :meth:`position`, any
-    thread). The projector's :meth:`write` and :meth:`version_of` go through a
-    connection of their own, to be used from one thread at a time: in WAL mode with
-    ``synchronous=NORMAL`` (a commit is not flushed to disk at once; a power cut may
-    lose the last commits, rows and position together, and they are projected again).
+    thread). The projector's writes go through a connection of their own, in WAL mode
+    with ``synchronous=NORMAL`` (a commit is not flushed to disk at once; a power cut
+    may lose the last commits, rows and position together, and they are projected
+    again), and its look-ups (:meth:`version_of`) through another, to be used from one
+    thread at a time.
+
+    A write runs in a thread of the view's own (started with the first write, stopped
+    by :meth:`close`): :meth:`start_write` hands it one batch and returns, so that the
+    projector applies the next events while SQLite writes, on the machine's other core.
+    Each table's rows go to SQLite as one JSON array read by one statement, which the
+    ``sqlite3`` module runs without holding the interpreter lock (row by row, it would
+    take the lock back for every row, and wait for it while the projector's threads
+    hold it). SQLite's checkpoints of the WAL happen in that thread too.
     """
 
     def __init__(self, datastore: SQLiteDatastore) -> None:
         super().__init__(datastore)
         self._writer: sqlite3.Connection | None = None
+        """The writing thread's connection (used by that thread only)."""
+        self._lookups: sqlite3.Connection | None = None
+        self._writes: ThreadPoolExecutor | None = None
+        self._written: Future[None] | None = None
+        """The write in flight, if any."""
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_TABLES]
@@ -253,19 +295,23 @@ class ReadModel(SQLiteTrackingRecorder):
         """The stream sequence of the last event the view reflects (0: none yet)."""
         return self.max_tracking_id(UPSTREAM) or 0
 
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.datastore.pool.db_name,
+            isolation_level=None,  # transactions are begun explicitly
+            check_same_thread=False,
+            timeout=30,
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
     def _connection(self) -> sqlite3.Connection:
-        if self._writer is None:
-            writer = sqlite3.connect(
-                self.datastore.pool.db_name,
-                isolation_level=None,  # transactions are begun explicitly
-                check_same_thread=False,
-                timeout=30,
-            )
-            writer.execute("PRAGMA journal_mode=WAL")
-            writer.execute("PRAGMA synchronous=NORMAL")
-            writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            self._writer = writer
-        return self._writer
+        """The connection of :meth:`version_of` and :meth:`versions_of`: it reads what
+        is committed."""
+        if self._lookups is None:
+            self._lookups = self._connect()
+        return self._lookups
 
     def write(self, changes: ViewChanges, position: int) -> None:
         """Stores ``changes`` and moves the position to ``position``, atomically.
@@ -273,26 +319,61 @@ class ReadModel(SQLiteTrackingRecorder):
         Raises eventsourcing's ``IntegrityError`` (and writes nothing) when ``position``
         is not after the stored one: a batch is never applied twice.
         """
-        connection = self._connection()
+        self.start_write(changes, position)
+        self.finish_write()
+
+    def start_write(self, changes: ViewChanges, position: int) -> None:
+        """Starts :meth:`write` of ``changes`` in the view's thread and returns: the
+        rows are encoded first, so the caller may reuse what ``changes`` holds.
+        :meth:`finish_write` waits for it. One write at a time: a second start before
+        the first is finished raises RuntimeError."""
+        if self._written is not None:
+            raise RuntimeError("a write is in flight: finish_write() first")
+        rows = _BulkRows.of(changes)
+        if self._writes is None:
+            self._writes = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD)
+        self._written = self._writes.submit(self._write_now, changes, rows, position)
+
+    def finish_write(self) -> bool:
+        """Waits for the write in flight, if any (True if there was one); raises what it
+        raised, and then nothing of it was stored."""
+        written, self._written = self._written, None
+        if written is None:
+            return False
+        written.result()
+        return True
+
+    def _write_now(self, changes: ViewChanges, rows: _BulkRows, position: int) -> None:
+        """One write, in the view's thread."""
+        if self._writer is None:
+            self._writer = self._connect()
+            self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+        connection = self._writer
         connection.execute("BEGIN IMMEDIATE")
         try:
-            self._write(SQLiteCursor(connection.cursor()), changes, position)
+            self._write(SQLiteCursor(connection.cursor()), changes, rows, position)
         except BaseException:
             connection.rollback()
             raise
         connection.commit()
 
-    def _write(self, c: SQLiteCursor, changes: ViewChanges, position: int) -> None:
+    def _write(self, c: SQLiteCursor, changes: ViewChanges, rows: _BulkRows, position: int) -> None:
+        # Colonies and their members are few: row by row.
         c.executemany(_UPSERT_COLONY, changes.colonies)
         for colonyname, (executors, users) in changes.members.items():
             c.execute("DELETE FROM executors WHERE colonyname = ?", (colonyname,))
             c.execute("DELETE FROM users WHERE colonyname = ?", (colonyname,))
             c.executemany("INSERT INTO executors VALUES (?, ?, ?, ?, ?)", executors)
             c.executemany("INSERT INTO users VALUES (?, ?, ?)", users)
-        c.executemany(_UPSERT_GRAPH, changes.graphs)
-        c.executemany(_UPSERT_PROCESS, changes.processes)
-        c.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", changes.logs)
-        c.executemany(_UPSERT_VERSION, changes.versions)
+        for statement, array in (
+            (_UPSERT_GRAPHS, rows.graphs),
+            (_UPSERT_NAMED_PROCESSES, rows.named_processes),
+            (_UPSERT_UNNAMED_PROCESSES, rows.unnamed_processes),
+            (_INSERT_LOGS, rows.logs),
+            (_UPSERT_VERSIONS, rows.versions),
+        ):
+            if array is not None:
+                c.execute(statement, (array,))
         self._insert_tracking(c, Tracking(UPSTREAM, position))
 
     def version_of(self, aggregate_id: str) -> int | None:
@@ -326,11 +407,55 @@ class ReadModel(SQLiteTrackingRecorder):
             yield Snapshot(c)
 
     def close(self) -> None:
-        """Closes the database connections."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Waits for the write in flight (without raising what it raised), stops the
+        writing thread and closes the database connections."""
+        if self._writes is not None:
+            with contextlib.suppress(Exception):
+                self.finish_write()
+            self._writes.shutdown()
+            self._writes = None
+        for connection in (self._writer, self._lookups):
+            if connection is not None:
+                connection.close()
+        self._writer = self._lookups = None
         self.datastore.close()
+
+
+_rows_encoder = msgspec.json.Encoder()
+
+
+class _BulkRows(NamedTuple):
+    """A batch's rows as the bulk statements read them: per statement, a JSON array of
+    rows (each a JSON array in its row type's field order; models as JSON strings of
+    their text), or None when there are none."""
+
+    graphs: str | None
+    named_processes: str | None
+    unnamed_processes: str | None
+    logs: str | None
+    versions: str | None
+
+    @classmethod
+    def of(cls, changes: ViewChanges) -> _BulkRows:
+        named = []
+        unnamed = []
+        for row in changes.processes:
+            # the model's text, and the name only where the statement reads one
+            if row[18] is None:
+                unnamed.append((*row[:17], row[17].decode()))
+            else:
+                named.append((*row[:17], row[17].decode(), row[18]))
+        return cls(
+            _json_rows([(*row[:10], row[10].decode()) for row in changes.graphs]),
+            _json_rows(named),
+            _json_rows(unnamed),
+            _json_rows(changes.logs),
+            _json_rows(changes.versions),
+        )
+
+
+def _json_rows(rows: list[Any]) -> str | None:
+    return _rows_encoder.encode(rows).decode() if rows else None
 
 
 def _json_array(items: Iterable[bytes]) -> bytes:

@@ -68,13 +68,13 @@ def test_a_log_line_writes_its_row_and_the_graph_version_not_its_process_row(
 
     def project(path: Path, cuts: set[int]) -> dict[str, list[tuple[Any, ...]]]:
         view = open_view(path)
-        write = view.write
+        start_write = view.start_write
 
         def record(changes: ViewChanges, position: int) -> None:
             written.append(changes)
-            write(changes, position)
+            start_write(changes, position)
 
-        view.write = record  # type: ignore[method-assign]
+        view.start_write = record  # type: ignore[method-assign]
         projector = Projector(view, view, mapper)  # no aggregate is read back here
         try:
             for notification in notifications:
