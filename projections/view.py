@@ -196,23 +196,24 @@ _TABLES = [
 _UPSERT_COLONY = """INSERT INTO colonies VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET ownerid = excluded.ownerid, removed = excluded.removed"""
 
-_ROWS = "FROM json_each(?) WHERE true"
+_ROWS = "FROM json_each(:rows) WHERE true"
 """Where the bulk statements take their rows: one JSON array of rows (each an array in
 its row type's field order), read by SQLite in one statement (``WHERE true`` lets an
 upsert follow a SELECT)."""
 
 _UPSERT_GRAPHS = f"""INSERT INTO graphs SELECT value->>0, value->>1, value->>2, value->>3,
         value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,
-        CAST(value->>10 AS BLOB) {_ROWS}
+        substr(:models, value->>10, value->>11) {_ROWS}
     ON CONFLICT (processgraphid) DO UPDATE SET
         state = excluded.state, starttime = excluded.starttime, endtime = excluded.endtime,
         removed = excluded.removed, model = excluded.model"""
-""":class:`GraphRow` rows, the model as JSON text (stored as the same bytes)."""
+""":class:`GraphRow` rows, the model as its offset (from 1) and length in the batch's
+models (``:models``, one blob: a slice of it is the model's bytes, with no JSON to read)."""
 
 _UPSERT_PROCESSES = """INSERT INTO processes SELECT value->>0, value->>1, value->>2,
         value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,
         value->>10, value->>11, value->>12, {name}, value->>13, value->>14, value->>15,
-        value->>16, CAST(value->>17 AS BLOB) {rows}
+        value->>16, substr(:models, value->>17, value->>18) {rows}
     ON CONFLICT (processid) DO UPDATE SET
         state = excluded.state, attempt = excluded.attempt, retries = excluded.retries,
         assignedexecutorid = excluded.assignedexecutorid,
@@ -222,10 +223,10 @@ _UPSERT_PROCESSES = """INSERT INTO processes SELECT value->>0, value->>1, value-
         removed = excluded.removed, model = excluded.model"""
 
 _UPSERT_NAMED_PROCESSES = _UPSERT_PROCESSES.format(
-    name="value->>18", kept_name="excluded.assignedexecutorname", rows=_ROWS
+    name="value->>19", kept_name="excluded.assignedexecutorname", rows=_ROWS
 )
-""":class:`ProcessRow` rows whose batch assigned them to their current executor: its
-name (``assignedexecutorname``) is stored."""
+""":class:`ProcessRow` rows (the model as in graphs' rows) whose batch assigned them to
+their current executor: its name (``assignedexecutorname``, last) is stored."""
 
 _UPSERT_UNNAMED_PROCESSES = _UPSERT_PROCESSES.format(
     name="''", kept_name="processes.assignedexecutorname", rows=_ROWS
@@ -238,6 +239,34 @@ _INSERT_LOGS = f"""INSERT INTO logs SELECT value->>0, value->>1, value->>2, valu
 
 _UPSERT_VERSIONS = f"""INSERT INTO aggregates SELECT value->>0, value->>1 {_ROWS}
     ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
+
+_UPSERT_GRAPH = """INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (processgraphid) DO UPDATE SET
+        state = excluded.state, starttime = excluded.starttime, endtime = excluded.endtime,
+        removed = excluded.removed, model = excluded.model"""
+
+_UPSERT_PROCESS = """INSERT INTO processes VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+        ?10, ?11, ?12, ?13, COALESCE(?19, ''), ?14, ?15, ?16, ?17, ?18)
+    ON CONFLICT (processid) DO UPDATE SET
+        state = excluded.state, attempt = excluded.attempt, retries = excluded.retries,
+        assignedexecutorid = excluded.assignedexecutorid,
+        assignedexecutorname = CASE WHEN excluded.assignedexecutorid = ''
+            THEN '' ELSE COALESCE(?19, processes.assignedexecutorname) END,
+        starttime = excluded.starttime, endtime = excluded.endtime,
+        removed = excluded.removed, model = excluded.model"""
+"""A :class:`ProcessRow` (parameters numbered in its field order), row by row: as the
+two bulk statements above."""
+
+_ROW_BY_ROW = {
+    _UPSERT_GRAPHS: _UPSERT_GRAPH,
+    _UPSERT_NAMED_PROCESSES: _UPSERT_PROCESS,
+    _UPSERT_UNNAMED_PROCESSES: _UPSERT_PROCESS,
+    _INSERT_LOGS: "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
+    _UPSERT_VERSIONS: """INSERT INTO aggregates VALUES (?, ?)
+        ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version""",
+}
+"""The statement writing a bulk statement's rows one by one: for text holding a NUL
+character, which SQLite's JSON functions cut there."""
 
 WRITER_CACHE_KIB = 16_384
 """The projector's connection keeps up to this many KiB of pages (SQLite's default is
@@ -365,15 +394,18 @@ class ReadModel(SQLiteTrackingRecorder):
             c.execute("DELETE FROM users WHERE colonyname = ?", (colonyname,))
             c.executemany("INSERT INTO executors VALUES (?, ?, ?, ?, ?)", executors)
             c.executemany("INSERT INTO users VALUES (?, ?, ?)", users)
-        for statement, array in (
+        for statement, chunks in (
             (_UPSERT_GRAPHS, rows.graphs),
             (_UPSERT_NAMED_PROCESSES, rows.named_processes),
             (_UPSERT_UNNAMED_PROCESSES, rows.unnamed_processes),
             (_INSERT_LOGS, rows.logs),
             (_UPSERT_VERSIONS, rows.versions),
         ):
-            if array is not None:
-                c.execute(statement, (array,))
+            for chunk in chunks:
+                if chunk.has_nul:
+                    c.executemany(_ROW_BY_ROW[statement], chunk.rows)
+                else:
+                    c.execute(statement, {"rows": chunk.array, "models": chunk.models})
         self._insert_tracking(c, Tracking(UPSTREAM, position))
 
     def version_of(self, aggregate_id: str) -> int | None:
@@ -421,41 +453,91 @@ class ReadModel(SQLiteTrackingRecorder):
         self.datastore.close()
 
 
-_rows_encoder = msgspec.json.Encoder()
+_CHUNK_BYTES = 16 << 20
+"""About the most text and model bytes one bulk statement takes (SQLite refuses a
+string or blob over a billion bytes; a batch's rows may hold more)."""
+
+
+class _Chunk(NamedTuple):
+    """Rows for one bulk statement (see :class:`_BulkRows`)."""
+
+    array: str
+    models: bytes
+    rows: list[tuple[Any, ...]]
+    """The rows as given (for :data:`_ROW_BY_ROW`)."""
+
+    @property
+    def has_nul(self) -> bool:
+        """True if a text of the rows holds a NUL character."""
+        return "\\u0000" in self.array
 
 
 class _BulkRows(NamedTuple):
-    """A batch's rows as the bulk statements read them: per statement, a JSON array of
-    rows (each a JSON array in its row type's field order; models as JSON strings of
-    their text), or None when there are none."""
+    """A batch's rows as the bulk statements read them: per statement, chunks of
+    ``(rows, models)``. ``rows`` is a JSON array of rows (each a JSON array in its row
+    type's field order); a graph's or process's model is not in it but in ``models``,
+    one blob of the chunk's models, the row holding where its model is (offset from 1,
+    length) in the model's place: SQLite slices it with no JSON to read."""
 
-    graphs: str | None
-    named_processes: str | None
-    unnamed_processes: str | None
-    logs: str | None
-    versions: str | None
+    graphs: list[_Chunk]
+    named_processes: list[_Chunk]
+    """Processes whose batch assigned them to their current executor (the name is
+    stored)."""
+    unnamed_processes: list[_Chunk]
+    logs: list[_Chunk]
+    versions: list[_Chunk]
 
     @classmethod
     def of(cls, changes: ViewChanges) -> _BulkRows:
-        named = []
-        unnamed = []
-        for row in changes.processes:
-            # the model's text, and the name only where the statement reads one
-            if row[18] is None:
-                unnamed.append((*row[:17], row[17].decode()))
-            else:
-                named.append((*row[:17], row[17].decode(), row[18]))
+        named = [row for row in changes.processes if row[18] is not None]
+        unnamed = [row for row in changes.processes if row[18] is None]
         return cls(
-            _json_rows([(*row[:10], row[10].decode()) for row in changes.graphs]),
-            _json_rows(named),
-            _json_rows(unnamed),
-            _json_rows(changes.logs),
-            _json_rows(changes.versions),
+            _chunks(changes.graphs, model_at=10),
+            _chunks(named, model_at=17),
+            _chunks(unnamed, model_at=17),
+            _chunks(changes.logs, text_at=5),
+            _chunks(changes.versions),
         )
 
 
-def _json_rows(rows: list[Any]) -> str | None:
-    return _rows_encoder.encode(rows).decode() if rows else None
+_rows_encoder = msgspec.json.Encoder()
+
+
+def _chunks(
+    rows: Iterable[tuple[Any, ...]], *, model_at: int = -1, text_at: int = -1
+) -> list[_Chunk]:
+    """``rows`` cut into chunks of :data:`_CHUNK_BYTES` or so, each as a JSON array and
+    the blob of its models (each row's field ``model_at`` replaced by its model's offset
+    and length in the blob). ``text_at`` is a field that may be long (a log message)."""
+    chunks: list[_Chunk] = []
+    given: list[tuple[Any, ...]] = []
+    encoded: list[tuple[Any, ...]] = []
+    models: list[bytes] = []
+    offset = 1
+    size = 0
+    for row in rows:
+        given.append(row)
+        if model_at >= 0:
+            model = row[model_at]
+            models.append(model)
+            encoded.append((*row[:model_at], offset, len(model), *row[model_at + 1 :]))
+            offset += len(model)
+            size += len(model) + 200
+        else:
+            encoded.append(row)
+            size += (len(row[text_at]) if text_at >= 0 else 0) + 200
+        if size >= _CHUNK_BYTES:
+            chunks.append(_chunk(encoded, models, given))
+            given, encoded, models, offset, size = [], [], [], 1, 0
+    if encoded:
+        chunks.append(_chunk(encoded, models, given))
+    return chunks
+
+
+def _chunk(
+    encoded: list[tuple[Any, ...]], models: list[bytes], given: list[tuple[Any, ...]]
+) -> _Chunk:
+    return _Chunk(_rows_encoder.encode(encoded).decode(), b"".join(models), given)
 
 
 def _json_array(items: Iterable[bytes]) -> bytes:

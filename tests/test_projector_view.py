@@ -6,10 +6,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import pytest
 from eventsourcing.persistence import Mapper, Notification
 
+from colonies_es.projections import view as view_module
 from colonies_es.projections.projector import Projector, _iso
-from colonies_es.projections.view import ViewChanges, open_view
+from colonies_es.projections.view import GraphRow, LogRow, ProcessRow, ViewChanges, open_view
 from colonies_es.store.codec import MsgspecTranscoder
 from tests.test_domain_graph import WORKER, assign, at, spec, submit
 from tests.test_projector_support import dump_view
@@ -117,3 +120,73 @@ def test_row_times_read_as_isoformat_writes_them() -> None:
     for moment in utc_times + others:
         assert _iso(moment) == moment.isoformat()
     assert _iso(None) is None
+
+
+def test_rows_read_back_as_written_whatever_their_text_and_however_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view's writer sends each table's rows to SQLite as JSON and the models as
+    slices of one blob, cut into chunks: rows read back as given, byte for byte and
+    type for type, with odd text (quotes, backslashes, NUL, non-ASCII) and across many
+    chunks."""
+    monkeypatch.setattr(view_module, "_CHUNK_BYTES", 1_000)
+    odd = 'a "quoted" \\ backslash, \u00e9t\u00e9 \U0001f600 \u2028'
+    nul = "a NUL \x00 inside"  # SQLite's JSON cuts text there: these rows go one by one
+
+    def text(n: int, odd_one: int) -> str:
+        return nul if n == odd_one else odd
+
+    graphs = [
+        GraphRow(
+            f"{n:064x}",
+            "c",
+            n,
+            2,
+            "i",
+            text(n, 7),
+            "t1",
+            None,
+            "t3",
+            n % 2 == 0,
+            f'{{"n":{n},"odd":{msgspec.json.encode(odd).decode()}}}'.encode(),
+        )
+        for n in range(40)
+    ]
+    processes = [
+        ProcessRow(
+            f"{n:064x}",
+            f"{n // 2:064x}",
+            "c",
+            n,
+            n % 2,
+            text(n, 11),
+            "f",
+            "t",
+            1,
+            -5,
+            1,
+            0,
+            "e" if n % 3 else "",
+            "t1",
+            None,
+            None,
+            False,
+            b'{"model":' + str(n).encode() + b"}" * 50,
+            "name" if n % 3 == 1 else None,
+        )
+        for n in range(60)
+    ]
+    logs = [LogRow(n, "p", "g", "c", "e", text(n, 3) * (n + 1), 10**18 + n) for n in range(30)]
+    view = open_view(tmp_path / "view.sqlite")
+    try:
+        view.write(ViewChanges(graphs=graphs, processes=processes, logs=logs), position=5)
+    finally:
+        view.close()
+
+    dumped = dump_view(tmp_path / "view.sqlite", ["graphs", "processes", "logs"])
+    assert dumped["graphs"] == [(*row[:9], int(row[9]), row[10]) for row in graphs]
+    assert dumped["processes"] == [
+        (*row[:13], row[18] or "", *row[13:16], int(row[16]), row[17]) for row in processes
+    ]
+    assert dumped["logs"] == [tuple(row) for row in logs]
+    assert all(type(row[10]) is bytes for row in dumped["graphs"])
