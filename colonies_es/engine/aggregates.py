@@ -67,7 +67,7 @@ from colonies_es.domain import (
     is_id,
 )
 from colonies_es.engine.counters import ReplicaCounters
-from colonies_es.engine.held import HeldClaims, ProcessEnds, woken_claims
+from colonies_es.engine.held import HeldClaims, ProcessEnds, held_reply, woken_claims
 from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.ready import Key, ReadyProcess
 from colonies_es.engine.replies import SeenCommands
@@ -196,6 +196,44 @@ class Aggregates:
         self.nc: NATS | None = None
         """The engine's connection once attached: where it asks a claimer whether its
         held claim still waits (:func:`colonies_es.engine.ops.work.claim`)."""
+        self.requests_in_hand = 0
+        """Requests the service has received and not answered yet, held ones included
+        (kept by ``Engine._start`` / ``Engine._served``): with :attr:`HeldClaims.asleep`
+        and :attr:`ProcessEnds.asleep`, whether the engine has other work than the
+        command at hand (:meth:`work_first`)."""
+
+    def others_in_hand(self, woken: int = 0) -> int:
+        """Requests in hand besides the caller's own, the ``woken`` claims it woke, and
+        the claims and ``wait_process`` requests held asleep (nothing to do for them)."""
+        return self.requests_in_hand - 1 - woken - self.claims.asleep - self.ends.asleep
+
+    async def work_first(self, effects: Effects) -> None:
+        """Called by a command once its change is installed (``effects``: what it
+        caused), before it builds its reply: who runs next.
+
+        - *Held waits first*: when it ended processes that ``wait_process`` requests
+          held here wait for, they answer before it goes on (one step of the loop): a
+          waiting client's result is the end of a round trip, this command's reply
+          (an executor's close) is not.
+        - *Work first where it pays*: when it woke claims held here (held.py) and the
+          engine has other requests in hand (a busy engine: at throughput, in a
+          fan-out), the woken claims decide, up to their append, before it goes on, so
+          that executors are fed before clients are answered.
+        - *Reply first* otherwise: when the woken claims are all the engine has
+          besides this command (a lone submission, a diamond's step), it answers at
+          once and its reply is written to the socket without waiting for nats-py's
+          flusher (:data:`held_reply`). Its caller's next request (a ``wait_process``)
+          then goes out while the executor works, instead of competing with it for the
+          CPU after it. Measured in DESIGN.md, "The engine's critical path", eighth
+          session.
+
+        The aggregate's lock is free by then (a woken claim on the same graph takes it)."""
+        woken = woken_claims.get()
+        waits = any(self.ends.awaited(processid) for _, processid in effects.ended)
+        if woken and not waits and self.others_in_hand(len(woken)) <= 0:
+            held_reply.set(True)
+        elif woken or waits:
+            await asyncio.sleep(0)
 
     def _wake_claim(self, key: tuple[str, str], executornames: tuple[str, ...]) -> None:
         """A process became ready: wake a claim held here that may take it (held.py),
@@ -402,7 +440,7 @@ class Aggregates:
             effects = await self._write(writers, aggregate)
         finally:
             self._leave(aggregate.id, writers)
-        await _work_first()
+        await self.work_first(effects)
         return effects
 
     async def change(
@@ -419,7 +457,7 @@ class Aggregates:
         """
         joined = await self._join(aggregate_id, kind, decide)
         if joined is not None:
-            await _work_first()
+            await self.work_first(joined[1])
             return joined
         lock = self.lock(aggregate_id)
         await lock.acquire()
@@ -446,7 +484,7 @@ class Aggregates:
                 raise AssertionError("unreachable")
         finally:
             self._leave(aggregate_id, writers)
-        await _work_first()
+        await self.work_first(effects)
         return draft, effects
 
     async def _join(
@@ -621,15 +659,6 @@ def _may_be_followed(draft: AuditedAggregate, offered: Counter[Key] | None) -> b
     if len(draft.pending_events) != 1:
         return False
     return offered is not None or (isinstance(draft, ProcessGraph) and len(draft.nodes) > 1)
-
-
-async def _work_first() -> None:
-    """Work first: when the command's change just woke claims held here (held.py), they
-    decide, up to their append, before the command goes on (to build its reply, then to
-    publish): the assignment is on an executor's critical path, the rest is not. The
-    aggregate's lock is free by then (a woken claim on the same graph takes it)."""
-    if woken_claims.get():
-        await asyncio.sleep(0)
 
 
 def readable_limit(max_payload: int) -> int:

@@ -43,12 +43,23 @@ no ticket."""
 
 held_reply: ContextVar[bool] = ContextVar("held_reply", default=False)
 """Set by an op whose request was held and then found what it waited for (a claim woken
-for work, a ``wait_process`` for an end): its reply ends a hop of someone's critical path,
-so the service writes it to the socket at once instead of when nats-py's flusher task
-runs, after whatever else is due in that step of the event loop
-(``nats_hot_path.write_now``). Each request is its own task, so the mark is the request's.
-Requests answered without waiting never set it: at throughput, where nothing waits, the
-flusher still batches every write."""
+for work, a ``wait_process`` for an end), and by a command that woke claims while the
+engine had nothing else in hand ("reply first": ``Aggregates.work_first``): its reply
+ends a hop of someone's critical path, so the service writes it to the socket at once
+instead of when nats-py's flusher task runs, after whatever else is due in that step of
+the event loop (``nats_hot_path.write_now``). Each request is its own task, so the mark
+is the request's. Requests answered without waiting never set it: at throughput, where
+nothing waits, the flusher still batches every write."""
+
+
+class _Asleep:
+    """How many held requests of one kind wait and have not been woken yet: what the
+    engine holds without having anything to do for it (``Aggregates.work_first``)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 @dataclass(eq=False)
@@ -56,6 +67,8 @@ class HeldClaim:
     """One claim held by this replica: whose it is, and the event that wakes it."""
 
     executorname: str
+    asleep: _Asleep = field(default_factory=_Asleep)
+    """Its holder's count of claims waiting and not woken (:attr:`HeldClaims.asleep`)."""
     waiting: bool = False
     """True while it waits (a claim trying to assign is not woken for more work)."""
     woken: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,12 +85,15 @@ class HeldClaim:
     async def wait(self, seconds: float) -> None:
         """Wait until woken or ``seconds`` passed, whichever comes first."""
         self.waiting = True
+        self.asleep.count += 1
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):  # no task of its own: woken in one step
                     await self.woken.wait()
         finally:
             self.waiting = False
+            if not self.woken.is_set():  # not woken: timed out or cancelled
+                self.asleep.count -= 1
             self.woken.clear()
 
 
@@ -86,11 +102,17 @@ class HeldClaims:
 
     def __init__(self) -> None:
         self._held: dict[Key, list[HeldClaim]] = {}
+        self._asleep = _Asleep()
+
+    @property
+    def asleep(self) -> int:
+        """Claims held here that wait and have not been woken (O(1))."""
+        return self._asleep.count
 
     @contextlib.contextmanager
     def holding(self, key: Key, executorname: str) -> Iterator[HeldClaim]:
         """Hold a claim of ``executorname`` (of ``key``) for the duration of the block."""
-        claim = HeldClaim(executorname)
+        claim = HeldClaim(executorname, self._asleep)
         held = self._held.setdefault(key, [])
         held.append(claim)
         try:
@@ -134,7 +156,8 @@ class HeldClaims:
         return None
 
     def _wake(self, key: Key, claim: HeldClaim) -> None:
-        claim.woken.set()
+        claim.woken.set()  # only ever a waiting claim not woken yet (_next_to_wake)
+        self._asleep.count -= 1
         noted = woken_claims.get()
         if noted is not None:
             noted.append(key)
@@ -170,22 +193,33 @@ class ProcessEnds:
 
     def __init__(self) -> None:
         self._waiting: dict[str, list[asyncio.Event]] = {}
+        self.asleep = 0
+        """Requests held here whose process has not ended yet (O(1))."""
 
     async def wait(self, processid: str, seconds: float) -> None:
         """Wait until :meth:`ended` is called for ``processid``, at most ``seconds``."""
         ended = asyncio.Event()
         waiting = self._waiting.setdefault(processid, [])
         waiting.append(ended)
+        self.asleep += 1
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):  # woken in one step of the loop
                     await ended.wait()
         finally:
+            if not ended.is_set():
+                self.asleep -= 1
             waiting.remove(ended)
             if not waiting:
                 del self._waiting[processid]
 
+    def awaited(self, processid: str) -> bool:
+        """True while requests held here wait (or were just woken) for ``processid``."""
+        return processid in self._waiting
+
     def ended(self, processid: str) -> None:
         """The process ended: wake whoever waits for it."""
         for ended in self._waiting.get(processid, ()):
-            ended.set()
+            if not ended.is_set():
+                ended.set()
+                self.asleep -= 1

@@ -16,10 +16,11 @@ One asyncio task owns everything here (structured with an anyio task group):
   each op's processing time and errors, recorded when the reply is sent
   (:mod:`.op_stats`).
 - a command whose decision woke claims held here lets them decide first (they run up to
-  their append) as soon as its change is installed, before it builds its reply
-  (:mod:`.aggregates`, "work first"): the assignment is on an executor's critical path,
-  the reply to a submission less so (its client's next request, ``wait_process``, is
-  held anyway).
+  their append) as soon as its change is installed, before it builds its reply, when
+  the engine has other requests in hand; when it has none, the command replies first,
+  its reply written at once (:meth:`.aggregates.Aggregates.work_first`). Requests held
+  for a process the command ended (``wait_process``) answer before it goes on.
+  The service counts the requests in hand for this (``_start``, ``_served``).
 - the requests, the appends' acknowledgements and the followed log come from nats-py as
   it reads them, without a task step per message (:mod:`colonies_es.nats_hot_path`).
 - after a command, its effects go out: a work ticket per process that became ready
@@ -287,6 +288,8 @@ class Engine:
         """Starts the task that serves one request; kept until done, cancelled when the
         engine stops."""
         self.op_stats.received(endpoint)
+        if self.app is not None:
+            self.app.aggregates.requests_in_hand += 1
         task = asyncio.get_running_loop().create_task(self._serve(op, request, endpoint))
         self._requests.add(task)
         task.add_done_callback(self._served)
@@ -295,6 +298,8 @@ class Engine:
         """A request's task ended: forget it; log what it raised (``_serve`` answers
         every expected failure itself, so this is a bug, not a refusal)."""
         self._requests.discard(task)
+        if self.app is not None:
+            self.app.aggregates.requests_in_hand -= 1
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("handling a request failed", exc_info=error)
 
