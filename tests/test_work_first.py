@@ -4,9 +4,9 @@ Proven on a real nats-server, with an engine application in this process beside 
 stack's engine (a second replica), its commands handed to it as the service does:
 
 - reply first: a lone submission that wakes a held claim answers before the claim's
-  assignment is installed, and marks its reply to be written at once;
-- work first: the same submission while the engine has other requests in hand leaves
-  its reply to nats-py's flusher (the woken claim decides first);
+  assignment is installed;
+- work first: the same submission while the engine has other requests in hand yields
+  to the woken claim first (counted, as reply first is);
 - held waits first: a close that ends a process a ``wait_process`` is held for lets
   that request answer before the close itself is answered.
 """
@@ -21,6 +21,7 @@ from typing import Any
 
 from colonies_es import crypto
 from colonies_es.engine.app import ColoniesApp, Outcome
+from colonies_es.engine.counters import ReplicaCounters
 from colonies_es.engine.held import held_reply, woken_claims
 from colonies_es.models import func_spec
 from colonies_es.protocol import Claim, CloseProcess, SubmitFuncSpec, WaitProcess
@@ -52,11 +53,13 @@ class Served:
         return self.context.get(held_reply, False)
 
 
-def submit_with_a_held_claim(stack: Stack, others_in_hand: int) -> tuple[list[str], bool]:
+def submit_with_a_held_claim(
+    stack: Stack, others_in_hand: int
+) -> tuple[list[str], ReplicaCounters]:
     """A submission handed to an application that holds one claim (of an executor of
     the colony) and, as the service would count them, ``others_in_hand`` more requests
-    being handled. Returns the order the two finished in and whether the submission's
-    reply was marked to be written at once."""
+    being handled. Returns the order the two finished in and the application's
+    counters."""
     colony = stack.new_colony()
     executor = stack.new_executor(colony)
     spec = func_spec("noop", [], colony.name, "python-executor")
@@ -65,7 +68,7 @@ def submit_with_a_held_claim(stack: Stack, others_in_hand: int) -> tuple[list[st
     app = engine_app(stack)
     try:
 
-        async def run() -> tuple[list[str], bool]:
+        async def run() -> list[str]:
             finished: list[str] = []
             app.aggregates.requests_in_hand = 2 + others_in_hand  # the claim, the submission
             claiming = Served(app, "claim", claim, finished)
@@ -74,26 +77,27 @@ def submit_with_a_held_claim(stack: Stack, others_in_hand: int) -> tuple[list[st
             submitted, claimed = await submitting.outcome(), await claiming.outcome()
             assert (submitted.status, claimed.status) == (200, 200), (submitted, claimed)
             assert app.aggregates.claims.asleep == 0
-            return finished, submitting.written_at_once
+            assert not submitting.written_at_once  # left to the flusher or the claim's write
+            return finished
 
-        return app.aggregates.store.connection.run(run())
+        return app.aggregates.store.connection.run(run()), app.counters
     finally:
         app.close()
 
 
-def test_a_lone_submission_that_wakes_a_held_claim_replies_first_and_at_once(
+def test_a_lone_submission_that_wakes_a_held_claim_replies_first(
     stack: Stack,
 ) -> None:
-    finished, at_once = submit_with_a_held_claim(stack, others_in_hand=0)
+    finished, counters = submit_with_a_held_claim(stack, others_in_hand=0)
     assert finished == ["submit_func_spec", "claim"]
-    assert at_once
+    assert (counters.reply_first, counters.work_first) == (1, 0)
 
 
-def test_a_busy_engine_lets_the_woken_claim_decide_before_the_submission_replies(
+def test_a_busy_engine_lets_the_woken_claim_go_first(
     stack: Stack,
 ) -> None:
-    _, at_once = submit_with_a_held_claim(stack, others_in_hand=3)
-    assert not at_once  # left to the flusher: the woken claim went first
+    _, counters = submit_with_a_held_claim(stack, others_in_hand=3)
+    assert (counters.reply_first, counters.work_first) == (0, 1)
 
 
 def test_a_close_lets_the_wait_held_for_its_process_answer_first(stack: Stack) -> None:

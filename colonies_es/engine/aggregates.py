@@ -67,7 +67,7 @@ from colonies_es.domain import (
     is_id,
 )
 from colonies_es.engine.counters import ReplicaCounters
-from colonies_es.engine.held import HeldClaims, ProcessEnds, held_reply, woken_claims
+from colonies_es.engine.held import HeldClaims, ProcessEnds, woken_claims
 from colonies_es.engine.quotas import Quotas
 from colonies_es.engine.ready import Key, ReadyProcess
 from colonies_es.engine.replies import SeenCommands
@@ -217,22 +217,28 @@ class Aggregates:
           (an executor's close) is not.
         - *Work first where it pays*: when it woke claims held here (held.py) and the
           engine has other requests in hand (a busy engine: at throughput, in a
-          fan-out), the woken claims decide, up to their append, before it goes on, so
-          that executors are fed before clients are answered.
+          fan-out), it yields once, so that the woken claims whose writes are
+          acknowledged install and answer (executors are fed) before it goes on.
         - *Reply first* otherwise: when the woken claims are all the engine has
           besides this command (a lone submission, a diamond's step), it answers at
-          once and its reply is written to the socket without waiting for nats-py's
-          flusher (:data:`held_reply`). Its caller's next request (a ``wait_process``)
-          then goes out while the executor works, instead of competing with it for the
-          CPU after it. Measured in DESIGN.md, "The engine's critical path", eighth
-          session.
+          once. Its reply goes out with the woken claim's (written at once, held.py)
+          when that claim's acknowledgement came in the same read, else with the next
+          flush. Its caller's next request (a ``wait_process``) then goes out while
+          the executor works, instead of after the executor's work and competing with
+          it for the CPU. Measured in DESIGN.md, "The engine's critical path", eighth
+          session. Counted: ``work_first``, ``reply_first`` (:mod:`.counters`).
 
         The aggregate's lock is free by then (a woken claim on the same graph takes it)."""
         woken = woken_claims.get()
         waits = any(self.ends.awaited(processid) for _, processid in effects.ended)
-        if woken and not waits and self.others_in_hand(len(woken)) <= 0:
-            held_reply.set(True)
-        elif woken or waits:
+        if woken:
+            if self.others_in_hand(len(woken)) > 0:
+                self.counters.work_first += 1
+            else:
+                self.counters.reply_first += 1
+                if not waits:
+                    return
+        if woken or waits:
             await asyncio.sleep(0)
 
     def _wake_claim(self, key: tuple[str, str], executornames: tuple[str, ...]) -> None:

@@ -212,8 +212,9 @@ class ColoniesApp(Application[str]):
         role, replay key and event) and the reply is a :class:`NextProcess`. The claim's
         signature is checked while the close waits for the log (a task of its own: the
         engine's one thread is otherwise idle then), and the requests held for the
-        closed process (``wait_process``) are answered before the claim is decided: both
-        keep the claim off the critical path of whoever waits for the result. The claim
+        closed process (``wait_process``) are answered before the close goes on
+        (``Aggregates.work_first``), so before the claim is decided: both keep the
+        claim off the critical path of whoever waits for the result. The claim
         may be held (its ``wait``) until work comes: ``publish`` (the service's) is then
         given the close's effects and sequence before it is decided, so that the end
         notification and the tickets of what the close made ready do not wait for it.
@@ -232,7 +233,6 @@ class ColoniesApp(Application[str]):
             opened_claim = await opening
         if outcome.status != 200:
             return outcome
-        await asyncio.sleep(0)  # the close woke wait_process requests: they answer first
         if publish is not None:
             await publish(outcome.effects, outcome.sequence)
             outcome.effects = Effects()

@@ -22,7 +22,10 @@ since it started, served as ``colonies_replica_total{what}`` on the metrics port
 - ``chained``: one-event writes sent chained to another write of the same aggregate still
   in flight, and installed (:mod:`.aggregates`);
 - ``chains_broken``: chained writes the server refused (the write before was refused, or
-  another message came in between), decided again the ordinary way.
+  another message came in between), decided again the ordinary way;
+- ``work_first``, ``reply_first``: commands that woke claims held here and let them go
+  first (the engine had other requests in hand), or answered first (it had none)
+  (``Aggregates.work_first``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class ReplicaCounters:
     tickets_spared: int = 0
     chained: int = 0
     chains_broken: int = 0
+    work_first: int = 0
+    reply_first: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Each count by its name."""

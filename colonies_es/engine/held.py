@@ -43,12 +43,11 @@ no ticket."""
 
 held_reply: ContextVar[bool] = ContextVar("held_reply", default=False)
 """Set by an op whose request was held and then found what it waited for (a claim woken
-for work, a ``wait_process`` for an end), and by a command that woke claims while the
-engine had nothing else in hand ("reply first": ``Aggregates.work_first``): its reply
-ends a hop of someone's critical path, so the service writes it to the socket at once
-instead of when nats-py's flusher task runs, after whatever else is due in that step of
-the event loop (``nats_hot_path.write_now``). Each request is its own task, so the mark
-is the request's. Requests answered without waiting never set it: at throughput, where
+for work, a ``wait_process`` for an end): its reply ends a hop of someone's critical
+path, so the service writes it to the socket at once instead of when nats-py's flusher
+task runs, after whatever else is due in that step of the event loop
+(``nats_hot_path.write_now``). Each request is its own task, so the mark is the
+request's. Requests answered without waiting never set it: at throughput, where
 nothing waits, the flusher still batches every write."""
 
 

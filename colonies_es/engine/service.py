@@ -17,8 +17,8 @@ One asyncio task owns everything here (structured with an anyio task group):
   (:mod:`.op_stats`).
 - a command whose decision woke claims held here lets them decide first (they run up to
   their append) as soon as its change is installed, before it builds its reply, when
-  the engine has other requests in hand; when it has none, the command replies first,
-  its reply written at once (:meth:`.aggregates.Aggregates.work_first`). Requests held
+  the engine has other requests in hand; when it has none, the command replies first
+  (:meth:`.aggregates.Aggregates.work_first`). Requests held
   for a process the command ended (``wait_process``) answer before it goes on.
   The service counts the requests in hand for this (``_start``, ``_served``).
 - the requests, the appends' acknowledgements and the followed log come from nats-py as
