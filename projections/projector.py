@@ -167,6 +167,9 @@ class Projector:
         self._looked_up: dict[str, int | None] = {}
         """Aggregate id -> its version in the committed view (None: not there), looked
         up ahead for a batch by :meth:`prefetch`; forgotten at each commit."""
+        self._in_view = _IdFilter(view.aggregate_ids())
+        """The aggregates the view may hold rows of: those it held at the start and
+        those written since. Any other is not looked up in the view (a new graph)."""
 
     @property
     def position(self) -> int:
@@ -211,7 +214,9 @@ class Projector:
         }
         if not wanted:
             return
-        found = self.view.versions_of(wanted)
+        in_view = self._in_view
+        maybe = {aggregate_id for aggregate_id in wanted if aggregate_id in in_view}
+        found = self.view.versions_of(maybe) if maybe else {}
         self._looked_up.update((aggregate_id, found.get(aggregate_id)) for aggregate_id in wanted)
 
     # ------------------------------------------------------------------ applying
@@ -318,11 +323,14 @@ class Projector:
             self._graphs.move_to_end(aggregate_id)
             return graph
         # One primary-key lookup in the view (not a set of every id ever seen, which
-        # would grow with the history), unless prefetched with the batch.
+        # would grow with the history), unless prefetched with the batch or certainly
+        # not there.
         if aggregate_id in self._looked_up:
             version = self._looked_up[aggregate_id]
-        else:
+        elif aggregate_id in self._in_view:
             version = self.view.version_of(aggregate_id)
+        else:
+            version = None
         if version is None:
             return None
         aggregate = self._rebuild(aggregate_id, version)
@@ -394,6 +402,8 @@ class Projector:
         for graph_id, touched in self._dirty_graphs.items():
             self._graph_rows(self._graphs[graph_id], touched, changes)
         self.view.start_write(changes, self._position)
+        for aggregate_id, _version in changes.versions:
+            self._in_view.add(aggregate_id)
         self._writing = self._position
         self._pending = 0
         self._forget_changes()
@@ -589,6 +599,34 @@ def _unix_ns(moment: datetime) -> int:
     """Unix nanoseconds of ``moment``, exactly (microsecond resolution)."""
     since = moment - _EPOCH
     return ((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds) * 1000
+
+
+class _IdFilter:
+    """A Bloom filter of ids: ``id in filter`` is True for every id added, and for a
+    few others (about 3% with a million ids in it, more beyond: then it only saves
+    fewer look-ups). Its size is fixed (1 MiB), whatever the number of ids."""
+
+    _BITS = 1 << 23
+    _MASK = _BITS - 1
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._bits = bytearray(self._BITS // 8)
+        for key in ids:
+            self.add(key)
+
+    @classmethod
+    def _positions(cls, key: str) -> tuple[int, int, int]:
+        code = hash(key) & 0xFFFF_FFFF_FFFF_FFFF  # 64 bits, three positions of 23
+        return code & cls._MASK, (code >> 23) & cls._MASK, (code >> 41) & cls._MASK
+
+    def add(self, key: str) -> None:
+        bits = self._bits
+        for position in self._positions(key):
+            bits[position >> 3] |= 1 << (position & 7)
+
+    def __contains__(self, key: str) -> bool:
+        bits = self._bits
+        return all(bits[position >> 3] & (1 << (position & 7)) for position in self._positions(key))
 
 
 class _Kind(NamedTuple):

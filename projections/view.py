@@ -34,6 +34,7 @@ absent. Refusals raise :class:`~projections.protocol.QueryRefused`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +51,7 @@ from colonies_es.projections.protocol import QueryRefused
 from colonies_es.states import ExecutorState, ProcessState
 
 __all__ = [
+    "CHECKPOINT_AFTER_ROWS",
     "UPSTREAM",
     "WRITER_THREAD",
     "ColonyRow",
@@ -63,6 +65,8 @@ __all__ = [
     "ViewChanges",
     "open_view",
 ]
+
+log = logging.getLogger("colonies.projector")
 
 UPSTREAM = "colonies"
 """The name the position is tracked under: the engine's application (``ColoniesApp.name``),
@@ -274,6 +278,11 @@ WRITER_CACHE_KIB = 16_384
 random-id indexes, and a bigger cache writes fewer of them out before the commit (a
 rebuild of 20,000 small workflows: about 13 -> 11 us of SQLite CPU per event)."""
 
+CHECKPOINT_AFTER_ROWS = 1_000
+"""Rows written between two checkpoints of the WAL into the database file (about what
+SQLite's own ``wal_autocheckpoint`` of 1,000 pages amounts to for a live view; a
+rebuild's commits of thousands of rows each ask for one)."""
+
 WRITER_THREAD = "colonies-view-writer"
 """The name of the thread that writes the view (:meth:`ReadModel.start_write`)."""
 
@@ -305,7 +314,10 @@ class ReadModel(SQLiteTrackingRecorder):
     Each table's rows go to SQLite as one JSON array read by one statement, which the
     ``sqlite3`` module runs without holding the interpreter lock (row by row, it would
     take the lock back for every row, and wait for it while the projector's threads
-    hold it). SQLite's checkpoints of the WAL happen in that thread too.
+    hold it). The thread also checkpoints the WAL into the database file, once
+    :data:`CHECKPOINT_AFTER_ROWS` rows were written since the last, after the write is
+    reported done (SQLite's ``wal_autocheckpoint`` would do it inside the commit that
+    crosses 1,000 pages: during a rebuild, every commit, a quarter of the thread's time).
     """
 
     def __init__(self, datastore: SQLiteDatastore) -> None:
@@ -316,6 +328,9 @@ class ReadModel(SQLiteTrackingRecorder):
         self._writes: ThreadPoolExecutor | None = None
         self._written: Future[None] | None = None
         """The write in flight, if any."""
+        self._rows_since_checkpoint = 0
+        self.checkpoints = 0
+        """Checkpoints of the WAL made by the view's thread (failed ones not counted)."""
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_TABLES]
@@ -362,6 +377,12 @@ class ReadModel(SQLiteTrackingRecorder):
         if self._writes is None:
             self._writes = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD)
         self._written = self._writes.submit(self._write_now, changes, rows, position)
+        self._rows_since_checkpoint += (
+            len(changes.graphs) + len(changes.processes) + len(changes.logs) + len(changes.versions)
+        )
+        if self._rows_since_checkpoint >= CHECKPOINT_AFTER_ROWS:
+            self._rows_since_checkpoint = 0
+            self._writes.submit(self._checkpoint)
 
     def finish_write(self) -> bool:
         """Waits for the write in flight, if any (True if there was one); raises what it
@@ -377,6 +398,7 @@ class ReadModel(SQLiteTrackingRecorder):
         if self._writer is None:
             self._writer = self._connect()
             self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
         connection = self._writer
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -385,6 +407,19 @@ class ReadModel(SQLiteTrackingRecorder):
             connection.rollback()
             raise
         connection.commit()
+
+    def _checkpoint(self) -> None:
+        """Copies the WAL's committed pages into the database file and flushes it, in
+        the view's thread, without waiting for readers (a failure is logged: the WAL
+        grows until a checkpoint succeeds; nothing committed is lost)."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as error:
+            log.warning("checkpointing the view's WAL failed: %s", error)
+        else:
+            self.checkpoints += 1
 
     def _write(self, c: SQLiteCursor, changes: ViewChanges, rows: _BulkRows, position: int) -> None:
         # Colonies and their members are few: row by row.
@@ -416,6 +451,11 @@ class ReadModel(SQLiteTrackingRecorder):
             .fetchone()
         )
         return None if row is None else int(row[0])
+
+    def aggregate_ids(self) -> Iterator[str]:
+        """The ids of every aggregate the view holds rows of."""
+        for (aggregate_id,) in self._connection().execute("SELECT aggregate_id FROM aggregates"):
+            yield aggregate_id
 
     def versions_of(self, aggregate_ids: Collection[str]) -> dict[str, int]:
         """:meth:`version_of` of many aggregates in one query: those with rows only."""

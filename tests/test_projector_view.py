@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -9,12 +11,21 @@ from typing import Any
 import msgspec
 import pytest
 from eventsourcing.persistence import Mapper, Notification
+from eventsourcing.popo import POPOAggregateRecorder
 
+from colonies_es.domain import ProcessGraph
 from colonies_es.projections import view as view_module
 from colonies_es.projections.projector import Projector, _iso
-from colonies_es.projections.view import GraphRow, LogRow, ProcessRow, ViewChanges, open_view
+from colonies_es.projections.view import (
+    CHECKPOINT_AFTER_ROWS,
+    GraphRow,
+    LogRow,
+    ProcessRow,
+    ViewChanges,
+    open_view,
+)
 from colonies_es.store.codec import MsgspecTranscoder
-from tests.test_domain_graph import WORKER, assign, at, spec, submit
+from tests.test_domain_graph import COLONY, USER_ID, WORKER, assign, at, spec, submit, workflow
 from tests.test_projector_support import dump_view
 
 
@@ -190,3 +201,104 @@ def test_rows_read_back_as_written_whatever_their_text_and_however_cut(
     ]
     assert dumped["logs"] == [tuple(row) for row in logs]
     assert all(type(row[10]) is bytes for row in dumped["graphs"])
+
+
+def test_the_wal_is_checkpointed_by_the_view_s_thread_after_the_write(tmp_path: Path) -> None:
+    """Commits do not checkpoint the WAL; once enough rows were written, the view's
+    thread does after the write, and a later checkpoint finds nothing left to copy."""
+    view = open_view(tmp_path / "view.sqlite")
+    try:
+        view.write(ViewChanges(versions=[("c.graph.few", 1)]), position=1)
+        rows = [(f"c.graph.{n:064x}", 1) for n in range(CHECKPOINT_AFTER_ROWS)]
+        view.write(ViewChanges(versions=rows), position=2)
+        deadline = time.monotonic() + 10
+        while view.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert view.checkpoints == 1
+        with sqlite3.connect(tmp_path / "view.sqlite") as reader:
+            _busy, frames, copied = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames > 0
+        assert copied == frames
+        assert view.versions_of([rows[0][0], "c.graph.few"]) == {rows[0][0]: 1, "c.graph.few": 1}
+    finally:
+        view.close()
+
+
+def test_graphs_evicted_while_commits_are_in_flight_are_read_back_as_committed(
+    tmp_path: Path,
+) -> None:
+    """With one graph kept in memory and each commit written while the next events are
+    applied, graphs leave memory and come back (looked up in the view, rebuilt from
+    their events) again and again: the view reads as one projected in a single batch
+    with every graph in memory."""
+    graphs = [
+        ProcessGraph.submit(
+            COLONY,
+            workflow(spec(f"step{n}")),
+            initiatorid=USER_ID,
+            initiatorname="alice",
+            now=at(n),
+            actor=USER_ID,
+            command=b"submit_workflow",
+        )
+        for n in range(3)
+    ]
+    for n, graph in enumerate(graphs):
+        assign(graph, f"step{n}", now=at(10 + n))
+    for n, graph in enumerate(graphs):
+        graph.close(
+            graph.processids[0],
+            WORKER.executorid,
+            [n],
+            now=at(20 + n),
+            actor=WORKER.executorid,
+            command=b"close",
+        )
+    mapper = Mapper(transcoder=MsgspecTranscoder())
+    per_graph = [[mapper.to_stored_event(e) for e in graph.collect_events()] for graph in graphs]
+    recorder = POPOAggregateRecorder()
+    for stored in per_graph:
+        recorder.insert_events(stored)
+    # the log: the three submitted, then the three assigned, then the three closed
+    notifications = [
+        Notification(
+            id=sequence,
+            originator_id=event.originator_id,
+            originator_version=event.originator_version,
+            topic=event.topic,
+            state=event.state,
+        )
+        for sequence, event in enumerate(
+            (events[step] for step in range(3) for events in per_graph), start=1
+        )
+    ]
+    read_back: list[str] = []
+    select_events = recorder.select_events
+
+    def counted(aggregate_id: Any, **kwargs: Any) -> Any:
+        read_back.append(aggregate_id)
+        return select_events(aggregate_id, **kwargs)
+
+    recorder.select_events = counted  # type: ignore[method-assign]
+
+    def project(path: Path, cache_size: int, every: int) -> dict[str, list[tuple[Any, ...]]]:
+        view = open_view(path)
+        projector = Projector(view, recorder, mapper, cache_size=cache_size)
+        try:
+            for notification in notifications:
+                projector.prefetch([notification])
+                projector.process(notification)
+                if notification.id % every == 0:
+                    projector.finish_commit()
+                    projector.commit_later()
+            projector.commit()
+        finally:
+            view.close()
+        return dump_view(path)
+
+    whole = project(tmp_path / "whole.sqlite", cache_size=100, every=100)
+    assert read_back == []
+    evicted = project(tmp_path / "evicted.sqlite", cache_size=1, every=2)
+
+    assert evicted == whole
+    assert len(read_back) >= 3
