@@ -27,9 +27,9 @@ Each run also prints the CPU seconds per event of both (this process's, all thre
 to the moment the view has caught up): on a machine shared with other work the CPU
 ratio holds where the wall-clock ratio moves with the load (the rebuild's two threads
 share one interpreter lock, so it loses more to a loaded machine than the one-threaded
-replay), and the part of the rebuild's CPU spent by the view's writing thread, which
-runs beside the threads sharing the interpreter lock (SQLite's statements and commits,
-on another core when there is one free).
+replay), and the part of the rebuild's CPU spent by the view's thread, which runs
+beside the threads sharing the interpreter lock (SQLite's commits and checkpoints, on
+another core when there is one free).
 
 Targets: ``rebuild / raw_replay`` >= 0.30 on both logs (``rebuild_workflows /
 raw_replay_workflows`` for the small workflows). Run ``python -m benchmarks projector
@@ -150,7 +150,7 @@ def run(options: Options) -> Report:
                     f"rebuild {rebuilt.rate:,.0f}/s (ratio {rebuilt.rate / raw.rate:.2f}); "
                     f"CPU per event: raw {raw_cpu * 1e6:.1f} us, rebuild "
                     f"{rebuild_cpu * 1e6:.1f} us (ratio {raw_cpu / rebuild_cpu:.2f}; of which "
-                    f"the view's writer thread {writer_cpu * 1e6:.1f} us, the rest "
+                    f"the view's thread {writer_cpu * 1e6:.1f} us, the rest "
                     f"{(rebuild_cpu - writer_cpu) * 1e6:.1f} us); "
                     f"load {_load()}",
                     flush=True,
@@ -276,7 +276,7 @@ async def _rebuild(url: str, seal_key: str, db: Path, last: int) -> tuple[Sample
     full collections walk every cached graph: 56 against 43 us per event). Returns the
     wall time and this process's CPU seconds to that point: not the projector's stop,
     when freeing its thousands of cached graphs costs up to 10 us per event of the log;
-    and the CPU seconds of the view's writing thread among them."""
+    and the CPU seconds of the view's thread among them."""
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
@@ -301,9 +301,9 @@ async def _catch_up(url: str, seal_key: str, db: Path, last: int) -> tuple[Sampl
 
 
 def _writer_cpu() -> float:
-    """CPU seconds of the view's writing thread (started by this rebuild, so all of its
-    CPU is the rebuild's): the part of the rebuild's CPU that runs beside the threads
-    sharing the interpreter lock."""
+    """CPU seconds of the view's thread (started by this rebuild, so all of its CPU is
+    the rebuild's): the part of the rebuild's CPU that runs beside the threads sharing
+    the interpreter lock."""
     return sum(
         time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
         for thread in threading.enumerate()

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
 
@@ -200,50 +199,6 @@ _TABLES = [
 _UPSERT_COLONY = """INSERT INTO colonies VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET ownerid = excluded.ownerid, removed = excluded.removed"""
 
-_ROWS = "FROM json_each(:rows) WHERE true"
-"""Where the bulk statements take their rows: one JSON array of rows (each an array in
-its row type's field order), read by SQLite in one statement (``WHERE true`` lets an
-upsert follow a SELECT)."""
-
-_UPSERT_GRAPHS = f"""INSERT INTO graphs SELECT value->>0, value->>1, value->>2, value->>3,
-        value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,
-        substr(:models, value->>10, value->>11) {_ROWS}
-    ON CONFLICT (processgraphid) DO UPDATE SET
-        state = excluded.state, starttime = excluded.starttime, endtime = excluded.endtime,
-        removed = excluded.removed, model = excluded.model"""
-""":class:`GraphRow` rows, the model as its offset (from 1) and length in the batch's
-models (``:models``, one blob: a slice of it is the model's bytes, with no JSON to read)."""
-
-_UPSERT_PROCESSES = """INSERT INTO processes SELECT value->>0, value->>1, value->>2,
-        value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9,
-        value->>10, value->>11, value->>12, {name}, value->>13, value->>14, value->>15,
-        value->>16, substr(:models, value->>17, value->>18) {rows}
-    ON CONFLICT (processid) DO UPDATE SET
-        state = excluded.state, attempt = excluded.attempt, retries = excluded.retries,
-        assignedexecutorid = excluded.assignedexecutorid,
-        assignedexecutorname = CASE WHEN excluded.assignedexecutorid = ''
-            THEN '' ELSE {kept_name} END,
-        starttime = excluded.starttime, endtime = excluded.endtime,
-        removed = excluded.removed, model = excluded.model"""
-
-_UPSERT_NAMED_PROCESSES = _UPSERT_PROCESSES.format(
-    name="value->>19", kept_name="excluded.assignedexecutorname", rows=_ROWS
-)
-""":class:`ProcessRow` rows (the model as in graphs' rows) whose batch assigned them to
-their current executor: its name (``assignedexecutorname``, last) is stored."""
-
-_UPSERT_UNNAMED_PROCESSES = _UPSERT_PROCESSES.format(
-    name="''", kept_name="processes.assignedexecutorname", rows=_ROWS
-)
-""":class:`ProcessRow` rows without a name: the stored name is kept while the process
-has an assigned executor, and cleared with the assignment."""
-
-_INSERT_LOGS = f"""INSERT INTO logs SELECT value->>0, value->>1, value->>2, value->>3,
-    value->>4, value->>5, value->>6 {_ROWS}"""
-
-_UPSERT_VERSIONS = f"""INSERT INTO aggregates SELECT value->>0, value->>1 {_ROWS}
-    ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
-
 _UPSERT_GRAPH = """INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (processgraphid) DO UPDATE SET
         state = excluded.state, starttime = excluded.starttime, endtime = excluded.endtime,
@@ -258,19 +213,12 @@ _UPSERT_PROCESS = """INSERT INTO processes VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?
             THEN '' ELSE COALESCE(?19, processes.assignedexecutorname) END,
         starttime = excluded.starttime, endtime = excluded.endtime,
         removed = excluded.removed, model = excluded.model"""
-"""A :class:`ProcessRow` (parameters numbered in its field order), row by row: as the
-two bulk statements above."""
+"""A :class:`ProcessRow` (parameters numbered in its field order): the executor's name
+kept while the process has an assigned executor, set by the batch that assigned it
+(``?19``), cleared with the assignment."""
 
-_ROW_BY_ROW = {
-    _UPSERT_GRAPHS: _UPSERT_GRAPH,
-    _UPSERT_NAMED_PROCESSES: _UPSERT_PROCESS,
-    _UPSERT_UNNAMED_PROCESSES: _UPSERT_PROCESS,
-    _INSERT_LOGS: "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
-    _UPSERT_VERSIONS: """INSERT INTO aggregates VALUES (?, ?)
-        ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version""",
-}
-"""The statement writing a bulk statement's rows one by one: for text holding a NUL
-character, which SQLite's JSON functions cut there."""
+_UPSERT_VERSION = """INSERT INTO aggregates VALUES (?, ?)
+    ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version"""
 
 WRITER_CACHE_KIB = 16_384
 """The projector's connection keeps up to this many KiB of pages (SQLite's default is
@@ -284,7 +232,7 @@ SQLite's own ``wal_autocheckpoint`` of 1,000 pages amounts to for a live view; a
 rebuild's commits of thousands of rows each ask for one)."""
 
 WRITER_THREAD = "colonies-view-writer"
-"""The name of the thread that writes the view (:meth:`ReadModel.start_write`)."""
+"""The name of the thread that commits the view's writes (:meth:`ReadModel.start_write`)."""
 
 _IDS_PER_QUERY = 500
 """Ids in one ``IN (...)`` of :meth:`ReadModel.versions_of` (SQLite allows 32,766
@@ -308,26 +256,27 @@ class ReadModel(SQLiteTrackingRecorder):
     again), and its look-ups (:meth:`version_of`) through another, to be used from one
     thread at a time.
 
-    A write runs in a thread of the view's own (started with the first write, stopped
-    by :meth:`close`): :meth:`start_write` hands it one batch and returns, so that the
-    projector applies the next events while SQLite writes, on the machine's other core.
-    Each table's rows go to SQLite as one JSON array read by one statement, which the
-    ``sqlite3`` module runs without holding the interpreter lock (row by row, it would
-    take the lock back for every row, and wait for it while the projector's threads
-    hold it). The thread also checkpoints the WAL into the database file, once
-    :data:`CHECKPOINT_AFTER_ROWS` rows were written since the last, after the write is
-    reported done (SQLite's ``wal_autocheckpoint`` would do it inside the commit that
-    crosses 1,000 pages: during a rebuild, every commit, a quarter of the thread's time).
+    A write's statements run in the caller's thread; its COMMIT (SQLite writing the
+    transaction's pages to the WAL) runs in a thread of the view's own (started with
+    the first write, stopped by :meth:`close`): :meth:`start_write` returns once the
+    statements are done, so that the projector applies the next events meanwhile, and
+    :meth:`finish_write` waits for the commit. The ``sqlite3`` module runs a COMMIT as
+    one call without the interpreter lock, so it takes another core when there is one.
+    The same thread checkpoints the WAL into the database file once
+    :data:`CHECKPOINT_AFTER_ROWS` rows were written since the last, after the commit is
+    reported (SQLite's ``wal_autocheckpoint`` would do it inside the commit that crosses
+    1,000 pages: during a rebuild, every commit).
     """
 
     def __init__(self, datastore: SQLiteDatastore) -> None:
         super().__init__(datastore)
         self._writer: sqlite3.Connection | None = None
-        """The writing thread's connection (used by that thread only)."""
         self._lookups: sqlite3.Connection | None = None
-        self._writes: ThreadPoolExecutor | None = None
-        self._written: Future[None] | None = None
-        """The write in flight, if any."""
+        self._checkpointing: sqlite3.Connection | None = None
+        """The view's thread's connection for checkpoints."""
+        self._commits: ThreadPoolExecutor | None = None
+        self._committed: Future[None] | None = None
+        """The commit in flight, if any."""
         self._rows_since_checkpoint = 0
         self.checkpoints = 0
         """Checkpoints of the WAL made by the view's thread (failed ones not counted)."""
@@ -367,80 +316,76 @@ class ReadModel(SQLiteTrackingRecorder):
         self.finish_write()
 
     def start_write(self, changes: ViewChanges, position: int) -> None:
-        """Starts :meth:`write` of ``changes`` in the view's thread and returns: the
-        rows are encoded first, so the caller may reuse what ``changes`` holds.
-        :meth:`finish_write` waits for it. One write at a time: a second start before
-        the first is finished raises RuntimeError."""
-        if self._written is not None:
+        """:meth:`write`, returning before the commit (:meth:`finish_write` waits for
+        it). Raises what the statements raised (and then nothing is in flight). One
+        write at a time: a second start before the first is finished raises
+        RuntimeError."""
+        if self._committed is not None:
             raise RuntimeError("a write is in flight: finish_write() first")
-        rows = _BulkRows.of(changes)
-        if self._writes is None:
-            self._writes = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD)
-        self._written = self._writes.submit(self._write_now, changes, rows, position)
+        if self._writer is None:
+            self._writer = self._connect()
+            self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
+            self._commits = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD)
+        assert self._commits is not None
+        connection = self._writer
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._write(SQLiteCursor(connection.cursor()), changes, position)
+        except BaseException:
+            connection.rollback()
+            raise
+        self._committed = self._commits.submit(self._commit, connection)
         self._rows_since_checkpoint += (
             len(changes.graphs) + len(changes.processes) + len(changes.logs) + len(changes.versions)
         )
         if self._rows_since_checkpoint >= CHECKPOINT_AFTER_ROWS:
             self._rows_since_checkpoint = 0
-            self._writes.submit(self._checkpoint)
+            self._commits.submit(self._checkpoint)
 
     def finish_write(self) -> bool:
-        """Waits for the write in flight, if any (True if there was one); raises what it
-        raised, and then nothing of it was stored."""
-        written, self._written = self._written, None
-        if written is None:
+        """Waits for the commit in flight, if any (True if there was one); raises what it
+        raised, and then nothing of that write was stored."""
+        committed, self._committed = self._committed, None
+        if committed is None:
             return False
-        written.result()
+        committed.result()
         return True
 
-    def _write_now(self, changes: ViewChanges, rows: _BulkRows, position: int) -> None:
-        """One write, in the view's thread."""
-        if self._writer is None:
-            self._writer = self._connect()
-            self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
-        connection = self._writer
-        connection.execute("BEGIN IMMEDIATE")
+    @staticmethod
+    def _commit(connection: sqlite3.Connection) -> None:
+        """The write's COMMIT, in the view's thread (rolled back if it fails)."""
         try:
-            self._write(SQLiteCursor(connection.cursor()), changes, rows, position)
+            connection.commit()
         except BaseException:
             connection.rollback()
             raise
-        connection.commit()
 
     def _checkpoint(self) -> None:
         """Copies the WAL's committed pages into the database file and flushes it, in
-        the view's thread, without waiting for readers (a failure is logged: the WAL
-        grows until a checkpoint succeeds; nothing committed is lost)."""
-        if self._writer is None:
-            return
+        the view's thread on a connection of its own (the writer's may be in the next
+        write's statements), without waiting for readers or the writer. A failure is
+        logged: the WAL grows until a checkpoint succeeds; nothing committed is lost."""
+        if self._checkpointing is None:
+            self._checkpointing = self._connect()
         try:
-            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._checkpointing.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as error:
             log.warning("checkpointing the view's WAL failed: %s", error)
         else:
             self.checkpoints += 1
 
-    def _write(self, c: SQLiteCursor, changes: ViewChanges, rows: _BulkRows, position: int) -> None:
-        # Colonies and their members are few: row by row.
+    def _write(self, c: SQLiteCursor, changes: ViewChanges, position: int) -> None:
         c.executemany(_UPSERT_COLONY, changes.colonies)
         for colonyname, (executors, users) in changes.members.items():
             c.execute("DELETE FROM executors WHERE colonyname = ?", (colonyname,))
             c.execute("DELETE FROM users WHERE colonyname = ?", (colonyname,))
             c.executemany("INSERT INTO executors VALUES (?, ?, ?, ?, ?)", executors)
             c.executemany("INSERT INTO users VALUES (?, ?, ?)", users)
-        for statement, chunks in (
-            (_UPSERT_GRAPHS, rows.graphs),
-            (_UPSERT_NAMED_PROCESSES, rows.named_processes),
-            (_UPSERT_UNNAMED_PROCESSES, rows.unnamed_processes),
-            (_INSERT_LOGS, rows.logs),
-            (_UPSERT_VERSIONS, rows.versions),
-        ):
-            for chunk in chunks:
-                if chunk.has_nul:
-                    c.executemany(_ROW_BY_ROW[statement], chunk.rows)
-                else:
-                    c.execute(statement, {"rows": chunk.array, "models": chunk.models})
+        c.executemany(_UPSERT_GRAPH, changes.graphs)
+        c.executemany(_UPSERT_PROCESS, changes.processes)
+        c.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", changes.logs)
+        c.executemany(_UPSERT_VERSION, changes.versions)
         self._insert_tracking(c, Tracking(UPSTREAM, position))
 
     def version_of(self, aggregate_id: str) -> int | None:
@@ -479,105 +424,18 @@ class ReadModel(SQLiteTrackingRecorder):
             yield Snapshot(c)
 
     def close(self) -> None:
-        """Waits for the write in flight (without raising what it raised), stops the
-        writing thread and closes the database connections."""
-        if self._writes is not None:
+        """Waits for the commit in flight (without raising what it raised), stops the
+        view's thread and closes the database connections."""
+        if self._commits is not None:
             with contextlib.suppress(Exception):
                 self.finish_write()
-            self._writes.shutdown()
-            self._writes = None
-        for connection in (self._writer, self._lookups):
+            self._commits.shutdown()
+            self._commits = None
+        for connection in (self._writer, self._lookups, self._checkpointing):
             if connection is not None:
                 connection.close()
-        self._writer = self._lookups = None
+        self._writer = self._lookups = self._checkpointing = None
         self.datastore.close()
-
-
-_CHUNK_BYTES = 16 << 20
-"""About the most text and model bytes one bulk statement takes (SQLite refuses a
-string or blob over a billion bytes; a batch's rows may hold more)."""
-
-
-class _Chunk(NamedTuple):
-    """Rows for one bulk statement (see :class:`_BulkRows`)."""
-
-    array: str
-    models: bytes
-    rows: list[tuple[Any, ...]]
-    """The rows as given (for :data:`_ROW_BY_ROW`)."""
-
-    @property
-    def has_nul(self) -> bool:
-        """True if a text of the rows holds a NUL character."""
-        return "\\u0000" in self.array
-
-
-class _BulkRows(NamedTuple):
-    """A batch's rows as the bulk statements read them: per statement, chunks of
-    ``(rows, models)``. ``rows`` is a JSON array of rows (each a JSON array in its row
-    type's field order); a graph's or process's model is not in it but in ``models``,
-    one blob of the chunk's models, the row holding where its model is (offset from 1,
-    length) in the model's place: SQLite slices it with no JSON to read."""
-
-    graphs: list[_Chunk]
-    named_processes: list[_Chunk]
-    """Processes whose batch assigned them to their current executor (the name is
-    stored)."""
-    unnamed_processes: list[_Chunk]
-    logs: list[_Chunk]
-    versions: list[_Chunk]
-
-    @classmethod
-    def of(cls, changes: ViewChanges) -> _BulkRows:
-        named = [row for row in changes.processes if row[18] is not None]
-        unnamed = [row for row in changes.processes if row[18] is None]
-        return cls(
-            _chunks(changes.graphs, model_at=10),
-            _chunks(named, model_at=17),
-            _chunks(unnamed, model_at=17),
-            _chunks(changes.logs, text_at=5),
-            _chunks(changes.versions),
-        )
-
-
-_rows_encoder = msgspec.json.Encoder()
-
-
-def _chunks(
-    rows: Iterable[tuple[Any, ...]], *, model_at: int = -1, text_at: int = -1
-) -> list[_Chunk]:
-    """``rows`` cut into chunks of :data:`_CHUNK_BYTES` or so, each as a JSON array and
-    the blob of its models (each row's field ``model_at`` replaced by its model's offset
-    and length in the blob). ``text_at`` is a field that may be long (a log message)."""
-    chunks: list[_Chunk] = []
-    given: list[tuple[Any, ...]] = []
-    encoded: list[tuple[Any, ...]] = []
-    models: list[bytes] = []
-    offset = 1
-    size = 0
-    for row in rows:
-        given.append(row)
-        if model_at >= 0:
-            model = row[model_at]
-            models.append(model)
-            encoded.append((*row[:model_at], offset, len(model), *row[model_at + 1 :]))
-            offset += len(model)
-            size += len(model) + 200
-        else:
-            encoded.append(row)
-            size += (len(row[text_at]) if text_at >= 0 else 0) + 200
-        if size >= _CHUNK_BYTES:
-            chunks.append(_chunk(encoded, models, given))
-            given, encoded, models, offset, size = [], [], [], 1, 0
-    if encoded:
-        chunks.append(_chunk(encoded, models, given))
-    return chunks
-
-
-def _chunk(
-    encoded: list[tuple[Any, ...]], models: list[bytes], given: list[tuple[Any, ...]]
-) -> _Chunk:
-    return _Chunk(_rows_encoder.encode(encoded).decode(), b"".join(models), given)
 
 
 def _json_array(items: Iterable[bytes]) -> bytes:
