@@ -11,7 +11,12 @@ the same for both). Every measured workload is verified from the log as ``peers`
 Usage::
 
     git worktree add /tmp/base <commit>     # or: git archive <commit> | tar -x -C /tmp/base
+    python -m venv /tmp/base/.venv && /tmp/base/.venv/bin/pip install -e "/tmp/base[dev]"
     python -m benchmarks.paired --base /tmp/base [--workload fanout] [--rounds 3]
+
+A tree with a ``.venv`` of its own runs its stack with that interpreter: an editable
+install maps ``cli/`` and ``projections/`` to the installed tree whatever ``PYTHONPATH``
+says, so without it side A would run B's command line and projector.
 
 It prints each measurement (figure, CPU ms per process by party, the engine's
 timestamps' breakdown where the workload has one), then per side the median, min..max
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -77,7 +83,9 @@ def main() -> None:
             os.environ["PYTHONPATH"] = str(trees[side])
             with (
                 tempfile.TemporaryDirectory(prefix="colonies-bench-paired-") as tmp,
-                DevStack.started(Path(tmp), executors, workers=workers) as stack,
+                DevStack.started(
+                    Path(tmp), executors, workers=workers, python=_python_of(trees[side])
+                ) as stack,
             ):
                 workloads = Workloads(stack, QUICK if options.quick else FULL)
                 try:
@@ -110,6 +118,16 @@ def main() -> None:
     print(
         f"B / A (medians): {statistics.median(figures['B']) / statistics.median(figures['A']):.2f}"
     )
+
+
+def _python_of(tree: Path) -> str:
+    """The interpreter of ``tree``'s own virtual environment (``tree/.venv``) if it has
+    one, else this one. An editable install maps ``colonies_es.cli`` and
+    ``colonies_es.projections`` to the installed tree's ``cli/`` and ``projections/``
+    whatever ``PYTHONPATH`` says, so a tree whose CLI or projector differs needs its own
+    venv (``python -m venv tree/.venv && tree/.venv/bin/pip install -e tree``)."""
+    own = tree / ".venv" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
 
 
 if __name__ == "__main__":

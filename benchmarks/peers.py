@@ -326,13 +326,15 @@ class DevStack:
         executors: int = CONCURRENCY,
         options: Sequence[str] = (),
         workers: int = 1,
+        python: str = sys.executable,
     ) -> Iterator[DevStack]:
         """The stack, running until the block ends (then stopped as Ctrl-C stops it):
-        ``executors`` of ``workers`` workers each; ``options``: more of ``colonies dev``'s."""
+        ``executors`` of ``workers`` workers each; ``options``: more of ``colonies dev``'s;
+        ``python``: the interpreter that runs it (and so the installed tree it imports)."""
         data_dir = directory / "dev"
         log_file = directory / "colonies-dev.log"
         command = [
-            sys.executable,
+            python,
             "-m",
             "colonies_es.cli",
             "dev",

@@ -574,7 +574,7 @@ class PythonExecutor:
             assert ran is not None
             if not stopping.is_set():
                 ahead.seal_claim_ahead()  # for the close after the next function
-            following = await self._report_child_close(client, process, ran, child_close)
+            following = await self._report_child_close(client, process, ran, child_close, stopping)
             if following is not None:
                 ahead.more = following.more
                 if following.next is not None:
@@ -628,12 +628,18 @@ class PythonExecutor:
             return None
 
     async def _report_child_close(
-        self, client: AsyncColonies, process: Process, ran: _Ran, child_close: ChildClose
+        self,
+        client: AsyncColonies,
+        process: Process,
+        ran: _Ran,
+        child_close: ChildClose,
+        stopping: asyncio.Event,
     ) -> NextProcess | None:
         """Report ``process``, whose child was to send its close (``child_close``): await
         the reply to the close it sent (sending the same bytes again if none comes), or
-        report as :meth:`_report` does when it did not. The reply to the claim the close
-        carried (None: none, or the report failed)."""
+        report as :meth:`_report` does when it did not (without a claim once
+        ``stopping``). The reply to the claim the close carried (None: none, or the
+        report failed)."""
         if ran.ended_as:  # its process ended while it ran: by this close, or elsewhere
             if ran.ended_as == "SUCCESS" and (ran.sent is not None or ran.maybe_sent):
                 return await self._reply_to_lost_close(client, process, child_close)
@@ -657,6 +663,9 @@ class PythonExecutor:
             else:
                 log.warning("%s FAILED, but the engine did not take the report: %s", line, problem)
             return None
+        if ran.sent is None and stopping.is_set():
+            client.drop_child_close(child_close)
+            return await self._report(client, process, ran)
         return await self._report(
             client, process, ran, hold=self.poll_timeout, child_close=child_close
         )
