@@ -94,7 +94,11 @@ class ChildCloser:
         body = CloseProcess(
             processid=order.processid, out=output, attempt=order.attempt, claim=order.claim
         )
-        data = seal("close", body, prvkey)
+        try:
+            data = seal("close", body, prvkey)
+        except (TypeError, ValueError) as error:  # nothing sent: the executor's close says why
+            log.debug("a function's child could not seal its close: %r", error)
+            return None
         if len(data) > nc.max_payload:
             return None
         frame = _hpub(order.subject, order.reply, order.headers, data)
