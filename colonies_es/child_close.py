@@ -72,7 +72,7 @@ class ChildCloser:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nc: NATS | None = None
-        self._access: NatsAccess | None = None
+        self._access: tuple[tuple[str, ...], str, str] | None = None
         self._retry_at = 0.0  # time.monotonic() before which no new connection is tried
         self._polled: tuple[tuple[int, int], select.poll] | None = None
         """((pipe, socket) file descriptors, a poll object watching them)."""
@@ -113,9 +113,10 @@ class ChildCloser:
                 log.debug("a function's child could not flush its close: %r", error)
         return data
 
-    def connect(self, access: NatsAccess) -> None:
-        """Have a connection to ``access``'s servers for the next :meth:`send`: open one
-        unless there is one (a failure is logged at debug level and tried again
+    def connect(self, access: tuple[tuple[str, ...], str, str]) -> None:
+        """Have a connection to ``access``'s servers (a
+        :class:`~colonies_es.settings.NatsAccess`'s fields) for the next :meth:`send`:
+        open one unless there is one (a failure is logged at debug level and tried again
         :data:`RECONNECT_AFTER` seconds later). Blocks for up to
         :data:`CONNECT_TIMEOUT` seconds: call it off the critical path."""
         if self._nc is not None and self._nc.is_connected and access == self._access:
@@ -129,7 +130,7 @@ class ChildCloser:
             loop.run_until_complete(
                 asyncio.wait_for(
                     nc.connect(
-                        **access.connect_options(),
+                        **NatsAccess(*access).connect_options(),
                         name="colonies-es function child",
                         allow_reconnect=False,
                         max_reconnect_attempts=0,

@@ -9,7 +9,6 @@ telling the executor loses nothing, and the process ends once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 
@@ -96,7 +95,7 @@ def test_a_close_whose_reply_is_lost_is_sent_again_and_decided_once(
             handle = await client.prepare_child_close(
                 process.processid, executor, colony.name, attempt_of(assigned), 0.2
             )
-            lost = dataclasses.replace(handle.order, reply="nobody.reads.this")
+            lost = handle.order._replace(reply="nobody.reads.this")
             await asyncio.to_thread(closer.connect, lost.access)  # it runs a loop of its own
             sent = await asyncio.to_thread(closer.send, lost, [1], executor)
             assert sent is not None
