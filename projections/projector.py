@@ -8,7 +8,10 @@ the event touched, read from the aggregate (``graph.to_model()``,
 
 :class:`Projector` applies one notification at a time and gathers the changes;
 :meth:`Projector.commit` writes them with the new position in one SQLite transaction
-(:meth:`ReadModel.write`). :class:`Follower` feeds it from the store's live
+(:meth:`ReadModel.write`); :meth:`Projector.commit_later` returns once the rows are
+written and leaves the COMMIT to the view's thread, so that the next events are applied
+meanwhile (:meth:`Projector.finish_commit` waits for it; the follower reports a commit
+only then). :class:`Follower` feeds it from the store's live
 subscription (``recorder.subscribe(gt=position)``) and commits every ``batch_size``
 events or ``batch_interval`` seconds after the first uncommitted one, whichever comes
 first: a rebuild writes big batches, a live view lags by about ``batch_interval``.
@@ -22,9 +25,12 @@ What the projector promises:
   batches were cut; the executor name stored with an assignment is the one the colony
   had at the assignment's position in the log.
 - *Aggregates are a cache.* Graphs are kept in memory up to ``cache_size`` (least
-  recently used first out, only right after a commit). An aggregate not in memory
-  (evicted, or after a restart) is rebuilt from its own events up to the version the
-  view's rows reflect (``select_events(aggregate_id, lte=version)``).
+  recently used first out, when a commit starts, and only graphs whose rows are all
+  stored). An aggregate not in memory (evicted, or after a restart) is rebuilt from its
+  own events up to the version the view's rows reflect (``select_events(aggregate_id,
+  lte=version)``). The view is asked for that version only when it may hold the
+  aggregate (a Bloom filter of the ids it held at the start and of those written
+  since): a new graph costs no query.
 - *Bad events are skipped.* Events of a foreign topic (not ``colonies_es.domain.``),
   that cannot be decoded, or that do not apply to their aggregate (wrong version, no
   such aggregate, an ``apply`` that fails) are logged as warnings and skipped; an
@@ -33,14 +39,11 @@ What the projector promises:
 
 Cost: a rebuild is CPU-bound, and shares one interpreter lock between the store's
 reading thread (NATS, envelopes, seals) and the follower's (decoding, ``mutate``, rows,
-SQLite). The follower takes what the store decoded a batch (up to 256 events) at a time,
-and event kinds are told by class, once. ``python -m benchmarks projector`` (100,000
-events on a 2-core machine shared with other work) measured a rebuild at 0.35 of a raw
-ordered-consumer replay of the same stream in the same run at load 7.6, 0.16 at load 14
-(0.19 to 0.22 before; the rebuild's two threads share the GIL, so a loaded machine
-hurts it more than the single-threaded replay). Of
-the follower's share, decoding and ``mutate`` take about 60% and the SQLite writes 40%;
-the batch size hardly matters (1,000 or 20,000 events a commit cost the same).
+SQLite statements); the view's thread runs the COMMITs and WAL checkpoints beside them.
+The follower takes what the store decoded a batch (up to 256 events) at a time, and
+event kinds are told by class, once. ``python -m benchmarks projector`` compares a
+rebuild with a raw ordered-consumer replay of the same stream (DESIGN.md, "The read side
+keeps up", for the figures).
 """
 
 from __future__ import annotations
@@ -710,6 +713,10 @@ class Follower:
     ``catch_up_interval`` seconds, since each commit of a log of many small graphs
     rewrites pages all over the tables' indexes (fewer, bigger commits cost about half
     the SQLite CPU per event).
+
+    Each commit's COMMIT runs in the view's thread while the follower applies the next
+    events (:meth:`Projector.commit_later`); ``on_commit`` is called once it is stored,
+    at the latest before the follower waits for more events.
 
     The recorder's subscriptions must hand over batches (:class:`BatchSubscription`, as
     the JetStream store's do): the follower takes each batch the store decoded in one
