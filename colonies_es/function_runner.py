@@ -39,6 +39,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import pickle
+import select
 import signal
 import sys
 import traceback
@@ -682,12 +683,29 @@ def _serve(conn: multiprocessing.connection.Connection, globals_: dict[str, Any]
         if len(text) > MAX_PRINTED:
             text = text[: MAX_PRINTED - 40] + "\n... (cut: the function printed more)\n"
         sent = None
-        if close is not None and not errors and not text and not client.used:
+        if (
+            close is not None
+            and not errors
+            and not text
+            and not client.used
+            and not _executor_gone(conn)
+        ):
             order, prvkey = close
             sent = closer.send(order, output, prvkey)
         _send(conn, ("done", output, errors, text, sent))
         if close is not None:  # for the next close, off this one's critical path
             closer.connect(close[0].access)
+
+
+def _executor_gone(conn: multiprocessing.connection.Connection) -> bool:
+    """True when the executor's end of the pipe has something to read. During a run that
+    made no ``colonies`` call the executor writes nothing there, so that is its end closed:
+    the executor died (a crash kills its pid, not its function's child). Its close is then
+    not sent from here: the claim inside would take a process for a requester that is
+    gone, and the process waits for its ``maxexectime`` as a dead executor's always did."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 _Job = tuple[bytes, dict[str, Any], bool, "CloseJob | None"]

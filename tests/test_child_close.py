@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,9 @@ from colonies_es.executor import PythonExecutor
 from colonies_es.models import Process, attempt_of
 from colonies_es.states import ProcessState
 from tests.eventlog import read_events
-from tests.processes import wait_until
+from tests.processes import pid_alive, wait_until
 from tests.stack import ColonyHandle, Stack
+from tests.test_cli_cancel import ExecutorProcess
 from tests.test_executor import colony, ended, running_executor, spec
 
 __all__ = ["colony"]  # the fixture, shared with the executor's tests
@@ -157,3 +159,48 @@ def test_a_child_killed_between_sending_the_close_and_telling_loses_nothing(
     told = f"dies {victim.processid[:8]} SUCCESS: its child sent the close before it died"
     assert told in caplog.messages
     assert not [e for e in log.of_kind("AttemptFailed") if e.processid == victim.processid]
+
+
+KILLS_ITS_EXECUTOR = """
+import os, signal, time
+
+def kills_its_executor(ctx={}):
+    with open(PIDFILE, "w") as f:
+        f.write(str(os.getpid()))
+    fork_server = os.getppid()  # the child's parent; the executor is the fork server's
+    with open(f"/proc/{fork_server}/stat") as f:
+        executor = int(f.read().rsplit(")", 1)[1].split()[1])
+    os.kill(executor, signal.SIGKILL)
+    time.sleep(0.05)
+    return "orphan"
+"""
+
+
+def test_a_child_whose_executor_died_during_the_function_does_not_send_the_close(
+    stack: Stack, colony: ColonyHandle, tmp_path: Path
+) -> None:
+    """A crash kills the executor's pid, not its function's child: the function (here
+    killing its own executor, so the moment is exact) returns to an orphan, which must
+    not send the close: the claim inside would take work for a requester that is gone.
+    The process stays RUNNING, as a dead executor's running process always did."""
+    pidfile = tmp_path / "child.pid"
+    executor = ExecutorProcess(stack, colony, tmp_path / "executor.log")
+    try:
+        round_trips(stack, colony, ONE, "one", 2)  # the child is connected
+        code = KILLS_ITS_EXECUTOR.replace("PIDFILE", repr(str(pidfile)))
+        victim = stack.client.submit_func_spec(
+            spec(colony, "kills_its_executor", code), colony.owner_prvkey
+        )
+        wait_until(lambda: executor.process.poll() is not None, 30, "the executor is killed")
+        wait_until(lambda: pidfile.exists() and pidfile.read_text() != "", 5, "the child's pid")
+        child = int(pidfile.read_text())
+        wait_until(lambda: not pid_alive(child), 10, "the orphaned child exits")
+    finally:
+        executor.stop()
+    deadline = time.monotonic() + 1.0  # a close sent before the child exited lands in ms
+    while time.monotonic() < deadline:
+        now = stack.client.get_process(victim.processid, colony.owner_prvkey)
+        assert now.state == ProcessState.RUNNING, "the orphan sent the close"
+        time.sleep(0.1)
+    closes = read_events(stack.nats.url).of_kind("ProcessClosed")
+    assert not [e for e in closes if e.processid == victim.processid]
