@@ -26,11 +26,10 @@ on an event loop (the function may run one of its own), so nats-py's loop only r
 while the child connects, or when the server wrote something (its PINGs) while the
 child waited for a job (:meth:`ChildCloser.wait_for`). The close is written to the
 socket at once, as the connection's next message, without the loop (running it for a
-publish cost about 100 us): the frame goes into nats-py's pending buffer and
-:func:`~colonies_es.nats_hot_path.write_now` writes it (nats-py internals, as there:
-``Client._pending``, ``_pending_data_size``, the transport's writer). The connection
-never reconnects by itself: a lost one is dropped and opened again after the next
-function.
+publish cost about 100 us): :func:`~colonies_es.nats_hot_path.publish_now` puts the
+frame (built by nats-py's own ``hpub_cmd``) into nats-py's pending buffer and writes it.
+The connection never reconnects by itself: a lost one is dropped and opened again after
+the next function.
 """
 
 from __future__ import annotations
@@ -44,10 +43,11 @@ import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.protocol.command import hpub_cmd
 
 from colonies_es.client.async_client import CloseOrder
 from colonies_es.crypto import seal
-from colonies_es.nats_hot_path import write_now
+from colonies_es.nats_hot_path import publish_now
 from colonies_es.protocol import CloseProcess
 from colonies_es.settings import NatsAccess
 
@@ -101,11 +101,9 @@ class ChildCloser:
             return None
         if len(data) > nc.max_payload:
             return None
-        frame = _hpub(order.subject, order.reply, order.headers, data)
         # As nats-py's publish would, without running the loop for it (a hundred us)
-        nc._pending.append(frame)
-        nc._pending_data_size += len(frame)
-        write_now(nc)
+        if not publish_now(nc, _hpub(order.subject, order.reply, order.headers, data)):
+            return None
         if nc._pending or _unwritten(nc):  # not all written at once: the loop finishes it
             try:
                 loop.run_until_complete(asyncio.wait_for(nc.flush(), CONNECT_TIMEOUT))
@@ -193,9 +191,7 @@ def _hpub(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> 
     """The NATS protocol's ``HPUB`` frame publishing ``payload`` with ``headers`` (tokens
     and digits of this project's own: nothing to escape)."""
     head = b"NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
-    head += b"\r\n"
-    size = len(head) + len(payload)
-    return f"HPUB {subject} {reply} {len(head)} {size}\r\n".encode() + head + payload + b"\r\n"
+    return hpub_cmd(subject, reply, head + b"\r\n", payload)
 
 
 def _unwritten(nc: NATS) -> int:

@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 
-__all__ = ["deliver_inline", "write_now"]
+__all__ = ["deliver_inline", "publish_now", "write_now"]
 
 log = logging.getLogger("colonies.nats")
 
@@ -96,3 +96,23 @@ def write_now(nc: NATS) -> None:
     transport.writelines(pending)  # type: ignore[no-untyped-call]  # sent at once if it fits
     nc._pending = []
     nc._pending_data_size = 0
+
+
+def publish_now(nc: NATS, frame: bytes) -> bool:
+    """Queue the protocol ``frame`` (a whole ``PUB`` or ``HPUB``, as nats-py's ``publish``
+    builds it) behind what ``nc`` has pending and write it all now (:func:`write_now`),
+    without running the event loop: for a process that does not run one while it works
+    (a function's child sending its close, :mod:`~colonies_es.child_close`). False, and
+    nothing queued, while ``nc`` is not connected or on a nats-py without the attributes
+    this relies on."""
+    pending = getattr(nc, "_pending", None)
+    if (
+        not isinstance(pending, list)
+        or not isinstance(getattr(nc, "_pending_data_size", None), int)
+        or not nc.is_connected
+    ):
+        return False
+    pending.append(frame)
+    nc._pending_data_size += len(frame)
+    write_now(nc)
+    return True

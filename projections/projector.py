@@ -794,7 +794,7 @@ class Follower:
                 batch = None
             else:
                 timeout = None if first is None else self._wait_left(first)
-                batch = self._next_batch(subscription, 0) if self._writing else []
+                batch = self._next_batch(subscription, 0) if projector.writing else []
                 if not batch:  # nothing waiting: the commit in flight ends first
                     self._finish_commit()
                     batch = self._next_batch(subscription, timeout)
@@ -835,10 +835,6 @@ class Follower:
         except BaseException:
             self._commit()
             raise
-
-    @property
-    def _writing(self) -> bool:
-        return self.projector.writing
 
     def _commit_later(self) -> None:
         """Starts committing what was processed (after the commit before has ended): the

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import Mapper, Notification
+from eventsourcing.persistence import Mapper, Notification, StoredEvent
 from eventsourcing.popo import POPOAggregateRecorder
 
 from colonies_es.domain import ProcessGraph
@@ -23,8 +23,23 @@ from colonies_es.projections.view import (
     open_view,
 )
 from colonies_es.store.codec import MsgspecTranscoder
+from tests.processes import wait_until
 from tests.test_domain_graph import COLONY, USER_ID, WORKER, assign, at, spec, submit, workflow
 from tests.test_projector_support import dump_view
+
+
+def as_notifications(stored: Iterable[StoredEvent]) -> list[Notification]:
+    """``stored`` as the log would hand them to a projector, sequences from 1."""
+    return [
+        Notification(
+            id=sequence,
+            originator_id=event.originator_id,
+            originator_version=event.originator_version,
+            topic=event.topic,
+            state=event.state,
+        )
+        for sequence, event in enumerate(stored, start=1)
+    ]
 
 
 def test_versions_of_many_aggregates_answer_as_version_of_each(tmp_path: Path) -> None:
@@ -66,16 +81,7 @@ def test_a_log_line_writes_its_row_and_the_graph_version_not_its_process_row(
         )
     mapper = Mapper(transcoder=MsgspecTranscoder())
     stored = [mapper.to_stored_event(event) for event in graph.collect_events()]
-    notifications = [
-        Notification(
-            id=sequence,
-            originator_id=event.originator_id,
-            originator_version=event.originator_version,
-            topic=event.topic,
-            state=event.state,
-        )
-        for sequence, event in enumerate(stored, start=1)
-    ]
+    notifications = as_notifications(stored)
     written: list[ViewChanges] = []
 
     def project(path: Path, cuts: set[int]) -> dict[str, list[tuple[Any, ...]]]:
@@ -204,9 +210,7 @@ def test_the_wal_is_checkpointed_by_the_view_s_thread_after_the_write(tmp_path: 
         view.write(ViewChanges(versions=[("c.graph.few", 1)]), position=1)
         rows = [(f"c.graph.{n:064x}", 1) for n in range(CHECKPOINT_AFTER_ROWS)]
         view.write(ViewChanges(versions=rows), position=2)
-        deadline = time.monotonic() + 10
-        while view.checkpoints == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: view.checkpoints > 0, 10, "the view's thread checkpoints")
         assert view.checkpoints == 1
         with sqlite3.connect(tmp_path / "view.sqlite") as reader:
             _busy, frames, copied = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -253,18 +257,7 @@ def test_graphs_evicted_while_commits_are_in_flight_are_read_back_as_committed(
     for stored in per_graph:
         recorder.insert_events(stored)
     # the log: the three submitted, then the three assigned, then the three closed
-    notifications = [
-        Notification(
-            id=sequence,
-            originator_id=event.originator_id,
-            originator_version=event.originator_version,
-            topic=event.topic,
-            state=event.state,
-        )
-        for sequence, event in enumerate(
-            (events[step] for step in range(3) for events in per_graph), start=1
-        )
-    ]
+    notifications = as_notifications(events[step] for step in range(3) for events in per_graph)
     read_back: list[str] = []
     select_events = recorder.select_events
 
