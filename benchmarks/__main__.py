@@ -7,7 +7,7 @@ import importlib
 from pathlib import Path
 
 from benchmarks import GROUPS
-from benchmarks.harness import Options, Report, print_report, write_json
+from benchmarks.harness import Options, Report, parse_layout, print_report, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--layout",
-        type=_layout,
+        type=parse_layout,
         metavar="EXECUTORSxFUNCTIONS",
         help="peers group: the python executors of the dev stack, e.g. 4x2 for 4 executors "
         "running 2 functions at a time each (default 1x4, Celery's layout; 4x1 was the "
@@ -97,18 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(reports, args.json)
     print(f"\nresults written to {path}")
     return 0
-
-
-def _layout(text: str) -> tuple[int, int]:
-    """``"4x2"`` -> (4, 2): executors, functions each (both at least 1)."""
-    executors, _, functions = text.lower().partition("x")
-    try:
-        layout = int(executors), int(functions)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not EXECUTORSxFUNCTIONS, e.g. 4x2") from None
-    if min(layout) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: both numbers must be at least 1")
-    return layout
 
 
 if __name__ == "__main__":

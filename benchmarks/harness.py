@@ -8,6 +8,7 @@ recorder against raw nats-py, say). :func:`print_report` prints the table,
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import importlib.metadata
@@ -394,3 +395,16 @@ def write_json(reports: list[Report], path: Path | None = None) -> Path:
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def parse_layout(text: str) -> tuple[int, int]:
+    """``"4x2"`` -> (4, 2): executors, functions each (both at least 1); an argparse
+    ``type`` (the peers group's and ``benchmarks.paired``'s ``--layout``)."""
+    executors, _, functions = text.lower().partition("x")
+    try:
+        layout = int(executors), int(functions)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not EXECUTORSxFUNCTIONS, e.g. 4x2") from None
+    if min(layout) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both numbers must be at least 1")
+    return layout

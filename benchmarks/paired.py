@@ -34,6 +34,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from benchmarks.harness import parse_layout
 from benchmarks.peers import FULL, QUICK, CpuMeter, DevStack, Measured, Workloads, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +63,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="peers' --quick sizes")
     parser.add_argument(
         "--layout",
-        choices=("4x1", "1x4"),
-        default="4x1",
+        type=parse_layout,
+        default=(4, 1),
+        metavar="EXECUTORSxFUNCTIONS",
         help="4x1: four executors of one worker each (the default); 1x4: one executor of "
         "four workers (Celery's layout, the peers group's default)",
     )
@@ -75,8 +77,8 @@ def main() -> None:
     trees = {"A": options.base.resolve(), "B": options.new.resolve()}
     figures: dict[str, list[float]] = {side: [] for side in trees}
     cpu: dict[str, list[float]] = {side: [] for side in trees}
-    executors, workers = (1, 4) if options.layout == "1x4" else (4, 1)
-    print(f"A = {trees['A']}\nB = {trees['B']}\nlayout {options.layout}")
+    executors, workers = options.layout
+    print(f"A = {trees['A']}\nB = {trees['B']}\nlayout {executors}x{workers}")
     print(f"load average before {load_average()}")
     for number in range(options.rounds):
         for side in ("A", "B") if number % 2 == 0 else ("B", "A"):
