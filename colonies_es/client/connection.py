@@ -105,6 +105,14 @@ class Affinity:
             self.elsewhere = self.sequence
             self.preferred, self.from_preferred = replica, sequence
 
+    def route(self, op: str) -> tuple[str, int]:
+        """Where a command ``op`` goes now and the ``Colonies-After`` it carries: the
+        preferred replica's own subject with what was seen elsewhere, or the queue
+        group's with everything seen."""
+        if self.preferred is not None:
+            return replica_subject(self.preferred, op), self.elsewhere
+        return api_subject(op), self.sequence
+
     def forget(self) -> None:
         """The preferred replica did not answer: from now on the queue group."""
         self.elsewhere = self.sequence
@@ -296,11 +304,7 @@ class Connection:
         seconds = _attempt_timeout(self.timeout, held)
         attempt = interruptions = 0
         while True:
-            if direct and affinity.preferred is not None:
-                target = replica_subject(affinity.preferred, op)
-                after = affinity.elsewhere
-            else:
-                target, after = subject, affinity.sequence
+            target, after = affinity.route(op) if direct else (subject, affinity.sequence)
             try:
                 return await replies.request(
                     target, data, {AFTER_HEADER: str(after)}, seconds, write_alone=True
@@ -333,11 +337,7 @@ class Connection:
         nc = await self.nats()
         replies = self._reply_inbox(nc)
         reservation = await replies.reserve()
-        affinity = self.affinity
-        if affinity.preferred is not None:
-            subject, after = replica_subject(affinity.preferred, op), affinity.elsewhere
-        else:
-            subject, after = api_subject(op), affinity.sequence
+        subject, after = self.affinity.route(op)
         return Prepared(op, subject, {AFTER_HEADER: str(after)}, held, replies, reservation)
 
     async def complete(self, prepared: Prepared, data: bytes | None) -> bytes:
