@@ -41,7 +41,15 @@ from eventsourcing.utils import Environment, EnvType
 from nats.aio.client import Client as NATS
 
 from colonies_es import colonyos, crypto
-from colonies_es.domain import ChildrenAdded, Colony, DomainError, NothingCame, ProcessGraph
+from colonies_es.domain import (
+    AuditedAggregate,
+    ChildrenAdded,
+    Colony,
+    DomainError,
+    NothingCame,
+    ProcessAssigned,
+    ProcessGraph,
+)
 from colonies_es.engine.aggregates import Aggregates, deciding, last_written
 from colonies_es.engine.checkpoint import CheckpointStore, CheckpointWriter
 from colonies_es.engine.counters import ReplicaCounters
@@ -54,7 +62,7 @@ from colonies_es.engine.replies import Applied, Decided, SeenCommands
 from colonies_es.engine.state import Effects, EngineState
 from colonies_es.engine.timers import Timers
 from colonies_es.models import encode
-from colonies_es.protocol import Claim, CloseProcess, NextProcess
+from colonies_es.protocol import NOTHING_READY, Claim, CloseProcess, NextProcess
 from colonies_es.store import JetStreamApplicationRecorder
 
 log = logging.getLogger("colonies.engine")
@@ -426,16 +434,21 @@ class ColoniesApp(Application[str]):
         return Outcome(200, body=reply, sequence=max(known.sequence, self.state.reached))
 
     async def _reply_to_applied(self, known: Applied, body: Any) -> bytes:
-        """The reply of a command another replica applied, from the aggregate now."""
+        """The reply of a command another replica applied, from the aggregate now.
+
+        What it names is read as it is now: for a submission, a child, an attribute,
+        a colony or an executor that is the same thing with a later state (the caller
+        goes on by its id), but a claim's assignment may have ended and its process
+        been given to another executor since (:meth:`_reply_to_claim`)."""
         aggregate = await self.aggregates.load(known.aggregate_id)
+        if known.op == "claim":
+            return await self._reply_to_claim(known, body, aggregate)
         if isinstance(aggregate, ProcessGraph):
             if known.op == "submit_func_spec":
                 return encode(aggregate.process_model(aggregate.rootprocessids[0], shared=True))
             if known.op in ("submit_workflow", "rerun_processgraph"):
                 return encode(aggregate.to_model())
-            if known.op == "claim" and isinstance(body, Claim) and body.prefetch:
-                return encode(NextProcess(next=aggregate.process_model(known.subject, shared=True)))
-            if known.op in ("claim", "add_child"):
+            if known.op == "add_child":
                 return encode(aggregate.process_model(known.subject, shared=True))
             if known.op == "add_children":  # the ids its event added, read back
                 for event, sequence in await self.aggregates.events_of(known.aggregate_id):
@@ -451,6 +464,52 @@ class ColoniesApp(Application[str]):
             if known.op == "add_executor":
                 return encode(aggregate.executor_model(body.executor.executorname))
         return EMPTY
+
+    async def _reply_to_claim(
+        self, known: Applied, body: Any, graph: AuditedAggregate | None
+    ) -> bytes:
+        """The reply to a retried claim: the process its own event assigned (read back
+        from the log at the mark's sequence: attempt and executor), as it is now, while
+        that assignment is the process's live one (the same attempt, still RUNNING on
+        the same executor).
+
+        Once that attempt is over (it overran its ``maxexectime``, was failed or
+        cancelled, its graph removed) the claimer's reply never came, and the process
+        may be at a later attempt held by another executor: answering with the process
+        as it is now would hand the claimer that other attempt to run. The retry is
+        answered as a claim that found nothing (NothingCame, :data:`NOTHING_READY`): the
+        executor claims again, and the attempt it never saw is nobody's to report."""
+        assigned = next(
+            (
+                event
+                for event, sequence in await self.aggregates.events_of(known.aggregate_id)
+                if sequence == known.sequence and isinstance(event, ProcessAssigned)
+            ),
+            None,
+        )
+        if assigned is None or not isinstance(graph, ProcessGraph):
+            raise NothingCame(f"{NOTHING_READY} for this claim: the process it took is gone")
+        node = graph.process(known.subject)
+        if not (
+            node.is_running
+            and node.attempt == assigned.attempt
+            and node.assignedexecutorid == assigned.executorid
+        ):
+            log.info(
+                "a retried claim of executor %s: the attempt it took (%d of process %s) is "
+                "over; answered that nothing is ready",
+                assigned.executorid[:16],
+                assigned.attempt,
+                known.subject[:16],
+            )
+            raise NothingCame(
+                f"{NOTHING_READY} for this claim any more: the attempt it took (attempt "
+                f"{assigned.attempt} of process {known.subject}) ended before it was sent again"
+            )
+        process = graph.process_model(known.subject, shared=True)
+        if isinstance(body, Claim) and body.prefetch:
+            return encode(NextProcess(next=process))
+        return encode(process)
 
 
 __all__ = ["ColoniesApp", "Effects", "Outcome"]

@@ -7,7 +7,8 @@ identifies it. :class:`Replies` remembers, per replay key:
 - an :class:`Applied` mark, recorded by every replica that applied the command's event:
   the one that decided it, and the others from the log (the follower, the rebuild):
   where the event went, so that the reply is computed again from the aggregate (see
-  ``ColoniesApp._reply_to_applied``; no reply body is kept), or
+  ``ColoniesApp._reply_to_applied``; no reply body is kept; a claim's is the assignment
+  its own event made while that attempt is live, else "nothing ready"), or
 - a :class:`Decided` refusal (status and message) of the replica that refused it, or the
   mark that it was a read (answered by reading again).
 
