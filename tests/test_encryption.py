@@ -110,6 +110,7 @@ def test_every_read_command_still_shows_them(
         ("", "the event log is encrypted"),
         ("not-base64!", "COLONIES_CIPHER_KEY must be base64 of 16, 24 or 32"),
     ],
+    ids=["another-key", "no-key", "not-base64"],  # stable ids: the first key is random
 )
 def test_a_wrong_or_missing_key_is_one_clear_error_at_start_up(
     encrypted: Stack,
