@@ -454,6 +454,37 @@ def test_a_subscription_reads_ahead_of_a_slow_reader_only_so_far_and_loses_nothi
     assert [n.originator_version for n in got] == list(range(1, 2001))
 
 
+def test_a_consumer_at_its_read_ahead_is_woken_once_the_reader_took_half(
+    recorder: JetStreamApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Waking the store's loop from the reader's thread costs the reader a hand-off of
+    # the interpreter lock: a full read-ahead is refilled in one burst, not per batch.
+    monkeypatch.setattr(JetStreamSubscription, "READ_AHEAD", 4)
+    one = uuid4()
+    for first in range(1, 3001, 500):
+        recorder.insert_events(history(one, 500, first))
+    subscription = recorder.subscribe()
+    assert isinstance(subscription, JetStreamSubscription)
+    room = subscription._room
+
+    wait_until(lambda: room._waiter is not None, BOUND, "the consumer waits for room")
+    assert subscription._queue.qsize() == 4
+    got = subscription.next_batch(BOUND) or []
+    assert room._waiter is not None  # three queued: not woken yet
+    got += subscription.next_batch(BOUND) or []
+    assert room._waiter is None  # two queued, half the read-ahead: woken
+    wait_until(lambda: subscription._queue.qsize() == 4, BOUND, "the read-ahead refilled")
+    deadline = time.monotonic() + BOUND
+    while len(got) < 3000:
+        assert time.monotonic() < deadline, f"only {len(got)} arrived"
+        batch = subscription.next_batch(BOUND)
+        assert batch is not None
+        got += batch
+    subscription.stop()
+
+    assert [n.originator_version for n in got] == list(range(1, 3001))
+
+
 # ------------------------------------------------------------- 4: racing writers
 
 
