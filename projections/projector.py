@@ -126,6 +126,10 @@ _NAMING_THEIR_PROCESSES = (
 )
 
 
+_NONE_YET: set[str] = set()
+"""No process of the graph to rewrite yet (a marker: never changed)."""
+
+
 class _Spoiled(Exception):
     """An event's ``apply`` failed after it may have changed the aggregate."""
 
@@ -237,12 +241,12 @@ class Projector:
     def _apply(self, notification: Notification) -> None:
         self._position = notification.id
         self._pending += 1
-        event = self._decode(notification)
-        if event is None:
+        decoded = self._decode(notification)
+        if decoded is None:
             return
+        event, kind = decoded
         current = self._aggregate(event.originator_id)
-        known = len(current.nodes) if isinstance(current, ProcessGraph) else 0
-        kind = _kind_of(type(event))
+        known = len(current.nodes) if type(current) is ProcessGraph else 0
         try:
             aggregate = _next_state(current, event, kind)
         except _Spoiled:  # rebuild it as it was before the event
@@ -255,13 +259,16 @@ class Projector:
             return
         if current is None:
             self._keep(aggregate)
-        if isinstance(aggregate, Colony):
+        if type(aggregate) is ProcessGraph:
+            self._graph_changed(aggregate, event, kind, notification.id, known)
+        elif isinstance(aggregate, Colony):
             self._dirty_colonies.add(aggregate.id)
         elif isinstance(aggregate, ProcessGraph):
             self._graph_changed(aggregate, event, kind, notification.id, known)
 
-    def _decode(self, stored: StoredEvent) -> AuditedEvent | None:
-        """The domain event, or None (with a warning) for a foreign or unreadable one."""
+    def _decode(self, stored: StoredEvent) -> tuple[AuditedEvent, _Kind] | None:
+        """The domain event and its kind, or None (with a warning) for a foreign or
+        unreadable one."""
         if not stored.topic.startswith(DOMAIN_TOPIC_PREFIX):
             _skip(stored, f"foreign topic {stored.topic!r}")
             return None
@@ -270,27 +277,34 @@ class Projector:
         except Exception as error:
             _skip(stored, f"cannot decode it: {error!r}")
             return None
-        if not _kind_of(type(event)).audited:
+        kind = _KINDS.get(type(event)) or _kind_of(type(event))
+        if not kind.audited:
             _skip(stored, f"{stored.topic!r} is not a domain event")
             return None
-        return cast(AuditedEvent, event)
+        return cast(AuditedEvent, event), kind
 
     def _graph_changed(
         self, graph: ProcessGraph, event: AuditedEvent, kind: _Kind, sequence: int, known: int
     ) -> None:
         graph_id = graph.id
+        created = self._created
         if kind.creation:
-            self._created[graph.processgraphid] = (sequence, 0)
-        new = list(itertools.islice(graph.nodes, known, None)) if len(graph.nodes) > known else []
-        for index, processid in enumerate(new, start=known):
-            self._created[processid] = (sequence, index)
+            created[graph.processgraphid] = (sequence, 0)
+        nodes = graph.nodes
+        new: list[str] = []
+        if len(nodes) > known:
+            new = list(itertools.islice(nodes, known, None))
+            for index, processid in enumerate(new, start=known):
+                created[processid] = (sequence, index)
         touched = _named_processes(event, kind)
-        dirty = self._dirty_graphs.get(graph_id, set())
-        if touched is None or dirty is None:
-            self._dirty_graphs[graph_id] = None
-        else:
+        dirty_graphs = self._dirty_graphs
+        if touched is None:
+            dirty_graphs[graph_id] = None
+        elif (dirty := dirty_graphs.get(graph_id, _NONE_YET)) is _NONE_YET:
+            touched.update(new)
+            dirty_graphs[graph_id] = touched
+        elif dirty is not None:
             dirty.update(touched, new)
-            self._dirty_graphs[graph_id] = dirty
         if kind.assigned:
             assigned = cast(ProcessAssigned, event)
             colony = self._aggregate(colony_aggregate_id(graph.colonyname))
@@ -351,9 +365,9 @@ class Projector:
         """The aggregate from its own events up to ``version``, skipping (as when they
         came live) those that do not apply."""
         events = [
-            event
+            decoded[0]
             for stored in self.recorder.select_events(aggregate_id, lte=version)
-            if (event := self._decode(stored)) is not None
+            if (decoded := self._decode(stored)) is not None
         ]
         aggregate: AuditedAggregate | None = None
         applied: list[AuditedEvent] = []
@@ -629,7 +643,12 @@ class _IdFilter:
 
     def __contains__(self, key: str) -> bool:
         bits = self._bits
-        return all(bits[position >> 3] & (1 << (position & 7)) for position in self._positions(key))
+        first, second, third = self._positions(key)
+        return bool(
+            bits[first >> 3] & (1 << (first & 7))
+            and bits[second >> 3] & (1 << (second & 7))
+            and bits[third >> 3] & (1 << (third & 7))
+        )
 
 
 class _Kind(NamedTuple):
