@@ -57,6 +57,21 @@ def send(stack: Stack, op: str, sealed: bytes) -> tuple[int, bytes, str]:
     return asyncio.run(request())
 
 
+def send_to_new_replica(stack: Stack, op: str, sealed: bytes) -> tuple[int, bytes, str]:
+    """:func:`send`, answered by an engine application started in this process beside
+    the stack's engine: a replica that knows the commands before it from the log only."""
+    replica: ColoniesApp = engine_app(stack)
+
+    async def handle() -> tuple[int, bytes, str]:
+        outcome = await replica.handle(op, sealed, time.time())
+        return outcome.status, outcome.body, outcome.message
+
+    try:
+        return replica.aggregates.store.connection.run(handle())
+    finally:
+        replica.close()
+
+
 def ready_process(stack: Stack, colony: ColonyHandle) -> str:
     """A process of its own graph, ready, which may be retried."""
     spec = func_spec("flaky", [], colony.name, "python-executor", maxretries=3)
@@ -110,16 +125,7 @@ def test_a_retried_claim_whose_attempt_was_taken_over_gets_nothing(stack: Stack)
     with nothing_written(stack.nats.url, colony=colony.name):
         assert_nothing_for_the_claimer(send(stack, "claim", claim))
         # A replica that knows the claim from the log only (its rebuild) answers alike.
-        replica: ColoniesApp = engine_app(stack)
-        try:
-
-            async def handle() -> tuple[int, bytes, str]:
-                outcome = await replica.handle("claim", claim, time.time())
-                return outcome.status, outcome.body, outcome.message
-
-            assert_nothing_for_the_claimer(replica.aggregates.store.connection.run(handle()))
-        finally:
-            replica.close()
+        assert_nothing_for_the_claimer(send_to_new_replica(stack, "claim", claim))
     assert assignments(stack, processid) == [
         (1, crypto.id_from_private_key(first)),
         (2, retried.assignedexecutorid),
@@ -173,15 +179,17 @@ def test_a_retried_close_whose_claim_was_taken_over_brings_no_next_process(
 
 
 def test_a_retried_claim_whose_attempt_is_live_gets_that_attempt(stack: Stack) -> None:
+    """Sent again to the engine that decided it, and to a replica that knows it from
+    the log only: the same process and attempt, assigned to the claimer, once."""
     colony = stack.new_colony()
     first = stack.new_executor(colony)
     processid = ready_process(stack, colony)
     claim = crypto.seal("claim", Claim(colonyname=colony.name), first)
     answers: list[Sequence[object]] = []
-    for _ in range(2):
-        status, body, message = send(stack, "claim", claim)
+    for sender in (send, send, send_to_new_replica):
+        status, body, message = sender(stack, "claim", claim)
         assert status == 200, message
         process = msgspec.json.decode(body, type=Process)
         answers.append((process.processid, attempt_of(process), process.assignedexecutorid))
-    assert answers == [(processid, 1, crypto.id_from_private_key(first))] * 2
+    assert answers == [(processid, 1, crypto.id_from_private_key(first))] * 3
     assert assignments(stack, processid) == [(1, crypto.id_from_private_key(first))]
