@@ -27,6 +27,7 @@ import nats
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from colonies_es import crypto
+from colonies_es.chaos.run import CLAIM_OVER_LINE
 from colonies_es.engine.app import ColoniesApp
 from colonies_es.models import Process, attempt_of, func_spec
 from colonies_es.protocol import (
@@ -126,6 +127,8 @@ def test_a_retried_claim_whose_attempt_was_taken_over_gets_nothing(stack: Stack)
         assert_nothing_for_the_claimer(send(stack, "claim", claim))
         # A replica that knows the claim from the log only (its rebuild) answers alike.
         assert_nothing_for_the_claimer(send_to_new_replica(stack, "claim", claim))
+    # The engine says so in its log, in the words the chaos harness counts.
+    assert CLAIM_OVER_LINE.decode() in stack.engine.log()
     assert assignments(stack, processid) == [
         (1, crypto.id_from_private_key(first)),
         (2, retried.assignedexecutorid),

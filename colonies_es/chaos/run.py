@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import statistics
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,13 @@ class ChaosResult:
     submitted: int = 0
     submit_failures: int = 0
     check: CheckReport = field(default_factory=CheckReport)
+    resent: dict[str, int] = field(default_factory=dict)
+    """Per op, the commands the executors sent again with the same bytes (no reply in
+    an attempt's time, or their NATS connection was cut), read from their logs."""
+    claims_over: int = 0
+    """Retried claims the engines answered "nothing ready" because the attempt the claim
+    took was over by then (DESIGN.md, fault injection, ninth session), from their logs:
+    how often a run met the race that once handed a claimer another executor's attempt."""
 
     @property
     def ok(self) -> bool:
@@ -139,6 +147,9 @@ class ChaosResult:
             + ", ".join(f"{op} {count}" for op, count in check.acknowledged.items())
             + f" (total {sum(check.acknowledged.values())}; "
             f"{check.torn_journal_lines} torn journal lines)",
+            "resent with the same bytes: "
+            + (", ".join(f"{op} {count}" for op, count in sorted(self.resent.items())) or "none")
+            + f"; retried claims whose attempt was over: {self.claims_over}",
             "recovery after restart (s):",
         ]
         for kind, (count, p50, p99) in sorted(self.recovery().items()):
@@ -324,6 +335,7 @@ def _run(
         result.minutes = (time.monotonic() - started) / 60
         for component in [*stack.executors, *stack.engines]:  # the log is still from here
             component.stop()
+        result.resent, result.claims_over = _retries_logged(stack.directory)
         result.check = _check(stack, progress)
     finally:
         prober.disconnect()
@@ -448,6 +460,22 @@ def _drain(stack: ChaosStack) -> None:
         if time.monotonic() > deadline:
             return
         time.sleep(1.0)
+
+
+RESENT_LINE = re.compile(rb"(?:no reply to|came back: sending) '(\w+)'")
+"""How the client logs a command it sends again (``client/connection.py``)."""
+CLAIM_OVER_LINE = b"a retried claim of executor"
+"""How the engine logs a retried claim whose attempt was over (``engine/app.py``)."""
+
+
+def _retries_logged(directory: Path) -> tuple[dict[str, int], int]:
+    """What the executors' logs say they sent again (per op), and how many retried
+    claims the engines' logs say found their attempt over."""
+    resent: Counter[str] = Counter()
+    for path in directory.glob("chaos-*.log"):
+        resent.update(op.decode() for op in RESENT_LINE.findall(path.read_bytes()))
+    over = sum(path.read_bytes().count(CLAIM_OVER_LINE) for path in directory.glob("engine*.log"))
+    return dict(resent), over
 
 
 def _check(stack: ChaosStack, progress: Callable[[str], Any]) -> CheckReport:
