@@ -78,8 +78,11 @@ elsewhere (cancelled, timed out)."""
 WATCH_SLICE = 5.0
 """Seconds of each wait for the end of a watched process."""
 
-DEFAULT_PREFETCH = 2
-"""Processes each worker claims ahead while its function runs (``PythonExecutor(prefetch=)``)."""
+DEFAULT_PREFETCH = 4
+"""Processes each worker claims ahead while its function runs (``PythonExecutor(prefetch=)``).
+4, as Celery's ``worker_prefetch_multiplier``: at throughput more work in flight means
+more messages per wake-up of every process (2,000 no-op tasks, 1x4: about 10% less CPU
+per task than 2; DESIGN.md, "CPU per process", ninth session)."""
 
 PREFETCH_PATIENCE = 0.2
 """Seconds a worker's function may run while processes it claimed ahead wait behind it:
