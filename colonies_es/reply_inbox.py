@@ -19,7 +19,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from colonies_es.nats_hot_path import deliver_inline, write_now
+from colonies_es.nats_hot_path import deliver_inline, publish, write_now
 
 __all__ = ["ConnectionInterrupted", "ReplyInbox", "Reservation"]
 
@@ -85,7 +85,7 @@ class ReplyInbox:
         self._waiting[token] = reply
         timer = loop.call_later(seconds, _time_out, reply)
         try:
-            await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            await publish(self.nc, subject, payload, self._prefix + token, headers)
             if write_alone and len(self._waiting) - self._reserved == 1:
                 write_now(self.nc)
             msg = await reply

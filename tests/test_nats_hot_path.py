@@ -2,16 +2,18 @@
 nats-server: in order, none lost to nats-py's slow-consumer limit, a failing delivery
 logged, and such a subscription still drains and ends. A lone request of a
 :class:`~colonies_es.reply_inbox.ReplyInbox` is written at once; one beside others waits
-for nats-py's flusher (which batches)."""
+for nats-py's flusher (which batches). The hot path's ``publish`` queues the very frame
+nats-py's would, and leaves what it does not take to nats-py."""
 
 from __future__ import annotations
 
 import asyncio
 
 import nats
+import pytest
 from nats.aio.msg import Msg
 
-from colonies_es.nats_hot_path import deliver_inline
+from colonies_es.nats_hot_path import deliver_inline, publish
 from colonies_es.reply_inbox import ReplyInbox
 
 
@@ -116,3 +118,57 @@ async def test_a_lone_request_is_written_at_once_and_one_beside_others_is_batche
     finally:
         await nc.close()
         await responder.close()
+
+
+_PUBLISHES: list[tuple[str, bytes, str, dict[str, str] | None]] = [
+    ("colonies.api.submit", b'{"a":1}', "_INBOX.x.1", {"Colonies-After": "42"}),
+    ("_INBOX.y.7", b"", "", {"Colonies-Sequence": "7", "Colonies-Replica": "ab12"}),
+    ("colonies.ended.c.p", b"p", "", None),
+    ("s", b"x" * 300, "r", {}),  # empty headers: an HPUB with an empty block
+    ("s", b"", "", {"Empty": ""}),
+    ("s", b"", "", {"Odd": " padded "}),  # nats-py strips it: left to nats-py
+    ("s", b"", "", {"Line": "a\r\nb"}),  # nats-py blanks the break: left to nats-py
+    ("s", b"", "", {"K": "välue"}),
+]
+
+
+async def test_publish_queues_the_frame_nats_py_would(nats_url: str) -> None:
+    """For each input (ordinary ones, and ones nats-py changes or refuses, which the hot
+    path hands to it), the bytes queued are nats-py's own, and the server delivers it."""
+    nc = await nats.connect(nats_url)
+    try:
+        received: list[Msg] = []
+        sub = await nc.subscribe("s")
+        for subject, payload, reply, headers in _PUBLISHES:
+            pending = len(nc._pending)
+            await nc.publish(subject, payload, reply=reply, headers=headers)
+            expected = b"".join(nc._pending[pending:])
+            del nc._pending[pending:]
+            await publish(nc, subject, payload, reply, headers)
+            assert b"".join(nc._pending[pending:]) == expected, (subject, headers)
+            if subject == "s":
+                received.append(await sub.next_msg(timeout=5))
+        assert [msg.data for msg in received] == [
+            payload for subject, payload, _, _ in _PUBLISHES if subject == "s"
+        ]
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("subject", ["", "a b", "a\r\nPUB x 1"])
+async def test_publish_refuses_what_nats_py_refuses(nats_url: str, subject: str) -> None:
+    """A subject nats-py refuses (empty, a blank, a line break: protocol injection), or a
+    header name that is not a token, is refused the same way, nothing queued."""
+    nc = await nats.connect(nats_url)
+    try:
+        pending = list(nc._pending)
+        with pytest.raises(nats.errors.BadSubjectError):
+            await publish(nc, subject, b"x", "", {"K": "v"})
+        with pytest.raises(nats.errors.BadSubjectError):
+            await publish(nc, "ok", b"x", subject or " ", None)
+        for name in ("Not a token", "Ünicode", "K:"):
+            with pytest.raises(nats.errors.BadHeaderError):
+                await publish(nc, "ok", b"x", "", {name: "v"})
+        assert nc._pending == pending
+    finally:
+        await nc.close()

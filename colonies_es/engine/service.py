@@ -61,6 +61,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, GroupConfig, Service, ServiceConfig
 
+from colonies_es import nats_hot_path
 from colonies_es.client.work import work_consumer_config
 from colonies_es.colonyos import ENGINE_OP as COLONYOS_OP
 from colonies_es.engine.app import ColoniesApp, Effects
@@ -336,7 +337,9 @@ class Engine:
         replied = True
         try:
             if status == 200:
-                await request.respond(outcome.body, headers=headers)
+                await nats_hot_path.publish(
+                    self.nc, _reply_subject(request), outcome.body, "", headers
+                )
                 if held_reply.get():  # someone waited for this: not after the rest
                     write_now(self.nc)
             else:
@@ -366,7 +369,9 @@ class Engine:
                     continue
                 await self._publish_ticket(colonyname, executortype, sequence)
             for colonyname, processid in effects.ended:
-                await self.nc.publish(ended_subject(colonyname, processid), processid.encode())
+                await nats_hot_path.publish(
+                    self.nc, ended_subject(colonyname, processid), processid.encode()
+                )
         except nats.errors.Error as error:
             # Tickets are derived data: the reconciler re-issues what was not published.
             log.warning("could not publish effects: %r", error)
@@ -409,10 +414,12 @@ class Engine:
         and this replica, which knows it, is named (the claim goes to it)."""
         assert self.nc is not None
         ticket = WorkTicket(colonyname=colonyname, executortype=executortype)
-        await self.nc.publish(
+        await nats_hot_path.publish(
+            self.nc,
             work_subject(colonyname, executortype),
             _ticket_encoder.encode(ticket),
-            headers={SEQUENCE_HEADER: str(sequence), REPLICA_HEADER: self.replica},
+            "",
+            {SEQUENCE_HEADER: str(sequence), REPLICA_HEADER: self.replica},
         )
 
     async def _reconcile_forever(self) -> None:
@@ -491,6 +498,16 @@ class Engine:
         while True:
             await anyio.sleep(SWEEP_INTERVAL)
             self.app.timers.sweep()
+
+
+def _reply_subject(request: Request) -> str:
+    """Where ``request`` is answered (``Request.respond`` publishes there too; nats.micro
+    keeps the message without a public name for its reply subject). ValueError, as
+    ``respond``'s, when it has none."""
+    reply: str = request._msg.reply
+    if not reply:
+        raise ValueError("no reply subject set")
+    return reply
 
 
 def _after(request: Request) -> int:
