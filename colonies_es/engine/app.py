@@ -495,12 +495,13 @@ class ColoniesApp(Application[str]):
             and node.attempt == assigned.attempt
             and node.assignedexecutorid == assigned.executorid
         ):
-            log.info(
-                "a retried claim of executor %s: the attempt it took (%d of process %s) is "
-                "over; answered that nothing is ready",
-                assigned.executorid[:16],
+            log.info(  # whole ids: a process id begins with its graph's
+                "a retried claim of executor %s: the attempt it took (%d of %s, process %s) "
+                "is over; answered that nothing is ready",
+                assigned.executorid,
                 assigned.attempt,
-                known.subject[:16],
+                node.nodename,
+                known.subject,
             )
             raise NothingCame(
                 f"{NOTHING_READY} for this claim any more: the attempt it took (attempt "
