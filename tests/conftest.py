@@ -27,6 +27,7 @@ ports, with temporary store directories, and are stopped at teardown.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ import pytest
 from colonies_es.embedded import NatsServer
 from colonies_es.embedded_cluster import NatsCluster
 from tests.stack import Stack, start_stack, stop_stack
+
+# The CLI sizes its tables to COLUMNS when it is set (cli/common.py). Tests that want a
+# width say so (COLUMNS=... on the call); the terminal that runs pytest, or a runner that
+# exports COLUMNS=80 to its workers, must not decide for the others.
+for _variable in ("COLUMNS", "LINES"):
+    os.environ.pop(_variable, None)
 
 
 @pytest.fixture(scope="session")
