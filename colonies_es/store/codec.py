@@ -110,11 +110,14 @@ class Sealer:
 
     def is_sealed(self, subject: str, payload: bytes) -> bool:
         """True if ``payload`` (an encoded envelope) was sealed with this key for
-        ``subject``."""
+        ``subject``. (:meth:`_mac` written out: every event read pays this call.)"""
         if len(payload) <= self.SIZE:
             return False
-        body, seal = payload[: -self.SIZE], payload[-self.SIZE :]
-        return hmac.compare_digest(seal, self._mac(subject, body))
+        mac = self._keyed.copy()
+        mac.update(subject.encode())
+        mac.update(b"\0")
+        mac.update(payload[: -self.SIZE])
+        return hmac.compare_digest(payload[-self.SIZE :], mac.digest())
 
 
 def to_envelope(event: StoredEvent) -> Envelope:
@@ -167,17 +170,21 @@ def to_stored_event(envelope: Envelope) -> StoredEvent:
 
 
 def to_notification(envelope: Envelope, sequence: int) -> Notification:
-    """The notification of the envelope at stream sequence ``sequence``."""
-    return _frozen(
-        Notification,
+    """The notification of the envelope at stream sequence ``sequence`` (made as
+    :func:`_frozen` makes it, written out: every event read pays this call)."""
+    notification = object.__new__(Notification)
+    object.__setattr__(
+        notification,
+        "__dict__",
         {
-            "originator_id": envelope.originator_id,
+            "originator_id": envelope.uuid if envelope.uuid is not None else (envelope.name or ""),
             "originator_version": envelope.originator_version,
             "topic": envelope.topic,
             "state": envelope.state,
             "id": sequence,
         },
     )
+    return notification
 
 
 def _frozen(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:

@@ -75,10 +75,10 @@ class _FrameParser:
         handlers = self.handlers
         client = self._client
         while handlers and inner.state == AWAITING_CONTROL_LINE:
-            if buffer[:4] == b"MSG ":
-                skip = 4
-            elif buffer[:5] == b"HMSG ":
+            if buffer.startswith(b"HMSG "):
                 skip = 5
+            elif buffer.startswith(b"MSG "):
+                skip = 4
             else:
                 break
             end = buffer.find(_CRLF)
