@@ -288,3 +288,74 @@ def test_graphs_evicted_while_commits_are_in_flight_are_read_back_as_committed(
 
     assert evicted == whole
     assert len(read_back) >= 3
+
+
+def test_graphs_done_with_leave_memory_once_written_and_come_back_for_a_removal(
+    tmp_path: Path,
+) -> None:
+    """A graph that ended with nothing running leaves memory at the commit after its
+    rows are stored, and a later removal rebuilds it from its events; a FAILED graph
+    whose other branch still runs stays in memory for that branch's close. The view
+    reads as one projected in a single batch."""
+
+    def submitted(*specs: Any, now: datetime) -> ProcessGraph:
+        return ProcessGraph.submit(
+            COLONY,
+            workflow(*specs),
+            initiatorid=USER_ID,
+            initiatorname="alice",
+            now=now,
+            actor=USER_ID,
+            command=b"submit_workflow",
+        )
+
+    done = submitted(spec("once"), now=at(0))
+    assign(done, "once", now=at(1))
+    done.close(done.processids[0], WORKER.executorid, [1], now=at(2), actor="w", command=b"c")
+    failed = submitted(spec("x"), spec("y"), now=at(3))
+    x, y = failed.processids
+    assign(failed, "x", now=at(4))
+    assign(failed, "y", now=at(5))
+    failed.fail(x, WORKER.executorid, ["boom"], now=at(6), actor="w", command=b"f")
+    later = submitted(spec("later"), now=at(7))
+    mapper = Mapper(transcoder=MsgspecTranscoder())
+    first = [mapper.to_stored_event(e) for g in (done, failed, later) for e in g.collect_events()]
+    done.remove(now=at(8), actor=USER_ID, command=b"remove")
+    failed.close(y, WORKER.executorid, [2], now=at(9), actor="w", command=b"c")
+    second = [mapper.to_stored_event(e) for g in (done, failed) for e in g.collect_events()]
+    recorder = POPOAggregateRecorder()
+    recorder.insert_events(first + second)
+    notifications = as_notifications(first + second)
+    read_back: list[str] = []
+    select_events = recorder.select_events
+
+    def counted(aggregate_id: Any, **kwargs: Any) -> Any:
+        read_back.append(aggregate_id)
+        return select_events(aggregate_id, **kwargs)
+
+    recorder.select_events = counted  # type: ignore[method-assign]
+    commits = {7, len(first), len(notifications)}  # after the FAILED, after `later`, at the end
+
+    def project(path: Path, commit_at: set[int]) -> dict[str, list[tuple[Any, ...]]]:
+        view = open_view(path)
+        projector = Projector(view, recorder, mapper)
+        try:
+            for notification in notifications:
+                projector.prefetch([notification])
+                projector.process(notification)
+                if notification.id in commit_at:
+                    projector.commit()
+                if commit_at and notification.id == len(first):  # after the second commit
+                    assert done.id not in projector._graphs
+                    assert failed.id in projector._graphs
+            projector.commit()
+        finally:
+            view.close()
+        return dump_view(path)
+
+    whole = project(tmp_path / "whole.sqlite", set())
+    assert read_back == []
+    batched = project(tmp_path / "batched.sqlite", commits)
+
+    assert batched == whole
+    assert read_back == [done.id]
