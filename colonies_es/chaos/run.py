@@ -120,6 +120,10 @@ class ChaosResult:
     """Retried claims the engines answered "nothing ready" because the attempt the claim
     took was over by then (DESIGN.md, fault injection, ninth session), from their logs:
     how often a run met the race that once handed a claimer another executor's attempt."""
+    outputs_refused: int = 0
+    """Function outputs whose close the engine refused (other than 403), which the
+    executors then reported as failures, from their logs (e.g. a 503 from an engine
+    behind the log after a nats-server restart: the function's success is lost)."""
 
     @property
     def ok(self) -> bool:
@@ -149,7 +153,8 @@ class ChaosResult:
             f"{check.torn_journal_lines} torn journal lines)",
             "resent with the same bytes: "
             + (", ".join(f"{op} {count}" for op, count in sorted(self.resent.items())) or "none")
-            + f"; retried claims whose attempt was over: {self.claims_over}",
+            + f"; retried claims whose attempt was over: {self.claims_over}; "
+            f"outputs refused and failed instead: {self.outputs_refused}",
             "recovery after restart (s):",
         ]
         for kind, (count, p50, p99) in sorted(self.recovery().items()):
@@ -335,7 +340,7 @@ def _run(
         result.minutes = (time.monotonic() - started) / 60
         for component in [*stack.executors, *stack.engines]:  # the log is still from here
             component.stop()
-        result.resent, result.claims_over = _retries_logged(stack.directory)
+        result.resent, result.claims_over, result.outputs_refused = _retries_logged(stack.directory)
         result.check = _check(stack, progress)
     finally:
         prober.disconnect()
@@ -466,16 +471,22 @@ RESENT_LINE = re.compile(rb"(?:no reply to|came back: sending) '(\w+)'")
 """How the client logs a command it sends again (``client/connection.py``)."""
 CLAIM_OVER_LINE = b"a retried claim of executor"
 """How the engine logs a retried claim whose attempt was over (``engine/app.py``)."""
+OUTPUT_REFUSED_LINE = re.compile(rb"the output of \w+ was refused")
+"""How the executor logs an output whose close was refused (``executor.py``)."""
 
 
-def _retries_logged(directory: Path) -> tuple[dict[str, int], int]:
-    """What the executors' logs say they sent again (per op), and how many retried
-    claims the engines' logs say found their attempt over."""
+def _retries_logged(directory: Path) -> tuple[dict[str, int], int, int]:
+    """What the executors' logs say they sent again (per op), how many retried claims
+    the engines' logs say found their attempt over, and how many outputs the executors'
+    logs say were refused (and so reported as failures)."""
     resent: Counter[str] = Counter()
+    refused = 0
     for path in directory.glob("chaos-*.log"):
-        resent.update(op.decode() for op in RESENT_LINE.findall(path.read_bytes()))
+        text = path.read_bytes()
+        resent.update(op.decode() for op in RESENT_LINE.findall(text))
+        refused += len(OUTPUT_REFUSED_LINE.findall(text))
     over = sum(path.read_bytes().count(CLAIM_OVER_LINE) for path in directory.glob("engine*.log"))
-    return dict(resent), over
+    return dict(resent), over, refused
 
 
 def _check(stack: ChaosStack, progress: Callable[[str], Any]) -> CheckReport:
