@@ -48,7 +48,7 @@ from colonies_es.store import (
 )
 from colonies_es.store.codec import encode_envelope
 from colonies_es.store.jetstream import Entry, JetStreamLog, StreamSpec
-from colonies_es.store.recorders import JetStreamSubscription
+from colonies_es.store.recorders import JetStreamSubscription, _wake
 
 T = TypeVar("T")
 
@@ -454,32 +454,44 @@ def test_a_subscription_reads_ahead_of_a_slow_reader_only_so_far_and_loses_nothi
     assert [n.originator_version for n in got] == list(range(1, 2001))
 
 
-def test_a_consumer_at_its_read_ahead_is_woken_once_the_reader_took_half(
+def test_a_reader_wakes_the_consumer_only_when_it_waits_for_room(
     recorder: JetStreamApplicationRecorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Waking the store's loop from the reader's thread costs the reader a hand-off of
-    # the interpreter lock: a full read-ahead is refilled in one burst, not per batch.
+    # Waking the store's loop from the reader's thread costs the reader a write to the
+    # loop's pipe and a hand-off of the interpreter lock: only a waiting consumer gets it.
     monkeypatch.setattr(JetStreamSubscription, "READ_AHEAD", 4)
     one = uuid4()
-    for first in range(1, 3001, 500):
-        recorder.insert_events(history(one, 500, first))
+    recorder.insert_events(history(one, 100, 1))
     subscription = recorder.subscribe()
     assert isinstance(subscription, JetStreamSubscription)
-    room = subscription._room
+    wakes: list[object] = []
+    loop = subscription._room._loop
+    call_soon_threadsafe = loop.call_soon_threadsafe
 
+    def counted(callback: Any, *args: Any) -> Any:
+        if callback is _wake:  # the reader's wake-up (not the store's own requests)
+            wakes.append(callback)
+        return call_soon_threadsafe(callback, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    got: list[Notification] = []
+    deadline = time.monotonic() + BOUND
+    while len(got) < 100:  # fewer batches than the read-ahead: the consumer never waits
+        assert time.monotonic() < deadline, f"only {len(got)} arrived"
+        got += subscription.next_batch(BOUND) or []
+    assert wakes == []
+
+    for first in range(101, 3001, 500):  # more batches than the read-ahead
+        recorder.insert_events(history(one, min(500, 3001 - first), first))
+    room = subscription._room
     wait_until(lambda: room._waiter is not None, BOUND, "the consumer waits for room")
     assert subscription._queue.qsize() == 4
-    got = subscription.next_batch(BOUND) or []
-    assert room._waiter is not None  # three queued: not woken yet
     got += subscription.next_batch(BOUND) or []
-    assert room._waiter is None  # two queued, half the read-ahead: woken
-    wait_until(lambda: subscription._queue.qsize() == 4, BOUND, "the read-ahead refilled")
-    deadline = time.monotonic() + BOUND
+    assert len(wakes) == 1  # woken by the batch that made room
+    assert room._waiter is None
     while len(got) < 3000:
         assert time.monotonic() < deadline, f"only {len(got)} arrived"
-        batch = subscription.next_batch(BOUND)
-        assert batch is not None
-        got += batch
+        got += subscription.next_batch(BOUND) or []
     subscription.stop()
 
     assert [n.originator_version for n in got] == list(range(1, 3001))
