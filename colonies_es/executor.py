@@ -710,10 +710,10 @@ class PythonExecutor:
         was ready (or the report was not a close that the engine took).
 
         Never raises for what the function does or how the report goes: while no engine
-        answers, the report is retried for up to :data:`REPORT_PATIENCE` seconds; a close
-        that is refused (or too large to send) becomes a fail with the reason, unless the
-        process is no longer ours (403: timed out or cancelled meanwhile). Blocks; not to
-        be called from the client's own loop.
+        answers or it answers 503, the report is retried for up to :data:`REPORT_PATIENCE`
+        seconds; a close that is refused (or too large to send) becomes a fail with the
+        reason, unless the process is no longer ours (403: timed out or cancelled
+        meanwhile). Blocks; not to be called from the client's own loop.
         """
         runner = FunctionRunner(self.client, self._child_globals)
         try:
@@ -798,7 +798,8 @@ class PythonExecutor:
         child_close: ChildClose | None = None,
     ) -> NextProcess | None:
         """Close ``process`` with the output of its run, or fail it with the errors (a
-        refused close becomes a fail, but for a 403: the process is no longer ours), and
+        refused close becomes a fail, but for a 403: the process is no longer ours; a 503
+        is retried, :meth:`_deliver`), and
         log the outcome. The close carries a claim unless ``hold`` is None: held up to
         ``hold`` seconds in the engine for work to come, as ``assign`` would (a worker's
         loop: one request per process when idle), or a prefetch claim (``prefetch``);
@@ -900,10 +901,15 @@ class PythonExecutor:
         processid: str,
         data: list[Any],
     ) -> ColoniesError | ColoniesConnectionError | None:
-        """Await ``report(processid, data, prvkey)``, again while no engine answers, for
-        up to :data:`REPORT_PATIENCE` seconds. None when the engine took it, else why not:
-        its refusal, the last connection error, or a 413 when the report is larger than
-        NATS carries."""
+        """Await ``report(processid, data, prvkey)``, again while no engine answers or
+        the engine answers 503 (not now: it is behind the log, or its log did not answer
+        its append), for up to :data:`REPORT_PATIENCE` seconds. None when the engine took
+        it, else why not: its refusal, the last connection error or 503, or a 413 when the
+        report is larger than NATS carries.
+
+        Each try is a new command (``report`` seals its own). After a 503 whose append
+        was stored after all, the next try finds the process no longer running (403):
+        the log holds the report that was stored, once."""
         deadline = time.monotonic() + REPORT_PATIENCE
         pause = BACKOFF_FIRST
         while True:
@@ -913,7 +919,13 @@ class PythonExecutor:
             except ColoniesError as error:
                 if error.status == 413:  # the client found it over the NATS message limit
                     return ColoniesError(413, f"too large for NATS: {error}")
-                return error
+                if error.status != 503 or time.monotonic() + pause > deadline:
+                    return error
+                log.warning(
+                    "the engine cannot take the report of %s now: %s; retrying",
+                    processid[:8],
+                    error,
+                )
             except ColoniesConnectionError as error:
                 if time.monotonic() + pause > deadline:
                     return error

@@ -38,12 +38,16 @@ class EngineProcess:
         *,
         projector: bool = True,
         extra_env: dict[str, str] | None = None,
+        module: str = "colonies_es.cli",
     ) -> None:
         """``nats_url`` may list a cluster's nodes (comma separated); ``replicas`` is the
         log's replica count (3 on the ``nats_cluster`` fixture). ``projector=False`` runs
         the engine alone (``--no-projector``): for tests of a projector of their own,
         which must then be the only one answering queries and listings. ``extra_env``:
-        more ``COLONIES_*`` settings (a NATS credential, a cipher key)."""
+        more ``COLONIES_*`` settings (a NATS credential, a cipher key). ``module``: the
+        program run as ``python -m`` (a test's patched engine, such as
+        ``tests.unsure_engine``, run from the repository's root)."""
+        self.module = module
         self.nats_url = nats_url
         self.replicas = replicas
         self.projector = projector
@@ -68,7 +72,7 @@ class EngineProcess:
             [
                 sys.executable,
                 "-m",
-                "colonies_es.cli",
+                self.module,
                 "server",
                 "--nats",
                 self.nats_url,

@@ -58,7 +58,7 @@ from colonies_es.engine.ops import EMPTY, HANDLERS
 from colonies_es.engine.ops.work import ready_hint
 from colonies_es.engine.quotas import QuotaExceeded, Quotas
 from colonies_es.engine.ready import Key, ReadyIndex
-from colonies_es.engine.replies import Applied, Decided, SeenCommands
+from colonies_es.engine.replies import UNSURE, Applied, Decided, SeenCommands
 from colonies_es.engine.state import Effects, EngineState
 from colonies_es.engine.timers import Timers
 from colonies_es.models import encode
@@ -81,11 +81,14 @@ class Outcome:
     nothing_came: bool = False
     """A 404 that says the request waited for something and none came
     (:class:`~colonies_es.domain.NothingCame`), not that something it names is missing."""
+    unsure: bool = False
+    """A 503 whose write may have been stored: the log failed or did not answer."""
 
 
 _READ_AGAIN = 0
 """The status of a remembered reply meaning "a read: answer its retry by reading again"."""
 _READ_AGAIN_MARK = Decided(_READ_AGAIN, b"", "", 0)
+_UNSURE_MARK = Decided(UNSURE, b"", "", 0)
 
 CATCH_UP_WAIT = 5.0
 """Seconds a command waits for this replica to apply the log up to the sequence its
@@ -332,9 +335,22 @@ class ColoniesApp(Application[str]):
             outcome = await self._decide(op, command, body, now, check_replay=False)
             outcome.sequence = outcome.sequence or self.state.reached
             return outcome
-        if known is not None:
+        if isinstance(known, Decided) and known.status == UNSURE:
+            # Its first try's append went unanswered: once this replica has applied the
+            # log to its end, the event's Applied mark answers if it was stored.
+            end = await self._log_end()  # not known yet: the mark stays for the next retry
+            if not end:
+                return Outcome(503, message="the event log is unavailable: try again")
+            if not await self.state.wait_applied(end, CATCH_UP_WAIT):
+                return self._behind(end)
+            known = self.seen.replies.get(key)
+            if isinstance(known, Applied):
+                return await self._replay(known, body)
+            outcome = await self._decide(op, command, body, now, check_replay=False)
+        elif known is not None:
             return await self._replay(known, body)
-        outcome = await self._decide(op, command, body, now, check_replay=True)
+        else:
+            outcome = await self._decide(op, command, body, now, check_replay=True)
         if (
             outcome.status == 404
             and not outcome.sequence  # it wrote nothing
@@ -358,7 +374,10 @@ class ColoniesApp(Application[str]):
         wrote = outcome.sequence > 0
         if not wrote:
             outcome.sequence = self.state.reached
-        if outcome.status != 200:  # refused (a write's success is marked Applied)
+        if outcome.unsure:  # stored or not: a retry asks the log (unless it already said)
+            if not isinstance(self.seen.replies.get(key), Applied):
+                self.seen.replies.remember(key, _UNSURE_MARK)
+        elif outcome.status != 200:  # refused (a write's success is marked Applied)
             self.seen.replies.remember(key, Decided(outcome.status, b"", outcome.message, 0))
         elif not wrote:  # a read: its retry reads again
             self.seen.replies.remember(key, _READ_AGAIN_MARK)
@@ -390,7 +409,7 @@ class ColoniesApp(Application[str]):
             return Outcome(400, message=f"{op} refused: {error}")
         except PersistenceError as error:
             log.error("%s: the event log failed: %s", op, error)
-            return Outcome(503, message=f"the event log is unavailable: {error}")
+            return Outcome(503, message=f"the event log is unavailable: {error}", unsure=True)
         except Exception:
             log.exception("%s failed", op)
             return Outcome(500, message=f"internal error while handling {op}")

@@ -9,8 +9,10 @@ identifies it. :class:`Replies` remembers, per replay key:
   where the event went, so that the reply is computed again from the aggregate (see
   ``ColoniesApp._reply_to_applied``; no reply body is kept; a claim's is the assignment
   its own event made while that attempt is live, else "nothing ready"), or
-- a :class:`Decided` refusal (status and message) of the replica that refused it, or the
-  mark that it was a read (answered by reading again).
+- a :class:`Decided` refusal (status and message) of the replica that refused it, the
+  mark that it was a read (answered by reading again), or the mark that its write went
+  unanswered (:data:`UNSURE`: stored or not, the log says; an :class:`Applied` mark
+  replaces it when the follower finds the event).
 
 Entries only matter while the command is fresh: a retry older than the freshness window
 is refused as stale before it gets here. So entries older than ``2 * window`` seconds are
@@ -30,7 +32,13 @@ import msgspec
 from colonies_es import crypto
 from colonies_es.domain import AuditedEvent
 
-__all__ = ["Applied", "Decided", "RememberedCommand", "Replies", "SeenCommands"]
+__all__ = ["UNSURE", "Applied", "Decided", "RememberedCommand", "Replies", "SeenCommands"]
+
+UNSURE = -1
+"""The status of a :class:`Decided` mark meaning "its append went unanswered (the log
+failed, 503): whether its event was stored is unknown here". A retry is answered once
+this replica has applied the log to its end: by the :class:`Applied` mark that replaces
+this one if the event was stored, else by deciding the command anew."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +98,16 @@ class Replies:
 
     def remember(self, replay_key: str, entry: Decided | Applied) -> None:
         """Records ``entry``; a :class:`Decided` reply is never replaced by an
-        :class:`Applied` mark (the follower seeing the replica's own write)."""
+        :class:`Applied` mark (the follower seeing the replica's own write), but for an
+        :data:`UNSURE` one (the write went unanswered, and the log has it)."""
         now = time.monotonic()
         known = self._entries.get(replay_key)
-        if known is not None and isinstance(known[1], Decided) and isinstance(entry, Applied):
+        if (
+            known is not None
+            and isinstance(known[1], Decided)
+            and known[1].status != UNSURE
+            and isinstance(entry, Applied)
+        ):
             return
         self._entries[replay_key] = (now, entry)
         self._entries.move_to_end(replay_key)
