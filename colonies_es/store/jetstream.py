@@ -62,6 +62,23 @@ MAX_ATOMIC_BATCH = 1000
 HEAD_CACHE_SIZE = 100_000
 """Subjects whose last (version, sequence) we remember; a miss costs one extra round trip."""
 
+LIVE_PULL_EXPIRES = 3.0
+"""Seconds a pull request of :meth:`JetStreamLog.follow` waits for new messages."""
+
+LIVE_PULL_HEARTBEAT = 1.0
+"""Seconds between the idle heartbeats the server sends while such a pull waits (the
+server refuses a heartbeat over half the request's expiry)."""
+
+LIVE_PULL_RECHECK = 0.5
+"""Seconds between looks, while a live pull hears nothing, at whether the connection was
+made again meanwhile (the request died with the old one: a server restart)."""
+
+LIVE_PULL_SILENCE = 2.5
+"""Seconds without a message or heartbeat after which a live pull is taken for lost (a
+server restart drops it and its memory consumer, and nothing says so) and its consumer
+made anew from the last sequence followed: two heartbeats missed, with slack for a busy
+machine. A silence that was only a slow machine costs one consumer made again."""
+
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 _MSG_ID = "Nats-Msg-Id"
@@ -654,10 +671,16 @@ class JetStreamLog:
         """One pull request; yields what arrives in chunks until it is complete.
 
         Ends when the server says the request is done (all delivered, no more messages,
-        expired). With ``no_wait`` false the request waits up to a few seconds for new
-        messages. Raises ``_ConsumerLost`` when the consumer is gone or nothing answers.
+        expired). With ``no_wait`` false the request waits up to :data:`LIVE_PULL_EXPIRES`
+        seconds for new messages, the server sending an idle heartbeat every
+        :data:`LIVE_PULL_HEARTBEAT` seconds meanwhile. Raises ``_ConsumerLost`` when the
+        consumer is gone or nothing answers: for a live pull, within
+        :data:`LIVE_PULL_RECHECK` seconds of the connection being made again, or
+        :data:`LIVE_PULL_SILENCE` seconds after its last message or heartbeat (a server
+        restart takes the request and the memory consumer with it, and nothing says so);
+        within the log's timeout for a ``no_wait`` one.
         """
-        expires = 3.0
+        expires = LIVE_PULL_EXPIRES
         arrived: list[StoredMessage] = []
         wake = asyncio.Event()
         ended = False
@@ -674,12 +697,11 @@ class JetStreamLog:
                 arrived.append(_consumed_message(msg))
             else:
                 # A status: 404 no messages, 408 expired (done); 409 consumer deleted or
-                # limits (lost); 100 a heartbeat (ignored).
+                # limits (lost); 100 a heartbeat (the request lives: the wait starts anew).
                 status = msg.headers.get("Status") if msg.headers else None
-                if status == "100":
-                    return
-                ended = True
-                lost = status not in ("404", "408")
+                if status != "100":
+                    ended = True
+                    lost = status not in ("404", "408")
             wake.set()
 
         async def on_message_later(msg: Msg) -> None:  # where inline delivery is not had
@@ -694,7 +716,9 @@ class JetStreamLog:
             request["no_wait"] = True
         else:
             request["expires"] = int(expires * 1e9)
-        wait = self.timeout if no_wait else expires + self.timeout
+            request["idle_heartbeat"] = int(LIVE_PULL_HEARTBEAT * 1e9)
+        wait = self.timeout if no_wait else LIVE_PULL_RECHECK
+        reconnects = self.nc.stats["reconnects"]
         try:
             await self.nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer}",
@@ -702,12 +726,20 @@ class JetStreamLog:
                 reply=inbox,
             )
             received = 0
+            heard = time.monotonic()
             while received < batch and not ended:
                 try:
                     async with asyncio.timeout(wait):  # no task per wait, as wait_for makes
                         await wake.wait()
                 except TimeoutError:
-                    raise _ConsumerLost from None
+                    if (
+                        no_wait
+                        or self.nc.stats["reconnects"] != reconnects  # the request died with
+                        or time.monotonic() - heard >= LIVE_PULL_SILENCE  # its connection
+                    ):
+                        raise _ConsumerLost from None
+                    continue
+                heard = time.monotonic()
                 wake.clear()
                 if arrived:
                     chunk = arrived[:]
