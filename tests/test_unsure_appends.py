@@ -19,7 +19,6 @@ process by replacing its log's ``append``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -133,20 +132,19 @@ def test_the_same_bytes_sent_again_after_a_503_are_decided_once(stack: Stack, st
 
     log.append = append_unanswered_once  # type: ignore[method-assign]
 
-    async def send_twice() -> tuple[Outcome, Outcome]:
-        following = asyncio.get_running_loop().create_task(replica.follow())
-        try:
-            first = await replica.handle("close", close, time.time())
-            again = await replica.handle("close", close, time.time())
-        finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
-        return first, again
+    async def start_following() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(replica.follow())
 
+    async def send() -> Outcome:
+        return await replica.handle("close", close, time.time())
+
+    connection = replica.aggregates.store.connection
+    following = connection.run(start_following())
     try:
-        first, again = replica.aggregates.store.connection.run(send_twice())
+        first = connection.run(send())
+        again = connection.run(send())  # the same bytes
     finally:
+        connection.loop.loop.call_soon_threadsafe(following.cancel)
         replica.close()
     assert (first.status, "event log is unavailable" in first.message) == (503, True)
     assert (again.status, again.message) == (200, "")
