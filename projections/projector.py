@@ -259,7 +259,7 @@ class Projector:
             return
         event, kind = decoded
         current = self._aggregate(event.originator_id)
-        known = len(current.nodes) if type(current) is ProcessGraph else 0
+        known = len(current.nodes) if isinstance(current, ProcessGraph) else 0
         try:
             aggregate = _next_state(current, event, kind)
         except _Spoiled:  # rebuild it as it was before the event
@@ -290,7 +290,7 @@ class Projector:
         except Exception as error:
             _skip(stored, f"cannot decode it: {error!r}")
             return None
-        kind = _KINDS.get(type(event)) or _kind_of(type(event))
+        kind = _kind_of(type(event))
         if not kind.audited:
             _skip(stored, f"{stored.topic!r} is not a domain event")
             return None
