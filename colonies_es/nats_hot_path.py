@@ -139,7 +139,8 @@ _NOT_IN_VALUE = re.compile(r"[\r\n]|^\s|\s$")
 """A header value nats-py would change (line breaks to blanks, outer blanks stripped):
 left to nats-py."""
 _names: dict[str, bytes] = {}
-"""Header names already checked, with their encoding."""
+"""Header names already checked, with their encoding (at most :data:`_NAMES_KEPT`)."""
+_NAMES_KEPT = 64
 _FAST_PUBLISH = all(
     hasattr(NATS, name)
     for name in ("_flush_pending", "is_connected", "is_draining_pubs", "is_closed")
@@ -190,6 +191,8 @@ def _frame(
         or nc.is_draining_pubs
         or not isinstance(getattr(nc, "_pending", None), list)
         or not isinstance(getattr(nc, "_max_payload", None), int)
+        or not isinstance(getattr(nc, "_max_pending_size", None), int)
+        or getattr(nc, "_flush_queue", None) is None
         or len(payload) > nc._max_payload
         or _NOT_IN_SUBJECT.search(subject)
         or (reply and _NOT_IN_SUBJECT.search(reply))
@@ -203,7 +206,9 @@ def _frame(
         if encoded is None:
             if not _HEADER_NAME.fullmatch(name):
                 return None
-            encoded = _names[name] = name.encode() + b": "
+            encoded = name.encode() + b": "
+            if len(_names) < _NAMES_KEPT:
+                _names[name] = encoded
         if _NOT_IN_VALUE.search(value):
             return None
         block += (encoded, value.encode(), b"\r\n")

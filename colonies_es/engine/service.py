@@ -337,9 +337,11 @@ class Engine:
         replied = True
         try:
             if status == 200:
-                await nats_hot_path.publish(
-                    self.nc, _reply_subject(request), outcome.body, "", headers
-                )
+                reply = _reply_subject(request)
+                if reply is None:  # a nats.micro without the message kept: its own way
+                    await request.respond(outcome.body, headers=headers)
+                else:
+                    await nats_hot_path.publish(self.nc, reply, outcome.body, "", headers)
                 if held_reply.get():  # someone waited for this: not after the rest
                     write_now(self.nc)
             else:
@@ -500,11 +502,15 @@ class Engine:
             self.app.timers.sweep()
 
 
-def _reply_subject(request: Request) -> str:
-    """Where ``request`` is answered (``Request.respond`` publishes there too; nats.micro
-    keeps the message without a public name for its reply subject). ValueError, as
-    ``respond``'s, when it has none."""
-    reply: str = request._msg.reply
+def _reply_subject(request: Request) -> str | None:
+    """Where ``request`` is answered (``Request.respond`` publishes there too: nats.micro
+    2.16 keeps the message as ``_msg``, without a public name for its reply subject);
+    None where the message is not found so. ValueError, as ``respond``'s, when it has no
+    reply subject."""
+    msg = getattr(request, "_msg", None)
+    if msg is None:
+        return None
+    reply: str = msg.reply
     if not reply:
         raise ValueError("no reply subject set")
     return reply
