@@ -124,9 +124,12 @@ def test_a_child_killed_between_sending_the_close_and_telling_loses_nothing(
     stack: Stack, colony: ColonyHandle, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The function patches its own child so that it dies (``os._exit``) right after
-    sending the close, before the executor hears of it: the process ends SUCCESS once
-    (the executor's fail after the child's death is refused), the claim the close carried
-    still brings the next process to the executor, which runs it in a new child."""
+    sending the close, before the executor hears of it: the process ends once, and the
+    executor goes on running work in a new child. Nearly always the close gets there
+    first: SUCCESS, the executor's fail after the child's death refused, and the claim
+    the close carried brings the next process. The executor's fail travels on another
+    connection, though, and may reach the engine first (once in many runs at load 5):
+    then the process ends FAILED by it, once, and the child's close is refused."""
     dies = (
         "import os\n"
         "import colonies_es.function_runner as runner\n"
@@ -144,8 +147,6 @@ def test_a_child_killed_between_sending_the_close_and_telling_loses_nothing(
         round_trips(stack, colony, ONE, "one", 2)  # the child is connected
         victim = stack.client.submit_func_spec(spec(colony, "dies", dies), colony.owner_prvkey)
         done = ended(stack, colony, victim)
-        assert done.state == ProcessState.SUCCESS
-        assert done.output == ["sent"]
         after = stack.client.submit_func_spec(spec(colony, "one", ONE), colony.owner_prvkey)
         assert ended(stack, colony, after).output == [1]
         assert executor.closed_by_children >= 1
@@ -155,6 +156,11 @@ def test_a_child_killed_between_sending_the_close_and_telling_loses_nothing(
         for e in log
         if e.processid == victim.processid and e.kind in ("ProcessClosed", "ProcessFailed")
     ]
+    if done.state == ProcessState.FAILED:  # the executor's fail got there first
+        assert ends == ["ProcessFailed"]
+        return
+    assert done.state == ProcessState.SUCCESS
+    assert done.output == ["sent"]
     assert ends == ["ProcessClosed"]
     told = f"dies {victim.processid[:8]} SUCCESS: its child sent the close before it died"
     assert told in caplog.messages
