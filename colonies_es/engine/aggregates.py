@@ -74,7 +74,7 @@ from colonies_es.engine.replies import SeenCommands
 from colonies_es.engine.state import Effects, EngineState, NotNext
 from colonies_es.store import JetStreamApplicationRecorder
 from colonies_es.store.codec import to_notification
-from colonies_es.store.jetstream import ChainBroken, JetStreamLog
+from colonies_es.store.jetstream import ChainBroken, JetStreamLog, StoredMessage
 
 __all__ = [
     "CONFLICT_RETRIES",
@@ -353,13 +353,23 @@ class Aggregates:
         messages = await self.log.read_subject(self.store.subject_for(aggregate_id))
         events = []
         for message in messages:
-            envelope = self.store.connection.trusted(message)
-            if envelope is None:
-                continue
-            event = self.decode(to_notification(envelope, message.sequence))
+            event = self._event_in(message)
             if event is not None:
                 events.append((event, message.sequence))
         return events
+
+    async def event_at(self, aggregate_id: str, sequence: int) -> AuditedEvent | None:
+        """The aggregate's event stored at stream sequence ``sequence`` (one read), None
+        when that sequence holds none of its events."""
+        message = await self.log.read_at(self.store.subject_for(aggregate_id), sequence)
+        return None if message is None else self._event_in(message)
+
+    def _event_in(self, message: StoredMessage) -> AuditedEvent | None:
+        """The event ``message`` holds, None when its seal or its kind is not trusted."""
+        envelope = self.store.connection.trusted(message)
+        if envelope is None:
+            return None
+        return self.decode(to_notification(envelope, message.sequence))
 
     async def load(self, aggregate_id: str, keep_head: bool = False) -> AuditedAggregate | None:
         """The aggregate from memory, or a graph that is not resident from its own

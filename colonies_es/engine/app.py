@@ -470,9 +470,9 @@ class ColoniesApp(Application[str]):
             if known.op == "add_child":
                 return encode(aggregate.process_model(known.subject, shared=True))
             if known.op == "add_children":  # the ids its event added, read back
-                for event, sequence in await self.aggregates.events_of(known.aggregate_id):
-                    if sequence == known.sequence and isinstance(event, ChildrenAdded):
-                        return encode([child["processid"] for child in event.children])
+                event = await self.aggregates.event_at(known.aggregate_id, known.sequence)
+                if isinstance(event, ChildrenAdded):
+                    return encode([child["processid"] for child in event.children])
             if known.op == "add_attribute":
                 processid, _, attributeid = known.subject.partition(":")
                 model = aggregate.process_model(processid)
@@ -488,7 +488,7 @@ class ColoniesApp(Application[str]):
         self, known: Applied, body: Any, graph: AuditedAggregate | None
     ) -> bytes:
         """The reply to a retried claim: the process its own event assigned (read back
-        from the log at the mark's sequence: attempt and executor), as it is now, while
+        from the log at the mark's sequence, one read: attempt and executor), as it is now, while
         that assignment is the process's live one (the same attempt, still RUNNING on
         the same executor).
 
@@ -498,15 +498,8 @@ class ColoniesApp(Application[str]):
         as it is now would hand the claimer that other attempt to run. The retry is
         answered as a claim that found nothing (NothingCame, :data:`NOTHING_READY`): the
         executor claims again, and the attempt it never saw is nobody's to report."""
-        assigned = next(
-            (
-                event
-                for event, sequence in await self.aggregates.events_of(known.aggregate_id)
-                if sequence == known.sequence and isinstance(event, ProcessAssigned)
-            ),
-            None,
-        )
-        if assigned is None or not isinstance(graph, ProcessGraph):
+        assigned = await self.aggregates.event_at(known.aggregate_id, known.sequence)
+        if not isinstance(assigned, ProcessAssigned) or not isinstance(graph, ProcessGraph):
             raise NothingCame(f"{NOTHING_READY} for this claim: the process it took is gone")
         node = graph.process(known.subject)
         if not (

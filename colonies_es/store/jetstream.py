@@ -529,6 +529,12 @@ class JetStreamLog:
             self._heads[subject] = (versions[-1] if versions else 0, messages[-1].sequence)
         return messages
 
+    async def read_at(self, subject: str, sequence: int) -> StoredMessage | None:
+        """The message at stream sequence ``sequence`` if it is on ``subject`` (one
+        direct get), else None."""
+        found = await self._direct_batch(subject, sequence, 1)
+        return found[0] if found and found[0].sequence == sequence else None
+
     async def _direct_batch(self, subject: str, start: int, batch: int) -> list[StoredMessage]:
         inbox = self.nc.new_inbox()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
