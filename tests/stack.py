@@ -218,13 +218,25 @@ def stop_replicas(replicas: Replicas) -> None:
     replicas.nats.stop()
 
 
-def start_stack(directory: Path, *, projector: bool = True) -> Stack:
+def start_stack(
+    directory: Path,
+    *,
+    projector: bool = True,
+    extra_env: dict[str, str] | None = None,
+    module: str = "colonies_es.cli",
+) -> Stack:
     """A nats-server and an engine process (with a projector beside it unless
-    ``projector`` is False) in ``directory``, and a client."""
+    ``projector`` is False; ``extra_env`` and ``module`` as :class:`EngineProcess`
+    takes them) in ``directory``, and a client."""
     server = NatsServer(directory / "nats").start()
     server_prvkey = crypto.new_private_key()
     engine = EngineProcess(
-        server.url, crypto.id_from_private_key(server_prvkey), directory, projector=projector
+        server.url,
+        crypto.id_from_private_key(server_prvkey),
+        directory,
+        projector=projector,
+        extra_env=extra_env,
+        module=module,
     )
     try:
         engine.start()

@@ -7,11 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from colonies_es import crypto, func_spec
-from colonies_es.client import Colonies, ColoniesError
-from colonies_es.embedded import NatsServer
+from colonies_es import func_spec
+from colonies_es.client import ColoniesError
 from tests.eventlog import nothing_written
-from tests.stack import ColonyHandle, EngineProcess, Stack
+from tests.stack import ColonyHandle, Stack, start_stack, stop_stack
 
 MAX_PENDING = 3
 MAX_BYTES = 4096
@@ -19,24 +18,15 @@ MAX_BYTES = 4096
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp("quotas")
-    server = NatsServer(directory / "nats").start()
-    server_prvkey = crypto.new_private_key()
-    engine = EngineProcess(
-        server.url,
-        crypto.id_from_private_key(server_prvkey),
-        directory,
+    stack = start_stack(
+        tmp_path_factory.mktemp("quotas"),
         extra_env={
             "COLONIES_MAX_PENDING_PROCESSES": str(MAX_PENDING),
             "COLONIES_MAX_COMMAND_BYTES": str(MAX_BYTES),
         },
     )
-    engine.start()
-    stack = Stack(server, engine, Colonies("127.0.0.1", server.port), server_prvkey)
     yield stack
-    stack.client.disconnect()
-    engine.stop()
-    server.stop()
+    stop_stack(stack)
 
 
 def _submit(

@@ -29,7 +29,6 @@ from eventsourcing.persistence import OperationalError
 
 from colonies_es import crypto
 from colonies_es.client import Colonies
-from colonies_es.embedded import NatsServer
 from colonies_es.engine.app import ColoniesApp, Outcome
 from colonies_es.executor import PythonExecutor
 from colonies_es.models import attempt_of, func_spec
@@ -37,7 +36,7 @@ from colonies_es.protocol import CloseProcess
 from colonies_es.states import ProcessState
 from colonies_es.store.jetstream import Entry
 from tests.eventlog import read_events
-from tests.stack import ColonyHandle, EngineProcess, Stack, engine_app
+from tests.stack import ColonyHandle, Stack, engine_app, start_stack, stop_stack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,25 +47,14 @@ ADD = "def add(a, b, ctx={}):\n    return a + b\n"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A nats-server and ``tests.unsure_engine``: its log fails the first append of each
     graph's close, without storing it."""
-    directory = tmp_path_factory.mktemp("unsure")
-    server = NatsServer(directory / "nats").start()
-    server_prvkey = crypto.new_private_key()
-    engine = EngineProcess(
-        server.url,
-        crypto.id_from_private_key(server_prvkey),
-        directory,
+    running = start_stack(
+        tmp_path_factory.mktemp("unsure"),
         projector=False,
         extra_env={"PYTHONPATH": str(REPO)},
         module="tests.unsure_engine",
     )
-    try:
-        engine.start()
-        running = Stack(server, engine, Colonies("127.0.0.1", server.port), server_prvkey)
-        yield running
-        running.client.disconnect()
-    finally:
-        engine.stop()
-        server.stop()
+    yield running
+    stop_stack(running)
 
 
 def running_process(stack: Stack, colony: ColonyHandle, executor: str) -> Any:
