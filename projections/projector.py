@@ -272,12 +272,10 @@ class Projector:
             return
         if current is None:
             self._keep(aggregate)
-        if type(aggregate) is ProcessGraph:
+        if isinstance(aggregate, ProcessGraph):  # the commoner, asked first
             self._graph_changed(aggregate, event, kind, notification.id, known)
         elif isinstance(aggregate, Colony):
             self._dirty_colonies.add(aggregate.id)
-        elif isinstance(aggregate, ProcessGraph):
-            self._graph_changed(aggregate, event, kind, notification.id, known)
 
     def _decode(self, stored: StoredEvent) -> tuple[AuditedEvent, _Kind] | None:
         """The domain event and its kind, or None (with a warning) for a foreign or
