@@ -221,6 +221,20 @@ def test_the_wal_is_checkpointed_by_the_view_s_thread_after_the_write(tmp_path: 
         view.close()
 
 
+def counting_reads(recorder: POPOAggregateRecorder) -> list[str]:
+    """The ids of the aggregates ``recorder.select_events`` is asked for from now on,
+    in order (the projector rebuilding one that is not in memory)."""
+    read_back: list[str] = []
+    select_events = recorder.select_events
+
+    def counted(aggregate_id: Any, **kwargs: Any) -> Any:
+        read_back.append(aggregate_id)
+        return select_events(aggregate_id, **kwargs)
+
+    recorder.select_events = counted  # type: ignore[method-assign]
+    return read_back
+
+
 def test_graphs_evicted_while_commits_are_in_flight_are_read_back_as_committed(
     tmp_path: Path,
 ) -> None:
@@ -258,14 +272,7 @@ def test_graphs_evicted_while_commits_are_in_flight_are_read_back_as_committed(
         recorder.insert_events(stored)
     # the log: the three submitted, then the three assigned, then the three closed
     notifications = as_notifications(events[step] for step in range(3) for events in per_graph)
-    read_back: list[str] = []
-    select_events = recorder.select_events
-
-    def counted(aggregate_id: Any, **kwargs: Any) -> Any:
-        read_back.append(aggregate_id)
-        return select_events(aggregate_id, **kwargs)
-
-    recorder.select_events = counted  # type: ignore[method-assign]
+    read_back = counting_reads(recorder)
 
     def project(path: Path, cache_size: int, every: int) -> dict[str, list[tuple[Any, ...]]]:
         view = open_view(path)
@@ -326,14 +333,7 @@ def test_graphs_done_with_leave_memory_once_written_and_come_back_for_a_removal(
     recorder = POPOAggregateRecorder()
     recorder.insert_events(first + second)
     notifications = as_notifications(first + second)
-    read_back: list[str] = []
-    select_events = recorder.select_events
-
-    def counted(aggregate_id: Any, **kwargs: Any) -> Any:
-        read_back.append(aggregate_id)
-        return select_events(aggregate_id, **kwargs)
-
-    recorder.select_events = counted  # type: ignore[method-assign]
+    read_back = counting_reads(recorder)
     commits = {7, len(first), len(notifications)}  # after the FAILED, after `later`, at the end
 
     def project(path: Path, commit_at: set[int]) -> dict[str, list[tuple[Any, ...]]]:
